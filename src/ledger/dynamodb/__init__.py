@@ -1,0 +1,62 @@
+"""ledger's DynamoDB persistence module for ``eventsourcing``.
+
+Select it with ``PERSISTENCE_MODULE=ledger.dynamodb``; see
+:class:`~ledger.dynamodb.factory.DynamoDBFactory` for the settings.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import Any
+
+from ledger.dynamodb.client import DynamoDBConnection
+from ledger.dynamodb.factory import DynamoDBFactory
+from ledger.dynamodb.limits import ItemTooLargeError, TransactionTooLargeError
+from ledger.dynamodb.metering import Meter
+from ledger.dynamodb.recorders import (
+    DynamoDBAggregateRecorder,
+    DynamoDBApplicationRecorder,
+    DynamoDBProcessRecorder,
+    DynamoDBTrackingRecorder,
+)
+
+Factory = DynamoDBFactory
+
+
+def connection_of(obj: Any) -> DynamoDBConnection:
+    """Return the DynamoDB connection behind an application, factory or recorder."""
+    if isinstance(obj, DynamoDBConnection):
+        return obj
+    for attribute in ("connection", "factory"):
+        inner = getattr(obj, attribute, None)
+        if inner is not None:
+            return connection_of(inner)
+    raise TypeError(
+        f"{obj!r} does not use ledger's DynamoDB store: set "
+        "PERSISTENCE_MODULE=ledger.dynamodb."
+    )
+
+
+def measure(obj: Any) -> AbstractContextManager[Meter]:
+    """Count the DynamoDB round trips and capacity units of a block of work.
+
+    ``obj`` is an application, factory, recorder or connection using DynamoDB.
+    """
+    meter: AbstractContextManager[Meter] = connection_of(obj).measure()
+    return meter
+
+
+__all__ = [
+    "DynamoDBAggregateRecorder",
+    "DynamoDBApplicationRecorder",
+    "DynamoDBConnection",
+    "DynamoDBFactory",
+    "DynamoDBProcessRecorder",
+    "DynamoDBTrackingRecorder",
+    "Factory",
+    "ItemTooLargeError",
+    "Meter",
+    "TransactionTooLargeError",
+    "connection_of",
+    "measure",
+]

@@ -1,0 +1,230 @@
+"""The DynamoDB client ledger uses, and the one place its errors are translated.
+
+Every DynamoDB error reaches users as one of ``eventsourcing``'s persistence
+errors, never as a bare botocore ``ClientError``:
+
+=================================================  ===========================
+DynamoDB / botocore says                           ledger raises
+=================================================  ===========================
+``ConditionalCheckFailedException``, a cancelled   ``IntegrityError`` (a
+transaction whose reasons include a condition      conflict: never retried
+failure                                            silently)
+throttling, 5xx, connection errors (after          ``OperationalError``
+botocore's retries), a transaction conflict
+``ResourceNotFoundException`` (no such table)      ``ProgrammingError``
+``ValidationException``, item too large            ``DataError``
+no credentials, no region                          ``InterfaceError``
+=================================================  ===========================
+
+Throttling and transient errors are retried by botocore's ``standard`` retry
+mode (exponential backoff with jitter) before they are translated.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlparse
+
+import boto3
+import botocore.config
+import botocore.exceptions
+from eventsourcing.persistence import (
+    DataError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    PersistenceError,
+    ProgrammingError,
+)
+
+from ledger.dynamodb.metering import Meter, Metering
+
+CONDITION_FAILED = "ConditionalCheckFailed"
+"""A cancellation reason: the action's condition was false (a conflict)."""
+TRANSACTION_CONFLICT = "TransactionConflict"
+"""A cancellation reason: another transaction was writing the item (retryable)."""
+THROTTLED_REASONS = frozenset(
+    {"ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded"}
+)
+"""Cancellation reasons that mean "slow down and try again"."""
+
+_THROTTLING_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "TransactionInProgressException",
+    }
+)
+
+
+class TransactionConflictError(IntegrityError):
+    """A transaction was cancelled because one of its conditions was false.
+
+    ``reasons`` holds DynamoDB's cancellation reasons, one per action, in
+    order (``{"Code": ..., "Item": ...}``), so a caller can tell which
+    condition failed.
+    """
+
+    def __init__(self, message: str, reasons: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.reasons = reasons
+
+
+class TransactionCancelledError(OperationalError):
+    """A transaction was cancelled for reasons other than a condition failure.
+
+    ``reasons`` holds DynamoDB's cancellation reasons, one per action.
+    """
+
+    def __init__(self, message: str, reasons: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.reasons = reasons
+
+
+def is_loopback(endpoint_url: str | None) -> bool:
+    """Return True if an endpoint URL names this machine (a local DynamoDB)."""
+    if not endpoint_url:
+        return False
+    host = urlparse(endpoint_url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class DynamoDBConnection:
+    """A metered, retrying boto3 DynamoDB client shared by one factory's recorders."""
+
+    def __init__(
+        self,
+        *,
+        endpoint_url: str | None = None,
+        region_name: str | None = None,
+        max_attempts: int = 10,
+        max_pool_connections: int = 50,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 30.0,
+    ) -> None:
+        session = boto3.session.Session()
+        region = region_name or session.region_name
+        local = is_loopback(endpoint_url)
+        if region is None:
+            if not local:
+                raise InterfaceError(
+                    "No AWS region is configured for DynamoDB. Set DYNAMODB_REGION "
+                    "or AWS_DEFAULT_REGION (for example us-east-1)."
+                )
+            region = "us-east-1"
+        key_id = secret = None
+        if local and session.get_credentials() is None:
+            # DynamoDB Local accepts any credentials but boto3 insists on some.
+            key_id = secret = "local"  # noqa: S105 - a placeholder, not a secret
+        config = botocore.config.Config(
+            retries={"mode": "standard", "max_attempts": max_attempts},
+            max_pool_connections=max_pool_connections,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+        )
+        self.endpoint_url = endpoint_url
+        self.region_name = region
+        self.client: Any = session.client(
+            "dynamodb",
+            endpoint_url=endpoint_url,
+            region_name=region,
+            config=config,
+            aws_access_key_id=key_id,
+            aws_secret_access_key=secret,
+        )
+        self.metering = Metering()
+        self.metering.install(self.client)
+        self.known_tables: set[str] = set()
+        """Tables seen to exist and be active, so they are checked only once."""
+
+    def measure(self) -> Any:
+        """Return a context manager yielding a :class:`Meter` for a block of work."""
+        return self.metering.measure()
+
+    @property
+    def total(self) -> Meter:
+        """Everything this connection has done so far."""
+        return self.metering.total
+
+    def call(self, operation: str, **params: Any) -> dict[str, Any]:
+        """Call a DynamoDB operation (``"put_item"``) and translate its errors."""
+        method: Callable[..., dict[str, Any]] = getattr(self.client, operation)
+        with translate_errors():
+            return method(**params)
+
+    def close(self) -> None:
+        """Close the client's connection pool."""
+        self.client.close()
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Translate botocore errors raised inside the block into eventsourcing's."""
+    try:
+        yield
+    except PersistenceError:
+        raise
+    except botocore.exceptions.ClientError as error:
+        raise translate_client_error(error) from error
+    except (
+        botocore.exceptions.NoCredentialsError,
+        botocore.exceptions.PartialCredentialsError,
+        botocore.exceptions.NoRegionError,
+    ) as error:
+        raise InterfaceError(
+            f"DynamoDB client is not configured: {error}. Configure AWS credentials "
+            "and region the usual boto3 way (environment, ~/.aws, or a role)."
+        ) from error
+    except (
+        botocore.exceptions.EndpointConnectionError,
+        botocore.exceptions.ConnectionError,
+        botocore.exceptions.HTTPClientError,
+    ) as error:
+        raise OperationalError(
+            f"Could not reach DynamoDB: {error}. Check DYNAMODB_ENDPOINT_URL, or "
+            "start a local server with `ledger local`."
+        ) from error
+
+
+def translate_client_error(error: botocore.exceptions.ClientError) -> PersistenceError:
+    """Return the eventsourcing error for a DynamoDB ``ClientError``."""
+    code = error.response.get("Error", {}).get("Code", "")
+    message = error.response.get("Error", {}).get("Message", str(error))
+    if code == "ConditionalCheckFailedException":
+        return IntegrityError(message)
+    if code == "TransactionCanceledException":
+        reasons: list[dict[str, Any]] = [
+            dict(reason) for reason in error.response.get("CancellationReasons", [])
+        ]
+        codes = {reason.get("Code", "None") for reason in reasons}
+        if CONDITION_FAILED in codes:
+            return TransactionConflictError(message, reasons)
+        if codes & {"ValidationError", "ItemCollectionSizeLimitExceeded"}:
+            return DataError(f"DynamoDB rejected the transaction: {message}")
+        return TransactionCancelledError(message, reasons)
+    if code in _THROTTLING_CODES:
+        return OperationalError(
+            f"DynamoDB kept refusing the request ({code}) after retries: {message}. "
+            "Raise the table's capacity or DYNAMODB_MAX_ATTEMPTS."
+        )
+    if code == "ResourceInUseException":
+        return OperationalError(f"ResourceInUse: {message}")
+    if code == "ResourceNotFoundException":
+        return ProgrammingError(
+            f"{message}. Create the tables: set CREATE_TABLE=y (the default) or run "
+            "`ledger tables create`."
+        )
+    if code in ("ValidationException", "ItemCollectionSizeLimitExceededException"):
+        return DataError(f"DynamoDB rejected the request ({code}): {message}")
+    return OperationalError(f"DynamoDB error {code}: {message}")

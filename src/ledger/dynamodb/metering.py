@@ -1,0 +1,220 @@
+"""Count DynamoDB round trips and capacity units of any block of work.
+
+Every DynamoDB client ledger creates is metered: each HTTP request sent
+(retries included) is a round trip; capacity is taken from the
+``ConsumedCapacity`` DynamoDB returns (ledger asks for it on every call) and
+also estimated from the sizes of the items written and read by DynamoDB's
+documented rules (see :mod:`ledger.dynamodb.limits`), so numbers exist even
+where a server does not report them.
+
+Use :meth:`Metering.measure` (or :func:`ledger.dynamodb.measure`)::
+
+    with measure(app) as meter:
+        app.save(order)
+    print(meter.round_trips, meter.write_units)
+
+A meter counts every call made on its client while it is open, from any
+thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from ledger.dynamodb.limits import item_size, read_units, write_units
+
+_CAPACITY_OPERATIONS = frozenset(
+    {
+        "GetItem",
+        "PutItem",
+        "UpdateItem",
+        "DeleteItem",
+        "Query",
+        "Scan",
+        "BatchGetItem",
+        "BatchWriteItem",
+        "TransactWriteItems",
+        "TransactGetItems",
+    }
+)
+
+
+@dataclass
+class Meter:
+    """What a block of work cost in DynamoDB calls and capacity units."""
+
+    round_trips: int = 0
+    """HTTP requests sent to DynamoDB, retries included."""
+    calls: Counter[str] = field(default_factory=Counter)
+    """API calls by operation name (a call retried three times counts once)."""
+    read_units: float = 0.0
+    """Read capacity units DynamoDB reported consuming."""
+    write_units: float = 0.0
+    """Write capacity units DynamoDB reported consuming."""
+    estimated_read_units: float = 0.0
+    """Read units estimated from the sizes of the items read."""
+    estimated_write_units: float = 0.0
+    """Write units estimated from the sizes of the items written."""
+    bytes_written: int = 0
+    """Total size of the items written, by DynamoDB's size rules."""
+    bytes_read: int = 0
+    """Total size of the items read, by DynamoDB's size rules."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the numbers as a plain dict (for JSON and structured logs)."""
+        return {
+            "round_trips": self.round_trips,
+            "calls": dict(self.calls),
+            "read_units": self.read_units,
+            "write_units": self.write_units,
+            "estimated_read_units": self.estimated_read_units,
+            "estimated_write_units": self.estimated_write_units,
+            "bytes_written": self.bytes_written,
+            "bytes_read": self.bytes_read,
+        }
+
+    def summary(self) -> str:
+        """Return a one-line human summary."""
+        return (
+            f"{self.round_trips} round trips, "
+            f"{self.read_units:g} RCU / {self.write_units:g} WCU reported "
+            f"({self.estimated_read_units:g} / {self.estimated_write_units:g} "
+            "estimated)"
+        )
+
+
+class Metering:
+    """Meters for one botocore DynamoDB client; installed by ledger on each client."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._meters: list[Meter] = []
+        self.total = Meter()
+        """Everything this client has done since it was made."""
+        self._meters.append(self.total)
+
+    def install(self, client: Any) -> None:
+        """Register the metering hooks on a botocore DynamoDB client."""
+        events = client.meta.events
+        events.register("provide-client-params.dynamodb", self._on_params)
+        events.register("before-send.dynamodb", self._on_send)
+        events.register("after-call.dynamodb", self._on_response)
+
+    @contextmanager
+    def measure(self) -> Iterator[Meter]:
+        """Count everything done on this client inside the ``with`` block."""
+        meter = Meter()
+        with self._lock:
+            self._meters.append(meter)
+        try:
+            yield meter
+        finally:
+            with self._lock:
+                self._meters.remove(meter)
+
+    # botocore event handlers -------------------------------------------------
+
+    def _on_params(
+        self, params: dict[str, Any], model: Any, **_: Any
+    ) -> dict[str, Any] | None:
+        operation = model.name
+        written = _written_item_sizes(operation, params)
+        transactional = operation == "TransactWriteItems"
+        units = sum(write_units(size, transactional=transactional) for size in written)
+        with self._lock:
+            for meter in self._meters:
+                meter.calls[operation] += 1
+                meter.estimated_write_units += units
+                meter.bytes_written += sum(written)
+        if operation in _CAPACITY_OPERATIONS and "ReturnConsumedCapacity" not in params:
+            return {**params, "ReturnConsumedCapacity": "TOTAL"}
+        return None
+
+    def _on_send(self, **_: Any) -> None:
+        # Must return None: a value returned from before-send replaces the response.
+        with self._lock:
+            for meter in self._meters:
+                meter.round_trips += 1
+
+    def _on_response(self, parsed: Mapping[str, Any], model: Any, **_: Any) -> None:
+        reported_read, reported_write = _consumed(
+            model.name, parsed.get("ConsumedCapacity")
+        )
+        read_bytes, estimated_read = _read_estimate(model.name, parsed)
+        with self._lock:
+            for meter in self._meters:
+                meter.read_units += reported_read
+                meter.write_units += reported_write
+                meter.bytes_read += read_bytes
+                meter.estimated_read_units += estimated_read
+
+
+def _written_item_sizes(operation: str, params: Mapping[str, Any]) -> list[int]:
+    if operation == "PutItem":
+        return [item_size(params["Item"])]
+    if operation in ("UpdateItem", "DeleteItem"):
+        # The stored item's size is unknown before the call; keys are a floor.
+        return [item_size(params["Key"])]
+    if operation == "TransactWriteItems":
+        sizes = []
+        for action in params["TransactItems"]:
+            if "Put" in action:
+                sizes.append(item_size(action["Put"]["Item"]))
+            elif "Update" in action:
+                sizes.append(item_size(action["Update"]["Key"]))
+            elif "Delete" in action:
+                sizes.append(item_size(action["Delete"]["Key"]))
+        return sizes
+    if operation == "BatchWriteItem":
+        return [
+            item_size(request["PutRequest"]["Item"])
+            for requests in params["RequestItems"].values()
+            for request in requests
+            if "PutRequest" in request
+        ]
+    return []
+
+
+_WRITE_OPERATIONS = frozenset(
+    {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"}
+)
+
+
+def _consumed(operation: str, capacity: Any) -> tuple[float, float]:
+    if capacity is None:
+        return 0.0, 0.0
+    entries = capacity if isinstance(capacity, list) else [capacity]
+    read = write = 0.0
+    for entry in entries:
+        entry_read = entry.get("ReadCapacityUnits")
+        entry_write = entry.get("WriteCapacityUnits")
+        if entry_read is None and entry_write is None:
+            # Only a total was given: its kind is the operation's kind.
+            total = float(entry.get("CapacityUnits", 0.0))
+            is_write = operation in _WRITE_OPERATIONS
+            entry_read, entry_write = (0.0, total) if is_write else (total, 0.0)
+        read += float(entry_read or 0.0)
+        write += float(entry_write or 0.0)
+    return read, write
+
+
+def _read_estimate(operation: str, parsed: Mapping[str, Any]) -> tuple[int, float]:
+    if operation == "GetItem":
+        size = item_size(parsed["Item"]) if "Item" in parsed else 0
+        return size, read_units(size)
+    if operation in ("Query", "Scan"):
+        size = sum(item_size(item) for item in parsed.get("Items", []))
+        return size, read_units(size)
+    if operation == "BatchGetItem":
+        sizes = [
+            item_size(item)
+            for items in parsed.get("Responses", {}).values()
+            for item in items
+        ]
+        return sum(sizes), sum(read_units(size) for size in sizes)
+    return 0, 0.0

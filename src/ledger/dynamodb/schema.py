@@ -1,0 +1,131 @@
+"""The storage schema: every table, key and attribute ledger writes to DynamoDB.
+
+Domain types never appear here: an event is stored as an aggregate id, a
+version, a topic and opaque state bytes (already transcoded, compressed and
+encrypted by ``eventsourcing``'s mapper).
+
+Tables (``{prefix}{application}_{kind}``):
+
+``events`` (and ``snapshots``, same shape, separate table)
+    One item per event. Partition key ``aggregate_id`` (S), sort key
+    ``version`` (N). Written only with ``attribute_not_exists``, so nothing is
+    ever overwritten.
+
+``notifications``
+    The application sequence. One *batch* item per save, keyed by
+    ``page`` (N) = ``last_position // PAGE_SIZE`` and ``position`` (N) = the
+    save's last position, holding the save's events in order (with their state
+    inline when the batch fits in one item, otherwise as pointers to the
+    events table). Plus one *sequence* item (``page = SEQUENCE_PAGE``) holding
+    the last committed position; every save updates it in the same
+    transaction under a condition on its expected value, which makes the
+    sequence gap-free and its commits totally ordered.
+
+``tracking``
+    One item per upstream application: the last notification id processed.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- events and snapshots tables -------------------------------------------
+AGGREGATE_ID: Final = "aggregate_id"
+"""Partition key (S): the aggregate (stream) id; a UUID in its canonical text form."""
+VERSION: Final = "version"
+"""Sort key (N): the aggregate version the event brings the aggregate to."""
+TOPIC: Final = "topic"
+"""(S) the ``eventsourcing`` topic of the event class (module:qualname)."""
+STATE: Final = "state"
+"""(B) the event's state as the mapper made it (maybe compressed and encrypted)."""
+POSITION: Final = "position"
+"""(N) on events: the event's position in the application sequence, if any.
+On notification batches: the sort key, the batch's last position."""
+
+# --- notifications table ----------------------------------------------------
+PAGE: Final = "page"
+"""Partition key (N) of the notifications table: ``position // PAGE_SIZE``."""
+FIRST_POSITION: Final = "first_position"
+"""(N) the position of a batch's first event."""
+EVENTS: Final = "events"
+"""(L of M) a batch's events, in position order: aggregate id, version, topic,
+and state when stored inline."""
+LAST_POSITION: Final = "last_position"
+"""(N) on the sequence item: the highest committed position."""
+
+PAGE_SIZE: Final = 100_000
+"""Positions per notifications partition key. Larger than any batch (at most
+100 events), so every page holds the end of at least one batch."""
+SEQUENCE_PAGE: Final = -1
+"""The ``page`` of the sequence item (position 0); real pages start at 0."""
+
+# --- tracking table -----------------------------------------------------------
+APPLICATION_NAME: Final = "application_name"
+"""Partition key (S) of the tracking table: the upstream application's name."""
+NOTIFICATION_ID: Final = "notification_id"
+"""(N) the last notification id of that application processed."""
+
+# --- table kinds ---------------------------------------------------------------
+EVENTS_TABLE: Final = "events"
+SNAPSHOTS_TABLE: Final = "snapshots"
+NOTIFICATIONS_TABLE: Final = "notifications"
+TRACKING_TABLE: Final = "tracking"
+
+
+def page_of(position: int) -> int:
+    """Return the notifications page that holds a batch ending at ``position``."""
+    return position // PAGE_SIZE
+
+
+def stream_table_definition(table_name: str, *, with_stream: bool) -> dict[str, object]:
+    """CreateTable arguments for an events or snapshots table.
+
+    The events table has a DynamoDB stream of new images (``with_stream``),
+    which feeds stream-driven projections; snapshots do not need one.
+    """
+    definition: dict[str, object] = {
+        "TableName": table_name,
+        "AttributeDefinitions": [
+            {"AttributeName": AGGREGATE_ID, "AttributeType": "S"},
+            {"AttributeName": VERSION, "AttributeType": "N"},
+        ],
+        "KeySchema": [
+            {"AttributeName": AGGREGATE_ID, "KeyType": "HASH"},
+            {"AttributeName": VERSION, "KeyType": "RANGE"},
+        ],
+        "BillingMode": "PAY_PER_REQUEST",
+    }
+    if with_stream:
+        definition["StreamSpecification"] = {
+            "StreamEnabled": True,
+            "StreamViewType": "NEW_IMAGE",
+        }
+    return definition
+
+
+def notifications_table_definition(table_name: str) -> dict[str, object]:
+    """CreateTable arguments for a notifications table."""
+    return {
+        "TableName": table_name,
+        "AttributeDefinitions": [
+            {"AttributeName": PAGE, "AttributeType": "N"},
+            {"AttributeName": POSITION, "AttributeType": "N"},
+        ],
+        "KeySchema": [
+            {"AttributeName": PAGE, "KeyType": "HASH"},
+            {"AttributeName": POSITION, "KeyType": "RANGE"},
+        ],
+        "BillingMode": "PAY_PER_REQUEST",
+    }
+
+
+def tracking_table_definition(table_name: str) -> dict[str, object]:
+    """CreateTable arguments for a tracking table."""
+    return {
+        "TableName": table_name,
+        "AttributeDefinitions": [
+            {"AttributeName": APPLICATION_NAME, "AttributeType": "S"},
+        ],
+        "KeySchema": [{"AttributeName": APPLICATION_NAME, "KeyType": "HASH"}],
+        "BillingMode": "PAY_PER_REQUEST",
+    }

@@ -1,0 +1,80 @@
+"""Creating, describing and deleting ledger's DynamoDB tables."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from eventsourcing.persistence import OperationalError, ProgrammingError
+
+from ledger.dynamodb.client import DynamoDBConnection
+
+_ACTIVE_TIMEOUT = 120.0
+
+
+def ensure_table(connection: DynamoDBConnection, definition: dict[str, Any]) -> None:
+    """Create a table unless it exists, then wait until it is active.
+
+    An existing table is left exactly as it is (never replaced or emptied);
+    its key schema is checked, so a table of the same name made for something
+    else is reported rather than written into.
+    """
+    name = definition["TableName"]
+    if name in connection.known_tables:
+        return
+    try:
+        description = connection.call("describe_table", TableName=name)["Table"]
+    except ProgrammingError:  # no such table
+        try:
+            connection.call("create_table", **definition)
+        except OperationalError as error:
+            if "ResourceInUse" not in str(error):
+                raise
+        description = _wait_until_active(connection, name)
+    else:
+        if description["TableStatus"] != "ACTIVE":
+            description = _wait_until_active(connection, name)
+    _check_key_schema(description, definition)
+    connection.known_tables.add(name)
+
+
+def _wait_until_active(connection: DynamoDBConnection, name: str) -> dict[str, Any]:
+    deadline = time.monotonic() + _ACTIVE_TIMEOUT
+    while True:
+        try:
+            table: dict[str, Any] = connection.call("describe_table", TableName=name)[
+                "Table"
+            ]
+        except ProgrammingError:
+            table = {"TableStatus": "CREATING"}
+        if table["TableStatus"] == "ACTIVE":
+            return table
+        if time.monotonic() > deadline:
+            raise OperationalError(
+                f"DynamoDB table {name} was not active after {_ACTIVE_TIMEOUT:.0f}s "
+                f"(status {table['TableStatus']})."
+            )
+        time.sleep(0.2)
+
+
+def _check_key_schema(description: dict[str, Any], definition: dict[str, Any]) -> None:
+    def keys(schema: list[dict[str, str]]) -> list[tuple[str, str]]:
+        return [(k["AttributeName"], k["KeyType"]) for k in schema]
+
+    if keys(description["KeySchema"]) != keys(definition["KeySchema"]):
+        raise ProgrammingError(
+            f"DynamoDB table {definition['TableName']} exists with key schema "
+            f"{keys(description['KeySchema'])}, but ledger needs "
+            f"{keys(definition['KeySchema'])}. Use another DYNAMODB_TABLE_PREFIX "
+            "or application name; ledger never changes an existing table."
+        )
+
+
+def delete_table(connection: DynamoDBConnection, name: str) -> bool:
+    """Delete a table; return False if there was none."""
+    connection.known_tables.discard(name)
+    try:
+        connection.call("delete_table", TableName=name)
+    except ProgrammingError:
+        return False
+    return True

@@ -1,0 +1,230 @@
+"""Aggregates whose events and snapshots are frozen pydantic v2 models.
+
+This module plugs pydantic into `eventsourcing`'s own aggregate machinery
+rather than replacing it: :class:`Aggregate` is an
+:class:`eventsourcing.domain.BaseAggregate`, its events are
+:class:`~eventsourcing.domain.CanMutateAggregate` classes, so ``Application``,
+``Repository``, ``trigger_event`` and snapshots work unchanged.
+
+Events are storage formats. Each event (and snapshot) class carries a
+``class_version``; when a class changes shape its version goes up and it gains
+a static method ``upcast_vN_vN+1(state)`` that rewrites the stored state of
+version N, in place, into the shape of version N+1 (`eventsourcing`'s naming
+convention). A missing step in that chain is reported when the class is
+defined, not when the first old event is read in production. The chain is
+applied in exactly one place: :class:`ledger.persistence.PydanticMapper`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar, Self, cast
+from uuid import UUID, uuid4
+
+from eventsourcing.domain import (
+    BaseAggregate,
+    CanInitAggregate,
+    CanMutateAggregate,
+    CanSnapshotAggregate,
+    EventSourcingError,
+)
+from eventsourcing.utils import get_topic, resolve_topic
+from pydantic import AwareDatetime, BaseModel, ConfigDict
+
+__all__ = [
+    "Aggregate",
+    "AggregateState",
+    "DomainEvent",
+    "SchemaVersionError",
+    "Snapshot",
+    "SnapshotStateError",
+    "Upcaster",
+    "upcasters",
+]
+
+Upcaster = Callable[[dict[str, Any]], None]
+"""Rewrites the stored state of one class version, in place, into the next."""
+
+# Attributes every eventsourcing aggregate has; a snapshot stores them apart
+# from the aggregate's own state.
+_BASE_AGGREGATE_ATTRIBUTES = frozenset(
+    {"_id", "_version", "_created_on", "_modified_on", "_pending_events"}
+)
+
+
+class SchemaVersionError(EventSourcingError, TypeError):
+    """A class's ``class_version`` or its chain of upcasters is wrong."""
+
+
+class SnapshotStateError(EventSourcingError, TypeError):
+    """A snapshot class's state model does not match its aggregate."""
+
+
+def upcasters(cls: type[object]) -> list[Upcaster]:
+    """Return the upcasters of ``cls`` in order: v1 to v2 first, and so on.
+
+    Raises :class:`SchemaVersionError` when ``class_version`` is not a positive
+    integer or a step of the chain is missing.
+    """
+    class_version = getattr(cls, "class_version", 1)
+    if type(class_version) is not int or class_version < 1:
+        msg = (
+            f"{cls.__qualname__}.class_version must be an int >= 1, "
+            f"got {class_version!r}"
+        )
+        raise SchemaVersionError(msg)
+    chain: list[Upcaster] = []
+    for version in range(1, class_version):
+        name = f"upcast_v{version}_v{version + 1}"
+        upcaster = getattr(cls, name, None)
+        if not callable(upcaster):
+            msg = (
+                f"{cls.__qualname__} has class_version {class_version} but no "
+                f"static method {name}(state) to upcast stored version {version}"
+            )
+            raise SchemaVersionError(msg)
+        chain.append(upcaster)
+    return chain
+
+
+class DomainEvent(BaseModel):
+    """Base class for immutable, versioned domain events (and snapshots).
+
+    Subclasses declare their fields as pydantic annotations. ``class_version``
+    is a class variable (not a field), so a subclass may simply write
+    ``class_version = 2`` beside its ``upcast_v1_v2`` static method.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    class_version: ClassVar[int] = 1
+    """Version of this class's stored shape; bump it with an upcaster."""
+
+    originator_id: UUID
+    """ID of the aggregate the event belongs to."""
+    originator_version: int
+    """Position of the event in its aggregate's sequence."""
+    timestamp: AwareDatetime
+    """When the event occurred; always timezone-aware."""
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        """Check the upcaster chain as soon as a subclass is defined."""
+        super().__pydantic_init_subclass__(**kwargs)
+        upcasters(cls)
+
+
+class Aggregate(BaseAggregate[UUID]):
+    """Base class for aggregates whose events are :class:`DomainEvent` models.
+
+    Define events as nested classes of ``Aggregate.Event`` (and one of
+    ``Aggregate.Created``) with an ``apply(self, aggregate)`` method that
+    evolves the state; command methods validate, then call
+    ``self.trigger_event(self.SomethingHappened, ...)``.
+    """
+
+    @staticmethod
+    def create_id(*_: Any, **__: Any) -> UUID:
+        """Return a new random aggregate ID."""
+        return uuid4()
+
+    class Event(DomainEvent, CanMutateAggregate[UUID]):
+        """Base class for this aggregate's events."""
+
+    class Created(Event, CanInitAggregate[UUID]):
+        """Base class for the event that starts an aggregate's life."""
+
+        originator_topic: str
+        """Topic of the aggregate class to construct."""
+
+
+class AggregateState(BaseModel):
+    """Base class for the typed state a :class:`Snapshot` stores.
+
+    A subclass names the aggregate attributes to keep, with their types, so a
+    snapshot round-trips Decimal, datetime, UUID, enums and nested models as
+    exactly as events do.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Snapshot(DomainEvent, CanSnapshotAggregate[UUID]):
+    """Base class for an aggregate's snapshot: its state at one version.
+
+    A subclass must narrow ``state`` to its own :class:`AggregateState` model.
+    Like events, snapshots carry a ``class_version`` of their own and are
+    upcast by the mapper; the aggregate class's version plays no part.
+    """
+
+    topic: str
+    """Topic of the aggregate class the snapshot restores."""
+    created_on: AwareDatetime
+    """When the aggregate was created."""
+    modified_on: AwareDatetime
+    """When the aggregate was last changed, as of this snapshot."""
+    state: AggregateState
+    """The aggregate's own attributes."""
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        """Require a concrete state model, so no attribute is silently dropped."""
+        super().__pydantic_init_subclass__(**kwargs)
+        state_type = cls.model_fields["state"].annotation
+        if state_type is AggregateState or not (
+            isinstance(state_type, type) and issubclass(state_type, AggregateState)
+        ):
+            msg = (
+                f"{cls.__qualname__} must annotate 'state' with its own "
+                f"AggregateState subclass, got {state_type!r}"
+            )
+            raise SnapshotStateError(msg)
+
+    @classmethod
+    def state_type(cls) -> type[AggregateState]:
+        """Return the state model this snapshot class stores."""
+        return cast("type[AggregateState]", cls.model_fields["state"].annotation)
+
+    @classmethod
+    def take(cls, aggregate: Any) -> Self:
+        """Return a snapshot of ``aggregate`` as it is now."""
+        state_type = cls.state_type()
+        unsaved = (
+            set(vars(aggregate))
+            - _BASE_AGGREGATE_ATTRIBUTES
+            - set(state_type.model_fields)
+        )
+        if unsaved:
+            msg = (
+                f"{cls.__qualname__} would lose attributes {sorted(unsaved)} of "
+                f"{type(aggregate).__qualname__}: add them to "
+                f"{state_type.__qualname__} (and bump class_version)"
+            )
+            raise SnapshotStateError(msg)
+        return cls(
+            originator_id=aggregate.id,
+            originator_version=aggregate.version,
+            timestamp=cls.create_timestamp(),
+            topic=get_topic(type(aggregate)),
+            created_on=aggregate.created_on,
+            modified_on=aggregate.modified_on,
+            # Validating from attributes copies containers, so later commands
+            # on the aggregate cannot change a snapshot already taken.
+            state=state_type.model_validate(aggregate, from_attributes=True),
+        )
+
+    def mutate(self, _: None) -> BaseAggregate[UUID]:
+        """Reconstruct the aggregate this snapshot was taken of."""
+        aggregate_class = cast("type[BaseAggregate[UUID]]", resolve_topic(self.topic))
+        aggregate = object.__new__(aggregate_class)
+        aggregate.__base_init__(
+            originator_id=self.originator_id,
+            originator_version=self.originator_version,
+            timestamp=self.created_on,
+        )
+        aggregate.modified_on = self.modified_on
+        # A deep copy: the aggregate mutates its containers, the snapshot must not.
+        state = self.state.model_copy(deep=True)
+        for name in type(state).model_fields:
+            setattr(aggregate, name, getattr(state, name))
+        return aggregate

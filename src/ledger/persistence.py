@@ -1,0 +1,130 @@
+"""Mapping pydantic events and snapshots to and from `eventsourcing` stored events.
+
+:class:`PydanticMapper` is an :class:`eventsourcing.persistence.Mapper`, so an
+application selects it the usual ways: the ``MAPPER_TOPIC`` environment key
+(``MAPPER_TOPIC=ledger.persistence:PydanticMapper``) or an ``env`` class
+attribute on the application. It applies the compressor and cipher an
+application configures (``COMPRESSOR_TOPIC``, ``CIPHER_KEY``) exactly as
+`eventsourcing`'s mapper does.
+
+Stored state is the JSON of the event's fields minus the two that the stored
+event already holds (``originator_id``, ``originator_version``), plus
+``"class_version"`` when it is above 1 — `eventsourcing`'s convention, so an
+absent key means version 1. JSON encoding and decoding run in pydantic-core
+(Rust): Decimal is written as its string (exact, exponent kept), datetimes as
+ISO 8601 with their UTC offset, UUIDs as strings, enums as their values.
+
+Events that are not pydantic models (plain `eventsourcing` dataclass events)
+are passed to the base mapper and its transcoder (``TRANSCODER_TOPIC``), so an
+application may mix both.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, cast
+
+import pydantic_core
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import Mapper, MapperDeserialisationError, StoredEvent
+from eventsourcing.utils import get_topic, resolve_topic
+from pydantic import BaseModel
+
+from ledger.domain import upcasters
+
+__all__ = ["PydanticMapper", "StoredVersionTooNewError"]
+
+CLASS_VERSION: Final = "class_version"
+"""Key of the stored state that holds the class version, when above 1."""
+
+# The stored event holds these itself; repeating them in the state would only
+# make every item bigger (DynamoDB charges by size).
+_ENVELOPE_FIELDS: Final = {"originator_id", "originator_version"}
+
+
+class StoredVersionTooNewError(MapperDeserialisationError):
+    """A stored event was written by a newer version of its class than this code."""
+
+
+class PydanticMapper(Mapper[Any]):
+    """Converts pydantic domain events and snapshots to stored events and back.
+
+    Reading upcasts the stored state through the class's
+    ``upcast_vN_vN+1`` chain before validation; this is the only place
+    upcasting happens, for events and snapshots alike.
+    """
+
+    def to_stored_event(self, domain_event: DomainEventProtocol[Any]) -> StoredEvent:
+        """Serialise ``domain_event`` into a stored event."""
+        if not isinstance(domain_event, BaseModel):
+            return super().to_stored_event(domain_event)
+        event_class = type(domain_event)
+        state = event_class.__pydantic_serializer__.to_python(
+            domain_event, mode="json", exclude=_ENVELOPE_FIELDS
+        )
+        class_version = getattr(event_class, "class_version", 1)
+        if class_version > 1:
+            state[CLASS_VERSION] = class_version
+        stored_state: bytes = pydantic_core.to_json(state)
+        if self.compressor:
+            stored_state = self.compressor.compress(stored_state)
+        if self.cipher:
+            stored_state = self.cipher.encrypt(stored_state)
+        return StoredEvent(
+            originator_id=domain_event.originator_id,
+            originator_version=domain_event.originator_version,
+            topic=get_topic(event_class),
+            state=stored_state,
+        )
+
+    def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[Any]:
+        """Deserialise ``stored_event``, upcasting its state to the current class."""
+        event_class = resolve_topic(stored_event.topic)
+        if not (isinstance(event_class, type) and issubclass(event_class, BaseModel)):
+            return super().to_domain_event(stored_event)
+        try:
+            state = self._decode_state(stored_event.state)
+            self._upcast(event_class, state)
+            state["originator_id"] = stored_event.originator_id
+            state["originator_version"] = stored_event.originator_version
+            return cast("DomainEventProtocol[Any]", event_class.model_validate(state))
+        except StoredVersionTooNewError as error:
+            raise StoredVersionTooNewError(
+                f"{_describe(stored_event)}: {error}"
+            ) from None
+        except Exception as error:
+            msg = f"Failed to deserialise {_describe(stored_event)}: {error}"
+            raise MapperDeserialisationError(msg) from error
+
+    def _decode_state(self, stored_state: bytes) -> dict[str, Any]:
+        if self.cipher:
+            stored_state = self.cipher.decrypt(stored_state)
+        if self.compressor:
+            stored_state = self.compressor.decompress(stored_state)
+        state = pydantic_core.from_json(stored_state)
+        if not isinstance(state, dict):
+            msg = f"stored state is a JSON {type(state).__name__}, not an object"
+            raise TypeError(msg)
+        return state
+
+    @staticmethod
+    def _upcast(event_class: type[BaseModel], state: dict[str, Any]) -> None:
+        stored_version = state.pop(CLASS_VERSION, 1)
+        class_version = getattr(event_class, "class_version", 1)
+        if stored_version > class_version:
+            msg = (
+                f"stored class_version {stored_version} is newer than "
+                f"{event_class.__qualname__}.class_version {class_version}; "
+                "deploy the code that wrote it before reading it"
+            )
+            raise StoredVersionTooNewError(msg)
+        if stored_version < class_version:
+            for upcast in upcasters(event_class)[stored_version - 1 :]:
+                upcast(state)
+
+
+def _describe(stored_event: StoredEvent) -> str:
+    return (
+        f"stored event with topic {stored_event.topic!r}, originator_id "
+        f"{stored_event.originator_id!s} and originator_version "
+        f"{stored_event.originator_version}"
+    )

@@ -102,23 +102,17 @@ def metered(factory: DynamoDBFactory) -> Iterator[Meter]:
 
 
 def run() -> None:
-    """Run the CLI, turning errors into one line and a non-zero exit code."""
+    """Run the CLI, turning errors into one line and a non-zero exit code.
+
+    Usage errors are typer's (exit code 2); any other error is printed as one
+    line (exit code 1), or with its traceback under ``--debug``.
+    """
     try:
-        cli(standalone_mode=False)
-    except typer.Exit as done:
-        raise SystemExit(done.exit_code) from None
-    except typer.Abort:
-        errors.print("ledger: aborted")
-        raise SystemExit(130) from None
+        cli()
     except Exception as error:  # noqa: BLE001 - the CLI's single error boundary
         if settings.debug:
             errors.print_exception()
         else:
-            import click  # noqa: PLC0415 - typer's own dependency
-
-            if isinstance(error, click.ClickException):
-                error.show()
-                raise SystemExit(error.exit_code) from None
             errors.print(
                 f"ledger: {type(error).__name__}: {error} (use --debug for details)"
             )
@@ -238,7 +232,8 @@ def events_show(
     app_class: type[Application[Any]] = resolve_topic(application)
     app = app_class(env=dict(settings.environment(app_class.name, CREATE_TABLE="no")))
     factory = app.factory
-    assert isinstance(factory, DynamoDBFactory)
+    if not isinstance(factory, DynamoDBFactory):
+        raise TypeError(f"{application} does not use ledger.dynamodb")
     table = Table("version", "event", "time", "bytes", "fields")
     with metered(factory):
         stored = app.recorder.select_events(aggregate_id)
@@ -283,7 +278,7 @@ def demo(
         bool,
         typer.Option(
             "--local",
-            help="Start DynamoDB Local for the demo (on a free port) and stop it after.",
+            help="Start DynamoDB Local for the demo on a free port; stop it after.",
         ),
     ] = False,
 ) -> None:

@@ -245,20 +245,25 @@ class DynamoDBAggregateRecorder(DynamoDBRecorder, AggregateRecorder):
         stored_events: Sequence[StoredEvent],
         error: TransactionConflictError | None = None,
     ) -> IntegrityError:
-        if error is not None and error.reasons:
+        """Return the error for a failed condition, naming what conflicted."""
+        if error is None:
+            conflicted = list(stored_events)
+        else:
             conflicted = [
                 e
                 for e, r in zip(stored_events, error.reasons, strict=False)
-                if r["Code"] == CONDITION_FAILED
-            ] or list(stored_events)
-        else:
-            conflicted = list(stored_events)
+                if r.get("Code") == CONDITION_FAILED
+            ]
+        if not conflicted:
+            return IntegrityError(
+                "The tracking position of this save was already recorded: the "
+                "upstream event was processed before. Nothing was written."
+            )
         first = conflicted[0]
         return IntegrityError(
             f"Aggregate {first.originator_id} already has version "
-            f"{first.originator_version} (another writer saved it first, or the "
-            "tracking position was already recorded). Nothing was written: "
-            "reload the aggregate and retry the command."
+            f"{first.originator_version}: another writer saved it first. Nothing "
+            "was written: reload the aggregate and retry the command."
         )
 
     # Reading -----------------------------------------------------------------

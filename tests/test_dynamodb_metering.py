@@ -1,0 +1,132 @@
+"""Metering: round trips and capacity units, reported and estimated."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.utils import Environment
+
+from ledger.dynamodb import DynamoDBApplicationRecorder, DynamoDBFactory, measure
+from ledger.dynamodb.limits import item_size, number_size, read_units, write_units
+
+
+@pytest.fixture
+def factory(dynamodb_endpoint: str, table_prefix: str) -> Iterator[DynamoDBFactory]:
+    made = DynamoDBFactory(
+        Environment(
+            "meter_test",
+            {
+                "DYNAMODB_ENDPOINT_URL": dynamodb_endpoint,
+                "DYNAMODB_TABLE_PREFIX": table_prefix,
+            },
+        )
+    )
+    yield made
+    made.close()
+
+
+def test_item_size_follows_dynamodb_rules() -> None:
+    item = {
+        "aggregate_id": {"S": "abc"},  # 12 + 3
+        "version": {"N": "12345"},  # 7 + (5 digits -> 3) + 1
+        "state": {"B": b"\x00" * 10},  # 5 + 10
+        "events": {"L": [{"S": "x"}, {"N": "1"}]},  # 6 + 3 + (1+1) + (1+2)
+    }
+    assert item_size(item) == 15 + 11 + 15 + 14
+
+
+def test_numbers_count_a_byte_per_two_significant_digits_plus_one() -> None:
+    assert number_size("0") == 2
+    assert number_size("100") == 2  # trailing zeros are trimmed
+    assert number_size("-12.345") == 4
+
+
+def test_capacity_units_round_up_per_kilobyte_and_double_in_transactions() -> None:
+    assert write_units(1) == 1
+    assert write_units(1025) == 2
+    assert write_units(1025, transactional=True) == 4
+    assert read_units(4096) == 1
+    assert read_units(4097) == 2
+
+
+def test_put_of_a_ten_kilobyte_snapshot_costs_ten_write_units(
+    factory: DynamoDBFactory,
+) -> None:
+    snapshots = factory.aggregate_recorder("snapshots")
+    snapshot = StoredEvent(uuid.uuid4(), 1, "tests:Snapshot", b"x" * 10_000)
+
+    with measure(factory) as meter:
+        snapshots.insert_events([snapshot])
+
+    assert meter.round_trips == 1
+    assert meter.calls == {"PutItem": 1}
+    assert meter.estimated_write_units == 10
+    assert meter.write_units == 10  # as DynamoDB reported it
+
+
+def test_read_units_reported_match_the_estimate(factory: DynamoDBFactory) -> None:
+    recorder = factory.application_recorder()
+    aggregate_id = uuid.uuid4()
+    recorder.insert_events(
+        [
+            StoredEvent(aggregate_id, v, "tests:Happened", b"y" * 500)
+            for v in range(1, 41)
+        ]
+    )
+
+    with measure(factory) as meter:
+        events = recorder.select_events(aggregate_id)
+
+    assert len(events) == 40
+    assert meter.bytes_read > 40 * 500
+    assert meter.read_units == meter.estimated_read_units == 6
+
+
+def test_meter_counts_only_inside_its_block(factory: DynamoDBFactory) -> None:
+    recorder = factory.application_recorder()
+    recorder.insert_events([StoredEvent(uuid.uuid4(), 1, "t", b"")])
+    with measure(factory) as meter:
+        pass
+    recorder.max_notification_id()
+    assert meter.round_trips == 0
+
+
+def test_subscription_sees_saves_of_another_process_by_polling(
+    factory: DynamoDBFactory, dynamodb_endpoint: str, table_prefix: str
+) -> None:
+    reader = factory.application_recorder()
+    other_process = DynamoDBFactory(
+        Environment(
+            "meter_test",
+            {
+                "DYNAMODB_ENDPOINT_URL": dynamodb_endpoint,
+                "DYNAMODB_TABLE_PREFIX": table_prefix,
+            },
+        )
+    ).application_recorder()
+    assert isinstance(reader, DynamoDBApplicationRecorder)
+    received: list[int] = []
+    done = threading.Event()
+
+    def consume() -> None:
+        with reader.subscribe(gt=None) as subscription:
+            for notification in subscription:
+                received.append(notification.id)
+                if len(received) == 3:
+                    done.set()
+                    return
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    for _ in range(3):
+        other_process.insert_events([StoredEvent(uuid.uuid4(), 1, "t", b"")])
+    deadline = time.monotonic() + 10
+    while not done.is_set() and time.monotonic() < deadline:
+        done.wait(0.05)
+    consumer.join(timeout=5)
+    assert received == [1, 2, 3]

@@ -1,0 +1,1 @@
+"""The Order domain: the example that ledger's tests, demo and benchmarks use."""

@@ -422,3 +422,22 @@ def test_racing_commands_on_one_aggregate_are_serialised_without_gaps(
     assert [n.id for n in notifications] == list(range(1, 42))
     # Commit order: positions follow versions.
     assert [n.originator_version for n in notifications] == versions
+
+
+def test_lost_sequence_race_is_logged_with_positions_and_no_event_state(
+    dynamodb_endpoint: str, table_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    env = {
+        "DYNAMODB_ENDPOINT_URL": dynamodb_endpoint,
+        "DYNAMODB_TABLE_PREFIX": table_prefix,
+    }
+    first = DynamoDBFactory(Environment("logs", env)).application_recorder()
+    second = DynamoDBFactory(Environment("logs", env)).application_recorder()
+    first.insert_events([stored(uuid.uuid4(), 1, b"secret-payload")])
+
+    with caplog.at_level("DEBUG", logger="ledger.dynamodb"):
+        second.insert_events([stored(uuid.uuid4(), 1, b"secret-payload")])
+
+    race = [r for r in caplog.records if "race" in r.getMessage()]
+    assert [(r.levelname, r.expected, r.position) for r in race] == [("INFO", 0, 1)]
+    assert all("secret-payload" not in str(vars(r)) for r in caplog.records)

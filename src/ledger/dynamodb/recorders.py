@@ -17,6 +17,7 @@ Costs, per call (``n`` events of at most 1 KB each; see :mod:`.schema`):
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -56,6 +57,10 @@ from ledger.dynamodb.limits import (
 from ledger.dynamodb.tables import ensure_table
 
 OriginatorIDType = Literal["uuid", "text"]
+
+logger = logging.getLogger("ledger.dynamodb")
+"""Structured records (``extra=``): aggregate ids, versions, positions; never
+event state or credentials."""
 
 _NOT_EXISTS = "attribute_not_exists(#key)"
 """Condition on every put: no item has this key yet (nothing is overwritten)."""
@@ -230,6 +235,10 @@ class DynamoDBAggregateRecorder(DynamoDBRecorder, AggregateRecorder):
                 attempt += 1
                 if not retryable or attempt >= _MAX_SEQUENCE_ATTEMPTS:
                     raise
+                logger.info(
+                    "transaction cancelled, retrying",
+                    extra={"reasons": sorted(codes), "attempt": attempt},
+                )
                 _backoff(attempt)
             else:
                 return None
@@ -403,6 +412,10 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
                     self._last_position = expected + len(stored_events)
                     break
                 self._last_position = self._position_from(conflict, sequence_index)
+                logger.info(
+                    "lost the race for the application sequence, retrying",
+                    extra={"expected": expected, "position": self._last_position},
+                )
             else:
                 raise OperationalError(
                     f"{self._describe_save(stored_events)}: lost the race for the "
@@ -410,6 +423,14 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
                     "writers are saving faster than this one can; try again."
                 )
         self._notify_listeners()
+        logger.debug(
+            "saved",
+            extra={
+                "aggregates": sorted({str(e.originator_id) for e in stored_events}),
+                "last_version": stored_events[-1].originator_version,
+                "positions": [expected + 1, expected + len(stored_events)],
+            },
+        )
         return list(range(expected + 1, expected + len(stored_events) + 1))
 
     def _insert_tracking_only(self, tracking: Tracking) -> None:

@@ -1,0 +1,47 @@
+"""Projections: read models kept up to date from an application's events.
+
+A :class:`Projector` declares a handler per event type and writes pydantic
+:class:`ReadModel` s through a view (:class:`DynamoDBView`, or
+:class:`InMemoryView` in unit tests). Feed it from the application sequence
+(``eventsourcing``'s ``ProjectionRunner``) or from DynamoDB Streams
+(:mod:`ledger.projections.streams`); rebuild it blue/green with
+:func:`ledger.projections.rebuild.rebuild`.
+"""
+
+from __future__ import annotations
+
+from ledger.projections.dynamodb import DynamoDBView
+from ledger.projections.projector import (
+    AggregatePosition,
+    GapError,
+    Outcome,
+    ParkedEvent,
+    Projector,
+    ReadModel,
+    Session,
+    event_loader,
+    handles,
+)
+from ledger.projections.views import (
+    ActiveVersionChangedError,
+    ConcurrentChangeError,
+    InMemoryView,
+    ReadModelView,
+)
+
+__all__ = [
+    "ActiveVersionChangedError",
+    "AggregatePosition",
+    "ConcurrentChangeError",
+    "DynamoDBView",
+    "GapError",
+    "InMemoryView",
+    "Outcome",
+    "ParkedEvent",
+    "Projector",
+    "ReadModel",
+    "ReadModelView",
+    "Session",
+    "event_loader",
+    "handles",
+]

@@ -1,0 +1,374 @@
+"""The DynamoDB view: read models, tracking and dead letters in DynamoDB tables.
+
+Costs: a commit is one ``TransactWriteItems`` holding each item written (2 WCU
+per KB), the tracking update (2 WCU) and a check that this table version is
+still the active one (2 RCU); a read is one strongly consistent ``GetItem``
+(1 RCU per 4 KB). See :mod:`ledger.projections.schema` for the tables.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+from eventsourcing.persistence import IntegrityError, OperationalError, Tracking
+
+from ledger.dynamodb.client import (
+    CONDITION_FAILED,
+    TransactionCancelledError,
+    TransactionConflictError,
+)
+from ledger.dynamodb.recorders import DynamoDBTrackingRecorder, _backoff
+from ledger.dynamodb.schema import TRACKING_TABLE
+from ledger.dynamodb.tables import ensure_table
+from ledger.projections import schema
+from ledger.projections.views import (
+    PARKED_PREFIX,
+    ActiveVersionChangedError,
+    ConcurrentChangeError,
+    ItemWrite,
+    ReadModelView,
+    StoredItem,
+    tracking_key,
+)
+
+_MAX_CANCELLED_ATTEMPTS = 10
+"""Attempts at a commit cancelled by a concurrent transaction on its items."""
+
+
+def _key_table(name: str, attribute: str) -> dict[str, Any]:
+    return {
+        "TableName": name,
+        "AttributeDefinitions": [{"AttributeName": attribute, "AttributeType": "S"}],
+        "KeySchema": [{"AttributeName": attribute, "KeyType": "HASH"}],
+        "BillingMode": "PAY_PER_REQUEST",
+    }
+
+
+def _parked_table(name: str) -> dict[str, Any]:
+    return {
+        "TableName": name,
+        "AttributeDefinitions": [
+            {"AttributeName": schema.TABLE_VERSION, "AttributeType": "N"},
+            {"AttributeName": schema.AGGREGATE_ID, "AttributeType": "S"},
+        ],
+        "KeySchema": [
+            {"AttributeName": schema.TABLE_VERSION, "KeyType": "HASH"},
+            {"AttributeName": schema.AGGREGATE_ID, "KeyType": "RANGE"},
+        ],
+        "BillingMode": "PAY_PER_REQUEST",
+    }
+
+
+class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
+    """Read models of one projection, in one table version, in DynamoDB.
+
+    Constructed by ``eventsourcing``'s factory (``tracking_recorder(DynamoDBView)``)
+    with the projection's tracking-table name, ``{prefix}{projection}_tracking``;
+    its tables are named from that (see :mod:`ledger.projections.schema`).
+    Without ``table_version`` it writes into the active version and checks, in
+    every commit, that the version is still active (a rebuild may switch it).
+    """
+
+    def __init__(
+        self,
+        connection: Any,
+        tracking_table_name: str,
+        *,
+        originator_id_type: Any = "uuid",
+        table_version: int | None = None,
+    ) -> None:
+        super().__init__(
+            connection, tracking_table_name, originator_id_type=originator_id_type
+        )
+        self.base_name = tracking_table_name.removesuffix(f"_{TRACKING_TABLE}")
+        self.control_table_name = f"{self.base_name}_{schema.CONTROL_TABLE}"
+        self.parked_table_name = f"{self.base_name}_{schema.PARKED_TABLE}"
+        self.guard_active = table_version is None
+        """True: commits check this version is still the active one."""
+        self._table_version = table_version
+
+    # Tables and versions --------------------------------------------------------
+
+    def create_table(self) -> None:
+        """Create the control and parked tables, the pointer, this version's table."""
+        ensure_table(self.connection, _key_table(self.control_table_name, schema.NAME))
+        ensure_table(self.connection, _parked_table(self.parked_table_name))
+        # An existing pointer means some version is already active: keep it.
+        with contextlib.suppress(IntegrityError):
+            self.connection.call(
+                "put_item",
+                TableName=self.control_table_name,
+                Item={
+                    schema.NAME: {"S": schema.ACTIVE},
+                    schema.TABLE_VERSION: {"N": str(schema.FIRST_VERSION)},
+                },
+                ConditionExpression="attribute_not_exists(#n)",
+                ExpressionAttributeNames={"#n": schema.NAME},
+            )
+        self.create_version_table(self.table_version)
+
+    def create_version_table(self, version: int) -> None:
+        """Create the table of a table version if it does not exist."""
+        ensure_table(
+            self.connection, _key_table(self.version_table_name(version), schema.KEY)
+        )
+
+    def version_table_name(self, version: int) -> str:
+        """Return the name of a table version's table."""
+        return f"{self.base_name}_{schema.version_table_suffix(version)}"
+
+    @property
+    def table_version(self) -> int:
+        """The table version this view reads and writes."""
+        if self._table_version is None:
+            self._table_version = self.active_version()
+        return self._table_version
+
+    @property
+    def table_name(self) -> str:
+        """The name of this view's version table."""
+        return self.version_table_name(self.table_version)
+
+    def active_version(self) -> int:
+        """Return the version readers use now (strongly consistent read)."""
+        item = self.get_control(schema.ACTIVE)
+        if item is None:
+            return schema.FIRST_VERSION
+        return int(item[schema.TABLE_VERSION]["N"])
+
+    def at_version(self, version: int) -> DynamoDBView:
+        """Return a view of the same projection fixed to another table version."""
+        return DynamoDBView(
+            self.connection,
+            self.tracking_table_name,
+            originator_id_type=self.originator_id_type,
+            table_version=version,
+        )
+
+    def follow_active(self) -> None:
+        """Write into the active version from now on (after a switch)."""
+        self._table_version = None
+
+    def existing_versions(self) -> list[int]:
+        """Return the table versions whose tables exist, oldest first."""
+        prefix = f"{self.base_name}_v"
+        versions: list[int] = []
+        params: dict[str, Any] = {"ExclusiveStartTableName": prefix[:-1]}
+        while True:
+            response = self.connection.call("list_tables", **params)
+            for name in response.get("TableNames", []):
+                suffix = name[len(prefix) :]
+                if name.startswith(prefix) and suffix.isdigit():
+                    versions.append(int(suffix))
+            last = response.get("LastEvaluatedTableName")
+            if last is None or not last.startswith(self.base_name):
+                return sorted(versions)
+            params["ExclusiveStartTableName"] = last
+
+    def get_control(self, name: str) -> dict[str, Any] | None:
+        """Return a control item (``active``, ``rebuild``, shard checkpoints)."""
+        response = self.connection.call(
+            "get_item",
+            TableName=self.control_table_name,
+            Key={schema.NAME: {"S": name}},
+            ConsistentRead=True,
+        )
+        item: dict[str, Any] | None = response.get("Item")
+        return item
+
+    # Reading --------------------------------------------------------------------------
+
+    def _item_key(self, key: str) -> tuple[str, dict[str, Any]]:
+        if key.startswith(PARKED_PREFIX):
+            return self.parked_table_name, {
+                schema.TABLE_VERSION: {"N": str(self.table_version)},
+                schema.AGGREGATE_ID: {"S": key[len(PARKED_PREFIX) :]},
+            }
+        return self.table_name, {schema.KEY: {"S": key}}
+
+    def load(self, key: str) -> StoredItem | None:
+        """Return the item under ``key`` (one strongly consistent GetItem)."""
+        table, item_key = self._item_key(key)
+        response = self.connection.call(
+            "get_item", TableName=table, Key=item_key, ConsistentRead=True
+        )
+        item = response.get("Item")
+        return None if item is None else _stored(item)
+
+    def load_all(self) -> dict[str, StoredItem]:
+        """Return every item of this version (a Scan, plus a Query of dead letters)."""
+        items: dict[str, StoredItem] = {}
+        params: dict[str, Any] = {"TableName": self.table_name, "ConsistentRead": True}
+        while True:
+            response = self.connection.call("scan", **params)
+            for item in response["Items"]:
+                if schema.BODY in item:
+                    items[item[schema.KEY]["S"]] = _stored(item)
+            if "LastEvaluatedKey" not in response:
+                break
+            params["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        for item in self.parked_items():
+            parked_key = f"{PARKED_PREFIX}{_aggregate_of(item.body)}"
+            items[parked_key] = item
+        return items
+
+    def parked_items(self) -> list[StoredItem]:
+        """Return this version's parked events (one Query of the parked table)."""
+        params: dict[str, Any] = {
+            "TableName": self.parked_table_name,
+            "KeyConditionExpression": "#v = :v",
+            "ExpressionAttributeNames": {"#v": schema.TABLE_VERSION},
+            "ExpressionAttributeValues": {":v": {"N": str(self.table_version)}},
+            "ConsistentRead": True,
+        }
+        items: list[StoredItem] = []
+        while True:
+            response = self.connection.call("query", **params)
+            items.extend(_stored(item) for item in response["Items"])
+            if "LastEvaluatedKey" not in response:
+                return items
+            params["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    def max_tracking_id(self, application_name: str) -> int | None:
+        """Return the last position of an application applied in this version."""
+        response = self.connection.call(
+            "get_item",
+            TableName=self.table_name,
+            Key={schema.KEY: {"S": tracking_key(application_name)}},
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        return None if item is None else int(item[schema.NOTIFICATION_ID]["N"])
+
+    # Writing --------------------------------------------------------------------------
+
+    def insert_tracking(self, tracking: Tracking) -> None:
+        """Record a position with no read-model change."""
+        ReadModelView.insert_tracking(self, tracking)
+
+    def commit(self, writes: Sequence[ItemWrite], tracking: Tracking | None) -> None:
+        """Write items and tracking in one TransactWriteItems, or raise.
+
+        Raises ``ConcurrentChangeError`` when an item is not at the revision
+        read or the tracking is already at or past the position, and
+        ``ActiveVersionChangedError`` when a rebuild switched versions.
+        """
+        actions = [self._write_action(write) for write in writes]
+        if tracking is not None:
+            actions.append(self._tracking_action(tracking))
+        if not actions:
+            return
+        guard_index = len(actions)
+        if self.guard_active:
+            actions.append(self._guard_action())
+        for attempt in range(1, _MAX_CANCELLED_ATTEMPTS + 1):
+            try:
+                self.connection.call("transact_write_items", TransactItems=actions)
+            except TransactionConflictError as error:
+                failed = {
+                    i
+                    for i, reason in enumerate(error.reasons)
+                    if reason.get("Code") == CONDITION_FAILED
+                }
+                if self.guard_active and guard_index in failed:
+                    raise ActiveVersionChangedError(
+                        f"Table version {self.table_version} of {self.base_name} is "
+                        "no longer active (a rebuild switched readers). Nothing was "
+                        "written; the projector reopens the active version."
+                    ) from error
+                raise ConcurrentChangeError(
+                    f"Another writer changed items of {self.table_name} first, or "
+                    "the tracking is past this position. Nothing was written."
+                ) from error
+            except IntegrityError as error:
+                raise ConcurrentChangeError(str(error)) from error
+            except TransactionCancelledError:
+                if attempt == _MAX_CANCELLED_ATTEMPTS:
+                    raise
+                _backoff(attempt)
+            else:
+                return
+        raise OperationalError("unreachable")  # pragma: no cover
+
+    def _write_action(self, write: ItemWrite) -> dict[str, Any]:
+        table, key = self._item_key(write.key)
+        names = {"#r": schema.REVISION}
+        if write.expected_revision == 0:
+            condition = "attribute_not_exists(#r)"
+            values: dict[str, Any] = {}
+        else:
+            condition = "#r = :r"
+            values = {":r": {"N": str(write.expected_revision)}}
+        common: dict[str, Any] = {
+            "TableName": table,
+            "ConditionExpression": condition,
+            "ExpressionAttributeNames": names,
+        }
+        if values:
+            common["ExpressionAttributeValues"] = values
+        if write.body is None:
+            return {"Delete": {**common, "Key": key}}
+        item = {
+            **key,
+            schema.BODY: {"S": write.body},
+            schema.REVISION: {"N": str(write.expected_revision + 1)},
+        }
+        return {"Put": {**common, "Item": item}}
+
+    def _tracking_action(self, tracking: Tracking) -> dict[str, Any]:
+        return {
+            "Update": {
+                "TableName": self.table_name,
+                "Key": {schema.KEY: {"S": tracking_key(tracking.application_name)}},
+                "UpdateExpression": "SET #n = :n",
+                # Only forward: an event at or below the position was applied.
+                "ConditionExpression": "attribute_not_exists(#n) OR #n < :n",
+                "ExpressionAttributeNames": {"#n": schema.NOTIFICATION_ID},
+                "ExpressionAttributeValues": {
+                    ":n": {"N": str(tracking.notification_id)}
+                },
+            }
+        }
+
+    def _guard_action(self) -> dict[str, Any]:
+        return {
+            "ConditionCheck": {
+                "TableName": self.control_table_name,
+                "Key": {schema.NAME: {"S": schema.ACTIVE}},
+                "ConditionExpression": "#v = :v",
+                "ExpressionAttributeNames": {"#v": schema.TABLE_VERSION},
+                "ExpressionAttributeValues": {":v": {"N": str(self.table_version)}},
+            }
+        }
+
+
+def _stored(item: dict[str, Any]) -> StoredItem:
+    return StoredItem(item[schema.BODY]["S"], int(item[schema.REVISION]["N"]))
+
+
+def _aggregate_of(body: str) -> str:
+    import json  # noqa: PLC0415 - only for listing dead letters
+
+    aggregate_id: str = json.loads(body)[schema.AGGREGATE_ID]
+    return aggregate_id
+
+
+def open_view(
+    projector_class: type[Any],
+    env: Any = None,
+    view_class: type[Any] = DynamoDBView,
+) -> Any:
+    """Open a projector's view the way ``eventsourcing``'s ProjectionRunner does.
+
+    Its settings are read from ``env`` and ``os.environ``, each optionally
+    prefixed with the projector's upper-cased name; tables are created unless
+    ``CREATE_TABLE`` says no.
+    """
+    from eventsourcing.persistence import InfrastructureFactory  # noqa: PLC0415
+    from eventsourcing.projection import BaseProjectionRunner  # noqa: PLC0415
+
+    environment = BaseProjectionRunner._construct_env(projector_class.name, env)
+    factory = InfrastructureFactory[Any].construct(env=environment)
+    return factory.tracking_recorder(view_class)

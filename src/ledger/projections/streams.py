@@ -1,0 +1,352 @@
+"""Feeding projectors from DynamoDB Streams: a Lambda handler and a local poller.
+
+DynamoDB orders stream records per item only, and delivers them at least
+once. So this feed does not track one position: it tracks the last version
+applied *per aggregate* (committed with the read-model writes), ignores a
+record at or below it (a duplicate), and on a gap reads the missing events
+from the events table (strongly consistent Query) before applying. It needs no
+global sequence, so it scales with the table's partitions (stream shards) and
+Lambda's concurrency: records of different aggregates may be processed in any
+interleaving, by any number of workers, and the read model comes out the same.
+
+A batch reports the records it could not process (a record that cannot be
+decoded, or whose commit failed) as ``batchItemFailures``; later records of
+the same aggregate in the batch are reported too, so an aggregate's events are
+never applied out of order. A handler that keeps failing is not a batch
+failure: its event is parked (see :mod:`ledger.projections.projector`).
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+from uuid import UUID
+
+import boto3
+from eventsourcing.persistence import Mapper, PersistenceError, StoredEvent
+
+from ledger.dynamodb import schema as store_schema
+from ledger.dynamodb.client import is_loopback, translate_errors
+from ledger.projections import schema
+from ledger.projections.projector import Projector, Session
+from ledger.projections.views import ActiveVersionChangedError, ConcurrentChangeError
+
+INSERT = "INSERT"
+"""The only stream records projected: events are never modified or removed."""
+_MAX_RECORD_ATTEMPTS = 10
+
+
+def decode_record(
+    record: Mapping[str, Any], mapper: Mapper[Any], *, uuid_ids: bool = True
+) -> Any | None:
+    """Return the domain event in a stream record, or None if it is no new event.
+
+    Accepts both shapes: Lambda's JSON (binary as base64 text) and the boto3
+    ``dynamodbstreams`` client's (binary as bytes).
+    """
+    if record.get("eventName") != INSERT:
+        return None
+    image = record["dynamodb"]["NewImage"]
+    state = image[store_schema.STATE]["B"]
+    if isinstance(state, str):
+        state = base64.b64decode(state)
+    aggregate_id = image[store_schema.AGGREGATE_ID]["S"]
+    stored = StoredEvent(
+        originator_id=UUID(aggregate_id) if uuid_ids else aggregate_id,
+        originator_version=int(image[store_schema.VERSION]["N"]),
+        topic=image[store_schema.TOPIC]["S"],
+        state=bytes(state),
+    )
+    return mapper.to_domain_event(stored)
+
+
+def sequence_number(record: Mapping[str, Any]) -> str:
+    """Return a stream record's sequence number (its ``itemIdentifier``)."""
+    number: str = record["dynamodb"]["SequenceNumber"]
+    return number
+
+
+def _aggregate_of(record: Mapping[str, Any]) -> str | None:
+    keys = record.get("dynamodb", {}).get("Keys") or record.get("dynamodb", {}).get(
+        "NewImage", {}
+    )
+    value = keys.get(store_schema.AGGREGATE_ID, {}).get("S")
+    return None if value is None else str(value)
+
+
+def process_records(
+    projector: Projector,
+    records: Sequence[Mapping[str, Any]],
+    mapper: Mapper[Any],
+) -> list[str]:
+    """Apply a batch of stream records; return the sequence numbers that failed.
+
+    Records are applied into one session and committed together (as many
+    per transaction as fit); if a commit meets another writer, its records
+    are applied again one by one.
+    """
+    failed: list[str] = []
+    failed_aggregates: set[str] = set()
+    pending: list[tuple[str, Any]] = []
+    session = Session(projector.view)
+    limit = projector.view.max_actions
+
+    def fail(number: str, aggregate_id: str | None) -> None:
+        failed.append(number)
+        if aggregate_id is not None:
+            failed_aggregates.add(aggregate_id)
+
+    def flush() -> None:
+        try:
+            session.commit()
+        except (ConcurrentChangeError, ActiveVersionChangedError) as error:
+            _after_conflict(projector, session, error)
+            for number, event in pending:
+                if str(event.originator_id) in failed_aggregates:
+                    failed.append(number)
+                elif not _apply_alone(projector, event):
+                    fail(number, str(event.originator_id))
+        except PersistenceError:
+            session.forget()
+            for number, event in pending:
+                fail(number, str(event.originator_id))
+        pending.clear()
+
+    for record in records:
+        number = sequence_number(record)
+        aggregate_id = _aggregate_of(record)
+        if aggregate_id in failed_aggregates:
+            failed.append(number)
+            continue
+        try:
+            event = decode_record(record, mapper)
+        except Exception:  # noqa: BLE001 - an undecodable record is reported, not raised
+            fail(number, aggregate_id)
+            continue
+        if event is None:
+            continue
+        savepoint = session.savepoint()
+        projector.apply(session, event, _position(record))
+        if session.pending_actions() > limit and pending:
+            session.restore(savepoint)
+            flush()
+            projector.apply(session, event, _position(record))
+        pending.append((number, event))
+    flush()
+    return failed
+
+
+def _position(record: Mapping[str, Any]) -> int | None:
+    position = record["dynamodb"].get("NewImage", {}).get(store_schema.POSITION)
+    return None if position is None else int(position["N"])
+
+
+def _after_conflict(projector: Projector, session: Session, error: Exception) -> None:
+    session.forget()
+    if isinstance(error, ActiveVersionChangedError):
+        follow = getattr(projector.view, "follow_active", None)
+        if follow is not None:
+            follow()
+
+
+def _apply_alone(projector: Projector, event: Any) -> bool:
+    """Apply one event in its own commit, retrying conflicts; False if it failed."""
+    for _ in range(_MAX_RECORD_ATTEMPTS):
+        session = Session(projector.view)
+        try:
+            projector.apply(session, event, None)
+            session.commit()
+        except (ConcurrentChangeError, ActiveVersionChangedError) as error:
+            _after_conflict(projector, session, error)
+        except PersistenceError:
+            return False
+        else:
+            return True
+    return False
+
+
+def handle_stream_event(
+    event: Mapping[str, Any], projector: Projector, mapper: Mapper[Any]
+) -> dict[str, list[dict[str, str]]]:
+    """Process a Lambda DynamoDB Streams event; return its partial-batch response.
+
+    Configure the event source mapping with ``ReportBatchItemFailures``.
+    """
+    failed = process_records(projector, event.get("Records", []), mapper)
+    return {"batchItemFailures": [{"itemIdentifier": number} for number in failed]}
+
+
+def lambda_handler(
+    projector_class: type[Projector],
+    application_class: type[Any],
+    env: Mapping[str, str] | None = None,
+) -> Callable[[Mapping[str, Any], Any], dict[str, list[dict[str, str]]]]:
+    """Return a Lambda handler feeding ``projector_class`` from the events stream.
+
+    The application and view are made on the first invocation and reused by
+    later ones (Lambda keeps the process warm)::
+
+        handler = lambda_handler(OrderProjector, Orders)
+    """
+    from ledger.projections.dynamodb import open_view  # noqa: PLC0415
+    from ledger.projections.projector import event_loader  # noqa: PLC0415
+
+    made: dict[str, Any] = {}
+
+    def handler(
+        event: Mapping[str, Any], context: Any
+    ) -> dict[str, list[dict[str, str]]]:
+        if not made:
+            application = application_class(env=env)
+            view = open_view(projector_class, env)
+            made["mapper"] = application.mapper
+            made["projector"] = projector_class(view, event_loader(application))
+        return handle_stream_event(event, made["projector"], made["mapper"])
+
+    return handler
+
+
+class StreamPoller:
+    """Feeds a projector from the events table's stream with the Streams API.
+
+    For running a stream projection without Lambda (``ledger projections run``)
+    and for DynamoDB Local. Each shard's last processed record is checkpointed
+    in the projection's control table after each batch; a record that failed
+    is read again at the next poll. Costs per poll: one DescribeStream, one
+    GetShardIterator and at least one GetRecords per shard.
+    """
+
+    def __init__(
+        self,
+        projector: Projector,
+        application: Any,
+        *,
+        batch_size: int = 1000,
+        streams_client: Any = None,
+    ) -> None:
+        self.projector = projector
+        self.application = application
+        self.batch_size = batch_size
+        view: Any = projector.view
+        self.view = view
+        connection = view.connection
+        self.client = streams_client or _streams_client(connection)
+        table = connection.call(
+            "describe_table", TableName=application.recorder.events_table_name
+        )["Table"]
+        self.stream_arn: str = table["LatestStreamArn"]
+
+    def poll(self) -> int:
+        """Process every record available now in every shard; return how many."""
+        processed = 0
+        for shard in self._shards():
+            processed += self._poll_shard(shard["ShardId"])
+        return processed
+
+    def run(self, stop: threading.Event, interval: float = 1.0) -> None:
+        """Poll until ``stop`` is set, waiting ``interval`` seconds when idle."""
+        while not stop.is_set():
+            if self.poll() == 0:
+                stop.wait(interval)
+
+    def _shards(self) -> list[dict[str, Any]]:
+        shards: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"StreamArn": self.stream_arn}
+        while True:
+            with translate_errors():
+                description = self.client.describe_stream(**params)["StreamDescription"]
+            shards.extend(description["Shards"])
+            last = description.get("LastEvaluatedShardId")
+            if last is None:
+                return _parents_first(shards)
+            params["ExclusiveStartShardId"] = last
+
+    def _poll_shard(self, shard_id: str) -> int:
+        checkpoint_name = f"{schema.SHARD_PREFIX}{shard_id}"
+        checkpoint = self.view.get_control(checkpoint_name)
+        params: dict[str, Any] = {"StreamArn": self.stream_arn, "ShardId": shard_id}
+        if checkpoint is None:
+            params["ShardIteratorType"] = "TRIM_HORIZON"
+        else:
+            params["ShardIteratorType"] = "AFTER_SEQUENCE_NUMBER"
+            params["SequenceNumber"] = checkpoint[schema.SEQUENCE_NUMBER]["S"]
+        with translate_errors():
+            iterator = self.client.get_shard_iterator(**params).get("ShardIterator")
+        processed = 0
+        while iterator:
+            with translate_errors():
+                response = self.client.get_records(
+                    ShardIterator=iterator, Limit=self.batch_size
+                )
+            records = response.get("Records", [])
+            if not records:
+                return processed
+            failed = set(
+                process_records(self.projector, records, self.application.mapper)
+            )
+            done = _before_first_failure(records, failed)
+            processed += len(done)
+            if done:
+                self._checkpoint(checkpoint_name, sequence_number(done[-1]))
+            if failed:
+                return processed
+            iterator = response.get("NextShardIterator")
+        return processed
+
+    def _checkpoint(self, name: str, number: str) -> None:
+        self.view.connection.call(
+            "put_item",
+            TableName=self.view.control_table_name,
+            Item={
+                schema.NAME: {"S": name},
+                schema.SEQUENCE_NUMBER: {"S": number},
+            },
+        )
+
+
+def _before_first_failure(
+    records: Sequence[Mapping[str, Any]], failed: set[str]
+) -> list[Mapping[str, Any]]:
+    done: list[Mapping[str, Any]] = []
+    for record in records:
+        if sequence_number(record) in failed:
+            break
+        done.append(record)
+    return done
+
+
+def _parents_first(shards: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    # A child shard's records come after its parent's: process parents first.
+    ordered: list[dict[str, Any]] = []
+    remaining = list(shards)
+    known = {shard["ShardId"] for shard in remaining}
+    placed: set[str] = set()
+    while remaining:
+        progress = False
+        for shard in list(remaining):
+            parent = shard.get("ParentShardId")
+            if parent is None or parent not in known or parent in placed:
+                ordered.append(shard)
+                placed.add(shard["ShardId"])
+                remaining.remove(shard)
+                progress = True
+        if not progress:
+            ordered.extend(remaining)
+            break
+    return ordered
+
+
+def _streams_client(connection: Any) -> Any:
+    session = boto3.session.Session()
+    key_id = secret = None
+    if is_loopback(connection.endpoint_url) and session.get_credentials() is None:
+        key_id = secret = "local"  # noqa: S105 - DynamoDB Local's placeholder
+    return session.client(
+        "dynamodbstreams",
+        endpoint_url=connection.endpoint_url,
+        region_name=connection.region_name,
+        aws_access_key_id=key_id,
+        aws_secret_access_key=secret,
+    )

@@ -1,0 +1,139 @@
+"""Where read models are stored: the view contract and an in-memory view.
+
+A view stores read-model items (JSON bodies with revisions) and the
+projection's tracking, and commits a unit of work's writes and its tracking
+together, all or nothing. Every write names the revision it read, so two
+writers of one item never lose an update, and tracking only moves forward, so
+an event applied twice changes nothing.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from eventsourcing.persistence import IntegrityError, Tracking, TrackingRecorder
+from eventsourcing.popo import POPOTrackingRecorder
+
+from ledger.projections import schema
+
+PARKED_PREFIX = "ParkedEvent#"
+"""Key prefix of parked events; views store them apart (the dead letters)."""
+
+
+class ConcurrentChangeError(IntegrityError):
+    """A commit found an item at another revision, or tracking already past it.
+
+    Nothing was written. Reload what was read and apply the events again; the
+    projector does this itself.
+    """
+
+
+class ActiveVersionChangedError(IntegrityError):
+    """The view's table version stopped being the active one (a rebuild switched).
+
+    Nothing was written. Open the view again to write into the active version.
+    """
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    """A read-model item as stored: its JSON body and its revision."""
+
+    body: str
+    revision: int
+
+
+@dataclass(frozen=True)
+class ItemWrite:
+    """One write of a commit: a new body (``None`` deletes) and the revision read."""
+
+    key: str
+    body: str | None
+    expected_revision: int
+    """The revision read before writing; 0 means the item must not exist."""
+
+
+class ReadModelView(TrackingRecorder, ABC):
+    """Stores read models and tracking; commits them together.
+
+    ``max_actions`` is how many item writes (plus one for tracking) a single
+    commit may hold.
+    """
+
+    max_actions: int = 98
+
+    @abstractmethod
+    def load(self, key: str) -> StoredItem | None:
+        """Return the item stored under ``key`` (strongly consistent), or None."""
+
+    @abstractmethod
+    def load_all(self) -> dict[str, StoredItem]:
+        """Return every item of this view, parked events included (for rebuilds)."""
+
+    @abstractmethod
+    def commit(self, writes: Sequence[ItemWrite], tracking: Tracking | None) -> None:
+        """Write items and tracking atomically, or raise ``ConcurrentChangeError``."""
+
+    def parked_items(self) -> list[StoredItem]:
+        """Return the stored parked events of this view."""
+        return [
+            item
+            for key, item in self.load_all().items()
+            if key.startswith(PARKED_PREFIX)
+        ]
+
+    def insert_tracking(self, tracking: Tracking) -> None:
+        """Record a position with no read-model change (events with no handler)."""
+        self.commit((), tracking)
+
+
+class InMemoryView(POPOTrackingRecorder, ReadModelView):
+    """A view in a dict, for unit tests and ``eventsourcing.popo`` applications."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.items: dict[str, StoredItem] = {}
+
+    def load(self, key: str) -> StoredItem | None:
+        """Return the item stored under ``key``, or None."""
+        with self._database_lock:
+            return self.items.get(key)
+
+    def load_all(self) -> dict[str, StoredItem]:
+        """Return a copy of every item."""
+        with self._database_lock:
+            return dict(self.items)
+
+    def commit(self, writes: Sequence[ItemWrite], tracking: Tracking | None) -> None:
+        """Check every revision and the tracking, then write all or nothing."""
+        with self._database_lock:
+            for write in writes:
+                current = self.items.get(write.key)
+                revision = 0 if current is None else current.revision
+                if revision != write.expected_revision:
+                    raise ConcurrentChangeError(
+                        f"Item {write.key} is at revision {revision}, not "
+                        f"{write.expected_revision}: another writer changed it. "
+                        "Nothing was written; reload and apply again."
+                    )
+            if tracking is not None:
+                try:
+                    self._assert_tracking_uniqueness(tracking)
+                except IntegrityError as error:
+                    raise ConcurrentChangeError(str(error)) from error
+            for write in writes:
+                if write.body is None:
+                    self.items.pop(write.key, None)
+                else:
+                    self.items[write.key] = StoredItem(
+                        write.body, write.expected_revision + 1
+                    )
+            if tracking is not None:
+                self._insert_tracking(tracking)
+
+
+def tracking_key(application_name: str) -> str:
+    """Return the key of an application's tracking item in a version table."""
+    return f"{schema.TRACKING_PREFIX}{application_name}"

@@ -1,0 +1,308 @@
+"""Projections on DynamoDB Local: both feeds, rebuilds, crashes, dead letters."""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import time
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from eventsourcing.persistence import Tracking
+from eventsourcing.projection import ProjectionRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aggregates.application import Orders
+from aggregates.order import OrderStatus
+from aggregates.strategies import order_scripts
+from ledger.dynamodb import schema as store_schema
+from ledger.projections import DynamoDBView, event_loader
+from ledger.projections.dynamodb import open_view
+from ledger.projections.rebuild import drop_version, rebuild, status
+from ledger.projections.streams import (
+    StreamPoller,
+    handle_stream_event,
+    process_records,
+)
+from projections.orders import OrderProjector, get_order_summary
+from tests.test_projections_core import ITEM, FlakyOrderProjector
+
+DEADLINE = 30.0
+
+
+class Crash(BaseException):
+    """A simulated process death (not an Exception, so nothing catches it)."""
+
+
+def read_model(view: DynamoDBView) -> dict[str, Any]:
+    """Every read-model item's content, without revisions (they count writes)."""
+    return {key: json.loads(item.body) for key, item in view.load_all().items()}
+
+
+def project_sequence(app: Orders, projector: OrderProjector) -> None:
+    """Feed every notification to the projector, as the ProjectionRunner does."""
+    for notification in app.recorder.select_notifications(start=1, limit=100_000):
+        event = app.mapper.to_domain_event(notification)
+        projector.process_event(event, Tracking(app.name, notification.id))
+
+
+def stream_records(app: Orders) -> list[dict[str, Any]]:
+    """The events table as a Lambda would receive it: INSERT records, per item."""
+    connection = app.factory.connection
+    items: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"TableName": app.recorder.events_table_name}
+    while True:
+        response = connection.call("scan", **params)
+        items.extend(response["Items"])
+        if "LastEvaluatedKey" not in response:
+            break
+        params["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+    items.sort(key=lambda item: int(item[store_schema.POSITION]["N"]))
+    records = []
+    for number, item in enumerate(items, start=1):
+        image = dict(item)
+        image[store_schema.STATE] = {
+            "B": base64.b64encode(item[store_schema.STATE]["B"]).decode()
+        }
+        records.append(
+            {
+                "eventName": "INSERT",
+                "dynamodb": {
+                    "Keys": {
+                        store_schema.AGGREGATE_ID: item[store_schema.AGGREGATE_ID],
+                        store_schema.VERSION: item[store_schema.VERSION],
+                    },
+                    "NewImage": image,
+                    "SequenceNumber": f"{number:021d}",
+                },
+            }
+        )
+    return records
+
+
+def interleave(records: list[dict[str, Any]], rng: random.Random) -> list[dict]:
+    """Shuffle records across aggregates, keeping each aggregate's own order."""
+    queues: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        aggregate = record["dynamodb"]["Keys"][store_schema.AGGREGATE_ID]["S"]
+        queues.setdefault(aggregate, []).append(record)
+    out = []
+    while queues:
+        aggregate = rng.choice(sorted(queues))
+        out.append(queues[aggregate].pop(0))
+        if not queues[aggregate]:
+            del queues[aggregate]
+    return out
+
+
+def place_some_orders(app: Orders, count: int = 3) -> list[uuid.UUID]:
+    customer = uuid.uuid4()
+    ids = []
+    for index in range(count):
+        order_id = app.place_order(customer, [ITEM], "EUR")
+        app.add_item(order_id, "fig", index + 1, Decimal(2))
+        app.confirm(order_id)
+        if index % 2:
+            app.ship(order_id, f"AB{index:06d}")
+        ids.append(order_id)
+    return ids
+
+
+@pytest.fixture
+def orders(dynamodb_env):
+    app = Orders(env=dynamodb_env)
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def view(dynamodb_env) -> DynamoDBView:
+    return open_view(OrderProjector, dynamodb_env)
+
+
+def test_runner_catches_up_then_follows_live_events(orders, dynamodb_env):
+    first = orders.place_order(uuid.uuid4(), [ITEM])
+    with ProjectionRunner(
+        application_class=Orders,
+        projection_class=OrderProjector,
+        view_class=DynamoDBView,
+        env=dynamodb_env,
+    ) as runner:
+        runner.wait(orders.recorder.max_notification_id(), timeout=DEADLINE)
+        orders.confirm(first)
+        runner.wait(orders.recorder.max_notification_id(), timeout=DEADLINE)
+        summary = get_order_summary(runner.view, first)
+    assert summary is not None
+    assert summary.status is OrderStatus.CONFIRMED
+
+
+@settings(max_examples=4)
+@given(scripts=st.lists(order_scripts(max_commands=4), min_size=1, max_size=3))
+def test_rebuilt_read_model_equals_incrementally_built_one(dynamodb_env, scripts):
+    env = {**dynamodb_env, "DYNAMODB_TABLE_PREFIX": f"h{uuid.uuid4().hex[:10]}_"}
+    app = Orders(env=env)
+    for script in scripts:
+        script.run(app)
+    live = open_view(OrderProjector, env)
+    project_sequence(app, OrderProjector(live))
+
+    result = rebuild(app, OrderProjector, live)
+
+    assert result.table_version == 2
+    assert read_model(live.at_version(2)) == read_model(live.at_version(1))
+    app.close()
+
+
+def test_rebuild_interrupted_anywhere_then_resumed_equals_uninterrupted(
+    orders, view, monkeypatch
+):
+    place_some_orders(orders, 6)
+    project_sequence(orders, OrderProjector(view))
+    connection = view.connection
+    real_call = connection.call
+    calls = {"left": random.Random(7).randint(3, 12)}
+
+    def crashing_call(operation: str, **params: Any) -> Any:
+        calls["left"] -= 1
+        if calls["left"] == 0:
+            raise Crash
+        return real_call(operation, **params)
+
+    monkeypatch.setattr(connection, "call", crashing_call)
+    with pytest.raises(Crash):
+        rebuild(orders, OrderProjector, view, page_size=5)
+    monkeypatch.setattr(connection, "call", real_call)
+
+    rebuild(orders, OrderProjector, view, page_size=5)
+
+    assert status(view, orders).active_version == 2
+    assert read_model(view.at_version(2)) == read_model(view.at_version(1))
+
+
+def test_rebuild_switches_readers_and_keeps_the_old_version_until_dropped(orders, view):
+    [order_id] = place_some_orders(orders, 1)
+    project_sequence(orders, OrderProjector(view))
+    seen: list[int] = []
+
+    rebuild(orders, OrderProjector, view, progress=lambda p: seen.append(p.position))
+
+    now = status(view, orders)
+    assert (now.active_version, now.versions, now.lag) == (2, [1, 2], 0)
+    assert seen[-1] == orders.recorder.max_notification_id()
+    assert get_order_summary(view, order_id) is not None
+    assert drop_version(view, 1) is True
+
+
+def test_stream_records_delivered_twice_in_any_interleaving_give_one_read_model(
+    orders, dynamodb_env
+):
+    place_some_orders(orders, 4)
+    records = stream_records(orders)
+    in_order = open_view(OrderProjector, dynamodb_env)
+    process_records(
+        OrderProjector(in_order, event_loader(orders)), records, orders.mapper
+    )
+    other_env = {**dynamodb_env, "DYNAMODB_TABLE_PREFIX": f"s{uuid.uuid4().hex[:10]}_"}
+    shuffled_view = open_view(OrderProjector, other_env)
+    shuffled = OrderProjector(shuffled_view, event_loader(orders))
+    rng = random.Random(3)
+
+    for batch in (interleave(records, rng), interleave(records, rng)):
+        assert process_records(shuffled, batch, orders.mapper) == []
+
+    assert read_model(shuffled_view) == read_model(in_order)
+
+
+def test_a_stream_batch_crashing_midway_then_redelivered_gives_the_same_model(
+    orders, dynamodb_env, monkeypatch
+):
+    place_some_orders(orders, 4)
+    records = stream_records(orders)
+    expected_view = open_view(OrderProjector, dynamodb_env)
+    process_records(
+        OrderProjector(expected_view, event_loader(orders)), records, orders.mapper
+    )
+    env = {**dynamodb_env, "DYNAMODB_TABLE_PREFIX": f"c{uuid.uuid4().hex[:10]}_"}
+    view = open_view(OrderProjector, env)
+    view.max_actions = 4  # many commits per batch, so the crash can fall between
+    projector = OrderProjector(view, event_loader(orders))
+    real_call = view.connection.call
+    calls = {"left": random.Random(11).randint(3, 12)}
+
+    def crashing_call(operation: str, **params: Any) -> Any:
+        calls["left"] -= 1
+        if calls["left"] == 0:
+            raise Crash
+        return real_call(operation, **params)
+
+    monkeypatch.setattr(view.connection, "call", crashing_call)
+    with pytest.raises(Crash):
+        process_records(projector, records, orders.mapper)
+    monkeypatch.setattr(view.connection, "call", real_call)
+
+    assert process_records(projector, records, orders.mapper) == []
+    assert read_model(view) == read_model(expected_view)
+
+
+def test_a_lambda_batch_reports_exactly_its_bad_record(orders, view):
+    place_some_orders(orders, 2)
+    records = stream_records(orders)
+    bad = records[3]
+    bad["dynamodb"]["NewImage"][store_schema.STATE] = {"B": "bm90IGFuIGV2ZW50"}
+    other = bad["dynamodb"]["Keys"][store_schema.AGGREGATE_ID]["S"]
+    batch = [
+        r
+        for r in records
+        if r is bad or r["dynamodb"]["Keys"][store_schema.AGGREGATE_ID]["S"] != other
+    ]
+    projector = OrderProjector(view, event_loader(orders))
+
+    response = handle_stream_event({"Records": batch}, projector, orders.mapper)
+
+    number = bad["dynamodb"]["SequenceNumber"]
+    assert response == {"batchItemFailures": [{"itemIdentifier": number}]}
+
+
+def test_poison_event_on_the_stream_is_parked_and_redriven_after_the_fix(orders, view):
+    poisoned = orders.place_order(uuid.uuid4(), [ITEM])
+    orders.add_item(poisoned, "fig", 1, Decimal(1))
+    orders.confirm(poisoned)
+    healthy = orders.place_order(uuid.uuid4(), [ITEM])
+    orders.confirm(healthy)
+    projector = FlakyOrderProjector(view, event_loader(orders))
+
+    failures = process_records(projector, stream_records(orders), orders.mapper)
+
+    assert failures == []
+    assert [p.aggregate_id for p in projector.parked()] == [str(poisoned)]
+    assert status(view).parked == 1
+    waiting = get_order_summary(view, poisoned)
+    assert waiting is not None
+    assert waiting.status is OrderStatus.CREATED
+    done = get_order_summary(view, healthy)
+    assert done is not None
+    assert done.status is OrderStatus.CONFIRMED
+    projector.broken = False
+    projector.redrive()
+    redriven = get_order_summary(view, poisoned)
+    assert redriven is not None
+    assert redriven.status is OrderStatus.CONFIRMED
+    assert projector.parked() == []
+
+
+def test_the_stream_poller_applies_the_events_table_stream(orders, view):
+    [order_id] = place_some_orders(orders, 1)
+    poller = StreamPoller(OrderProjector(view, event_loader(orders)), orders)
+    deadline = time.monotonic() + DEADLINE
+    summary = None
+    while time.monotonic() < deadline:
+        poller.poll()
+        summary = get_order_summary(view, order_id)
+        if summary is not None and summary.status is OrderStatus.CONFIRMED:
+            break
+    assert summary is not None
+    assert summary.status is OrderStatus.CONFIRMED

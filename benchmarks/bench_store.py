@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import struct
 import time
 import uuid
 from collections.abc import Callable
@@ -59,6 +60,22 @@ def both(
         raw_times.append(timed(raw_call))
 
 
+def pack_batch(aggregate_id: str, versions: range) -> bytes:
+    """The batch layout of ledger.dynamodb.batches, packed by hand."""
+    id_bytes, topic = aggregate_id.encode(), TOPIC.encode()
+    entry = b"".join(
+        struct.pack(">H", len(id_bytes))
+        + id_bytes
+        + struct.pack(">q", v)
+        + struct.pack(">H", len(topic))
+        + topic
+        + struct.pack(">I", len(STATE))
+        + STATE
+        for v in versions
+    )
+    return b"\x01" + entry
+
+
 class RawStore:
     """The same DynamoDB calls as ledger's recorder, written directly in boto3."""
 
@@ -99,19 +116,7 @@ class RawStore:
                         "page": {"N": str(last // schema.PAGE_SIZE)},
                         "position": {"N": str(last)},
                         "first_position": {"N": str(first)},
-                        "events": {
-                            "L": [
-                                {
-                                    "M": {
-                                        "aggregate_id": {"S": aggregate_id},
-                                        "version": {"N": str(v)},
-                                        "topic": {"S": TOPIC},
-                                        "state": {"B": STATE},
-                                    }
-                                }
-                                for v in versions
-                            ]
-                        },
+                        "events": {"B": pack_batch(aggregate_id, versions)},
                     },
                     "ConditionExpression": "attribute_not_exists(#key)",
                     "ExpressionAttributeNames": {"#key": "position"},

@@ -40,6 +40,7 @@ from eventsourcing.persistence import (
 )
 
 from ledger.dynamodb import schema
+from ledger.dynamodb.batches import BatchEntry, decode_batch, encode_batch
 from ledger.dynamodb.client import (
     CONDITION_FAILED,
     THROTTLED_REASONS,
@@ -471,26 +472,27 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
     def _batch_item(
         stored_events: Sequence[StoredEvent], first: int, last: int
     ) -> dict[str, Any]:
-        def entry(event: StoredEvent, *, inline: bool) -> dict[str, Any]:
-            fields: dict[str, Any] = {
-                schema.AGGREGATE_ID: {"S": _encode_id(event.originator_id)},
-                schema.VERSION: {"N": str(event.originator_version)},
-                schema.TOPIC: {"S": event.topic},
-            }
-            if inline:
-                fields[schema.STATE] = {"B": event.state}
-            return {"M": fields}
+        def events(*, inline: bool) -> bytes:
+            return encode_batch(
+                BatchEntry(
+                    _encode_id(e.originator_id),
+                    e.originator_version,
+                    e.topic,
+                    e.state if inline else None,
+                )
+                for e in stored_events
+            )
 
         item: dict[str, Any] = {
             schema.PAGE: {"N": str(schema.page_of(last))},
             schema.POSITION: {"N": str(last)},
             schema.FIRST_POSITION: {"N": str(first)},
-            schema.EVENTS: {"L": [entry(e, inline=True) for e in stored_events]},
+            schema.EVENTS: {"B": events(inline=True)},
         }
         if item_size(item) > MAX_ITEM_BYTES:
             # Too big to copy the states: keep pointers; readers fetch the states
             # from the events table. Keeps DynamoDB's own limits the only limits.
-            item[schema.EVENTS] = {"L": [entry(e, inline=False) for e in stored_events]}
+            item[schema.EVENTS] = {"B": events(inline=False)}
         return item
 
     def _sequence_action(self, expected: int, last: int) -> dict[str, Any]:
@@ -610,22 +612,21 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
         """
         low, high, limit = bounds
         position = int(batch[schema.FIRST_POSITION]["N"])
-        for entry in batch[schema.EVENTS]["L"]:
-            fields = entry["M"]
+        for aggregate_id, version, topic, state in decode_batch(
+            batch[schema.EVENTS]["B"]
+        ):
             if position > high:
                 return True
-            topic = fields[schema.TOPIC]["S"]
             if position >= low and (not topics or topic in topics):
-                state = fields.get(schema.STATE)
                 if state is None:
                     pointers.append(len(notifications))
                 notifications.append(
                     Notification(
                         id=position,
-                        originator_id=self._decode_id(fields[schema.AGGREGATE_ID]["S"]),
-                        originator_version=int(fields[schema.VERSION]["N"]),
+                        originator_id=self._decode_id(aggregate_id),
+                        originator_version=version,
                         topic=topic,
-                        state=state["B"] if state is not None else b"",
+                        state=b"" if state is None else state,
                     )
                 )
                 if len(notifications) >= limit:

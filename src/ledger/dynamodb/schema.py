@@ -48,8 +48,8 @@ PAGE: Final = "page"
 FIRST_POSITION: Final = "first_position"
 """(N) the position of a batch's first event."""
 EVENTS: Final = "events"
-"""(L of M) a batch's events, in position order: aggregate id, version, topic,
-and state when stored inline."""
+"""(B) a batch's events, in position order: aggregate id, version, topic, and
+state when stored inline, in the binary layout of :mod:`ledger.dynamodb.batches`."""
 LAST_POSITION: Final = "last_position"
 """(N) on the sequence item: the highest committed position."""
 

@@ -87,6 +87,11 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
         self.parked_table_name = f"{self.base_name}_{schema.PARKED_TABLE}"
         self.guard_active = table_version is None
         """True: commits check this version is still the active one."""
+        self.rebuild_owner: str | None = None
+        """Set by a rebuild on the view of the version it builds: commits then
+        check that this run still owns the rebuild instead of checking each
+        item's revision (a version being built has one writer), which makes
+        them several times cheaper for DynamoDB to run."""
         self._table_version = table_version
 
     # Tables and versions --------------------------------------------------------
@@ -261,7 +266,9 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
         if not actions:
             return
         guard_index = len(actions)
-        if self.guard_active:
+        if self.rebuild_owner is not None:
+            actions.append(self._owner_action(self.rebuild_owner))
+        elif self.guard_active:
             actions.append(self._guard_action())
         for attempt in range(1, _MAX_CANCELLED_ATTEMPTS + 1):
             try:
@@ -272,6 +279,11 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
                     for i, reason in enumerate(error.reasons)
                     if reason.get("Code") == CONDITION_FAILED
                 }
+                if self.rebuild_owner is not None and guard_index in failed:
+                    raise ConcurrentChangeError(
+                        f"Another run took over the rebuild of {self.table_name}; "
+                        "this one stops. Nothing was written."
+                    ) from error
                 if self.guard_active and guard_index in failed:
                     raise ActiveVersionChangedError(
                         f"Table version {self.table_version} of {self.base_name} is "
@@ -294,6 +306,8 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
 
     def _write_action(self, write: ItemWrite) -> dict[str, Any]:
         table, key = self._item_key(write.key)
+        if self.rebuild_owner is not None:
+            return self._unchecked_write_action(write, table, key)
         names = {"#r": schema.REVISION}
         if write.expected_revision == 0:
             condition = "attribute_not_exists(#r)"
@@ -316,6 +330,31 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
             schema.REVISION: {"N": str(write.expected_revision + 1)},
         }
         return {"Put": {**common, "Item": item}}
+
+    @staticmethod
+    def _unchecked_write_action(
+        write: ItemWrite, table: str, key: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Return a write without a revision check (a rebuild's single writer)."""
+        if write.body is None:
+            return {"Delete": {"TableName": table, "Key": key}}
+        item = {
+            **key,
+            schema.BODY: {"S": write.body},
+            schema.REVISION: {"N": str(write.expected_revision + 1)},
+        }
+        return {"Put": {"TableName": table, "Item": item}}
+
+    def _owner_action(self, owner: str) -> dict[str, Any]:
+        return {
+            "ConditionCheck": {
+                "TableName": self.control_table_name,
+                "Key": {schema.NAME: {"S": schema.REBUILD}},
+                "ConditionExpression": "#o = :o",
+                "ExpressionAttributeNames": {"#o": schema.OWNER},
+                "ExpressionAttributeValues": {":o": {"S": owner}},
+            }
+        }
 
     def _tracking_action(self, tracking: Tracking) -> dict[str, Any]:
         return {

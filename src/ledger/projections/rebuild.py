@@ -17,13 +17,19 @@ reading the sequence costs about what scanning the events table costs
 
 While rebuilding, the new table has one writer, so the rebuild keeps the read
 model in memory (loaded once, by one Scan, when resuming) and commits up to
-``max_actions`` items per transaction, each holding its tracking.
+``max_actions`` items per transaction, each holding its tracking. Being the
+one writer is enforced by an owner token on the ``rebuild`` control item,
+checked in every commit, instead of a revision check on every item (which
+costs DynamoDB several times more); the next page of the sequence is read
+while the current one is written.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -87,6 +93,7 @@ def rebuild(
     target = _start_or_resume(view)
     target_view = view.at_version(target)
     target_view.create_version_table(target)
+    target_view.rebuild_owner = _take_over(view, target)
     projector = projector_class(target_view, event_loader(application))
     session = Session(target_view)
     session.load_everything()
@@ -99,29 +106,33 @@ def rebuild(
         nonlocal done
         done += events
 
-    while True:
-        notifications = application.recorder.select_notifications(
-            start=position + 1, limit=page_size
-        )
-        if not notifications:
-            break
-        events = [
-            (
-                application.mapper.to_domain_event(notification),
-                Tracking(application.name, notification.id),
-            )
-            for notification in notifications
-        ]
-        projector.apply_batch(session, events, on_commit=count)
-        position = notifications[-1].id
-        head = max(head, position)
-        if progress is not None:
-            elapsed = time.monotonic() - started
-            progress(
-                RebuildProgress(
-                    target, done, position, head, done / elapsed if elapsed else 0.0
+    def read_from(start: int) -> Any:
+        return application.recorder.select_notifications(start=start, limit=page_size)
+
+    # Read the next page while the current one is applied and written.
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        upcoming = reader.submit(read_from, position + 1)
+        while notifications := upcoming.result():
+            upcoming = reader.submit(read_from, notifications[-1].id + 1)
+            events = [
+                (
+                    application.mapper.to_domain_event(notification),
+                    Tracking(application.name, notification.id),
                 )
-            )
+                for notification in notifications
+            ]
+            projector.apply_batch(session, events, on_commit=count)
+            position = notifications[-1].id
+            head = max(head, position)
+            if progress is not None:
+                elapsed = time.monotonic() - started
+                progress(
+                    RebuildProgress(
+                        target, done, position, head, done / elapsed if elapsed else 0
+                    )
+                )
+    # From here on other writers may write the version: check revisions again.
+    target_view.rebuild_owner = None
     switched = False
     if switch:
         switch_version(view, target)
@@ -152,6 +163,27 @@ def _start_or_resume(view: DynamoDBView) -> int:
         # Another rebuild started at the same moment: join it.
         return _start_or_resume(view)
     return target
+
+
+def _take_over(view: DynamoDBView, target: int) -> str:
+    """Make this run the one owner of the rebuild of ``target``; return its token.
+
+    A run that crashed, or was left behind, can no longer commit to it.
+    """
+    owner = uuid.uuid4().hex
+    view.connection.call(
+        "update_item",
+        TableName=view.control_table_name,
+        Key={schema.NAME: {"S": schema.REBUILD}},
+        UpdateExpression="SET #o = :o",
+        ConditionExpression="#v = :v",
+        ExpressionAttributeNames={"#o": schema.OWNER, "#v": schema.TABLE_VERSION},
+        ExpressionAttributeValues={
+            ":o": {"S": owner},
+            ":v": {"N": str(target)},
+        },
+    )
+    return owner
 
 
 def switch_version(view: DynamoDBView, version: int) -> None:

@@ -42,6 +42,10 @@ NAME: Final = "name"
 TABLE_VERSION: Final = "table_version"
 """(N) a table version: on ``active``, the one readers use; on ``rebuild``, the
 one being built. Also the partition key of the parked table."""
+OWNER: Final = "owner"
+"""(S) on ``rebuild``: a token naming the one run allowed to write the version
+being built (a resumed run takes it over; the run it replaced can no longer
+commit)."""
 STARTED_AT: Final = "started_at"
 """(S) ISO time a rebuild started."""
 SEQUENCE_NUMBER: Final = "sequence_number"

@@ -22,12 +22,19 @@ from aggregates.strategies import order_scripts
 from ledger.dynamodb import schema as store_schema
 from ledger.projections import DynamoDBView, event_loader
 from ledger.projections.dynamodb import open_view
-from ledger.projections.rebuild import drop_version, rebuild, status
+from ledger.projections.rebuild import (
+    _start_or_resume,
+    _take_over,
+    drop_version,
+    rebuild,
+    status,
+)
 from ledger.projections.streams import (
     StreamPoller,
     handle_stream_event,
     process_records,
 )
+from ledger.projections.views import ConcurrentChangeError, ItemWrite
 from projections.orders import OrderProjector, get_order_summary
 from tests.test_projections_core import ITEM, FlakyOrderProjector
 
@@ -306,3 +313,19 @@ def test_the_stream_poller_applies_the_events_table_stream(orders, view):
             break
     assert summary is not None
     assert summary.status is OrderStatus.CONFIRMED
+
+
+def test_a_rebuild_run_that_was_taken_over_can_no_longer_commit(orders, view):
+    place_some_orders(orders, 1)
+    target = _start_or_resume(view)
+    left_behind = view.at_version(target)
+    left_behind.create_version_table(target)
+    left_behind.rebuild_owner = _take_over(view, target)
+    _take_over(view, target)  # a resumed run takes the rebuild over
+
+    with pytest.raises(ConcurrentChangeError, match="took over"):
+        left_behind.commit(
+            [ItemWrite("OrderSummary#x", '{"id": "x"}', 0)],
+            Tracking(orders.name, 1),
+        )
+    assert left_behind.max_tracking_id(orders.name) is None

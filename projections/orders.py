@@ -204,3 +204,15 @@ def list_customer_orders(
 ) -> CustomerOrders | None:
     """Return a customer's orders and lifetime value, or None if none is known."""
     return _readable(view).get(CustomerOrders, customer_id)
+
+
+def _lambda_handler() -> Any:
+    from aggregates.application import Orders  # noqa: PLC0415 - Lambda-only path
+    from ledger.projections.streams import lambda_handler  # noqa: PLC0415
+
+    return lambda_handler(OrderProjector, Orders)
+
+
+lambda_handler = _lambda_handler()
+"""The Lambda entry point of ``deploy/template.yaml``: the Order read models fed
+by the events table's stream (``projections.orders.lambda_handler``)."""

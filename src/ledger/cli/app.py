@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -292,3 +296,296 @@ def demo(
             run_demo(settings.environment("Orders"), console)
     else:
         run_demo(settings.environment("Orders"), console)
+
+
+# projections --------------------------------------------------------------------
+
+projections_cli = typer.Typer(
+    help="Run, rebuild and inspect projections (read models)."
+)
+dlq_cli = typer.Typer(
+    help="List and redrive a projection's parked (dead-letter) events."
+)
+cli.add_typer(projections_cli, name="projections")
+projections_cli.add_typer(dlq_cli, name="dlq")
+
+KNOWN_PROJECTORS = {"OrderViews": "projections.orders:OrderProjector"}
+"""Projection names the command knows without --projector (module:Class)."""
+
+ProjectionName = Annotated[str, typer.Argument(help="The projection's name.")]
+ProjectorTopic = Annotated[
+    str | None,
+    typer.Option(help="The projector class, as module:Class (default: by name)."),
+]
+ApplicationTopic = Annotated[
+    str, typer.Option(help="The application class, as module:Class.")
+]
+
+
+@dataclass
+class Projection:
+    """A projector, its view, and the application whose events it reads."""
+
+    projector_class: Any
+    view: Any
+    application: Any
+
+    def projector(self) -> Any:
+        """Return a projector on the view that can read the events table."""
+        from ledger.projections import event_loader  # noqa: PLC0415
+
+        return self.projector_class(self.view, event_loader(self.application))
+
+
+def open_projection(name: str, projector: str | None, application: str) -> Projection:
+    """Open a projection by name for a command."""
+    from ledger.projections.dynamodb import open_view  # noqa: PLC0415
+
+    topic = projector or KNOWN_PROJECTORS.get(name)
+    if topic is None:
+        raise typer.BadParameter(
+            f"unknown projection {name!r}: known are {', '.join(KNOWN_PROJECTORS)}; "
+            "or give --projector module:Class"
+        )
+    projector_class = resolve_topic(topic)
+    app_class: type[Application[Any]] = resolve_topic(application)
+    app = app_class(env=dict(settings.environment(app_class.name)))
+    view = open_view(projector_class, dict(settings.environment(projector_class.name)))
+    return Projection(projector_class, view, app)
+
+
+def _meter_projection(projection: Projection) -> Any:
+    return projection.view.connection.measure()
+
+
+@projections_cli.command("list")
+def projections_list() -> None:
+    """List the projections this command knows, with their projector classes."""
+    table = Table("projection", "projector")
+    for name, topic in KNOWN_PROJECTORS.items():
+        table.add_row(name, topic)
+    console.print(table)
+
+
+@projections_cli.command("status")
+def projections_status(
+    name: ProjectionName = "OrderViews",
+    projector: ProjectorTopic = None,
+    application: ApplicationTopic = DEFAULT_APPLICATION,
+) -> None:
+    """Show a projection's versions, position, lag and parked events."""
+    from ledger.projections.rebuild import status  # noqa: PLC0415
+
+    projection = open_projection(name, projector, application)
+    with _meter_projection(projection) as meter:
+        found = status(projection.view, projection.application)
+    table = Table(
+        "projection", "active", "versions", "rebuilding", "position", "lag", "parked"
+    )
+    table.add_row(
+        found.name,
+        f"v{found.active_version}",
+        ", ".join(f"v{v}" for v in found.versions),
+        "-" if found.rebuilding_version is None else f"v{found.rebuilding_version}",
+        str(found.position or 0),
+        "-" if found.lag is None else str(found.lag),
+        str(found.parked),
+    )
+    console.print(table)
+    print_cost(meter)
+
+
+@projections_cli.command("run")
+def projections_run(
+    name: ProjectionName = "OrderViews",
+    projector: ProjectorTopic = None,
+    application: ApplicationTopic = DEFAULT_APPLICATION,
+    feed: Annotated[
+        str,
+        typer.Option(
+            help="'stream' (the events table's DynamoDB stream) or 'sequence'."
+        ),
+    ] = "stream",
+    once: Annotated[
+        bool, typer.Option("--once", help="Process what is there now, then stop.")
+    ] = False,
+) -> None:
+    """Keep a projection up to date until Ctrl-C (or once, with --once)."""
+    if feed not in ("stream", "sequence"):
+        raise typer.BadParameter("--feed is 'stream' or 'sequence'")
+    projection = open_projection(name, projector, application)
+    feeder = projection.projector()
+    with _meter_projection(projection) as meter:
+        try:
+            while True:
+                applied = (
+                    _poll_stream(projection, feeder)
+                    if feed == "stream"
+                    else _catch_up(projection, feeder)
+                )
+                console.print(f"processed {applied} events from the {feed}")
+                if once:
+                    break
+                if applied == 0:
+                    threading.Event().wait(1.0)
+        except KeyboardInterrupt:
+            console.print("stopped")
+    print_cost(meter)
+
+
+def _poll_stream(projection: Projection, feeder: Any) -> int:
+    from ledger.projections.streams import StreamPoller  # noqa: PLC0415
+
+    poller = projection.__dict__.setdefault(
+        "poller", StreamPoller(feeder, projection.application)
+    )
+    return int(poller.poll())
+
+
+def _catch_up(projection: Projection, feeder: Any) -> int:
+    from eventsourcing.persistence import Tracking  # noqa: PLC0415
+
+    from ledger.projections import Session  # noqa: PLC0415
+
+    app = projection.application
+    position = projection.view.max_tracking_id(app.name) or 0
+    notifications = app.recorder.select_notifications(start=position + 1, limit=1000)
+    events = [
+        (app.mapper.to_domain_event(n), Tracking(app.name, n.id)) for n in notifications
+    ]
+    return int(feeder.apply_batch(Session(projection.view), events))
+
+
+@projections_cli.command("rebuild")
+def projections_rebuild(
+    name: ProjectionName = "OrderViews",
+    projector: ProjectorTopic = None,
+    application: ApplicationTopic = DEFAULT_APPLICATION,
+) -> None:
+    """Rebuild a read model from history into a new version, then switch readers."""
+    from rich.progress import BarColumn, Progress, TextColumn  # noqa: PLC0415
+
+    from ledger.projections.rebuild import rebuild  # noqa: PLC0415
+
+    projection = open_projection(name, projector, application)
+    columns = (
+        TextColumn("rebuilding v{task.fields[version]}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} positions"),
+        TextColumn("{task.fields[rate]:.0f} events/s"),
+    )
+    with (
+        _meter_projection(projection) as meter,
+        Progress(*columns, console=console) as bar,
+    ):
+        task = bar.add_task("rebuild", total=None, version="?", rate=0.0)
+
+        def show(progress: Any) -> None:
+            bar.update(
+                task,
+                completed=progress.position,
+                total=progress.head,
+                version=progress.table_version,
+                rate=progress.events_per_second,
+            )
+
+        result = rebuild(
+            projection.application,
+            projection.projector_class,
+            projection.view,
+            progress=show,
+        )
+    console.print(
+        f"rebuilt {name} as v{result.table_version}: {result.events} events in "
+        f"{result.seconds:.1f}s ({result.events_per_second:.0f} events/s); "
+        f"{'readers switched to it' if result.switched else 'not switched'}; the old "
+        "version is kept until dropped"
+    )
+    print_cost(meter)
+
+
+@dlq_cli.command("list")
+def dlq_list(
+    name: ProjectionName = "OrderViews",
+    projector: ProjectorTopic = None,
+    application: ApplicationTopic = DEFAULT_APPLICATION,
+) -> None:
+    """List a projection's parked events with their errors."""
+    projection = open_projection(name, projector, application)
+    with _meter_projection(projection) as meter:
+        parked = projection.projector().parked()
+    table = Table("aggregate", "version", "position", "event", "attempts", "error")
+    for event in parked:
+        table.add_row(
+            event.aggregate_id,
+            str(event.version),
+            str(event.position),
+            event.topic.rsplit(".", 1)[-1],
+            str(event.attempts),
+            event.error,
+        )
+    console.print(table if parked else "no parked events")
+    print_cost(meter)
+
+
+@dlq_cli.command("redrive")
+def dlq_redrive(
+    name: ProjectionName = "OrderViews",
+    projector: ProjectorTopic = None,
+    application: ApplicationTopic = DEFAULT_APPLICATION,
+    aggregate: Annotated[
+        str | None, typer.Option(help="Redrive one aggregate only.")
+    ] = None,
+) -> None:
+    """Apply parked events again (after fixing the handler), then what waited."""
+    projection = open_projection(name, projector, application)
+    with _meter_projection(projection) as meter:
+        outcomes = projection.projector().redrive(aggregate)
+    for aggregate_id, outcome in outcomes.items():
+        console.print(f"{aggregate_id}: {outcome.value}")
+    if not outcomes:
+        console.print("no parked events")
+    print_cost(meter)
+    if any(outcome.value == "parked" for outcome in outcomes.values()):
+        raise typer.Exit(1)
+
+
+# bench --------------------------------------------------------------------------
+
+bench_cli = typer.Typer(help="Run the benchmarks in benchmarks/ (from a checkout).")
+cli.add_typer(bench_cli, name="bench")
+QuickOption = Annotated[
+    bool, typer.Option("--quick", help="The short version of the benchmark.")
+]
+
+
+def _run_benchmark(script: str, arguments: list[str]) -> None:
+    path = Path.cwd() / "benchmarks" / script
+    if not path.is_file():
+        raise typer.BadParameter(
+            f"{path} not found: run `ledger bench` from a ledger checkout"
+        )
+    if settings.endpoint_url:
+        arguments = [*arguments, "--endpoint", settings.endpoint_url]
+    completed = subprocess.run(  # noqa: S603 - our own script, fixed argv
+        [sys.executable, str(path), *arguments], check=False
+    )
+    raise typer.Exit(completed.returncode)
+
+
+@bench_cli.command("append")
+def bench_append(quick: QuickOption = False) -> None:
+    """Time appends and loads beside raw boto3 (benchmarks/bench_store.py)."""
+    _run_benchmark("bench_store.py", ["--repeat", "10" if quick else "50"])
+
+
+@bench_cli.command("snapshots")
+def bench_snapshots(quick: QuickOption = False) -> None:
+    """Compare snapshot strategies over long histories (bench_snapshots.py)."""
+    _run_benchmark("bench_snapshots.py", ["--quick"] if quick else [])
+
+
+@bench_cli.command("rebuild")
+def bench_rebuild(quick: QuickOption = False) -> None:
+    """Time a projection rebuild beside raw reads (bench_projections.py)."""
+    _run_benchmark("bench_projections.py", ["--quick"] if quick else [])

@@ -78,6 +78,17 @@ class Meter:
             "bytes_read": self.bytes_read,
         }
 
+    def add(self, other: Meter) -> None:
+        """Add another meter's counts to this one (e.g. of another connection)."""
+        self.round_trips += other.round_trips
+        self.calls.update(other.calls)
+        self.read_units += other.read_units
+        self.write_units += other.write_units
+        self.estimated_read_units += other.estimated_read_units
+        self.estimated_write_units += other.estimated_write_units
+        self.bytes_written += other.bytes_written
+        self.bytes_read += other.bytes_read
+
     def summary(self) -> str:
         """Return a one-line human summary."""
         return (

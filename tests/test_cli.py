@@ -1,0 +1,145 @@
+"""The `ledger` command end to end: real processes against DynamoDB Local."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from aggregates.application import Orders
+
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.fixture
+def ledger(dynamodb_env: dict[str, str]):
+    """Run `ledger ARGS...` in a process of its own; return the completed process."""
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, **dynamodb_env, "COLUMNS": "250", "NO_COLOR": "1"}
+        return subprocess.run(  # noqa: S603 - our own command, fixed argv
+            [sys.executable, "-c", "from ledger.cli import main; main()", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=120,
+            check=False,
+        )
+
+    return run
+
+
+@pytest.fixture
+def order_id(dynamodb_env: dict[str, str]) -> uuid.UUID:
+    """An order with three events: placed, an item added, confirmed."""
+    orders = Orders()
+    placed = orders.place_order(
+        uuid.uuid4(), [{"product_id": "tea", "quantity": 2, "price": Decimal("4.50")}]
+    )
+    orders.confirm(placed)
+    return placed
+
+
+def test_help_lists_every_command(ledger):
+    done = ledger("--help")
+
+    assert done.returncode == 0
+    for command in ("local", "tables", "events", "demo", "projections", "bench"):
+        assert command in done.stdout
+
+
+def test_tables_create_describe_delete(ledger):
+    created = ledger("tables", "create", "--app", "Shop")
+    described = ledger("tables", "describe", "--app", "Shop")
+    deleted = ledger("tables", "delete", "--app", "Shop", "--yes")
+    after = ledger("tables", "describe", "--app", "Shop")
+
+    assert created.returncode == 0
+    assert "ready:" in created.stdout
+    assert "Shop_events" in created.stdout
+    assert described.returncode == 0
+    assert "ACTIVE" in described.stdout
+    assert "NEW_IMAGE" in described.stdout
+    assert deleted.returncode == 0
+    assert deleted.stdout.count("deleted:") == 4
+    assert "missing" in after.stdout
+    assert "round trips" in created.stdout
+
+
+def test_events_show_decodes_and_upcasts(ledger, order_id):
+    done = ledger("events", "show", str(order_id))
+
+    assert done.returncode == 0, done.stderr
+    assert "Order.OrderPlaced" in done.stdout
+    assert "currency=USD" in done.stdout
+    assert "Order.OrderConfirmed" in done.stdout
+    assert "round trips" in done.stdout
+
+
+def test_events_show_of_unknown_aggregate_fails_with_one_line(ledger, order_id):
+    done = ledger("events", "show", str(uuid.uuid4()))
+
+    assert done.returncode == 1
+    assert "no events stored for aggregate" in done.stderr
+
+
+def test_unreachable_endpoint_is_one_line_and_exit_code_one(ledger):
+    done = ledger(
+        "--endpoint", "http://127.0.0.1:9", "tables", "describe", "--app", "Shop"
+    )
+
+    assert done.returncode == 1
+    assert done.stderr.startswith("ledger: OperationalError: Could not reach DynamoDB")
+    assert "Traceback" not in done.stderr
+
+
+def test_usage_error_exits_two(ledger):
+    done = ledger("events", "show")
+
+    assert done.returncode == 2
+    assert "Missing argument" in done.stderr
+
+
+def test_projections_run_status_rebuild_and_dlq(ledger, order_id):
+    ran = ledger("projections", "run", "OrderViews", "--feed", "sequence", "--once")
+    status = ledger("projections", "status", "OrderViews")
+    rebuilt = ledger("projections", "rebuild", "OrderViews")
+    parked = ledger("projections", "dlq", "list", "OrderViews")
+
+    assert ran.returncode == 0, ran.stderr
+    assert "processed 3 events from the sequence" in ran.stdout
+    assert status.returncode == 0, status.stderr
+    assert "v1" in status.stdout
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "rebuilt OrderViews as v2: 3 events" in rebuilt.stdout
+    assert parked.returncode == 0
+    assert "no parked events" in parked.stdout
+
+
+def test_projections_run_from_the_stream(ledger, order_id):
+    done = ledger("projections", "run", "OrderViews", "--once")
+
+    assert done.returncode == 0, done.stderr
+    assert "processed 3 events from the stream" in done.stdout
+
+
+def test_unknown_projection_is_a_usage_error(ledger):
+    done = ledger("projections", "status", "Nope")
+
+    assert done.returncode == 2
+    assert "unknown projection 'Nope'" in done.stderr
+
+
+def test_demo_tells_the_whole_story(ledger):
+    done = ledger("demo")
+
+    assert done.returncode == 0, done.stderr
+    for step in ("conflicted", "upcaster: currency USD", "parked", "Rebuild"):
+        assert step in done.stdout
+    assert "Whole demo:" in done.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +55,13 @@ def test_projector_role_grants_no_wildcard_actions(resources):
 
 def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
+
+
+def test_projector_handler_named_by_the_template_exists() -> None:
+    template, _ = decode(str(TEMPLATE))
+    handler = template["Parameters"]["ProjectorHandler"]["Default"]
+    module_name, _, function_name = handler.rpartition(".")
+
+    module = importlib.import_module(module_name)
+
+    assert callable(getattr(module, function_name))

@@ -94,7 +94,10 @@ def stream_rate(app: Orders, env: dict[str, str], records: int) -> float:
         }
         for notification in app.recorder.select_notifications(start=1, limit=records)
     ]
-    view = open_view(OrderProjector, {**env, "DYNAMODB_TABLE_PREFIX": "stream_"})
+    view = open_view(
+        OrderProjector,
+        {**env, "DYNAMODB_TABLE_PREFIX": f"stream{uuid.uuid4().hex[:6]}_"},
+    )
     projector = OrderProjector(view, event_loader(app))
     started = time.perf_counter()
     for start in range(0, len(items), 1000):

@@ -28,6 +28,7 @@ from ledger.dynamodb import (
     ItemTooLargeError,
     TransactionTooLargeError,
     measure,
+    schema,
 )
 from ledger.dynamodb.limits import MAX_TRANSACTION_ACTIONS
 
@@ -441,3 +442,25 @@ def test_lost_sequence_race_is_logged_with_positions_and_no_event_state(
     race = [r for r in caplog.records if "race" in r.getMessage()]
     assert [(r.levelname, r.expected, r.position) for r in race] == [("INFO", 0, 1)]
     assert all("secret-payload" not in str(vars(r)) for r in caplog.records)
+
+
+def test_a_stop_inside_a_save_that_ends_on_the_next_page_is_still_read(
+    recorder: DynamoDBApplicationRecorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(schema, "PAGE_SIZE", 10)  # pages of 10 positions
+    recorder.insert_events([stored(uuid.uuid4(), v) for v in range(1, 8)])  # 1-7
+    recorder.insert_events([stored(uuid.uuid4(), v) for v in range(1, 5)])  # 8-11
+
+    notifications = recorder.select_notifications(start=9, limit=10, stop=9)
+
+    assert [n.id for n in notifications] == [9]
+
+
+def test_an_idle_poll_costs_one_get_item(recorder: DynamoDBApplicationRecorder) -> None:
+    recorder.insert_events([stored(uuid.uuid4(), 1)])
+
+    with measure(recorder) as meter:
+        notifications = recorder.select_notifications(start=2, limit=10)
+
+    assert notifications == []
+    assert meter.calls == {"GetItem": 1}

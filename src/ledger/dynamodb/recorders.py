@@ -51,6 +51,7 @@ from ledger.dynamodb.client import (
 )
 from ledger.dynamodb.limits import (
     MAX_ITEM_BYTES,
+    MAX_TRANSACTION_ACTIONS,
     check_item_size,
     check_transaction,
     item_size,
@@ -556,10 +557,15 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
         low = 1 if start is None else (start if inclusive_of_start else start + 1)
         low = max(low, 1)
         high = last if stop is None else min(stop, last)
+        if low > high:
+            return []  # nothing new: an idle poll costs the GetItem only
         notifications: list[Notification] = []
         pointers: list[int] = []
         page = schema.page_of(low)
-        while page <= schema.page_of(high) and len(notifications) < limit:
+        # A batch is filed under the page of its LAST position, so the batch
+        # holding ``high`` may end, and be filed, up to one save further on.
+        last_page = schema.page_of(min(last, high + MAX_TRANSACTION_ACTIONS))
+        while page <= last_page and len(notifications) < limit:
             params: dict[str, Any] = {
                 "TableName": self.notifications_table_name,
                 "KeyConditionExpression": "#p = :p AND #pos >= :low",

@@ -7,7 +7,7 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
-from eventsourcing.persistence import Tracking
+from eventsourcing.persistence import OperationalError, Tracking
 
 from aggregates.application import Orders
 from aggregates.order import Order, OrderStatus
@@ -182,3 +182,24 @@ def test_a_redrive_that_fails_again_keeps_the_event_parked_with_more_attempts(or
     assert outcomes == {str(order_id): Outcome.PARKED}
     [parked] = projector.parked()
     assert parked.attempts == 6
+
+
+class ThrottledOrderProjector(OrderProjector):
+    """DynamoDB keeps refusing while an item is added: not the event's fault."""
+
+    retry_delays = (0.0,)
+
+    @handles(Order.ItemAdded)
+    def item_added(self, event: Any, models: Session) -> None:
+        msg = "throttled past retries"
+        raise OperationalError(msg)
+
+
+def test_a_store_failure_in_a_handler_is_raised_not_parked(orders):
+    orders.place_order(uuid4(), [ITEM])
+    projector = ThrottledOrderProjector(InMemoryView(), event_loader(orders))
+
+    with pytest.raises(OperationalError, match="throttled"):
+        project_all(orders, projector)
+
+    assert projector.parked() == []

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, ClassVar, TypeVar, cast
 
-from eventsourcing.persistence import Tracking
+from eventsourcing.persistence import PersistenceError, Tracking
 from eventsourcing.projection import Projection
 from eventsourcing.utils import get_topic
 from pydantic import BaseModel, ConfigDict
@@ -354,6 +354,12 @@ class Projector(Projection[ReadModelView]):
                 try:
                     handler(self, event, session)
                     break
+                except PersistenceError:
+                    # DynamoDB failing (throttling past retries, a missing
+                    # table) is not this event's fault: do not park healthy
+                    # events; let the runner or Lambda retry the batch.
+                    session.restore(savepoint)
+                    raise
                 except Exception as error:  # noqa: BLE001 - any handler bug parks
                     session.restore(savepoint)
                     if delay is None:

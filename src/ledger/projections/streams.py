@@ -92,6 +92,8 @@ def process_records(
     pending: list[tuple[str, Any]] = []
     session = Session(projector.view)
     limit = projector.view.max_actions
+    # Aggregate ids come back as the store is configured (ORIGINATOR_ID_TYPE).
+    uuid_ids = getattr(projector.view, "originator_id_type", "uuid") == "uuid"
 
     def fail(number: str, aggregate_id: str | None) -> None:
         failed.append(number)
@@ -121,7 +123,7 @@ def process_records(
             failed.append(number)
             continue
         try:
-            event = decode_record(record, mapper)
+            event = decode_record(record, mapper, uuid_ids=uuid_ids)
         except Exception:  # noqa: BLE001 - an undecodable record is reported, not raised
             fail(number, aggregate_id)
             continue

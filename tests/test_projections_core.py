@@ -203,3 +203,26 @@ def test_a_store_failure_in_a_handler_is_raised_not_parked(orders):
         project_all(orders, projector)
 
     assert projector.parked() == []
+
+
+def test_a_live_runner_applies_new_events_after_a_redrive_elsewhere(orders):
+    view = InMemoryView()
+    order_id = orders.place_order(uuid4(), [ITEM])
+    orders.add_item(order_id, "fig", 1, Decimal(1))  # parked by the bug
+    live = FlakyOrderProjector(view, event_loader(orders))
+    project_all(orders, live)
+    operator = FlakyOrderProjector(view, event_loader(orders))
+    operator.broken = False
+    live.broken = False
+
+    operator.redrive()  # another process: the live runner's cache is stale
+    orders.confirm(order_id)
+    last = orders.recorder.max_notification_id()
+    [confirmed] = orders.recorder.select_notifications(start=last, limit=1)
+    live.process_event(
+        orders.mapper.to_domain_event(confirmed), Tracking(orders.name, confirmed.id)
+    )
+
+    summary = get_order_summary(view, order_id)
+    assert summary is not None
+    assert summary.status is OrderStatus.CONFIRMED

@@ -323,6 +323,11 @@ class Projector(Projection[ReadModelView]):
         if current.parked_version is not None and not (
             redriving and version == current.parked_version
         ):
+            # Rewritten unchanged so the commit checks its revision: if a
+            # redrive (maybe in another process) released the aggregate since
+            # it was read, the commit fails and the event is applied afresh
+            # instead of being passed over as waiting.
+            session.put(current)
             return Outcome.WAITING
         if version > current.version + 1:
             if self.load_events is None:

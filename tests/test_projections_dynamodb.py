@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from aggregates.application import Orders
 from aggregates.order import OrderStatus
 from aggregates.strategies import order_scripts
+from ledger.dynamodb import ItemTooLargeError
 from ledger.dynamodb import schema as store_schema
 from ledger.projections import DynamoDBView, event_loader
 from ledger.projections.dynamodb import open_view
@@ -329,3 +330,13 @@ def test_a_rebuild_run_that_was_taken_over_can_no_longer_commit(orders, view):
             Tracking(orders.name, 1),
         )
     assert left_behind.max_tracking_id(orders.name) is None
+
+
+def test_an_oversized_read_model_item_is_refused_before_sending(orders, view):
+    with pytest.raises(ItemTooLargeError, match="Read-model item OrderSummary#big"):
+        view.commit(
+            [ItemWrite("OrderSummary#big", "x" * 410_000, 0)],
+            Tracking(orders.name, 1),
+        )
+
+    assert view.max_tracking_id(orders.name) is None

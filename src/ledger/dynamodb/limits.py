@@ -87,14 +87,18 @@ def read_units(size: int, *, transactional: bool = False) -> float:
     return float(2 * units if transactional else units)
 
 
-def check_item_size(size: int, what: str) -> None:
+_EVENT_ADVICE = (
+    "Make the event smaller: keep large payloads elsewhere (S3) and store a "
+    "reference, or enable compression (COMPRESSOR_TOPIC=zlib)."
+)
+
+
+def check_item_size(size: int, what: str, advice: str = _EVENT_ADVICE) -> None:
     """Raise :class:`ItemTooLargeError` if an item is over DynamoDB's limit."""
     if size > MAX_ITEM_BYTES:
         raise ItemTooLargeError(
             f"{what} is {size:,} bytes as a DynamoDB item; the limit is "
-            f"{MAX_ITEM_BYTES:,} bytes (400 KB). Nothing was written. Make the event "
-            "smaller: keep large payloads elsewhere (S3) and store a reference, or "
-            "enable compression (COMPRESSOR_TOPIC=zlib)."
+            f"{MAX_ITEM_BYTES:,} bytes (400 KB). Nothing was written. {advice}"
         )
 
 

@@ -19,6 +19,7 @@ from ledger.dynamodb.client import (
     TransactionCancelledError,
     TransactionConflictError,
 )
+from ledger.dynamodb.limits import check_item_size, item_size
 from ledger.dynamodb.recorders import DynamoDBTrackingRecorder, _backoff
 from ledger.dynamodb.schema import TRACKING_TABLE
 from ledger.dynamodb.tables import ensure_table
@@ -261,6 +262,7 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
         ``ActiveVersionChangedError`` when a rebuild switched versions.
         """
         actions = [self._write_action(write) for write in writes]
+        self._check_sizes(writes, actions)
         if tracking is not None:
             actions.append(self._tracking_action(tracking))
         if not actions:
@@ -303,6 +305,19 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
             else:
                 return
         raise OperationalError("unreachable")  # pragma: no cover
+
+    def _check_sizes(
+        self, writes: Sequence[ItemWrite], actions: list[dict[str, Any]]
+    ) -> None:
+        """Refuse, before sending, a read-model item over DynamoDB's 400 KB."""
+        for write, action in zip(writes, actions, strict=True):
+            if "Put" in action:
+                check_item_size(
+                    item_size(action["Put"]["Item"]),
+                    f"Read-model item {write.key} of {self.table_name}",
+                    "Split the read model into smaller items (one per entry "
+                    "rather than one growing map), or store less per item.",
+                )
 
     def _write_action(self, write: ItemWrite) -> dict[str, Any]:
         table, key = self._item_key(write.key)

@@ -165,28 +165,32 @@ def test_rebuilt_read_model_equals_incrementally_built_one(dynamodb_env, scripts
     app.close()
 
 
+@pytest.mark.parametrize("crash_at_commit", [1, 2, 4])
 def test_rebuild_interrupted_anywhere_then_resumed_equals_uninterrupted(
-    orders, view, monkeypatch
+    orders, view, monkeypatch, crash_at_commit
 ):
     place_some_orders(orders, 6)
     project_sequence(orders, OrderProjector(view))
     connection = view.connection
     real_call = connection.call
-    calls = {"left": random.Random(7).randint(3, 12)}
+    commits = {"left": crash_at_commit}
 
     def crashing_call(operation: str, **params: Any) -> Any:
-        calls["left"] -= 1
-        if calls["left"] == 0:
-            raise Crash
+        if operation == "transact_write_items":
+            commits["left"] -= 1
+            if commits["left"] == 0:
+                raise Crash
         return real_call(operation, **params)
 
     monkeypatch.setattr(connection, "call", crashing_call)
     with pytest.raises(Crash):
         rebuild(orders, OrderProjector, view, page_size=5)
     monkeypatch.setattr(connection, "call", real_call)
+    partly_built = view.at_version(2).max_tracking_id(orders.name) or 0
 
     rebuild(orders, OrderProjector, view, page_size=5)
 
+    assert partly_built == 5 * (crash_at_commit - 1)  # resumed mid-way, not afresh
     assert status(view, orders).active_version == 2
     assert read_model(view.at_version(2)) == read_model(view.at_version(1))
 

@@ -7,8 +7,10 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from eventsourcing.utils import Environment
 from hypothesis import HealthCheck, settings
 
+from ledger.dynamodb import DynamoDBFactory
 from ledger.dynamodb.local import DynamoDBLocal
 
 # A fast default for local runs; `HYPOTHESIS_PROFILE=ci` is more thorough.
@@ -66,3 +68,19 @@ def dynamodb_env(
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env
+
+
+@pytest.fixture
+def factory(dynamodb_endpoint: str, table_prefix: str) -> Iterator[DynamoDBFactory]:
+    """A DynamoDB factory for application ``ledger_test``, on fresh tables."""
+    made = DynamoDBFactory(
+        Environment(
+            "ledger_test",
+            {
+                "DYNAMODB_ENDPOINT_URL": dynamodb_endpoint,
+                "DYNAMODB_TABLE_PREFIX": table_prefix,
+            },
+        )
+    )
+    yield made
+    made.close()

@@ -5,29 +5,12 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 
-import pytest
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import Environment
 
 from ledger.dynamodb import DynamoDBApplicationRecorder, DynamoDBFactory, measure
 from ledger.dynamodb.limits import item_size, number_size, read_units, write_units
-
-
-@pytest.fixture
-def factory(dynamodb_endpoint: str, table_prefix: str) -> Iterator[DynamoDBFactory]:
-    made = DynamoDBFactory(
-        Environment(
-            "meter_test",
-            {
-                "DYNAMODB_ENDPOINT_URL": dynamodb_endpoint,
-                "DYNAMODB_TABLE_PREFIX": table_prefix,
-            },
-        )
-    )
-    yield made
-    made.close()
 
 
 def test_item_size_follows_dynamodb_rules() -> None:
@@ -102,7 +85,7 @@ def test_subscription_sees_saves_of_another_process_by_polling(
     reader = factory.application_recorder()
     other_process = DynamoDBFactory(
         Environment(
-            "meter_test",
+            "ledger_test",
             {
                 "DYNAMODB_ENDPOINT_URL": dynamodb_endpoint,
                 "DYNAMODB_TABLE_PREFIX": table_prefix,

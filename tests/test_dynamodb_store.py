@@ -34,21 +34,6 @@ from ledger.dynamodb.limits import MAX_TRANSACTION_ACTIONS
 
 
 @pytest.fixture
-def factory(dynamodb_endpoint: str, table_prefix: str) -> Iterator[DynamoDBFactory]:
-    made = DynamoDBFactory(
-        Environment(
-            "store_test",
-            {
-                "DYNAMODB_ENDPOINT_URL": dynamodb_endpoint,
-                "DYNAMODB_TABLE_PREFIX": table_prefix,
-            },
-        )
-    )
-    yield made
-    made.close()
-
-
-@pytest.fixture
 def recorder(factory: DynamoDBFactory) -> DynamoDBApplicationRecorder:
     made = factory.application_recorder()
     assert isinstance(made, DynamoDBApplicationRecorder)

@@ -48,6 +48,7 @@ def test_put_of_a_ten_kilobyte_snapshot_costs_ten_write_units(
 
     assert meter.round_trips == 1
     assert meter.calls == {"PutItem": 1}
+    assert meter.items_written == 1
     assert meter.estimated_write_units == 10
     assert meter.write_units == 10  # as DynamoDB reported it
 
@@ -68,6 +69,20 @@ def test_read_units_reported_match_the_estimate(factory: DynamoDBFactory) -> Non
     assert len(events) == 40
     assert meter.bytes_read > 40 * 500
     assert meter.read_units == meter.estimated_read_units == 6
+
+
+def test_a_save_writes_its_events_one_batch_item_and_the_sequence_item(
+    factory: DynamoDBFactory,
+) -> None:
+    recorder = factory.application_recorder()
+    aggregate_id = uuid.uuid4()
+    events = [StoredEvent(aggregate_id, v, "tests:Happened", b"z") for v in (1, 2, 3)]
+
+    with measure(factory) as meter:
+        recorder.insert_events(events)
+
+    assert meter.calls == {"TransactWriteItems": 1}
+    assert meter.items_written == 3 + 1 + 1
 
 
 def test_meter_counts_only_inside_its_block(factory: DynamoDBFactory) -> None:

@@ -60,6 +60,8 @@ class Meter:
     """Read units estimated from the sizes of the items read."""
     estimated_write_units: float = 0.0
     """Write units estimated from the sizes of the items written."""
+    items_written: int = 0
+    """Items put, updated or deleted (each action of a transaction counts one)."""
     bytes_written: int = 0
     """Total size of the items written, by DynamoDB's size rules."""
     bytes_read: int = 0
@@ -74,6 +76,7 @@ class Meter:
             "write_units": self.write_units,
             "estimated_read_units": self.estimated_read_units,
             "estimated_write_units": self.estimated_write_units,
+            "items_written": self.items_written,
             "bytes_written": self.bytes_written,
             "bytes_read": self.bytes_read,
         }
@@ -86,6 +89,7 @@ class Meter:
         self.write_units += other.write_units
         self.estimated_read_units += other.estimated_read_units
         self.estimated_write_units += other.estimated_write_units
+        self.items_written += other.items_written
         self.bytes_written += other.bytes_written
         self.bytes_read += other.bytes_read
 
@@ -141,6 +145,7 @@ class Metering:
             for meter in self._meters:
                 meter.calls[operation] += 1
                 meter.estimated_write_units += units
+                meter.items_written += len(written)
                 meter.bytes_written += sum(written)
         if operation in _CAPACITY_OPERATIONS and "ReturnConsumedCapacity" not in params:
             return {**params, "ReturnConsumedCapacity": "TOTAL"}

@@ -19,7 +19,12 @@ from ledger.dynamodb.client import (
     TransactionCancelledError,
     TransactionConflictError,
 )
-from ledger.dynamodb.limits import check_item_size, item_size
+from ledger.dynamodb.limits import (
+    MAX_TRANSACTION_BYTES,
+    TransactionTooLargeError,
+    check_item_size,
+    item_size,
+)
 from ledger.dynamodb.recorders import DynamoDBTrackingRecorder, _backoff
 from ledger.dynamodb.schema import TRACKING_TABLE
 from ledger.dynamodb.tables import ensure_table
@@ -309,15 +314,26 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
     def _check_sizes(
         self, writes: Sequence[ItemWrite], actions: list[dict[str, Any]]
     ) -> None:
-        """Refuse, before sending, a read-model item over DynamoDB's 400 KB."""
+        """Refuse, before sending, an item over 400 KB or a commit over 4 MB."""
+        total = 0
         for write, action in zip(writes, actions, strict=True):
             if "Put" in action:
+                size = item_size(action["Put"]["Item"])
                 check_item_size(
-                    item_size(action["Put"]["Item"]),
+                    size,
                     f"Read-model item {write.key} of {self.table_name}",
                     "Split the read model into smaller items (one per entry "
                     "rather than one growing map), or store less per item.",
                 )
+                total += size
+        if total > MAX_TRANSACTION_BYTES:
+            raise TransactionTooLargeError(
+                f"A commit to {self.table_name} writes {len(writes)} read-model "
+                f"items of {total:,} bytes in all, over DynamoDB's "
+                f"{MAX_TRANSACTION_BYTES:,} bytes per transaction: one event "
+                "writes that much. Nothing was written. Make the handlers of one "
+                "event write fewer or smaller items."
+            )
 
     def _write_action(self, write: ItemWrite) -> dict[str, Any]:
         table, key = self._item_key(write.key)

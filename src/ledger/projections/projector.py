@@ -139,6 +139,8 @@ class Session:
         self.models: dict[str, ReadModel | None] = {}
         self.writes: dict[str, ReadModel | None] = {}
         self.tracking: Tracking | None = None
+        self._bodies: dict[str, tuple[ReadModel, str]] = {}
+        """JSON of written models, kept while the model under the key is the same."""
 
     def load_everything(self) -> None:
         """Cache the whole view in memory; then misses need no reads."""
@@ -175,6 +177,28 @@ class Session:
         """Return how many actions committing now would take."""
         return len(self.writes) + (self.tracking is not None)
 
+    def pending_bytes(self) -> int:
+        """Return the bytes of keys and bodies committing now would write."""
+        return sum(
+            len(key) + (0 if model is None else len(self._body(key, model)))
+            for key, model in self.writes.items()
+        )
+
+    def is_over(self, view: ReadModelView) -> bool:
+        """Return True if committing now would overfill one of the view's commits."""
+        return (
+            self.pending_actions() > view.max_actions
+            or self.pending_bytes() > view.max_bytes
+        )
+
+    def _body(self, key: str, model: ReadModel) -> str:
+        cached = self._bodies.get(key)
+        if cached is not None and cached[0] is model:
+            return cached[1]
+        body = model.model_dump_json()
+        self._bodies[key] = (model, body)
+        return body
+
     def savepoint(self) -> tuple[dict[str, ReadModel | None], Tracking | None]:
         """Return the session's pending state, to restore after a failed handler."""
         return dict(self.writes), self.tracking
@@ -193,7 +217,7 @@ class Session:
             revision = 0 if stored is None else stored.revision
             if model is None and stored is None:
                 continue
-            body = None if model is None else model.model_dump_json()
+            body = None if model is None else self._body(key, model)
             writes.append(ItemWrite(key, body, revision))
         if not writes and self.tracking is None:
             return
@@ -206,6 +230,7 @@ class Session:
             )
             self.models[write.key] = self.writes[write.key]
         self.writes.clear()
+        self._bodies.clear()
         self.tracking = None
 
     def forget(self) -> None:
@@ -213,6 +238,7 @@ class Session:
         self.loaded.clear()
         self.models.clear()
         self.writes.clear()
+        self._bodies.clear()
         self.tracking = None
         self.complete = False
 
@@ -329,18 +355,30 @@ class Projector(Projection[ReadModelView]):
             # instead of being passed over as waiting.
             session.put(current)
             return Outcome.WAITING
-        if version > current.version + 1:
-            if self.load_events is None:
-                raise GapError(
-                    f"Event {version} of aggregate {aggregate_id} arrived after "
-                    f"version {current.version} with no way to read the events "
-                    "between: give the projector load_events (see "
-                    "ledger.projections.event_loader)."
-                )
-            for missing in self.load_events(aggregate_id, current.version, version - 1):
-                if self.apply(session, missing, None) is not Outcome.APPLIED:
-                    return Outcome.WAITING
+        if version > current.version + 1 and not self._fill_gap(
+            session, current, version
+        ):
+            return Outcome.WAITING
         return self._handle(session, event, position, current)
+
+    def _fill_gap(
+        self, session: Session, current: AggregatePosition, version: int
+    ) -> bool:
+        """Apply the aggregate's events before ``version`` that were not applied.
+
+        Returns False if one of them did not apply (parked, or waiting).
+        """
+        if self.load_events is None:
+            raise GapError(
+                f"Event {version} of aggregate {current.aggregate_id} arrived after "
+                f"version {current.version} with no way to read the events "
+                "between: give the projector load_events (see "
+                "ledger.projections.event_loader)."
+            )
+        missing = self.load_events(current.aggregate_id, current.version, version - 1)
+        return all(
+            self.apply(session, event, None) is Outcome.APPLIED for event in missing
+        )
 
     def _handle(
         self,
@@ -370,10 +408,11 @@ class Projector(Projection[ReadModelView]):
                     if delay is None:
                         self._park(
                             session,
-                            event,
-                            position,
                             current,
-                            error=error,
+                            version=event.originator_version,
+                            topic=get_topic(type(event)),
+                            position=position,
+                            error=f"{type(error).__name__}: {error}",
                             attempts=attempts,
                         )
                         return Outcome.PARKED
@@ -390,31 +429,71 @@ class Projector(Projection[ReadModelView]):
     @staticmethod
     def _park(
         session: Session,
-        event: Any,
-        position: int | None,
         current: AggregatePosition,
         *,
-        error: Exception,
+        version: int,
+        topic: str,
+        position: int | None,
+        error: str,
         attempts: int,
     ) -> None:
         earlier = session.get(ParkedEvent, current.aggregate_id)
-        if earlier is not None and earlier.version == event.originator_version:
+        if earlier is not None and earlier.version == version:
             attempts += earlier.attempts
             position = earlier.position if position is None else position
         session.put(
             ParkedEvent(
                 aggregate_id=current.aggregate_id,
-                version=event.originator_version,
+                version=version,
                 position=position,
-                topic=get_topic(type(event)),
-                error=f"{type(error).__name__}: {error}",
+                topic=topic,
+                error=error,
                 attempts=attempts,
                 parked_at=datetime.now(UTC),
             )
         )
-        session.put(
-            current.model_copy(update={"parked_version": event.originator_version})
+        session.put(current.model_copy(update={"parked_version": version}))
+
+    def park_record(
+        self,
+        session: Session,
+        aggregate_id: str,
+        version: int,
+        *,
+        topic: str,
+        error: str,
+        position: int | None = None,
+    ) -> Outcome:
+        """Park an event that could not even be decoded (not committed).
+
+        For a feed that cannot hand the record back to its source, as Lambda
+        can: its aggregate waits behind it like behind any parked event, and a
+        redrive after the fix (an upcaster, a registered topic) reads it from
+        the events table and applies it. Earlier missing events of the
+        aggregate are applied first (``load_events``).
+        """
+        current = session.get(AggregatePosition, aggregate_id) or AggregatePosition(
+            aggregate_id=aggregate_id
         )
+        if version <= current.version:
+            return Outcome.DUPLICATE
+        if current.parked_version is not None:
+            session.put(current)  # checked at commit, as in apply()
+            return Outcome.WAITING
+        if version > current.version + 1:
+            if not self._fill_gap(session, current, version):
+                return Outcome.WAITING
+            current = session.get(AggregatePosition, aggregate_id) or current
+        self._park(
+            session,
+            current,
+            version=version,
+            topic=topic,
+            position=position,
+            error=error,
+            attempts=1,
+        )
+        return Outcome.PARKED
 
     # Dead letters -----------------------------------------------------------------
 
@@ -453,7 +532,22 @@ class Projector(Projection[ReadModelView]):
             if current is None or current.parked_version is None:
                 return Outcome.APPLIED
             outcome = Outcome.APPLIED
-            events = self.load_events(aggregate_id, current.version, 2**62)
+            try:
+                events = self.load_events(aggregate_id, current.version, 2**62)
+            except PersistenceError:
+                raise
+            except Exception as error:  # noqa: BLE001 - still cannot be decoded
+                parked = session.get(ParkedEvent, aggregate_id)
+                self._park(
+                    session,
+                    current,
+                    version=current.parked_version,
+                    topic=parked.topic if parked else "",
+                    position=None,
+                    error=f"{type(error).__name__}: {error}",
+                    attempts=1,
+                )
+                events, outcome = [], Outcome.PARKED
             for event in events:
                 outcome = self.apply(session, event, None, redriving=True)
                 if outcome is not Outcome.APPLIED:
@@ -479,10 +573,10 @@ class Projector(Projection[ReadModelView]):
         """Apply events in order, committing whenever a commit is full.
 
         Each commit carries the tracking of the last event in it, so a crash
-        loses no work already committed and repeats none. Calls
+        loses no work already committed and repeats none; a commit is full at
+        the view's ``max_actions`` items or ``max_bytes`` bytes. Calls
         ``on_commit(events in that commit)``. Returns the events applied.
         """
-        limit = self.view.max_actions
         uncommitted = 0
         total = 0
         for event, tracking in events:
@@ -492,7 +586,7 @@ class Projector(Projection[ReadModelView]):
             )
             if tracking is not None:
                 session.tracking = tracking
-            if session.pending_actions() > limit and uncommitted:
+            if uncommitted and session.is_over(self.view):
                 session.restore(savepoint)
                 session.commit()
                 if on_commit is not None:

@@ -80,18 +80,22 @@ def process_records(
     projector: Projector,
     records: Sequence[Mapping[str, Any]],
     mapper: Mapper[Any],
+    *,
+    park_undecodable: bool = False,
 ) -> list[str]:
     """Apply a batch of stream records; return the sequence numbers that failed.
 
     Records are applied into one session and committed together (as many
     per transaction as fit); if a commit meets another writer, its records
-    are applied again one by one.
+    are applied again one by one. A record that cannot be decoded is a
+    failure, unless ``park_undecodable``: then it is parked as a dead letter
+    (the local poller does this; Lambda has its own retries and on-failure
+    destination for failed records).
     """
     failed: list[str] = []
     failed_aggregates: set[str] = set()
-    pending: list[tuple[str, Any]] = []
+    pending: list[tuple[str, str | None, Action]] = []
     session = Session(projector.view)
-    limit = projector.view.max_actions
     # Aggregate ids come back as the store is configured (ORIGINATOR_ID_TYPE).
     uuid_ids = getattr(projector.view, "originator_id_type", "uuid") == "uuid"
 
@@ -105,15 +109,15 @@ def process_records(
             session.commit()
         except (ConcurrentChangeError, ActiveVersionChangedError) as error:
             _after_conflict(projector, session, error)
-            for number, event in pending:
-                if str(event.originator_id) in failed_aggregates:
+            for number, aggregate_id, action in pending:
+                if aggregate_id in failed_aggregates:
                     failed.append(number)
-                elif not _apply_alone(projector, event):
-                    fail(number, str(event.originator_id))
+                elif not _apply_alone(projector, action):
+                    fail(number, aggregate_id)
         except PersistenceError:
             session.forget()
-            for number, event in pending:
-                fail(number, str(event.originator_id))
+            for number, aggregate_id, _ in pending:
+                fail(number, aggregate_id)
         pending.clear()
 
     for record in records:
@@ -123,21 +127,95 @@ def process_records(
             failed.append(number)
             continue
         try:
-            event = decode_record(record, mapper, uuid_ids=uuid_ids)
+            action = _action_for(
+                projector, record, mapper, uuid_ids=uuid_ids, park=park_undecodable
+            )
         except Exception:  # noqa: BLE001 - an undecodable record is reported, not raised
             fail(number, aggregate_id)
             continue
-        if event is None:
+        if action is None:
             continue
-        savepoint = session.savepoint()
-        projector.apply(session, event, _position(record))
-        if session.pending_actions() > limit and pending:
-            session.restore(savepoint)
-            flush()
-            projector.apply(session, event, _position(record))
-        pending.append((number, event))
+        try:
+            _apply_fitting(session, action, flush if pending else None)
+        except PersistenceError:
+            raise
+        except Exception:  # noqa: BLE001 - a gap that cannot be filled, say
+            fail(number, aggregate_id)
+            continue
+        pending.append((number, aggregate_id, action))
     flush()
     return failed
+
+
+Action = Callable[[Session], object]
+"""Applies (or parks) one record's event into a session."""
+
+
+def _apply_fitting(
+    session: Session, action: Action, flush: Callable[[], None] | None
+) -> None:
+    """Apply into the session; if that overfills one commit, ``flush`` first.
+
+    If the action raises, the session is left as it was before it.
+    """
+    savepoint = session.savepoint()
+    _all_or_nothing(session, action)
+    if flush is not None and session.is_over(session.view):
+        session.restore(savepoint)
+        flush()
+        _all_or_nothing(session, action)
+
+
+def _all_or_nothing(session: Session, action: Action) -> None:
+    savepoint = session.savepoint()
+    try:
+        action(session)
+    except Exception:
+        session.restore(savepoint)
+        raise
+
+
+def _action_for(
+    projector: Projector,
+    record: Mapping[str, Any],
+    mapper: Mapper[Any],
+    *,
+    uuid_ids: bool,
+    park: bool,
+) -> Action | None:
+    """Return what applies a record's event (None: no new event).
+
+    Raises if the record cannot be decoded, unless ``park``: then what parks it.
+    """
+    try:
+        event = decode_record(record, mapper, uuid_ids=uuid_ids)
+    except Exception as error:
+        aggregate_id = _aggregate_of(record)
+        if not park or aggregate_id is None:
+            raise
+        return _parking(projector, record, aggregate_id, error)
+    return None if event is None else _applying(projector, event, _position(record))
+
+
+def _applying(projector: Projector, event: Any, position: int | None) -> Action:
+    return lambda session: projector.apply(session, event, position)
+
+
+def _parking(
+    projector: Projector, record: Mapping[str, Any], aggregate_id: str, error: Exception
+) -> Action:
+    image = record["dynamodb"]["NewImage"]
+    version = int(image[store_schema.VERSION]["N"])
+    topic = image.get(store_schema.TOPIC, {}).get("S", "")
+    reason = f"{type(error).__name__} while decoding the stream record: {error}"
+    return lambda session: projector.park_record(
+        session,
+        aggregate_id,
+        version,
+        topic=topic,
+        error=reason,
+        position=_position(record),
+    )
 
 
 def _position(record: Mapping[str, Any]) -> int | None:
@@ -153,12 +231,12 @@ def _after_conflict(projector: Projector, session: Session, error: Exception) ->
             follow()
 
 
-def _apply_alone(projector: Projector, event: Any) -> bool:
-    """Apply one event in its own commit, retrying conflicts; False if it failed."""
+def _apply_alone(projector: Projector, action: Action) -> bool:
+    """Apply one record in its own commit, retrying conflicts; False if it failed."""
     for _ in range(_MAX_RECORD_ATTEMPTS):
         session = Session(projector.view)
         try:
-            projector.apply(session, event, None)
+            action(session)
             session.commit()
         except (ConcurrentChangeError, ActiveVersionChangedError) as error:
             _after_conflict(projector, session, error)
@@ -215,8 +293,10 @@ class StreamPoller:
 
     For running a stream projection without Lambda (``ledger projections run``)
     and for DynamoDB Local. Each shard's last processed record is checkpointed
-    in the projection's control table after each batch; a record that failed
-    is read again at the next poll. Costs per poll: one DescribeStream, one
+    in the projection's control table after each batch. A record that cannot
+    be decoded is parked as a dead letter (its aggregate waits for a redrive);
+    a record whose commit failed (DynamoDB unavailable, say) is read again at
+    the next poll. Costs per poll: one DescribeStream, one
     GetShardIterator and at least one GetRecords per shard.
     """
 
@@ -286,7 +366,12 @@ class StreamPoller:
             if not records:
                 return processed
             failed = set(
-                process_records(self.projector, records, self.application.mapper)
+                process_records(
+                    self.projector,
+                    records,
+                    self.application.mapper,
+                    park_undecodable=True,
+                )
             )
             done = _before_first_failure(records, failed)
             processed += len(done)

@@ -59,10 +59,13 @@ class ReadModelView(TrackingRecorder, ABC):
     """Stores read models and tracking; commits them together.
 
     ``max_actions`` is how many item writes (plus one for tracking) a single
-    commit may hold.
+    commit may hold, and ``max_bytes`` how many bytes of keys and bodies.
     """
 
     max_actions: int = 98
+    max_bytes: int = 4 * 1024 * 1024 - 64 * 1024
+    """DynamoDB's 4 MB per transaction, less room for the item attributes
+    besides key and body, the tracking and the version check."""
 
     @abstractmethod
     def load(self, key: str) -> StoredItem | None:

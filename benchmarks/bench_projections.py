@@ -9,10 +9,14 @@ in the same run and on the same server:
 * rebuild (events/s) of OrderProjector into a new table version, with its
   round trips, items written and write units;
 * raw TransactWriteItems of the rebuilt items into a scratch table (items/s):
-  what writing the read model costs the server without ledger; divided by the
-  items the rebuild wrote per event it is the fastest any rebuild writing those
-  items could go on this server ("write-bound events/s");
+  what writing the read model costs the server without ledger. Reading an
+  event at the raw sequence rate plus writing its share of the items at the
+  raw write rate is the fastest any rebuild of this read model could go on
+  this server ("bound", events/s), where the server is the bottleneck;
 * stream-batch handling (records/s) of 1,000-record Lambda-shaped batches.
+
+Rebuild and raw write run twice each, alternately, and the best of each pair
+is reported (DynamoDB Local gets faster as it warms up).
 
     python benchmarks/bench_projections.py [--quick | --events N ...] [--endpoint URL]
 
@@ -176,18 +180,25 @@ def run(endpoint: str, events: int) -> dict[str, Any]:
     raw_sequence = sequence_rate(app)
     stage(events, "read the sequence", started)
     view = open_view(OrderProjector, env)
-    with measure(app) as reads, measure(view) as writes:
-        result = rebuild(app, OrderProjector, view)
-    writes.add(reads)
-    stage(events, "rebuilt", started)
-    raw_write = raw_write_rate(view)
-    stage(events, "wrote the rebuilt items raw", started)
+    # Twice each, alternately, best of two: the server warms up as it goes.
+    rates, raw_writes = [], []
+    for attempt in (1, 2):
+        with measure(app) as reads, measure(view) as writes:
+            result = rebuild(app, OrderProjector, view)
+        writes.add(reads)
+        rates.append(result.events_per_second)
+        stage(events, f"rebuilt ({attempt} of 2)", started)
+        raw_writes.append(raw_write_rate(view))
+        stage(events, f"wrote the rebuilt items raw ({attempt} of 2)", started)
+    raw_write = max(raw_writes)
     streams = stream_rate(app, env, min(events, 5000))
     stage(events, "handled stream batches", started)
     app.close()
-    rate = result.events_per_second
+    rate = max(rates)
+    # The server's time for one event: reading it, plus writing its share of
+    # items, each at its raw rate measured above.
     items_per_event = writes.items_written / result.events
-    write_bound = raw_write / items_per_event
+    bound = 1 / (1 / raw_sequence + items_per_event / raw_write)
     return {
         "events": events,
         "scan_items_per_s": round(raw_scan),
@@ -196,8 +207,8 @@ def run(endpoint: str, events: int) -> dict[str, Any]:
         "rebuild_events_per_s": round(rate),
         "rebuild_vs_scan": round(rate / raw_scan, 2),
         "rebuild_vs_sequence": round(rate / raw_sequence, 2),
-        "write_bound_events_per_s": round(write_bound),
-        "rebuild_vs_write_bound": round(rate / write_bound, 2),
+        "bound_events_per_s": round(bound),
+        "rebuild_vs_bound": round(rate / bound, 2),
         "rebuild_round_trips": writes.round_trips,
         "rebuild_items_written": writes.items_written,
         "rebuild_estimated_wcu": round(writes.estimated_write_units),

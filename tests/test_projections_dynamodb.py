@@ -289,6 +289,29 @@ def test_a_lambda_batch_reports_exactly_its_bad_record(orders, view):
     assert response == {"batchItemFailures": [{"itemIdentifier": number}]}
 
 
+def test_a_record_whose_missing_events_cannot_be_read_is_reported_with_later_ones(
+    orders, view
+):
+    first, second = place_some_orders(orders, 2)
+    records = stream_records(orders)
+    of_first = [r for r in records if _aggregate(r) == str(first)]
+    of_second = [r for r in records if _aggregate(r) == str(second)]
+    projector = OrderProjector(view)  # no load_events: a gap cannot be filled
+
+    failed = process_records(projector, of_first[1:] + of_second, orders.mapper)
+
+    assert failed == [r["dynamodb"]["SequenceNumber"] for r in of_first[1:]]
+    assert get_order_summary(view, first) is None
+    done = get_order_summary(view, second)
+    assert done is not None
+    assert done.status is OrderStatus.SHIPPED
+
+
+def _aggregate(record: dict[str, Any]) -> str:
+    aggregate_id: str = record["dynamodb"]["Keys"][store_schema.AGGREGATE_ID]["S"]
+    return aggregate_id
+
+
 def test_poison_event_on_the_stream_is_parked_and_redriven_after_the_fix(orders, view):
     poisoned = orders.place_order(uuid.uuid4(), [ITEM])
     orders.add_item(poisoned, "fig", 1, Decimal(1))

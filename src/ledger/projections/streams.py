@@ -10,10 +10,11 @@ Lambda's concurrency: records of different aggregates may be processed in any
 interleaving, by any number of workers, and the read model comes out the same.
 
 A batch reports the records it could not process (a record that cannot be
-decoded, or whose commit failed) as ``batchItemFailures``; later records of
-the same aggregate in the batch are reported too, so an aggregate's events are
-never applied out of order. A handler that keeps failing is not a batch
-failure: its event is parked (see :mod:`ledger.projections.projector`).
+decoded, whose missing earlier events cannot be read, or whose commit failed)
+as ``batchItemFailures``; later records of the same aggregate in the batch
+are reported too, so an aggregate's events are never applied out of order.
+A handler that keeps failing is not a batch failure: its event is parked (see
+:mod:`ledger.projections.projector`).
 """
 
 from __future__ import annotations

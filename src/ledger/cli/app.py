@@ -410,7 +410,11 @@ def projections_run(
         bool, typer.Option("--once", help="Process what is there now, then stop.")
     ] = False,
 ) -> None:
-    """Keep a projection up to date until Ctrl-C (or once, with --once)."""
+    """Keep a projection up to date until Ctrl-C (or once, with --once).
+
+    Events whose handler keeps failing, and stream records that cannot be
+    decoded, are parked as dead letters (see `dlq list`); others go on.
+    """
     if feed not in ("stream", "sequence"):
         raise typer.BadParameter("--feed is 'stream' or 'sequence'")
     projection = open_projection(name, projector, application)
@@ -537,7 +541,7 @@ def dlq_redrive(
         str | None, typer.Option(help="Redrive one aggregate only.")
     ] = None,
 ) -> None:
-    """Apply parked events again (after fixing the handler), then what waited."""
+    """Apply parked events again (after the fix), then those that waited."""
     projection = open_projection(name, projector, application)
     with _meter_projection(projection) as meter:
         outcomes = projection.projector().redrive(aggregate)

@@ -591,5 +591,5 @@ def bench_snapshots(quick: QuickOption = False) -> None:
 
 @bench_cli.command("rebuild")
 def bench_rebuild(quick: QuickOption = False) -> None:
-    """Time a projection rebuild beside raw reads (bench_projections.py)."""
+    """Time a projection rebuild beside raw reads and writes (bench_projections.py)."""
     _run_benchmark("bench_projections.py", ["--quick"] if quick else [])

@@ -9,7 +9,12 @@ import uuid
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import Environment
 
-from ledger.dynamodb import DynamoDBApplicationRecorder, DynamoDBFactory, measure
+from ledger.dynamodb import (
+    DynamoDBApplicationRecorder,
+    DynamoDBFactory,
+    connection_of,
+    measure,
+)
 from ledger.dynamodb.limits import item_size, number_size, read_units, write_units
 
 
@@ -83,6 +88,27 @@ def test_a_save_writes_its_events_one_batch_item_and_the_sequence_item(
 
     assert meter.calls == {"TransactWriteItems": 1}
     assert meter.items_written == 3 + 1 + 1
+
+
+def test_a_batch_write_counts_its_puts_and_deletes(factory: DynamoDBFactory) -> None:
+    factory.aggregate_recorder("snapshots")
+    table = factory.table_name("snapshots")
+    key = {"aggregate_id": {"S": str(uuid.uuid4())}, "version": {"N": "1"}}
+    other = {"aggregate_id": {"S": str(uuid.uuid4())}, "version": {"N": "1"}}
+
+    with measure(factory) as meter:
+        connection_of(factory).call(
+            "batch_write_item",
+            RequestItems={
+                table: [
+                    {"PutRequest": {"Item": {**key, "state": {"B": b"s"}}}},
+                    {"DeleteRequest": {"Key": other}},
+                ]
+            },
+        )
+
+    assert meter.calls == {"BatchWriteItem": 1}
+    assert meter.items_written == 2
 
 
 def test_meter_counts_only_inside_its_block(factory: DynamoDBFactory) -> None:

@@ -189,9 +189,10 @@ def _written_item_sizes(operation: str, params: Mapping[str, Any]) -> list[int]:
     if operation == "BatchWriteItem":
         return [
             item_size(request["PutRequest"]["Item"])
+            if "PutRequest" in request
+            else item_size(request["DeleteRequest"]["Key"])
             for requests in params["RequestItems"].values()
             for request in requests
-            if "PutRequest" in request
         ]
     return []
 

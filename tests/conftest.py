@@ -29,6 +29,19 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
+NO_STREAM = {"DYNAMODB_EVENTS_STREAM": "no"}
+"""Tests' events tables have no stream unless a test feeds from it (``streamed``):
+DynamoDB Local slows writes into a table with a stream about tenfold once
+other tables with streams hold records, and every test makes tables."""
+
+
+@pytest.fixture
+def streamed(dynamodb_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Create this test's events tables with a stream (the default outside tests)."""
+    dynamodb_env["DYNAMODB_EVENTS_STREAM"] = "yes"
+    monkeypatch.setenv("DYNAMODB_EVENTS_STREAM", "yes")
+
+
 @pytest.fixture(scope="session")
 def dynamodb_local() -> Iterator[DynamoDBLocal]:
     """One DynamoDB Local server on a free loopback port for the whole run."""
@@ -64,6 +77,7 @@ def dynamodb_env(
         "AWS_ACCESS_KEY_ID": "local",
         "AWS_SECRET_ACCESS_KEY": "local",
         "AWS_DEFAULT_REGION": "us-east-1",
+        **NO_STREAM,
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -79,6 +93,7 @@ def factory(dynamodb_endpoint: str, table_prefix: str) -> Iterator[DynamoDBFacto
             {
                 "DYNAMODB_ENDPOINT_URL": dynamodb_endpoint,
                 "DYNAMODB_TABLE_PREFIX": table_prefix,
+                **NO_STREAM,
             },
         )
     )

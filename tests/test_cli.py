@@ -54,7 +54,7 @@ def test_help_lists_every_command(ledger):
         assert command in done.stdout
 
 
-def test_tables_create_describe_delete(ledger):
+def test_tables_create_describe_delete(streamed, ledger):
     created = ledger("tables", "create", "--app", "Shop")
     described = ledger("tables", "describe", "--app", "Shop")
     deleted = ledger("tables", "delete", "--app", "Shop", "--yes")
@@ -122,7 +122,7 @@ def test_projections_run_status_rebuild_and_dlq(ledger, order_id):
     assert "no parked events" in parked.stdout
 
 
-def test_projections_run_from_the_stream(ledger, order_id):
+def test_projections_run_from_the_stream(streamed, ledger, order_id):
     done = ledger("projections", "run", "OrderViews", "--once")
 
     assert done.returncode == 0, done.stderr

@@ -54,6 +54,7 @@ class OnDynamoDB:
                 {
                     "DYNAMODB_ENDPOINT_URL": dynamodb_endpoint,
                     "DYNAMODB_TABLE_PREFIX": table_prefix,
+                    "DYNAMODB_EVENTS_STREAM": "no",  # faster on DynamoDB Local
                 },
             )
         )
@@ -165,6 +166,7 @@ class TestDynamoDBInfrastructureFactory(
                 "PERSISTENCE_MODULE": "ledger.dynamodb",
                 "DYNAMODB_ENDPOINT_URL": dynamodb_endpoint,
                 "DYNAMODB_TABLE_PREFIX": table_prefix,
+                "DYNAMODB_EVENTS_STREAM": "no",  # faster on DynamoDB Local
             },
         )
 

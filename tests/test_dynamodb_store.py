@@ -317,6 +317,42 @@ def test_invalid_setting_names_the_key_and_the_fix(dynamodb_endpoint: str) -> No
         )
 
 
+def test_events_stream_setting_must_be_yes_or_no(dynamodb_endpoint: str) -> None:
+    with pytest.raises(OSError, match=r"DYNAMODB_EVENTS_STREAM 'maybe'.*'yes' or 'no'"):
+        DynamoDBFactory(
+            Environment(
+                "bad",
+                {
+                    "DYNAMODB_ENDPOINT_URL": dynamodb_endpoint,
+                    "DYNAMODB_EVENTS_STREAM": "maybe",
+                },
+            )
+        )
+
+
+@pytest.mark.parametrize(("setting", "expected"), [(None, True), ("no", False)])
+def test_the_events_table_has_a_stream_unless_told_not_to(
+    dynamodb_endpoint: str, table_prefix: str, setting: str | None, expected: bool
+) -> None:
+    env = {
+        "DYNAMODB_ENDPOINT_URL": dynamodb_endpoint,
+        "DYNAMODB_TABLE_PREFIX": table_prefix,
+    }
+    if setting is not None:
+        env["DYNAMODB_EVENTS_STREAM"] = setting
+    factory = DynamoDBFactory(Environment("streams", env))
+    factory.application_recorder()
+
+    table = factory.connection.call(
+        "describe_table", TableName=factory.table_name("events")
+    )["Table"]
+    stream = table.get("StreamSpecification", {})
+    assert stream.get("StreamEnabled", False) is expected
+    if expected:
+        assert stream["StreamViewType"] == "NEW_IMAGE"
+    factory.close()
+
+
 # Applications ------------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any, ClassVar
 
 import pytest
-from eventsourcing.persistence import Tracking
+from eventsourcing.persistence import ProgrammingError, Tracking
 from eventsourcing.projection import ProjectionRunner
 from eventsourcing.utils import register_topic
 from hypothesis import given, settings
@@ -339,7 +339,13 @@ def test_poison_event_on_the_stream_is_parked_and_redriven_after_the_fix(orders,
     assert projector.parked() == []
 
 
-def test_the_stream_poller_applies_the_events_table_stream(orders, view):
+def test_the_stream_poller_refuses_an_events_table_without_a_stream(orders, view):
+    # The tests' events tables have no stream unless asked (conftest.NO_STREAM).
+    with pytest.raises(ProgrammingError, match="has no DynamoDB stream"):
+        StreamPoller(OrderProjector(view, event_loader(orders)), orders)
+
+
+def test_the_stream_poller_applies_the_events_table_stream(streamed, orders, view):
     [order_id] = place_some_orders(orders, 1)
     poller = StreamPoller(OrderProjector(view, event_loader(orders)), orders)
     deadline = time.monotonic() + DEADLINE
@@ -353,7 +359,9 @@ def test_the_stream_poller_applies_the_events_table_stream(orders, view):
     assert summary.status is OrderStatus.CONFIRMED
 
 
-def test_the_stream_poller_parks_a_record_it_cannot_decode_and_goes_on(orders, view):
+def test_the_stream_poller_parks_a_record_it_cannot_decode_and_goes_on(
+    streamed, orders, view
+):
     [healthy] = place_some_orders(orders, 1)
     stuck = orders.place_order(uuid.uuid4(), [ITEM], "EUR")
     # Two later events of `stuck`, the first stored under a topic no code

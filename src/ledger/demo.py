@@ -78,6 +78,7 @@ def run_demo(env: Environment, console: Console) -> None:
 
     settings = dict(env)
     settings.setdefault("DYNAMODB_TABLE_PREFIX", f"demo{uuid.uuid4().hex[:6]}_")
+    settings["DYNAMODB_EVENTS_STREAM"] = "yes"  # the story reads the stream
     app = Orders(env=settings, snapshot_strategies={Order: EveryNEvents(5)})
     story = Story(app, console)
     factory: Any = app.factory

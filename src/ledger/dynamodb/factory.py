@@ -52,6 +52,10 @@ class DynamoDBFactory(InfrastructureFactory[DynamoDBTrackingRecorder]):
     DYNAMODB_POLL_INTERVAL = "DYNAMODB_POLL_INTERVAL"
     """Seconds between polls of a subscription for other processes' saves.
     Default: 0.1. Each idle poll is one strongly consistent GetItem (1 RCU)."""
+    DYNAMODB_EVENTS_STREAM = "DYNAMODB_EVENTS_STREAM"
+    """Give the events table a DynamoDB stream of new images, which stream-fed
+    projections read (the Lambda handler, ``ledger projections run``): ``yes``
+    (default) or ``no``. Read only when the table is created."""
     CREATE_TABLE = "CREATE_TABLE"
     """Create missing tables (never changes existing ones). Default: yes."""
     ORIGINATOR_ID_TYPE = "ORIGINATOR_ID_TYPE"
@@ -73,6 +77,7 @@ class DynamoDBFactory(InfrastructureFactory[DynamoDBTrackingRecorder]):
             )
         self.originator_id_type = cast(OriginatorIDType, id_type)
         self.table_prefix = self.env.get(self.DYNAMODB_TABLE_PREFIX) or ""
+        self.events_stream = self._bool_setting(self.DYNAMODB_EVENTS_STREAM, "yes")
         self.connection = DynamoDBConnection(
             endpoint_url=endpoint_url,
             region_name=self.env.get(self.DYNAMODB_REGION) or None,
@@ -88,6 +93,13 @@ class DynamoDBFactory(InfrastructureFactory[DynamoDBTrackingRecorder]):
         if number < 1:
             raise OSError(f"Invalid {key} {value!r}: use a whole number of at least 1.")
         return number
+
+    def _bool_setting(self, key: str, default: str) -> bool:
+        value = self.env.get(key) or default
+        try:
+            return bool(strtobool(value))
+        except ValueError:
+            raise OSError(f"Invalid {key} {value!r}: use 'yes' or 'no'.") from None
 
     def _float_setting(self, key: str, default: str) -> float:
         value = self.env.get(key) or default
@@ -120,7 +132,7 @@ class DynamoDBFactory(InfrastructureFactory[DynamoDBTrackingRecorder]):
             self.connection,
             self.table_name(purpose),
             originator_id_type=self.originator_id_type,
-            with_stream=purpose == schema.EVENTS_TABLE,
+            with_stream=purpose == schema.EVENTS_TABLE and self.events_stream,
         )
         if self.env_create_table():
             recorder.create_table()
@@ -138,6 +150,7 @@ class DynamoDBFactory(InfrastructureFactory[DynamoDBTrackingRecorder]):
             self.table_name(schema.NOTIFICATIONS_TABLE),
             originator_id_type=self.originator_id_type,
             poll_interval=self.poll_interval,
+            with_stream=self.events_stream,
         )
         if self.env_create_table():
             recorder.create_table()
@@ -174,6 +187,7 @@ class DynamoDBFactory(InfrastructureFactory[DynamoDBTrackingRecorder]):
             self.table_name(schema.TRACKING_TABLE),
             originator_id_type=self.originator_id_type,
             poll_interval=self.poll_interval,
+            with_stream=self.events_stream,
         )
         if self.env_create_table():
             recorder.create_table()

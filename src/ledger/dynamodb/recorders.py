@@ -365,12 +365,13 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
         *,
         originator_id_type: OriginatorIDType = "uuid",
         poll_interval: float = 0.1,
+        with_stream: bool = True,
     ) -> None:
         super().__init__(
             connection,
             events_table_name,
             originator_id_type=originator_id_type,
-            with_stream=True,
+            with_stream=with_stream,
         )
         self.notifications_table_name = notifications_table_name
         self.poll_interval = poll_interval
@@ -807,6 +808,7 @@ class DynamoDBProcessRecorder(
         *,
         originator_id_type: OriginatorIDType = "uuid",
         poll_interval: float = 0.1,
+        with_stream: bool = True,
     ) -> None:
         DynamoDBApplicationRecorder.__init__(
             self,
@@ -815,6 +817,7 @@ class DynamoDBProcessRecorder(
             notifications_table_name,
             originator_id_type=originator_id_type,
             poll_interval=poll_interval,
+            with_stream=with_stream,
         )
         self.tracking_table_name = tracking_table_name
 

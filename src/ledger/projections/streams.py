@@ -26,7 +26,12 @@ from typing import Any
 from uuid import UUID
 
 import boto3
-from eventsourcing.persistence import Mapper, PersistenceError, StoredEvent
+from eventsourcing.persistence import (
+    Mapper,
+    PersistenceError,
+    ProgrammingError,
+    StoredEvent,
+)
 
 from ledger.dynamodb import schema as store_schema
 from ledger.dynamodb.client import is_loopback, translate_errors
@@ -316,9 +321,15 @@ class StreamPoller:
         self.view = view
         connection = view.connection
         self.client = streams_client or _streams_client(connection)
-        table = connection.call(
-            "describe_table", TableName=application.recorder.events_table_name
-        )["Table"]
+        events_table = application.recorder.events_table_name
+        table = connection.call("describe_table", TableName=events_table)["Table"]
+        if not table.get("StreamSpecification", {}).get("StreamEnabled"):
+            raise ProgrammingError(
+                f"The events table {events_table} has no DynamoDB stream (it was "
+                "created with DYNAMODB_EVENTS_STREAM=no). Enable a stream of new "
+                "images on it, or feed the projection from the application "
+                "sequence instead."
+            )
         self.stream_arn: str = table["LatestStreamArn"]
 
     def poll(self) -> int:

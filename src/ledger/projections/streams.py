@@ -325,10 +325,10 @@ class StreamPoller:
         table = connection.call("describe_table", TableName=events_table)["Table"]
         if not table.get("StreamSpecification", {}).get("StreamEnabled"):
             raise ProgrammingError(
-                f"The events table {events_table} has no DynamoDB stream (it was "
-                "created with DYNAMODB_EVENTS_STREAM=no). Enable a stream of new "
+                f"The events table {events_table} has no DynamoDB stream (made "
+                "with DYNAMODB_EVENTS_STREAM=no, say). Enable a stream of new "
                 "images on it, or feed the projection from the application "
-                "sequence instead."
+                "sequence (ledger projections run NAME --feed sequence)."
             )
         self.stream_arn: str = table["LatestStreamArn"]
 

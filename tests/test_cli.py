@@ -129,6 +129,17 @@ def test_projections_run_from_the_stream(streamed, ledger, order_id):
     assert "processed 3 events from the stream" in done.stdout
 
 
+def test_projections_run_from_a_table_without_a_stream_says_what_to_do(
+    ledger, order_id
+):
+    done = ledger("projections", "run", "OrderViews", "--once")
+
+    assert done.returncode == 1
+    assert "has no DynamoDB stream" in done.stderr
+    assert "--feed sequence" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_unknown_projection_is_a_usage_error(ledger):
     done = ledger("projections", "status", "Nope")
 

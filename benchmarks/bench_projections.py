@@ -49,6 +49,7 @@ from aggregates.order import Order
 from ledger.dynamodb import measure
 from ledger.dynamodb import schema as store_schema
 from ledger.dynamodb.local import DynamoDBLocal
+from ledger.dynamodb.schema import table_definition
 from ledger.dynamodb.tables import ensure_table
 from ledger.projections import event_loader
 from ledger.projections.dynamodb import open_view
@@ -74,14 +75,11 @@ def seed(app: Orders, events: int) -> None:
 
 def scan_rate(app: Orders) -> float:
     connection = app.factory.connection
-    params: dict[str, Any] = {"TableName": app.recorder.events_table_name}
-    count, started = 0, time.perf_counter()
-    while True:
-        response = connection.call("scan", **params)
-        count += len(response["Items"])
-        if "LastEvaluatedKey" not in response:
-            return count / (time.perf_counter() - started)
-        params["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+    started = time.perf_counter()
+    count = sum(
+        1 for _ in connection.items("scan", TableName=app.recorder.events_table_name)
+    )
+    return count / (time.perf_counter() - started)
 
 
 def sequence_rate(app: Orders) -> float:
@@ -134,27 +132,10 @@ def raw_write_rates(view: Any) -> tuple[float, float]:
     of 25 from 4 threads (no transaction, no checks).
     """
     connection = view.connection
-    items: list[dict[str, Any]] = []
-    params: dict[str, Any] = {"TableName": view.table_name}
-    while True:
-        response = connection.call("scan", **params)
-        items.extend(response["Items"])
-        if "LastEvaluatedKey" not in response:
-            break
-        params["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+    items = list(connection.items("scan", TableName=view.table_name))
     tables = [f"{view.table_name}_raw{kind}" for kind in ("tx", "batch")]
     for table in tables:
-        ensure_table(
-            connection,
-            {
-                "TableName": table,
-                "AttributeDefinitions": [
-                    {"AttributeName": "key", "AttributeType": "S"}
-                ],
-                "KeySchema": [{"AttributeName": "key", "KeyType": "HASH"}],
-                "BillingMode": "PAY_PER_REQUEST",
-            },
-        )
+        ensure_table(connection, table_definition(table, ("key", "S")))
 
     def transact(chunk: list[dict[str, Any]]) -> None:
         puts = [{"Put": {"TableName": tables[0], "Item": item}} for item in chunk]

@@ -71,14 +71,7 @@ def project_sequence(app: Orders, projector: OrderProjector) -> None:
 def stream_records(app: Orders) -> list[dict[str, Any]]:
     """The events table as a Lambda would receive it: INSERT records, per item."""
     connection = app.factory.connection
-    items: list[dict[str, Any]] = []
-    params: dict[str, Any] = {"TableName": app.recorder.events_table_name}
-    while True:
-        response = connection.call("scan", **params)
-        items.extend(response["Items"])
-        if "LastEvaluatedKey" not in response:
-            break
-        params["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+    items = list(connection.items("scan", TableName=app.recorder.events_table_name))
     items.sort(key=lambda item: int(item[store_schema.POSITION]["N"]))
     records = []
     for number, item in enumerate(items, start=1):

@@ -163,6 +163,16 @@ class DynamoDBConnection:
         with translate_errors():
             return method(**params)
 
+    def items(self, operation: str, **params: Any) -> Iterator[dict[str, Any]]:
+        """Yield every item of a ``"scan"`` or ``"query"``, one page after another."""
+        while True:
+            response = self.call(operation, **params)
+            yield from response["Items"]
+            last_key = response.get("LastEvaluatedKey")
+            if last_key is None:
+                return
+            params["ExclusiveStartKey"] = last_key
+
     def close(self) -> None:
         """Close the client's connection pool."""
         self.client.close()

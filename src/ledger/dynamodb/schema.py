@@ -27,7 +27,7 @@ Tables (``{prefix}{application}_{kind}``):
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 # --- events and snapshots tables -------------------------------------------
 AGGREGATE_ID: Final = "aggregate_id"
@@ -77,24 +77,35 @@ def page_of(position: int) -> int:
     return position // PAGE_SIZE
 
 
-def stream_table_definition(table_name: str, *, with_stream: bool) -> dict[str, object]:
+def table_definition(
+    table_name: str,
+    partition_key: tuple[str, str],
+    sort_key: tuple[str, str] | None = None,
+) -> dict[str, Any]:
+    """CreateTable arguments for an on-demand table.
+
+    Each key is ``(attribute name, attribute type)``, the type ``"S"`` or ``"N"``.
+    """
+    keys = [(partition_key, "HASH")] + ([(sort_key, "RANGE")] if sort_key else [])
+    return {
+        "TableName": table_name,
+        "AttributeDefinitions": [
+            {"AttributeName": name, "AttributeType": kind} for (name, kind), _ in keys
+        ],
+        "KeySchema": [
+            {"AttributeName": name, "KeyType": role} for (name, _), role in keys
+        ],
+        "BillingMode": "PAY_PER_REQUEST",
+    }
+
+
+def stream_table_definition(table_name: str, *, with_stream: bool) -> dict[str, Any]:
     """CreateTable arguments for an events or snapshots table.
 
     The events table has a DynamoDB stream of new images (``with_stream``),
     which feeds stream-driven projections; snapshots do not need one.
     """
-    definition: dict[str, object] = {
-        "TableName": table_name,
-        "AttributeDefinitions": [
-            {"AttributeName": AGGREGATE_ID, "AttributeType": "S"},
-            {"AttributeName": VERSION, "AttributeType": "N"},
-        ],
-        "KeySchema": [
-            {"AttributeName": AGGREGATE_ID, "KeyType": "HASH"},
-            {"AttributeName": VERSION, "KeyType": "RANGE"},
-        ],
-        "BillingMode": "PAY_PER_REQUEST",
-    }
+    definition = table_definition(table_name, (AGGREGATE_ID, "S"), (VERSION, "N"))
     if with_stream:
         definition["StreamSpecification"] = {
             "StreamEnabled": True,
@@ -103,29 +114,11 @@ def stream_table_definition(table_name: str, *, with_stream: bool) -> dict[str, 
     return definition
 
 
-def notifications_table_definition(table_name: str) -> dict[str, object]:
+def notifications_table_definition(table_name: str) -> dict[str, Any]:
     """CreateTable arguments for a notifications table."""
-    return {
-        "TableName": table_name,
-        "AttributeDefinitions": [
-            {"AttributeName": PAGE, "AttributeType": "N"},
-            {"AttributeName": POSITION, "AttributeType": "N"},
-        ],
-        "KeySchema": [
-            {"AttributeName": PAGE, "KeyType": "HASH"},
-            {"AttributeName": POSITION, "KeyType": "RANGE"},
-        ],
-        "BillingMode": "PAY_PER_REQUEST",
-    }
+    return table_definition(table_name, (PAGE, "N"), (POSITION, "N"))
 
 
-def tracking_table_definition(table_name: str) -> dict[str, object]:
+def tracking_table_definition(table_name: str) -> dict[str, Any]:
     """CreateTable arguments for a tracking table."""
-    return {
-        "TableName": table_name,
-        "AttributeDefinitions": [
-            {"AttributeName": APPLICATION_NAME, "AttributeType": "S"},
-        ],
-        "KeySchema": [{"AttributeName": APPLICATION_NAME, "KeyType": "HASH"}],
-        "BillingMode": "PAY_PER_REQUEST",
-    }
+    return table_definition(table_name, (APPLICATION_NAME, "S"))

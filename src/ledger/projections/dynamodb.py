@@ -26,7 +26,7 @@ from ledger.dynamodb.limits import (
     item_size,
 )
 from ledger.dynamodb.recorders import DynamoDBTrackingRecorder, _backoff
-from ledger.dynamodb.schema import TRACKING_TABLE
+from ledger.dynamodb.schema import TRACKING_TABLE, table_definition
 from ledger.dynamodb.tables import ensure_table
 from ledger.projections import schema
 from ledger.projections.views import (
@@ -41,30 +41,6 @@ from ledger.projections.views import (
 
 _MAX_CANCELLED_ATTEMPTS = 10
 """Attempts at a commit cancelled by a concurrent transaction on its items."""
-
-
-def _key_table(name: str, attribute: str) -> dict[str, Any]:
-    return {
-        "TableName": name,
-        "AttributeDefinitions": [{"AttributeName": attribute, "AttributeType": "S"}],
-        "KeySchema": [{"AttributeName": attribute, "KeyType": "HASH"}],
-        "BillingMode": "PAY_PER_REQUEST",
-    }
-
-
-def _parked_table(name: str) -> dict[str, Any]:
-    return {
-        "TableName": name,
-        "AttributeDefinitions": [
-            {"AttributeName": schema.TABLE_VERSION, "AttributeType": "N"},
-            {"AttributeName": schema.AGGREGATE_ID, "AttributeType": "S"},
-        ],
-        "KeySchema": [
-            {"AttributeName": schema.TABLE_VERSION, "KeyType": "HASH"},
-            {"AttributeName": schema.AGGREGATE_ID, "KeyType": "RANGE"},
-        ],
-        "BillingMode": "PAY_PER_REQUEST",
-    }
 
 
 class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
@@ -104,8 +80,18 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
 
     def create_table(self) -> None:
         """Create the control and parked tables, the pointer, this version's table."""
-        ensure_table(self.connection, _key_table(self.control_table_name, schema.NAME))
-        ensure_table(self.connection, _parked_table(self.parked_table_name))
+        ensure_table(
+            self.connection,
+            table_definition(self.control_table_name, (schema.NAME, "S")),
+        )
+        ensure_table(
+            self.connection,
+            table_definition(
+                self.parked_table_name,
+                (schema.TABLE_VERSION, "N"),
+                (schema.AGGREGATE_ID, "S"),
+            ),
+        )
         # An existing pointer means some version is already active: keep it.
         with contextlib.suppress(IntegrityError):
             self.connection.call(
@@ -123,7 +109,8 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
     def create_version_table(self, version: int) -> None:
         """Create the table of a table version if it does not exist."""
         ensure_table(
-            self.connection, _key_table(self.version_table_name(version), schema.KEY)
+            self.connection,
+            table_definition(self.version_table_name(version), (schema.KEY, "S")),
         )
 
     def version_table_name(self, version: int) -> str:
@@ -210,16 +197,13 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
 
     def load_all(self) -> dict[str, StoredItem]:
         """Return every item of this version (a Scan, plus a Query of dead letters)."""
-        items: dict[str, StoredItem] = {}
-        params: dict[str, Any] = {"TableName": self.table_name, "ConsistentRead": True}
-        while True:
-            response = self.connection.call("scan", **params)
-            for item in response["Items"]:
-                if schema.BODY in item:
-                    items[item[schema.KEY]["S"]] = _stored(item)
-            if "LastEvaluatedKey" not in response:
-                break
-            params["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        items = {
+            item[schema.KEY]["S"]: _stored(item)
+            for item in self.connection.items(
+                "scan", TableName=self.table_name, ConsistentRead=True
+            )
+            if schema.BODY in item
+        }
         for item in self.parked_items():
             parked_key = f"{PARKED_PREFIX}{_aggregate_of(item.body)}"
             items[parked_key] = item
@@ -227,20 +211,15 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
 
     def parked_items(self) -> list[StoredItem]:
         """Return this version's parked events (one Query of the parked table)."""
-        params: dict[str, Any] = {
-            "TableName": self.parked_table_name,
-            "KeyConditionExpression": "#v = :v",
-            "ExpressionAttributeNames": {"#v": schema.TABLE_VERSION},
-            "ExpressionAttributeValues": {":v": {"N": str(self.table_version)}},
-            "ConsistentRead": True,
-        }
-        items: list[StoredItem] = []
-        while True:
-            response = self.connection.call("query", **params)
-            items.extend(_stored(item) for item in response["Items"])
-            if "LastEvaluatedKey" not in response:
-                return items
-            params["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        found = self.connection.items(
+            "query",
+            TableName=self.parked_table_name,
+            KeyConditionExpression="#v = :v",
+            ExpressionAttributeNames={"#v": schema.TABLE_VERSION},
+            ExpressionAttributeValues={":v": {"N": str(self.table_version)}},
+            ConsistentRead=True,
+        )
+        return [_stored(item) for item in found]
 
     def max_tracking_id(self, application_name: str) -> int | None:
         """Return the last position of an application applied in this version."""

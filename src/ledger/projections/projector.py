@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from enum import Enum
+from functools import partial
 from typing import Any, ClassVar, TypeVar, cast
 
 from eventsourcing.persistence import PersistenceError, Tracking
@@ -184,12 +185,35 @@ class Session:
             for key, model in self.writes.items()
         )
 
-    def is_over(self, view: ReadModelView) -> bool:
+    def is_over(self) -> bool:
         """Return True if committing now would overfill one of the view's commits."""
         return (
-            self.pending_actions() > view.max_actions
-            or self.pending_bytes() > view.max_bytes
+            self.pending_actions() > self.view.max_actions
+            or self.pending_bytes() > self.view.max_bytes
         )
+
+    def fit(
+        self, change: Callable[[Session], object], flush: Callable[[], None] | None
+    ) -> None:
+        """Make ``change``; if that overfills one commit, ``flush`` first.
+
+        ``flush`` commits what was pending before (None: nothing is). If
+        ``change`` raises, the session is left as it was before it.
+        """
+        savepoint = self.savepoint()
+        self._all_or_nothing(change)
+        if flush is not None and self.is_over():
+            self.restore(savepoint)
+            flush()
+            self._all_or_nothing(change)
+
+    def _all_or_nothing(self, change: Callable[[Session], object]) -> None:
+        savepoint = self.savepoint()
+        try:
+            change(self)
+        except Exception:
+            self.restore(savepoint)
+            raise
 
     def _body(self, key: str, model: ReadModel) -> str:
         cached = self._bodies.get(key)
@@ -579,32 +603,33 @@ class Projector(Projection[ReadModelView]):
         """
         uncommitted = 0
         total = 0
+
+        def flush() -> None:
+            nonlocal uncommitted
+            session.commit()
+            if on_commit is not None:
+                on_commit(uncommitted)
+            uncommitted = 0
+
         for event, tracking in events:
-            savepoint = session.savepoint()
-            self.apply(
-                session, event, None if tracking is None else tracking.notification_id
-            )
-            if tracking is not None:
-                session.tracking = tracking
-            if uncommitted and session.is_over(self.view):
-                session.restore(savepoint)
-                session.commit()
-                if on_commit is not None:
-                    on_commit(uncommitted)
-                uncommitted = 0
-                self.apply(
-                    session,
-                    event,
-                    None if tracking is None else tracking.notification_id,
-                )
-                if tracking is not None:
-                    session.tracking = tracking
+            change = partial(self._apply_tracked, event=event, tracking=tracking)
+            session.fit(change, flush if uncommitted else None)
             uncommitted += 1
             total += 1
         session.commit()
         if on_commit is not None and uncommitted:
             on_commit(uncommitted)
         return total
+
+    def _apply_tracked(
+        self, session: Session, *, event: Any, tracking: Tracking | None
+    ) -> None:
+        """Apply one event and make its position the session's tracking."""
+        if tracking is None:
+            self.apply(session, event, None)
+        else:
+            self.apply(session, event, tracking.notification_id)
+            session.tracking = tracking
 
 
 def event_loader(application: Any) -> EventLoader:

@@ -142,7 +142,7 @@ def process_records(
         if action is None:
             continue
         try:
-            _apply_fitting(session, action, flush if pending else None)
+            session.fit(action, flush if pending else None)
         except PersistenceError:
             raise
         except Exception:  # noqa: BLE001 - a gap that cannot be filled, say
@@ -155,30 +155,6 @@ def process_records(
 
 Action = Callable[[Session], object]
 """Applies (or parks) one record's event into a session."""
-
-
-def _apply_fitting(
-    session: Session, action: Action, flush: Callable[[], None] | None
-) -> None:
-    """Apply into the session; if that overfills one commit, ``flush`` first.
-
-    If the action raises, the session is left as it was before it.
-    """
-    savepoint = session.savepoint()
-    _all_or_nothing(session, action)
-    if flush is not None and session.is_over(session.view):
-        session.restore(savepoint)
-        flush()
-        _all_or_nothing(session, action)
-
-
-def _all_or_nothing(session: Session, action: Action) -> None:
-    savepoint = session.savepoint()
-    try:
-        action(session)
-    except Exception:
-        session.restore(savepoint)
-        raise
 
 
 def _action_for(

@@ -37,7 +37,7 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy --strict src
+	$(BIN)/mypy --strict src aggregates projections
 
 demo: install
 	$(BIN)/ledger demo --local

@@ -22,7 +22,8 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict
 
-from ledger.domain import Aggregate, AggregateState, Snapshot
+from ledger.domain import Aggregate, AggregateState
+from ledger.domain import Snapshot as BaseSnapshot
 
 __all__ = ["Order", "OrderError", "OrderLine", "OrderState", "OrderStatus"]
 
@@ -163,7 +164,7 @@ class Order(Aggregate):
             aggregate.status = OrderStatus.CANCELLED
             aggregate.cancel_reason = self.reason
 
-    class Snapshot(Snapshot):
+    class Snapshot(BaseSnapshot):
         """An Order's state at one version."""
 
         class_version = 1

@@ -10,8 +10,12 @@ import pytest
 from eventsourcing.utils import Environment
 from hypothesis import HealthCheck, settings
 
+from aggregates.application import Orders
 from ledger.dynamodb import DynamoDBFactory
 from ledger.dynamodb.local import DynamoDBLocal
+from ledger.projections import DynamoDBView
+from ledger.projections.dynamodb import open_view
+from projections.orders import OrderProjector
 
 # A fast default for local runs; `HYPOTHESIS_PROFILE=ci` is more thorough.
 settings.register_profile(
@@ -82,6 +86,21 @@ def dynamodb_env(
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env
+
+
+@pytest.fixture
+def orders(dynamodb_env: dict[str, str]) -> Iterator[Orders]:
+    """The example Orders application on this test's tables."""
+    app = Orders(env=dynamodb_env)
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def view(dynamodb_env: dict[str, str]) -> DynamoDBView:
+    """The active view of the Order read models, on this test's tables."""
+    made: DynamoDBView = open_view(OrderProjector, dynamodb_env)
+    return made
 
 
 @pytest.fixture

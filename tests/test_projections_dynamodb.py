@@ -33,19 +33,13 @@ from ledger.projections import (
     handles,
 )
 from ledger.projections.dynamodb import open_view
-from ledger.projections.rebuild import (
-    _start_or_resume,
-    _take_over,
-    drop_version,
-    rebuild,
-    status,
-)
+from ledger.projections.rebuild import drop_version, rebuild, status
 from ledger.projections.streams import (
     StreamPoller,
     handle_stream_event,
     process_records,
 )
-from ledger.projections.views import ConcurrentChangeError, ItemWrite
+from ledger.projections.views import ItemWrite
 from projections.orders import OrderProjector, get_order_summary
 from tests.test_projections_core import ITEM, FlakyOrderProjector
 
@@ -123,18 +117,6 @@ def place_some_orders(app: Orders, count: int = 3) -> list[uuid.UUID]:
     return ids
 
 
-@pytest.fixture
-def orders(dynamodb_env):
-    app = Orders(env=dynamodb_env)
-    yield app
-    app.close()
-
-
-@pytest.fixture
-def view(dynamodb_env) -> DynamoDBView:
-    return open_view(OrderProjector, dynamodb_env)
-
-
 def test_runner_catches_up_then_follows_live_events(orders, dynamodb_env):
     first = orders.place_order(uuid.uuid4(), [ITEM])
     with ProjectionRunner(
@@ -166,36 +148,6 @@ def test_rebuilt_read_model_equals_incrementally_built_one(dynamodb_env, scripts
     assert result.table_version == 2
     assert read_model(live.at_version(2)) == read_model(live.at_version(1))
     app.close()
-
-
-@pytest.mark.parametrize("crash_at_commit", [1, 2, 4])
-def test_rebuild_interrupted_anywhere_then_resumed_equals_uninterrupted(
-    orders, view, monkeypatch, crash_at_commit
-):
-    place_some_orders(orders, 6)
-    project_sequence(orders, OrderProjector(view))
-    connection = view.connection
-    real_call = connection.call
-    commits = {"left": crash_at_commit}
-
-    def crashing_call(operation: str, **params: Any) -> Any:
-        if operation == "transact_write_items":
-            commits["left"] -= 1
-            if commits["left"] == 0:
-                raise Crash
-        return real_call(operation, **params)
-
-    monkeypatch.setattr(connection, "call", crashing_call)
-    with pytest.raises(Crash):
-        rebuild(orders, OrderProjector, view, page_size=5)
-    monkeypatch.setattr(connection, "call", real_call)
-    partly_built = view.at_version(2).max_tracking_id(orders.name) or 0
-
-    rebuild(orders, OrderProjector, view, page_size=5)
-
-    assert partly_built == 5 * (crash_at_commit - 1)  # resumed mid-way, not afresh
-    assert status(view, orders).active_version == 2
-    assert read_model(view.at_version(2)) == read_model(view.at_version(1))
 
 
 def test_rebuild_switches_readers_and_keeps_the_old_version_until_dropped(orders, view):
@@ -401,22 +353,6 @@ def test_the_stream_poller_parks_a_record_it_cannot_decode_and_goes_on(
     assert fixed is not None
     assert (fixed.status, "kiwi" in fixed.lines) == (OrderStatus.CONFIRMED, True)
     assert projector.parked() == []
-
-
-def test_a_rebuild_run_that_was_taken_over_can_no_longer_commit(orders, view):
-    place_some_orders(orders, 1)
-    target = _start_or_resume(view)
-    left_behind = view.at_version(target)
-    left_behind.create_version_table(target)
-    left_behind.rebuild_owner = _take_over(view, target)
-    _take_over(view, target)  # a resumed run takes the rebuild over
-
-    with pytest.raises(ConcurrentChangeError, match="took over"):
-        left_behind.commit(
-            [ItemWrite("OrderSummary#x", '{"id": "x"}', 0)],
-            Tracking(orders.name, 1),
-        )
-    assert left_behind.max_tracking_id(orders.name) is None
 
 
 def test_an_oversized_read_model_item_is_refused_before_sending(orders, view):

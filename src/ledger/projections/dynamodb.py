@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-from eventsourcing.persistence import IntegrityError, OperationalError, Tracking
+from eventsourcing.persistence import IntegrityError, Tracking
 
 from ledger.dynamodb.client import (
     CONDITION_FAILED,
@@ -69,11 +69,6 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
         self.parked_table_name = f"{self.base_name}_{schema.PARKED_TABLE}"
         self.guard_active = table_version is None
         """True: commits check this version is still the active one."""
-        self.rebuild_owner: str | None = None
-        """Set by a rebuild on the view of the version it builds: commits then
-        check that this run still owns the rebuild instead of checking each
-        item's revision (a version being built has one writer), which makes
-        them several times cheaper for DynamoDB to run."""
         self._table_version = table_version
 
     # Tables and versions --------------------------------------------------------
@@ -193,7 +188,8 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
             "get_item", TableName=table, Key=item_key, ConsistentRead=True
         )
         item = response.get("Item")
-        return None if item is None else _stored(item)
+        # An item without a body is a rebuild's tombstone: absent.
+        return None if item is None or schema.BODY not in item else _stored(item)
 
     def load_all(self) -> dict[str, StoredItem]:
         """Return every item of this version (a Scan, plus a Query of dead letters)."""
@@ -252,43 +248,46 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
         if not actions:
             return
         guard_index = len(actions)
-        if self.rebuild_owner is not None:
-            actions.append(self._owner_action(self.rebuild_owner))
-        elif self.guard_active:
+        if self.guard_active:
             actions.append(self._guard_action())
+        try:
+            self.transact(actions)
+        except TransactionConflictError as error:
+            failed = {
+                i
+                for i, reason in enumerate(error.reasons)
+                if reason.get("Code") == CONDITION_FAILED
+            }
+            if self.guard_active and guard_index in failed:
+                raise ActiveVersionChangedError(
+                    f"Table version {self.table_version} of {self.base_name} is "
+                    "no longer active (a rebuild switched readers). Nothing was "
+                    "written; the projector reopens the active version."
+                ) from error
+            raise ConcurrentChangeError(
+                f"Another writer changed items of {self.table_name} first, or "
+                "the tracking is past this position. Nothing was written."
+            ) from error
+        except IntegrityError as error:
+            raise ConcurrentChangeError(str(error)) from error
+
+    def transact(self, actions: list[dict[str, Any]]) -> None:
+        """Run one TransactWriteItems, retrying cancellations by concurrent ones.
+
+        A failed condition raises ``TransactionConflictError`` (with the
+        reasons, one per action) at once.
+        """
         for attempt in range(1, _MAX_CANCELLED_ATTEMPTS + 1):
             try:
                 self.connection.call("transact_write_items", TransactItems=actions)
-            except TransactionConflictError as error:
-                failed = {
-                    i
-                    for i, reason in enumerate(error.reasons)
-                    if reason.get("Code") == CONDITION_FAILED
-                }
-                if self.rebuild_owner is not None and guard_index in failed:
-                    raise ConcurrentChangeError(
-                        f"Another run took over the rebuild of {self.table_name}; "
-                        "this one stops. Nothing was written."
-                    ) from error
-                if self.guard_active and guard_index in failed:
-                    raise ActiveVersionChangedError(
-                        f"Table version {self.table_version} of {self.base_name} is "
-                        "no longer active (a rebuild switched readers). Nothing was "
-                        "written; the projector reopens the active version."
-                    ) from error
-                raise ConcurrentChangeError(
-                    f"Another writer changed items of {self.table_name} first, or "
-                    "the tracking is past this position. Nothing was written."
-                ) from error
-            except IntegrityError as error:
-                raise ConcurrentChangeError(str(error)) from error
+            except TransactionConflictError:
+                raise
             except TransactionCancelledError:
                 if attempt == _MAX_CANCELLED_ATTEMPTS:
                     raise
                 _backoff(attempt)
             else:
                 return
-        raise OperationalError("unreachable")  # pragma: no cover
 
     def _check_sizes(
         self, writes: Sequence[ItemWrite], actions: list[dict[str, Any]]
@@ -316,8 +315,6 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
 
     def _write_action(self, write: ItemWrite) -> dict[str, Any]:
         table, key = self._item_key(write.key)
-        if self.rebuild_owner is not None:
-            return self._unchecked_write_action(write, table, key)
         names = {"#r": schema.REVISION}
         if write.expected_revision == 0:
             condition = "attribute_not_exists(#r)"
@@ -340,31 +337,6 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
             schema.REVISION: {"N": str(write.expected_revision + 1)},
         }
         return {"Put": {**common, "Item": item}}
-
-    @staticmethod
-    def _unchecked_write_action(
-        write: ItemWrite, table: str, key: dict[str, Any]
-    ) -> dict[str, Any]:
-        """Return a write without a revision check (a rebuild's single writer)."""
-        if write.body is None:
-            return {"Delete": {"TableName": table, "Key": key}}
-        item = {
-            **key,
-            schema.BODY: {"S": write.body},
-            schema.REVISION: {"N": str(write.expected_revision + 1)},
-        }
-        return {"Put": {"TableName": table, "Item": item}}
-
-    def _owner_action(self, owner: str) -> dict[str, Any]:
-        return {
-            "ConditionCheck": {
-                "TableName": self.control_table_name,
-                "Key": {schema.NAME: {"S": schema.REBUILD}},
-                "ConditionExpression": "#o = :o",
-                "ExpressionAttributeNames": {"#o": schema.OWNER},
-                "ExpressionAttributeValues": {":o": {"S": owner}},
-            }
-        }
 
     def _tracking_action(self, tracking: Tracking) -> dict[str, Any]:
         return {

@@ -6,30 +6,34 @@ and runners keep using the active one, catches up, then switches the
 commit (each commit checks the pointer) and move over. The old version is
 kept until :func:`drop_version`.
 
-Source: the application sequence, not a Scan of the events table. The
-sequence gives every event in commit order, so cross-aggregate read models
-(a customer's orders) are built exactly as the live feed builds them; its
-position is the rebuild's checkpoint, committed with every write, so a
-crashed rebuild resumes where it stopped; and catching up is reading on from
-that position. Notification batches carry the events' states inline, so
-reading the sequence costs about what scanning the events table costs
-(``benchmarks/bench_projections.py`` measures both).
+Source (:mod:`ledger.projections.history`): the application sequence when the
+application keeps one (``DYNAMODB_ORDERING=sequence``), else the events table
+by a parallel Scan (``stream``). Either way each aggregate's events arrive in
+version order; with the Scan, aggregates interleave in any order.
 
-While rebuilding, the new table has one writer, so the rebuild keeps the read
-model in memory (loaded once, by one Scan, when resuming) and commits up to
-``max_actions`` items per transaction, each holding its tracking. Being the
-one writer is enforced by an owner token on the ``rebuild`` control item,
-checked in every commit, instead of a revision check on every item (which
-costs DynamoDB several times more); the next page of the sequence is read
-while the current one is written.
+Writes (:mod:`ledger.projections.epochs`): events are applied in memory a
+window at a time and each read-model item the window changed is written once
+per *flush* (not once per event), in transactions of up to 99 items that each
+check the run still owns the rebuild; the flush then commits the checkpoint.
+Items carry their flush's epoch and before-image, so a crash at any point
+then a resume gives the same read model, and a run that was taken over cannot
+write. Memory is bounded by the window (``flush_items``) and the cache
+(``cache_bytes``), not by the read model. The next window is applied while
+the previous flush is written.
+
+Catching up after the switch: from the sequence, events after the rebuild's
+position; from the Scan (no global position), every aggregate the old
+version had applied further than the new one is brought up to date from the
+events table; later events reach the new version through the live feed.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -39,11 +43,27 @@ from eventsourcing.persistence import IntegrityError, ProgrammingError, Tracking
 from ledger.dynamodb.tables import delete_table
 from ledger.projections import schema
 from ledger.projections.dynamodb import DynamoDBView
-from ledger.projections.projector import Projector, Session, event_loader
+from ledger.projections.epochs import DEFAULT_CACHE_BYTES, EpochWriter, RebuildSession
+from ledger.projections.history import (
+    DEFAULT_PAGE_SIZE,
+    History,
+    Page,
+    history_of,
+)
+from ledger.projections.projector import (
+    AggregatePosition,
+    Projector,
+    Session,
+    event_loader,
+)
 from ledger.projections.views import ConcurrentChangeError
 
-DEFAULT_PAGE_SIZE = 1000
-"""Notifications read per request while rebuilding."""
+DEFAULT_FLUSH_ITEMS = 5000
+"""Read-model items changed before a rebuild flushes them (bounds memory)."""
+DEFAULT_FLUSH_EVENTS = 50_000
+"""Events applied before a rebuild flushes even if few items changed (bounds
+the work a crash repeats)."""
+_MAX_CATCH_UP_ATTEMPTS = 20
 
 
 @dataclass(frozen=True)
@@ -54,9 +74,11 @@ class RebuildProgress:
     events_done: int
     """Events applied by this run (a resumed run counts from where it resumed)."""
     position: int
-    """The last position of the application sequence applied."""
-    head: int
-    """The last position of the application sequence when the run looked."""
+    """The last position of the application sequence applied; reading the
+    events table, the events applied by this run."""
+    head: int | None
+    """The last position of the application sequence when the run looked;
+    reading the events table, its approximate item count."""
     events_per_second: float
 
 
@@ -68,6 +90,9 @@ class RebuildResult:
     events: int
     seconds: float
     switched: bool
+    items_written: int = 0
+    """Read-model items this run wrote (its flushes, undoing and tombstones)."""
+    flushes: int = 0
 
     @property
     def events_per_second(self) -> float:
@@ -83,62 +108,131 @@ def rebuild(
     progress: Callable[[RebuildProgress], None] | None = None,
     page_size: int = DEFAULT_PAGE_SIZE,
     switch: bool = True,
+    flush_items: int = DEFAULT_FLUSH_ITEMS,
+    flush_events: int = DEFAULT_FLUSH_EVENTS,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+    history: History | None = None,
 ) -> RebuildResult:
     """Build a projection's read model afresh from history, then switch readers.
 
     Resumes the rebuild in progress if there is one (after a crash), else
     starts a new table version. ``switch=False`` leaves the new version built
-    but inactive (switch later with :func:`switch_version`).
+    but inactive (switch later with :func:`switch_version`). ``history``
+    overrides where events are read from (default: :func:`history_of`).
     """
     target = _start_or_resume(view)
     target_view = view.at_version(target)
     target_view.create_version_table(target)
-    target_view.rebuild_owner = _take_over(view, target)
+    owner = _take_over(view, target)
+    control = view.get_control(schema.REBUILD) or {}
+    committed = int(control.get(schema.EPOCH, {"N": "0"})["N"])
+    checkpoint_text = control.get(schema.CHECKPOINT, {}).get("S")
+    checkpoint = None if checkpoint_text is None else json.loads(checkpoint_text)
+    writer = EpochWriter(target_view, owner)
+    session = RebuildSession(target_view, set(), cache_bytes)
+    writer.restore(committed, session)
     projector = projector_class(target_view, event_loader(application))
-    session = Session(target_view)
-    session.load_everything()
+    source = history or history_of(application, page_size=page_size)
+    run = _Run(application, source, writer, session, committed)
     started = time.monotonic()
-    done = 0
-    position = target_view.max_tracking_id(application.name) or 0
-    head = application.recorder.max_notification_id() or 0
 
-    def count(events: int) -> None:
-        nonlocal done
-        done += events
-
-    def read_from(start: int) -> Any:
-        return application.recorder.select_notifications(start=start, limit=page_size)
-
-    # Read the next page while the current one is applied and written.
-    with ThreadPoolExecutor(max_workers=1) as reader:
-        upcoming = reader.submit(read_from, position + 1)
-        while notifications := upcoming.result():
-            upcoming = reader.submit(read_from, notifications[-1].id + 1)
-            events = [
-                (
-                    application.mapper.to_domain_event(notification),
-                    Tracking(application.name, notification.id),
-                )
-                for notification in notifications
-            ]
-            projector.apply_batch(session, events, on_commit=count)
-            position = notifications[-1].id
-            head = max(head, position)
+    with ThreadPoolExecutor(max_workers=1) as flusher:
+        for page in source.pages(checkpoint):
+            for event, position in page.events:
+                projector.apply(session, event, position)
+            run.applied(page)
+            if len(session.writes) >= flush_items or run.window_events >= flush_events:
+                run.flush(flusher)
             if progress is not None:
                 elapsed = time.monotonic() - started
                 progress(
                     RebuildProgress(
-                        target, done, position, head, done / elapsed if elapsed else 0
+                        target,
+                        run.events,
+                        run.position,
+                        run.head,
+                        run.events / elapsed if elapsed else 0,
                     )
                 )
-    # From here on other writers may write the version: check revisions again.
-    target_view.rebuild_owner = None
+        run.flush(flusher)
+        run.wait()
+    writer.remove_tombstones()
     switched = False
     if switch:
+        old_version = view.active_version()
         switch_version(view, target)
         switched = True
-        _catch_up_after_switch(application, projector, position, page_size)
-    return RebuildResult(target, done, time.monotonic() - started, switched)
+        if source.kind == "sequence":
+            _catch_up_after_switch(application, projector, run.position, page_size)
+        else:
+            _catch_up_aggregates(projector, view.at_version(old_version))
+    return RebuildResult(
+        target,
+        run.events,
+        time.monotonic() - started,
+        switched,
+        writer.items_written,
+        run.flushes,
+    )
+
+
+class _Run:
+    """One rebuild run's window, flushes and counters."""
+
+    def __init__(
+        self,
+        application: Any,
+        source: History,
+        writer: EpochWriter,
+        session: RebuildSession,
+        committed: int,
+    ) -> None:
+        self.application = application
+        self.source = source
+        self.writer = writer
+        self.session = session
+        self.committed = committed
+        self.events = 0
+        self.window_events = 0
+        self.flushes = 0
+        self.position = 0
+        self.head: int | None = None
+        self.last_page: Page | None = None
+        self.in_flight: Future[None] | None = None
+
+    def applied(self, page: Page) -> None:
+        self.events += len(page.events)
+        self.window_events += len(page.events)
+        self.last_page = page
+        if self.source.kind == "sequence":
+            self.position = int(page.checkpoint["position"])
+        else:
+            self.position = self.events
+        self.head = page.head
+
+    def wait(self) -> None:
+        """Wait for the flush in flight; raise what it raised."""
+        if self.in_flight is not None:
+            in_flight, self.in_flight = self.in_flight, None
+            in_flight.result()
+
+    def flush(self, flusher: ThreadPoolExecutor) -> None:
+        """Hand the window to the flusher, once the previous flush committed."""
+        page = self.last_page
+        if page is None or (self.window_events == 0 and not self.session.writes):
+            return
+        self.wait()
+        self.session.evict()
+        writes = self.session.freeze()
+        self.committed += 1
+        tracking = None
+        if self.source.kind == "sequence":
+            tracking = Tracking(self.application.name, int(page.checkpoint["position"]))
+        self.in_flight = flusher.submit(
+            self.writer.flush, writes, self.committed, page.checkpoint, tracking
+        )
+        self.window_events = 0
+        self.flushes += 1
 
 
 def _start_or_resume(view: DynamoDBView) -> int:
@@ -249,6 +343,51 @@ def _catch_up_after_switch(
         position = notifications[-1].id
 
 
+def _catch_up_aggregates(projector: Projector, old: DynamoDBView) -> None:
+    """Bring every aggregate the old version had applied further up to date.
+
+    A Scan has no global position to catch up from: the live feed may have
+    applied, into the old version, events the Scan did not see. After the
+    switch the live feed writes into the new version only, so comparing each
+    aggregate's position in the two versions (one Scan of the old version)
+    finds every aggregate behind; each is brought up to date from the events
+    table, checking revisions as any live writer does.
+    """
+    prefix = AggregatePosition.storage_key("")
+    found = old.connection.items(
+        "scan",
+        TableName=old.table_name,
+        ConsistentRead=True,
+        FilterExpression="begins_with(#k, :p)",
+        ExpressionAttributeNames={"#k": schema.KEY},
+        ExpressionAttributeValues={":p": {"S": prefix}},
+    )
+    for item in found:
+        was = AggregatePosition.model_validate_json(item[schema.BODY]["S"])
+        _catch_up_aggregate(projector, was.aggregate_id, was.version)
+
+
+def _catch_up_aggregate(projector: Projector, aggregate_id: str, version: int) -> None:
+    assert projector.load_events is not None  # noqa: S101 - set by rebuild()
+    for _ in range(_MAX_CATCH_UP_ATTEMPTS):
+        session = Session(projector.view)
+        current = session.get(AggregatePosition, aggregate_id)
+        applied = 0 if current is None else current.version
+        if applied >= version:
+            return
+        for event in projector.load_events(aggregate_id, applied, 2**62):
+            projector.apply(session, event, None)
+        try:
+            session.commit()
+        except ConcurrentChangeError:
+            continue  # the live feed got there first: look again
+        return
+    raise ConcurrentChangeError(
+        f"Catching up aggregate {aggregate_id} after a rebuild kept meeting "
+        "concurrent writers; run the rebuild's catch-up again."
+    )
+
+
 def drop_version(view: DynamoDBView, version: int) -> bool:
     """Delete an old table version; refuse the active one or one being built."""
     in_progress = view.get_control(schema.REBUILD)
@@ -290,7 +429,10 @@ def status(view: DynamoDBView, application: Any = None) -> ProjectionStatus:
     view.follow_active()
     in_progress = view.get_control(schema.REBUILD)
     position = head = None
-    if application is not None:
+    if (
+        application is not None
+        and getattr(application.recorder, "ordering", "sequence") == "sequence"
+    ):
         position = view.max_tracking_id(application.name)
         head = application.recorder.max_notification_id()
     try:

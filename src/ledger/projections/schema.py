@@ -8,10 +8,13 @@ A projection named ``P`` (its ``name``) owns these tables
     applied of each aggregate. Partition key ``key`` (S) =
     ``{ModelName}#{model key}``. Items are JSON bodies with a revision number
     that every write checks, so concurrent writers never lose an update.
+    Items written by a rebuild also carry ``epoch`` and ``previous``; a
+    rebuild's deletion is an item with no body until the rebuild ends.
 
 ``P_control``
-    The ``active`` pointer naming the version readers use, a rebuild's
-    checkpoint, and stream-shard checkpoints. Partition key ``name`` (S).
+    The ``active`` pointer naming the version readers use, the ``rebuild`` in
+    progress (its version, owner, committed flush and checkpoint), and
+    stream-shard checkpoints. Partition key ``name`` (S).
 
 ``P_parked``
     The dead letters: events that kept failing. Partition key
@@ -33,6 +36,13 @@ REVISION: Final = "revision"
 NOTIFICATION_ID: Final = "notification_id"
 """(N) on ``Tracking#{application}`` items: the last position applied."""
 
+EPOCH: Final = "epoch"
+"""(N) on items a rebuild wrote: the flush that wrote them. On the ``rebuild``
+control item: the last flush committed (see :mod:`ledger.projections.epochs`)."""
+PREVIOUS: Final = "previous"
+"""(S) on items a rebuild wrote: the body before that flush (absent: the item
+did not exist), put back if the flush never committed."""
+
 TRACKING_PREFIX: Final = "Tracking#"
 """Key prefix of tracking items in a version table."""
 
@@ -46,6 +56,9 @@ OWNER: Final = "owner"
 """(S) on ``rebuild``: a token naming the one run allowed to write the version
 being built (a resumed run takes it over; the run it replaced can no longer
 commit)."""
+CHECKPOINT: Final = "checkpoint"
+"""(S) on ``rebuild``: JSON of where the rebuild's history stands after the last
+committed flush (a sequence position, or each Scan segment's start key)."""
 STARTED_AT: Final = "started_at"
 """(S) ISO time a rebuild started."""
 SEQUENCE_NUMBER: Final = "sequence_number"

@@ -1,0 +1,359 @@
+"""Crash-consistent flushes of a rebuild: epoch-stamped items with before-images.
+
+A rebuild applies a window of events in memory, then *flushes*: it writes
+every read-model item the window changed once (not once per event), then
+commits the flush by moving the rebuild's checkpoint forward. A flush of
+thousands of items cannot be one DynamoDB transaction (100 actions, 4 MB), so
+a crash can leave a flush half written. What keeps that safe:
+
+* Flushes are numbered. The ``rebuild`` control item holds ``epoch``, the
+  last *committed* flush, beside the checkpoint; a flush ``e = epoch + 1``
+  stamps each item it writes with ``epoch = e`` and, if the item existed
+  before, its committed body as ``previous`` (its before-image). A deletion
+  is written as a *tombstone*: an item with an epoch and no body.
+* A flush commits with one conditional update of the control item
+  (``epoch`` from ``e - 1`` to ``e``, the checkpoint, and in ``sequence``
+  mode the tracking position in the same transaction).
+* A resumed run first takes the rebuild over (a new owner token), then reads
+  the version table once and puts back the before-image of every item whose
+  epoch is past the committed one (or deletes it, if it had none). The read
+  model is then exactly as of the checkpoint, and the resumed run applies
+  the history from there: nothing lost, nothing applied twice.
+* Every transaction of a flush also checks the owner token (a
+  ``ConditionCheck`` on the control item), so a run that was taken over
+  cannot write even one item after the take-over. (So the transactions of a
+  flush go one at a time: DynamoDB cancels concurrent transactions that
+  touch the same item.)
+* Tombstones are deleted at the end of the rebuild, before readers switch.
+
+The items' ``epoch`` and ``previous`` attributes are ignored by readers and
+dropped by the first live write of each item. An item holds its before-image
+too while it is rebuilt, so during a rebuild a read-model item that changes
+across flushes must stay under half of DynamoDB's 400 KB item limit (it is
+refused before sending, with that reason).
+
+Memory is bounded: the session keeps the bodies of recently used items up to
+``cache_bytes`` and the set of keys that exist (so a key never written needs
+no read); models are kept only for the window being applied.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from eventsourcing.persistence import Tracking
+
+from ledger.dynamodb.client import CONDITION_FAILED, TransactionConflictError
+from ledger.dynamodb.limits import (
+    MAX_TRANSACTION_ACTIONS,
+    check_item_size,
+    item_size,
+)
+from ledger.projections import schema
+from ledger.projections.dynamodb import DynamoDBView
+from ledger.projections.projector import Session
+from ledger.projections.views import PARKED_PREFIX, ConcurrentChangeError, StoredItem
+
+DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+"""Bodies of read-model items a rebuild keeps in memory between flushes."""
+_MAX_ITEMS_PER_TRANSACTION = MAX_TRANSACTION_ACTIONS - 1
+"""Item writes per transaction: the last action checks the owner token."""
+_MAX_BYTES_PER_TRANSACTION = 4 * 1024 * 1024 - 64 * 1024
+"""DynamoDB's 4 MB per transaction, less room for the owner check."""
+
+
+@dataclass(frozen=True)
+class FlushWrite:
+    """One item of a flush: its new body (None: a tombstone) and before-image."""
+
+    key: str
+    body: str | None
+    revision: int
+    previous: str | None
+    """The committed body before this flush (None: the item did not exist)."""
+
+
+class RebuildSession(Session):
+    """A rebuild's unit of work: reads committed state, holds a bounded cache.
+
+    ``known`` is every key that exists in the version being built (committed);
+    a key outside it is absent without a read. Reads of known keys that are
+    not cached are one strongly consistent GetItem each.
+    """
+
+    def __init__(
+        self,
+        view: DynamoDBView,
+        known: set[str],
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> None:
+        super().__init__(view)
+        self.known = known
+        self.cache_bytes = cache_bytes
+        self._cached_bytes = 0
+
+    def _stored(self, key: str) -> StoredItem | None:
+        if key in self.loaded:
+            return self.loaded[key]
+        stored = self.view.load(key) if key in self.known else None
+        self._cache(key, stored)
+        return stored
+
+    def _cache(self, key: str, stored: StoredItem | None) -> None:
+        old = self.loaded.pop(key, None)
+        if old is not None:
+            self._cached_bytes -= len(old.body)
+        self.loaded[key] = stored
+        if stored is not None:
+            self._cached_bytes += len(stored.body)
+
+    def prime(self, key: str, stored: StoredItem) -> None:
+        """Cache a committed item read elsewhere (a resume's Scan), within budget."""
+        if self._cached_bytes + len(stored.body) <= self.cache_bytes:
+            self._cache(key, stored)
+
+    def freeze(self) -> list[FlushWrite]:
+        """Return the window's writes and take them as this session's state.
+
+        The cache then holds the bodies after the flush: the next window reads
+        them, and the flush must commit before the next one writes.
+        """
+        frozen: list[FlushWrite] = []
+        for key, model in self.writes.items():
+            base = self._stored(key)
+            if model is None and base is None:
+                continue
+            body = None if model is None else self._body(key, model)
+            revision = (0 if base is None else base.revision) + 1
+            frozen.append(
+                FlushWrite(key, body, revision, None if base is None else base.body)
+            )
+            if body is None:
+                self.known.discard(key)
+                self._cache(key, None)
+            else:
+                self.known.add(key)
+                self._cache(key, StoredItem(body, revision))
+        self.writes.clear()
+        self.models.clear()
+        self._bodies.clear()
+        return frozen
+
+    def evict(self) -> None:
+        """Drop the oldest cached bodies until the cache is within its budget."""
+        if self._cached_bytes <= self.cache_bytes:
+            return
+        for key in list(self.loaded):
+            stored = self.loaded.pop(key)
+            if stored is not None:
+                self._cached_bytes -= len(stored.body)
+                if self._cached_bytes <= self.cache_bytes // 2:
+                    return
+
+
+class EpochWriter:
+    """Writes flushes into one table version on behalf of one rebuild owner."""
+
+    def __init__(self, view: DynamoDBView, owner: str) -> None:
+        self.view = view
+        self.owner = owner
+        self.items_written = 0
+        self.tombstones: set[str] = set()
+        """Keys deleted in committed flushes: removed at the end."""
+
+    # Flushing ------------------------------------------------------------------
+
+    def flush(
+        self,
+        writes: Sequence[FlushWrite],
+        epoch: int,
+        checkpoint: dict[str, Any],
+        tracking: Tracking | None,
+    ) -> None:
+        """Write a flush's items, then commit it; raise if the run was taken over."""
+        for chunk in self._chunks([self._put(w, epoch) for w in writes]):
+            self._transact([*chunk, self._owner_check()])
+            self.items_written += len(chunk)
+        commit: list[dict[str, Any]] = [self._commit_action(epoch, checkpoint)]
+        if tracking is not None:
+            commit.append(self.view._tracking_action(tracking))
+        self._transact(commit)
+        for write in writes:
+            if write.body is None:
+                self.tombstones.add(write.key)
+            else:
+                self.tombstones.discard(write.key)
+
+    def _put(self, write: FlushWrite, epoch: int) -> dict[str, Any]:
+        table, key = self.view._item_key(write.key)
+        item: dict[str, Any] = {
+            **key,
+            schema.REVISION: {"N": str(write.revision)},
+            schema.EPOCH: {"N": str(epoch)},
+        }
+        if write.body is not None:
+            item[schema.BODY] = {"S": write.body}
+        if write.previous is not None:
+            item[schema.PREVIOUS] = {"S": write.previous}
+        check_item_size(
+            item_size(item),
+            f"Read-model item {write.key} of {table}, with its before-image",
+            "While rebuilt, an item that changes across flushes holds its "
+            "previous body too: keep read-model items under 200 KB (one item "
+            "per entry rather than one growing map).",
+        )
+        return {"Put": {"TableName": table, "Item": item}}
+
+    @staticmethod
+    def _chunks(actions: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+        chunk: list[dict[str, Any]] = []
+        size = 0
+        for action in actions:
+            action_size = item_size(action["Put"]["Item"])
+            if chunk and (
+                len(chunk) == _MAX_ITEMS_PER_TRANSACTION
+                or size + action_size > _MAX_BYTES_PER_TRANSACTION
+            ):
+                yield chunk
+                chunk, size = [], 0
+            chunk.append(action)
+            size += action_size
+        if chunk:
+            yield chunk
+
+    def _owner_check(self) -> dict[str, Any]:
+        return {
+            "ConditionCheck": {
+                "TableName": self.view.control_table_name,
+                "Key": {schema.NAME: {"S": schema.REBUILD}},
+                "ConditionExpression": "#o = :o",
+                "ExpressionAttributeNames": {"#o": schema.OWNER},
+                "ExpressionAttributeValues": {":o": {"S": self.owner}},
+            }
+        }
+
+    def _commit_action(self, epoch: int, checkpoint: dict[str, Any]) -> dict[str, Any]:
+        values: dict[str, Any] = {
+            ":o": {"S": self.owner},
+            ":e": {"N": str(epoch)},
+            ":cp": {"S": json.dumps(checkpoint, sort_keys=True)},
+        }
+        if epoch == 1:
+            expected = "attribute_not_exists(#e)"
+        else:
+            expected = "#e = :was"
+            values[":was"] = {"N": str(epoch - 1)}
+        return {
+            "Update": {
+                "TableName": self.view.control_table_name,
+                "Key": {schema.NAME: {"S": schema.REBUILD}},
+                "UpdateExpression": "SET #e = :e, #cp = :cp",
+                "ConditionExpression": f"#o = :o AND {expected}",
+                "ExpressionAttributeNames": {
+                    "#o": schema.OWNER,
+                    "#e": schema.EPOCH,
+                    "#cp": schema.CHECKPOINT,
+                },
+                "ExpressionAttributeValues": values,
+            }
+        }
+
+    def _transact(self, actions: list[dict[str, Any]]) -> None:
+        try:
+            self.view.transact(actions)
+        except TransactionConflictError as error:
+            reasons = error.reasons
+            failed = [
+                i for i, r in enumerate(reasons) if r.get("Code") == CONDITION_FAILED
+            ]
+            if failed == [len(actions) - 1] or (
+                failed == [0] and "Update" in actions[0]
+            ):
+                raise ConcurrentChangeError(
+                    f"Another run took over the rebuild of {self.view.table_name}; "
+                    "this one stops. Nothing more was written."
+                ) from error
+            raise
+
+    # Resuming and finishing -----------------------------------------------------
+
+    def restore(self, committed_epoch: int, session: RebuildSession) -> int:
+        """Undo the uncommitted flush a crashed run left; return items restored.
+
+        Reads the version (one Scan, and one Query of its dead letters), puts
+        back the before-image of every item written after ``committed_epoch``
+        (deleting those that had none), and tells ``session`` which keys exist.
+        """
+        undo: list[dict[str, Any]] = []
+        for item in self._stamped_items():
+            key = self._storage_key(item)
+            epoch = int(item[schema.EPOCH]["N"]) if schema.EPOCH in item else 0
+            revision = int(item.get(schema.REVISION, {"N": "0"})["N"])
+            if epoch > committed_epoch:
+                previous = item.get(schema.PREVIOUS, {}).get("S")
+                undo.append(self._undo_action(item, key, previous, revision))
+                body = previous
+            else:
+                body = item.get(schema.BODY, {}).get("S")
+                if body is None and schema.EPOCH in item:
+                    self.tombstones.add(key)
+            if body is not None:
+                restored = revision + 1 if epoch > committed_epoch else revision
+                session.known.add(key)
+                session.prime(key, StoredItem(body, restored))
+        for start in range(0, len(undo), _MAX_ITEMS_PER_TRANSACTION):
+            chunk = undo[start : start + _MAX_ITEMS_PER_TRANSACTION]
+            self._transact([*chunk, self._owner_check()])
+        return len(undo)
+
+    def _undo_action(
+        self, item: dict[str, Any], key: str, previous: str | None, revision: int
+    ) -> dict[str, Any]:
+        table, item_key = self.view._item_key(key)
+        if previous is None:
+            return {"Delete": {"TableName": table, "Key": item_key}}
+        return {
+            "Put": {
+                "TableName": table,
+                "Item": {
+                    **item_key,
+                    schema.BODY: {"S": previous},
+                    schema.REVISION: {"N": str(revision + 1)},
+                },
+            }
+        }
+
+    def remove_tombstones(self) -> int:
+        """Delete the tombstones of committed flushes; return how many."""
+        keys = sorted(self.tombstones)
+        for start in range(0, len(keys), _MAX_ITEMS_PER_TRANSACTION):
+            deletes = []
+            for key in keys[start : start + _MAX_ITEMS_PER_TRANSACTION]:
+                table, item_key = self.view._item_key(key)
+                deletes.append({"Delete": {"TableName": table, "Key": item_key}})
+            self._transact([*deletes, self._owner_check()])
+        self.tombstones.clear()
+        return len(keys)
+
+    def _stamped_items(self) -> Iterator[dict[str, Any]]:
+        connection = self.view.connection
+        yield from connection.items(
+            "scan", TableName=self.view.table_name, ConsistentRead=True
+        )
+        yield from connection.items(
+            "query",
+            TableName=self.view.parked_table_name,
+            KeyConditionExpression="#v = :v",
+            ExpressionAttributeNames={"#v": schema.TABLE_VERSION},
+            ExpressionAttributeValues={":v": {"N": str(self.view.table_version)}},
+            ConsistentRead=True,
+        )
+
+    def _storage_key(self, item: dict[str, Any]) -> str:
+        if schema.KEY in item:
+            key: str = item[schema.KEY]["S"]
+            return key
+        return f"{PARKED_PREFIX}{item[schema.AGGREGATE_ID]['S']}"

@@ -1,0 +1,234 @@
+"""Rebuilds on DynamoDB Local: flushes, crashes mid-flush, take-overs, catch-up."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any, ClassVar
+
+import pytest
+from eventsourcing.persistence import Tracking
+
+from aggregates.application import Orders
+from aggregates.order import Order
+from ledger.dynamodb import measure
+from ledger.projections import (
+    DynamoDBView,
+    Projector,
+    ReadModel,
+    Session,
+    epochs,
+    handles,
+)
+from ledger.projections.dynamodb import open_view
+from ledger.projections.epochs import EpochWriter, FlushWrite
+from ledger.projections.history import Checkpoint, Page, ScanHistory, SequenceHistory
+from ledger.projections.rebuild import _start_or_resume, _take_over, rebuild, status
+from ledger.projections.views import ConcurrentChangeError
+from projections.orders import OrderProjector
+from tests.test_projections_core import ITEM
+from tests.test_projections_dynamodb import (
+    Crash,
+    place_some_orders,
+    project_sequence,
+    read_model,
+)
+
+
+class OpenOrder(ReadModel):
+    """An order not yet shipped or cancelled: deleted when it closes."""
+
+    key_field: ClassVar[str] = "order_id"
+
+    order_id: uuid.UUID
+    customer_id: uuid.UUID
+
+
+class OpenOrdersProjector(Projector):
+    name = "OpenOrders"
+
+    @handles(Order.OrderPlaced)
+    def placed(self, event: Any, models: Session) -> None:
+        models.put(
+            OpenOrder(order_id=event.originator_id, customer_id=event.customer_id)
+        )
+
+    @handles(Order.OrderShipped, Order.OrderCancelled)
+    def closed(self, event: Any, models: Session) -> None:
+        models.delete(OpenOrder, event.originator_id)
+
+
+def interleaved_orders(app: Orders, count: int) -> list[uuid.UUID]:
+    """Orders whose events interleave: each step is taken by every order in turn."""
+    customers = [uuid.uuid4() for _ in range(3)]
+    ids = [app.place_order(customers[n % 3], [ITEM], "EUR") for n in range(count)]
+    for order_id in ids:
+        app.add_item(order_id, "fig", 1, Decimal(2))
+    for order_id in ids:
+        app.confirm(order_id)
+    for index, order_id in enumerate(ids):
+        if index % 3 == 0:
+            app.ship(order_id, f"AB{index:06d}")
+        elif index % 3 == 1:
+            app.cancel(order_id, "changed mind")
+    return ids
+
+
+def crash_at_transaction(monkeypatch, view: DynamoDBView, number: int) -> None:
+    """Make the ``number``-th TransactWriteItems from now kill the process."""
+    real_call = view.connection.call
+    left = {"count": number}
+
+    def crashing_call(operation: str, **params: Any) -> Any:
+        if operation == "transact_write_items":
+            left["count"] -= 1
+            if left["count"] == 0:
+                raise Crash
+        return real_call(operation, **params)
+
+    monkeypatch.setattr(view.connection, "call", crashing_call)
+
+
+def stamped_leftovers(view: DynamoDBView) -> list[dict[str, Any]]:
+    """Items of a finished version that are tombstones (no body)."""
+    items = view.connection.items("scan", TableName=view.table_name)
+    return [i for i in items if "epoch" in i and "body" not in i]
+
+
+@pytest.mark.parametrize("history_kind", ["sequence", "scan"])
+@pytest.mark.parametrize("crash_at", [1, 2, 3, 5, 8])
+def test_a_rebuild_crashed_mid_flush_then_resumed_equals_the_live_model(
+    orders, view, monkeypatch, history_kind, crash_at
+):
+    interleaved_orders(orders, 6)
+    project_sequence(orders, OrderProjector(view))
+    # Flushes of several transactions each, so a crash can fall inside one.
+    monkeypatch.setattr(epochs, "_MAX_ITEMS_PER_TRANSACTION", 3)
+
+    def history() -> Any:
+        if history_kind == "scan":
+            return ScanHistory(orders, segments=2, limit=4)
+        return SequenceHistory(orders, page_size=4)
+
+    crash_at_transaction(monkeypatch, view, crash_at)
+    with pytest.raises(Crash):
+        rebuild(orders, OrderProjector, view, flush_items=5, history=history())
+    monkeypatch.undo()
+    monkeypatch.setattr(epochs, "_MAX_ITEMS_PER_TRANSACTION", 3)
+
+    result = rebuild(orders, OrderProjector, view, flush_items=5, history=history())
+
+    assert status(view).active_version == result.table_version == 2
+    assert read_model(view.at_version(2)) == read_model(view.at_version(1))
+
+
+def test_a_resumed_rebuild_goes_on_from_its_last_committed_flush(
+    orders, view, monkeypatch
+):
+    interleaved_orders(orders, 6)
+    project_sequence(orders, OrderProjector(view))
+    total = orders.recorder.max_notification_id()
+    # Each flush: its items in one transaction, then the commit.
+    crash_at_transaction(monkeypatch, view, 5)  # the third flush's items
+    with pytest.raises(Crash):
+        rebuild(orders, OrderProjector, view, page_size=4, flush_items=1)
+    monkeypatch.undo()
+
+    resumed = rebuild(orders, OrderProjector, view, page_size=4)
+
+    assert resumed.events == total - 8  # two pages of 4 were committed
+    assert read_model(view.at_version(2)) == read_model(view.at_version(1))
+
+
+@pytest.mark.parametrize("crash_at", [2, 4, 6])
+def test_deletions_survive_a_crash_and_leave_no_tombstones(
+    orders, dynamodb_env, monkeypatch, crash_at
+):
+    interleaved_orders(orders, 9)
+    live = open_view(OpenOrdersProjector, dynamodb_env)
+    project_sequence(orders, OpenOrdersProjector(live))
+    monkeypatch.setattr(epochs, "_MAX_ITEMS_PER_TRANSACTION", 2)
+    crash_at_transaction(monkeypatch, live, crash_at)
+    with pytest.raises(Crash):
+        rebuild(orders, OpenOrdersProjector, live, page_size=3, flush_items=3)
+    monkeypatch.undo()
+
+    rebuild(orders, OpenOrdersProjector, live, page_size=3, flush_items=3)
+
+    rebuilt = live.at_version(2)
+    assert read_model(rebuilt) == read_model(live.at_version(1))
+    assert len([k for k in read_model(rebuilt) if k.startswith("OpenOrder#")]) == 3
+    assert stamped_leftovers(rebuilt) == []
+
+
+def test_an_interleaved_history_writes_each_item_once_per_flush(orders, view):
+    interleaved_orders(orders, 12)
+    project_sequence(orders, OrderProjector(view))
+
+    with measure(view) as meter:
+        result = rebuild(orders, OrderProjector, view)
+
+    final_items = len(read_model(view.at_version(2)))
+    assert result.flushes == 1
+    assert result.items_written == final_items
+    # The flush's items, its commit, the switch of readers.
+    assert meter.calls["TransactWriteItems"] == 3
+
+
+def test_a_rebuild_with_a_tiny_cache_reads_back_what_it_evicted(orders, view):
+    interleaved_orders(orders, 6)
+    project_sequence(orders, OrderProjector(view))
+
+    with measure(view) as meter:
+        rebuild(orders, OrderProjector, view, page_size=2, flush_items=2, cache_bytes=1)
+
+    assert meter.calls["GetItem"] > 10  # evicted items were read again
+    assert read_model(view.at_version(2)) == read_model(view.at_version(1))
+
+
+def test_a_rebuild_run_that_was_taken_over_can_no_longer_write(orders, view):
+    place_some_orders(orders, 1)
+    target = _start_or_resume(view)
+    target_view = view.at_version(target)
+    target_view.create_version_table(target)
+    left_behind = EpochWriter(target_view, _take_over(view, target))
+    _take_over(view, target)  # a resumed run takes the rebuild over
+    write = FlushWrite("OrderSummary#x", '{"order_id": "x"}', 1, None)
+
+    with pytest.raises(ConcurrentChangeError, match="took over"):
+        left_behind.flush([write], 1, {"position": 1}, Tracking(orders.name, 1))
+
+    assert target_view.load("OrderSummary#x") is None
+    assert target_view.max_tracking_id(orders.name) is None
+
+
+class MissingTail:
+    """A history that misses one order's events after its first (as if they
+    were written after the Scan passed it)."""
+
+    kind = "scan"
+
+    def __init__(self, app: Orders, late: uuid.UUID) -> None:
+        self.inner = ScanHistory(app)
+        self.late = late
+
+    def pages(self, checkpoint: Checkpoint | None) -> Iterator[Page]:
+        for page in self.inner.pages(checkpoint):
+            events = [
+                (event, position)
+                for event, position in page.events
+                if event.originator_id != self.late or event.originator_version == 1
+            ]
+            yield Page(events, page.checkpoint, page.head)
+
+
+def test_a_scan_rebuild_catches_up_aggregates_the_live_feed_applied_further(
+    orders, view
+):
+    late, *_ = place_some_orders(orders, 3)
+    project_sequence(orders, OrderProjector(view))
+
+    rebuild(orders, OrderProjector, view, history=MissingTail(orders, late))
+
+    assert read_model(view.at_version(2)) == read_model(view.at_version(1))

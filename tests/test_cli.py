@@ -147,10 +147,14 @@ def test_unknown_projection_is_a_usage_error(ledger):
     assert "unknown projection 'Nope'" in done.stderr
 
 
-def test_demo_tells_the_whole_story(ledger):
+@pytest.mark.parametrize("ordering", ["sequence", "stream"])
+def test_demo_tells_the_whole_story(ledger, dynamodb_env, ordering):
+    dynamodb_env["DYNAMODB_ORDERING"] = ordering
+
     done = ledger("demo")
 
     assert done.returncode == 0, done.stderr
     for step in ("conflicted", "upcaster: currency USD", "parked", "Rebuild"):
         assert step in done.stdout
     assert "Whole demo:" in done.stdout
+    assert f"ordering: {ordering}" in done.stdout

@@ -154,3 +154,60 @@ def test_subscription_sees_saves_of_another_process_by_polling(
         done.wait(0.05)
     consumer.join(timeout=5)
     assert received == [1, 2, 3]
+
+
+def test_reading_ten_notifications_reads_at_most_two_batches_of_98(
+    factory: DynamoDBFactory,
+) -> None:
+    recorder = factory.application_recorder()
+    saves = 5
+    for _ in range(saves):  # positions 1-98, 99-196, ... 393-490
+        aggregate_id = uuid.uuid4()
+        recorder.insert_events(
+            [
+                StoredEvent(aggregate_id, v, "tests:Happened", b"{}")
+                for v in range(1, 99)
+            ]
+        )
+    with measure(factory) as sequence_item:
+        factory.application_recorder().max_notification_id()
+    whole_reader = factory.application_recorder()  # knows no position yet
+    with measure(factory) as whole:
+        whole_reader.select_notifications(start=None, limit=saves * 98)
+    batch_bytes = (whole.bytes_read - sequence_item.bytes_read) / saves
+
+    for start in (1, 95, 200, 481):
+        reader = factory.application_recorder()  # as in another process
+        with measure(factory) as meter:
+            notifications = reader.select_notifications(start=start, limit=10)
+
+        assert [n.id for n in notifications] == list(range(start, start + 10))
+        assert meter.calls == {"GetItem": 1, "Query": 1}
+        assert meter.bytes_read - sequence_item.bytes_read <= 2 * batch_bytes
+        assert meter.estimated_read_units <= 1 + read_units(int(2 * batch_bytes))
+
+
+def test_positions_a_recorder_saw_committed_are_read_without_the_sequence_item(
+    factory: DynamoDBFactory,
+) -> None:
+    writer = factory.application_recorder()
+    aggregate_id = uuid.uuid4()
+    writer.insert_events(
+        [StoredEvent(aggregate_id, v, "tests:Happened", b"{}") for v in range(1, 21)]
+    )
+    reader = factory.application_recorder()
+
+    with measure(factory) as first:
+        reader.select_notifications(start=1, limit=10)
+    with measure(factory) as second:
+        notifications = reader.select_notifications(start=11, limit=10)
+    with measure(factory) as by_writer:
+        writer.select_notifications(start=1, limit=10)
+    with measure(factory) as past_what_was_seen:
+        reader.select_notifications(start=21, limit=10)
+
+    assert [n.id for n in notifications] == list(range(11, 21))
+    assert first.calls == {"GetItem": 1, "Query": 1}
+    assert second.calls == {"Query": 1}
+    assert by_writer.calls == {"Query": 1}
+    assert past_what_was_seen.calls == {"GetItem": 1}

@@ -21,6 +21,8 @@ from eventsourcing.persistence import (
     StoredEvent,
 )
 from eventsourcing.utils import Environment
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ledger.dynamodb import (
     DynamoDBApplicationRecorder,
@@ -485,3 +487,75 @@ def test_an_idle_poll_costs_one_get_item(recorder: DynamoDBApplicationRecorder) 
 
     assert notifications == []
     assert meter.calls == {"GetItem": 1}
+
+
+# Bounded sequence reads --------------------------------------------------------------
+
+_SAVE_SIZES = [1, 98, 3, 1, 1, 50, 97, 2, 1, 10]
+"""Saves of every size, so reads start, stop and page inside and between batches."""
+_LAST_POSITION = sum(_SAVE_SIZES)
+
+
+def _topic(position: int) -> str:
+    # "rare" is sparse, so topic-filtered reads must go on past their first window.
+    return "tests:Rare" if position % 40 == 0 else f"tests:T{position % 3}"
+
+
+@pytest.fixture
+def sequence(
+    recorder: DynamoDBApplicationRecorder, monkeypatch: pytest.MonkeyPatch
+) -> list[tuple[int, uuid.UUID, int, str]]:
+    """Saves of ``_SAVE_SIZES`` on pages of 64 positions.
+
+    Returns what was written: (position, aggregate id, version, topic).
+    """
+    monkeypatch.setattr(schema, "PAGE_SIZE", 64)
+    written = []
+    position = 0
+    for size in _SAVE_SIZES:
+        aggregate_id = uuid.uuid4()
+        events = []
+        for version in range(1, size + 1):
+            position += 1
+            written.append((position, aggregate_id, version, _topic(position)))
+            events.append(
+                StoredEvent(aggregate_id, version, _topic(position), b"%d" % position)
+            )
+        recorder.insert_events(events)
+    return written
+
+
+@given(
+    query=st.fixed_dictionaries(
+        {
+            "start": st.none() | st.integers(0, _LAST_POSITION + 2),
+            "limit": st.integers(1, 120),
+            "stop": st.none() | st.integers(0, _LAST_POSITION + 2),
+            "topics": st.sampled_from(
+                [(), ("tests:Rare",), ("tests:T1",), ("tests:T0", "tests:Rare")]
+            ),
+            "inclusive_of_start": st.booleans(),
+        }
+    )
+)
+def test_bounded_reads_return_what_a_full_scan_would(
+    recorder: DynamoDBApplicationRecorder,
+    sequence: list[tuple[int, uuid.UUID, int, str]],
+    query: dict[str, Any],
+) -> None:
+    start, stop, topics = query["start"], query["stop"], query["topics"]
+    low = 1 if start is None else start + (0 if query["inclusive_of_start"] else 1)
+    expected = [
+        (position, aggregate_id, version, topic, b"%d" % position)
+        for position, aggregate_id, version, topic in sequence
+        if position >= low
+        and (stop is None or position <= stop)
+        and (not topics or topic in topics)
+    ][: query["limit"]]
+
+    notifications = recorder.select_notifications(**query)
+
+    assert [
+        (n.id, n.originator_id, n.originator_version, n.topic, n.state)
+        for n in notifications
+    ] == expected

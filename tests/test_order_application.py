@@ -1,4 +1,8 @@
-"""The Orders application, on every backend: commands, replay and schema history."""
+"""The Orders application, on every backend: commands, replay and schema history.
+
+On DynamoDB each test runs in both orderings (``DYNAMODB_ORDERING``): none of
+them reads the application sequence, so none depends on it.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,27 @@ from uuid import uuid4
 import pytest
 from eventsourcing.persistence import StoredEvent
 from hypothesis import given
-from orders_support import make_orders, orders_env_fixture  # noqa: F401 - the orders_env fixture
+from orders_support import make_orders
 
 from aggregates.order import Order, OrderError, OrderStatus
 from aggregates.strategies import order_scripts, rejected_commands
 from ledger.testing import replay
+
+
+@pytest.fixture(
+    name="orders_env",
+    params=["popo", "dynamodb-sequence", "dynamodb-stream"],
+)
+def orders_env_fixture(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    """The ``env`` of an Orders application: in memory, then each DynamoDB ordering."""
+    if request.param == "popo":
+        return {"PERSISTENCE_MODULE": "eventsourcing.popo"}
+    ordering = request.param.removeprefix("dynamodb-")
+    monkeypatch.setenv("DYNAMODB_ORDERING", ordering)
+    env: dict[str, str] = request.getfixturevalue("dynamodb_env")
+    return {**env, "DYNAMODB_ORDERING": ordering}
 
 
 def test_place_order_returns_the_id_of_the_placed_order(orders_env):

@@ -66,7 +66,14 @@ def stream_records(app: Orders) -> list[dict[str, Any]]:
     """The events table as a Lambda would receive it: INSERT records, per item."""
     connection = app.factory.connection
     items = list(connection.items("scan", TableName=app.recorder.events_table_name))
-    items.sort(key=lambda item: int(item[store_schema.POSITION]["N"]))
+    # In sequence order; without a sequence (stream ordering), per aggregate.
+    items.sort(
+        key=lambda item: (
+            int(item.get(store_schema.POSITION, {"N": "0"})["N"]),
+            item[store_schema.AGGREGATE_ID]["S"],
+            int(item[store_schema.VERSION]["N"]),
+        )
+    )
     records = []
     for number, item in enumerate(items, start=1):
         image = dict(item)

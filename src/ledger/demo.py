@@ -84,7 +84,8 @@ def run_demo(env: Environment, console: Console) -> None:
     factory: Any = app.factory
     console.print(
         f"Tables: {factory.table_name('events')} and friends "
-        f"at {factory.connection.endpoint_url or 'AWS'}"
+        f"at {factory.connection.endpoint_url or 'AWS'}; "
+        f"ordering: {factory.ordering} (DYNAMODB_ORDERING)"
     )
     customer = uuid.uuid4()
     order_id = place_and_change(story, customer)

@@ -15,9 +15,18 @@ from ledger.dynamodb.limits import ItemTooLargeError, TransactionTooLargeError
 from ledger.dynamodb.metering import Meter
 from ledger.dynamodb.recorders import (
     DynamoDBAggregateRecorder,
+    DynamoDBTrackingRecorder,
+    Ordering,
+)
+from ledger.dynamodb.sequence_recorders import (
     DynamoDBApplicationRecorder,
     DynamoDBProcessRecorder,
-    DynamoDBTrackingRecorder,
+)
+from ledger.dynamodb.stream_recorders import (
+    DynamoDBStreamApplicationRecorder,
+    DynamoDBStreamProcessRecorder,
+    SequenceDisabledError,
+    aggregate_tracking,
 )
 
 Factory = DynamoDBFactory
@@ -52,11 +61,16 @@ __all__ = [
     "DynamoDBConnection",
     "DynamoDBFactory",
     "DynamoDBProcessRecorder",
+    "DynamoDBStreamApplicationRecorder",
+    "DynamoDBStreamProcessRecorder",
     "DynamoDBTrackingRecorder",
     "Factory",
     "ItemTooLargeError",
     "Meter",
+    "Ordering",
+    "SequenceDisabledError",
     "TransactionTooLargeError",
+    "aggregate_tracking",
     "connection_of",
     "measure",
 ]

@@ -4,12 +4,18 @@ Select it with ``PERSISTENCE_MODULE=ledger.dynamodb``. Like every
 ``eventsourcing`` setting, each key below can be prefixed with the upper-cased
 application name (``ORDERS_DYNAMODB_TABLE_PREFIX``) to apply to one
 application only.
+
+``DYNAMODB_ORDERING`` chooses an application's recorders: ``sequence``
+gives :class:`~ledger.dynamodb.sequence_recorders.DynamoDBApplicationRecorder`
+and ``DynamoDBProcessRecorder``; ``stream`` gives
+:class:`~ledger.dynamodb.stream_recorders.DynamoDBStreamApplicationRecorder`
+and ``DynamoDBStreamProcessRecorder``. Each says which as its ``ordering``.
 """
 
 from __future__ import annotations
 
 import re
-from typing import cast
+from typing import TypeVar, cast
 
 from eventsourcing.persistence import (
     AggregateRecorder,
@@ -23,13 +29,21 @@ from ledger.dynamodb import schema
 from ledger.dynamodb.client import DynamoDBConnection
 from ledger.dynamodb.recorders import (
     DynamoDBAggregateRecorder,
+    DynamoDBTrackingRecorder,
+    Ordering,
+    OriginatorIDType,
+)
+from ledger.dynamodb.sequence_recorders import (
     DynamoDBApplicationRecorder,
     DynamoDBProcessRecorder,
-    DynamoDBTrackingRecorder,
-    OriginatorIDType,
+)
+from ledger.dynamodb.stream_recorders import (
+    DynamoDBStreamApplicationRecorder,
+    DynamoDBStreamProcessRecorder,
 )
 
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
+_Recorder = TypeVar("_Recorder", bound=ApplicationRecorder)
 
 
 class DynamoDBFactory(InfrastructureFactory[DynamoDBTrackingRecorder]):
@@ -52,6 +66,23 @@ class DynamoDBFactory(InfrastructureFactory[DynamoDBTrackingRecorder]):
     DYNAMODB_POLL_INTERVAL = "DYNAMODB_POLL_INTERVAL"
     """Seconds between polls of a subscription for other processes' saves.
     Default: 0.1. Each idle poll is one strongly consistent GetItem (1 RCU)."""
+    DYNAMODB_ORDERING = "DYNAMODB_ORDERING"
+    """How the application's saves are ordered. Default: ``sequence``.
+
+    ``sequence``: a gap-free application sequence, so notification logs,
+    ``select_notifications``, subscriptions and process applications work.
+    Each save is one transaction of its events, a notification batch item and
+    an update of the one sequence item (2 WCU per event plus about 4; 98
+    events per save at most); every writer of the application races on that
+    item, which caps the write rate however many processes write.
+
+    ``stream``: no sequence (no notifications table). One event is one
+    conditional PutItem (1 round trip, 1 WCU per KB); several are one
+    transaction of their puts (2 WCU per KB each; 100 events per save at
+    most). Writers of different aggregates never contend. Readers follow the
+    events table's DynamoDB stream (``ledger.projections.streams``);
+    reading the sequence raises ``SequenceDisabledError``. Process recorders
+    track per upstream aggregate (``aggregate_tracking``)."""
     DYNAMODB_EVENTS_STREAM = "DYNAMODB_EVENTS_STREAM"
     """Give the events table a DynamoDB stream of new images, which stream-fed
     projections read (the Lambda handler, ``ledger projections run``): ``yes``
@@ -78,6 +109,15 @@ class DynamoDBFactory(InfrastructureFactory[DynamoDBTrackingRecorder]):
         self.originator_id_type = cast(OriginatorIDType, id_type)
         self.table_prefix = self.env.get(self.DYNAMODB_TABLE_PREFIX) or ""
         self.events_stream = self._bool_setting(self.DYNAMODB_EVENTS_STREAM, "yes")
+        ordering = (self.env.get(self.DYNAMODB_ORDERING) or "sequence").lower()
+        if ordering not in ("sequence", "stream"):
+            raise OSError(
+                f"Invalid {self.DYNAMODB_ORDERING} {ordering!r}: use 'sequence' (a "
+                "gap-free application sequence, the default) or 'stream' (no "
+                "sequence; readers follow the events table's DynamoDB stream)."
+            )
+        self.ordering: Ordering = cast(Ordering, ordering)
+        """``sequence`` or ``stream``: which recorders this factory makes."""
         self.connection = DynamoDBConnection(
             endpoint_url=endpoint_url,
             region_name=self.env.get(self.DYNAMODB_REGION) or None,
@@ -139,22 +179,51 @@ class DynamoDBFactory(InfrastructureFactory[DynamoDBTrackingRecorder]):
         return recorder
 
     def application_recorder(self) -> ApplicationRecorder:
-        """Return a recorder for events and the application sequence."""
-        topic = self.env.get(self.APPLICATION_RECORDER_TOPIC)
-        recorder_class: type[DynamoDBApplicationRecorder] = (
-            resolve_topic(topic) if topic else DynamoDBApplicationRecorder
-        )
-        recorder = recorder_class(
-            self.connection,
-            self.table_name(schema.EVENTS_TABLE),
-            self.table_name(schema.NOTIFICATIONS_TABLE),
-            originator_id_type=self.originator_id_type,
-            poll_interval=self.poll_interval,
-            with_stream=self.events_stream,
-        )
+        """Return a recorder for events, and the sequence in ``sequence`` ordering."""
+        recorder: DynamoDBApplicationRecorder | DynamoDBStreamApplicationRecorder
+        if self.ordering == "stream":
+            stream_class = self._recorder_class(
+                self.APPLICATION_RECORDER_TOPIC, DynamoDBStreamApplicationRecorder
+            )
+            recorder = stream_class(
+                self.connection,
+                self.table_name(schema.EVENTS_TABLE),
+                originator_id_type=self.originator_id_type,
+                with_stream=self.events_stream,
+            )
+        else:
+            sequence_class = self._recorder_class(
+                self.APPLICATION_RECORDER_TOPIC, DynamoDBApplicationRecorder
+            )
+            recorder = sequence_class(
+                self.connection,
+                self.table_name(schema.EVENTS_TABLE),
+                self.table_name(schema.NOTIFICATIONS_TABLE),
+                originator_id_type=self.originator_id_type,
+                poll_interval=self.poll_interval,
+                with_stream=self.events_stream,
+            )
         if self.env_create_table():
             recorder.create_table()
         return recorder
+
+    def _recorder_class(
+        self, topic_key: str, default: type[_Recorder]
+    ) -> type[_Recorder]:
+        """Return the class a ``*_RECORDER_TOPIC`` names, if it suits the ordering."""
+        topic = self.env.get(topic_key)
+        if not topic:
+            return default
+        recorder_class = resolve_topic(topic)
+        if not (
+            isinstance(recorder_class, type) and issubclass(recorder_class, default)
+        ):
+            raise OSError(
+                f"{topic_key} {topic!r} is not a {default.__name__}, which "
+                f"{self.DYNAMODB_ORDERING}={self.ordering} needs: name a subclass "
+                "of it, or change the ordering."
+            )
+        return recorder_class
 
     def tracking_recorder(
         self, tracking_recorder_class: type[DynamoDBTrackingRecorder] | None = None
@@ -175,20 +244,32 @@ class DynamoDBFactory(InfrastructureFactory[DynamoDBTrackingRecorder]):
         return recorder
 
     def process_recorder(self) -> ProcessRecorder:
-        """Return a recorder of events, sequence and tracking in one transaction."""
-        topic = self.env.get(self.PROCESS_RECORDER_TOPIC)
-        recorder_class: type[DynamoDBProcessRecorder] = (
-            resolve_topic(topic) if topic else DynamoDBProcessRecorder
-        )
-        recorder = recorder_class(
-            self.connection,
-            self.table_name(schema.EVENTS_TABLE),
-            self.table_name(schema.NOTIFICATIONS_TABLE),
-            self.table_name(schema.TRACKING_TABLE),
-            originator_id_type=self.originator_id_type,
-            poll_interval=self.poll_interval,
-            with_stream=self.events_stream,
-        )
+        """Return a recorder of events (and sequence) and tracking, all or nothing."""
+        recorder: DynamoDBProcessRecorder | DynamoDBStreamProcessRecorder
+        if self.ordering == "stream":
+            stream_class = self._recorder_class(
+                self.PROCESS_RECORDER_TOPIC, DynamoDBStreamProcessRecorder
+            )
+            recorder = stream_class(
+                self.connection,
+                self.table_name(schema.EVENTS_TABLE),
+                self.table_name(schema.TRACKING_TABLE),
+                originator_id_type=self.originator_id_type,
+                with_stream=self.events_stream,
+            )
+        else:
+            sequence_class = self._recorder_class(
+                self.PROCESS_RECORDER_TOPIC, DynamoDBProcessRecorder
+            )
+            recorder = sequence_class(
+                self.connection,
+                self.table_name(schema.EVENTS_TABLE),
+                self.table_name(schema.NOTIFICATIONS_TABLE),
+                self.table_name(schema.TRACKING_TABLE),
+                originator_id_type=self.originator_id_type,
+                poll_interval=self.poll_interval,
+                with_stream=self.events_stream,
+            )
         if self.env_create_table():
             recorder.create_table()
         return recorder

@@ -1,46 +1,54 @@
-"""``eventsourcing`` recorders that store events in DynamoDB.
+"""The recorders every ordering shares: events by aggregate, and tracking.
+
+An application's recorders depend on ``DYNAMODB_ORDERING`` (see
+:class:`~ledger.dynamodb.factory.DynamoDBFactory`): ``sequence`` keeps a
+gap-free application sequence (:mod:`.sequence_recorders`), ``stream`` keeps
+none and leaves ordering to the events table's DynamoDB stream
+(:mod:`.stream_recorders`). Both build on the classes here.
 
 Costs, per call (``n`` events of at most 1 KB each; see :mod:`.schema`):
 
-* ``DynamoDBAggregateRecorder.insert_events``: one event is one conditional
-  ``PutItem`` (1 round trip, 1 WCU); several are one ``TransactWriteItems``
-  (1 round trip, 2 WCU per event).
-* ``DynamoDBApplicationRecorder.insert_events``: one ``TransactWriteItems`` with
-  the events, the save's notification batch and the sequence update
-  (1 round trip when this process holds the latest position, which it learns
-  from its own saves and from the failed condition otherwise; 2 WCU per event
-  plus 2 per KB of the batch plus 2 for the sequence item).
+* ``DynamoDBAggregateRecorder.insert_events`` (snapshots, and events in
+  ``stream`` ordering): one event is one conditional ``PutItem`` (1 round trip,
+  1 WCU); several are one ``TransactWriteItems`` (1 round trip, 2 WCU per
+  event), at most 100 events per save.
+* ``DynamoDBApplicationRecorder.insert_events`` (``sequence`` ordering): one
+  ``TransactWriteItems`` with the events, the save's notification batch and
+  the sequence update (1 round trip when this process holds the latest
+  position, which it learns from its own saves and from the failed condition
+  otherwise; 2 WCU per event plus 2 per KB of the batch plus 2 for the
+  sequence item), at most 98 events per save.
+* Process recorders add the tracking update to the same transaction (2 WCU);
+  in ``stream`` ordering a save of one event with tracking is therefore a
+  transaction of 2 actions (1 round trip, 4 WCU).
 * ``select_events``: one strongly consistent ``Query`` per 1 MB of events.
-* ``select_notifications``: one ``GetItem`` of the sequence item plus one
-  ``Query`` per 1 MB of notification batches.
+* ``select_notifications`` (``sequence`` ordering): one ``GetItem`` of the
+  sequence item plus one ``Query`` (per 1 MB, and per notifications page
+  crossed) whose key range reaches only the batches holding the ``limit``
+  positions wanted and at most one batch's worth past them; with ``topics``,
+  one more such ``Query`` per range twice as wide until ``limit`` are found.
+  In ``stream`` ordering it raises ``SequenceDisabledError``.
+* ``insert_tracking``, ``max_tracking_id``: one ``UpdateItem`` / ``GetItem``.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Final, Literal
 from uuid import UUID
 
 from eventsourcing.persistence import (
     AggregateRecorder,
-    ApplicationRecorder,
     IntegrityError,
-    ListenNotifySubscription,
-    Notification,
-    OperationalError,
-    ProcessRecorder,
     StoredEvent,
-    Subscription,
     Tracking,
     TrackingRecorder,
 )
 
 from ledger.dynamodb import schema
-from ledger.dynamodb.batches import BatchEntry, decode_batch, encode_batch
 from ledger.dynamodb.client import (
     CONDITION_FAILED,
     THROTTLED_REASONS,
@@ -49,35 +57,29 @@ from ledger.dynamodb.client import (
     TransactionCancelledError,
     TransactionConflictError,
 )
-from ledger.dynamodb.limits import (
-    MAX_ITEM_BYTES,
-    MAX_TRANSACTION_ACTIONS,
-    check_item_size,
-    check_transaction,
-    item_size,
-)
+from ledger.dynamodb.limits import check_item_size, check_transaction, item_size
 from ledger.dynamodb.tables import ensure_table
 
 OriginatorIDType = Literal["uuid", "text"]
+Ordering = Literal["sequence", "stream"]
+"""How an application's saves are ordered: by a gap-free application sequence
+(``sequence``) or only per aggregate, as the events table's stream delivers
+them (``stream``). Application recorders say which as their ``ordering``."""
 
 logger = logging.getLogger("ledger.dynamodb")
 """Structured records (``extra=``): aggregate ids, versions, positions; never
 event state or credentials."""
 
-_NOT_EXISTS = "attribute_not_exists(#key)"
+NOT_EXISTS: Final = "attribute_not_exists(#key)"
 """Condition on every put: no item has this key yet (nothing is overwritten)."""
 _EVENT_KEY_NAME = {"#key": schema.VERSION}
-_BATCH_KEY_NAME = {"#key": schema.POSITION}
-_SEQUENCE_KEY = {
-    schema.PAGE: {"N": str(schema.SEQUENCE_PAGE)},
-    schema.POSITION: {"N": "0"},
-}
-_MAX_SEQUENCE_ATTEMPTS = 200
-"""Attempts at a save that loses only the race for the sequence item."""
-_MAX_BATCH_GET_KEYS = 100
+MAX_SAVE_ATTEMPTS: Final = 200
+"""Attempts at a save that loses only a race: a transaction cancelled by
+another writer of the same items, or the race for the sequence item."""
 
 
-def _encode_id(originator_id: UUID | str) -> str:
+def encode_id(originator_id: UUID | str) -> str:
+    """Return an aggregate id as stored: its canonical text form."""
     return str(originator_id)
 
 
@@ -107,8 +109,8 @@ class DynamoDBRecorder:
 class DynamoDBAggregateRecorder(DynamoDBRecorder, AggregateRecorder):
     """Stores one item per event, keyed by aggregate id and version.
 
-    Used for snapshots, and for events of applications that need no
-    application sequence.
+    Used for snapshots, and (as the base of the ``stream`` ordering's
+    recorders) for events of applications that keep no application sequence.
     """
 
     def __init__(
@@ -138,16 +140,28 @@ class DynamoDBAggregateRecorder(DynamoDBRecorder, AggregateRecorder):
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         """Write events atomically; raise ``IntegrityError`` if any version exists."""
-        if not stored_events:
-            return None
+        self._write(stored_events)
+        return None
+
+    def _write(
+        self,
+        stored_events: Sequence[StoredEvent],
+        other_actions: Sequence[dict[str, Any]] = (),
+    ) -> None:
+        """Write events, and any other actions, all or nothing, in one request.
+
+        One event alone is one conditional ``PutItem``; anything more is one
+        transaction, the events' puts first and then ``other_actions``.
+        """
+        if not stored_events and not other_actions:
+            return
         self._check_unique(stored_events)
         items = [self._event_item(event) for event in stored_events]
-        if len(items) == 1:
+        if len(items) == 1 and not other_actions:
             self._put_one(items[0], stored_events[0])
         else:
             actions = [self._put_action(item) for item in items]
-            self._transact(actions, stored_events)
-        return None
+            self._transact([*actions, *other_actions], stored_events)
 
     @staticmethod
     def _check_unique(stored_events: Sequence[StoredEvent]) -> None:
@@ -164,7 +178,7 @@ class DynamoDBAggregateRecorder(DynamoDBRecorder, AggregateRecorder):
         self, event: StoredEvent, position: int | None = None
     ) -> dict[str, Any]:
         item: dict[str, Any] = {
-            schema.AGGREGATE_ID: {"S": _encode_id(event.originator_id)},
+            schema.AGGREGATE_ID: {"S": encode_id(event.originator_id)},
             schema.VERSION: {"N": str(event.originator_version)},
             schema.TOPIC: {"S": event.topic},
             schema.STATE: {"B": event.state},
@@ -183,7 +197,7 @@ class DynamoDBAggregateRecorder(DynamoDBRecorder, AggregateRecorder):
             "Put": {
                 "TableName": self.events_table_name,
                 "Item": item,
-                "ConditionExpression": _NOT_EXISTS,
+                "ConditionExpression": NOT_EXISTS,
                 "ExpressionAttributeNames": _EVENT_KEY_NAME,
             }
         }
@@ -194,7 +208,7 @@ class DynamoDBAggregateRecorder(DynamoDBRecorder, AggregateRecorder):
                 "put_item",
                 TableName=self.events_table_name,
                 Item=item,
-                ConditionExpression=_NOT_EXISTS,
+                ConditionExpression=NOT_EXISTS,
                 ExpressionAttributeNames=_EVENT_KEY_NAME,
             )
         except IntegrityError as error:
@@ -235,7 +249,7 @@ class DynamoDBAggregateRecorder(DynamoDBRecorder, AggregateRecorder):
                 codes = {r["Code"] for r in error.reasons}
                 retryable = TRANSACTION_CONFLICT in codes or codes & THROTTLED_REASONS
                 attempt += 1
-                if not retryable or attempt >= _MAX_SEQUENCE_ATTEMPTS:
+                if not retryable or attempt >= MAX_SAVE_ATTEMPTS:
                     raise
                 logger.info(
                     "transaction cancelled, retrying",
@@ -290,7 +304,7 @@ class DynamoDBAggregateRecorder(DynamoDBRecorder, AggregateRecorder):
     ) -> Sequence[StoredEvent]:
         """Read an aggregate's events (strongly consistent), paginating as needed."""
         names = {"#a": schema.AGGREGATE_ID}
-        values: dict[str, Any] = {":a": {"S": _encode_id(originator_id)}}
+        values: dict[str, Any] = {":a": {"S": encode_id(originator_id)}}
         condition = "#a = :a"
         if gt is not None and lte is not None:
             if gt >= lte:
@@ -339,409 +353,14 @@ class DynamoDBAggregateRecorder(DynamoDBRecorder, AggregateRecorder):
             params["ExclusiveStartKey"] = last_key
 
 
-class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder):
-    """Stores events and a gap-free, totally ordered application sequence.
-
-    Each save is one transaction: the events (conditional puts), a
-    notification batch item with their positions, and the sequence item
-    updated from the expected last position to the new one. Two saves can
-    never take the same positions, a failed save takes none, and position
-    ``n + 1`` commits only after ``n``. Readers read the sequence item first
-    and then only positions up to it, so they never see ``n + 1`` before ``n``.
-
-    Saves from one process are serialised by a lock (they would serialise on
-    the sequence item anyway); saves from several processes race on the
-    sequence item's condition, and the loser retries at once with the
-    position DynamoDB returns to it. That one item is the sequence's ceiling:
-    measured in ``benchmarks/``; projections fed by DynamoDB Streams do not
-    need the sequence at all.
-    """
-
-    def __init__(
-        self,
-        connection: DynamoDBConnection,
-        events_table_name: str,
-        notifications_table_name: str,
-        *,
-        originator_id_type: OriginatorIDType = "uuid",
-        poll_interval: float = 0.1,
-        with_stream: bool = True,
-    ) -> None:
-        super().__init__(
-            connection,
-            events_table_name,
-            originator_id_type=originator_id_type,
-            with_stream=with_stream,
-        )
-        self.notifications_table_name = notifications_table_name
-        self.poll_interval = poll_interval
-        self._write_lock = threading.Lock()
-        self._last_position = 0
-        """The last committed position this recorder knows of (a guess: checked)."""
-        self._listeners: set[threading.Event] = set()
-
-    def create_table(self) -> None:
-        """Create the events and notifications tables if they do not exist."""
-        super().create_table()
-        ensure_table(
-            self.connection,
-            schema.notifications_table_definition(self.notifications_table_name),
-        )
-
-    # Writing -----------------------------------------------------------------
-
-    def insert_events(
-        self, stored_events: Sequence[StoredEvent], **kwargs: Any
-    ) -> Sequence[int] | None:
-        """Write events and their notifications atomically; return the positions."""
-        tracking: Tracking | None = kwargs.get("tracking")
-        if not stored_events:
-            if tracking is not None:
-                self._insert_tracking_only(tracking)
-            return None
-        self._check_unique(stored_events)
-        with self._write_lock:
-            for _ in range(_MAX_SEQUENCE_ATTEMPTS):
-                expected = self._last_position
-                actions = self._save_actions(stored_events, expected, tracking)
-                batch_index = len(stored_events)
-                sequence_index = batch_index + 1
-                conflict = self._transact(
-                    actions,
-                    stored_events,
-                    race_indices=frozenset({batch_index, sequence_index}),
-                )
-                if conflict is None:
-                    self._last_position = expected + len(stored_events)
-                    break
-                self._last_position = self._position_from(conflict, sequence_index)
-                logger.info(
-                    "lost the race for the application sequence, retrying",
-                    extra={"expected": expected, "position": self._last_position},
-                )
-            else:
-                raise OperationalError(
-                    f"{self._describe_save(stored_events)}: lost the race for the "
-                    f"application sequence {_MAX_SEQUENCE_ATTEMPTS} times. Other "
-                    "writers are saving faster than this one can; try again."
-                )
-        self._notify_listeners()
-        logger.debug(
-            "saved",
-            extra={
-                "aggregates": sorted({str(e.originator_id) for e in stored_events}),
-                "last_version": stored_events[-1].originator_version,
-                "positions": [expected + 1, expected + len(stored_events)],
-            },
-        )
-        return list(range(expected + 1, expected + len(stored_events) + 1))
-
-    def _insert_tracking_only(self, tracking: Tracking) -> None:
-        raise NotImplementedError  # pragma: no cover - only process recorders track
-
-    def _tracking_action(self, tracking: Tracking) -> dict[str, Any] | None:
-        return None
-
-    def _save_actions(
-        self,
-        stored_events: Sequence[StoredEvent],
-        expected: int,
-        tracking: Tracking | None,
-    ) -> list[dict[str, Any]]:
-        first = expected + 1
-        last = expected + len(stored_events)
-        actions = [
-            self._put_action(self._event_item(event, first + offset))
-            for offset, event in enumerate(stored_events)
-        ]
-        actions.append(
-            {
-                "Put": {
-                    "TableName": self.notifications_table_name,
-                    "Item": self._batch_item(stored_events, first, last),
-                    "ConditionExpression": _NOT_EXISTS,
-                    "ExpressionAttributeNames": _BATCH_KEY_NAME,
-                }
-            }
-        )
-        actions.append(self._sequence_action(expected, last))
-        tracking_action = self._tracking_action(tracking) if tracking else None
-        if tracking_action is not None:
-            actions.append(tracking_action)
-        return actions
-
-    @staticmethod
-    def _batch_item(
-        stored_events: Sequence[StoredEvent], first: int, last: int
-    ) -> dict[str, Any]:
-        def events(*, inline: bool) -> bytes:
-            return encode_batch(
-                BatchEntry(
-                    _encode_id(e.originator_id),
-                    e.originator_version,
-                    e.topic,
-                    e.state if inline else None,
-                )
-                for e in stored_events
-            )
-
-        item: dict[str, Any] = {
-            schema.PAGE: {"N": str(schema.page_of(last))},
-            schema.POSITION: {"N": str(last)},
-            schema.FIRST_POSITION: {"N": str(first)},
-            schema.EVENTS: {"B": events(inline=True)},
-        }
-        if item_size(item) > MAX_ITEM_BYTES:
-            # Too big to copy the states: keep pointers; readers fetch the states
-            # from the events table. Keeps DynamoDB's own limits the only limits.
-            item[schema.EVENTS] = {"B": events(inline=False)}
-        return item
-
-    def _sequence_action(self, expected: int, last: int) -> dict[str, Any]:
-        values: dict[str, Any] = {":new": {"N": str(last)}}
-        if expected == 0:
-            condition = "attribute_not_exists(#last)"
-        else:
-            condition = "#last = :expected"
-            values[":expected"] = {"N": str(expected)}
-        return {
-            "Update": {
-                "TableName": self.notifications_table_name,
-                "Key": _SEQUENCE_KEY,
-                "UpdateExpression": "SET #last = :new",
-                "ConditionExpression": condition,
-                "ExpressionAttributeNames": {"#last": schema.LAST_POSITION},
-                "ExpressionAttributeValues": values,
-                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-            }
-        }
-
-    def _position_from(
-        self, conflict: TransactionConflictError, sequence_index: int
-    ) -> int:
-        """Return the sequence position DynamoDB returned with a lost race."""
-        reasons = conflict.reasons
-        reason = reasons[sequence_index] if len(reasons) > sequence_index else {}
-        item = reason.get("Item")
-        if item and schema.LAST_POSITION in item:
-            return int(item[schema.LAST_POSITION]["N"])
-        return self.max_notification_id() or 0
-
-    # Reading -----------------------------------------------------------------
-
-    def max_notification_id(self) -> int | None:
-        """Return the last committed position (strongly consistent), or None."""
-        response = self.connection.call(
-            "get_item",
-            TableName=self.notifications_table_name,
-            Key=_SEQUENCE_KEY,
-            ConsistentRead=True,
-        )
-        item = response.get("Item")
-        if item is None:
-            return None
-        return int(item[schema.LAST_POSITION]["N"])
-
-    def select_notifications(
-        self,
-        start: int | None,
-        limit: int,
-        stop: int | None = None,
-        topics: Sequence[str] = (),
-        *,
-        inclusive_of_start: bool = True,
-    ) -> Sequence[Notification]:
-        """Return notifications from ``start`` up to ``stop``, at most ``limit``."""
-        last = self.max_notification_id()
-        if last is None or limit <= 0:
-            return []
-        low = 1 if start is None else (start if inclusive_of_start else start + 1)
-        low = max(low, 1)
-        high = last if stop is None else min(stop, last)
-        if low > high:
-            return []  # nothing new: an idle poll costs the GetItem only
-        notifications: list[Notification] = []
-        pointers: list[int] = []
-        page = schema.page_of(low)
-        # A batch is filed under the page of its LAST position, so the batch
-        # holding ``high`` may end, and be filed, up to one save further on.
-        last_page = schema.page_of(min(last, high + MAX_TRANSACTION_ACTIONS))
-        while page <= last_page and len(notifications) < limit:
-            params: dict[str, Any] = {
-                "TableName": self.notifications_table_name,
-                "KeyConditionExpression": "#p = :p AND #pos >= :low",
-                "ExpressionAttributeNames": {
-                    "#p": schema.PAGE,
-                    "#pos": schema.POSITION,
-                },
-                "ExpressionAttributeValues": {
-                    ":p": {"N": str(page)},
-                    ":low": {"N": str(low)},
-                },
-                "ConsistentRead": True,
-                "Limit": limit,
-            }
-            done = False
-            while not done:
-                response = self.connection.call("query", **params)
-                for batch in response["Items"]:
-                    done = self._collect(
-                        batch,
-                        (low, high, limit),
-                        topics,
-                        notifications,
-                        pointers,
-                    )
-                    if done:
-                        break
-                last_key = response.get("LastEvaluatedKey")
-                if last_key is None:
-                    break
-                params["ExclusiveStartKey"] = last_key
-            if done:
-                break
-            page += 1
-        if pointers:
-            self._fill_states(notifications, pointers)
-        return notifications
-
-    def _collect(
-        self,
-        batch: dict[str, Any],
-        bounds: tuple[int, int, int],
-        topics: Sequence[str],
-        notifications: list[Notification],
-        pointers: list[int],
-    ) -> bool:
-        """Append a batch's wanted notifications; return True when done.
-
-        ``bounds`` is (lowest position, highest position, most notifications).
-        """
-        low, high, limit = bounds
-        position = int(batch[schema.FIRST_POSITION]["N"])
-        for aggregate_id, version, topic, state in decode_batch(
-            batch[schema.EVENTS]["B"]
-        ):
-            if position > high:
-                return True
-            if position >= low and (not topics or topic in topics):
-                if state is None:
-                    pointers.append(len(notifications))
-                notifications.append(
-                    Notification(
-                        id=position,
-                        originator_id=self._decode_id(aggregate_id),
-                        originator_version=version,
-                        topic=topic,
-                        state=b"" if state is None else state,
-                    )
-                )
-                if len(notifications) >= limit:
-                    return True
-            position += 1
-        return False
-
-    def _fill_states(
-        self, notifications: list[Notification], pointers: list[int]
-    ) -> None:
-        """Fetch the states of notifications stored as pointers (big batches)."""
-        for offset in range(0, len(pointers), _MAX_BATCH_GET_KEYS):
-            chunk = pointers[offset : offset + _MAX_BATCH_GET_KEYS]
-            wanted = {
-                (
-                    _encode_id(notifications[i].originator_id),
-                    notifications[i].originator_version,
-                ): i
-                for i in chunk
-            }
-            keys = [
-                {schema.AGGREGATE_ID: {"S": a}, schema.VERSION: {"N": str(v)}}
-                for a, v in wanted
-            ]
-            request: dict[str, Any] = {
-                self.events_table_name: {"Keys": keys, "ConsistentRead": True}
-            }
-            attempt = 0
-            while request:
-                response = self.connection.call("batch_get_item", RequestItems=request)
-                for item in response["Responses"].get(self.events_table_name, []):
-                    key = (
-                        item[schema.AGGREGATE_ID]["S"],
-                        int(item[schema.VERSION]["N"]),
-                    )
-                    index = wanted[key]
-                    old = notifications[index]
-                    notifications[index] = Notification(
-                        id=old.id,
-                        originator_id=old.originator_id,
-                        originator_version=old.originator_version,
-                        topic=old.topic,
-                        state=item[schema.STATE]["B"],
-                    )
-                request = response.get("UnprocessedKeys") or {}
-                if request:
-                    attempt += 1
-                    _backoff(attempt)
-
-    # Subscribing ---------------------------------------------------------------
-
-    def subscribe(
-        self, gt: int | None = None, topics: Sequence[str] = ()
-    ) -> Subscription[ApplicationRecorder]:
-        """Iterate notifications after ``gt``, blocking for new ones (polls)."""
-        return DynamoDBSubscription(recorder=self, gt=gt, topics=topics)
-
-    def listen(self, event: threading.Event) -> None:
-        """Have ``event`` set whenever this recorder commits a save."""
-        self._listeners.add(event)
-
-    def unlisten(self, event: threading.Event) -> None:
-        """Stop setting ``event`` on saves."""
-        self._listeners.discard(event)
-
-    def _notify_listeners(self) -> None:
-        for listener in list(self._listeners):
-            listener.set()
-
-
-class DynamoDBSubscription(ListenNotifySubscription[DynamoDBApplicationRecorder]):
-    """A blocking subscription to a DynamoDB application sequence.
-
-    DynamoDB cannot push: the subscription polls every ``poll_interval``
-    seconds, and is woken at once by saves made through the same recorder.
-    """
-
-    def __init__(
-        self,
-        recorder: DynamoDBApplicationRecorder,
-        gt: int | None = None,
-        topics: Sequence[str] = (),
-    ) -> None:
-        super().__init__(recorder=recorder, gt=gt, topics=topics)
-        self._poll_interval = recorder.poll_interval
-        recorder.listen(self._has_been_notified)
-
-    def _loop_on_pull(self) -> None:
-        # As the base class's loop, but waking on a timer too: saves made by
-        # other processes notify nobody here.
-        try:
-            self._pull()
-            while not self._has_been_stopped:
-                self._has_been_notified.wait(timeout=self._poll_interval)
-                self._pull()
-        except BaseException as error:  # noqa: BLE001 - re-raised by __next__
-            if self._thread_error is None:
-                self._thread_error = error
-            self.stop()
-
-    def stop(self) -> None:
-        """Stop the subscription."""
-        super().stop()
-        self._recorder.unlisten(self._has_been_notified)
-
-
 class DynamoDBTrackingRecorder(DynamoDBRecorder, TrackingRecorder):
-    """Records, per upstream application, the last notification id processed."""
+    """Records, per upstream application, the last notification id processed.
+
+    The key is the ``Tracking``'s ``application_name`` as given; the
+    ``stream`` ordering's process recorder tracks per upstream aggregate by
+    giving ``"{application}#{aggregate id}"`` and the aggregate's version (see
+    :func:`ledger.dynamodb.stream_recorders.aggregate_tracking`).
+    """
 
     def __init__(
         self,
@@ -792,42 +411,3 @@ class DynamoDBTrackingRecorder(DynamoDBRecorder, TrackingRecorder):
         )
         item = response.get("Item")
         return None if item is None else int(item[schema.NOTIFICATION_ID]["N"])
-
-
-class DynamoDBProcessRecorder(
-    DynamoDBTrackingRecorder, DynamoDBApplicationRecorder, ProcessRecorder
-):
-    """An application recorder that also records tracking, in the same transaction."""
-
-    def __init__(
-        self,
-        connection: DynamoDBConnection,
-        events_table_name: str,
-        notifications_table_name: str,
-        tracking_table_name: str,
-        *,
-        originator_id_type: OriginatorIDType = "uuid",
-        poll_interval: float = 0.1,
-        with_stream: bool = True,
-    ) -> None:
-        DynamoDBApplicationRecorder.__init__(
-            self,
-            connection,
-            events_table_name,
-            notifications_table_name,
-            originator_id_type=originator_id_type,
-            poll_interval=poll_interval,
-            with_stream=with_stream,
-        )
-        self.tracking_table_name = tracking_table_name
-
-    def create_table(self) -> None:
-        """Create the events, notifications and tracking tables if missing."""
-        DynamoDBApplicationRecorder.create_table(self)
-        DynamoDBTrackingRecorder.create_table(self)
-
-    def _insert_tracking_only(self, tracking: Tracking) -> None:
-        self.insert_tracking(tracking)
-
-    def _tracking_action(self, tracking: Tracking) -> dict[str, Any] | None:
-        return {"Update": self._tracking_update(tracking)}

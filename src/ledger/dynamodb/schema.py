@@ -11,7 +11,7 @@ Tables (``{prefix}{application}_{kind}``):
     ``version`` (N). Written only with ``attribute_not_exists``, so nothing is
     ever overwritten.
 
-``notifications``
+``notifications`` (only with ``DYNAMODB_ORDERING=sequence``, the default)
     The application sequence. One *batch* item per save, keyed by
     ``page`` (N) = ``last_position // PAGE_SIZE`` and ``position`` (N) = the
     save's last position, holding the save's events in order (with their state
@@ -19,10 +19,19 @@ Tables (``{prefix}{application}_{kind}``):
     events table). Plus one *sequence* item (``page = SEQUENCE_PAGE``) holding
     the last committed position; every save updates it in the same
     transaction under a condition on its expected value, which makes the
-    sequence gap-free and its commits totally ordered.
+    sequence gap-free and its commits totally ordered. A batch holds at most
+    ``MAX_TRANSACTION_ACTIONS - 2`` events, so the batch holding position
+    ``p`` is filed under a position from ``p`` to ``p + 97``: readers query
+    that bounded range.
+
+    With ``DYNAMODB_ORDERING=stream`` there is no such table: the events
+    table is all there is, ordered per aggregate, and its DynamoDB stream
+    feeds readers.
 
 ``tracking``
     One item per upstream application: the last notification id processed.
+    In ``stream`` ordering, one item per upstream *aggregate*, keyed
+    ``{application}#{aggregate id}``: the last version processed.
 """
 
 from __future__ import annotations
@@ -61,9 +70,18 @@ SEQUENCE_PAGE: Final = -1
 
 # --- tracking table -----------------------------------------------------------
 APPLICATION_NAME: Final = "application_name"
-"""Partition key (S) of the tracking table: the upstream application's name."""
+"""Partition key (S) of the tracking table: the upstream application's name,
+or in ``stream`` ordering ``{application}#{aggregate id}``."""
 NOTIFICATION_ID: Final = "notification_id"
-"""(N) the last notification id of that application processed."""
+"""(N) the last notification id of that application processed, or in
+``stream`` ordering the last version of that aggregate."""
+TRACKING_KEY_SEPARATOR: Final = "#"
+"""Joins the upstream application's name and an aggregate id in a tracking key."""
+SHARD_CHECKPOINT_MARK: Final = "#stream-shard#"
+"""Joins the upstream application's name and a stream shard id in the key of a
+stream follower's shard checkpoint (``ledger.projections.followers``)."""
+SEQUENCE_NUMBER: Final = "sequence_number"
+"""(S) on a shard checkpoint: the last stream record processed in that shard."""
 
 # --- table kinds ---------------------------------------------------------------
 EVENTS_TABLE: Final = "events"

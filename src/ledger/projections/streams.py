@@ -22,7 +22,7 @@ from __future__ import annotations
 import base64
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
 import boto3
@@ -270,32 +270,92 @@ def lambda_handler(
     return handler
 
 
-class StreamPoller:
-    """Feeds a projector from the events table's stream with the Streams API.
+class StreamConsumer(Protocol):
+    """What a :class:`StreamPoller` feeds: processes records, keeps checkpoints."""
 
-    For running a stream projection without Lambda (``ledger projections run``)
-    and for DynamoDB Local. Each shard's last processed record is checkpointed
-    in the projection's control table after each batch. A record that cannot
-    be decoded is parked as a dead letter (its aggregate waits for a redrive);
-    a record whose commit failed (DynamoDB unavailable, say) is read again at
-    the next poll. Costs per poll: one DescribeStream, one
-    GetShardIterator and at least one GetRecords per shard.
+    @property
+    def connection(self) -> Any:
+        """The DynamoDB connection of the store the consumer writes to."""
+        ...  # pragma: no cover
+
+    def process(self, records: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Process records of one shard in order; return the failed sequence numbers.
+
+        Failed records (and those after them) are read again at the next poll.
+        """
+        ...  # pragma: no cover
+
+    def checkpoint(self, shard_id: str) -> str | None:
+        """Return the sequence number of the last record processed in a shard."""
+        ...  # pragma: no cover
+
+    def save_checkpoint(self, shard_id: str, number: str) -> None:
+        """Record the last record processed in a shard."""
+        ...  # pragma: no cover
+
+
+class ProjectionConsumer:
+    """A projector as a stream consumer: checkpoints in its control table.
+
+    A record that cannot be decoded is parked as a dead letter (its aggregate
+    waits for a redrive), since a poller cannot hand it back to its source.
+    """
+
+    def __init__(self, projector: Projector, mapper: Mapper[Any]) -> None:
+        self.projector = projector
+        self.mapper = mapper
+        view: Any = projector.view
+        self.view = view
+        self.connection = view.connection
+
+    def process(self, records: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Apply records to the projector (see :func:`process_records`)."""
+        return process_records(
+            self.projector, records, self.mapper, park_undecodable=True
+        )
+
+    def checkpoint(self, shard_id: str) -> str | None:
+        """Return the shard's checkpoint from the projection's control table."""
+        item = self.view.get_control(f"{schema.SHARD_PREFIX}{shard_id}")
+        return None if item is None else str(item[schema.SEQUENCE_NUMBER]["S"])
+
+    def save_checkpoint(self, shard_id: str, number: str) -> None:
+        """Store the shard's checkpoint in the projection's control table."""
+        self.connection.call(
+            "put_item",
+            TableName=self.view.control_table_name,
+            Item={
+                schema.NAME: {"S": f"{schema.SHARD_PREFIX}{shard_id}"},
+                schema.SEQUENCE_NUMBER: {"S": number},
+            },
+        )
+
+
+class StreamPoller:
+    """Feeds a projector (or any :class:`StreamConsumer`) from the events stream.
+
+    For running a stream feed without Lambda (``ledger projections run``) and
+    for DynamoDB Local. Each shard's last processed record is checkpointed
+    after each batch (a projector keeps them in its control table); a record
+    whose processing failed (DynamoDB unavailable, say) is read again at the
+    next poll. Costs per poll: one DescribeStream, one GetShardIterator and at
+    least one GetRecords per shard.
     """
 
     def __init__(
         self,
-        projector: Projector,
+        consumer: Projector | StreamConsumer,
         application: Any,
         *,
         batch_size: int = 1000,
         streams_client: Any = None,
     ) -> None:
-        self.projector = projector
+        if isinstance(consumer, Projector):
+            consumer = ProjectionConsumer(consumer, application.mapper)
+        self.consumer: StreamConsumer = consumer
         self.application = application
         self.batch_size = batch_size
-        view: Any = projector.view
-        self.view = view
-        connection = view.connection
+        connection = consumer.connection
         self.client = streams_client or _streams_client(connection)
         events_table = application.recorder.events_table_name
         table = connection.call("describe_table", TableName=events_table)["Table"]
@@ -334,14 +394,13 @@ class StreamPoller:
             params["ExclusiveStartShardId"] = last
 
     def _poll_shard(self, shard_id: str) -> int:
-        checkpoint_name = f"{schema.SHARD_PREFIX}{shard_id}"
-        checkpoint = self.view.get_control(checkpoint_name)
+        checkpoint = self.consumer.checkpoint(shard_id)
         params: dict[str, Any] = {"StreamArn": self.stream_arn, "ShardId": shard_id}
         if checkpoint is None:
             params["ShardIteratorType"] = "TRIM_HORIZON"
         else:
             params["ShardIteratorType"] = "AFTER_SEQUENCE_NUMBER"
-            params["SequenceNumber"] = checkpoint[schema.SEQUENCE_NUMBER]["S"]
+            params["SequenceNumber"] = checkpoint
         with translate_errors():
             iterator = self.client.get_shard_iterator(**params).get("ShardIterator")
         processed = 0
@@ -353,32 +412,15 @@ class StreamPoller:
             records = response.get("Records", [])
             if not records:
                 return processed
-            failed = set(
-                process_records(
-                    self.projector,
-                    records,
-                    self.application.mapper,
-                    park_undecodable=True,
-                )
-            )
+            failed = set(self.consumer.process(records))
             done = _before_first_failure(records, failed)
             processed += len(done)
             if done:
-                self._checkpoint(checkpoint_name, sequence_number(done[-1]))
+                self.consumer.save_checkpoint(shard_id, sequence_number(done[-1]))
             if failed:
                 return processed
             iterator = response.get("NextShardIterator")
         return processed
-
-    def _checkpoint(self, name: str, number: str) -> None:
-        self.view.connection.call(
-            "put_item",
-            TableName=self.view.control_table_name,
-            Item={
-                schema.NAME: {"S": name},
-                schema.SEQUENCE_NUMBER: {"S": number},
-            },
-        )
 
 
 def _before_first_failure(

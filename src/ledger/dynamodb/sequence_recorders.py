@@ -1,0 +1,528 @@
+"""The ``sequence`` ordering: events and a gap-free application sequence.
+
+Selected by ``DYNAMODB_ORDERING=sequence`` (the default). Every save commits
+its events together with a notification batch and the sequence item (see
+:mod:`.schema`), so notification logs, ``select_notifications`` and
+subscriptions work as ``eventsourcing`` expects. Costs are listed in
+:mod:`.recorders`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar, Final
+
+from eventsourcing.persistence import (
+    ApplicationRecorder,
+    ListenNotifySubscription,
+    Notification,
+    OperationalError,
+    ProcessRecorder,
+    StoredEvent,
+    Subscription,
+    Tracking,
+)
+
+from ledger.dynamodb import schema
+from ledger.dynamodb.batches import BatchEntry, decode_batch, encode_batch
+from ledger.dynamodb.client import DynamoDBConnection, TransactionConflictError
+from ledger.dynamodb.limits import MAX_ITEM_BYTES, MAX_TRANSACTION_ACTIONS, item_size
+from ledger.dynamodb.recorders import (
+    MAX_SAVE_ATTEMPTS,
+    NOT_EXISTS,
+    DynamoDBAggregateRecorder,
+    DynamoDBTrackingRecorder,
+    Ordering,
+    OriginatorIDType,
+    _backoff,
+    encode_id,
+    logger,
+)
+from ledger.dynamodb.tables import ensure_table
+
+_BATCH_KEY_NAME = {"#key": schema.POSITION}
+_SEQUENCE_KEY = {
+    schema.PAGE: {"N": str(schema.SEQUENCE_PAGE)},
+    schema.POSITION: {"N": "0"},
+}
+_MAX_BATCH_GET_KEYS = 100
+BATCH_REACH: Final = MAX_TRANSACTION_ACTIONS - 1
+"""How far past a position the batch holding it may end. A batch holds at most
+``MAX_TRANSACTION_ACTIONS - 2`` events (its save also writes the batch and the
+sequence item), so the batch holding ``p`` ends by ``p + 97``; readers look
+up to ``p + BATCH_REACH``, a margin of two."""
+
+
+class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder):
+    """Stores events and a gap-free, totally ordered application sequence.
+
+    Each save is one transaction: the events (conditional puts), a
+    notification batch item with their positions, and the sequence item
+    updated from the expected last position to the new one. Two saves can
+    never take the same positions, a failed save takes none, and position
+    ``n + 1`` commits only after ``n``. Readers read the sequence item first
+    and then only positions up to it, so they never see ``n + 1`` before ``n``.
+
+    Saves from one process are serialised by a lock (they would serialise on
+    the sequence item anyway); saves from several processes race on the
+    sequence item's condition, and the loser retries at once with the
+    position DynamoDB returns to it. That one item is the sequence's ceiling:
+    measured in ``benchmarks/``. Applications whose readers do not need the
+    sequence (projections fed by DynamoDB Streams) can drop it with
+    ``DYNAMODB_ORDERING=stream``.
+    """
+
+    ordering: ClassVar[Ordering] = "sequence"
+
+    def __init__(
+        self,
+        connection: DynamoDBConnection,
+        events_table_name: str,
+        notifications_table_name: str,
+        *,
+        originator_id_type: OriginatorIDType = "uuid",
+        poll_interval: float = 0.1,
+        with_stream: bool = True,
+    ) -> None:
+        super().__init__(
+            connection,
+            events_table_name,
+            originator_id_type=originator_id_type,
+            with_stream=with_stream,
+        )
+        self.notifications_table_name = notifications_table_name
+        self.poll_interval = poll_interval
+        self._write_lock = threading.Lock()
+        self._last_position = 0
+        """The last committed position this recorder knows of (a guess: checked)."""
+        self._committed_seen = 0
+        """The highest last position seen committed: every position up to it is
+        readable for good (a batch ends there)."""
+        self._listeners: set[threading.Event] = set()
+
+    def create_table(self) -> None:
+        """Create the events and notifications tables if they do not exist."""
+        super().create_table()
+        ensure_table(
+            self.connection,
+            schema.notifications_table_definition(self.notifications_table_name),
+        )
+
+    # Writing -----------------------------------------------------------------
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        """Write events and their notifications atomically; return the positions."""
+        tracking: Tracking | None = kwargs.get("tracking")
+        if not stored_events:
+            if tracking is not None:
+                self._insert_tracking_only(tracking)
+            return None
+        self._check_unique(stored_events)
+        with self._write_lock:
+            for _ in range(MAX_SAVE_ATTEMPTS):
+                expected = self._last_position
+                actions = self._save_actions(stored_events, expected, tracking)
+                batch_index = len(stored_events)
+                sequence_index = batch_index + 1
+                conflict = self._transact(
+                    actions,
+                    stored_events,
+                    race_indices=frozenset({batch_index, sequence_index}),
+                )
+                if conflict is None:
+                    self._last_position = expected + len(stored_events)
+                    self._committed_seen = max(
+                        self._committed_seen, self._last_position
+                    )
+                    break
+                self._last_position = self._position_from(conflict, sequence_index)
+                logger.info(
+                    "lost the race for the application sequence, retrying",
+                    extra={"expected": expected, "position": self._last_position},
+                )
+            else:
+                raise OperationalError(
+                    f"{self._describe_save(stored_events)}: lost the race for the "
+                    f"application sequence {MAX_SAVE_ATTEMPTS} times. Other "
+                    "writers are saving faster than this one can; try again."
+                )
+        self._notify_listeners()
+        logger.debug(
+            "saved",
+            extra={
+                "aggregates": sorted({str(e.originator_id) for e in stored_events}),
+                "last_version": stored_events[-1].originator_version,
+                "positions": [expected + 1, expected + len(stored_events)],
+            },
+        )
+        return list(range(expected + 1, expected + len(stored_events) + 1))
+
+    def _insert_tracking_only(self, tracking: Tracking) -> None:
+        raise NotImplementedError  # pragma: no cover - only process recorders track
+
+    def _tracking_action(self, tracking: Tracking) -> dict[str, Any] | None:
+        return None
+
+    def _save_actions(
+        self,
+        stored_events: Sequence[StoredEvent],
+        expected: int,
+        tracking: Tracking | None,
+    ) -> list[dict[str, Any]]:
+        first = expected + 1
+        last = expected + len(stored_events)
+        actions = [
+            self._put_action(self._event_item(event, first + offset))
+            for offset, event in enumerate(stored_events)
+        ]
+        actions.append(
+            {
+                "Put": {
+                    "TableName": self.notifications_table_name,
+                    "Item": self._batch_item(stored_events, first, last),
+                    "ConditionExpression": NOT_EXISTS,
+                    "ExpressionAttributeNames": _BATCH_KEY_NAME,
+                }
+            }
+        )
+        actions.append(self._sequence_action(expected, last))
+        tracking_action = self._tracking_action(tracking) if tracking else None
+        if tracking_action is not None:
+            actions.append(tracking_action)
+        return actions
+
+    @staticmethod
+    def _batch_item(
+        stored_events: Sequence[StoredEvent], first: int, last: int
+    ) -> dict[str, Any]:
+        def events(*, inline: bool) -> bytes:
+            return encode_batch(
+                BatchEntry(
+                    encode_id(e.originator_id),
+                    e.originator_version,
+                    e.topic,
+                    e.state if inline else None,
+                )
+                for e in stored_events
+            )
+
+        item: dict[str, Any] = {
+            schema.PAGE: {"N": str(schema.page_of(last))},
+            schema.POSITION: {"N": str(last)},
+            schema.FIRST_POSITION: {"N": str(first)},
+            schema.EVENTS: {"B": events(inline=True)},
+        }
+        if item_size(item) > MAX_ITEM_BYTES:
+            # Too big to copy the states: keep pointers; readers fetch the states
+            # from the events table. Keeps DynamoDB's own limits the only limits.
+            item[schema.EVENTS] = {"B": events(inline=False)}
+        return item
+
+    def _sequence_action(self, expected: int, last: int) -> dict[str, Any]:
+        values: dict[str, Any] = {":new": {"N": str(last)}}
+        if expected == 0:
+            condition = "attribute_not_exists(#last)"
+        else:
+            condition = "#last = :expected"
+            values[":expected"] = {"N": str(expected)}
+        return {
+            "Update": {
+                "TableName": self.notifications_table_name,
+                "Key": _SEQUENCE_KEY,
+                "UpdateExpression": "SET #last = :new",
+                "ConditionExpression": condition,
+                "ExpressionAttributeNames": {"#last": schema.LAST_POSITION},
+                "ExpressionAttributeValues": values,
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+        }
+
+    def _position_from(
+        self, conflict: TransactionConflictError, sequence_index: int
+    ) -> int:
+        """Return the sequence position DynamoDB returned with a lost race."""
+        reasons = conflict.reasons
+        reason = reasons[sequence_index] if len(reasons) > sequence_index else {}
+        item = reason.get("Item")
+        if item and schema.LAST_POSITION in item:
+            return int(item[schema.LAST_POSITION]["N"])
+        return self.max_notification_id() or 0
+
+    # Reading -----------------------------------------------------------------
+
+    def max_notification_id(self) -> int | None:
+        """Return the last committed position (strongly consistent), or None."""
+        response = self.connection.call(
+            "get_item",
+            TableName=self.notifications_table_name,
+            Key=_SEQUENCE_KEY,
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        if item is None:
+            return None
+        last = int(item[schema.LAST_POSITION]["N"])
+        self._committed_seen = max(self._committed_seen, last)
+        return last
+
+    def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+    ) -> Sequence[Notification]:
+        """Return notifications from ``start`` up to ``stop``, at most ``limit``.
+
+        Reads the sequence item first, so it never returns position ``n + 1``
+        before ``n`` is readable, unless every position wanted is at or below
+        a last position this recorder already saw committed (readers paging
+        through history then make one request per page, not two).
+        """
+        if limit <= 0:
+            return []
+        low = 1 if start is None else (start if inclusive_of_start else start + 1)
+        low = max(low, 1)
+        wanted = low + limit - 1 if stop is None else min(stop, low + limit - 1)
+        last: int | None = self._committed_seen
+        if topics or wanted > self._committed_seen:
+            last = self.max_notification_id()
+        if last is None:
+            return []
+        high = last if stop is None else min(stop, last)
+        if low > high:
+            return []  # nothing new: an idle poll costs the GetItem only
+        notifications: list[Notification] = []
+        pointers: list[int] = []
+        for batch in self._batches(low, high, last, limit):
+            if self._collect(
+                batch, (low, high, limit), topics, notifications, pointers
+            ):
+                break
+        if pointers:
+            self._fill_states(notifications, pointers)
+        return notifications
+
+    def _batches(
+        self, low: int, high: int, last: int, span: int
+    ) -> Iterator[dict[str, Any]]:
+        """Yield, in order, the batches holding positions ``low`` to ``high``.
+
+        Reads in windows of ``span`` positions, each one bounded Query (per
+        notifications page) for the batches ending from the window's first
+        position to where the batch holding its last position may end. So a
+        reader that stops within the first window (no topics filter: it wants
+        ``span`` positions) has read the batches it returns from, plus at
+        most ``BATCH_REACH`` positions past the last one it wanted. A reader
+        that goes on (topics filtered some out) gets the next window, twice
+        as wide, starting after the last batch yielded: none is read twice.
+        """
+        while low <= high:
+            window_high = min(high, low + span - 1)
+            upper = min(last, window_high + BATCH_REACH)
+            end = low - 1
+            for page in range(schema.page_of(low), schema.page_of(upper) + 1):
+                for batch in self.connection.items(
+                    "query",
+                    TableName=self.notifications_table_name,
+                    KeyConditionExpression="#p = :p AND #pos BETWEEN :low AND :up",
+                    ExpressionAttributeNames={
+                        "#p": schema.PAGE,
+                        "#pos": schema.POSITION,
+                    },
+                    ExpressionAttributeValues={
+                        ":p": {"N": str(page)},
+                        ":low": {"N": str(low)},
+                        ":up": {"N": str(upper)},
+                    },
+                    ConsistentRead=True,
+                    # Each batch holds at least one position of the window,
+                    # until the window is covered: no more are needed.
+                    Limit=span,
+                ):
+                    end = int(batch[schema.POSITION]["N"])
+                    yield batch
+            # The batch holding window_high ends by ``upper``, so every position
+            # up to ``end`` (at least window_high) has been yielded.
+            low = max(end, window_high) + 1
+            span *= 2
+
+    def _collect(
+        self,
+        batch: dict[str, Any],
+        bounds: tuple[int, int, int],
+        topics: Sequence[str],
+        notifications: list[Notification],
+        pointers: list[int],
+    ) -> bool:
+        """Append a batch's wanted notifications; return True when done.
+
+        ``bounds`` is (lowest position, highest position, most notifications).
+        """
+        low, high, limit = bounds
+        position = int(batch[schema.FIRST_POSITION]["N"])
+        for aggregate_id, version, topic, state in decode_batch(
+            batch[schema.EVENTS]["B"]
+        ):
+            if position > high:
+                return True
+            if position >= low and (not topics or topic in topics):
+                if state is None:
+                    pointers.append(len(notifications))
+                notifications.append(
+                    Notification(
+                        id=position,
+                        originator_id=self._decode_id(aggregate_id),
+                        originator_version=version,
+                        topic=topic,
+                        state=b"" if state is None else state,
+                    )
+                )
+                if len(notifications) >= limit:
+                    return True
+            position += 1
+        return False
+
+    def _fill_states(
+        self, notifications: list[Notification], pointers: list[int]
+    ) -> None:
+        """Fetch the states of notifications stored as pointers (big batches)."""
+        for offset in range(0, len(pointers), _MAX_BATCH_GET_KEYS):
+            chunk = pointers[offset : offset + _MAX_BATCH_GET_KEYS]
+            wanted = {
+                (
+                    encode_id(notifications[i].originator_id),
+                    notifications[i].originator_version,
+                ): i
+                for i in chunk
+            }
+            keys = [
+                {schema.AGGREGATE_ID: {"S": a}, schema.VERSION: {"N": str(v)}}
+                for a, v in wanted
+            ]
+            request: dict[str, Any] = {
+                self.events_table_name: {"Keys": keys, "ConsistentRead": True}
+            }
+            attempt = 0
+            while request:
+                response = self.connection.call("batch_get_item", RequestItems=request)
+                for item in response["Responses"].get(self.events_table_name, []):
+                    key = (
+                        item[schema.AGGREGATE_ID]["S"],
+                        int(item[schema.VERSION]["N"]),
+                    )
+                    index = wanted[key]
+                    old = notifications[index]
+                    notifications[index] = Notification(
+                        id=old.id,
+                        originator_id=old.originator_id,
+                        originator_version=old.originator_version,
+                        topic=old.topic,
+                        state=item[schema.STATE]["B"],
+                    )
+                request = response.get("UnprocessedKeys") or {}
+                if request:
+                    attempt += 1
+                    _backoff(attempt)
+
+    # Subscribing ---------------------------------------------------------------
+
+    def subscribe(
+        self, gt: int | None = None, topics: Sequence[str] = ()
+    ) -> Subscription[ApplicationRecorder]:
+        """Iterate notifications after ``gt``, blocking for new ones (polls)."""
+        return DynamoDBSubscription(recorder=self, gt=gt, topics=topics)
+
+    def listen(self, event: threading.Event) -> None:
+        """Have ``event`` set whenever this recorder commits a save."""
+        self._listeners.add(event)
+
+    def unlisten(self, event: threading.Event) -> None:
+        """Stop setting ``event`` on saves."""
+        self._listeners.discard(event)
+
+    def _notify_listeners(self) -> None:
+        for listener in list(self._listeners):
+            listener.set()
+
+
+class DynamoDBSubscription(ListenNotifySubscription[DynamoDBApplicationRecorder]):
+    """A blocking subscription to a DynamoDB application sequence.
+
+    DynamoDB cannot push: the subscription polls every ``poll_interval``
+    seconds, and is woken at once by saves made through the same recorder.
+    """
+
+    def __init__(
+        self,
+        recorder: DynamoDBApplicationRecorder,
+        gt: int | None = None,
+        topics: Sequence[str] = (),
+    ) -> None:
+        super().__init__(recorder=recorder, gt=gt, topics=topics)
+        self._poll_interval = recorder.poll_interval
+        recorder.listen(self._has_been_notified)
+
+    def _loop_on_pull(self) -> None:
+        # As the base class's loop, but waking on a timer too: saves made by
+        # other processes notify nobody here.
+        try:
+            self._pull()
+            while not self._has_been_stopped:
+                self._has_been_notified.wait(timeout=self._poll_interval)
+                self._pull()
+        except BaseException as error:  # noqa: BLE001 - re-raised by __next__
+            if self._thread_error is None:
+                self._thread_error = error
+            self.stop()
+
+    def stop(self) -> None:
+        """Stop the subscription."""
+        super().stop()
+        self._recorder.unlisten(self._has_been_notified)
+
+
+class DynamoDBProcessRecorder(
+    DynamoDBTrackingRecorder, DynamoDBApplicationRecorder, ProcessRecorder
+):
+    """An application recorder that also records tracking, in the same transaction."""
+
+    ordering: ClassVar[Ordering] = "sequence"
+
+    def __init__(
+        self,
+        connection: DynamoDBConnection,
+        events_table_name: str,
+        notifications_table_name: str,
+        tracking_table_name: str,
+        *,
+        originator_id_type: OriginatorIDType = "uuid",
+        poll_interval: float = 0.1,
+        with_stream: bool = True,
+    ) -> None:
+        DynamoDBApplicationRecorder.__init__(
+            self,
+            connection,
+            events_table_name,
+            notifications_table_name,
+            originator_id_type=originator_id_type,
+            poll_interval=poll_interval,
+            with_stream=with_stream,
+        )
+        self.tracking_table_name = tracking_table_name
+
+    def create_table(self) -> None:
+        """Create the events, notifications and tracking tables if missing."""
+        DynamoDBApplicationRecorder.create_table(self)
+        DynamoDBTrackingRecorder.create_table(self)
+
+    def _insert_tracking_only(self, tracking: Tracking) -> None:
+        self.insert_tracking(tracking)
+
+    def _tracking_action(self, tracking: Tracking) -> dict[str, Any] | None:
+        return {"Update": self._tracking_update(tracking)}

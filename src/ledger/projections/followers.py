@@ -1,0 +1,140 @@
+"""Feeding ``eventsourcing`` process applications from a leader's events stream.
+
+With ``DYNAMODB_ORDERING=stream`` there are no notification ids for
+``eventsourcing``'s followers to track, so a follower fed by the stream tracks
+the last version processed *per leader aggregate*
+(:func:`ledger.dynamodb.aggregate_tracking`). The follower's stream process
+recorder writes that tracking in the same transaction as the events its
+policy made, so each leader event is processed exactly once: a repeated
+delivery is skipped, and if the follower crashed after committing, the
+redelivery finds the tracking and does nothing. A record that arrives after a
+gap (earlier versions of its aggregate not yet processed) has the missing
+events read from the leader's events table and processed first, so a
+policy always sees an aggregate's events in version order. Aggregates
+interleave in any order.
+
+Use it from Lambda with :meth:`StreamFollower.handle` (the partial-batch
+response), or locally with :class:`~ledger.projections.streams.StreamPoller`
+(it keeps each shard's checkpoint in the follower's tracking table).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from eventsourcing.persistence import IntegrityError, Tracking
+from eventsourcing.projection import EventSourcedProjection
+
+from ledger.dynamodb import aggregate_tracking
+from ledger.dynamodb import schema as store_schema
+from ledger.projections.streams import _aggregate_of, decode_record, sequence_number
+
+
+class StreamFollower:
+    """Processes a leader's stream records with an ``eventsourcing`` follower.
+
+    ``follower`` is an ``EventSourcedProjection`` (a ``ProcessApplication``,
+    say) whose recorder is ledger's stream process recorder; ``leader`` is
+    the application whose events table the records come from.
+    """
+
+    def __init__(self, follower: EventSourcedProjection[Any], leader: Any) -> None:
+        self.follower = follower
+        self.leader = leader
+        recorder: Any = follower.recorder
+        self.recorder = recorder
+        self.connection = recorder.connection
+        self._uuid_ids = (
+            getattr(leader.recorder, "originator_id_type", "uuid") == "uuid"
+        )
+
+    # Processing ---------------------------------------------------------------
+
+    def process(self, records: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Process records in order; return the sequence numbers that failed.
+
+        A record that cannot be decoded or processed fails, and so do the
+        later records of its aggregate in the batch (never out of order).
+        """
+        failed: list[str] = []
+        failed_aggregates: set[str | None] = set()
+        for record in records:
+            number = sequence_number(record)
+            aggregate_id = _aggregate_of(record)
+            if aggregate_id in failed_aggregates:
+                failed.append(number)
+                continue
+            try:
+                event = decode_record(
+                    record, self.leader.mapper, uuid_ids=self._uuid_ids
+                )
+                if event is not None:
+                    self.process_event(event)
+            except Exception:  # noqa: BLE001 - reported for the source to redeliver
+                failed.append(number)
+                failed_aggregates.add(aggregate_id)
+        return failed
+
+    def handle(self, event: Mapping[str, Any]) -> dict[str, list[dict[str, str]]]:
+        """Process a Lambda stream event; return its partial-batch response."""
+        failed = self.process(event.get("Records", []))
+        return {"batchItemFailures": [{"itemIdentifier": n} for n in failed]}
+
+    def process_event(self, event: Any) -> bool:
+        """Process one leader event exactly once; False if it was processed before."""
+        version: int = event.originator_version
+        done = self._processed(event.originator_id)
+        if version <= done:
+            return False
+        if version > done + 1:
+            for missing in self._leader_events(event.originator_id, done, version - 1):
+                self._process_one(missing)
+        self._process_one(event)
+        return True
+
+    def _processed(self, originator_id: Any) -> int:
+        name = aggregate_tracking(self.leader.name, originator_id, 0).application_name
+        return int(self.recorder.max_tracking_id(name) or 0)
+
+    def _process_one(self, event: Any) -> None:
+        tracking: Tracking = aggregate_tracking(
+            self.leader.name, event.originator_id, event.originator_version
+        )
+        try:
+            self.follower.process_event(event, tracking)
+        except IntegrityError:
+            if self._processed(event.originator_id) >= event.originator_version:
+                return  # another worker processed it meanwhile
+            raise
+
+    def _leader_events(self, originator_id: Any, after: int, up_to: int) -> list[Any]:
+        stored = self.leader.recorder.select_events(originator_id, gt=after, lte=up_to)
+        return [self.leader.mapper.to_domain_event(s) for s in stored]
+
+    # Shard checkpoints (for StreamPoller) --------------------------------------
+
+    def checkpoint(self, shard_id: str) -> str | None:
+        """Return the last record processed in a shard (from the tracking table)."""
+        response = self.connection.call(
+            "get_item",
+            TableName=self.recorder.tracking_table_name,
+            Key={store_schema.APPLICATION_NAME: {"S": self._shard_key(shard_id)}},
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        return None if item is None else str(item[store_schema.SEQUENCE_NUMBER]["S"])
+
+    def save_checkpoint(self, shard_id: str, number: str) -> None:
+        """Record the last record processed in a shard."""
+        self.connection.call(
+            "put_item",
+            TableName=self.recorder.tracking_table_name,
+            Item={
+                store_schema.APPLICATION_NAME: {"S": self._shard_key(shard_id)},
+                store_schema.SEQUENCE_NUMBER: {"S": number},
+            },
+        )
+
+    def _shard_key(self, shard_id: str) -> str:
+        return f"{self.leader.name}{store_schema.SHARD_CHECKPOINT_MARK}{shard_id}"

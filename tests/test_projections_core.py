@@ -171,6 +171,31 @@ def test_redrive_after_the_fix_applies_the_parked_event_and_those_behind_it(orde
     assert position == AggregatePosition(aggregate_id=str(order_id), version=4)
 
 
+def test_an_event_parked_after_a_gap_was_filled_waits_at_the_filled_version(
+    orders,
+):
+    order_id = orders.place_order(uuid4(), [ITEM])
+    orders.add_item(order_id, "fig", 1, Decimal(1))
+    orders.confirm(order_id)
+    fig = orders.mapper.to_domain_event(orders.recorder.select_events(order_id)[2])
+    projector = FlakyOrderProjector(InMemoryView(), event_loader(orders))
+    session = Session(projector.view)
+
+    outcome = projector.apply(session, fig, None)  # versions 1 and 2 missing
+    session.commit()
+    projector.broken = False
+
+    assert outcome is Outcome.PARKED
+    position = Session(projector.view).get(AggregatePosition, order_id)
+    assert position == AggregatePosition(
+        aggregate_id=str(order_id), version=2, parked_version=3
+    )
+    assert projector.redrive() == {str(order_id): Outcome.APPLIED}
+    summary = get_order_summary(projector.view, order_id)
+    assert summary is not None
+    assert (summary.status, summary.line_count) == (OrderStatus.CONFIRMED, 2)
+
+
 def test_a_redrive_that_fails_again_keeps_the_event_parked_with_more_attempts(orders):
     order_id = orders.place_order(uuid4(), [ITEM])
     orders.add_item(order_id, "fig", 1, Decimal(1))

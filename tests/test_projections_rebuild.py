@@ -232,3 +232,21 @@ def test_a_scan_rebuild_catches_up_aggregates_the_live_feed_applied_further(
     rebuild(orders, OrderProjector, view, history=MissingTail(orders, late))
 
     assert read_model(view.at_version(2)) == read_model(view.at_version(1))
+
+
+def test_a_rebuild_that_crashed_before_switching_resumes_by_switching(
+    orders, view, monkeypatch
+):
+    interleaved_orders(orders, 4)
+    project_sequence(orders, OrderProjector(view))
+    crash_at_transaction(monkeypatch, view, 3)  # items, commit, then the switch
+    with pytest.raises(Crash):
+        rebuild(orders, OrderProjector, view)
+    monkeypatch.undo()
+
+    with measure(view) as meter:
+        resumed = rebuild(orders, OrderProjector, view)
+
+    assert resumed.events == 0
+    assert meter.calls["TransactWriteItems"] == 1  # the switch; nothing re-applied
+    assert read_model(view.at_version(2)) == read_model(view.at_version(1))

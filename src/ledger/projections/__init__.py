@@ -11,17 +11,15 @@ A :class:`Projector` declares a handler per event type and writes pydantic
 from __future__ import annotations
 
 from ledger.projections.dynamodb import DynamoDBView
-from ledger.projections.projector import (
+from ledger.projections.models import (
     AggregatePosition,
     GapError,
     Outcome,
     ParkedEvent,
-    Projector,
     ReadModel,
-    Session,
-    event_loader,
-    handles,
 )
+from ledger.projections.projector import Projector, event_loader, handles
+from ledger.projections.session import Session
 from ledger.projections.views import (
     ActiveVersionChangedError,
     ConcurrentChangeError,

@@ -54,7 +54,7 @@ from ledger.dynamodb.limits import (
 )
 from ledger.projections import schema
 from ledger.projections.dynamodb import DynamoDBView
-from ledger.projections.projector import Session
+from ledger.projections.session import Session
 from ledger.projections.views import PARKED_PREFIX, ConcurrentChangeError, StoredItem
 
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024

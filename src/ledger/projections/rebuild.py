@@ -50,12 +50,9 @@ from ledger.projections.history import (
     Page,
     history_of,
 )
-from ledger.projections.projector import (
-    AggregatePosition,
-    Projector,
-    Session,
-    event_loader,
-)
+from ledger.projections.models import AggregatePosition
+from ledger.projections.projector import Projector, event_loader
+from ledger.projections.session import Session
 from ledger.projections.views import ConcurrentChangeError
 
 DEFAULT_FLUSH_ITEMS = 5000
@@ -134,6 +131,8 @@ def rebuild(
     projector = projector_class(target_view, event_loader(application))
     source = history or history_of(application, page_size=page_size)
     run = _Run(application, source, writer, session, committed)
+    if checkpoint is not None and source.kind == "sequence":
+        run.position = int(checkpoint["position"])  # resumed: nothing may be left
     started = time.monotonic()
 
     with ThreadPoolExecutor(max_workers=1) as flusher:

@@ -14,7 +14,7 @@ decoded, whose missing earlier events cannot be read, or whose commit failed)
 as ``batchItemFailures``; later records of the same aggregate in the batch
 are reported too, so an aggregate's events are never applied out of order.
 A handler that keeps failing is not a batch failure: its event is parked (see
-:mod:`ledger.projections.projector`).
+:mod:`ledger.projections.deadletters`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ from eventsourcing.persistence import (
 from ledger.dynamodb import schema as store_schema
 from ledger.dynamodb.client import is_loopback, translate_errors
 from ledger.projections import schema
-from ledger.projections.projector import Projector, Session
+from ledger.projections.projector import Projector
+from ledger.projections.session import Session
 from ledger.projections.views import ActiveVersionChangedError, ConcurrentChangeError
 
 INSERT = "INSERT"

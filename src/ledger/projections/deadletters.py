@@ -1,0 +1,163 @@
+"""Dead letters: parking events that keep failing, listing them, redriving them.
+
+An event whose handler still fails after its retries, or that cannot even be
+decoded, is *parked*: a :class:`~ledger.projections.models.ParkedEvent` holds
+it with its error, position and attempts, and its aggregate's
+:class:`~ledger.projections.models.AggregatePosition` records the parked
+version, behind which the aggregate's later events wait. A redrive, after the
+fix, reads the parked event and those behind it from the events table and
+applies them. A :class:`~ledger.projections.projector.Projector` has
+:func:`park_record`, :func:`parked` and :func:`redrive` as its methods.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from eventsourcing.persistence import PersistenceError
+
+from ledger.projections.models import AggregatePosition, GapError, Outcome, ParkedEvent
+from ledger.projections.session import MAX_COMMIT_ATTEMPTS, Session
+from ledger.projections.views import ConcurrentChangeError
+
+if TYPE_CHECKING:
+    from ledger.projections.projector import Projector
+
+
+def park(
+    session: Session,
+    current: AggregatePosition,
+    *,
+    version: int,
+    topic: str,
+    position: int | None,
+    error: str,
+    attempts: int,
+) -> None:
+    """Park one version of an aggregate (not committed); its later versions wait.
+
+    Parking the version already parked adds to its attempts.
+    """
+    earlier = session.get(ParkedEvent, current.aggregate_id)
+    if earlier is not None and earlier.version == version:
+        attempts += earlier.attempts
+        position = earlier.position if position is None else position
+    session.put(
+        ParkedEvent(
+            aggregate_id=current.aggregate_id,
+            version=version,
+            position=position,
+            topic=topic,
+            error=error,
+            attempts=attempts,
+            parked_at=datetime.now(UTC),
+        )
+    )
+    session.put(current.model_copy(update={"parked_version": version}))
+
+
+def park_record(
+    projector: Projector,
+    session: Session,
+    aggregate_id: str,
+    version: int,
+    *,
+    topic: str,
+    error: str,
+    position: int | None = None,
+) -> Outcome:
+    """Park an event that could not even be decoded (not committed).
+
+    For a feed that cannot hand the record back to its source, as Lambda
+    can: its aggregate waits behind it like behind any parked event, and a
+    redrive after the fix (an upcaster, a registered topic) reads it from
+    the events table and applies it. Earlier missing events of the
+    aggregate are applied first (``load_events``).
+    """
+    current = projector._position_for(session, aggregate_id, version)
+    if isinstance(current, Outcome):
+        return current
+    park(
+        session,
+        current,
+        version=version,
+        topic=topic,
+        position=position,
+        error=error,
+        attempts=1,
+    )
+    return Outcome.PARKED
+
+
+def parked(projector: Projector) -> list[ParkedEvent]:
+    """Return the parked events of this projector's view, oldest first."""
+    events = [
+        ParkedEvent.model_validate_json(item.body)
+        for item in projector.view.parked_items()
+    ]
+    return sorted(events, key=lambda parked: parked.parked_at)
+
+
+def redrive(
+    projector: Projector, aggregate_id: str | None = None
+) -> dict[str, Outcome]:
+    """Apply parked events again (all, or one aggregate's), then what waited.
+
+    Call after fixing the handler. Returns each aggregate's outcome:
+    ``APPLIED`` when it caught up, ``PARKED`` when its event failed again.
+    """
+    if projector.load_events is None:
+        raise GapError(
+            "Redrive reads the parked events from the events table: give the "
+            "projector load_events (see ledger.projections.event_loader)."
+        )
+    targets = (
+        [aggregate_id] if aggregate_id else [p.aggregate_id for p in projector.parked()]
+    )
+    outcomes: dict[str, Outcome] = {}
+    for target in targets:
+        outcomes[target] = _redrive_one(projector, target)
+    return outcomes
+
+
+def _redrive_one(projector: Projector, aggregate_id: str) -> Outcome:
+    assert projector.load_events is not None  # noqa: S101 - checked by redrive()
+    for _ in range(MAX_COMMIT_ATTEMPTS):
+        session = Session(projector.view)
+        current = session.get(AggregatePosition, aggregate_id)
+        if current is None or current.parked_version is None:
+            return Outcome.APPLIED
+        outcome = Outcome.APPLIED
+        try:
+            events = projector.load_events(aggregate_id, current.version, 2**62)
+        except PersistenceError:
+            raise
+        except Exception as error:  # noqa: BLE001 - still cannot be decoded
+            parked = session.get(ParkedEvent, aggregate_id)
+            park(
+                session,
+                current,
+                version=current.parked_version,
+                topic=parked.topic if parked else "",
+                position=None,
+                error=f"{type(error).__name__}: {error}",
+                attempts=1,
+            )
+            events, outcome = [], Outcome.PARKED
+        for event in events:
+            outcome = projector.apply(session, event, None, redriving=True)
+            if outcome is not Outcome.APPLIED:
+                break
+        try:
+            session.commit()
+        except ConcurrentChangeError:
+            continue
+        return outcome
+    raise ConcurrentChangeError(
+        f"Redrive of aggregate {aggregate_id} kept meeting concurrent writers; "
+        "stop the projection's runners and redrive again."
+    )
+
+
+__all__ = ["park", "park_record", "parked", "redrive"]

@@ -1,0 +1,155 @@
+"""The unit of work through which handlers read and write read models.
+
+A :class:`Session` caches what it reads, holds what handlers write, and
+commits the writes and the tracking position to its view together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar, cast
+
+from eventsourcing.persistence import Tracking
+
+from ledger.projections.models import ReadModel
+from ledger.projections.views import ItemWrite, ReadModelView, StoredItem
+
+TModel = TypeVar("TModel", bound=ReadModel)
+
+MAX_COMMIT_ATTEMPTS = 20
+"""Attempts at one event whose commit keeps meeting concurrent writers."""
+
+
+class Session:
+    """A unit of work over a view: reads (cached), writes, and tracking to commit.
+
+    Reads see the session's own writes.
+    """
+
+    def __init__(self, view: ReadModelView) -> None:
+        self.view = view
+        self.loaded: dict[str, StoredItem | None] = {}
+        self.models: dict[str, ReadModel | None] = {}
+        self.writes: dict[str, ReadModel | None] = {}
+        self.tracking: Tracking | None = None
+        self._bodies: dict[str, tuple[ReadModel, str]] = {}
+        """JSON of written models, kept while the model under the key is the same."""
+
+    def _stored(self, key: str) -> StoredItem | None:
+        if key not in self.loaded:
+            self.loaded[key] = self.view.load(key)
+        return self.loaded[key]
+
+    def get(self, model_type: type[TModel], key: object) -> TModel | None:
+        """Return the read model of this type and key, or None."""
+        storage_key = model_type.storage_key(key)
+        if storage_key in self.writes:
+            return cast("TModel | None", self.writes[storage_key])
+        if storage_key not in self.models:
+            stored = self._stored(storage_key)
+            self.models[storage_key] = (
+                None if stored is None else model_type.model_validate_json(stored.body)
+            )
+        return cast("TModel | None", self.models[storage_key])
+
+    def put(self, model: ReadModel) -> None:
+        """Store a read model (replacing the one under its key)."""
+        self.writes[model.own_key()] = model
+
+    def delete(self, model_type: type[ReadModel], key: object) -> None:
+        """Remove the read model of this type and key, if there is one."""
+        self.writes[model_type.storage_key(key)] = None
+
+    def pending_actions(self) -> int:
+        """Return how many actions committing now would take."""
+        return len(self.writes) + (self.tracking is not None)
+
+    def pending_bytes(self) -> int:
+        """Return the bytes of keys and bodies committing now would write."""
+        return sum(
+            len(key) + (0 if model is None else len(self._body(key, model)))
+            for key, model in self.writes.items()
+        )
+
+    def is_over(self) -> bool:
+        """Return True if committing now would overfill one of the view's commits."""
+        return (
+            self.pending_actions() > self.view.max_actions
+            or self.pending_bytes() > self.view.max_bytes
+        )
+
+    def fit(
+        self, change: Callable[[Session], object], flush: Callable[[], None] | None
+    ) -> None:
+        """Make ``change``; if that overfills one commit, ``flush`` first.
+
+        ``flush`` commits what was pending before (None: nothing is). If
+        ``change`` raises, the session is left as it was before it.
+        """
+        savepoint = self.savepoint()
+        self._all_or_nothing(change)
+        if flush is not None and self.is_over():
+            self.restore(savepoint)
+            flush()
+            self._all_or_nothing(change)
+
+    def _all_or_nothing(self, change: Callable[[Session], object]) -> None:
+        savepoint = self.savepoint()
+        try:
+            change(self)
+        except Exception:
+            self.restore(savepoint)
+            raise
+
+    def _body(self, key: str, model: ReadModel) -> str:
+        cached = self._bodies.get(key)
+        if cached is not None and cached[0] is model:
+            return cached[1]
+        body = model.model_dump_json()
+        self._bodies[key] = (model, body)
+        return body
+
+    def savepoint(self) -> tuple[dict[str, ReadModel | None], Tracking | None]:
+        """Return the session's pending state, to restore after a failed handler."""
+        return dict(self.writes), self.tracking
+
+    def restore(
+        self, savepoint: tuple[dict[str, ReadModel | None], Tracking | None]
+    ) -> None:
+        """Undo everything done since ``savepoint``."""
+        self.writes, self.tracking = dict(savepoint[0]), savepoint[1]
+
+    def commit(self) -> None:
+        """Write the pending writes and tracking in one commit, then clear them."""
+        writes: list[ItemWrite] = []
+        for key, model in self.writes.items():
+            stored = self._stored(key)
+            revision = 0 if stored is None else stored.revision
+            if model is None and stored is None:
+                continue
+            body = None if model is None else self._body(key, model)
+            writes.append(ItemWrite(key, body, revision))
+        if not writes and self.tracking is None:
+            return
+        self.view.commit(writes, self.tracking)
+        for write in writes:
+            self.loaded[write.key] = (
+                None
+                if write.body is None
+                else StoredItem(write.body, write.expected_revision + 1)
+            )
+            self.models[write.key] = self.writes[write.key]
+        self.writes.clear()
+        self._bodies.clear()
+        self.tracking = None
+
+    def forget(self) -> None:
+        """Drop the cache and pending work (after another writer got in first)."""
+        self.loaded.clear()
+        self.models.clear()
+        self.writes.clear()
+        self._bodies.clear()
+        self.tracking = None
+
+
+__all__ = ["MAX_COMMIT_ATTEMPTS", "Session"]

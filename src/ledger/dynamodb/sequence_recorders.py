@@ -1,5 +1,8 @@
 """The ``sequence`` ordering: events and a gap-free application sequence.
 
+(Over 400 lines as one concept: writing, reading and subscribing to the one
+sequence share its invariants, stated here once.)
+
 Selected by ``DYNAMODB_ORDERING=sequence`` (the default). Every save commits
 its events together with a notification batch and the sequence item (see
 :mod:`.schema`), so notification logs, ``select_notifications`` and

@@ -1,5 +1,8 @@
 """Rebuilding a read model blue/green, its status, and dropping old versions.
 
+(Over 400 lines as one concept: the life of a table version, from the start
+of its rebuild through catch-up and switch to its drop.)
+
 A rebuild builds the read model afresh into a NEW table version while readers
 and runners keep using the active one, catches up, then switches the
 ``active`` pointer in one conditional write; runners notice at their next

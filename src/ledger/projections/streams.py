@@ -1,5 +1,8 @@
 """Feeding projectors from DynamoDB Streams: a Lambda handler and a local poller.
 
+(Over 400 lines as one concept: Lambda batches and the poller share the
+decoding, per-aggregate ordering and failure rules below.)
+
 DynamoDB orders stream records per item only, and delivers them at least
 once. So this feed does not track one position: it tracks the last version
 applied *per aggregate* (committed with the read-model writes), ignores a

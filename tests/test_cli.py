@@ -67,7 +67,7 @@ def test_tables_create_describe_delete(streamed, ledger):
     assert "ACTIVE" in described.stdout
     assert "NEW_IMAGE" in described.stdout
     assert deleted.returncode == 0
-    assert deleted.stdout.count("deleted:") == 4
+    assert deleted.stdout.count("deleted:") == 5
     assert "missing" in after.stdout
     assert "round trips" in created.stdout
 

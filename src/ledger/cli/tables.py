@@ -1,0 +1,88 @@
+"""``ledger tables``: create, describe or delete an application's tables."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from eventsourcing.persistence import ProgrammingError
+from rich.table import Table
+
+from ledger.cli.options import AppName, console, metered, settings
+from ledger.dynamodb import DynamoDBFactory, schema
+from ledger.dynamodb.tables import delete_table
+
+tables_cli = typer.Typer(help="Create, describe or delete an application's tables.")
+
+TABLE_KINDS = (
+    schema.EVENTS_TABLE,
+    schema.SNAPSHOTS_TABLE,
+    schema.NOTIFICATIONS_TABLE,
+    schema.TRACKING_TABLE,
+    schema.IDEMPOTENCY_TABLE,
+)
+"""An application's tables, in the order the commands list them."""
+
+
+def _factory(app: str) -> DynamoDBFactory:
+    """Return a factory for an application's tables that creates none itself."""
+    return DynamoDBFactory(settings.environment(app, CREATE_TABLE="no"))
+
+
+@tables_cli.command("create")
+def tables_create(app: AppName = "Orders") -> None:
+    """Create an application's tables (existing ones are left as they are)."""
+    factory = _factory(app)
+    with metered(factory):
+        snapshots = factory.aggregate_recorder(schema.SNAPSHOTS_TABLE)
+        process = factory.process_recorder()
+        for recorder in (snapshots, process):
+            recorder.create_table()  # type: ignore[attr-defined]
+        process.idempotency.create_table()  # type: ignore[attr-defined]
+    for kind in TABLE_KINDS:
+        if kind == schema.NOTIFICATIONS_TABLE and factory.ordering == "stream":
+            continue  # no application sequence in stream ordering
+        console.print(f"ready: {factory.table_name(kind)}")
+
+
+@tables_cli.command("describe")
+def tables_describe(app: AppName = "Orders") -> None:
+    """Show an application's tables: status, items and size."""
+    factory = _factory(app)
+    table = Table("table", "status", "items", "bytes", "stream")
+    with metered(factory):
+        for kind in TABLE_KINDS:
+            name = factory.table_name(kind)
+            try:
+                found = factory.connection.call("describe_table", TableName=name)
+            except ProgrammingError:  # no such table: a row, not an error
+                table.add_row(name, "missing", "-", "-", "-")
+                continue
+            info = found["Table"]
+            stream = info.get("StreamSpecification", {}).get("StreamViewType", "-")
+            table.add_row(
+                name,
+                info["TableStatus"],
+                str(info.get("ItemCount", 0)),
+                str(info.get("TableSizeBytes", 0)),
+                stream,
+            )
+    console.print(table)
+
+
+@tables_cli.command("delete")
+def tables_delete(
+    app: AppName = "Orders",
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Delete without asking (all events are lost).")
+    ] = False,
+) -> None:
+    """Delete an application's tables and everything in them."""
+    factory = _factory(app)
+    names = [factory.table_name(kind) for kind in TABLE_KINDS]
+    if not yes:
+        typer.confirm(f"Delete {', '.join(names)} and every event in them?", abort=True)
+    with metered(factory):
+        for name in names:
+            deleted = delete_table(factory.connection, name)
+            console.print(f"{'deleted' if deleted else 'absent '}: {name}")

@@ -11,6 +11,9 @@ transaction whose reasons include a condition      conflict: never retried
 failure                                            silently)
 throttling, 5xx, connection errors (after          ``OperationalError``
 botocore's retries), a transaction conflict
+a write whose answer was lost after it was sent    ``AmbiguousWriteError`` (an
+(connection closed or timed out while waiting)     ``OperationalError``: it
+                                                   may have been applied)
 ``ResourceNotFoundException`` (no such table)      ``ProgrammingError``
 ``ValidationException``, item too large            ``DataError``
 no credentials, no region                          ``InterfaceError``
@@ -25,7 +28,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlparse
 
 import boto3
@@ -85,6 +88,48 @@ class TransactionCancelledError(OperationalError):
     def __init__(self, message: str, reasons: list[dict[str, Any]]) -> None:
         super().__init__(message)
         self.reasons = reasons
+
+
+class AmbiguousWriteError(OperationalError):
+    """A write was sent but its answer never came: it may have been applied.
+
+    Retry the command with the same idempotency key to apply it exactly once;
+    without one, reload the aggregate to see whether it was.
+    """
+
+
+WRITE_OPERATIONS: Final = frozenset(
+    {
+        "put_item",
+        "update_item",
+        "delete_item",
+        "transact_write_items",
+        "batch_write_item",
+    }
+)
+"""Operations whose lost answer leaves it unknown whether they were applied."""
+
+_LOST_ANSWER = (
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.ConnectionClosedError,
+    botocore.exceptions.ResponseStreamingError,
+)
+"""botocore's errors for a request that was sent but got no (whole) answer.
+Failing to connect (``EndpointConnectionError``, ``ConnectTimeoutError``)
+means nothing was sent."""
+
+
+def was_retried(error: BaseException) -> bool:
+    """Return True if botocore sent the failed request more than once.
+
+    For a conditional write refused on a retry, the first attempt may have
+    been applied and its answer lost.
+    """
+    cause = error.__cause__
+    if not isinstance(cause, botocore.exceptions.ClientError):
+        return False
+    attempts = cause.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
+    return bool(attempts)
 
 
 def is_loopback(endpoint_url: str | None) -> bool:
@@ -160,7 +205,7 @@ class DynamoDBConnection:
     def call(self, operation: str, **params: Any) -> dict[str, Any]:
         """Call a DynamoDB operation (``"put_item"``) and translate its errors."""
         method: Callable[..., dict[str, Any]] = getattr(self.client, operation)
-        with translate_errors():
+        with translate_errors(write=operation in WRITE_OPERATIONS):
             return method(**params)
 
     def items(self, operation: str, **params: Any) -> Iterator[dict[str, Any]]:
@@ -179,8 +224,12 @@ class DynamoDBConnection:
 
 
 @contextmanager
-def translate_errors() -> Iterator[None]:
-    """Translate botocore errors raised inside the block into eventsourcing's."""
+def translate_errors(*, write: bool = False) -> Iterator[None]:
+    """Translate botocore errors raised inside the block into eventsourcing's.
+
+    ``write``: the block sends a write, so a lost answer is reported as
+    :class:`AmbiguousWriteError`.
+    """
     try:
         yield
     except PersistenceError:
@@ -195,6 +244,17 @@ def translate_errors() -> Iterator[None]:
         raise InterfaceError(
             f"DynamoDB client is not configured: {error}. Configure AWS credentials "
             "and region the usual boto3 way (environment, ~/.aws, or a role)."
+        ) from error
+    except _LOST_ANSWER as error:
+        if not write:
+            raise OperationalError(
+                f"DynamoDB did not answer: {error}. Nothing was written; try again."
+            ) from error
+        raise AmbiguousWriteError(
+            f"DynamoDB's answer to a write was lost ({error}), after botocore's "
+            "retries: the write may have been applied. Retry the command with "
+            "the same idempotency key to apply it exactly once; without one, "
+            "reload the aggregate to see whether it was."
         ) from error
     except (
         botocore.exceptions.EndpointConnectionError,

@@ -27,6 +27,7 @@ from eventsourcing.utils import Environment, EnvType, resolve_topic, strtobool
 
 from ledger.dynamodb import schema
 from ledger.dynamodb.client import DynamoDBConnection
+from ledger.dynamodb.idempotency import DEFAULT_TTL_SECONDS, IdempotencyKeys
 from ledger.dynamodb.recorders import (
     DynamoDBAggregateRecorder,
     DynamoDBTrackingRecorder,
@@ -91,6 +92,12 @@ class DynamoDBFactory(InfrastructureFactory[DynamoDBTrackingRecorder]):
     """Create missing tables (never changes existing ones). Default: yes."""
     ORIGINATOR_ID_TYPE = "ORIGINATOR_ID_TYPE"
     """``uuid`` (default) or ``text``: the type of aggregate ids read back."""
+    DYNAMODB_IDEMPOTENCY_TTL = "DYNAMODB_IDEMPOTENCY_TTL"
+    """Seconds an idempotency key is remembered (``save(...,
+    idempotency_key=...)``; table ``{prefix}{application}_idempotency``).
+    Default: 86400 (a day). Costs nothing until keys are used: the table is
+    created at the first use of a key (unless ``CREATE_TABLE=no``), and each
+    keyed save also puts its key (2 WCU per KB, in the save's transaction)."""
 
     def __init__(self, env: Environment | EnvType | None) -> None:
         super().__init__(env)
@@ -203,6 +210,7 @@ class DynamoDBFactory(InfrastructureFactory[DynamoDBTrackingRecorder]):
                 poll_interval=self.poll_interval,
                 with_stream=self.events_stream,
             )
+        recorder.idempotency = self._idempotency_keys()
         if self.env_create_table():
             recorder.create_table()
         return recorder
@@ -270,9 +278,18 @@ class DynamoDBFactory(InfrastructureFactory[DynamoDBTrackingRecorder]):
                 poll_interval=self.poll_interval,
                 with_stream=self.events_stream,
             )
+        recorder.idempotency = self._idempotency_keys()
         if self.env_create_table():
             recorder.create_table()
         return recorder
+
+    def _idempotency_keys(self) -> IdempotencyKeys:
+        return IdempotencyKeys(
+            self.connection,
+            self.table_name(schema.IDEMPOTENCY_TABLE),
+            self._int_setting(self.DYNAMODB_IDEMPOTENCY_TTL, str(DEFAULT_TTL_SECONDS)),
+            create_table=self.env_create_table(),
+        )
 
     def close(self) -> None:
         """Close the DynamoDB client."""

@@ -43,6 +43,7 @@ from uuid import UUID
 from eventsourcing.persistence import (
     AggregateRecorder,
     IntegrityError,
+    ProgrammingError,
     StoredEvent,
     Tracking,
     TrackingRecorder,
@@ -56,7 +57,9 @@ from ledger.dynamodb.client import (
     DynamoDBConnection,
     TransactionCancelledError,
     TransactionConflictError,
+    was_retried,
 )
+from ledger.dynamodb.idempotency import IdempotencyKeys, SavedOutcome
 from ledger.dynamodb.limits import check_item_size, check_transaction, item_size
 from ledger.dynamodb.tables import ensure_table
 
@@ -124,6 +127,9 @@ class DynamoDBAggregateRecorder(DynamoDBRecorder, AggregateRecorder):
         super().__init__(connection, originator_id_type=originator_id_type)
         self.events_table_name = events_table_name
         self.with_stream = with_stream
+        self.idempotency: IdempotencyKeys | None = None
+        """The application's idempotency keys (set by the factory on
+        application and process recorders); None: saves take no keys."""
 
     def create_table(self) -> None:
         """Create the events table if it does not exist, and wait until active."""
@@ -134,34 +140,73 @@ class DynamoDBAggregateRecorder(DynamoDBRecorder, AggregateRecorder):
             ),
         )
 
+    def saved_outcome(self, idempotency_key: str) -> SavedOutcome | None:
+        """Return what the save with this idempotency key stored, or None."""
+        return self._keys().read(idempotency_key)
+
+    def _keys(self) -> IdempotencyKeys:
+        if self.idempotency is None:
+            raise ProgrammingError(
+                f"The recorder of {self.events_table_name} takes no idempotency "
+                "keys: they are for application and process recorders made by "
+                "ledger's factory (PERSISTENCE_MODULE=ledger.dynamodb)."
+            )
+        return self.idempotency
+
+    def _key_action(
+        self,
+        idempotency_key: str | None,
+        stored_events: Sequence[StoredEvent],
+        positions: Sequence[int] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Return the action storing an idempotency key (none without a key)."""
+        if idempotency_key is None:
+            return []
+        keys = self._keys()
+        keys.check(idempotency_key)
+        return [keys.put_action(idempotency_key, stored_events, positions)]
+
     # Writing -----------------------------------------------------------------
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
-        """Write events atomically; raise ``IntegrityError`` if any version exists."""
-        self._write(stored_events)
+        """Write events atomically; raise ``IntegrityError`` if any version exists.
+
+        ``idempotency_key=`` (keyword): store the key in the same transaction;
+        :class:`RepeatedSaveError` if it was used before (nothing written).
+        """
+        self._write(stored_events, idempotency_key=kwargs.get("idempotency_key"))
         return None
 
     def _write(
         self,
         stored_events: Sequence[StoredEvent],
         other_actions: Sequence[dict[str, Any]] = (),
+        idempotency_key: str | None = None,
     ) -> None:
         """Write events, and any other actions, all or nothing, in one request.
 
         One event alone is one conditional ``PutItem``; anything more is one
-        transaction, the events' puts first and then ``other_actions``.
+        transaction, the events' puts first, then ``other_actions``, then the
+        idempotency key's put (raising :class:`RepeatedSaveError` if the key
+        was used before).
         """
         if not stored_events and not other_actions:
             return
         self._check_unique(stored_events)
         items = [self._event_item(event) for event in stored_events]
-        if len(items) == 1 and not other_actions:
+        key_actions = self._key_action(idempotency_key, stored_events)
+        if len(items) == 1 and not other_actions and not key_actions:
             self._put_one(items[0], stored_events[0])
-        else:
-            actions = [self._put_action(item) for item in items]
-            self._transact([*actions, *other_actions], stored_events)
+            return
+        actions = [
+            *(self._put_action(item) for item in items),
+            *other_actions,
+            *key_actions,
+        ]
+        key = (len(actions) - 1, idempotency_key) if idempotency_key else None
+        self._transact(actions, stored_events, key=key)
 
     @staticmethod
     def _check_unique(stored_events: Sequence[StoredEvent]) -> None:
@@ -212,20 +257,50 @@ class DynamoDBAggregateRecorder(DynamoDBRecorder, AggregateRecorder):
                 ExpressionAttributeNames=_EVENT_KEY_NAME,
             )
         except IntegrityError as error:
+            if was_retried(error) and self._is_stored(item):
+                # botocore retried a put whose first answer was lost, and that
+                # first attempt had been applied: the event is ours, saved once.
+                logger.info(
+                    "an earlier attempt of this save had been applied",
+                    extra={
+                        "aggregate": item[schema.AGGREGATE_ID]["S"],
+                        "version": event.originator_version,
+                    },
+                )
+                return
             raise self._conflict([event]) from error
+
+    def _is_stored(self, item: dict[str, Any]) -> bool:
+        """Return True if exactly this event item is in the table already.
+
+        An event's state holds its timestamp and data, so another writer's
+        event at the same version is never byte for byte the same.
+        """
+        response = self.connection.call(
+            "get_item",
+            TableName=self.events_table_name,
+            Key={k: item[k] for k in (schema.AGGREGATE_ID, schema.VERSION)},
+            ConsistentRead=True,
+        )
+        stored = response.get("Item") or {}
+        return all(
+            stored.get(name) == item[name] for name in (schema.TOPIC, schema.STATE)
+        )
 
     def _transact(
         self,
         actions: list[dict[str, Any]],
         stored_events: Sequence[StoredEvent],
         race_indices: frozenset[int] = frozenset(),
+        key: tuple[int, str] | None = None,
     ) -> TransactionConflictError | None:
         """Run one transaction, retrying transient cancellations.
 
         Returns the conflict if the only failed conditions were those of the
         actions at ``race_indices`` (the application sequence: the caller
-        retries at the position it learns); raises ``IntegrityError`` for any
-        other failed condition.
+        retries at the position it learns); raises :class:`RepeatedSaveError`
+        if the idempotency key's put (``key``: its index and the key) failed,
+        and ``IntegrityError`` for any other failed condition.
         """
         check_transaction(
             len(actions),
@@ -242,6 +317,8 @@ class DynamoDBAggregateRecorder(DynamoDBRecorder, AggregateRecorder):
                     for i, r in enumerate(error.reasons)
                     if r["Code"] == CONDITION_FAILED
                 }
+                if key is not None and key[0] in failed:
+                    raise self._keys().repeated(key[1]) from error
                 if failed and failed <= race_indices:
                     return error
                 raise self._conflict(stored_events, error) from error

@@ -32,6 +32,12 @@ Tables (``{prefix}{application}_{kind}``):
     One item per upstream application: the last notification id processed.
     In ``stream`` ordering, one item per upstream *aggregate*, keyed
     ``{application}#{aggregate id}``: the last version processed.
+
+``idempotency``
+    One item per idempotency key a save was given: what that save stored,
+    written in the save's own transaction under ``attribute_not_exists``, so
+    a repeated key writes nothing. Expires (TTL) after
+    ``DYNAMODB_IDEMPOTENCY_TTL`` seconds. Created at the first use of a key.
 """
 
 from __future__ import annotations
@@ -83,11 +89,23 @@ stream follower's shard checkpoint (``ledger.projections.followers``)."""
 SEQUENCE_NUMBER: Final = "sequence_number"
 """(S) on a shard checkpoint: the last stream record processed in that shard."""
 
+# --- idempotency table ----------------------------------------------------------
+IDEMPOTENCY_KEY: Final = "idempotency_key"
+"""Partition key (S) of the idempotency table: a key the caller chose for one
+command (``save(..., idempotency_key=...)``)."""
+OUTCOME: Final = "outcome"
+"""(S) JSON of what the save with that key stored: ``{"events": [[aggregate id,
+version], ...], "positions": [...] or null}``."""
+EXPIRES_AT: Final = "expires_at"
+"""(N) Unix time after which the key may be used again; the table's TTL
+attribute, so DynamoDB deletes the item some time after."""
+
 # --- table kinds ---------------------------------------------------------------
 EVENTS_TABLE: Final = "events"
 SNAPSHOTS_TABLE: Final = "snapshots"
 NOTIFICATIONS_TABLE: Final = "notifications"
 TRACKING_TABLE: Final = "tracking"
+IDEMPOTENCY_TABLE: Final = "idempotency"
 
 
 def page_of(position: int) -> int:
@@ -140,3 +158,8 @@ def notifications_table_definition(table_name: str) -> dict[str, Any]:
 def tracking_table_definition(table_name: str) -> dict[str, Any]:
     """CreateTable arguments for a tracking table."""
     return table_definition(table_name, (APPLICATION_NAME, "S"))
+
+
+def idempotency_table_definition(table_name: str) -> dict[str, Any]:
+    """CreateTable arguments for an idempotency-key table."""
+    return table_definition(table_name, (IDEMPOTENCY_KEY, "S"))

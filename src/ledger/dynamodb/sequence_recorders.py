@@ -119,6 +119,7 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
     ) -> Sequence[int] | None:
         """Write events and their notifications atomically; return the positions."""
         tracking: Tracking | None = kwargs.get("tracking")
+        idempotency_key: str | None = kwargs.get("idempotency_key")
         if not stored_events:
             if tracking is not None:
                 self._insert_tracking_only(tracking)
@@ -128,12 +129,19 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
             for _ in range(MAX_SAVE_ATTEMPTS):
                 expected = self._last_position
                 actions = self._save_actions(stored_events, expected, tracking)
+                positions = range(expected + 1, expected + len(stored_events) + 1)
+                actions.extend(
+                    self._key_action(idempotency_key, stored_events, positions)
+                )
                 batch_index = len(stored_events)
                 sequence_index = batch_index + 1
                 conflict = self._transact(
                     actions,
                     stored_events,
                     race_indices=frozenset({batch_index, sequence_index}),
+                    key=(
+                        (len(actions) - 1, idempotency_key) if idempotency_key else None
+                    ),
                 )
                 if conflict is None:
                     self._last_position = expected + len(stored_events)

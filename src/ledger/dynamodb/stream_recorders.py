@@ -177,12 +177,17 @@ class DynamoDBStreamProcessRecorder(
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
-        """Write events and the ``tracking`` keyword's position, all or nothing."""
+        """Write events, tracking and an idempotency key, all or nothing.
+
+        ``tracking`` and ``idempotency_key`` are keywords, both optional.
+        """
         tracking: Tracking | None = kwargs.get("tracking")
+        key: str | None = kwargs.get("idempotency_key")
         if tracking is None:
-            self._write(stored_events)
+            self._write(stored_events, idempotency_key=key)
         elif not stored_events:
             self.insert_tracking(tracking)
         else:
-            self._write(stored_events, [{"Update": self._tracking_update(tracking)}])
+            tracking_update = {"Update": self._tracking_update(tracking)}
+            self._write(stored_events, [tracking_update], idempotency_key=key)
         return None

@@ -9,8 +9,9 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from typing import Any
 
-from ledger.dynamodb.client import DynamoDBConnection
+from ledger.dynamodb.client import AmbiguousWriteError, DynamoDBConnection
 from ledger.dynamodb.factory import DynamoDBFactory
+from ledger.dynamodb.idempotency import RepeatedSaveError, SavedOutcome
 from ledger.dynamodb.limits import ItemTooLargeError, TransactionTooLargeError
 from ledger.dynamodb.metering import Meter
 from ledger.dynamodb.recorders import (
@@ -56,6 +57,7 @@ def measure(obj: Any) -> AbstractContextManager[Meter]:
 
 
 __all__ = [
+    "AmbiguousWriteError",
     "DynamoDBAggregateRecorder",
     "DynamoDBApplicationRecorder",
     "DynamoDBConnection",
@@ -68,6 +70,8 @@ __all__ = [
     "ItemTooLargeError",
     "Meter",
     "Ordering",
+    "RepeatedSaveError",
+    "SavedOutcome",
     "SequenceDisabledError",
     "TransactionTooLargeError",
     "aggregate_tracking",

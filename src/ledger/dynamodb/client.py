@@ -173,7 +173,8 @@ class DynamoDBConnection:
             # DynamoDB Local accepts any credentials but boto3 insists on some.
             key_id = secret = "local"  # noqa: S105 - a placeholder, not a secret
         config = botocore.config.Config(
-            retries={"mode": "standard", "max_attempts": max_attempts},
+            # total_max_attempts counts the first attempt; max_attempts would not.
+            retries={"mode": "standard", "total_max_attempts": max_attempts},
             max_pool_connections=max_pool_connections,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,

@@ -32,15 +32,17 @@ too while it is rebuilt, so during a rebuild a read-model item that changes
 across flushes must stay under half of DynamoDB's 400 KB item limit (it is
 refused before sending, with that reason).
 
-Memory is bounded: the session keeps the bodies of recently used items up to
-``cache_bytes`` and the set of keys that exist (so a key never written needs
-no read); models are kept only for the window being applied.
+Memory is bounded: the session keeps the window's changes as JSON (the
+rebuild flushes when they reach its ``flush_bytes``), the bodies of recently
+used committed items up to ``cache_bytes``, and the set of keys that exist
+(so a key never written needs no read); models live only while a page of
+events is applied.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,15 +59,16 @@ from ledger.projections.dynamodb import DynamoDBView
 from ledger.projections.session import Session
 from ledger.projections.views import PARKED_PREFIX, ConcurrentChangeError, StoredItem
 
-DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
-"""Bodies of read-model items a rebuild keeps in memory between flushes."""
+DEFAULT_CACHE_BYTES = 32 * 1024 * 1024
+"""Bodies of committed read-model items a rebuild keeps in memory between
+flushes (reads it can skip)."""
 _MAX_ITEMS_PER_TRANSACTION = MAX_TRANSACTION_ACTIONS - 1
 """Item writes per transaction: the last action checks the owner token."""
 _MAX_BYTES_PER_TRANSACTION = 4 * 1024 * 1024 - 64 * 1024
 """DynamoDB's 4 MB per transaction, less room for the owner check."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FlushWrite:
     """One item of a flush: its new body (None: a tombstone) and before-image."""
 
@@ -82,6 +85,11 @@ class RebuildSession(Session):
     ``known`` is every key that exists in the version being built (committed);
     a key outside it is absent without a read. Reads of known keys that are
     not cached are one strongly consistent GetItem each.
+
+    Changes wait in memory until the flush, as JSON (:meth:`stage`, after
+    each page of events), not as models: a window can then span a whole read
+    model of tens of megabytes, so an item changed by many events, however
+    they interleave, is written once per flush.
     """
 
     def __init__(
@@ -94,8 +102,17 @@ class RebuildSession(Session):
         self.known = known
         self.cache_bytes = cache_bytes
         self._cached_bytes = 0
+        self.staged: dict[str, str | None] = {}
+        """Bodies changed since the last flush (None: deleted)."""
+        self.staged_bytes = 0
 
     def _stored(self, key: str) -> StoredItem | None:
+        if key in self.staged:
+            body = self.staged[key]
+            return None if body is None else StoredItem(body, 0)
+        return self._committed(key)
+
+    def _committed(self, key: str) -> StoredItem | None:
         if key in self.loaded:
             return self.loaded[key]
         stored = self.view.load(key) if key in self.known else None
@@ -115,18 +132,29 @@ class RebuildSession(Session):
         if self._cached_bytes + len(stored.body) <= self.cache_bytes:
             self._cache(key, stored)
 
+    def stage(self) -> None:
+        """Keep the models changed so far as JSON until the flush; drop models."""
+        for key, model in self.writes.items():
+            body = None if model is None else self._body(key, model)
+            old = self.staged.get(key)
+            self.staged_bytes += len(body or "") - len(old or "")
+            self.staged[key] = body
+        self.writes.clear()
+        self.models.clear()
+        self._bodies.clear()
+
     def freeze(self) -> list[FlushWrite]:
         """Return the window's writes and take them as this session's state.
 
         The cache then holds the bodies after the flush: the next window reads
         them, and the flush must commit before the next one writes.
         """
+        self.stage()
         frozen: list[FlushWrite] = []
-        for key, model in self.writes.items():
-            base = self._stored(key)
-            if model is None and base is None:
+        for key, body in self.staged.items():
+            base = self._committed(key)
+            if body is None and base is None:
                 continue
-            body = None if model is None else self._body(key, model)
             revision = (0 if base is None else base.revision) + 1
             frozen.append(
                 FlushWrite(key, body, revision, None if base is None else base.body)
@@ -137,9 +165,8 @@ class RebuildSession(Session):
             else:
                 self.known.add(key)
                 self._cache(key, StoredItem(body, revision))
-        self.writes.clear()
-        self.models.clear()
-        self._bodies.clear()
+        self.staged.clear()
+        self.staged_bytes = 0
         return frozen
 
     def evict(self) -> None:
@@ -174,7 +201,9 @@ class EpochWriter:
         tracking: Tracking | None,
     ) -> None:
         """Write a flush's items, then commit it; raise if the run was taken over."""
-        for chunk in self._chunks([self._put(w, epoch) for w in writes]):
+        # Puts are made a chunk at a time: a flush of many thousand items
+        # would otherwise hold all their request dicts at once.
+        for chunk in self._chunks(self._put(w, epoch) for w in writes):
             self._transact([*chunk, self._owner_check()])
             self.items_written += len(chunk)
         commit: list[dict[str, Any]] = [self._commit_action(epoch, checkpoint)]
@@ -208,7 +237,9 @@ class EpochWriter:
         return {"Put": {"TableName": table, "Item": item}}
 
     @staticmethod
-    def _chunks(actions: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    def _chunks(
+        actions: Iterable[dict[str, Any]],
+    ) -> Iterator[list[dict[str, Any]]]:
         chunk: list[dict[str, Any]] = []
         size = 0
         for action in actions:

@@ -39,6 +39,8 @@ DEFAULT_PAGE_SIZE = 1000
 """Notifications read per request from the application sequence."""
 DEFAULT_SEGMENTS = 4
 """Parallel Scan segments (reader threads) over the events table."""
+DEFAULT_SCAN_LIMIT = 1000
+"""Events per Scan request: a page in memory stays about a megabyte parsed."""
 
 Checkpoint = dict[str, Any]
 """A JSON-able position in a history; opaque outside the history that made it."""
@@ -106,12 +108,12 @@ class ScanHistory:
         self,
         application: Any,
         segments: int = DEFAULT_SEGMENTS,
-        limit: int | None = None,
+        limit: int | None = DEFAULT_SCAN_LIMIT,
     ) -> None:
         self.application = application
         self.segments = segments
         self.limit = limit
-        """Items per Scan request (default: as many as fit in DynamoDB's 1 MB)."""
+        """Items per Scan request (None: as many as fit in DynamoDB's 1 MB)."""
 
     def pages(self, checkpoint: Checkpoint | None) -> Iterator[Page]:
         """Yield Scan pages of every segment as they arrive.
@@ -132,7 +134,8 @@ class ScanHistory:
         done = set(range(segments)) - set(starts)
         pending = [s for s in range(segments) if s not in done]
         pages: queue.Queue[tuple[int, Any, list[dict[str, Any]]] | BaseException] = (
-            queue.Queue(maxsize=2 * max(1, len(pending)))
+            # One page waiting per reader: memory stays a few pages.
+            queue.Queue(maxsize=max(1, len(pending)))
         )
         stop = threading.Event()
         readers = [

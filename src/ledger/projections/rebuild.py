@@ -20,7 +20,8 @@ per *flush* (not once per event), in transactions of up to 99 items that each
 check the run still owns the rebuild; the flush then commits the checkpoint.
 Items carry their flush's epoch and before-image, so a crash at any point
 then a resume gives the same read model, and a run that was taken over cannot
-write. Memory is bounded by the window (``flush_items``) and the cache
+write. Memory is bounded by the window (``flush_bytes`` of changed items as
+JSON, ``flush_items``, ``flush_events``) and the cache
 (``cache_bytes``), not by the read model. The next window is applied while
 the previous flush is written.
 
@@ -58,9 +59,12 @@ from ledger.projections.projector import Projector, event_loader
 from ledger.projections.session import Session
 from ledger.projections.views import ConcurrentChangeError
 
-DEFAULT_FLUSH_ITEMS = 5000
-"""Read-model items changed before a rebuild flushes them (bounds memory)."""
-DEFAULT_FLUSH_EVENTS = 50_000
+DEFAULT_FLUSH_BYTES = 48 * 1024 * 1024
+"""JSON of changed read-model items a rebuild holds before it flushes them
+(bounds memory; a read model smaller than this is written once in all)."""
+DEFAULT_FLUSH_ITEMS = 200_000
+"""Changed read-model items a rebuild holds before it flushes them."""
+DEFAULT_FLUSH_EVENTS = 1_000_000
 """Events applied before a rebuild flushes even if few items changed (bounds
 the work a crash repeats)."""
 _MAX_CATCH_UP_ATTEMPTS = 20
@@ -108,6 +112,7 @@ def rebuild(
     progress: Callable[[RebuildProgress], None] | None = None,
     page_size: int = DEFAULT_PAGE_SIZE,
     switch: bool = True,
+    flush_bytes: int = DEFAULT_FLUSH_BYTES,
     flush_items: int = DEFAULT_FLUSH_ITEMS,
     flush_events: int = DEFAULT_FLUSH_EVENTS,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
@@ -143,7 +148,12 @@ def rebuild(
             for event, position in page.events:
                 projector.apply(session, event, position)
             run.applied(page)
-            if len(session.writes) >= flush_items or run.window_events >= flush_events:
+            session.stage()
+            if (
+                session.staged_bytes >= flush_bytes
+                or len(session.staged) >= flush_items
+                or run.window_events >= flush_events
+            ):
                 run.flush(flusher)
             if progress is not None:
                 elapsed = time.monotonic() - started
@@ -221,7 +231,11 @@ class _Run:
     def flush(self, flusher: ThreadPoolExecutor) -> None:
         """Hand the window to the flusher, once the previous flush committed."""
         page = self.last_page
-        if page is None or (self.window_events == 0 and not self.session.writes):
+        if page is None or (
+            self.window_events == 0
+            and not self.session.writes
+            and not self.session.staged
+        ):
             return
         self.wait()
         self.session.evict()
@@ -351,22 +365,34 @@ def _catch_up_aggregates(projector: Projector, old: DynamoDBView) -> None:
     A Scan has no global position to catch up from: the live feed may have
     applied, into the old version, events the Scan did not see. After the
     switch the live feed writes into the new version only, so comparing each
-    aggregate's position in the two versions (one Scan of the old version)
-    finds every aggregate behind; each is brought up to date from the events
-    table, checking revisions as any live writer does.
+    aggregate's position in the two versions (one Scan of each) finds every
+    aggregate behind; each is brought up to date from the events table,
+    checking revisions as any live writer does.
     """
+    view: Any = projector.view
+    rebuilt = _aggregate_positions(view)
+    for aggregate_id, version in _aggregate_positions(old).items():
+        if version > rebuilt.get(aggregate_id, 0):
+            _catch_up_aggregate(projector, aggregate_id, version)
+
+
+def _aggregate_positions(view: DynamoDBView) -> dict[str, int]:
+    """Return the last version applied of every aggregate in a table version."""
     prefix = AggregatePosition.storage_key("")
-    found = old.connection.items(
+    found = view.connection.items(
         "scan",
-        TableName=old.table_name,
+        TableName=view.table_name,
         ConsistentRead=True,
         FilterExpression="begins_with(#k, :p)",
         ExpressionAttributeNames={"#k": schema.KEY},
         ExpressionAttributeValues={":p": {"S": prefix}},
     )
+    positions: dict[str, int] = {}
     for item in found:
-        was = AggregatePosition.model_validate_json(item[schema.BODY]["S"])
-        _catch_up_aggregate(projector, was.aggregate_id, was.version)
+        if schema.BODY in item:
+            at = AggregatePosition.model_validate_json(item[schema.BODY]["S"])
+            positions[at.aggregate_id] = at.version
+    return positions
 
 
 def _catch_up_aggregate(projector: Projector, aggregate_id: str, version: int) -> None:

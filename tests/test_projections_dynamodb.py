@@ -37,6 +37,7 @@ from ledger.projections.rebuild import drop_version, rebuild, status
 from ledger.projections.streams import (
     StreamPoller,
     handle_stream_event,
+    lambda_handler,
     process_records,
 )
 from ledger.projections.views import ItemWrite
@@ -409,3 +410,24 @@ def test_a_commit_over_four_megabytes_is_refused_before_sending(orders, view):
         view.commit(writes, Tracking(orders.name, 1))
 
     assert view.max_tracking_id(orders.name) is None
+
+
+def test_the_lambda_handler_applies_only_its_own_events_tables_records(
+    orders, view, dynamodb_env
+):
+    [order_id] = place_some_orders(orders, 1)
+    records = stream_records(orders)
+    table = orders.recorder.events_table_name
+    own = "arn:aws:dynamodb:us-east-1:123456789012:table/{}/stream/2026-11-29T00:00"
+    forged = [
+        {**record, "eventSourceARN": own.format("Other_events")} for record in records
+    ]
+    genuine = [{**record, "eventSourceARN": own.format(table)} for record in records]
+    handler = lambda_handler(OrderProjector, Orders, dynamodb_env)
+
+    assert handler({"Records": forged}, None) == {"batchItemFailures": []}
+    assert get_order_summary(view, order_id) is None
+    assert handler({"Records": genuine}, None) == {"batchItemFailures": []}
+    summary = get_order_summary(view, order_id)
+    assert summary is not None
+    assert summary.status is OrderStatus.CONFIRMED

@@ -157,3 +157,18 @@ def test_the_stream_poller_feeds_a_follower_and_checkpoints_its_shards(
 
     assert len(invoices_of(invoicing)) == len(order_ids)
     assert poller.poll() == 0  # resumes after its checkpoints
+
+
+def test_a_lambda_follower_processes_only_its_leaders_records(leader, invoicing):
+    confirmed_orders(leader, 1)
+    records = stream_records(leader)
+    follower = StreamFollower(invoicing, leader)
+    arn = "arn:aws:dynamodb:us-east-1:123456789012:table/{}/stream/2026-11-29T00:00"
+    table = leader.recorder.events_table_name
+    forged = [{**r, "eventSourceARN": arn.format("Other_events")} for r in records]
+    genuine = [{**r, "eventSourceARN": arn.format(table)} for r in records]
+
+    assert follower.handle({"Records": forged}) == {"batchItemFailures": []}
+    assert invoices_of(invoicing) == []
+    assert follower.handle({"Records": genuine}) == {"batchItemFailures": []}
+    assert len(invoices_of(invoicing)) == 1

@@ -12,7 +12,9 @@ applies them. A :class:`~ledger.projections.projector.Projector` has
 
 from __future__ import annotations
 
+import traceback
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from eventsourcing.persistence import PersistenceError
@@ -23,6 +25,20 @@ from ledger.projections.views import ConcurrentChangeError
 
 if TYPE_CHECKING:
     from ledger.projections.projector import Projector
+
+
+def error_summary(error: BaseException, doing: str = "") -> str:
+    """Describe an error for a dead letter: its type and where it was raised.
+
+    Never its message: messages often quote the data that failed (a card
+    number in the event), and dead letters are listed to operators.
+    """
+    frames = traceback.extract_tb(error.__traceback__)
+    where = ""
+    if frames:
+        last = frames[-1]
+        where = f" at {Path(last.filename).name}:{last.lineno} in {last.name}"
+    return f"{type(error).__name__}{where}{doing}"
 
 
 def park(
@@ -141,7 +157,7 @@ def _redrive_one(projector: Projector, aggregate_id: str) -> Outcome:
                 version=current.parked_version,
                 topic=parked.topic if parked else "",
                 position=None,
-                error=f"{type(error).__name__}: {error}",
+                error=error_summary(error, " while decoding"),
                 attempts=1,
             )
             events, outcome = [], Outcome.PARKED

@@ -28,7 +28,12 @@ from eventsourcing.projection import EventSourcedProjection
 
 from ledger.dynamodb import aggregate_tracking
 from ledger.dynamodb import schema as store_schema
-from ledger.projections.streams import _aggregate_of, decode_record, sequence_number
+from ledger.projections.streams import (
+    _aggregate_of,
+    decode_record,
+    from_table,
+    sequence_number,
+)
 
 
 class StreamFollower:
@@ -77,8 +82,15 @@ class StreamFollower:
         return failed
 
     def handle(self, event: Mapping[str, Any]) -> dict[str, list[dict[str, str]]]:
-        """Process a Lambda stream event; return its partial-batch response."""
-        failed = self.process(event.get("Records", []))
+        """Process a Lambda stream event; return its partial-batch response.
+
+        Only records from the leader's events table are processed (others are
+        dropped and logged: see :func:`~ledger.projections.streams.from_table`).
+        """
+        records = from_table(
+            event.get("Records", []), self.leader.recorder.events_table_name
+        )
+        failed = self.process(records)
         return {"batchItemFailures": [{"itemIdentifier": n} for n in failed]}
 
     def process_event(self, event: Any) -> bool:

@@ -251,7 +251,7 @@ class Projector(Projection[ReadModelView]):
                             version=event.originator_version,
                             topic=get_topic(type(event)),
                             position=position,
-                            error=f"{type(error).__name__}: {error}",
+                            error=deadletters.error_summary(error),
                             attempts=attempts,
                         )
                         return Outcome.PARKED

@@ -23,6 +23,7 @@ A handler that keeps failing is not a batch failure: its event is parked (see
 from __future__ import annotations
 
 import base64
+import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
@@ -39,9 +40,13 @@ from eventsourcing.persistence import (
 from ledger.dynamodb import schema as store_schema
 from ledger.dynamodb.client import is_loopback, translate_errors
 from ledger.projections import schema
+from ledger.projections.deadletters import error_summary
 from ledger.projections.projector import Projector
 from ledger.projections.session import Session
 from ledger.projections.views import ActiveVersionChangedError, ConcurrentChangeError
+
+logger = logging.getLogger("ledger.projections")
+"""Structured records (``extra=``): ids, counts, sources; never event state."""
 
 INSERT = "INSERT"
 """The only stream records projected: events are never modified or removed."""
@@ -193,7 +198,7 @@ def _parking(
     image = record["dynamodb"]["NewImage"]
     version = int(image[store_schema.VERSION]["N"])
     topic = image.get(store_schema.TOPIC, {}).get("S", "")
-    reason = f"{type(error).__name__} while decoding the stream record: {error}"
+    reason = error_summary(error, " while decoding the stream record")
     return lambda session: projector.park_record(
         session,
         aggregate_id,
@@ -234,14 +239,49 @@ def _apply_alone(projector: Projector, action: Action) -> bool:
 
 
 def handle_stream_event(
-    event: Mapping[str, Any], projector: Projector, mapper: Mapper[Any]
+    event: Mapping[str, Any],
+    projector: Projector,
+    mapper: Mapper[Any],
+    *,
+    events_table: str | None = None,
 ) -> dict[str, list[dict[str, str]]]:
     """Process a Lambda DynamoDB Streams event; return its partial-batch response.
 
-    Configure the event source mapping with ``ReportBatchItemFailures``.
+    Configure the event source mapping with ``ReportBatchItemFailures``. With
+    ``events_table``, only records from that table's stream are applied
+    (:func:`from_table`).
     """
-    failed = process_records(projector, event.get("Records", []), mapper)
+    records = event.get("Records", [])
+    if events_table is not None:
+        records = from_table(records, events_table)
+    failed = process_records(projector, records, mapper)
     return {"batchItemFailures": [{"itemIdentifier": number} for number in failed]}
+
+
+def from_table(
+    records: Sequence[Mapping[str, Any]], events_table: str
+) -> list[Mapping[str, Any]]:
+    """Return the records whose ``eventSourceARN`` is ``events_table``'s stream.
+
+    A handler applies only its own events table's records: one from any other
+    source (another table's stream wired to it by mistake, or a record made
+    up by whoever can invoke the function) is dropped, never applied, and
+    logged (its sequence number and source, not its content). Dropped
+    records are not reported as failures: redelivering them would not help.
+    """
+    marker = f":table/{events_table}/stream/"
+    own = [r for r in records if marker in str(r.get("eventSourceARN", ""))]
+    if len(own) < len(records):
+        foreign = [r for r in records if marker not in str(r.get("eventSourceARN", ""))]
+        logger.error(
+            "dropped stream records not from the events table",
+            extra={
+                "events_table": events_table,
+                "dropped": len(foreign),
+                "sources": sorted({str(r.get("eventSourceARN")) for r in foreign}),
+            },
+        )
+    return own
 
 
 def lambda_handler(
@@ -268,8 +308,14 @@ def lambda_handler(
             application = application_class(env=env)
             view = open_view(projector_class, env)
             made["mapper"] = application.mapper
+            made["events_table"] = application.recorder.events_table_name
             made["projector"] = projector_class(view, event_loader(application))
-        return handle_stream_event(event, made["projector"], made["mapper"])
+        return handle_stream_event(
+            event,
+            made["projector"],
+            made["mapper"],
+            events_table=made["events_table"],
+        )
 
     return handler
 

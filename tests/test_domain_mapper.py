@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from decimal import Decimal
 from enum import StrEnum
 from uuid import UUID, uuid4
@@ -18,7 +19,7 @@ from eventsourcing.persistence import (
     StoredEvent,
     UUIDAsHex,
 )
-from eventsourcing.utils import get_topic
+from eventsourcing.utils import TopicError, get_topic
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import AwareDatetime, BaseModel, ConfigDict
@@ -219,3 +220,22 @@ def test_dataclass_events_still_go_through_eventsourcings_transcoder():
 
     assert restored.text == "hello"
     assert restored.timestamp == created.timestamp
+
+
+def test_a_stored_topic_of_a_module_not_imported_imports_nothing() -> None:
+    mapper = PydanticMapper(transcoder=JSONTranscoder())
+    assert "this" not in sys.modules  # importing it prints the Zen of Python
+    stored = StoredEvent(uuid4(), 1, "this:Happened", b"{}")
+
+    with pytest.raises(TopicError, match="has not imported"):
+        mapper.to_domain_event(stored)
+
+    assert "this" not in sys.modules
+
+
+def test_a_stored_topic_naming_something_other_than_a_class_is_refused() -> None:
+    mapper = PydanticMapper(transcoder=JSONTranscoder())
+    stored = StoredEvent(uuid4(), 1, "os:system", b"{}")
+
+    with pytest.raises(TopicError, match="not an event class"):
+        mapper.to_domain_event(stored)

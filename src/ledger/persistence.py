@@ -21,17 +21,19 @@ application may mix both.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Final, cast
 
 import pydantic_core
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Mapper, MapperDeserialisationError, StoredEvent
-from eventsourcing.utils import get_topic, resolve_topic
+from eventsourcing.utils import TopicError, get_topic, resolve_topic
 from pydantic import BaseModel
 
 from ledger.domain import upcasters
+from ledger.eventsourcing_internals import is_registered_topic
 
-__all__ = ["PydanticMapper", "StoredVersionTooNewError"]
+__all__ = ["PydanticMapper", "StoredVersionTooNewError", "resolve_stored_topic"]
 
 CLASS_VERSION: Final = "class_version"
 """Key of the stored state that holds the class version, when above 1."""
@@ -77,8 +79,12 @@ class PydanticMapper(Mapper[Any]):
         )
 
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[Any]:
-        """Deserialise ``stored_event``, upcasting its state to the current class."""
-        event_class = resolve_topic(stored_event.topic)
+        """Deserialise ``stored_event``, upcasting its state to the current class.
+
+        The stored topic must name a class this process already knows
+        (:func:`resolve_stored_topic`): reading data never imports code.
+        """
+        event_class = resolve_stored_topic(stored_event.topic)
         if not (isinstance(event_class, type) and issubclass(event_class, BaseModel)):
             return super().to_domain_event(stored_event)
         try:
@@ -120,6 +126,32 @@ class PydanticMapper(Mapper[Any]):
         if stored_version < class_version:
             for upcast in upcasters(event_class)[stored_version - 1 :]:
                 upcast(state)
+
+
+def resolve_stored_topic(topic: str) -> type[Any]:
+    """Return the class a stored topic names, if this process already knows it.
+
+    A topic comes from stored data, which a reader must not trust to choose
+    code: it resolves only to a class of a module already imported (an
+    application imports its event classes' modules) or a topic registered
+    with ``eventsourcing.utils.register_topic`` (a renamed class). Anything
+    else raises ``TopicError`` and imports nothing.
+    """
+    module_name = topic.partition(":")[0]
+    if module_name not in sys.modules and not is_registered_topic(topic):
+        raise TopicError(
+            f"Stored topic {topic!r} names module {module_name!r}, which this "
+            "process has not imported, and ledger does not import code named by "
+            "stored data. Import the module that defines the event class before "
+            "reading (or register_topic a renamed class)."
+        )
+    found = resolve_topic(topic)
+    if not isinstance(found, type):
+        raise TopicError(
+            f"Stored topic {topic!r} names {type(found).__name__} "
+            f"{found!r}, not an event class."
+        )
+    return found
 
 
 def _describe(stored_event: StoredEvent) -> str:

@@ -185,6 +185,12 @@ class Order(Aggregate):
         if not (isinstance(currency, str) and _CURRENCY_CODE.fullmatch(currency)):
             msg = f"currency must be a three-letter ISO 4217 code, got {currency!r}"
             raise OrderError(msg)
+        if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
+            msg = (
+                "items must be a list of dicts of product_id, quantity and price "
+                f"(an empty list for none), got {items!r}"
+            )
+            raise OrderError(msg)
         items = list(items)
         for item in items:
             if not isinstance(item, Mapping) or set(item) != _ITEM_KEYS:

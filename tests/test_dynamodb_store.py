@@ -15,6 +15,7 @@ from eventsourcing.application import Application
 from eventsourcing.cipher import AESCipher
 from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import (
+    DataError,
     IntegrityError,
     OperationalError,
     ProgrammingError,
@@ -559,3 +560,27 @@ def test_bounded_reads_return_what_a_full_scan_would(
         (n.id, n.originator_id, n.originator_version, n.topic, n.state)
         for n in notifications
     ] == expected
+
+
+def test_an_existing_table_with_other_key_types_is_refused_by_name(
+    factory: DynamoDBFactory,
+) -> None:
+    name = factory.table_name("events")
+    factory.connection.call(
+        "create_table",
+        **schema.table_definition(name, ("aggregate_id", "S"), ("version", "S")),
+    )
+
+    with pytest.raises(ProgrammingError, match=f"{name} exists with keys"):
+        factory.application_recorder()
+
+
+def test_a_non_uuid_aggregate_id_is_refused_before_anything_is_written(
+    recorder: DynamoDBApplicationRecorder,
+) -> None:
+    event = StoredEvent("not-a-uuid", 1, "tests:Happened", b"{}")
+
+    with pytest.raises(DataError, match="ORIGINATOR_ID_TYPE=text"):
+        recorder.insert_events([event])
+
+    assert recorder.max_notification_id() is None

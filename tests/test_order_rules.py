@@ -78,6 +78,12 @@ def test_place_rejects_an_item_without_exactly_its_three_keys():
         Order.place(uuid4(), [{"product_id": "apple", "quantity": 1}])
 
 
+@pytest.mark.parametrize("items", [None, "tea", {"product_id": "tea"}, 7])
+def test_place_rejects_items_that_are_not_a_list_of_dicts(items):
+    with pytest.raises(OrderError, match="items must be a list of dicts"):
+        Order.place(uuid4(), items)
+
+
 def test_add_item_records_item_added():
     outcome = given(*history()).when(
         lambda order: order.add_item("fig", 3, Decimal("0.99"))

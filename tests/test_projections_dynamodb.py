@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any, ClassVar
 
 import pytest
-from eventsourcing.persistence import ProgrammingError, Tracking
+from eventsourcing.persistence import DataError, ProgrammingError, Tracking
 from eventsourcing.projection import ProjectionRunner
 from eventsourcing.utils import register_topic
 from hypothesis import given, settings
@@ -36,6 +36,7 @@ from ledger.projections.dynamodb import open_view
 from ledger.projections.rebuild import drop_version, rebuild, status
 from ledger.projections.streams import (
     StreamPoller,
+    decode_record,
     handle_stream_event,
     lambda_handler,
     process_records,
@@ -431,3 +432,12 @@ def test_the_lambda_handler_applies_only_its_own_events_tables_records(
     summary = get_order_summary(view, order_id)
     assert summary is not None
     assert summary.status is OrderStatus.CONFIRMED
+
+
+def test_a_stream_record_that_is_no_event_item_is_refused_by_what_it_lacks(orders):
+    place_some_orders(orders, 1)
+    record = stream_records(orders)[0]
+    del record["dynamodb"]["NewImage"][store_schema.TOPIC]
+
+    with pytest.raises(DataError, match="lacks topic"):
+        decode_record(record, orders.mapper)

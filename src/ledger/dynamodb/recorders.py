@@ -42,6 +42,7 @@ from uuid import UUID
 
 from eventsourcing.persistence import (
     AggregateRecorder,
+    DataError,
     IntegrityError,
     ProgrammingError,
     StoredEvent,
@@ -102,6 +103,19 @@ class DynamoDBRecorder:
     ) -> None:
         self.connection = connection
         self.originator_id_type = originator_id_type
+
+    def _check_id(self, originator_id: UUID | str) -> None:
+        """Refuse, before writing, an id that could not be read back as stored."""
+        if self.originator_id_type != "uuid" or isinstance(originator_id, UUID):
+            return
+        try:
+            UUID(str(originator_id))
+        except ValueError:
+            raise DataError(
+                f"Aggregate id {originator_id!r} is not a UUID, but "
+                "ORIGINATOR_ID_TYPE is 'uuid': it could not be read back. Use "
+                "UUIDs, or set ORIGINATOR_ID_TYPE=text. Nothing was written."
+            ) from None
 
     def _decode_id(self, originator_id: str) -> UUID | str:
         return (
@@ -222,6 +236,7 @@ class DynamoDBAggregateRecorder(DynamoDBRecorder, AggregateRecorder):
     def _event_item(
         self, event: StoredEvent, position: int | None = None
     ) -> dict[str, Any]:
+        self._check_id(event.originator_id)
         item: dict[str, Any] = {
             schema.AGGREGATE_ID: {"S": encode_id(event.originator_id)},
             schema.VERSION: {"N": str(event.originator_version)},

@@ -58,15 +58,24 @@ def _wait_until_active(connection: DynamoDBConnection, name: str) -> dict[str, A
 
 
 def _check_key_schema(description: dict[str, Any], definition: dict[str, Any]) -> None:
-    def keys(schema: list[dict[str, str]]) -> list[tuple[str, str]]:
-        return [(k["AttributeName"], k["KeyType"]) for k in schema]
+    """Refuse a table whose keys (names, roles and types) are not ledger's."""
 
-    if keys(description["KeySchema"]) != keys(definition["KeySchema"]):
+    def keys(table: dict[str, Any]) -> list[tuple[str, str, str]]:
+        types = {
+            a["AttributeName"]: a["AttributeType"]
+            for a in table.get("AttributeDefinitions", [])
+        }
+        return [
+            (k["AttributeName"], k["KeyType"], types.get(k["AttributeName"], "?"))
+            for k in table["KeySchema"]
+        ]
+
+    if keys(description) != keys(definition):
         raise ProgrammingError(
-            f"DynamoDB table {definition['TableName']} exists with key schema "
-            f"{keys(description['KeySchema'])}, but ledger needs "
-            f"{keys(definition['KeySchema'])}. Use another DYNAMODB_TABLE_PREFIX "
-            "or application name; ledger never changes an existing table."
+            f"DynamoDB table {definition['TableName']} exists with keys "
+            f"{keys(description)} (name, role, type), but ledger needs "
+            f"{keys(definition)}. Use another DYNAMODB_TABLE_PREFIX or "
+            "application name; ledger never changes an existing table."
         )
 
 

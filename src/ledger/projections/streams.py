@@ -31,6 +31,7 @@ from uuid import UUID
 
 import boto3
 from eventsourcing.persistence import (
+    DataError,
     Mapper,
     PersistenceError,
     ProgrammingError,
@@ -53,6 +54,15 @@ INSERT = "INSERT"
 _MAX_RECORD_ATTEMPTS = 10
 
 
+_EVENT_ATTRIBUTES = (
+    (store_schema.AGGREGATE_ID, "S"),
+    (store_schema.VERSION, "N"),
+    (store_schema.TOPIC, "S"),
+    (store_schema.STATE, "B"),
+)
+"""Attributes (and types) every event item has."""
+
+
 def decode_record(
     record: Mapping[str, Any], mapper: Mapper[Any], *, uuid_ids: bool = True
 ) -> Any | None:
@@ -63,7 +73,19 @@ def decode_record(
     """
     if record.get("eventName") != INSERT:
         return None
-    image = record["dynamodb"]["NewImage"]
+    image = record.get("dynamodb", {}).get("NewImage", {})
+    missing = [
+        name
+        for name, kind in _EVENT_ATTRIBUTES
+        if not isinstance(image.get(name), Mapping) or kind not in image[name]
+    ]
+    if missing:
+        raise DataError(
+            f"Stream record {record.get('dynamodb', {}).get('SequenceNumber')} "
+            f"is not an event of ledger's events table: its new image lacks "
+            f"{', '.join(missing)}. Is the function wired to the right table's "
+            "stream (NEW_IMAGE view)?"
+        )
     state = image[store_schema.STATE]["B"]
     if isinstance(state, str):
         state = base64.b64decode(state)

@@ -131,19 +131,31 @@ def projections_run(
     Events whose handler keeps failing, and stream records that cannot be
     decoded, are parked as dead letters (see `dlq list`); others go on.
     """
+    from ledger.projections.streams import run_polls  # noqa: PLC0415
+
     if feed not in ("stream", "sequence"):
         raise typer.BadParameter("--feed is 'stream' or 'sequence'")
     projection = open_projection(name, projector, application)
     with metered(projection.view):
         try:
             process_available = _feed(projection, feed)
-            while True:
+
+            def process_and_say() -> int:
                 applied = process_available()
                 console.print(f"processed {applied} events from the {feed}")
-                if once:
-                    break
-                if applied == 0:
-                    threading.Event().wait(1.0)
+                return applied
+
+            if once:
+                process_and_say()
+            else:
+                run_polls(
+                    process_and_say,
+                    threading.Event(),
+                    on_unavailable=lambda error, wait: console.print(
+                        f"DynamoDB unavailable ({type(error).__name__}); "
+                        f"trying again in {wait:.0f}s"
+                    ),
+                )
         except KeyboardInterrupt:
             console.print("stopped")
 

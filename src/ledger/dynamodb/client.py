@@ -179,6 +179,9 @@ class DynamoDBConnection:
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
         )
+        self.config = config
+        """The client's settings (retries, timeouts): other clients of the
+        same store (the Streams API's) are made with them too."""
         self.endpoint_url = endpoint_url
         self.region_name = region
         self.client: Any = session.client(

@@ -33,6 +33,7 @@ import boto3
 from eventsourcing.persistence import (
     DataError,
     Mapper,
+    OperationalError,
     PersistenceError,
     ProgrammingError,
     StoredEvent,
@@ -49,6 +50,8 @@ from ledger.projections.views import ActiveVersionChangedError, ConcurrentChange
 logger = logging.getLogger("ledger.projections")
 """Structured records (``extra=``): ids, counts, sources; never event state."""
 
+MAX_BACKOFF = 30.0
+"""Longest wait, in seconds, between polls while DynamoDB is unavailable."""
 INSERT = "INSERT"
 """The only stream records projected: events are never modified or removed."""
 _MAX_RECORD_ATTEMPTS = 10
@@ -447,11 +450,18 @@ class StreamPoller:
             processed += self._poll_shard(shard["ShardId"])
         return processed
 
-    def run(self, stop: threading.Event, interval: float = 1.0) -> None:
-        """Poll until ``stop`` is set, waiting ``interval`` seconds when idle."""
-        while not stop.is_set():
-            if self.poll() == 0:
-                stop.wait(interval)
+    def run(
+        self,
+        stop: threading.Event,
+        interval: float = 1.0,
+        *,
+        max_backoff: float = MAX_BACKOFF,
+    ) -> None:
+        """Poll until ``stop`` is set, waiting ``interval`` seconds when idle.
+
+        Rides out DynamoDB being unavailable (see :func:`run_polls`).
+        """
+        run_polls(self.poll, stop, interval=interval, max_backoff=max_backoff)
 
     def _shards(self) -> list[dict[str, Any]]:
         shards: list[dict[str, Any]] = []
@@ -527,6 +537,46 @@ def _parents_first(shards: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return ordered
 
 
+def run_polls(
+    poll: Callable[[], int],
+    stop: threading.Event,
+    *,
+    interval: float = 1.0,
+    max_backoff: float = MAX_BACKOFF,
+    on_unavailable: Callable[[Exception, float], None] | None = None,
+) -> None:
+    """Call ``poll`` until ``stop`` is set; wait ``interval`` when it found nothing.
+
+    When DynamoDB is unavailable (``OperationalError`` after the client's own
+    retries: an outage, throttling that outlasts them), wait and poll again,
+    doubling the wait up to ``max_backoff``, for as long as it takes: nothing
+    is lost, since a poll commits nothing it did not apply and checkpoints
+    only what it committed. ``on_unavailable(error, wait)`` is told each time.
+    """
+    failures = 0
+    while not stop.is_set():
+        try:
+            processed = poll()
+        except OperationalError as error:
+            failures += 1
+            wait = min(max_backoff, interval * 2 ** min(failures - 1, 16))
+            logger.warning(
+                "DynamoDB unavailable, polling again later",
+                extra={
+                    "failures": failures,
+                    "wait": wait,
+                    "error": type(error).__name__,
+                },
+            )
+            if on_unavailable is not None:
+                on_unavailable(error, wait)
+            stop.wait(wait)
+            continue
+        failures = 0
+        if processed == 0:
+            stop.wait(interval)
+
+
 def _streams_client(connection: Any) -> Any:
     session = boto3.session.Session()
     key_id = secret = None
@@ -538,4 +588,5 @@ def _streams_client(connection: Any) -> Any:
         region_name=connection.region_name,
         aws_access_key_id=key_id,
         aws_secret_access_key=secret,
+        config=getattr(connection, "config", None),  # the store's retries
     )

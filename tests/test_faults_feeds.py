@@ -1,0 +1,80 @@
+"""Feeds through a DynamoDB outage: they wait, come back by themselves, miss nothing."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+from faults import FaultProxy
+
+from aggregates.application import Orders
+from aggregates.order import OrderStatus
+from ledger.projections import event_loader
+from ledger.projections.dynamodb import open_view
+from ledger.projections.streams import StreamPoller
+from projections.orders import OrderProjector, get_order_summary
+from tests.test_projections_core import ITEM
+
+DEADLINE = 30.0
+
+
+def eventually(check: Callable[[], bool], what: str) -> None:
+    """Poll ``check`` until it holds, failing with ``what`` after the deadline."""
+    deadline = time.monotonic() + DEADLINE
+    while not check():
+        assert time.monotonic() < deadline, f"not within {DEADLINE}s: {what}"
+        time.sleep(0.05)
+
+
+def test_the_stream_poller_rides_out_an_outage_and_misses_nothing(
+    streamed, dynamodb_env, dynamodb_endpoint
+):
+    writer = Orders(env=dynamodb_env)  # saves reach DynamoDB directly
+    readers = open_view(OrderProjector, dynamodb_env)
+    with FaultProxy(dynamodb_endpoint) as proxy:
+        through_proxy = {
+            **dynamodb_env,
+            "DYNAMODB_ENDPOINT_URL": proxy.endpoint_url,
+            "DYNAMODB_MAX_ATTEMPTS": "2",
+        }
+        app = Orders(env=through_proxy)
+        projector = OrderProjector(
+            open_view(OrderProjector, through_proxy), event_loader(app)
+        )
+        poller = StreamPoller(projector, app)
+        stop = threading.Event()
+        running = threading.Thread(
+            target=poller.run,
+            args=(stop,),
+            kwargs={"interval": 0.05, "max_backoff": 0.5},
+        )
+        first = writer.place_order(uuid.uuid4(), [ITEM])
+        running.start()
+        try:
+            eventually(
+                lambda: get_order_summary(readers, first) is not None, "first order"
+            )
+            proxy.down()
+            refused = proxy.refused
+            second = writer.place_order(uuid.uuid4(), [ITEM])
+            writer.confirm(first)
+            eventually(lambda: proxy.refused > refused + 2, "polls during the outage")
+            proxy.up()
+
+            eventually(
+                lambda: get_order_summary(readers, second) is not None, "second order"
+            )
+            eventually(
+                lambda: (
+                    get_order_summary(readers, first).status is OrderStatus.CONFIRMED
+                ),
+                "first order confirmed",
+            )
+            assert running.is_alive()  # it waited the outage out
+        finally:
+            stop.set()
+            running.join(DEADLINE)
+        app.close()
+    writer.close()

@@ -3,12 +3,50 @@
 from __future__ import annotations
 
 import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
 from typing import Annotated
 
 import typer
 
-from ledger.cli.options import console
-from ledger.dynamodb.local import DynamoDBLocal
+from ledger.cli.options import console, errors
+from ledger.dynamodb.local import DynamoDBLocal, DynamoDBLocalError, PortInUseError
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+"""The signals that stop ``ledger local`` cleanly (exit code 0)."""
+
+_POLL_INTERVAL = 0.1
+"""Seconds between looks at the stop request and the Java process."""
+
+
+class _StopRequest:
+    """Records a stop signal; the main thread acts on it.
+
+    The handler only stores the signal number: stopping the server waits on
+    the Java process, which must not happen inside a handler that interrupted
+    the main thread (it may hold the locks that wait needs), and even
+    ``threading.Event.set`` takes a lock the interrupted code may hold.
+    """
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.signal = signum
+
+
+@contextmanager
+def _stop_requests() -> Iterator[_StopRequest]:
+    """Route SIGTERM and SIGINT into a :class:`_StopRequest`; restore them after."""
+    request = _StopRequest()
+    previous = {number: signal.signal(number, request) for number in STOP_SIGNALS}
+    try:
+        yield request
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def local(
@@ -16,18 +54,32 @@ def local(
 ) -> None:
     """Run DynamoDB Local in memory until Ctrl-C (for development only)."""
     server = DynamoDBLocal(port=port)
-    server.start()
-    console.print(
-        f"DynamoDB Local is running at {server.endpoint_url} (in memory; data is lost "
-        "on exit).\nIt listens on every network interface: run it only on a machine "
-        "you trust.\nUse it with: export DYNAMODB_ENDPOINT_URL="
-        f"{server.endpoint_url}\nPress Ctrl-C to stop."
-    )
-    signal.signal(signal.SIGTERM, lambda *_: server.stop())
-    try:
-        server.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
-        console.print("DynamoDB Local stopped.")
+    with _stop_requests() as stop:
+        try:
+            server.start()
+        except PortInUseError:
+            errors.print(
+                f"ledger: port {port} is already in use: choose another with --port, "
+                "or stop whatever listens there.",
+                soft_wrap=True,
+            )
+            raise SystemExit(1) from None
+        try:
+            console.print(
+                f"DynamoDB Local (pid {server.pid}) is running at "
+                f"{server.endpoint_url} (in memory; data is lost on exit).\nIt "
+                "listens on every network interface: run it only on a machine you "
+                "trust.\nUse it with: export DYNAMODB_ENDPOINT_URL="
+                f"{server.endpoint_url}\nPress Ctrl-C to stop."
+            )
+            while stop.signal is None and server.exit_code() is None:
+                time.sleep(_POLL_INTERVAL)
+            exit_code = server.exit_code()
+        finally:
+            server.stop()
+    if stop.signal is None:
+        raise DynamoDBLocalError(
+            f"DynamoDB Local exited on its own with code {exit_code}: "
+            f"{server.error_summary()}"
+        )
+    console.print("DynamoDB Local stopped.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -9,16 +10,19 @@ from typing import Any, ClassVar
 
 import pytest
 from eventsourcing.persistence import Tracking
+from eventsourcing.utils import register_topic
 
 from aggregates.application import Orders
-from aggregates.order import Order
+from aggregates.order import Order, OrderStatus
 from ledger.dynamodb import measure
 from ledger.projections import (
     DynamoDBView,
+    Outcome,
     Projector,
     ReadModel,
     Session,
     epochs,
+    event_loader,
     handles,
 )
 from ledger.projections.dynamodb import open_view
@@ -26,7 +30,7 @@ from ledger.projections.epochs import EpochWriter, FlushWrite
 from ledger.projections.history import Checkpoint, Page, ScanHistory, SequenceHistory
 from ledger.projections.rebuild import _start_or_resume, _take_over, rebuild, status
 from ledger.projections.views import ConcurrentChangeError
-from projections.orders import OrderProjector
+from projections.orders import OrderProjector, get_order_summary
 from tests.test_projections_core import ITEM
 from tests.test_projections_dynamodb import (
     Crash,
@@ -250,3 +254,40 @@ def test_a_rebuild_that_crashed_before_switching_resumes_by_switching(
     assert resumed.events == 0
     assert meter.calls["TransactWriteItems"] == 1  # the switch; nothing re-applied
     assert read_model(view.at_version(2)) == read_model(view.at_version(1))
+
+
+@pytest.mark.parametrize("history_kind", ["sequence", "scan"])
+def test_a_rebuild_parks_an_event_it_cannot_decode_and_builds_the_rest(
+    orders, view, history_kind
+):
+    [healthy] = place_some_orders(orders, 1)
+    stuck = orders.place_order(uuid.uuid4(), [ITEM], "EUR")
+    order = orders.repository.get(stuck)
+    order.add_item("kiwi", 2, Decimal(3))
+    order.confirm()
+    unknown, confirmed = (
+        orders.mapper.to_stored_event(e) for e in order.collect_events()
+    )
+    renamed = f"tests.renamed_{uuid.uuid4().hex}:ItemAdded"
+    orders.recorder.insert_events(
+        [dataclasses.replace(unknown, topic=renamed), confirmed]
+    )
+    history = ScanHistory(orders) if history_kind == "scan" else None
+
+    result = rebuild(orders, OrderProjector, view, history=history)
+
+    rebuilt = view.at_version(result.table_version)
+    projector = OrderProjector(rebuilt, event_loader(orders))
+    [parked] = projector.parked()
+    assert (parked.aggregate_id, parked.version, parked.topic) == (
+        str(stuck),
+        unknown.originator_version,
+        renamed,
+    )
+    assert "while decoding" in parked.error
+    assert get_order_summary(view, healthy) is not None
+    register_topic(renamed, Order.ItemAdded)  # the fix
+    assert projector.redrive() == {str(stuck): Outcome.APPLIED}
+    fixed = get_order_summary(view, stuck)
+    assert fixed is not None
+    assert (fixed.status, "kiwi" in fixed.lines) == (OrderStatus.CONFIRMED, True)

@@ -34,6 +34,7 @@ from uuid import UUID
 from eventsourcing.persistence import StoredEvent
 
 from ledger.dynamodb import schema as store_schema
+from ledger.projections.deadletters import error_summary
 
 DEFAULT_PAGE_SIZE = 1000
 """Notifications read per request from the application sequence."""
@@ -47,11 +48,27 @@ Checkpoint = dict[str, Any]
 
 
 @dataclass(frozen=True)
+class Undecodable:
+    """An event that could not be decoded (a topic no code knows, bad state).
+
+    A rebuild parks it as a dead letter, as the stream feed does: its
+    aggregate waits, the others go on, and a redrive after the fix applies it.
+    """
+
+    aggregate_id: str
+    version: int
+    topic: str
+    error: str
+    """What went wrong (the error's type and place, never its message)."""
+
+
+@dataclass(frozen=True)
 class Page:
     """Events to apply, in order, and where the history stands after them."""
 
     events: list[tuple[Any, int | None]]
-    """(domain event, position in the application sequence or None)."""
+    """(domain event or :class:`Undecodable`, position in the application
+    sequence or None)."""
     checkpoint: Checkpoint
     head: int | None = None
     """The last position of the application sequence, if the history has one."""
@@ -93,7 +110,7 @@ class SequenceHistory:
                 position = notifications[-1].id
                 head = max(head, position)
                 yield Page(
-                    [(mapper.to_domain_event(n), n.id) for n in notifications],
+                    [(_decoded(mapper, n), n.id) for n in notifications],
                     {"position": position},
                     head,
                 )
@@ -225,16 +242,30 @@ class ScanHistory:
 
         def to_event(item: dict[str, Any]) -> Any:
             aggregate_id = item[store_schema.AGGREGATE_ID]["S"]
-            return mapper.to_domain_event(
+            return _decoded(
+                mapper,
                 StoredEvent(
                     originator_id=UUID(aggregate_id) if uuid_ids else aggregate_id,
                     originator_version=int(item[store_schema.VERSION]["N"]),
                     topic=item[store_schema.TOPIC]["S"],
                     state=bytes(item[store_schema.STATE]["B"]),
-                )
+                ),
             )
 
         return to_event
+
+
+def _decoded(mapper: Any, stored: StoredEvent) -> Any:
+    """Return the domain event, or :class:`Undecodable` if it cannot be made."""
+    try:
+        return mapper.to_domain_event(stored)
+    except Exception as error:  # noqa: BLE001 - any decoding failure is parked
+        return Undecodable(
+            str(stored.originator_id),
+            stored.originator_version,
+            stored.topic,
+            error_summary(error, " while decoding"),
+        )
 
 
 def _position(item: dict[str, Any]) -> int | None:

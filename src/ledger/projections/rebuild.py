@@ -52,6 +52,7 @@ from ledger.projections.history import (
     DEFAULT_PAGE_SIZE,
     History,
     Page,
+    Undecodable,
     history_of,
 )
 from ledger.projections.models import AggregatePosition
@@ -146,7 +147,17 @@ def rebuild(
     with ThreadPoolExecutor(max_workers=1) as flusher:
         for page in source.pages(checkpoint):
             for event, position in page.events:
-                projector.apply(session, event, position)
+                if isinstance(event, Undecodable):
+                    projector.park_record(
+                        session,
+                        event.aggregate_id,
+                        event.version,
+                        topic=event.topic,
+                        error=event.error,
+                        position=position,
+                    )
+                else:
+                    projector.apply(session, event, position)
             run.applied(page)
             session.stage()
             if (

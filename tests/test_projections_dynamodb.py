@@ -441,3 +441,26 @@ def test_a_stream_record_that_is_no_event_item_is_refused_by_what_it_lacks(order
 
     with pytest.raises(DataError, match="lacks topic"):
         decode_record(record, orders.mapper)
+
+
+def test_status_of_a_stream_fed_projection_counts_the_records_not_yet_applied(
+    streamed, dynamodb_env
+):
+    env = {**dynamodb_env, "DYNAMODB_ORDERING": "stream"}
+    app = Orders(env=env)
+    view = open_view(OrderProjector, env)
+    order_id = app.place_order(uuid.uuid4(), [ITEM])
+    assert status(view, app).lag is None  # the local poller never ran
+    poller = StreamPoller(OrderProjector(view, event_loader(app)), app)
+    deadline = time.monotonic() + DEADLINE
+    while get_order_summary(view, order_id) is None:
+        assert time.monotonic() < deadline
+        poller.poll()
+    caught_up = status(view, app)
+
+    app.confirm(order_id)
+    app.ship(order_id, "AB000001")
+
+    assert (caught_up.position, caught_up.head, caught_up.lag) == (None, None, 0)
+    assert status(view, app).lag == 2
+    app.close()

@@ -454,12 +454,15 @@ class ProjectionStatus:
     head: int | None
     """The application sequence's last position."""
     parked: int
+    backlog: int | None = None
+    """Fed by the stream (``stream`` ordering): records after the local
+    poller's checkpoints, counted up to 10,000; None if it never ran here."""
 
     @property
     def lag(self) -> int | None:
-        """Events behind the application sequence (None when it is not known)."""
+        """Events behind the sequence, or the stream backlog; None: unknown."""
         if self.head is None:
-            return None
+            return self.backlog
         return self.head - (self.position or 0)
 
 
@@ -468,12 +471,15 @@ def status(view: DynamoDBView, application: Any = None) -> ProjectionStatus:
     view.follow_active()
     in_progress = view.get_control(schema.REBUILD)
     position = head = None
-    if (
-        application is not None
-        and getattr(application.recorder, "ordering", "sequence") == "sequence"
-    ):
+    backlog = None
+    ordering = None
+    if application is not None:
+        ordering = getattr(application.recorder, "ordering", "sequence")
+    if ordering == "sequence":
         position = view.max_tracking_id(application.name)
         head = application.recorder.max_notification_id()
+    elif ordering == "stream":
+        backlog = _stream_backlog(view, application)
     try:
         parked = len(view.parked_items())
     except ProgrammingError:
@@ -488,4 +494,19 @@ def status(view: DynamoDBView, application: Any = None) -> ProjectionStatus:
         position=position,
         head=head,
         parked=parked,
+        backlog=backlog,
     )
+
+
+def _stream_backlog(view: DynamoDBView, application: Any) -> int | None:
+    """Return the stream records the local poller has not applied, if it ran."""
+    from ledger.projections.streams import (  # noqa: PLC0415 - stream-only
+        StreamPoller,
+        ViewCheckpoints,
+    )
+
+    try:
+        poller = StreamPoller(ViewCheckpoints(view), application)
+    except ProgrammingError:  # the events table has no stream
+        return None
+    return poller.backlog()

@@ -369,25 +369,12 @@ class StreamConsumer(Protocol):
         ...  # pragma: no cover
 
 
-class ProjectionConsumer:
-    """A projector as a stream consumer: checkpoints in its control table.
+class ViewCheckpoints:
+    """Shard checkpoints kept in a projection's control table."""
 
-    A record that cannot be decoded is parked as a dead letter (its aggregate
-    waits for a redrive), since a poller cannot hand it back to its source.
-    """
-
-    def __init__(self, projector: Projector, mapper: Mapper[Any]) -> None:
-        self.projector = projector
-        self.mapper = mapper
-        view: Any = projector.view
+    def __init__(self, view: Any) -> None:
         self.view = view
         self.connection = view.connection
-
-    def process(self, records: Sequence[Mapping[str, Any]]) -> list[str]:
-        """Apply records to the projector (see :func:`process_records`)."""
-        return process_records(
-            self.projector, records, self.mapper, park_undecodable=True
-        )
 
     def checkpoint(self, shard_id: str) -> str | None:
         """Return the shard's checkpoint from the projection's control table."""
@@ -403,6 +390,29 @@ class ProjectionConsumer:
                 schema.NAME: {"S": f"{schema.SHARD_PREFIX}{shard_id}"},
                 schema.SEQUENCE_NUMBER: {"S": number},
             },
+        )
+
+    def process(self, records: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Refuse: checkpoints alone do not process records (see status)."""
+        raise NotImplementedError
+
+
+class ProjectionConsumer(ViewCheckpoints):
+    """A projector as a stream consumer: checkpoints in its control table.
+
+    A record that cannot be decoded is parked as a dead letter (its aggregate
+    waits for a redrive), since a poller cannot hand it back to its source.
+    """
+
+    def __init__(self, projector: Projector, mapper: Mapper[Any]) -> None:
+        super().__init__(projector.view)
+        self.projector = projector
+        self.mapper = mapper
+
+    def process(self, records: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Apply records to the projector (see :func:`process_records`)."""
+        return process_records(
+            self.projector, records, self.mapper, park_undecodable=True
         )
 
 
@@ -475,7 +485,34 @@ class StreamPoller:
                 return _parents_first(shards)
             params["ExclusiveStartShardId"] = last
 
-    def _poll_shard(self, shard_id: str) -> int:
+    def backlog(self, cap: int = 10_000) -> int | None:
+        """Count the records after the consumer's checkpoints, up to ``cap``.
+
+        None if no shard has a checkpoint (the feed never ran here: a Lambda
+        feed keeps its position itself; watch its iterator age instead).
+        Costs a DescribeStream, and per shard a GetShardIterator and a
+        GetRecords per 1,000 records counted.
+        """
+        shards = [shard["ShardId"] for shard in self._shards()]
+        if all(self.consumer.checkpoint(shard) is None for shard in shards):
+            return None
+        behind = 0
+        for shard_id in shards:
+            iterator = self._iterator(shard_id)
+            while iterator and behind < cap:
+                with translate_errors():
+                    response = self.client.get_records(
+                        ShardIterator=iterator, Limit=min(1000, cap - behind)
+                    )
+                records = response.get("Records", [])
+                if not records:
+                    break
+                behind += len(records)
+                iterator = response.get("NextShardIterator")
+        return min(behind, cap)
+
+    def _iterator(self, shard_id: str) -> str | None:
+        """Return a shard iterator just after the consumer's checkpoint."""
         checkpoint = self.consumer.checkpoint(shard_id)
         params: dict[str, Any] = {"StreamArn": self.stream_arn, "ShardId": shard_id}
         if checkpoint is None:
@@ -484,7 +521,13 @@ class StreamPoller:
             params["ShardIteratorType"] = "AFTER_SEQUENCE_NUMBER"
             params["SequenceNumber"] = checkpoint
         with translate_errors():
-            iterator = self.client.get_shard_iterator(**params).get("ShardIterator")
+            iterator: str | None = self.client.get_shard_iterator(**params).get(
+                "ShardIterator"
+            )
+        return iterator
+
+    def _poll_shard(self, shard_id: str) -> int:
+        iterator = self._iterator(shard_id)
         processed = 0
         while iterator:
             with translate_errors():

@@ -158,3 +158,16 @@ def test_demo_tells_the_whole_story(ledger, dynamodb_env, ordering):
         assert step in done.stdout
     assert "Whole demo:" in done.stdout
     assert f"ordering: {ordering}" in done.stdout
+
+
+@pytest.mark.parametrize("command", [("status",), ("dlq", "list")])
+def test_read_only_commands_create_no_tables(ledger, dynamodb_env, command):
+    done = ledger("projections", *command, "OrderViews")
+
+    assert done.returncode == 1
+    assert "Table " in done.stderr
+    assert "DYNAMODB_TABLE_PREFIX" in done.stderr
+    prefix = dynamodb_env["DYNAMODB_TABLE_PREFIX"]
+    client = Orders(env={**dynamodb_env, "CREATE_TABLE": "no"}).factory.connection
+    names = client.call("list_tables", ExclusiveStartTableName=prefix)["TableNames"]
+    assert [n for n in names if n.startswith(prefix)] == []

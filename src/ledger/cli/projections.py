@@ -55,8 +55,14 @@ class Projection:
         return self.projector_class(self.view, event_loader(self.application))
 
 
-def open_projection(name: str, projector: str | None, application: str) -> Projection:
-    """Open a projection by name for a command."""
+def open_projection(
+    name: str, projector: str | None, application: str, *, read_only: bool = False
+) -> Projection:
+    """Open a projection by name for a command.
+
+    ``read_only``: create no tables (a wrong region or prefix is then an
+    error naming the missing table, not a new empty store).
+    """
     from ledger.projections.dynamodb import open_view  # noqa: PLC0415
 
     topic = projector or KNOWN_PROJECTORS.get(name)
@@ -66,8 +72,11 @@ def open_projection(name: str, projector: str | None, application: str) -> Proje
             "or give --projector module:Class"
         )
     projector_class = resolve_topic(topic)
-    app = settings.application(application)
-    view = open_view(projector_class, dict(settings.environment(projector_class.name)))
+    extra = {"CREATE_TABLE": "no"} if read_only else {}
+    app = settings.application(application, **extra)
+    view = open_view(
+        projector_class, dict(settings.environment(projector_class.name, **extra))
+    )
     return Projection(projector_class, view, app)
 
 
@@ -89,7 +98,7 @@ def projections_status(
     """Show a projection's versions, position, lag and parked events."""
     from ledger.projections.rebuild import status  # noqa: PLC0415
 
-    projection = open_projection(name, projector, application)
+    projection = open_projection(name, projector, application, read_only=True)
     with metered(projection.view):
         console.print(_status_table(status(projection.view, projection.application)))
 
@@ -244,7 +253,7 @@ def dlq_list(
     application: ApplicationTopic = DEFAULT_APPLICATION,
 ) -> None:
     """List a projection's parked events with their errors."""
-    projection = open_projection(name, projector, application)
+    projection = open_projection(name, projector, application, read_only=True)
     with metered(projection.view):
         parked = projection.projector().parked()
         table = Table("aggregate", "version", "position", "event", "attempts", "error")

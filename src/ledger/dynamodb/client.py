@@ -209,8 +209,14 @@ class DynamoDBConnection:
     def call(self, operation: str, **params: Any) -> dict[str, Any]:
         """Call a DynamoDB operation (``"put_item"``) and translate its errors."""
         method: Callable[..., dict[str, Any]] = getattr(self.client, operation)
-        with translate_errors(write=operation in WRITE_OPERATIONS):
-            return method(**params)
+        try:
+            with translate_errors(write=operation in WRITE_OPERATIONS):
+                return method(**params)
+        except ProgrammingError as error:
+            table = params.get("TableName")
+            if table and table not in str(error):
+                raise ProgrammingError(f"Table {table}: {error}") from error
+            raise
 
     def items(self, operation: str, **params: Any) -> Iterator[dict[str, Any]]:
         """Yield every item of a ``"scan"`` or ``"query"``, one page after another."""
@@ -296,8 +302,9 @@ def translate_client_error(error: botocore.exceptions.ClientError) -> Persistenc
         return OperationalError(f"ResourceInUse: {message}")
     if code == "ResourceNotFoundException":
         return ProgrammingError(
-            f"{message}. Create the tables: set CREATE_TABLE=y (the default) or run "
-            "`ledger tables create`."
+            f"{message}. If it should exist, check the endpoint, DYNAMODB_REGION "
+            "and DYNAMODB_TABLE_PREFIX; to create the tables, set CREATE_TABLE=y "
+            "(the default) or run `ledger tables create`."
         )
     if code in ("ValidationException", "ItemCollectionSizeLimitExceededException"):
         return DataError(f"DynamoDB rejected the request ({code}): {message}")

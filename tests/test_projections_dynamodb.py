@@ -11,6 +11,7 @@ import uuid
 from decimal import Decimal
 from typing import Any, ClassVar
 
+import botocore.exceptions
 import pytest
 from eventsourcing.persistence import DataError, ProgrammingError, Tracking
 from eventsourcing.projection import ProjectionRunner
@@ -23,6 +24,7 @@ from aggregates.order import Order, OrderStatus
 from aggregates.strategies import order_scripts
 from ledger.dynamodb import ItemTooLargeError, TransactionTooLargeError, measure
 from ledger.dynamodb import schema as store_schema
+from ledger.dynamodb.client import translate_client_error
 from ledger.projections import (
     DynamoDBView,
     Outcome,
@@ -464,3 +466,17 @@ def test_status_of_a_stream_fed_projection_counts_the_records_not_yet_applied(
     assert (caught_up.position, caught_up.head, caught_up.lag) == (None, None, 0)
     assert status(view, app).lag == 2
     app.close()
+
+
+def test_a_checkpoint_past_the_streams_retention_stops_the_feed_saying_rebuild():
+    # DynamoDB Local keeps stream records as long as it runs, so the error AWS
+    # returns for a trimmed checkpoint is made here as botocore would raise it.
+    trimmed = botocore.exceptions.ClientError(
+        {"Error": {"Code": "TrimmedDataAccessException", "Message": "trimmed"}},
+        "GetShardIterator",
+    )
+
+    translated = translate_client_error(trimmed)
+
+    assert isinstance(translated, ProgrammingError)  # not retried as an outage
+    assert "ledger projections rebuild" in str(translated)

@@ -300,6 +300,13 @@ def translate_client_error(error: botocore.exceptions.ClientError) -> Persistenc
         )
     if code == "ResourceInUseException":
         return OperationalError(f"ResourceInUse: {message}")
+    if code == "TrimmedDataAccessException":
+        return ProgrammingError(
+            f"{message}. A stream checkpoint is older than the stream's 24-hour "
+            "retention: records after it are gone, so the feed cannot go on "
+            "without missing events. Rebuild the projection from the events "
+            "table (`ledger projections rebuild NAME`)."
+        )
     if code == "ResourceNotFoundException":
         return ProgrammingError(
             f"{message}. If it should exist, check the endpoint, DYNAMODB_REGION "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -171,3 +172,25 @@ def test_read_only_commands_create_no_tables(ledger, dynamodb_env, command):
     client = Orders(env={**dynamodb_env, "CREATE_TABLE": "no"}).factory.connection
     names = client.call("list_tables", ExclusiveStartTableName=prefix)["TableNames"]
     assert [n for n in names if n.startswith(prefix)] == []
+
+
+def test_the_sequence_feed_parks_an_event_it_cannot_decode_and_goes_on(
+    ledger, dynamodb_env
+):
+    orders = Orders()
+    tea = {"product_id": "tea", "quantity": 1, "price": Decimal("4.50")}
+    stuck = orders.place_order(uuid.uuid4(), [tea])
+    order = orders.get_order(stuck)
+    order.confirm()
+    [confirmed] = [orders.mapper.to_stored_event(e) for e in order.collect_events()]
+    unknown = dataclasses.replace(confirmed, topic="tests.gone:OrderConfirmed")
+    orders.recorder.insert_events([unknown])
+    healthy = orders.place_order(uuid.uuid4(), [tea])
+
+    ran = ledger("projections", "run", "OrderViews", "--feed", "sequence", "--once")
+    parked = ledger("projections", "dlq", "list", "OrderViews")
+
+    assert ran.returncode == 0, ran.stderr
+    assert "processed 5 events from the sequence" in ran.stdout
+    assert str(stuck) in parked.stdout
+    assert str(healthy) not in parked.stdout

@@ -188,16 +188,18 @@ def _apply_next_page(projection: Projection, projector: Projector) -> int:
     from eventsourcing.persistence import Tracking  # noqa: PLC0415
 
     from ledger.projections import Session  # noqa: PLC0415
-    from ledger.projections.history import DEFAULT_PAGE_SIZE  # noqa: PLC0415
+    from ledger.projections.history import (  # noqa: PLC0415
+        DEFAULT_PAGE_SIZE,
+        decode,
+    )
 
     app = projection.application
     position = projection.view.max_tracking_id(app.name) or 0
     notifications = app.recorder.select_notifications(
         start=position + 1, limit=DEFAULT_PAGE_SIZE
     )
-    events = [
-        (app.mapper.to_domain_event(n), Tracking(app.name, n.id)) for n in notifications
-    ]
+    # An event that cannot be decoded is parked by the projector, not raised.
+    events = [(decode(app.mapper, n), Tracking(app.name, n.id)) for n in notifications]
     return projector.apply_batch(Session(projection.view), events)
 
 

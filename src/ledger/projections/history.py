@@ -110,7 +110,7 @@ class SequenceHistory:
                 position = notifications[-1].id
                 head = max(head, position)
                 yield Page(
-                    [(_decoded(mapper, n), n.id) for n in notifications],
+                    [(decode(mapper, n), n.id) for n in notifications],
                     {"position": position},
                     head,
                 )
@@ -242,7 +242,7 @@ class ScanHistory:
 
         def to_event(item: dict[str, Any]) -> Any:
             aggregate_id = item[store_schema.AGGREGATE_ID]["S"]
-            return _decoded(
+            return decode(
                 mapper,
                 StoredEvent(
                     originator_id=UUID(aggregate_id) if uuid_ids else aggregate_id,
@@ -255,8 +255,11 @@ class ScanHistory:
         return to_event
 
 
-def _decoded(mapper: Any, stored: StoredEvent) -> Any:
-    """Return the domain event, or :class:`Undecodable` if it cannot be made."""
+def decode(mapper: Any, stored: StoredEvent) -> Any:
+    """Return the domain event, or :class:`Undecodable` if it cannot be made.
+
+    Feeds pass an :class:`Undecodable` to the projector, which parks it.
+    """
     try:
         return mapper.to_domain_event(stored)
     except Exception as error:  # noqa: BLE001 - any decoding failure is parked

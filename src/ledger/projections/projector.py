@@ -32,6 +32,7 @@ from eventsourcing.projection import Projection
 from eventsourcing.utils import get_topic
 
 from ledger.projections import deadletters
+from ledger.projections.history import Undecodable
 from ledger.projections.models import AggregatePosition, GapError, Outcome, ParkedEvent
 from ledger.projections.session import MAX_COMMIT_ATTEMPTS, Session
 from ledger.projections.views import (
@@ -309,11 +310,23 @@ class Projector(Projection[ReadModelView]):
     def _apply_tracked(
         self, session: Session, *, event: Any, tracking: Tracking | None
     ) -> None:
-        """Apply one event and make its position the session's tracking."""
-        if tracking is None:
-            self.apply(session, event, None)
+        """Apply one event and make its position the session's tracking.
+
+        An event that could not be decoded (:class:`Undecodable`) is parked.
+        """
+        position = None if tracking is None else tracking.notification_id
+        if isinstance(event, Undecodable):
+            self.park_record(
+                session,
+                event.aggregate_id,
+                event.version,
+                topic=event.topic,
+                error=event.error,
+                position=position,
+            )
         else:
-            self.apply(session, event, tracking.notification_id)
+            self.apply(session, event, position)
+        if tracking is not None:
             session.tracking = tracking
 
 

@@ -53,6 +53,7 @@ from ledger.projections.history import (
     History,
     Page,
     Undecodable,
+    decode,
     history_of,
 )
 from ledger.projections.models import AggregatePosition
@@ -360,7 +361,7 @@ def _catch_up_after_switch(
         if not notifications:
             return
         events = [
-            (application.mapper.to_domain_event(n), Tracking(application.name, n.id))
+            (decode(application.mapper, n), Tracking(application.name, n.id))
             for n in notifications
         ]
         try:

@@ -9,7 +9,7 @@ from uuid import UUID
 
 from eventsourcing.utils import get_topic
 
-from aggregates.order import DEFAULT_CURRENCY, Order
+from aggregates.order import DEFAULT_CURRENCY, Order, OrderError
 from ledger.commands import IdempotentApplication
 from ledger.persistence import PydanticMapper
 from ledger.snapshots import SnapshottingApplication, StrategyMap
@@ -106,7 +106,14 @@ class Orders(IdempotentApplication, SnapshottingApplication):
         if self.first_outcome(idempotency_key) is not None:
             return  # applied before
         order = self.get_order(order_id)
-        decide(order)
+        try:
+            decide(order)
+        except OrderError:
+            # A twin of this command (same key) may have been applied since
+            # the key was read: then this one is done, not refused.
+            if self.first_outcome(idempotency_key) is not None:
+                return
+            raise
         self.save_once(order, idempotency_key=idempotency_key)
 
     def get_order(self, order_id: UUID) -> Order:

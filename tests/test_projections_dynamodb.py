@@ -42,6 +42,7 @@ from ledger.projections.streams import (
     handle_stream_event,
     lambda_handler,
     process_records,
+    stream_arn_of,
 )
 from ledger.projections.views import ItemWrite
 from projections.orders import OrderProjector, get_order_summary
@@ -480,3 +481,39 @@ def test_a_checkpoint_past_the_streams_retention_stops_the_feed_saying_rebuild()
 
     assert isinstance(translated, ProgrammingError)  # not retried as an outage
     assert "ledger projections rebuild" in str(translated)
+
+
+def test_a_rebuild_restarts_the_local_stream_feed_from_the_oldest_record(
+    streamed, orders, view
+):
+    [order_id] = place_some_orders(orders, 1)
+    poller = StreamPoller(OrderProjector(view, event_loader(orders)), orders)
+    deadline = time.monotonic() + DEADLINE
+    while get_order_summary(view, order_id) is None:
+        assert time.monotonic() < deadline
+        poller.poll()
+    shards = [s["ShardId"] for s in poller._shards()]
+    assert any(view.get_control(f"shard#{s}") for s in shards)
+
+    rebuild(orders, OrderProjector, view)
+
+    assert not any(view.get_control(f"shard#{s}") for s in shards)
+    again = StreamPoller(OrderProjector(view, event_loader(orders)), orders)
+    assert again.poll() == 4  # read again from the start, applied once
+    assert get_order_summary(view, order_id).status is OrderStatus.CONFIRMED
+
+
+def test_with_a_stream_only_records_of_exactly_that_stream_are_applied(
+    streamed, orders, view, dynamodb_env
+):
+    [order_id] = place_some_orders(orders, 1)
+    real = stream_arn_of(orders)
+    assert real is not None
+    elsewhere = real.replace(real.split(":")[4], "999999999999", 1)  # account
+    records = stream_records(orders)
+    handler = lambda_handler(OrderProjector, Orders, dynamodb_env)
+
+    handler({"Records": [{**r, "eventSourceARN": elsewhere} for r in records]}, None)
+    assert get_order_summary(view, order_id) is None
+    handler({"Records": [{**r, "eventSourceARN": real} for r in records]}, None)
+    assert get_order_summary(view, order_id) is not None

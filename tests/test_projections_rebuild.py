@@ -28,15 +28,24 @@ from ledger.projections import (
 from ledger.projections.dynamodb import open_view
 from ledger.projections.epochs import EpochWriter, FlushWrite
 from ledger.projections.history import Checkpoint, Page, ScanHistory, SequenceHistory
-from ledger.projections.rebuild import _start_or_resume, _take_over, rebuild, status
+from ledger.projections.rebuild import (
+    _start_or_resume,
+    _switch,
+    _take_over,
+    drop_version,
+    rebuild,
+    status,
+)
+from ledger.projections.streams import process_records
 from ledger.projections.views import ConcurrentChangeError
 from projections.orders import OrderProjector, get_order_summary
-from tests.test_projections_core import ITEM
+from tests.test_projections_core import ITEM, FlakyOrderProjector
 from tests.test_projections_dynamodb import (
     Crash,
     place_some_orders,
     project_sequence,
     read_model,
+    stream_records,
 )
 
 
@@ -227,15 +236,67 @@ class MissingTail:
             yield Page(events, page.checkpoint, page.head)
 
 
+@pytest.fixture
+def stream_orders(dynamodb_env):
+    """Orders and the Order view with ``DYNAMODB_ORDERING=stream``."""
+    env = {**dynamodb_env, "DYNAMODB_ORDERING": "stream"}
+    app = Orders(env=env)
+    yield app, open_view(OrderProjector, env)
+    app.close()
+
+
 def test_a_scan_rebuild_catches_up_aggregates_the_live_feed_applied_further(
-    orders, view
+    stream_orders,
 ):
+    orders, view = stream_orders
     late, *_ = place_some_orders(orders, 3)
-    project_sequence(orders, OrderProjector(view))
+    feed = OrderProjector(view, event_loader(orders))
+    assert process_records(feed, stream_records(orders), orders.mapper) == []
 
     rebuild(orders, OrderProjector, view, history=MissingTail(orders, late))
 
     assert read_model(view.at_version(2)) == read_model(view.at_version(1))
+
+
+def test_a_rebuild_stopped_between_switch_and_catch_up_catches_up_when_run_again(
+    stream_orders, monkeypatch
+):
+    orders, view = stream_orders
+    late, *_ = place_some_orders(orders, 3)
+    feed = OrderProjector(view, event_loader(orders))
+    assert process_records(feed, stream_records(orders), orders.mapper) == []
+    real_call = view.connection.call
+
+    def crash_at_catch_up(operation: str, **params: Any) -> Any:
+        if operation == "scan" and "FilterExpression" in params:
+            raise Crash  # the catch-up's first Scan, after the switch
+        return real_call(operation, **params)
+
+    monkeypatch.setattr(view.connection, "call", crash_at_catch_up)
+    with pytest.raises(Crash):
+        rebuild(orders, OrderProjector, view, history=MissingTail(orders, late))
+    monkeypatch.undo()
+    assert status(view).active_version == 2
+    assert read_model(view.at_version(2)) != read_model(view.at_version(1))
+
+    resumed = rebuild(orders, OrderProjector, view)
+
+    assert (resumed.table_version, resumed.events) == (2, 0)
+    assert status(view).rebuilding_version is None
+    assert read_model(view.at_version(2)) == read_model(view.at_version(1))
+
+
+def test_a_run_that_was_taken_over_cannot_switch_readers(orders, view):
+    place_some_orders(orders, 1)
+    target = _start_or_resume(view)
+    view.at_version(target).create_version_table(target)
+    left_behind = _take_over(view, target)
+    _take_over(view, target)
+
+    with pytest.raises(ConcurrentChangeError, match="took over"):
+        _switch(view, target, left_behind)
+
+    assert status(view).active_version == 1
 
 
 def test_a_rebuild_that_crashed_before_switching_resumes_by_switching(
@@ -291,3 +352,27 @@ def test_a_rebuild_parks_an_event_it_cannot_decode_and_builds_the_rest(
     fixed = get_order_summary(view, stuck)
     assert fixed is not None
     assert (fixed.status, "kiwi" in fixed.lines) == (OrderStatus.CONFIRMED, True)
+
+
+def test_a_scan_rebuild_of_a_sequence_application_records_its_position(orders, view):
+    place_some_orders(orders, 2)
+    project_sequence(orders, OrderProjector(view))
+
+    rebuild(orders, OrderProjector, view, history=ScanHistory(orders))
+
+    head = orders.recorder.max_notification_id()
+    assert view.at_version(2).max_tracking_id(orders.name) == head
+    assert status(view, orders).lag == 0
+    assert read_model(view.at_version(2)) == read_model(view.at_version(1))
+
+
+def test_dropping_a_version_drops_its_dead_letters(orders, view):
+    order_id = orders.place_order(uuid.uuid4(), [ITEM])
+    orders.add_item(order_id, "fig", 1, Decimal(1))
+    project_sequence(orders, FlakyOrderProjector(view))
+    assert FlakyOrderProjector(view).parked() != []
+    rebuild(orders, OrderProjector, view)
+
+    assert drop_version(view, 1) is True
+
+    assert FlakyOrderProjector(view.at_version(1)).parked() == []

@@ -187,7 +187,11 @@ def _apply_next_page(projection: Projection, projector: Projector) -> int:
     """
     from eventsourcing.persistence import Tracking  # noqa: PLC0415
 
-    from ledger.projections import Session  # noqa: PLC0415
+    from ledger.projections import (  # noqa: PLC0415
+        ActiveVersionChangedError,
+        ConcurrentChangeError,
+        Session,
+    )
     from ledger.projections.history import (  # noqa: PLC0415
         DEFAULT_PAGE_SIZE,
         decode,
@@ -200,7 +204,13 @@ def _apply_next_page(projection: Projection, projector: Projector) -> int:
     )
     # An event that cannot be decoded is parked by the projector, not raised.
     events = [(decode(app.mapper, n), Tracking(app.name, n.id)) for n in notifications]
-    return projector.apply_batch(Session(projection.view), events)
+    try:
+        return projector.apply_batch(Session(projection.view), events)
+    except ActiveVersionChangedError:
+        projection.view.follow_active()  # a rebuild switched: go on from there
+    except ConcurrentChangeError:
+        pass  # another writer got in first: read again from the position
+    return 0
 
 
 @projections_cli.command("rebuild")

@@ -303,9 +303,10 @@ def translate_client_error(error: botocore.exceptions.ClientError) -> Persistenc
     if code == "TrimmedDataAccessException":
         return ProgrammingError(
             f"{message}. A stream checkpoint is older than the stream's 24-hour "
-            "retention: records after it are gone, so the feed cannot go on "
-            "without missing events. Rebuild the projection from the events "
-            "table (`ledger projections rebuild NAME`)."
+            "retention: records after it may be gone, so the feed cannot go on "
+            "without risking missed events. Rebuild the projection from the "
+            "events table (`ledger projections rebuild NAME`): that also "
+            "restarts the feed from the oldest record the stream keeps."
         )
     if code == "ResourceNotFoundException":
         return ProgrammingError(

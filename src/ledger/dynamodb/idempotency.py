@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from uuid import UUID
 
-from eventsourcing.persistence import IntegrityError, StoredEvent
+from eventsourcing.persistence import DataError, IntegrityError, StoredEvent
 
 from ledger.dynamodb import schema
 from ledger.dynamodb.client import DynamoDBConnection
@@ -103,14 +103,19 @@ class IdempotencyKeys:
         )
         status = described.get("TimeToLiveDescription", {}).get("TimeToLiveStatus")
         if status in (None, "DISABLED"):
-            self.connection.call(
-                "update_time_to_live",
-                TableName=self.table_name,
-                TimeToLiveSpecification={
-                    "Enabled": True,
-                    "AttributeName": schema.EXPIRES_AT,
-                },
-            )
+            try:
+                self.connection.call(
+                    "update_time_to_live",
+                    TableName=self.table_name,
+                    TimeToLiveSpecification={
+                        "Enabled": True,
+                        "AttributeName": schema.EXPIRES_AT,
+                    },
+                )
+            except DataError as error:
+                # Another process (a Lambda cold start) enabled it first.
+                if "already enabled" not in str(error).lower():
+                    raise
 
     @staticmethod
     def check(key: str) -> None:

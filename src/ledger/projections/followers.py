@@ -33,6 +33,7 @@ from ledger.projections.streams import (
     decode_record,
     from_table,
     sequence_number,
+    stream_arn_of,
 )
 
 
@@ -50,6 +51,8 @@ class StreamFollower:
         recorder: Any = follower.recorder
         self.recorder = recorder
         self.connection = recorder.connection
+        self._stream_arn: str | None = None
+        """The leader's events-table stream, read at the first Lambda event."""
         self._uuid_ids = (
             getattr(leader.recorder, "originator_id_type", "uuid") == "uuid"
         )
@@ -87,8 +90,12 @@ class StreamFollower:
         Only records from the leader's events table are processed (others are
         dropped and logged: see :func:`~ledger.projections.streams.from_table`).
         """
+        if self._stream_arn is None:
+            self._stream_arn = stream_arn_of(self.leader) or ""
         records = from_table(
-            event.get("Records", []), self.leader.recorder.events_table_name
+            event.get("Records", []),
+            self.leader.recorder.events_table_name,
+            self._stream_arn or None,
         )
         failed = self.process(records)
         return {"batchItemFailures": [{"itemIdentifier": n} for n in failed]}

@@ -33,6 +33,7 @@ events table; later events reach the new version through the live feed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -44,6 +45,7 @@ from typing import Any
 
 from eventsourcing.persistence import IntegrityError, ProgrammingError, Tracking
 
+from ledger.dynamodb.client import TransactionConflictError
 from ledger.dynamodb.tables import delete_table
 from ledger.projections import schema
 from ledger.projections.dynamodb import DynamoDBView
@@ -131,19 +133,35 @@ def rebuild(
     target_view = view.at_version(target)
     target_view.create_version_table(target)
     owner = _take_over(view, target)
+    projector = projector_class(target_view, event_loader(application))
+    source = history or history_of(application, page_size=page_size)
+    sequenced = getattr(application.recorder, "ordering", "sequence") == "sequence"
+    head = _sequence_head(view, application) if sequenced else None
     control = view.get_control(schema.REBUILD) or {}
+    started = time.monotonic()
+    if schema.SWITCHED_FROM in control:
+        # A run that switched readers stopped before catching up: finish that.
+        old = int(control[schema.SWITCHED_FROM]["N"])
+        position = _committed_position(control, source, head)
+        _catch_up(
+            application,
+            projector,
+            view,
+            old=old,
+            position=position,
+            page_size=page_size,
+        )
+        _end_rebuild(view, owner)
+        return RebuildResult(target, 0, time.monotonic() - started, switched=True)
     committed = int(control.get(schema.EPOCH, {"N": "0"})["N"])
     checkpoint_text = control.get(schema.CHECKPOINT, {}).get("S")
     checkpoint = None if checkpoint_text is None else json.loads(checkpoint_text)
     writer = EpochWriter(target_view, owner)
     session = RebuildSession(target_view, set(), cache_bytes)
     writer.restore(committed, session)
-    projector = projector_class(target_view, event_loader(application))
-    source = history or history_of(application, page_size=page_size)
-    run = _Run(application, source, writer, session, committed)
+    run = _Run(application, source, writer, session, committed, sequence_head=head)
     if checkpoint is not None and source.kind == "sequence":
         run.position = int(checkpoint["position"])  # resumed: nothing may be left
-    started = time.monotonic()
 
     with ThreadPoolExecutor(max_workers=1) as flusher:
         for page in source.pages(checkpoint):
@@ -178,26 +196,82 @@ def rebuild(
                         run.events / elapsed if elapsed else 0,
                     )
                 )
-        run.flush(flusher)
+        run.flush(flusher, last=True)
         run.wait()
     writer.remove_tombstones()
-    switched = False
     if switch:
-        old_version = view.active_version()
-        switch_version(view, target)
-        switched = True
-        if source.kind == "sequence":
-            _catch_up_after_switch(application, projector, run.position, page_size)
-        else:
-            _catch_up_aggregates(projector, view.at_version(old_version))
+        old = _switch(view, target, owner)
+        position = run.position if source.kind == "sequence" else head
+        _catch_up(
+            application,
+            projector,
+            view,
+            old=old,
+            position=position,
+            page_size=page_size,
+        )
+        _end_rebuild(view, owner)
     return RebuildResult(
         target,
         run.events,
         time.monotonic() - started,
-        switched,
+        switch,
         writer.items_written,
         run.flushes,
     )
+
+
+def _sequence_head(view: DynamoDBView, application: Any) -> int:
+    """Return the sequence's last position when this rebuild started.
+
+    Stored on the ``rebuild`` control item by the first run, so a resumed run
+    uses the same one: every event at or below it was in the events table
+    before the rebuild read anything, so a rebuild that read the whole table
+    has applied them all.
+    """
+    head = application.recorder.max_notification_id() or 0
+    with contextlib.suppress(IntegrityError):  # an earlier run stored it
+        view.connection.call(
+            "update_item",
+            TableName=view.control_table_name,
+            Key={schema.NAME: {"S": schema.REBUILD}},
+            UpdateExpression="SET #h = :h",
+            ConditionExpression="attribute_exists(#n) AND attribute_not_exists(#h)",
+            ExpressionAttributeNames={"#h": schema.SEQUENCE_HEAD, "#n": schema.NAME},
+            ExpressionAttributeValues={":h": {"N": str(head)}},
+        )
+    control = view.get_control(schema.REBUILD) or {}
+    return int(control.get(schema.SEQUENCE_HEAD, {"N": str(head)})["N"])
+
+
+def _committed_position(
+    control: dict[str, Any], source: History, head: int | None
+) -> int | None:
+    """Return the sequence position a finished build applied (None: no sequence)."""
+    if source.kind == "sequence":
+        checkpoint = json.loads(control.get(schema.CHECKPOINT, {}).get("S", "{}"))
+        return int(checkpoint.get("position", 0))
+    return head
+
+
+def _catch_up(
+    application: Any,
+    projector: Projector,
+    view: DynamoDBView,
+    *,
+    old: int,
+    position: int | None,
+    page_size: int,
+) -> None:
+    """Apply what the build did not see, once readers use the new version.
+
+    From the application sequence after ``position`` when there is one;
+    otherwise aggregate by aggregate against the old version.
+    """
+    if position is not None:
+        _catch_up_after_switch(application, projector, position, page_size)
+    else:
+        _catch_up_aggregates(projector, view.at_version(old))
 
 
 class _Run:
@@ -210,7 +284,12 @@ class _Run:
         writer: EpochWriter,
         session: RebuildSession,
         committed: int,
+        *,
+        sequence_head: int | None = None,
     ) -> None:
+        self.sequence_head = sequence_head
+        """The sequence's last position when the rebuild started (sequence
+        applications): a Scan that read everything has applied up to it."""
         self.application = application
         self.source = source
         self.writer = writer
@@ -240,13 +319,19 @@ class _Run:
             in_flight, self.in_flight = self.in_flight, None
             in_flight.result()
 
-    def flush(self, flusher: ThreadPoolExecutor) -> None:
-        """Hand the window to the flusher, once the previous flush committed."""
+    def flush(self, flusher: ThreadPoolExecutor, *, last: bool = False) -> None:
+        """Hand the window to the flusher, once the previous flush committed.
+
+        ``last``: the history is read to its end; a Scan of a sequence
+        application then records the sequence position it covers.
+        """
         page = self.last_page
+        scan_done = last and self.source.kind != "sequence"
         if page is None or (
             self.window_events == 0
             and not self.session.writes
             and not self.session.staged
+            and not (scan_done and self.sequence_head)
         ):
             return
         self.wait()
@@ -256,6 +341,8 @@ class _Run:
         tracking = None
         if self.source.kind == "sequence":
             tracking = Tracking(self.application.name, int(page.checkpoint["position"]))
+        elif scan_done and self.sequence_head:
+            tracking = Tracking(self.application.name, self.sequence_head)
         self.in_flight = flusher.submit(
             self.writer.flush, writes, self.committed, page.checkpoint, tracking
         )
@@ -311,24 +398,12 @@ def _take_over(view: DynamoDBView, target: int) -> str:
 def switch_version(view: DynamoDBView, version: int) -> None:
     """Make ``version`` the one readers use, in one conditional transaction.
 
-    Also ends the rebuild in progress, if it built that version.
+    For a version built with ``rebuild(..., switch=False)``: also ends the
+    rebuild in progress, if it built that version. (It does not catch up on
+    events saved since: run the projection's feed.)
     """
     active = view.active_version()
-    actions: list[dict[str, Any]] = [
-        {
-            "Update": {
-                "TableName": view.control_table_name,
-                "Key": {schema.NAME: {"S": schema.ACTIVE}},
-                "UpdateExpression": "SET #v = :new",
-                "ConditionExpression": "#v = :old",
-                "ExpressionAttributeNames": {"#v": schema.TABLE_VERSION},
-                "ExpressionAttributeValues": {
-                    ":new": {"N": str(version)},
-                    ":old": {"N": str(active)},
-                },
-            }
-        }
-    ]
+    actions: list[dict[str, Any]] = [_activate(view, version, active)]
     in_progress = view.get_control(schema.REBUILD)
     if (
         in_progress is not None
@@ -344,6 +419,96 @@ def switch_version(view: DynamoDBView, version: int) -> None:
         )
     view.connection.call("transact_write_items", TransactItems=actions)
     view.follow_active()
+
+
+def _switch(view: DynamoDBView, version: int, owner: str) -> int:
+    """Make ``version`` active if this run still owns its rebuild; return the old.
+
+    The ``rebuild`` control item stays, marked with the version switched
+    from, until the catch-up is done (:func:`_end_rebuild`): a run that
+    stops in between is resumed by catching up. A run that was taken over
+    cannot switch.
+    """
+    active = view.active_version()
+    try:
+        view.connection.call(
+            "transact_write_items",
+            TransactItems=[
+                _activate(view, version, active),
+                {
+                    "Update": {
+                        "TableName": view.control_table_name,
+                        "Key": {schema.NAME: {"S": schema.REBUILD}},
+                        "UpdateExpression": "SET #s = :old",
+                        "ConditionExpression": "#o = :o",
+                        "ExpressionAttributeNames": {
+                            "#s": schema.SWITCHED_FROM,
+                            "#o": schema.OWNER,
+                        },
+                        "ExpressionAttributeValues": {
+                            ":old": {"N": str(active)},
+                            ":o": {"S": owner},
+                        },
+                    }
+                },
+            ],
+        )
+    except TransactionConflictError as error:
+        raise ConcurrentChangeError(
+            f"Another run took over the rebuild of {view.base_name} v{version}, "
+            "or readers were switched meanwhile; this one does not switch."
+        ) from error
+    view.follow_active()
+    return active
+
+
+def _end_rebuild(view: DynamoDBView, owner: str) -> None:
+    """Remove the ``rebuild`` control item, if this run still owns it.
+
+    Also forgets the local stream poller's shard checkpoints: it then starts
+    again from the oldest record the stream keeps, which the new version
+    absorbs (it skips what it has applied), and a checkpoint the stream had
+    trimmed away (the error says: rebuild) stops being in the way.
+    """
+    shard_checkpoints = view.connection.items(
+        "scan",
+        TableName=view.control_table_name,
+        FilterExpression="begins_with(#n, :p)",
+        ExpressionAttributeNames={"#n": schema.NAME},
+        ExpressionAttributeValues={":p": {"S": schema.SHARD_PREFIX}},
+    )
+    for item in list(shard_checkpoints):
+        view.connection.call(
+            "delete_item",
+            TableName=view.control_table_name,
+            Key={schema.NAME: item[schema.NAME]},
+        )
+    with contextlib.suppress(IntegrityError):  # taken over: the owner ends it
+        view.connection.call(
+            "delete_item",
+            TableName=view.control_table_name,
+            Key={schema.NAME: {"S": schema.REBUILD}},
+            ConditionExpression="#o = :o",
+            ExpressionAttributeNames={"#o": schema.OWNER},
+            ExpressionAttributeValues={":o": {"S": owner}},
+        )
+
+
+def _activate(view: DynamoDBView, version: int, active: int) -> dict[str, Any]:
+    """Return the action moving the ``active`` pointer to ``version``."""
+    return {
+        "Update": {
+            "TableName": view.control_table_name,
+            "Key": {schema.NAME: {"S": schema.ACTIVE}},
+            "UpdateExpression": "SET #v = :new",
+            "ConditionExpression": "#v = :old",
+            "ExpressionAttributeNames": {"#v": schema.TABLE_VERSION},
+            "ExpressionAttributeValues": {
+                ":new": {"N": str(version)},
+                ":old": {"N": str(active)},
+            },
+        }
+    }
 
 
 def _catch_up_after_switch(
@@ -438,6 +603,27 @@ def drop_version(view: DynamoDBView, version: int) -> bool:
         raise ProgrammingError(
             f"Table version {version} of {view.base_name} is active or being "
             "rebuilt, so it cannot be dropped. Switch to another version first."
+        )
+    # Its dead letters go too: a later version of the same number must not
+    # find them.
+    for item in view.connection.items(
+        "query",
+        TableName=view.parked_table_name,
+        KeyConditionExpression="#v = :v",
+        ExpressionAttributeNames={
+            "#v": schema.TABLE_VERSION,
+            "#a": schema.AGGREGATE_ID,
+        },
+        ExpressionAttributeValues={":v": {"N": str(version)}},
+        ProjectionExpression="#v, #a",
+    ):
+        view.connection.call(
+            "delete_item",
+            TableName=view.parked_table_name,
+            Key={
+                schema.TABLE_VERSION: item[schema.TABLE_VERSION],
+                schema.AGGREGATE_ID: item[schema.AGGREGATE_ID],
+            },
         )
     return delete_table(view.connection, view.version_table_name(version))
 

@@ -59,6 +59,12 @@ commit)."""
 CHECKPOINT: Final = "checkpoint"
 """(S) on ``rebuild``: JSON of where the rebuild's history stands after the last
 committed flush (a sequence position, or each Scan segment's start key)."""
+SWITCHED_FROM: Final = "switched_from"
+"""(N) on ``rebuild``: set when readers were switched to the version built,
+to the version they left; the item goes once the catch-up is done."""
+SEQUENCE_HEAD: Final = "sequence_head"
+"""(N) on ``rebuild``: the application sequence's last position when the
+rebuild started (applications with a sequence)."""
 STARTED_AT: Final = "started_at"
 """(S) ISO time a rebuild started."""
 SEQUENCE_NUMBER: Final = "sequence_number"

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from uuid import UUID
 
 import boto3
+import botocore.exceptions
 from eventsourcing.persistence import (
     DataError,
     Mapper,
@@ -40,7 +41,11 @@ from eventsourcing.persistence import (
 )
 
 from ledger.dynamodb import schema as store_schema
-from ledger.dynamodb.client import is_loopback, translate_errors
+from ledger.dynamodb.client import (
+    is_loopback,
+    translate_client_error,
+    translate_errors,
+)
 from ledger.projections import schema
 from ledger.projections.deadletters import error_summary
 from ledger.projections.projector import Projector
@@ -269,35 +274,58 @@ def handle_stream_event(
     mapper: Mapper[Any],
     *,
     events_table: str | None = None,
+    stream_arn: str | None = None,
 ) -> dict[str, list[dict[str, str]]]:
     """Process a Lambda DynamoDB Streams event; return its partial-batch response.
 
     Configure the event source mapping with ``ReportBatchItemFailures``. With
-    ``events_table``, only records from that table's stream are applied
-    (:func:`from_table`).
+    ``events_table`` (and its ``stream_arn``), only records from that
+    table's stream are applied (:func:`from_table`).
     """
     records = event.get("Records", [])
     if events_table is not None:
-        records = from_table(records, events_table)
+        records = from_table(records, events_table, stream_arn)
     failed = process_records(projector, records, mapper)
     return {"batchItemFailures": [{"itemIdentifier": number} for number in failed]}
 
 
-def from_table(
-    records: Sequence[Mapping[str, Any]], events_table: str
-) -> list[Mapping[str, Any]]:
-    """Return the records whose ``eventSourceARN`` is ``events_table``'s stream.
+def stream_arn_of(application: Any) -> str | None:
+    """Return the ARN of the application's events-table stream (None: none)."""
+    recorder = application.recorder
+    table = recorder.connection.call(
+        "describe_table", TableName=recorder.events_table_name
+    )["Table"]
+    arn: str | None = table.get("LatestStreamArn")
+    return arn
 
-    A handler applies only its own events table's records: one from any other
-    source (another table's stream wired to it by mistake, or a record made
-    up by whoever can invoke the function) is dropped, never applied, and
-    logged (its sequence number and source, not its content). Dropped
-    records are not reported as failures: redelivering them would not help.
+
+def from_table(
+    records: Sequence[Mapping[str, Any]],
+    events_table: str,
+    stream_arn: str | None = None,
+) -> list[Mapping[str, Any]]:
+    """Return the records that come from ``events_table``'s stream.
+
+    With ``stream_arn`` (the table's ``LatestStreamArn``), a record's
+    ``eventSourceARN`` must be exactly it (same account, region, table and
+    stream); without, it must name the table's stream. A record from any
+    other source (another table's or account's stream wired to the function
+    by mistake, or made up by an invoker) is dropped, never applied, and
+    logged (its source and the count, not its content). Dropped records are
+    not reported as failures: redelivering them would not help. (Only the
+    event source mapping should be allowed to invoke the function: IAM, not
+    this check, keeps out an invoker who copies the real ARN.)
     """
-    marker = f":table/{events_table}/stream/"
-    own = [r for r in records if marker in str(r.get("eventSourceARN", ""))]
+
+    def ours(record: Mapping[str, Any]) -> bool:
+        source = str(record.get("eventSourceARN", ""))
+        if stream_arn is not None:
+            return source == stream_arn
+        return f":table/{events_table}/stream/" in source
+
+    own = [r for r in records if ours(r)]
     if len(own) < len(records):
-        foreign = [r for r in records if marker not in str(r.get("eventSourceARN", ""))]
+        foreign = [r for r in records if not ours(r)]
         logger.error(
             "dropped stream records not from the events table",
             extra={
@@ -334,12 +362,14 @@ def lambda_handler(
             view = open_view(projector_class, env)
             made["mapper"] = application.mapper
             made["events_table"] = application.recorder.events_table_name
+            made["stream_arn"] = stream_arn_of(application)
             made["projector"] = projector_class(view, event_loader(application))
         return handle_stream_event(
             event,
             made["projector"],
             made["mapper"],
             events_table=made["events_table"],
+            stream_arn=made["stream_arn"],
         )
 
     return handler
@@ -452,6 +482,10 @@ class StreamPoller:
                 "sequence (ledger projections run NAME --feed sequence)."
             )
         self.stream_arn: str = table["LatestStreamArn"]
+        self._iterators: dict[str, str] = {}
+        """Per shard, where the last poll's empty page left off."""
+        self._finished: set[str] = set()
+        """Shards closed and read to their end by this poller."""
 
     def poll(self) -> int:
         """Process every record available now in every shard; return how many."""
@@ -527,15 +561,25 @@ class StreamPoller:
         return iterator
 
     def _poll_shard(self, shard_id: str) -> int:
-        iterator = self._iterator(shard_id)
+        """Process a shard's available records; return how many.
+
+        Where an empty page stopped it, the next poll goes on from there (a
+        shard may hold empty stretches before later records); from the
+        checkpoint again after a failure, or once the iterator expired.
+        """
+        if shard_id in self._finished:
+            return 0
+        iterator = self._iterators.pop(shard_id, None) or self._iterator(shard_id)
         processed = 0
         while iterator:
-            with translate_errors():
-                response = self.client.get_records(
-                    ShardIterator=iterator, Limit=self.batch_size
-                )
+            response = self._get_records(shard_id, iterator)
             records = response.get("Records", [])
             if not records:
+                following = response.get("NextShardIterator")
+                if following is None:
+                    self._finished.add(shard_id)  # closed, and read to its end
+                else:
+                    self._iterators[shard_id] = following
                 return processed
             failed = set(self.consumer.process(records))
             done = _before_first_failure(records, failed)
@@ -545,7 +589,30 @@ class StreamPoller:
             if failed:
                 return processed
             iterator = response.get("NextShardIterator")
+        self._finished.add(shard_id)
         return processed
+
+    def _get_records(self, shard_id: str, iterator: str) -> dict[str, Any]:
+        """Read a page of a shard, renewing an expired iterator from the checkpoint."""
+        try:
+            response: dict[str, Any] = self.client.get_records(
+                ShardIterator=iterator, Limit=self.batch_size
+            )
+        except botocore.exceptions.ClientError as error:
+            code = error.response.get("Error", {}).get("Code")
+            if code != "ExpiredIteratorException":
+                raise translate_client_error(error) from error
+            renewed = self._iterator(shard_id)
+            if renewed is None:
+                return {"Records": []}
+            with translate_errors():
+                response = self.client.get_records(
+                    ShardIterator=renewed, Limit=self.batch_size
+                )
+        except botocore.exceptions.BotoCoreError:
+            with translate_errors():
+                raise
+        return response
 
 
 def _before_first_failure(

@@ -580,10 +580,10 @@ def _catch_up_aggregate(projector: Projector, aggregate_id: str, version: int) -
         applied = 0 if current is None else current.version
         if applied >= version:
             return
-        for event in projector.load_events(aggregate_id, applied, 2**62):
-            projector.apply(session, event, None)
+        events = projector.load_events(aggregate_id, applied, 2**62)
         try:
-            session.commit()
+            # In as many commits as the events' writes need.
+            projector.apply_batch(session, [(event, None) for event in events])
         except ConcurrentChangeError:
             continue  # the live feed got there first: look again
         return

@@ -31,7 +31,7 @@ from types import TracebackType
 from typing import Literal, Self
 from urllib.parse import urlsplit
 
-FaultKind = Literal["LOSE_RESPONSE", "CUT", "DELAY", "OUTAGE"]
+FaultKind = Literal["LOSE_RESPONSE", "CUT", "DELAY", "OUTAGE", "SERVER_ERROR"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,22 @@ connection without sending it: the write happened, the caller sees an error."""
 
 CUT = Fault("CUT")
 """Close the client connection instead of forwarding: nothing reaches DynamoDB."""
+
+SERVER_ERROR = Fault("SERVER_ERROR")
+"""Answer with DynamoDB's HTTP 500 ``InternalServerError`` instead of
+forwarding: nothing reaches DynamoDB, and botocore retries it."""
+
+_SERVER_ERROR_BODY = (
+    b'{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError",'
+    b'"message":"injected by the fault proxy"}'
+)
+_SERVER_ERROR_RESPONSE = (
+    b"HTTP/1.1 500 Internal Server Error\r\n"
+    b"Content-Type: application/x-amz-json-1.0\r\n"
+    b"x-amzn-ErrorType: InternalServerError\r\n"
+    b"Content-Length: " + str(len(_SERVER_ERROR_BODY)).encode() + b"\r\n"
+    b"\r\n" + _SERVER_ERROR_BODY
+)
 
 OUTAGE = Fault("OUTAGE")
 """Logged for a request read while the proxy was down; it was not forwarded."""
@@ -561,6 +577,9 @@ class FaultProxy:
             fault = self._decide(operation, request.body)
             if fault in (OUTAGE, CUT):
                 return
+            if fault == SERVER_ERROR:
+                connection.client.sendall(_SERVER_ERROR_RESPONSE)
+                continue
             if fault is not None and fault.kind == "DELAY":
                 self._stopping.wait(fault.seconds)
             if connection.is_shut or self._stopping.is_set():

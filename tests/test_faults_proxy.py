@@ -23,7 +23,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 import pytest
-from faults import CUT, DELAY, LOSE_RESPONSE, FaultProxy
+from faults import CUT, DELAY, LOSE_RESPONSE, SERVER_ERROR, FaultProxy
 
 SINGLE_ATTEMPT = botocore.config.Config(
     retries={"total_max_attempts": 1, "mode": "standard"}
@@ -157,6 +157,21 @@ def test_cut_is_a_connection_error_and_nothing_is_written(
 
     assert not exists(direct, table, "a")
     assert proxy.requests == [("PutItem", CUT)]
+
+
+def test_server_error_is_dynamodbs_internal_server_error_and_nothing_is_written(
+    proxy, connect, direct, table
+):
+    client = connect(proxy.endpoint_url, SINGLE_ATTEMPT)
+    proxy.on("PutItem", fault=SERVER_ERROR)
+
+    with pytest.raises(botocore.exceptions.ClientError) as raised:
+        put(client, table, "a")
+
+    assert raised.value.response["Error"]["Code"] == "InternalServerError"
+    assert not exists(direct, table, "a")
+    put(client, table, "b")  # the connection goes on serving
+    assert exists(direct, table, "b")
 
 
 def test_max_attempts_one_is_one_retry_so_a_single_cut_goes_unseen(

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 from eventsourcing.persistence import OperationalError
-from faults import CUT, LOSE_RESPONSE, FaultProxy
+from faults import CUT, LOSE_RESPONSE, SERVER_ERROR, FaultProxy
 
 from aggregates.application import Orders
 from ledger.dynamodb import AmbiguousWriteError
@@ -126,3 +126,16 @@ def test_connections_cut_before_sending_write_nothing_and_a_keyed_retry_applies(
     order_id = app.place_order(uuid.uuid4(), [ITEM], idempotency_key="request-8")
 
     assert orders_stored(app) == {**before, str(order_id): 2}
+
+
+def test_an_answer_lost_before_the_last_attempt_still_makes_the_failure_ambiguous(
+    app, proxy
+):
+    before = orders_stored(app)
+    proxy.on(is_write, fault=LOSE_RESPONSE)  # the first attempt: applied, lost
+    proxy.on(is_write, fault=SERVER_ERROR, times=None)  # then DynamoDB fails
+
+    with pytest.raises(AmbiguousWriteError, match="may have been applied"):
+        app.place_order(uuid.uuid4(), [ITEM])
+
+    assert len(orders_stored(app)) == len(before) + 1  # it was

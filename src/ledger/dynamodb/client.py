@@ -11,9 +11,9 @@ transaction whose reasons include a condition      conflict: never retried
 failure                                            silently)
 throttling, 5xx, connection errors (after          ``OperationalError``
 botocore's retries), a transaction conflict
-a write whose answer was lost after it was sent    ``AmbiguousWriteError`` (an
-(connection closed or timed out while waiting)     ``OperationalError``: it
-                                                   may have been applied)
+a write one of whose attempts lost its answer      ``AmbiguousWriteError`` (an
+(connection closed or timed out while waiting),    ``OperationalError``: it
+when the last attempt fails too                    may have been applied)
 ``ResourceNotFoundException`` (no such table)      ``ProgrammingError``
 ``ValidationException``, item too large            ``DataError``
 no credentials, no region                          ``InterfaceError``
@@ -26,6 +26,7 @@ mode (exponential backoff with jitter) before they are translated.
 from __future__ import annotations
 
 import ipaddress
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final
@@ -194,6 +195,12 @@ class DynamoDBConnection:
         )
         self.metering = Metering()
         self.metering.install(self.client)
+        self._call_state = threading.local()
+        """Per thread: whether an attempt of the current call lost its answer."""
+        # First, so it sees every attempt before the retry handler decides.
+        self.client.meta.events.register_first(
+            "needs-retry.dynamodb", self._note_lost_answer
+        )
         self.known_tables: set[str] = set()
         """Tables seen to exist and be active, so they are checked only once."""
 
@@ -209,14 +216,35 @@ class DynamoDBConnection:
     def call(self, operation: str, **params: Any) -> dict[str, Any]:
         """Call a DynamoDB operation (``"put_item"``) and translate its errors."""
         method: Callable[..., dict[str, Any]] = getattr(self.client, operation)
+        write = operation in WRITE_OPERATIONS
+        self._call_state.lost_answer = False
         try:
-            with translate_errors(write=operation in WRITE_OPERATIONS):
+            with translate_errors(write=write):
                 return method(**params)
         except ProgrammingError as error:
             table = params.get("TableName")
             if table and table not in str(error):
                 raise ProgrammingError(f"Table {table}: {error}") from error
             raise
+        except OperationalError as error:
+            if write and self._call_state.lost_answer:
+                if isinstance(error, AmbiguousWriteError):
+                    raise
+                raise AmbiguousWriteError(
+                    f"An attempt of a write lost DynamoDB's answer, and the last "
+                    f"attempt failed ({error}): the write may have been applied. "
+                    "Retry the command with the same idempotency key to apply it "
+                    "exactly once; without one, reload the aggregate to see "
+                    "whether it was."
+                ) from error
+            raise
+
+    def _note_lost_answer(
+        self, caught_exception: BaseException | None = None, **_: Any
+    ) -> None:
+        """Remember that an attempt of this thread's call lost its answer."""
+        if isinstance(caught_exception, _LOST_ANSWER):
+            self._call_state.lost_answer = True
 
     def items(self, operation: str, **params: Any) -> Iterator[dict[str, Any]]:
         """Yield every item of a ``"scan"`` or ``"query"``, one page after another."""

@@ -7,11 +7,12 @@ import time
 import uuid
 from collections.abc import Callable
 
-from faults import FaultProxy
+from eventsourcing.projection import ProjectionRunner
+from faults import CUT, FaultProxy
 
 from aggregates.application import Orders
 from aggregates.order import OrderStatus
-from ledger.projections import event_loader
+from ledger.projections import DynamoDBView, event_loader
 from ledger.projections.dynamodb import open_view
 from ledger.projections.streams import StreamPoller
 from projections.orders import OrderProjector, get_order_summary
@@ -77,4 +78,71 @@ def test_the_stream_poller_rides_out_an_outage_and_misses_nothing(
             stop.set()
             running.join(DEADLINE)
         app.close()
+    writer.close()
+
+
+def test_the_projection_runner_rides_out_an_outage_and_misses_nothing(
+    dynamodb_env, dynamodb_endpoint
+):
+    writer = Orders(env=dynamodb_env)  # saves reach DynamoDB directly
+    readers = open_view(OrderProjector, dynamodb_env)
+    first = writer.place_order(uuid.uuid4(), [ITEM])
+    with FaultProxy(dynamodb_endpoint) as proxy:
+        through_proxy = {
+            **dynamodb_env,
+            "DYNAMODB_ENDPOINT_URL": proxy.endpoint_url,
+            "DYNAMODB_MAX_ATTEMPTS": "2",
+            "DYNAMODB_POLL_INTERVAL": "0.05",
+        }
+        with ProjectionRunner(
+            application_class=Orders,
+            projection_class=OrderProjector,
+            view_class=DynamoDBView,
+            env=through_proxy,
+        ):
+            eventually(
+                lambda: get_order_summary(readers, first) is not None, "first order"
+            )
+            proxy.down()
+            refused = proxy.refused
+            second = writer.place_order(uuid.uuid4(), [ITEM])
+            writer.confirm(first)
+            eventually(lambda: proxy.refused > refused + 2, "reads during the outage")
+            proxy.up()
+
+            eventually(
+                lambda: get_order_summary(readers, second) is not None, "second order"
+            )
+            eventually(
+                lambda: (
+                    get_order_summary(readers, first).status is OrderStatus.CONFIRMED
+                ),
+                "first order confirmed",
+            )
+    writer.close()
+
+
+def test_a_runners_commits_failing_for_a_while_are_retried_not_fatal(
+    dynamodb_env, dynamodb_endpoint
+):
+    writer = Orders(env=dynamodb_env)
+    readers = open_view(OrderProjector, dynamodb_env)
+    order_id = writer.place_order(uuid.uuid4(), [ITEM])
+    with FaultProxy(dynamodb_endpoint) as proxy:
+        through_proxy = {
+            **dynamodb_env,
+            "DYNAMODB_ENDPOINT_URL": proxy.endpoint_url,
+            "DYNAMODB_MAX_ATTEMPTS": "2",
+        }
+        cuts = proxy.on("TransactWriteItems", fault=CUT, times=5)
+        with ProjectionRunner(
+            application_class=Orders,
+            projection_class=OrderProjector,
+            view_class=DynamoDBView,
+            env=through_proxy,
+        ):
+            eventually(
+                lambda: get_order_summary(readers, order_id) is not None, "the order"
+            )
+        assert cuts.fired == 5
     writer.close()

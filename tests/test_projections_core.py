@@ -215,6 +215,7 @@ class ThrottledOrderProjector(OrderProjector):
     """DynamoDB keeps refusing while an item is added: not the event's fault."""
 
     retry_delays = (0.0,)
+    outage_patience = 0.0  # raise at once instead of waiting DynamoDB out
 
     @handles(Order.ItemAdded)
     def item_added(self, event: Any, models: Session) -> None:

@@ -462,6 +462,10 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
             listener.set()
 
 
+MAX_OUTAGE_WAIT = 30.0
+"""Longest wait, in seconds, between reads while DynamoDB is unavailable."""
+
+
 class DynamoDBSubscription(ListenNotifySubscription[DynamoDBApplicationRecorder]):
     """A blocking subscription to a DynamoDB application sequence.
 
@@ -480,13 +484,32 @@ class DynamoDBSubscription(ListenNotifySubscription[DynamoDBApplicationRecorder]
         recorder.listen(self._has_been_notified)
 
     def _loop_on_pull(self) -> None:
-        # As the base class's loop, but waking on a timer too: saves made by
-        # other processes notify nobody here.
+        # As the base class's loop, but waking on a timer too (saves made by
+        # other processes notify nobody here), and riding out DynamoDB being
+        # unavailable: it waits, backing off, and reads again from where it was.
+        failures = 0
         try:
-            self._pull()
             while not self._has_been_stopped:
+                try:
+                    self._pull()
+                except OperationalError as error:
+                    failures += 1
+                    wait = min(
+                        MAX_OUTAGE_WAIT,
+                        self._poll_interval * 2 ** min(failures, 16),
+                    )
+                    logger.warning(
+                        "DynamoDB unavailable, reading the sequence again later",
+                        extra={
+                            "failures": failures,
+                            "wait": wait,
+                            "error": type(error).__name__,
+                        },
+                    )
+                    self._has_been_notified.wait(timeout=wait)
+                    continue
+                failures = 0
                 self._has_been_notified.wait(timeout=self._poll_interval)
-                self._pull()
         except BaseException as error:  # noqa: BLE001 - re-raised by __next__
             if self._thread_error is None:
                 self._thread_error = error

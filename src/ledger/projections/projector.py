@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, ClassVar
 
-from eventsourcing.persistence import PersistenceError, Tracking
+from eventsourcing.persistence import OperationalError, PersistenceError, Tracking
 from eventsourcing.projection import Projection
 from eventsourcing.utils import get_topic
 
@@ -45,6 +45,8 @@ Handler = Callable[[Any, Any, Session], None]
 EventLoader = Callable[[str, int, int], Sequence[Any]]
 """Reads an aggregate's events after one version up to another (inclusive)."""
 
+_MAX_OUTAGE_WAIT = 30.0
+"""Longest wait, in seconds, between tries while DynamoDB is unavailable."""
 _MAX_CACHED_ITEMS = 10_000
 """Items a live projector keeps cached between events (reads it can skip)."""
 
@@ -67,6 +69,9 @@ class Projector(Projection[ReadModelView]):
     otherwise ignored.
     """
 
+    outage_patience: ClassVar[float] = 900.0
+    """Seconds the sequence feed waits for DynamoDB to come back before it
+    gives up on an event (the runner then stops, and resumes when restarted)."""
     retry_delays: ClassVar[tuple[float, ...]] = (0.05, 0.2, 1.0)
     """Seconds to wait before each retry of a failing handler; then it is parked."""
     handlers: ClassVar[dict[type[Any], Handler]] = {}
@@ -107,10 +112,8 @@ class Projector(Projection[ReadModelView]):
         if len(self.session.loaded) > _MAX_CACHED_ITEMS:
             self.session.forget()
         for _ in range(MAX_COMMIT_ATTEMPTS):
-            self.apply(self.session, domain_event, tracking.notification_id)
-            self.session.tracking = tracking
             try:
-                self.session.commit()
+                self._apply_and_commit(domain_event, tracking)
             except ActiveVersionChangedError:
                 self._follow_active_version(tracking)
             except ConcurrentChangeError:
@@ -125,6 +128,32 @@ class Projector(Projection[ReadModelView]):
             f"{MAX_COMMIT_ATTEMPTS} times; is another runner of projection "
             f"{self.name!r} writing the same items? Run one runner per projection."
         )
+
+    def _apply_and_commit(self, domain_event: Any, tracking: Tracking) -> None:
+        """Apply an event and commit it, waiting out DynamoDB being unavailable.
+
+        While reads or the commit fail with ``OperationalError`` (an outage,
+        throttling past the client's retries), wait (doubling up to 30 s)
+        and apply again, for at most ``outage_patience`` seconds in all.
+        Conflicts are the caller's to handle.
+        """
+        waited = 0.0
+        failures = 0
+        while True:
+            try:
+                self.apply(self.session, domain_event, tracking.notification_id)
+                self.session.tracking = tracking
+                self.session.commit()
+            except OperationalError:
+                self.session.forget()
+                failures += 1
+                wait = min(_MAX_OUTAGE_WAIT, 0.1 * 2 ** min(failures, 16))
+                if waited + wait > self.outage_patience:
+                    raise
+                time.sleep(wait)
+                waited += wait
+            else:
+                return
 
     def _follow_active_version(self, tracking: Tracking) -> None:
         """Move to the version a rebuild switched to, if it is not behind us."""

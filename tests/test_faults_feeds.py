@@ -29,6 +29,25 @@ def eventually(check: Callable[[], bool], what: str) -> None:
         time.sleep(0.05)
 
 
+def ride_out_an_outage(
+    proxy: FaultProxy, writer: Orders, readers: DynamoDBView, first: uuid.UUID
+) -> None:
+    """Check ``first`` is projected, take DynamoDB away while orders change,
+    bring it back, and check the feed applies everything by itself."""
+    eventually(lambda: get_order_summary(readers, first) is not None, "first order")
+    proxy.down()
+    refused = proxy.refused
+    second = writer.place_order(uuid.uuid4(), [ITEM])
+    writer.confirm(first)
+    eventually(lambda: proxy.refused > refused + 2, "reads during the outage")
+    proxy.up()
+    eventually(lambda: get_order_summary(readers, second) is not None, "second order")
+    eventually(
+        lambda: get_order_summary(readers, first).status is OrderStatus.CONFIRMED,
+        "first order confirmed",
+    )
+
+
 def test_the_stream_poller_rides_out_an_outage_and_misses_nothing(
     streamed, dynamodb_env, dynamodb_endpoint
 ):
@@ -54,25 +73,7 @@ def test_the_stream_poller_rides_out_an_outage_and_misses_nothing(
         first = writer.place_order(uuid.uuid4(), [ITEM])
         running.start()
         try:
-            eventually(
-                lambda: get_order_summary(readers, first) is not None, "first order"
-            )
-            proxy.down()
-            refused = proxy.refused
-            second = writer.place_order(uuid.uuid4(), [ITEM])
-            writer.confirm(first)
-            eventually(lambda: proxy.refused > refused + 2, "polls during the outage")
-            proxy.up()
-
-            eventually(
-                lambda: get_order_summary(readers, second) is not None, "second order"
-            )
-            eventually(
-                lambda: (
-                    get_order_summary(readers, first).status is OrderStatus.CONFIRMED
-                ),
-                "first order confirmed",
-            )
+            ride_out_an_outage(proxy, writer, readers, first)
             assert running.is_alive()  # it waited the outage out
         finally:
             stop.set()
@@ -100,25 +101,7 @@ def test_the_projection_runner_rides_out_an_outage_and_misses_nothing(
             view_class=DynamoDBView,
             env=through_proxy,
         ):
-            eventually(
-                lambda: get_order_summary(readers, first) is not None, "first order"
-            )
-            proxy.down()
-            refused = proxy.refused
-            second = writer.place_order(uuid.uuid4(), [ITEM])
-            writer.confirm(first)
-            eventually(lambda: proxy.refused > refused + 2, "reads during the outage")
-            proxy.up()
-
-            eventually(
-                lambda: get_order_summary(readers, second) is not None, "second order"
-            )
-            eventually(
-                lambda: (
-                    get_order_summary(readers, first).status is OrderStatus.CONFIRMED
-                ),
-                "first order confirmed",
-            )
+            ride_out_an_outage(proxy, writer, readers, first)
     writer.close()
 
 

@@ -344,8 +344,20 @@ class Projector(Projection[ReadModelView]):
         An event that could not be decoded (:class:`Undecodable`) is parked.
         """
         position = None if tracking is None else tracking.notification_id
+        self.apply_or_park(session, event, position)
+        if tracking is not None:
+            session.tracking = tracking
+
+    def apply_or_park(
+        self, session: Session, event: Any, position: int | None
+    ) -> Outcome:
+        """Apply a decoded event, or park one that could not be decoded.
+
+        ``event`` is a domain event or an :class:`Undecodable` (as feeds and
+        histories hand them over); not committed.
+        """
         if isinstance(event, Undecodable):
-            self.park_record(
+            return self.park_record(
                 session,
                 event.aggregate_id,
                 event.version,
@@ -353,10 +365,7 @@ class Projector(Projection[ReadModelView]):
                 error=event.error,
                 position=position,
             )
-        else:
-            self.apply(session, event, position)
-        if tracking is not None:
-            session.tracking = tracking
+        return self.apply(session, event, position)
 
 
 def event_loader(application: Any) -> EventLoader:

@@ -54,7 +54,6 @@ from ledger.projections.history import (
     DEFAULT_PAGE_SIZE,
     History,
     Page,
-    Undecodable,
     decode,
     history_of,
 )
@@ -166,17 +165,7 @@ def rebuild(
     with ThreadPoolExecutor(max_workers=1) as flusher:
         for page in source.pages(checkpoint):
             for event, position in page.events:
-                if isinstance(event, Undecodable):
-                    projector.park_record(
-                        session,
-                        event.aggregate_id,
-                        event.version,
-                        topic=event.topic,
-                        error=event.error,
-                        position=position,
-                    )
-                else:
-                    projector.apply(session, event, position)
+                projector.apply_or_park(session, event, position)
             run.applied(page)
             session.stage()
             if (

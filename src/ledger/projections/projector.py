@@ -69,9 +69,10 @@ class Projector(Projection[ReadModelView]):
     otherwise ignored.
     """
 
-    outage_patience: ClassVar[float] = 900.0
+    outage_patience: ClassVar[float] = 120.0
     """Seconds the sequence feed waits for DynamoDB to come back before it
-    gives up on an event (the runner then stops, and resumes when restarted)."""
+    gives up on an event (the runner then stops, and resumes when restarted).
+    Stopping a runner waits for this too, at worst, during an outage."""
     retry_delays: ClassVar[tuple[float, ...]] = (0.05, 0.2, 1.0)
     """Seconds to wait before each retry of a failing handler; then it is parked."""
     handlers: ClassVar[dict[type[Any], Handler]] = {}

@@ -14,9 +14,10 @@ from aggregates.application import Orders
 from aggregates.order import OrderStatus
 from ledger.projections import DynamoDBView, event_loader
 from ledger.projections.dynamodb import open_view
-from ledger.projections.streams import StreamPoller
+from ledger.projections.streams import StreamPoller, lambda_handler
 from projections.orders import OrderProjector, get_order_summary
 from tests.test_projections_core import ITEM
+from tests.test_projections_dynamodb import stream_records
 
 DEADLINE = 30.0
 
@@ -128,4 +129,63 @@ def test_a_runners_commits_failing_for_a_while_are_retried_not_fatal(
                 lambda: get_order_summary(readers, order_id) is not None, "the order"
             )
         assert cuts.fired == 5
+    writer.close()
+
+
+class LambdaContext:
+    """The part of AWS Lambda's context object a handler reads: time left."""
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+
+    def get_remaining_time_in_millis(self) -> int:
+        return int((self.deadline - time.monotonic()) * 1000)
+
+
+def lambda_records(app: Orders) -> list[dict]:
+    arn = "arn:aws:dynamodb:us-east-1:123456789012:table/{}/stream/2026-11-29T00:00"
+    source = arn.format(app.recorder.events_table_name)
+    return [{**r, "eventSourceARN": source} for r in stream_records(app)]
+
+
+def test_a_lambda_batch_waits_out_a_short_outage_within_its_time(
+    dynamodb_env, dynamodb_endpoint
+):
+    writer = Orders(env=dynamodb_env)
+    readers = open_view(OrderProjector, dynamodb_env)
+    order_id = writer.place_order(uuid.uuid4(), [ITEM])
+    with FaultProxy(dynamodb_endpoint) as proxy:
+        env = {**dynamodb_env, "DYNAMODB_ENDPOINT_URL": proxy.endpoint_url}
+        env["DYNAMODB_MAX_ATTEMPTS"] = "2"
+        handler = lambda_handler(OrderProjector, Orders, env)
+        handler({"Records": []}, LambdaContext(60))  # made while DynamoDB is up
+        proxy.down()
+        threading.Timer(1.0, proxy.up).start()
+
+        response = handler({"Records": lambda_records(writer)}, LambdaContext(60))
+
+    assert response == {"batchItemFailures": []}
+    assert get_order_summary(readers, order_id) is not None
+    writer.close()
+
+
+def test_a_lambda_batch_out_of_time_in_an_outage_reports_every_record_failed(
+    dynamodb_env, dynamodb_endpoint
+):
+    writer = Orders(env=dynamodb_env)
+    readers = open_view(OrderProjector, dynamodb_env)
+    order_id = writer.place_order(uuid.uuid4(), [ITEM])
+    records = lambda_records(writer)
+    with FaultProxy(dynamodb_endpoint) as proxy:
+        env = {**dynamodb_env, "DYNAMODB_ENDPOINT_URL": proxy.endpoint_url}
+        env["DYNAMODB_MAX_ATTEMPTS"] = "2"
+        handler = lambda_handler(OrderProjector, Orders, env)
+        handler({"Records": []}, LambdaContext(60))
+        proxy.down()
+
+        response = handler({"Records": records}, LambdaContext(6))
+
+    failed = [f["itemIdentifier"] for f in response["batchItemFailures"]]
+    assert failed == [r["dynamodb"]["SequenceNumber"] for r in records]
+    assert get_order_summary(readers, order_id) is None  # Lambda delivers again
     writer.close()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 from uuid import UUID
@@ -364,15 +365,63 @@ def lambda_handler(
             made["events_table"] = application.recorder.events_table_name
             made["stream_arn"] = stream_arn_of(application)
             made["projector"] = projector_class(view, event_loader(application))
-        return handle_stream_event(
+        return _while_time_allows(
+            lambda: handle_stream_event(
+                event,
+                made["projector"],
+                made["mapper"],
+                events_table=made["events_table"],
+                stream_arn=made["stream_arn"],
+            ),
             event,
-            made["projector"],
-            made["mapper"],
-            events_table=made["events_table"],
-            stream_arn=made["stream_arn"],
+            context,
         )
 
     return handler
+
+
+_LAMBDA_MARGIN_MS = 5_000
+"""Time kept back from a Lambda invocation's limit to answer in."""
+
+
+def _while_time_allows(
+    handle: Callable[[], dict[str, list[dict[str, str]]]],
+    event: Mapping[str, Any],
+    context: Any,
+) -> dict[str, list[dict[str, str]]]:
+    """Handle a batch, waiting out DynamoDB being unavailable while time allows.
+
+    On ``OperationalError`` (an outage, throttling past the client's
+    retries) the batch is tried again after a wait, doubling up to 30 s, for
+    as long as the invocation has time (``context``'s remaining time, less a
+    margin); then every record is reported failed, and Lambda delivers the
+    batch again (each redelivery counts towards the mapping's
+    ``MaximumRetryAttempts``). Nothing is lost or applied twice either way.
+    """
+    failures = 0
+    while True:
+        try:
+            return handle()
+        except OperationalError as error:
+            failures += 1
+            wait = min(MAX_BACKOFF, 0.1 * 2 ** min(failures, 16))
+            remaining_ms = (
+                context.get_remaining_time_in_millis()
+                if hasattr(context, "get_remaining_time_in_millis")
+                else 0
+            )
+            logger.warning(
+                "DynamoDB unavailable while handling a stream batch",
+                extra={"failures": failures, "error": type(error).__name__},
+            )
+            if wait * 1000 > remaining_ms - _LAMBDA_MARGIN_MS:
+                return {
+                    "batchItemFailures": [
+                        {"itemIdentifier": sequence_number(record)}
+                        for record in event.get("Records", [])
+                    ]
+                }
+            time.sleep(wait)
 
 
 class StreamConsumer(Protocol):

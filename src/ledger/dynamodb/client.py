@@ -120,6 +120,20 @@ Failing to connect (``EndpointConnectionError``, ``ConnectTimeoutError``)
 means nothing was sent."""
 
 
+MAX_OUTAGE_WAIT: Final = 30.0
+"""Longest wait, in seconds, between tries while DynamoDB is unavailable."""
+
+
+def outage_wait(failures: int, first: float, longest: float = MAX_OUTAGE_WAIT) -> float:
+    """Return the wait after ``failures`` failed tries in a row (1 or more).
+
+    ``first`` for the first failure, doubling after each, at most ``longest``:
+    what every feed waits between tries while DynamoDB is unavailable.
+    """
+    wait: float = min(longest, first * 2.0 ** min(failures - 1, 16))
+    return wait
+
+
 def was_retried(error: BaseException) -> bool:
     """Return True if botocore sent the failed request more than once.
 

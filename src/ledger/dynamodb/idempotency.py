@@ -27,7 +27,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
-from uuid import UUID
 
 from eventsourcing.persistence import DataError, IntegrityError, StoredEvent
 
@@ -190,11 +189,3 @@ class IdempotencyKeys:
             "written this time (the command was applied once, before).",
             first,
         )
-
-
-def as_uuid_or_text(aggregate_id: str) -> UUID | str:
-    """Return an aggregate id read from an outcome as a UUID where it is one."""
-    try:
-        return UUID(aggregate_id)
-    except ValueError:
-        return aggregate_id

@@ -29,7 +29,11 @@ from eventsourcing.persistence import (
 
 from ledger.dynamodb import schema
 from ledger.dynamodb.batches import BatchEntry, decode_batch, encode_batch
-from ledger.dynamodb.client import DynamoDBConnection, TransactionConflictError
+from ledger.dynamodb.client import (
+    DynamoDBConnection,
+    TransactionConflictError,
+    outage_wait,
+)
 from ledger.dynamodb.limits import MAX_ITEM_BYTES, MAX_TRANSACTION_ACTIONS, item_size
 from ledger.dynamodb.recorders import (
     MAX_SAVE_ATTEMPTS,
@@ -462,10 +466,6 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
             listener.set()
 
 
-MAX_OUTAGE_WAIT = 30.0
-"""Longest wait, in seconds, between reads while DynamoDB is unavailable."""
-
-
 class DynamoDBSubscription(ListenNotifySubscription[DynamoDBApplicationRecorder]):
     """A blocking subscription to a DynamoDB application sequence.
 
@@ -494,10 +494,7 @@ class DynamoDBSubscription(ListenNotifySubscription[DynamoDBApplicationRecorder]
                     self._pull()
                 except OperationalError as error:
                     failures += 1
-                    wait = min(
-                        MAX_OUTAGE_WAIT,
-                        self._poll_interval * 2 ** min(failures, 16),
-                    )
+                    wait = outage_wait(failures, 2 * self._poll_interval)
                     logger.warning(
                         "DynamoDB unavailable, reading the sequence again later",
                         extra={

@@ -31,6 +31,7 @@ from eventsourcing.persistence import OperationalError, PersistenceError, Tracki
 from eventsourcing.projection import Projection
 from eventsourcing.utils import get_topic
 
+from ledger.dynamodb.client import outage_wait
 from ledger.projections import deadletters
 from ledger.projections.history import Undecodable
 from ledger.projections.models import AggregatePosition, GapError, Outcome, ParkedEvent
@@ -45,8 +46,6 @@ Handler = Callable[[Any, Any, Session], None]
 EventLoader = Callable[[str, int, int], Sequence[Any]]
 """Reads an aggregate's events after one version up to another (inclusive)."""
 
-_MAX_OUTAGE_WAIT = 30.0
-"""Longest wait, in seconds, between tries while DynamoDB is unavailable."""
 _MAX_CACHED_ITEMS = 10_000
 """Items a live projector keeps cached between events (reads it can skip)."""
 
@@ -148,7 +147,7 @@ class Projector(Projection[ReadModelView]):
             except OperationalError:
                 self.session.forget()
                 failures += 1
-                wait = min(_MAX_OUTAGE_WAIT, 0.1 * 2 ** min(failures, 16))
+                wait = outage_wait(failures, 0.2)
                 if waited + wait > self.outage_patience:
                     raise
                 time.sleep(wait)

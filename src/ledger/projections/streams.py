@@ -43,7 +43,9 @@ from eventsourcing.persistence import (
 
 from ledger.dynamodb import schema as store_schema
 from ledger.dynamodb.client import (
+    MAX_OUTAGE_WAIT,
     is_loopback,
+    outage_wait,
     translate_client_error,
     translate_errors,
 )
@@ -56,8 +58,6 @@ from ledger.projections.views import ActiveVersionChangedError, ConcurrentChange
 logger = logging.getLogger("ledger.projections")
 """Structured records (``extra=``): ids, counts, sources; never event state."""
 
-MAX_BACKOFF = 30.0
-"""Longest wait, in seconds, between polls while DynamoDB is unavailable."""
 INSERT = "INSERT"
 """The only stream records projected: events are never modified or removed."""
 _MAX_RECORD_ATTEMPTS = 10
@@ -404,7 +404,7 @@ def _while_time_allows(
             return handle()
         except OperationalError as error:
             failures += 1
-            wait = min(MAX_BACKOFF, 0.1 * 2 ** min(failures, 16))
+            wait = outage_wait(failures, 0.2)
             remaining_ms = (
                 context.get_remaining_time_in_millis()
                 if hasattr(context, "get_remaining_time_in_millis")
@@ -548,7 +548,7 @@ class StreamPoller:
         stop: threading.Event,
         interval: float = 1.0,
         *,
-        max_backoff: float = MAX_BACKOFF,
+        max_backoff: float = MAX_OUTAGE_WAIT,
     ) -> None:
         """Poll until ``stop`` is set, waiting ``interval`` seconds when idle.
 
@@ -701,7 +701,7 @@ def run_polls(
     stop: threading.Event,
     *,
     interval: float = 1.0,
-    max_backoff: float = MAX_BACKOFF,
+    max_backoff: float = MAX_OUTAGE_WAIT,
     on_unavailable: Callable[[Exception, float], None] | None = None,
 ) -> None:
     """Call ``poll`` until ``stop`` is set; wait ``interval`` when it found nothing.
@@ -718,7 +718,7 @@ def run_polls(
             processed = poll()
         except OperationalError as error:
             failures += 1
-            wait = min(max_backoff, interval * 2 ** min(failures - 1, 16))
+            wait = outage_wait(failures, interval, max_backoff)
             logger.warning(
                 "DynamoDB unavailable, polling again later",
                 extra={

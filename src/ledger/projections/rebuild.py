@@ -134,23 +134,24 @@ def rebuild(
     owner = _take_over(view, target)
     projector = projector_class(target_view, event_loader(application))
     source = history or history_of(application, page_size=page_size)
-    sequenced = getattr(application.recorder, "ordering", "sequence") == "sequence"
-    head = _sequence_head(view, application) if sequenced else None
     control = view.get_control(schema.REBUILD) or {}
+    sequenced = getattr(application.recorder, "ordering", "sequence") == "sequence"
+    # A Scan of a sequence application covers the sequence up to its head.
+    head = None
+    if sequenced and source.kind != "sequence":
+        head = _sequence_head(view, application, control)
     started = time.monotonic()
     if schema.SWITCHED_FROM in control:
         # A run that switched readers stopped before catching up: finish that.
-        old = int(control[schema.SWITCHED_FROM]["N"])
-        position = _committed_position(control, source, head)
-        _catch_up(
+        _catch_up_and_end(
             application,
             projector,
             view,
-            old=old,
-            position=position,
+            owner,
+            old=int(control[schema.SWITCHED_FROM]["N"]),
+            position=_committed_position(control, source, head),
             page_size=page_size,
         )
-        _end_rebuild(view, owner)
         return RebuildResult(target, 0, time.monotonic() - started, switched=True)
     committed = int(control.get(schema.EPOCH, {"N": "0"})["N"])
     checkpoint_text = control.get(schema.CHECKPOINT, {}).get("S")
@@ -189,17 +190,15 @@ def rebuild(
         run.wait()
     writer.remove_tombstones()
     if switch:
-        old = _switch(view, target, owner)
-        position = run.position if source.kind == "sequence" else head
-        _catch_up(
+        _catch_up_and_end(
             application,
             projector,
             view,
-            old=old,
-            position=position,
+            owner,
+            old=_switch(view, target, owner),
+            position=run.position if source.kind == "sequence" else head,
             page_size=page_size,
         )
-        _end_rebuild(view, owner)
     return RebuildResult(
         target,
         run.events,
@@ -210,16 +209,20 @@ def rebuild(
     )
 
 
-def _sequence_head(view: DynamoDBView, application: Any) -> int:
+def _sequence_head(
+    view: DynamoDBView, application: Any, control: dict[str, Any]
+) -> int:
     """Return the sequence's last position when this rebuild started.
 
-    Stored on the ``rebuild`` control item by the first run, so a resumed run
-    uses the same one: every event at or below it was in the events table
-    before the rebuild read anything, so a rebuild that read the whole table
-    has applied them all.
+    Stored on the ``rebuild`` control item (``control``, as read) by the
+    first run, so a resumed run uses the same one: every event at or below it
+    was in the events table before the rebuild read anything, so a rebuild
+    that read the whole table has applied them all.
     """
+    if schema.SEQUENCE_HEAD in control:
+        return int(control[schema.SEQUENCE_HEAD]["N"])
     head = application.recorder.max_notification_id() or 0
-    with contextlib.suppress(IntegrityError):  # an earlier run stored it
+    try:
         view.connection.call(
             "update_item",
             TableName=view.control_table_name,
@@ -229,8 +232,10 @@ def _sequence_head(view: DynamoDBView, application: Any) -> int:
             ExpressionAttributeNames={"#h": schema.SEQUENCE_HEAD, "#n": schema.NAME},
             ExpressionAttributeValues={":h": {"N": str(head)}},
         )
-    control = view.get_control(schema.REBUILD) or {}
-    return int(control.get(schema.SEQUENCE_HEAD, {"N": str(head)})["N"])
+    except IntegrityError:  # a run starting at the same moment stored its own
+        stored = view.get_control(schema.REBUILD) or {}
+        return int(stored[schema.SEQUENCE_HEAD]["N"])
+    return head
 
 
 def _committed_position(
@@ -243,24 +248,26 @@ def _committed_position(
     return head
 
 
-def _catch_up(
+def _catch_up_and_end(
     application: Any,
     projector: Projector,
     view: DynamoDBView,
+    owner: str,
     *,
     old: int,
     position: int | None,
     page_size: int,
 ) -> None:
-    """Apply what the build did not see, once readers use the new version.
+    """Apply what the build did not see, now readers use it; end the rebuild.
 
     From the application sequence after ``position`` when there is one;
-    otherwise aggregate by aggregate against the old version.
+    otherwise aggregate by aggregate against the old version ``old``.
     """
     if position is not None:
         _catch_up_after_switch(application, projector, position, page_size)
     else:
         _catch_up_aggregates(projector, view.at_version(old))
+    _end_rebuild(view, owner)
 
 
 class _Run:

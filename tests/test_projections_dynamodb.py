@@ -316,13 +316,18 @@ def test_the_stream_poller_applies_the_events_table_stream(streamed, orders, vie
     assert summary.status is OrderStatus.CONFIRMED
 
 
-def test_the_stream_poller_parks_a_record_it_cannot_decode_and_goes_on(
-    streamed, orders, view
-):
+def store_an_undecodable_event(
+    orders: Orders,
+) -> tuple[uuid.UUID, uuid.UUID, Any, str]:
+    """Store a healthy order, and an order whose item event cannot be decoded.
+
+    The stuck order's two later events are an item added, stored under a
+    topic no code knows yet (as if written by a newer release), and its
+    confirmation. Returns (healthy, stuck, the item event as it should have
+    been stored, the unknown topic).
+    """
     [healthy] = place_some_orders(orders, 1)
     stuck = orders.place_order(uuid.uuid4(), [ITEM], "EUR")
-    # Two later events of `stuck`, the first stored under a topic no code
-    # knows yet (as if written by a newer release): it cannot be decoded.
     order = orders.repository.get(stuck)
     order.add_item("kiwi", 2, Decimal(3))
     order.confirm()
@@ -333,6 +338,13 @@ def test_the_stream_poller_parks_a_record_it_cannot_decode_and_goes_on(
     orders.recorder.insert_events(
         [dataclasses.replace(unknown, topic=renamed), confirmed]
     )
+    return healthy, stuck, unknown, renamed
+
+
+def test_the_stream_poller_parks_a_record_it_cannot_decode_and_goes_on(
+    streamed, orders, view
+):
+    healthy, stuck, unknown, renamed = store_an_undecodable_event(orders)
     orders.ship(healthy, "ZZ000001")
     projector = OrderProjector(view, event_loader(orders))
     poller = StreamPoller(projector, orders)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -45,6 +44,7 @@ from tests.test_projections_dynamodb import (
     place_some_orders,
     project_sequence,
     read_model,
+    store_an_undecodable_event,
     stream_records,
 )
 
@@ -321,18 +321,7 @@ def test_a_rebuild_that_crashed_before_switching_resumes_by_switching(
 def test_a_rebuild_parks_an_event_it_cannot_decode_and_builds_the_rest(
     orders, view, history_kind
 ):
-    [healthy] = place_some_orders(orders, 1)
-    stuck = orders.place_order(uuid.uuid4(), [ITEM], "EUR")
-    order = orders.repository.get(stuck)
-    order.add_item("kiwi", 2, Decimal(3))
-    order.confirm()
-    unknown, confirmed = (
-        orders.mapper.to_stored_event(e) for e in order.collect_events()
-    )
-    renamed = f"tests.renamed_{uuid.uuid4().hex}:ItemAdded"
-    orders.recorder.insert_events(
-        [dataclasses.replace(unknown, topic=renamed), confirmed]
-    )
+    healthy, stuck, unknown, renamed = store_an_undecodable_event(orders)
     history = ScanHistory(orders) if history_kind == "scan" else None
 
     result = rebuild(orders, OrderProjector, view, history=history)

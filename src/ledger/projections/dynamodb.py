@@ -280,9 +280,7 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
         for attempt in range(1, _MAX_CANCELLED_ATTEMPTS + 1):
             try:
                 self.connection.call("transact_write_items", TransactItems=actions)
-            except TransactionConflictError:
-                raise
-            except TransactionCancelledError:
+            except TransactionCancelledError:  # not a failed condition: retry
                 if attempt == _MAX_CANCELLED_ATTEMPTS:
                     raise
                 _backoff(attempt)

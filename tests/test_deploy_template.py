@@ -3,20 +3,45 @@
 from __future__ import annotations
 
 import importlib
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
+import botocore.client
 import pytest
 from cfnlint.api import lint_file
 from cfnlint.decode import decode
 
-TEMPLATE = Path(__file__).parent.parent / "deploy" / "template.yaml"
+from aggregates.application import Orders
+from aggregates.order import Order
+from ledger.cli.app import cli
+from ledger.projections.dynamodb import DynamoDBView, open_view
+from ledger.projections.rebuild import drop_version
+from ledger.projections.streams import lambda_handler, stream_arn_of
+from projections.orders import OrderProjector
+from tests.test_projections_core import ITEM
+from tests.test_projections_dynamodb import (
+    store_an_undecodable_event,
+    stream_records,
+)
+
+DEPLOY = Path(__file__).parent.parent / "deploy"
+TEMPLATE = DEPLOY / "template.yaml"
+README = DEPLOY / "README.md"
 
 
 @pytest.fixture(scope="module")
-def resources() -> dict[str, Any]:
-    template, problems = decode(str(TEMPLATE))
+def template() -> dict[str, Any]:
+    decoded, problems = decode(str(TEMPLATE))
     assert problems == []
+    return dict(decoded)
+
+
+@pytest.fixture(scope="module")
+def resources(template) -> dict[str, Any]:
     return dict(template["Resources"])
 
 
@@ -65,3 +90,445 @@ def test_projector_handler_named_by_the_template_exists() -> None:
     module = importlib.import_module(module_name)
 
     assert callable(getattr(module, function_name))
+
+
+def test_projection_name_defaults_to_the_projector_the_handler_feeds(template):
+    assert template["Parameters"]["ProjectionName"]["Default"] == OrderProjector.name
+    assert template["Parameters"]["ApplicationName"]["Default"] == Orders.name
+
+
+# --- the runtime the package is built for -------------------------------------------
+
+PACKAGE_BUILD = ("LambdaPackage", "Build")
+"""Where the template names the runtime and CPU the package is built for."""
+
+_PLATFORM_OF_ARCHITECTURE = {"x86_64": "x86_64", "arm64": "aarch64"}
+"""Lambda's architecture names and the CPU in manylinux wheel platform tags."""
+
+
+def _package_build(template: dict[str, Any]) -> dict[str, str]:
+    mapping, key = PACKAGE_BUILD
+    return dict(template["Mappings"][mapping][key])
+
+
+def test_every_function_runs_on_the_runtime_and_cpu_the_package_is_built_for(
+    resources,
+):
+    functions = {
+        name: resource["Properties"]
+        for name, resource in resources.items()
+        if resource["Type"] == "AWS::Lambda::Function"
+    }
+
+    assert functions
+    for properties in functions.values():
+        assert properties["Runtime"] == {"Fn::FindInMap": [*PACKAGE_BUILD, "Runtime"]}
+        assert properties["Architectures"] == [
+            {"Fn::FindInMap": [*PACKAGE_BUILD, "Architecture"]}
+        ]
+
+
+def test_readme_builds_the_package_for_the_templates_python_and_cpu(template):
+    build = _package_build(template)
+    runtime_version = build["Runtime"].removeprefix("python")
+    readme = README.read_text()
+
+    build_versions = re.findall(r"--python-version[ =](\d+\.\d+)", readme)
+    every_version_named = re.findall(r"python:?(3\.\d+)", readme)
+    platforms = re.findall(r"--platform[ =]manylinux\w*?_(x86_64|aarch64)\b", readme)
+
+    assert build_versions, "the README's build command names no --python-version"
+    assert set(build_versions) == {runtime_version}
+    assert set(every_version_named) == {runtime_version}
+    assert platforms
+    assert set(platforms) == {_PLATFORM_OF_ARCHITECTURE[build["Architecture"]]}
+
+
+# --- alarms ------------------------------------------------------------------------
+
+
+def _alarms(resources: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        name: resource["Properties"]
+        for name, resource in resources.items()
+        if resource["Type"] == "AWS::CloudWatch::Alarm"
+    }
+
+
+def _alarms_on(
+    resources: dict[str, Any], namespace: str, metric: str
+) -> list[dict[str, Any]]:
+    return [
+        alarm
+        for alarm in _alarms(resources).values()
+        if alarm["Namespace"] == namespace and alarm["MetricName"] == metric
+    ]
+
+
+def _functions(resources: dict[str, Any]) -> list[str]:
+    return [
+        name
+        for name, resource in resources.items()
+        if resource["Type"] == "AWS::Lambda::Function"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("metric", "statistic"), [("Errors", "Sum"), ("IteratorAge", "Maximum")]
+)
+def test_every_function_has_an_alarm_on_its_lambda_metric(resources, metric, statistic):
+    watched = [
+        alarm["Dimensions"]
+        for alarm in _alarms_on(resources, "AWS/Lambda", metric)
+        if alarm["Statistic"] == statistic
+        and alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    ]
+
+    assert sorted(map(str, watched)) == sorted(
+        str([{"Name": "FunctionName", "Value": {"Ref": name}}])
+        for name in _functions(resources)
+    )
+
+
+def test_errors_alarm_fires_on_the_first_error(resources):
+    [alarm] = _alarms_on(resources, "AWS/Lambda", "Errors")
+
+    assert alarm["Threshold"] == 0
+    assert alarm["Period"] * alarm["EvaluationPeriods"] <= 300
+
+
+def test_iterator_age_alarm_fires_long_before_stream_records_expire(
+    template, resources
+):
+    [alarm] = _alarms_on(resources, "AWS/Lambda", "IteratorAge")
+    threshold = template["Parameters"]["IteratorAgeAlarmMilliseconds"]
+    day_ms = 24 * 60 * 60 * 1000
+
+    assert alarm["Threshold"] == {"Ref": "IteratorAgeAlarmMilliseconds"}
+    assert threshold["Default"] == 600_000
+    assert threshold["MaxValue"] < day_ms
+
+
+def test_parked_events_alarm_watches_the_projections_embedded_metric(resources):
+    [alarm] = _alarms_on(resources, "ledger", "EventsParked")
+
+    assert alarm["Dimensions"] == [
+        {"Name": "Projection", "Value": {"Ref": "ProjectionName"}}
+    ]
+    assert alarm["Statistic"] == "Sum"
+    assert alarm["Period"] == 300
+    assert alarm["Threshold"] == 0
+    assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    # No data is the normal case: nothing was parked.
+    assert alarm["TreatMissingData"] == "notBreaching"
+
+
+def test_failure_queue_alarm_watches_the_stream_mappings_on_failure_queue(
+    resources,
+):
+    destination = resources["ProjectorStreamMapping"]["Properties"][
+        "DestinationConfig"
+    ]["OnFailure"]["Destination"]
+    [queue] = [
+        name
+        for name, resource in resources.items()
+        if resource["Type"] == "AWS::SQS::Queue"
+        and destination == {"Fn::GetAtt": [name, "Arn"]}
+    ]
+
+    [alarm] = _alarms_on(resources, "AWS/SQS", "ApproximateNumberOfMessagesVisible")
+
+    assert alarm["Dimensions"] == [
+        {"Name": "QueueName", "Value": {"Fn::GetAtt": [queue, "QueueName"]}}
+    ]
+    assert alarm["Threshold"] == 0
+    assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
+
+
+def test_alarms_notify_the_topic_only_when_one_is_given(template, resources):
+    notify = {
+        "Fn::If": [
+            "NotifiesAlarmTopic",
+            [{"Ref": "AlarmTopicArn"}],
+            {"Ref": "AWS::NoValue"},
+        ]
+    }
+
+    assert template["Parameters"]["AlarmTopicArn"]["Default"] == ""
+    assert template["Conditions"]["NotifiesAlarmTopic"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmTopicArn"}, ""]}]
+    }
+    alarms = _alarms(resources)
+    assert len(alarms) == 4
+    for alarm in alarms.values():
+        assert alarm["AlarmActions"] == notify
+        assert alarm["OKActions"] == notify
+
+
+# --- IAM: what the code calls, against what the template allows ---------------------
+#
+# The calls are recorded from the real code running against DynamoDB Local;
+# each becomes the IAM action and resource AWS would authorise, and the
+# template's policy (its intrinsic functions resolved) must allow it.
+
+PARTITION, REGION, ACCOUNT = "aws", "us-east-1", "123456789012"
+
+_TRANSACT_ACTIONS = {
+    "Put": "PutItem",
+    "Update": "UpdateItem",
+    "Delete": "DeleteItem",
+    "ConditionCheck": "ConditionCheckItem",
+}
+"""IAM authorises each action of a TransactWriteItems as its own operation."""
+
+
+def _table_arn(name: str) -> str:
+    return f"arn:{PARTITION}:dynamodb:{REGION}:{ACCOUNT}:table/{name}"
+
+
+Request = tuple[str, str]
+"""An IAM action and the resource it is asked for."""
+
+
+def _iam_requests(operation: str, params: dict[str, Any]) -> list[Request]:
+    """Return what IAM is asked to allow for one DynamoDB API call."""
+    if operation == "TransactWriteItems":
+        return [
+            (f"dynamodb:{_TRANSACT_ACTIONS[kind]}", _table_arn(body["TableName"]))
+            for action in params["TransactItems"]
+            for kind, body in action.items()
+        ]
+    if operation == "BatchGetItem":
+        return [
+            ("dynamodb:BatchGetItem", _table_arn(t)) for t in params["RequestItems"]
+        ]
+    if operation in ("ListTables", "ListStreams"):
+        return [(f"dynamodb:{operation}", "*")]
+    if "StreamArn" in params:
+        # DynamoDB Local's region and account, made the template's.
+        table_and_stream = params["StreamArn"].split(":table/", 1)[1]
+        return [(f"dynamodb:{operation}", _table_arn(table_and_stream))]
+    if "TableName" in params:
+        return [(f"dynamodb:{operation}", _table_arn(params["TableName"]))]
+    raise AssertionError(f"no IAM mapping for {operation}: add one to this test")
+
+
+@pytest.fixture
+def recorded_requests(monkeypatch: pytest.MonkeyPatch) -> list[Request]:
+    """Every IAM request of the DynamoDB (and Streams) calls made from now on."""
+    requests: list[Request] = []
+    original = botocore.client.BaseClient._make_api_call
+
+    def recording(client: Any, operation: str, params: dict[str, Any]) -> Any:
+        requests.extend(_iam_requests(operation, params))
+        return original(client, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", recording)
+    return requests
+
+
+class _Stack:
+    """The template with its parameters set: resolves the policies' resources."""
+
+    def __init__(self, template: dict[str, Any], parameters: dict[str, str]) -> None:
+        self.template = template
+        self.parameters = parameters
+
+    def sub(self, text: str) -> str:
+        pseudo = {
+            "AWS::Partition": PARTITION,
+            "AWS::Region": REGION,
+            "AWS::AccountId": ACCOUNT,
+        }
+        values = {**pseudo, **self.parameters}
+        return re.sub(r"\$\{([^}]+)\}", lambda m: values[m.group(1)], text)
+
+    def condition(self, name: str) -> bool:
+        return bool(self.value(self.template["Conditions"][name]))
+
+    def value(self, node: Any) -> Any:
+        """Resolve the intrinsic functions the template's conditions use."""
+        if not isinstance(node, dict):
+            return node
+        [(function, argument)] = node.items()
+        if function == "Ref":
+            return self.parameters[argument]
+        if function == "Fn::Equals":
+            left, right = (self.value(side) for side in argument)
+            return left == right
+        if function == "Fn::Not":
+            return not self.value(argument[0])
+        raise AssertionError(f"{function} is not resolved by this test")
+
+    def resources_of(self, node: Any) -> list[str]:
+        """Return the ARNs (patterns) a policy statement's Resource names."""
+        if isinstance(node, str):
+            return [node]
+        if isinstance(node, list):
+            return [arn for item in node for arn in self.resources_of(item)]
+        [(function, argument)] = node.items()
+        if function == "Ref" and argument == "AWS::NoValue":
+            return []
+        if function == "Fn::Sub":
+            return [self.sub(argument)]
+        if function == "Fn::If":
+            name, when_true, when_false = argument
+            return self.resources_of(when_true if self.condition(name) else when_false)
+        if function == "Fn::GetAtt":
+            logical_id, attribute = argument
+            resource = self.template["Resources"][logical_id]
+            if resource["Type"] != "AWS::DynamoDB::Table":
+                return [f"{logical_id}.{attribute}"]  # never a DynamoDB ARN
+            table = _table_arn(self.sub(resource["Properties"]["TableName"]["Fn::Sub"]))
+            return [{"Arn": table, "StreamArn": f"{table}/stream/*"}[attribute]]
+        raise AssertionError(f"{function} is not resolved by this test")
+
+    def refused(
+        self, statements: list[dict[str, Any]], requests: list[Request]
+    ) -> list[Request]:
+        """Return the requests no Allow statement grants, each once."""
+        grants = [
+            (_as_list(s["Action"]), self.resources_of(s["Resource"]))
+            for s in statements
+            if s["Effect"] == "Allow"
+        ]
+        return sorted(
+            {
+                (action, resource)
+                for action, resource in requests
+                if not any(
+                    any(fnmatchcase(action, a) for a in actions)
+                    and any(fnmatchcase(resource, r) for r in arns)
+                    for actions, arns in grants
+                )
+            }
+        )
+
+
+def _stack(template: dict[str, Any], table_prefix: str, ordering: str) -> _Stack:
+    return _Stack(
+        template,
+        {
+            "TablePrefix": table_prefix,
+            "ApplicationName": Orders.name,
+            "ProjectionName": OrderProjector.name,
+            "Ordering": ordering,
+        },
+    )
+
+
+def _place_and_confirm(orders: Orders) -> uuid.UUID:
+    order_id = orders.place_order(uuid.uuid4(), [ITEM])
+    orders.confirm(order_id)
+    return order_id
+
+
+@pytest.fixture
+def streamed_tables(
+    streamed: None, orders: Orders, view: DynamoDBView
+) -> tuple[Orders, DynamoDBView]:
+    """The stack's tables, the events table with its stream, and two orders."""
+    _place_and_confirm(orders)
+    _place_and_confirm(orders)
+    return orders, view
+
+
+@pytest.fixture
+def confirmations_fail(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the projector's confirmation handler raise, and park at once."""
+
+    def confirmation_fails(*_: Any) -> None:
+        raise RuntimeError("a handler bug")
+
+    monkeypatch.setattr(OrderProjector, "retry_delays", ())
+    monkeypatch.setitem(
+        OrderProjector.handlers, Order.OrderConfirmed, confirmation_fails
+    )
+
+
+def test_the_projector_role_allows_every_call_the_lambda_handler_makes(
+    streamed_tables, confirmations_fail, dynamodb_env, template, recorded_requests
+):
+    # One order's first event is missing from the batch, so its gap is read
+    # from the events table; every confirmation fails, so each is parked.
+    orders, view = streamed_tables
+    stream_arn = stream_arn_of(orders)
+    records = [{**r, "eventSourceARN": stream_arn} for r in stream_records(orders)]
+    batch = records[1:]
+    handler = lambda_handler(
+        OrderProjector, Orders, {**dynamodb_env, "CREATE_TABLE": "no"}
+    )
+    recorded_requests.clear()
+
+    assert handler({"Records": batch}, None) == {"batchItemFailures": []}
+
+    stack = _stack(template, dynamodb_env["DYNAMODB_TABLE_PREFIX"], "sequence")
+    events_table = _table_arn(orders.recorder.events_table_name)
+    parked_table = _table_arn(view.parked_table_name)
+    assert ("dynamodb:Query", events_table) in recorded_requests
+    assert ("dynamodb:PutItem", parked_table) in recorded_requests
+    statements = [
+        statement
+        for policy in template["Resources"]["ProjectorRole"]["Properties"]["Policies"]
+        for statement in policy["PolicyDocument"]["Statement"]
+    ]
+    assert stack.refused(statements, recorded_requests) == []
+
+
+@pytest.fixture
+def operator_commands(
+    dynamodb_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., None]:
+    """Run ``ledger`` commands in this process, as an operator would, tables made."""
+    monkeypatch.setenv("CREATE_TABLE", "no")
+
+    def run(*args: str) -> None:
+        cli(list(args), standalone_mode=False)
+
+    return run
+
+
+@pytest.fixture(params=["sequence", "stream"])
+def deployed(
+    request: pytest.FixtureRequest,
+    streamed: None,
+    dynamodb_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Orders]:
+    """The tables the stack makes, in either ordering, with orders.
+
+    One order has an event no code can decode: a rebuild parks it, and a
+    redrive tries it again.
+    """
+    ordering = request.param
+    env = {**dynamodb_env, "DYNAMODB_ORDERING": ordering}
+    monkeypatch.setenv("DYNAMODB_ORDERING", ordering)
+    app = Orders(env=env)
+    open_view(OrderProjector, env)
+    store_an_undecodable_event(app)
+    yield app
+    app.close()
+
+
+def test_the_operator_policy_allows_rebuild_status_dlq_and_dropping_versions(
+    deployed, template, recorded_requests, operator_commands, dynamodb_env
+):
+    name = OrderProjector.name
+    operator_commands("projections", "rebuild", name)
+    operator_commands("projections", "status", name)
+    operator_commands("projections", "dlq", "list", name)
+    operator_commands("projections", "dlq", "redrive", name)
+    operator_commands("projections", "rebuild", name)
+    view = open_view(OrderProjector, {**dynamodb_env, "CREATE_TABLE": "no"})
+    drop_version(view, 2)
+
+    ordering = deployed.recorder.ordering
+    stack = _stack(template, dynamodb_env["DYNAMODB_TABLE_PREFIX"], ordering)
+    version_3 = _table_arn(view.version_table_name(3))
+    assert ("dynamodb:CreateTable", version_3) in recorded_requests
+    assert (
+        "dynamodb:DeleteTable",
+        _table_arn(view.version_table_name(2)),
+    ) in recorded_requests
+    policy = template["Resources"]["ProjectionOperatorPolicy"]["Properties"]
+    assert stack.refused(policy["PolicyDocument"]["Statement"], recorded_requests) == []

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from eventsourcing.utils import Environment
@@ -118,3 +121,22 @@ def factory(dynamodb_endpoint: str, table_prefix: str) -> Iterator[DynamoDBFacto
     )
     yield made
     made.close()
+
+
+@pytest.fixture
+def ledger(dynamodb_env: dict[str, str]):
+    """Run `ledger ARGS...` in a process of its own; return the completed process."""
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, **dynamodb_env, "COLUMNS": "250", "NO_COLOR": "1"}
+        return subprocess.run(  # noqa: S603 - our own command, fixed argv
+            [sys.executable, "-c", "from ledger.cli import main; main()", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=Path(__file__).parent.parent,
+            timeout=120,
+            check=False,
+        )
+
+    return run

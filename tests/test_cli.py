@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-import sys
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -15,25 +12,6 @@ import pytest
 from aggregates.application import Orders
 
 ROOT = Path(__file__).parent.parent
-
-
-@pytest.fixture
-def ledger(dynamodb_env: dict[str, str]):
-    """Run `ledger ARGS...` in a process of its own; return the completed process."""
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, **dynamodb_env, "COLUMNS": "250", "NO_COLOR": "1"}
-        return subprocess.run(  # noqa: S603 - our own command, fixed argv
-            [sys.executable, "-c", "from ledger.cli import main; main()", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=ROOT,
-            timeout=120,
-            check=False,
-        )
-
-    return run
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from eventsourcing.persistence import (
     StoredEvent,
     UUIDAsHex,
 )
-from eventsourcing.utils import TopicError, get_topic
+from eventsourcing.utils import Environment, TopicError, get_topic
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import AwareDatetime, BaseModel, ConfigDict
@@ -27,6 +27,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict
 from aggregates.order import Order
 from aggregates.strategies import order_histories
 from ledger.domain import Aggregate
+from ledger.dynamodb import DynamoDBFactory
 from ledger.persistence import PydanticMapper, StoredVersionTooNewError
 from ledger.testing import aware_datetimes, replay
 
@@ -239,3 +240,40 @@ def test_a_stored_topic_naming_something_other_than_a_class_is_refused() -> None
 
     with pytest.raises(TopicError, match="not an event class"):
         mapper.to_domain_event(stored)
+
+
+EVENTS_MODULE = """
+from ledger.domain import DomainEvent
+
+
+class Happened(DomainEvent):
+    what: str
+"""
+
+
+def test_topic_modules_are_imported_so_their_stored_topics_resolve(
+    tmp_path, monkeypatch, dynamodb_endpoint
+) -> None:
+    name = f"events_{uuid4().hex}"
+    (tmp_path / f"{name}.py").write_text(EVENTS_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    state = b'{"what": "it", "timestamp": "2026-11-29T00:00:00+00:00"}'
+    stored = StoredEvent(uuid4(), 1, f"{name}:Happened", state)
+    mapper = PydanticMapper(transcoder=JSONTranscoder())
+    with pytest.raises(TopicError, match="has not imported"):
+        mapper.to_domain_event(stored)
+
+    DynamoDBFactory(
+        Environment(
+            "app", {"DYNAMODB_ENDPOINT_URL": dynamodb_endpoint, "TOPIC_MODULES": name}
+        )
+    )
+
+    assert mapper.to_domain_event(stored).what == "it"
+
+
+def test_a_topic_module_that_cannot_be_imported_is_named(dynamodb_endpoint) -> None:
+    env = {"DYNAMODB_ENDPOINT_URL": dynamodb_endpoint, "TOPIC_MODULES": "no_such_mod"}
+
+    with pytest.raises(OSError, match="TOPIC_MODULES names module 'no_such_mod'"):
+        DynamoDBFactory(Environment("app", env))

@@ -14,6 +14,7 @@ from aggregates.application import Orders
 from aggregates.order import OrderStatus
 from ledger.projections import DynamoDBView, event_loader
 from ledger.projections.dynamodb import open_view
+from ledger.projections.rebuild import RebuildProgress, rebuild
 from ledger.projections.streams import StreamPoller, lambda_handler
 from projections.orders import OrderProjector, get_order_summary
 from tests.test_projections_core import ITEM
@@ -188,4 +189,45 @@ def test_a_lambda_batch_out_of_time_in_an_outage_reports_every_record_failed(
     failed = [f["itemIdentifier"] for f in response["batchItemFailures"]]
     assert failed == [r["dynamodb"]["SequenceNumber"] for r in records]
     assert get_order_summary(readers, order_id) is None  # Lambda delivers again
+    writer.close()
+
+
+def test_a_rebuild_resumes_by_itself_after_an_outage_and_misses_nothing(
+    dynamodb_env, dynamodb_endpoint
+):
+    writer = Orders(env=dynamodb_env)
+    placed = [writer.place_order(uuid.uuid4(), [ITEM]) for _ in range(30)]
+    told: list[float] = []
+    with FaultProxy(dynamodb_endpoint) as proxy:
+        through_proxy = {
+            **dynamodb_env,
+            "DYNAMODB_ENDPOINT_URL": proxy.endpoint_url,
+            "DYNAMODB_MAX_ATTEMPTS": "2",
+        }
+        app = Orders(env=through_proxy)
+        view = open_view(OrderProjector, through_proxy)
+
+        def go_down_once(progress: RebuildProgress) -> None:
+            if not told and not proxy.is_down:
+                proxy.outage(3.0)
+
+        result = rebuild(
+            app,
+            OrderProjector,
+            view,
+            page_size=10,
+            flush_events=20,
+            progress=go_down_once,
+            on_unavailable=lambda error, wait: told.append(wait),
+        )
+        app.close()
+
+    assert told  # it met the outage, waited, and resumed
+    assert result.switched
+    readers = open_view(OrderProjector, dynamodb_env)
+    assert all(get_order_summary(readers, order) is not None for order in placed)
+    assert all(
+        get_order_summary(readers, order).lines["apple"].quantity == 2
+        for order in placed
+    )
     writer.close()

@@ -227,7 +227,7 @@ def test_a_stream_batch_crashing_midway_then_redelivered_gives_the_same_model(
     assert read_model(view) == read_model(expected_view)
 
 
-def test_a_lambda_batch_reports_exactly_its_bad_record(orders, view):
+def test_a_lambda_batch_parks_its_undecodable_record_and_applies_the_rest(orders, view):
     place_some_orders(orders, 2)
     records = stream_records(orders)
     bad = records[3]
@@ -242,8 +242,12 @@ def test_a_lambda_batch_reports_exactly_its_bad_record(orders, view):
 
     response = handle_stream_event({"Records": batch}, projector, orders.mapper)
 
-    number = bad["dynamodb"]["SequenceNumber"]
-    assert response == {"batchItemFailures": [{"itemIdentifier": number}]}
+    assert response == {"batchItemFailures": []}
+    [parked] = projector.parked()
+    assert parked.aggregate_id == other
+    assert parked.version == int(bad["dynamodb"]["Keys"][store_schema.VERSION]["N"])
+    [healthy] = {_aggregate(r) for r in batch} - {other}
+    assert get_order_summary(view, uuid.UUID(healthy)) is not None
 
 
 def test_a_record_whose_missing_events_cannot_be_read_is_reported_with_later_ones(

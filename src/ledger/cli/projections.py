@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -18,6 +18,7 @@ from ledger.cli.options import (
     ProjectionName,
     ProjectorTopic,
     console,
+    errors,
     metered,
     settings,
 )
@@ -137,8 +138,11 @@ def projections_run(
 ) -> None:
     """Keep a projection up to date until Ctrl-C (or once, with --once).
 
-    Events whose handler keeps failing, and stream records that cannot be
-    decoded, are parked as dead letters (see `dlq list`); others go on.
+    Events whose handler keeps failing, and events that cannot be decoded,
+    are parked as dead letters (see `dlq list`); others go on. While
+    DynamoDB is unavailable it waits and tries again. On the sequence feed,
+    a notification batch that cannot be read stops it at that position until
+    `skip-batch` is run.
     """
     from ledger.projections.streams import run_polls  # noqa: PLC0415
 
@@ -146,71 +150,93 @@ def projections_run(
         raise typer.BadParameter("--feed is 'stream' or 'sequence'")
     projection = open_projection(name, projector, application)
     with metered(projection.view):
-        try:
-            process_available = _feed(projection, feed)
+        poll, blocked = _feed(projection, feed)
+        if once:
+            applied = total = poll()
+            while applied:
+                applied = poll()
+                total += applied
+            console.print(f"processed {total} events from the {feed}")
+            stopped = blocked()
+            if stopped is not None:
+                errors.print(f"ledger: {stopped}")
+                raise typer.Exit(1)
+            return
+        total = 0
+        with console.status(f"{name}: following the {feed}") as line:
 
-            def process_and_say() -> int:
-                applied = process_available()
-                console.print(f"processed {applied} events from the {feed}")
+            def poll_and_show() -> int:
+                nonlocal total
+                before = blocked()
+                applied = poll()
+                total += applied
+                stopped = blocked()
+                if stopped is not None and stopped is not before:
+                    errors.print(f"ledger: {stopped}")
+                line.update(
+                    f"{name}: {total} events processed from the {feed}"
+                    + (" (stopped: see above)" if stopped is not None else "")
+                )
                 return applied
 
-            if once:
-                process_and_say()
-            else:
+            with contextlib.suppress(KeyboardInterrupt):
                 run_polls(
-                    process_and_say,
+                    poll_and_show,
                     threading.Event(),
-                    on_unavailable=lambda error, wait: console.print(
-                        f"DynamoDB unavailable ({type(error).__name__}); "
+                    on_unavailable=lambda error, wait: line.update(
+                        f"{name}: DynamoDB unavailable ({type(error).__name__}); "
                         f"trying again in {wait:.0f}s"
                     ),
                 )
-        except KeyboardInterrupt:
-            console.print("stopped")
+        console.print(f"stopped; processed {total} events from the {feed}")
 
 
-def _feed(projection: Projection, feed: str) -> Callable[[], int]:
-    """Return what applies the events a feed has now; it returns how many."""
+def _feed(
+    projection: Projection, feed: str
+) -> tuple[Callable[[], int], Callable[[], Exception | None]]:
+    """Return a feed's poll and what tells why the feed is stopped, if it is.
+
+    The poll applies the events the feed has now and returns how many.
+    """
     projector = projection.projector()
     if feed == "stream":
         from ledger.projections.streams import StreamPoller  # noqa: PLC0415
 
-        return StreamPoller(projector, projection.application).poll
-    return partial(_apply_next_page, projection, projector)
+        return StreamPoller(projector, projection.application).poll, lambda: None
+    from ledger.projections.sequence import SequenceFeed  # noqa: PLC0415
+
+    sequence = SequenceFeed(projector, projection.application)
+    return sequence.poll, lambda: sequence.blocked
 
 
-def _apply_next_page(projection: Projection, projector: Projector) -> int:
-    """Apply the sequence's next page after the view's position; return how many.
+@projections_cli.command("skip-batch")
+def projections_skip_batch(
+    name: ProjectionName = "OrderViews",
+    position: Annotated[
+        int,
+        typer.Option(
+            help="The position the projection is stopped at (its position + 1)."
+        ),
+    ] = ...,  # type: ignore[assignment]
+    projector: ProjectorTopic = None,
+    application: ApplicationTopic = DEFAULT_APPLICATION,
+) -> None:
+    """Go past a notification batch that cannot be read, on the sequence feed.
 
-    Not eventsourcing's ``ProjectionRunner``: that applies one event per
-    commit in a thread of its own; this applies a page in full commits.
+    Applies the batch's events from the events table instead (a Scan of the
+    whole events table: it costs the table's size in read units), then moves
+    the projection's position to the batch's end. Refuses a readable batch.
     """
-    from eventsourcing.persistence import Tracking  # noqa: PLC0415
+    from ledger.projections.sequence import SequenceFeed  # noqa: PLC0415
 
-    from ledger.projections import (  # noqa: PLC0415
-        ActiveVersionChangedError,
-        ConcurrentChangeError,
-        Session,
-    )
-    from ledger.projections.history import (  # noqa: PLC0415
-        DEFAULT_PAGE_SIZE,
-        decode,
-    )
-
-    app = projection.application
-    position = projection.view.max_tracking_id(app.name) or 0
-    notifications = app.recorder.select_notifications(
-        start=position + 1, limit=DEFAULT_PAGE_SIZE
-    )
-    # An event that cannot be decoded is parked by the projector, not raised.
-    events = [(decode(app.mapper, n), Tracking(app.name, n.id)) for n in notifications]
-    try:
-        return projector.apply_batch(Session(projection.view), events)
-    except ActiveVersionChangedError:
-        projection.view.follow_active()  # a rebuild switched: go on from there
-    except ConcurrentChangeError:
-        pass  # another writer got in first: read again from the position
-    return 0
+    projection = open_projection(name, projector, application)
+    with metered(projection.view):
+        sequence = SequenceFeed(projection.projector(), projection.application)
+        applied = sequence.skip_batch(position)
+        console.print(
+            f"skipped the batch at position {position}: applied {applied} events "
+            f"from the events table; {name} is now at position {sequence.position}"
+        )
 
 
 @projections_cli.command("rebuild")
@@ -218,13 +244,36 @@ def projections_rebuild(
     name: ProjectionName = "OrderViews",
     projector: ProjectorTopic = None,
     application: ApplicationTopic = DEFAULT_APPLICATION,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            help="Read 'sequence' (the application sequence) or 'scan' (the events "
+            "table, in parallel). Default: the sequence if the application keeps one."
+        ),
+    ] = None,
 ) -> None:
-    """Rebuild a read model from history into a new version, then switch readers."""
+    """Rebuild a read model from history into a new version, then switch readers.
+
+    Resumes an unfinished rebuild. While DynamoDB is unavailable it waits and
+    resumes (up to 10 minutes of waiting in all).
+    """
     from rich.progress import BarColumn, Progress, TextColumn  # noqa: PLC0415
 
+    from ledger.projections.history import (  # noqa: PLC0415
+        History,
+        ScanHistory,
+        SequenceHistory,
+    )
     from ledger.projections.rebuild import RebuildProgress, rebuild  # noqa: PLC0415
 
+    if source not in (None, "sequence", "scan"):
+        raise typer.BadParameter("--source is 'sequence' or 'scan'")
     projection = open_projection(name, projector, application)
+    history: History | None = None
+    if source == "scan":
+        history = ScanHistory(projection.application)
+    elif source == "sequence":
+        history = SequenceHistory(projection.application)
     columns = (
         TextColumn("rebuilding v{task.fields[version]}"),
         BarColumn(),
@@ -249,6 +298,11 @@ def projections_rebuild(
                 projection.projector_class,
                 projection.view,
                 progress=show,
+                history=history,
+                on_unavailable=lambda error, wait: bar.console.print(
+                    f"DynamoDB unavailable ({type(error).__name__}); "
+                    f"resuming in {wait:.0f}s"
+                ),
             )
         console.print(
             f"rebuilt {name} as v{result.table_version}: {result.events} events in "

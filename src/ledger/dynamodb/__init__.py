@@ -9,6 +9,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from typing import Any
 
+from ledger.dynamodb.batches import CorruptNotificationBatchError
 from ledger.dynamodb.client import AmbiguousWriteError, DynamoDBConnection
 from ledger.dynamodb.factory import DynamoDBFactory
 from ledger.dynamodb.idempotency import RepeatedSaveError, SavedOutcome
@@ -58,6 +59,7 @@ def measure(obj: Any) -> AbstractContextManager[Meter]:
 
 __all__ = [
     "AmbiguousWriteError",
+    "CorruptNotificationBatchError",
     "DynamoDBAggregateRecorder",
     "DynamoDBApplicationRecorder",
     "DynamoDBConnection",

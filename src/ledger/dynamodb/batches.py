@@ -22,6 +22,8 @@ import struct
 from collections.abc import Iterable
 from typing import Final, NamedTuple
 
+from eventsourcing.persistence import DataError
+
 FORMAT: Final = 1
 """The layout version written now; readers reject formats they do not know."""
 NOT_INLINE: Final = 0xFFFFFFFF
@@ -40,6 +42,30 @@ class BatchEntry(NamedTuple):
     version: int
     topic: str
     state: bytes | None
+
+
+class CorruptNotificationBatchError(DataError):
+    """A notification batch item of the application sequence cannot be read.
+
+    Its events are intact in the events table (each event item holds its
+    position); only the batch item that lists them is damaged. Readers of the
+    sequence cannot go past it by themselves: nothing may be skipped silently.
+    """
+
+    def __init__(self, table_name: str, last_position: int, reason: str) -> None:
+        """Describe the batch ending at ``last_position`` and what is wrong with it."""
+        self.table_name = table_name
+        self.last_position = last_position
+        self.reason = reason
+        super().__init__(
+            f"The notification batch ending at position {last_position} in table "
+            f"{table_name!r} cannot be read ({reason}). Its events are intact in "
+            "the events table. A projection stopped here goes past it with "
+            "`ledger projections skip-batch NAME --position P` (P = the "
+            "projection's position + 1), which applies those events from the "
+            "events table instead; a rebuild can read the events table with "
+            "--source scan."
+        )
 
 
 def encode_batch(entries: Iterable[BatchEntry]) -> bytes:

@@ -26,6 +26,7 @@ mode (exponential backoff with jitter) before they are translated.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -120,6 +121,8 @@ Failing to connect (``EndpointConnectionError``, ``ConnectTimeoutError``)
 means nothing was sent."""
 
 
+logger = logging.getLogger("ledger.dynamodb")
+
 MAX_OUTAGE_WAIT: Final = 30.0
 """Longest wait, in seconds, between tries while DynamoDB is unavailable."""
 
@@ -132,6 +135,58 @@ def outage_wait(failures: int, first: float, longest: float = MAX_OUTAGE_WAIT) -
     """
     wait: float = min(longest, first * 2.0 ** min(failures - 1, 16))
     return wait
+
+
+class Outage:
+    """How a feed waits while DynamoDB is unavailable: one policy for every feed.
+
+    After each try that failed with ``OperationalError`` (an outage, or
+    throttling that outlasted the client's retries), :meth:`failed` returns
+    the wait before the next try (``first``, doubling, at most ``longest``),
+    logs it (the error's type only: never data) and tells ``on_unavailable(
+    error, wait)``; it returns None instead once waiting would pass
+    ``patience`` seconds in all (the caller then gives up and raises).
+    :meth:`recovered` after a try that worked starts the doubling afresh.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        first: float,
+        *,
+        longest: float = MAX_OUTAGE_WAIT,
+        patience: float | None = None,
+        on_unavailable: Callable[[Exception, float], None] | None = None,
+    ) -> None:
+        """Wait ``first`` seconds after a first failure while doing ``what``."""
+        self.what = what
+        self.first = first
+        self.longest = longest
+        self.patience = patience
+        self.on_unavailable = on_unavailable
+        self.failures = 0
+        self.waited = 0.0
+
+    def failed(self, error: Exception) -> float | None:
+        """Return how long to wait before trying again, or None: give up."""
+        self.failures += 1
+        wait = outage_wait(self.failures, self.first, self.longest)
+        if self.patience is not None and self.waited + wait > self.patience:
+            return None
+        self.waited += wait
+        logger.warning(
+            "DynamoDB unavailable while %s; trying again in %.1fs",
+            self.what,
+            wait,
+            extra={"failures": self.failures, "error": type(error).__name__},
+        )
+        if self.on_unavailable is not None:
+            self.on_unavailable(error, wait)
+        return wait
+
+    def recovered(self) -> None:
+        """Note a try that worked: the next failure waits ``first`` again."""
+        self.failures = 0
 
 
 def was_retried(error: BaseException) -> bool:

@@ -14,6 +14,7 @@ and ``DynamoDBStreamProcessRecorder``. Each says which as its ``ordering``.
 
 from __future__ import annotations
 
+import importlib
 import re
 from typing import TypeVar, cast
 
@@ -99,8 +100,18 @@ class DynamoDBFactory(InfrastructureFactory[DynamoDBTrackingRecorder]):
     created at the first use of a key (unless ``CREATE_TABLE=no``), and each
     keyed save also puts its key (2 WCU per KB, in the save's transaction)."""
 
+    TOPIC_MODULES = "TOPIC_MODULES"
+    """Comma-separated modules to import before reading, so the event classes
+    they define resolve from stored topics. Stored topics resolve only to
+    classes of modules already imported (an application imports its own) or
+    registered with ``register_topic``: stored data never chooses what code
+    is imported. Use it for events of classes the application does not
+    import itself (a tool reading another application's events). Default:
+    none."""
+
     def __init__(self, env: Environment | EnvType | None) -> None:
         super().__init__(env)
+        self._import_topic_modules()
         endpoint_url = (
             self.env.get(self.DYNAMODB_ENDPOINT_URL)
             or self.env.get(self.AWS_ENDPOINT_URL_DYNAMODB)
@@ -130,6 +141,19 @@ class DynamoDBFactory(InfrastructureFactory[DynamoDBTrackingRecorder]):
             region_name=self.env.get(self.DYNAMODB_REGION) or None,
             max_attempts=max_attempts,
         )
+
+    def _import_topic_modules(self) -> None:
+        for name in (self.env.get(self.TOPIC_MODULES) or "").split(","):
+            if not name.strip():
+                continue
+            try:
+                importlib.import_module(name.strip())
+            except ImportError as error:
+                raise OSError(
+                    f"{self.TOPIC_MODULES} names module {name.strip()!r}, which "
+                    f"cannot be imported ({error}). Give importable module names, "
+                    "separated by commas."
+                ) from error
 
     def _int_setting(self, key: str, default: str) -> int:
         value = self.env.get(key) or default

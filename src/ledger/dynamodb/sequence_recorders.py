@@ -12,6 +12,7 @@ subscriptions work as ``eventsourcing`` expects. Costs are listed in
 
 from __future__ import annotations
 
+import struct
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar, Final
@@ -28,11 +29,16 @@ from eventsourcing.persistence import (
 )
 
 from ledger.dynamodb import schema
-from ledger.dynamodb.batches import BatchEntry, decode_batch, encode_batch
+from ledger.dynamodb.batches import (
+    BatchEntry,
+    CorruptNotificationBatchError,
+    decode_batch,
+    encode_batch,
+)
 from ledger.dynamodb.client import (
     DynamoDBConnection,
+    Outage,
     TransactionConflictError,
-    outage_wait,
 )
 from ledger.dynamodb.limits import MAX_ITEM_BYTES, MAX_TRANSACTION_ACTIONS, item_size
 from ledger.dynamodb.recorders import (
@@ -298,6 +304,10 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
         before ``n`` is readable, unless every position wanted is at or below
         a last position this recorder already saw committed (readers paging
         through history then make one request per page, not two).
+
+        A batch item that cannot be read raises
+        :class:`CorruptNotificationBatchError` when it holds the first
+        position wanted; otherwise the notifications before it are returned.
         """
         if limit <= 0:
             return []
@@ -314,11 +324,19 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
             return []  # nothing new: an idle poll costs the GetItem only
         notifications: list[Notification] = []
         pointers: list[int] = []
-        for batch in self._batches(low, high, last, limit):
-            if self._collect(
-                batch, (low, high, limit), topics, notifications, pointers
-            ):
-                break
+        try:
+            for batch in self._batches(low, high, last, limit):
+                if self._collect(
+                    batch, (low, high, limit), topics, notifications, pointers
+                ):
+                    break
+                if int(batch[schema.POSITION]["N"]) >= high:
+                    break
+        except CorruptNotificationBatchError:
+            if not notifications:
+                raise
+            # Return what precedes the damaged batch: the next read starts
+            # there and reports it.
         if pointers:
             self._fill_states(notifications, pointers)
         return notifications
@@ -380,19 +398,25 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
         ``bounds`` is (lowest position, highest position, most notifications).
         """
         low, high, limit = bounds
-        position = int(batch[schema.FIRST_POSITION]["N"])
-        for aggregate_id, version, topic, state in decode_batch(
-            batch[schema.EVENTS]["B"]
-        ):
+        position, entries = self._read_batch(batch)
+        for aggregate_id, version, topic, state in entries:
             if position > high:
                 return True
             if position >= low and (not topics or topic in topics):
+                try:
+                    originator_id = self._decode_id(aggregate_id)
+                except ValueError as error:
+                    raise CorruptNotificationBatchError(
+                        self.notifications_table_name,
+                        int(batch[schema.POSITION]["N"]),
+                        f"position {position}: {error}",
+                    ) from error
                 if state is None:
                     pointers.append(len(notifications))
                 notifications.append(
                     Notification(
                         id=position,
-                        originator_id=self._decode_id(aggregate_id),
+                        originator_id=originator_id,
                         originator_version=version,
                         topic=topic,
                         state=b"" if state is None else state,
@@ -402,6 +426,79 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
                     return True
             position += 1
         return False
+
+    def _read_batch(self, batch: dict[str, Any]) -> tuple[int, list[BatchEntry]]:
+        """Return a batch item's first position and events, or say it is corrupt."""
+        last = int(batch[schema.POSITION]["N"])  # the key: always there
+        try:
+            first = int(batch[schema.FIRST_POSITION]["N"])
+            entries = decode_batch(batch[schema.EVENTS]["B"])
+        except (KeyError, TypeError, ValueError, struct.error) as error:
+            reason = f"{type(error).__name__}: {error}"
+            raise CorruptNotificationBatchError(
+                self.notifications_table_name, last, reason
+            ) from error
+        if first + len(entries) - 1 != last:
+            raise CorruptNotificationBatchError(
+                self.notifications_table_name,
+                last,
+                f"it holds {len(entries)} events for positions {first} to {last}",
+            )
+        return first, entries
+
+    def batch_end(self, position: int) -> int | None:
+        """Return the last position of the batch holding ``position``, if committed.
+
+        Reads only the batch's key, so it works on a batch that cannot be read.
+        """
+        upper = position + BATCH_REACH
+        for page in range(schema.page_of(position), schema.page_of(upper) + 1):
+            for batch in self.connection.items(
+                "query",
+                TableName=self.notifications_table_name,
+                KeyConditionExpression="#p = :p AND #pos BETWEEN :low AND :up",
+                ExpressionAttributeNames={"#p": schema.PAGE, "#pos": schema.POSITION},
+                ExpressionAttributeValues={
+                    ":p": {"N": str(page)},
+                    ":low": {"N": str(position)},
+                    ":up": {"N": str(upper)},
+                },
+                ProjectionExpression="#pos",
+                ConsistentRead=True,
+                Limit=1,
+            ):
+                return int(batch[schema.POSITION]["N"])
+        return None
+
+    def notifications_from_events(self, low: int, high: int) -> list[Notification]:
+        """Return the notifications of positions ``low`` to ``high`` from the events.
+
+        For going past a batch item that cannot be read: each event item
+        holds its position. A Scan of the whole events table (its read units
+        are the table's size), filtered on position; in position order.
+        """
+        items = self.connection.items(
+            "scan",
+            TableName=self.events_table_name,
+            FilterExpression="#pos BETWEEN :low AND :high",
+            ExpressionAttributeNames={"#pos": schema.POSITION},
+            ExpressionAttributeValues={
+                ":low": {"N": str(low)},
+                ":high": {"N": str(high)},
+            },
+            ConsistentRead=True,
+        )
+        found = [
+            Notification(
+                id=int(item[schema.POSITION]["N"]),
+                originator_id=self._decode_id(item[schema.AGGREGATE_ID]["S"]),
+                originator_version=int(item[schema.VERSION]["N"]),
+                topic=item[schema.TOPIC]["S"],
+                state=item[schema.STATE]["B"],
+            )
+            for item in items
+        ]
+        return sorted(found, key=lambda notification: notification.id)
 
     def _fill_states(
         self, notifications: list[Notification], pointers: list[int]
@@ -479,33 +576,24 @@ class DynamoDBSubscription(ListenNotifySubscription[DynamoDBApplicationRecorder]
         gt: int | None = None,
         topics: Sequence[str] = (),
     ) -> None:
-        super().__init__(recorder=recorder, gt=gt, topics=topics)
+        # Set before the base class starts the pulling thread, which reads it.
         self._poll_interval = recorder.poll_interval
+        super().__init__(recorder=recorder, gt=gt, topics=topics)
         recorder.listen(self._has_been_notified)
 
     def _loop_on_pull(self) -> None:
         # As the base class's loop, but waking on a timer too (saves made by
         # other processes notify nobody here), and riding out DynamoDB being
         # unavailable: it waits, backing off, and reads again from where it was.
-        failures = 0
+        outage = Outage("reading the sequence", 2 * self._poll_interval)
         try:
             while not self._has_been_stopped:
                 try:
                     self._pull()
                 except OperationalError as error:
-                    failures += 1
-                    wait = outage_wait(failures, 2 * self._poll_interval)
-                    logger.warning(
-                        "DynamoDB unavailable, reading the sequence again later",
-                        extra={
-                            "failures": failures,
-                            "wait": wait,
-                            "error": type(error).__name__,
-                        },
-                    )
-                    self._has_been_notified.wait(timeout=wait)
+                    self._has_been_notified.wait(timeout=outage.failed(error))
                     continue
-                failures = 0
+                outage.recovered()
                 self._has_been_notified.wait(timeout=self._poll_interval)
         except BaseException as error:  # noqa: BLE001 - re-raised by __next__
             if self._thread_error is None:

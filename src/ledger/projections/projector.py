@@ -31,7 +31,7 @@ from eventsourcing.persistence import OperationalError, PersistenceError, Tracki
 from eventsourcing.projection import Projection
 from eventsourcing.utils import get_topic
 
-from ledger.dynamodb.client import outage_wait
+from ledger.dynamodb.client import Outage
 from ledger.projections import deadletters
 from ledger.projections.history import Undecodable
 from ledger.projections.models import AggregatePosition, GapError, Outcome, ParkedEvent
@@ -137,21 +137,20 @@ class Projector(Projection[ReadModelView]):
         and apply again, for at most ``outage_patience`` seconds in all.
         Conflicts are the caller's to handle.
         """
-        waited = 0.0
-        failures = 0
+        outage = Outage(
+            f"applying an event to {self.name}", 0.2, patience=self.outage_patience
+        )
         while True:
             try:
                 self.apply(self.session, domain_event, tracking.notification_id)
                 self.session.tracking = tracking
                 self.session.commit()
-            except OperationalError:
+            except OperationalError as error:
                 self.session.forget()
-                failures += 1
-                wait = outage_wait(failures, 0.2)
-                if waited + wait > self.outage_patience:
+                wait = outage.failed(error)
+                if wait is None:
                     raise
                 time.sleep(wait)
-                waited += wait
             else:
                 return
 

@@ -34,18 +34,26 @@ events table; later events reach the new version through the live feed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
-from eventsourcing.persistence import IntegrityError, ProgrammingError, Tracking
+from eventsourcing.persistence import (
+    IntegrityError,
+    OperationalError,
+    ProgrammingError,
+    Tracking,
+)
 
-from ledger.dynamodb.client import TransactionConflictError
+from ledger.dynamodb.client import Outage, TransactionConflictError
 from ledger.dynamodb.tables import delete_table
 from ledger.projections import schema
 from ledger.projections.dynamodb import DynamoDBView
@@ -71,6 +79,9 @@ DEFAULT_FLUSH_EVENTS = 1_000_000
 """Events applied before a rebuild flushes even if few items changed (bounds
 the work a crash repeats)."""
 _MAX_CATCH_UP_ATTEMPTS = 20
+DEFAULT_OUTAGE_PATIENCE = 600.0
+"""Seconds a rebuild waits in all for DynamoDB to come back before it gives up."""
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -95,7 +106,9 @@ class RebuildResult:
 
     table_version: int
     events: int
+    """Events applied by the run that finished (after an outage, the resumed run)."""
     seconds: float
+    """Wall time of the whole call, waits during outages included."""
     switched: bool
     items_written: int = 0
     """Read-model items this run wrote (its flushes, undoing and tombstones)."""
@@ -120,6 +133,8 @@ def rebuild(
     flush_events: int = DEFAULT_FLUSH_EVENTS,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
     history: History | None = None,
+    outage_patience: float = DEFAULT_OUTAGE_PATIENCE,
+    on_unavailable: Callable[[Exception, float], None] | None = None,
 ) -> RebuildResult:
     """Build a projection's read model afresh from history, then switch readers.
 
@@ -127,7 +142,62 @@ def rebuild(
     starts a new table version. ``switch=False`` leaves the new version built
     but inactive (switch later with :func:`switch_version`). ``history``
     overrides where events are read from (default: :func:`history_of`).
+
+    While DynamoDB is unavailable (``OperationalError`` after the client's
+    retries) the run stops, waits (doubling up to 30 s) and resumes as it
+    would after a crash, for at most ``outage_patience`` seconds of waiting
+    in all; then the error is raised (run it again to resume).
+    ``on_unavailable(error, wait)`` is told each time.
     """
+    attempt = partial(
+        _rebuild_once,
+        application,
+        projector_class,
+        view,
+        progress=progress,
+        page_size=page_size,
+        switch=switch,
+        flush_bytes=flush_bytes,
+        flush_items=flush_items,
+        flush_events=flush_events,
+        cache_bytes=cache_bytes,
+        history=history,
+    )
+    started = time.monotonic()
+    outage = Outage(
+        f"rebuilding {view.base_name}",
+        1.0,
+        patience=outage_patience,
+        on_unavailable=on_unavailable,
+    )
+    while True:
+        try:
+            result = attempt()
+        except OperationalError as error:
+            wait = outage.failed(error)
+            if wait is None:
+                raise
+            time.sleep(wait)
+            continue
+        # Events and items count what the last (resumed) run did.
+        return dataclasses.replace(result, seconds=time.monotonic() - started)
+
+
+def _rebuild_once(
+    application: Any,
+    projector_class: type[Projector],
+    view: DynamoDBView,
+    *,
+    progress: Callable[[RebuildProgress], None] | None,
+    page_size: int,
+    switch: bool,
+    flush_bytes: int,
+    flush_items: int,
+    flush_events: int,
+    cache_bytes: int,
+    history: History | None,
+) -> RebuildResult:
+    """Run or resume a rebuild until done, or until an error stops it."""
     target = _start_or_resume(view)
     target_view = view.at_version(target)
     target_view.create_version_table(target)

@@ -44,8 +44,8 @@ from eventsourcing.persistence import (
 from ledger.dynamodb import schema as store_schema
 from ledger.dynamodb.client import (
     MAX_OUTAGE_WAIT,
+    Outage,
     is_loopback,
-    outage_wait,
     translate_client_error,
     translate_errors,
 )
@@ -127,16 +127,18 @@ def process_records(
     records: Sequence[Mapping[str, Any]],
     mapper: Mapper[Any],
     *,
-    park_undecodable: bool = False,
+    park_undecodable: bool = True,
 ) -> list[str]:
     """Apply a batch of stream records; return the sequence numbers that failed.
 
     Records are applied into one session and committed together (as many
     per transaction as fit); if a commit meets another writer, its records
-    are applied again one by one. A record that cannot be decoded is a
-    failure, unless ``park_undecodable``: then it is parked as a dead letter
-    (the local poller does this; Lambda has its own retries and on-failure
-    destination for failed records).
+    are applied again one by one. A record that cannot be decoded is parked
+    as a dead letter (its aggregate waits; redrive it after the fix), or
+    with ``park_undecodable=False`` reported failed with its aggregate's
+    later records. Parking is the default on Lambda too: a failed record
+    would be retried until the mapping gives up, then reach the on-failure
+    destination as metadata only, and expire from the stream in 24 hours.
     """
     failed: list[str] = []
     failed_aggregates: set[str] = set()
@@ -398,23 +400,20 @@ def _while_time_allows(
     batch again (each redelivery counts towards the mapping's
     ``MaximumRetryAttempts``). Nothing is lost or applied twice either way.
     """
-    failures = 0
+    outage = Outage("handling a stream batch", 0.2)
     while True:
         try:
             return handle()
         except OperationalError as error:
-            failures += 1
-            wait = outage_wait(failures, 0.2)
             remaining_ms = (
                 context.get_remaining_time_in_millis()
                 if hasattr(context, "get_remaining_time_in_millis")
                 else 0
             )
-            logger.warning(
-                "DynamoDB unavailable while handling a stream batch",
-                extra={"failures": failures, "error": type(error).__name__},
-            )
-            if wait * 1000 > remaining_ms - _LAMBDA_MARGIN_MS:
+            # Wait only while the invocation has time left for another try.
+            outage.patience = outage.waited + (remaining_ms - _LAMBDA_MARGIN_MS) / 1000
+            wait = outage.failed(error)
+            if wait is None:
                 return {
                     "batchItemFailures": [
                         {"itemIdentifier": sequence_number(record)}
@@ -490,9 +489,7 @@ class ProjectionConsumer(ViewCheckpoints):
 
     def process(self, records: Sequence[Mapping[str, Any]]) -> list[str]:
         """Apply records to the projector (see :func:`process_records`)."""
-        return process_records(
-            self.projector, records, self.mapper, park_undecodable=True
-        )
+        return process_records(self.projector, records, self.mapper)
 
 
 class StreamPoller:
@@ -712,26 +709,16 @@ def run_polls(
     is lost, since a poll commits nothing it did not apply and checkpoints
     only what it committed. ``on_unavailable(error, wait)`` is told each time.
     """
-    failures = 0
+    outage = Outage(
+        "polling", interval, longest=max_backoff, on_unavailable=on_unavailable
+    )
     while not stop.is_set():
         try:
             processed = poll()
         except OperationalError as error:
-            failures += 1
-            wait = outage_wait(failures, interval, max_backoff)
-            logger.warning(
-                "DynamoDB unavailable, polling again later",
-                extra={
-                    "failures": failures,
-                    "wait": wait,
-                    "error": type(error).__name__,
-                },
-            )
-            if on_unavailable is not None:
-                on_unavailable(error, wait)
-            stop.wait(wait)
+            stop.wait(outage.failed(error))
             continue
-        failures = 0
+        outage.recovered()
         if processed == 0:
             stop.wait(interval)
 

@@ -7,7 +7,6 @@ Select it with ``PERSISTENCE_MODULE=ledger.dynamodb``; see
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import Any
 
 from ledger.dynamodb.batches import CorruptNotificationBatchError
 from ledger.dynamodb.client import AmbiguousWriteError, DynamoDBConnection
@@ -34,7 +33,7 @@ from ledger.dynamodb.stream_recorders import (
 Factory = DynamoDBFactory
 
 
-def connection_of(obj: Any) -> DynamoDBConnection:
+def connection_of(obj: object) -> DynamoDBConnection:
     """Return the DynamoDB connection behind an application, factory or recorder."""
     if isinstance(obj, DynamoDBConnection):
         return obj
@@ -48,13 +47,12 @@ def connection_of(obj: Any) -> DynamoDBConnection:
     )
 
 
-def measure(obj: Any) -> AbstractContextManager[Meter]:
+def measure(obj: object) -> AbstractContextManager[Meter]:
     """Count the DynamoDB round trips and capacity units of a block of work.
 
     ``obj`` is an application, factory, recorder or connection using DynamoDB.
     """
-    meter: AbstractContextManager[Meter] = connection_of(obj).measure()
-    return meter
+    return connection_of(obj).measure()
 
 
 __all__ = [

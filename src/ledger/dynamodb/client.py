@@ -29,8 +29,8 @@ import ipaddress
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any, Final
+from contextlib import AbstractContextManager, contextmanager
+from typing import TYPE_CHECKING, Any, Final, TypedDict, cast
 from urllib.parse import urlparse
 
 import boto3
@@ -46,6 +46,10 @@ from eventsourcing.persistence import (
 )
 
 from ledger.dynamodb.metering import Meter, Metering
+
+if TYPE_CHECKING:  # the stubs are a development dependency only
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_dynamodb.type_defs import AttributeValueTypeDef
 
 CONDITION_FAILED = "ConditionalCheckFailed"
 """A cancellation reason: the action's condition was false (a conflict)."""
@@ -68,6 +72,17 @@ _THROTTLING_CODES = frozenset(
 )
 
 
+class CancellationReason(TypedDict, total=False):
+    """Why DynamoDB cancelled one action of a transaction (one per action)."""
+
+    Code: str
+    """``"None"`` for an action that did not fail, else e.g. ``CONDITION_FAILED``."""
+    Message: str
+    Item: dict[str, AttributeValueTypeDef]
+    """The item as it was, for an action asking for it on a failed condition
+    (``ReturnValuesOnConditionCheckFailure``)."""
+
+
 class TransactionConflictError(IntegrityError):
     """A transaction was cancelled because one of its conditions was false.
 
@@ -76,7 +91,7 @@ class TransactionConflictError(IntegrityError):
     condition failed.
     """
 
-    def __init__(self, message: str, reasons: list[dict[str, Any]]) -> None:
+    def __init__(self, message: str, reasons: list[CancellationReason]) -> None:
         super().__init__(message)
         self.reasons = reasons
 
@@ -87,7 +102,7 @@ class TransactionCancelledError(OperationalError):
     ``reasons`` holds DynamoDB's cancellation reasons, one per action.
     """
 
-    def __init__(self, message: str, reasons: list[dict[str, Any]]) -> None:
+    def __init__(self, message: str, reasons: list[CancellationReason]) -> None:
         super().__init__(message)
         self.reasons = reasons
 
@@ -254,7 +269,7 @@ class DynamoDBConnection:
         same store (the Streams API's) are made with them too."""
         self.endpoint_url = endpoint_url
         self.region_name = region
-        self.client: Any = session.client(
+        self.client: DynamoDBClient = session.client(
             "dynamodb",
             endpoint_url=endpoint_url,
             region_name=region,
@@ -273,7 +288,7 @@ class DynamoDBConnection:
         self.known_tables: set[str] = set()
         """Tables seen to exist and be active, so they are checked only once."""
 
-    def measure(self) -> Any:
+    def measure(self) -> AbstractContextManager[Meter]:
         """Return a context manager yielding a :class:`Meter` for a block of work."""
         return self.metering.measure()
 
@@ -315,7 +330,9 @@ class DynamoDBConnection:
         if isinstance(caught_exception, _LOST_ANSWER):
             self._call_state.lost_answer = True
 
-    def items(self, operation: str, **params: Any) -> Iterator[dict[str, Any]]:
+    def items(
+        self, operation: str, **params: Any
+    ) -> Iterator[dict[str, AttributeValueTypeDef]]:
         """Yield every item of a ``"scan"`` or ``"query"``, one page after another."""
         while True:
             response = self.call(operation, **params)
@@ -381,8 +398,10 @@ def translate_client_error(error: botocore.exceptions.ClientError) -> Persistenc
     if code == "ConditionalCheckFailedException":
         return IntegrityError(message)
     if code == "TransactionCanceledException":
-        reasons: list[dict[str, Any]] = [
-            dict(reason) for reason in error.response.get("CancellationReasons", [])
+        # botocore-stubs type a reason's Item wrongly (not as attribute values).
+        reasons = [
+            cast("CancellationReason", dict(reason))
+            for reason in error.response.get("CancellationReasons", [])
         ]
         codes = {reason.get("Code", "None") for reason in reasons}
         if CONDITION_FAILED in codes:

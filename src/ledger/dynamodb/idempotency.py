@@ -26,13 +26,16 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
 
 from eventsourcing.persistence import DataError, IntegrityError, StoredEvent
 
 from ledger.dynamodb import schema
 from ledger.dynamodb.client import DynamoDBConnection
 from ledger.dynamodb.tables import ensure_table
+
+if TYPE_CHECKING:  # the stubs are a development dependency only
+    from mypy_boto3_dynamodb.type_defs import TransactWriteItemTypeDef
 
 DEFAULT_TTL_SECONDS: Final = 24 * 60 * 60
 """How long a key is remembered by default: a day."""
@@ -131,7 +134,7 @@ class IdempotencyKeys:
         key: str,
         stored_events: Sequence[StoredEvent],
         positions: Sequence[int] | None = None,
-    ) -> dict[str, Any]:
+    ) -> TransactWriteItemTypeDef:
         """Return the transaction action that stores the key, only if it is free."""
         self._ensure()
         outcome = {

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
 
 from eventsourcing.persistence import DataError
+
+if TYPE_CHECKING:  # the stubs are a development dependency only
+    from mypy_boto3_dynamodb.type_defs import AttributeValueTypeDef
 
 MAX_ITEM_BYTES: Final = 400 * 1024
 """DynamoDB's item size limit (names and values together)."""
@@ -40,34 +43,34 @@ def number_size(text: str) -> int:
     return (len(digits) + 1) // 2 + 1
 
 
-def value_size(value: Mapping[str, Any]) -> int:
+def value_size(value: AttributeValueTypeDef) -> int:
     """Return the stored size of one attribute value in wire form ({"S": ...})."""
-    ((kind, data),) = value.items()
+    ((kind, _),) = value.items()  # exactly one type tag, as on the wire
     if kind == "S":
-        return len(data.encode())
+        return len(value["S"].encode())
     if kind == "N":
-        return number_size(data)
+        return number_size(value["N"])
     if kind == "B":
-        return len(data)
+        return len(value["B"])
     if kind in ("BOOL", "NULL"):
         return 1
     if kind == "L":
-        return 3 + sum(1 + value_size(element) for element in data)
+        return 3 + sum(1 + value_size(element) for element in value["L"])
     if kind == "M":
         return 3 + sum(
             1 + len(name.encode()) + value_size(element)
-            for name, element in data.items()
+            for name, element in value["M"].items()
         )
     if kind == "SS":
-        return sum(len(element.encode()) for element in data)
+        return sum(len(element.encode()) for element in value["SS"])
     if kind == "NS":
-        return sum(number_size(element) for element in data)
+        return sum(number_size(element) for element in value["NS"])
     if kind == "BS":
-        return sum(len(element) for element in data)
+        return sum(len(element) for element in value["BS"])
     raise ValueError(f"Unknown DynamoDB attribute type {kind!r}")
 
 
-def item_size(item: Mapping[str, Mapping[str, Any]]) -> int:
+def item_size(item: Mapping[str, AttributeValueTypeDef]) -> int:
     """Return the stored size of an item in wire form, by DynamoDB's rules."""
     return sum(len(name.encode()) + value_size(value) for name, value in item.items())
 

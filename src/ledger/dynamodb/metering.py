@@ -24,9 +24,14 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ledger.dynamodb.limits import item_size, read_units, write_units
+
+if TYPE_CHECKING:  # the stubs are a development dependency only
+    from botocore.model import OperationModel
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_dynamodb.type_defs import ConsumedCapacityTypeDef
 
 _CAPACITY_OPERATIONS = frozenset(
     {
@@ -67,7 +72,7 @@ class Meter:
     bytes_read: int = 0
     """Total size of the items read, by DynamoDB's size rules."""
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, int | float | dict[str, int]]:
         """Return the numbers as a plain dict (for JSON and structured logs)."""
         return {
             "round_trips": self.round_trips,
@@ -113,10 +118,15 @@ class Metering:
         """Everything this client has done since it was made."""
         self._meters.append(self.total)
 
-    def install(self, client: Any) -> None:
+    def install(self, client: DynamoDBClient) -> None:
         """Register the metering hooks on a botocore DynamoDB client."""
         events = client.meta.events
-        events.register("provide-client-params.dynamodb", self._on_params)
+        # botocore sends the params this handler returns; its stubs type every
+        # handler as returning None.
+        events.register(
+            "provide-client-params.dynamodb",
+            self._on_params,  # type: ignore[arg-type]
+        )
         events.register("before-send.dynamodb", self._on_send)
         events.register("after-call.dynamodb", self._on_response)
 
@@ -135,7 +145,7 @@ class Metering:
     # botocore event handlers -------------------------------------------------
 
     def _on_params(
-        self, params: dict[str, Any], model: Any, **_: Any
+        self, params: dict[str, Any], model: OperationModel, **_: Any
     ) -> dict[str, Any] | None:
         operation = model.name
         written = _written_item_sizes(operation, params)
@@ -157,7 +167,9 @@ class Metering:
             for meter in self._meters:
                 meter.round_trips += 1
 
-    def _on_response(self, parsed: Mapping[str, Any], model: Any, **_: Any) -> None:
+    def _on_response(
+        self, parsed: Mapping[str, Any], model: OperationModel, **_: Any
+    ) -> None:
         reported_read, reported_write = _consumed(
             model.name, parsed.get("ConsumedCapacity")
         )
@@ -202,7 +214,10 @@ _WRITE_OPERATIONS = frozenset(
 )
 
 
-def _consumed(operation: str, capacity: Any) -> tuple[float, float]:
+def _consumed(
+    operation: str,
+    capacity: ConsumedCapacityTypeDef | list[ConsumedCapacityTypeDef] | None,
+) -> tuple[float, float]:
     if capacity is None:
         return 0.0, 0.0
     entries = capacity if isinstance(capacity, list) else [capacity]

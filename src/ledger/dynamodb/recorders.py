@@ -36,8 +36,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Sequence
-from typing import Any, Final, Literal
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, cast
 from uuid import UUID
 
 from eventsourcing.persistence import (
@@ -64,6 +64,18 @@ from ledger.dynamodb.idempotency import IdempotencyKeys, SavedOutcome
 from ledger.dynamodb.limits import check_item_size, check_transaction, item_size
 from ledger.dynamodb.tables import ensure_table
 
+if TYPE_CHECKING:  # the stubs are a development dependency only
+    from mypy_boto3_dynamodb.type_defs import (
+        AttributeValueTypeDef,
+        QueryInputTypeDef,
+        TransactWriteItemTypeDef,
+        UpdateTypeDef,
+    )
+
+    Item: TypeAlias = dict[str, AttributeValueTypeDef]
+    """An item (or key) as ledger writes and reads it: attribute values in
+    DynamoDB's wire form (``{"N": "1"}``)."""
+
 OriginatorIDType = Literal["uuid", "text"]
 Ordering = Literal["sequence", "stream"]
 """How an application's saves are ordered: by a gap-free application sequence
@@ -85,6 +97,14 @@ another writer of the same items, or the race for the sequence item."""
 def encode_id(originator_id: UUID | str) -> str:
     """Return an aggregate id as stored: its canonical text form."""
     return str(originator_id)
+
+
+def _put_size(action: TransactWriteItemTypeDef) -> int:
+    """Return the size of the item a transaction action puts (0 for others)."""
+    if "Put" not in action:
+        return 0
+    # ledger puts items in wire form only (the stubs also allow Python values).
+    return item_size(cast("Mapping[str, AttributeValueTypeDef]", action["Put"]["Item"]))
 
 
 def _backoff(attempt: int) -> None:
@@ -172,7 +192,7 @@ class DynamoDBAggregateRecorder(DynamoDBRecorder, AggregateRecorder):
         idempotency_key: str | None,
         stored_events: Sequence[StoredEvent],
         positions: Sequence[int] | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[TransactWriteItemTypeDef]:
         """Return the action storing an idempotency key (none without a key)."""
         if idempotency_key is None:
             return []
@@ -196,7 +216,7 @@ class DynamoDBAggregateRecorder(DynamoDBRecorder, AggregateRecorder):
     def _write(
         self,
         stored_events: Sequence[StoredEvent],
-        other_actions: Sequence[dict[str, Any]] = (),
+        other_actions: Sequence[TransactWriteItemTypeDef] = (),
         idempotency_key: str | None = None,
     ) -> None:
         """Write events, and any other actions, all or nothing, in one request.
@@ -233,11 +253,9 @@ class DynamoDBAggregateRecorder(DynamoDBRecorder, AggregateRecorder):
                 "(aggregate id, version) can be stored once. Nothing was written."
             )
 
-    def _event_item(
-        self, event: StoredEvent, position: int | None = None
-    ) -> dict[str, Any]:
+    def _event_item(self, event: StoredEvent, position: int | None = None) -> Item:
         self._check_id(event.originator_id)
-        item: dict[str, Any] = {
+        item: Item = {
             schema.AGGREGATE_ID: {"S": encode_id(event.originator_id)},
             schema.VERSION: {"N": str(event.originator_version)},
             schema.TOPIC: {"S": event.topic},
@@ -252,7 +270,7 @@ class DynamoDBAggregateRecorder(DynamoDBRecorder, AggregateRecorder):
         )
         return item
 
-    def _put_action(self, item: dict[str, Any]) -> dict[str, Any]:
+    def _put_action(self, item: Item) -> TransactWriteItemTypeDef:
         return {
             "Put": {
                 "TableName": self.events_table_name,
@@ -262,7 +280,7 @@ class DynamoDBAggregateRecorder(DynamoDBRecorder, AggregateRecorder):
             }
         }
 
-    def _put_one(self, item: dict[str, Any], event: StoredEvent) -> None:
+    def _put_one(self, item: Item, event: StoredEvent) -> None:
         try:
             self.connection.call(
                 "put_item",
@@ -285,7 +303,7 @@ class DynamoDBAggregateRecorder(DynamoDBRecorder, AggregateRecorder):
                 return
             raise self._conflict([event]) from error
 
-    def _is_stored(self, item: dict[str, Any]) -> bool:
+    def _is_stored(self, item: Item) -> bool:
         """Return True if exactly this event item is in the table already.
 
         An event's state holds its timestamp and data, so another writer's
@@ -304,7 +322,7 @@ class DynamoDBAggregateRecorder(DynamoDBRecorder, AggregateRecorder):
 
     def _transact(
         self,
-        actions: list[dict[str, Any]],
+        actions: list[TransactWriteItemTypeDef],
         stored_events: Sequence[StoredEvent],
         race_indices: frozenset[int] = frozenset(),
         key: tuple[int, str] | None = None,
@@ -319,7 +337,7 @@ class DynamoDBAggregateRecorder(DynamoDBRecorder, AggregateRecorder):
         """
         check_transaction(
             len(actions),
-            sum(item_size(next(iter(a.values())).get("Item", {})) for a in actions),
+            sum(_put_size(action) for action in actions),
             self._describe_save(stored_events),
         )
         attempt = 0
@@ -396,7 +414,7 @@ class DynamoDBAggregateRecorder(DynamoDBRecorder, AggregateRecorder):
     ) -> Sequence[StoredEvent]:
         """Read an aggregate's events (strongly consistent), paginating as needed."""
         names = {"#a": schema.AGGREGATE_ID}
-        values: dict[str, Any] = {":a": {"S": encode_id(originator_id)}}
+        values: Item = {":a": {"S": encode_id(originator_id)}}
         condition = "#a = :a"
         if gt is not None and lte is not None:
             if gt >= lte:
@@ -412,7 +430,7 @@ class DynamoDBAggregateRecorder(DynamoDBRecorder, AggregateRecorder):
             values[":hi"] = {"N": str(lte)}
         if gt is not None or lte is not None:
             names["#v"] = schema.VERSION
-        params: dict[str, Any] = {
+        params: QueryInputTypeDef = {
             "TableName": self.events_table_name,
             "KeyConditionExpression": condition,
             # No projection: DynamoDB charges for whole items anyway, and whole
@@ -471,7 +489,7 @@ class DynamoDBTrackingRecorder(DynamoDBRecorder, TrackingRecorder):
             schema.tracking_table_definition(self.tracking_table_name),
         )
 
-    def _tracking_update(self, tracking: Tracking) -> dict[str, Any]:
+    def _tracking_update(self, tracking: Tracking) -> UpdateTypeDef:
         return {
             "TableName": self.tracking_table_name,
             "Key": {schema.APPLICATION_NAME: {"S": tracking.application_name}},

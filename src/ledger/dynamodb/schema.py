@@ -42,7 +42,11 @@ Tables (``{prefix}{application}_{kind}``):
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:  # the stubs are a development dependency only
+    from mypy_boto3_dynamodb.literals import KeyTypeType, ScalarAttributeTypeType
+    from mypy_boto3_dynamodb.type_defs import CreateTableInputTypeDef
 
 # --- events and snapshots tables -------------------------------------------
 AGGREGATE_ID: Final = "aggregate_id"
@@ -115,14 +119,18 @@ def page_of(position: int) -> int:
 
 def table_definition(
     table_name: str,
-    partition_key: tuple[str, str],
-    sort_key: tuple[str, str] | None = None,
-) -> dict[str, Any]:
+    partition_key: tuple[str, ScalarAttributeTypeType],
+    sort_key: tuple[str, ScalarAttributeTypeType] | None = None,
+) -> CreateTableInputTypeDef:
     """CreateTable arguments for an on-demand table.
 
     Each key is ``(attribute name, attribute type)``, the type ``"S"`` or ``"N"``.
     """
-    keys = [(partition_key, "HASH")] + ([(sort_key, "RANGE")] if sort_key else [])
+    keys: list[tuple[tuple[str, ScalarAttributeTypeType], KeyTypeType]] = [
+        (partition_key, "HASH")
+    ]
+    if sort_key:
+        keys.append((sort_key, "RANGE"))
     return {
         "TableName": table_name,
         "AttributeDefinitions": [
@@ -135,7 +143,9 @@ def table_definition(
     }
 
 
-def stream_table_definition(table_name: str, *, with_stream: bool) -> dict[str, Any]:
+def stream_table_definition(
+    table_name: str, *, with_stream: bool
+) -> CreateTableInputTypeDef:
     """CreateTable arguments for an events or snapshots table.
 
     The events table has a DynamoDB stream of new images (``with_stream``),
@@ -150,16 +160,16 @@ def stream_table_definition(table_name: str, *, with_stream: bool) -> dict[str, 
     return definition
 
 
-def notifications_table_definition(table_name: str) -> dict[str, Any]:
+def notifications_table_definition(table_name: str) -> CreateTableInputTypeDef:
     """CreateTable arguments for a notifications table."""
     return table_definition(table_name, (PAGE, "N"), (POSITION, "N"))
 
 
-def tracking_table_definition(table_name: str) -> dict[str, Any]:
+def tracking_table_definition(table_name: str) -> CreateTableInputTypeDef:
     """CreateTable arguments for a tracking table."""
     return table_definition(table_name, (APPLICATION_NAME, "S"))
 
 
-def idempotency_table_definition(table_name: str) -> dict[str, Any]:
+def idempotency_table_definition(table_name: str) -> CreateTableInputTypeDef:
     """CreateTable arguments for an idempotency-key table."""
     return table_definition(table_name, (IDEMPOTENCY_KEY, "S"))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from eventsourcing.persistence import (
     ApplicationRecorder,
@@ -54,8 +54,16 @@ from ledger.dynamodb.recorders import (
 )
 from ledger.dynamodb.tables import ensure_table
 
+if TYPE_CHECKING:  # the stubs are a development dependency only
+    from mypy_boto3_dynamodb.type_defs import (
+        KeysAndAttributesTypeDef,
+        TransactWriteItemTypeDef,
+    )
+
+    from ledger.dynamodb.recorders import Item
+
 _BATCH_KEY_NAME = {"#key": schema.POSITION}
-_SEQUENCE_KEY = {
+_SEQUENCE_KEY: Item = {
     schema.PAGE: {"N": str(schema.SEQUENCE_PAGE)},
     schema.POSITION: {"N": "0"},
 }
@@ -184,7 +192,7 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
     def _insert_tracking_only(self, tracking: Tracking) -> None:
         raise NotImplementedError  # pragma: no cover - only process recorders track
 
-    def _tracking_action(self, tracking: Tracking) -> dict[str, Any] | None:
+    def _tracking_action(self, tracking: Tracking) -> TransactWriteItemTypeDef | None:
         return None
 
     def _save_actions(
@@ -192,7 +200,7 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
         stored_events: Sequence[StoredEvent],
         expected: int,
         tracking: Tracking | None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[TransactWriteItemTypeDef]:
         first = expected + 1
         last = expected + len(stored_events)
         actions = [
@@ -218,7 +226,7 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
     @staticmethod
     def _batch_item(
         stored_events: Sequence[StoredEvent], first: int, last: int
-    ) -> dict[str, Any]:
+    ) -> Item:
         def events(*, inline: bool) -> bytes:
             return encode_batch(
                 BatchEntry(
@@ -230,7 +238,7 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
                 for e in stored_events
             )
 
-        item: dict[str, Any] = {
+        item: Item = {
             schema.PAGE: {"N": str(schema.page_of(last))},
             schema.POSITION: {"N": str(last)},
             schema.FIRST_POSITION: {"N": str(first)},
@@ -242,8 +250,8 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
             item[schema.EVENTS] = {"B": events(inline=False)}
         return item
 
-    def _sequence_action(self, expected: int, last: int) -> dict[str, Any]:
-        values: dict[str, Any] = {":new": {"N": str(last)}}
+    def _sequence_action(self, expected: int, last: int) -> TransactWriteItemTypeDef:
+        values: Item = {":new": {"N": str(last)}}
         if expected == 0:
             condition = "attribute_not_exists(#last)"
         else:
@@ -341,9 +349,7 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
             self._fill_states(notifications, pointers)
         return notifications
 
-    def _batches(
-        self, low: int, high: int, last: int, span: int
-    ) -> Iterator[dict[str, Any]]:
+    def _batches(self, low: int, high: int, last: int, span: int) -> Iterator[Item]:
         """Yield, in order, the batches holding positions ``low`` to ``high``.
 
         Reads in windows of ``span`` positions, each one bounded Query (per
@@ -387,7 +393,7 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
 
     def _collect(
         self,
-        batch: dict[str, Any],
+        batch: Item,
         bounds: tuple[int, int, int],
         topics: Sequence[str],
         notifications: list[Notification],
@@ -427,7 +433,7 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
             position += 1
         return False
 
-    def _read_batch(self, batch: dict[str, Any]) -> tuple[int, list[BatchEntry]]:
+    def _read_batch(self, batch: Item) -> tuple[int, list[BatchEntry]]:
         """Return a batch item's first position and events, or say it is corrupt."""
         last = int(batch[schema.POSITION]["N"])  # the key: always there
         try:
@@ -517,7 +523,7 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
                 {schema.AGGREGATE_ID: {"S": a}, schema.VERSION: {"N": str(v)}}
                 for a, v in wanted
             ]
-            request: dict[str, Any] = {
+            request: dict[str, KeysAndAttributesTypeDef] = {
                 self.events_table_name: {"Keys": keys, "ConsistentRead": True}
             }
             attempt = 0
@@ -643,5 +649,5 @@ class DynamoDBProcessRecorder(
     def _insert_tracking_only(self, tracking: Tracking) -> None:
         self.insert_tracking(tracking)
 
-    def _tracking_action(self, tracking: Tracking) -> dict[str, Any] | None:
+    def _tracking_action(self, tracking: Tracking) -> TransactWriteItemTypeDef | None:
         return {"Update": self._tracking_update(tracking)}

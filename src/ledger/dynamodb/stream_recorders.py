@@ -21,7 +21,7 @@ no global position: see :func:`aggregate_tracking`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar, NoReturn
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 from uuid import UUID
 
 from eventsourcing.persistence import (
@@ -43,6 +43,9 @@ from ledger.dynamodb.recorders import (
     OriginatorIDType,
     encode_id,
 )
+
+if TYPE_CHECKING:  # the stubs are a development dependency only
+    from mypy_boto3_dynamodb.type_defs import TransactWriteItemTypeDef
 
 
 class SequenceDisabledError(ProgrammingError):
@@ -188,6 +191,8 @@ class DynamoDBStreamProcessRecorder(
         elif not stored_events:
             self.insert_tracking(tracking)
         else:
-            tracking_update = {"Update": self._tracking_update(tracking)}
+            tracking_update: TransactWriteItemTypeDef = {
+                "Update": self._tracking_update(tracking)
+            }
             self._write(stored_events, [tracking_update], idempotency_key=key)
         return None

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from eventsourcing.persistence import OperationalError, ProgrammingError
 
 from ledger.dynamodb.client import DynamoDBConnection
 
+if TYPE_CHECKING:  # the stubs are a development dependency only
+    from mypy_boto3_dynamodb.type_defs import (
+        CreateTableInputTypeDef,
+        TableDescriptionTypeDef,
+    )
+
 _ACTIVE_TIMEOUT = 120.0
 
 
-def ensure_table(connection: DynamoDBConnection, definition: dict[str, Any]) -> None:
+def ensure_table(
+    connection: DynamoDBConnection, definition: CreateTableInputTypeDef
+) -> None:
     """Create a table unless it exists, then wait until it is active.
 
     An existing table is left exactly as it is (never replaced or emptied);
@@ -22,6 +30,7 @@ def ensure_table(connection: DynamoDBConnection, definition: dict[str, Any]) -> 
     name = definition["TableName"]
     if name in connection.known_tables:
         return
+    description: TableDescriptionTypeDef
     try:
         description = connection.call("describe_table", TableName=name)["Table"]
     except ProgrammingError:  # no such table
@@ -38,13 +47,14 @@ def ensure_table(connection: DynamoDBConnection, definition: dict[str, Any]) -> 
     connection.known_tables.add(name)
 
 
-def _wait_until_active(connection: DynamoDBConnection, name: str) -> dict[str, Any]:
+def _wait_until_active(
+    connection: DynamoDBConnection, name: str
+) -> TableDescriptionTypeDef:
     deadline = time.monotonic() + _ACTIVE_TIMEOUT
     while True:
+        table: TableDescriptionTypeDef
         try:
-            table: dict[str, Any] = connection.call("describe_table", TableName=name)[
-                "Table"
-            ]
+            table = connection.call("describe_table", TableName=name)["Table"]
         except ProgrammingError:
             table = {"TableStatus": "CREATING"}
         if table["TableStatus"] == "ACTIVE":
@@ -57,10 +67,14 @@ def _wait_until_active(connection: DynamoDBConnection, name: str) -> dict[str, A
         time.sleep(0.2)
 
 
-def _check_key_schema(description: dict[str, Any], definition: dict[str, Any]) -> None:
+def _check_key_schema(
+    description: TableDescriptionTypeDef, definition: CreateTableInputTypeDef
+) -> None:
     """Refuse a table whose keys (names, roles and types) are not ledger's."""
 
-    def keys(table: dict[str, Any]) -> list[tuple[str, str, str]]:
+    def keys(
+        table: TableDescriptionTypeDef | CreateTableInputTypeDef,
+    ) -> list[tuple[str, str, str]]:
         types = {
             a["AttributeName"]: a["AttributeType"]
             for a in table.get("AttributeDefinitions", [])

@@ -37,10 +37,13 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy --strict src aggregates projections
+	$(BIN)/mypy --strict src aggregates projections demo.py
+	@# The README's Python examples, a module per section.
+	rm -rf .lint && $(BIN)/python tests/readme_blocks.py .lint/readme
+	$(BIN)/mypy --strict .lint/readme
 
 demo: install
-	$(BIN)/ledger demo --local
+	$(BIN)/python demo.py --local
 
 local: install
 	$(BIN)/ledger local
@@ -49,4 +52,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_store.py
 
 clean:
-	rm -rf $(VENV) .local .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .local .lint .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -8,6 +8,7 @@ counting), per currency.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, ClassVar
@@ -206,13 +207,18 @@ def list_customer_orders(
     return _readable(view).get(CustomerOrders, customer_id)
 
 
-def _lambda_handler() -> Any:
+@functools.cache
+def _handler() -> Any:
     from aggregates.application import Orders  # noqa: PLC0415 - Lambda-only path
-    from ledger.projections.streams import lambda_handler  # noqa: PLC0415
+    from ledger.projections.streams import lambda_handler as make  # noqa: PLC0415
 
-    return lambda_handler(OrderProjector, Orders)
+    return make(OrderProjector, Orders)
 
 
-lambda_handler = _lambda_handler()
-"""The Lambda entry point of ``deploy/template.yaml``: the Order read models fed
-by the events table's stream (``projections.orders.lambda_handler``)."""
+def lambda_handler(event: Any, context: Any) -> Any:
+    """Apply a Lambda batch of stream records to the Order read models.
+
+    The entry point of ``deploy/template.yaml``. Builds its application and
+    view at the first invocation, not at import.
+    """
+    return _handler()(event, context)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from hypothesis import HealthCheck, settings
 
 from aggregates.application import Orders
 from ledger.dynamodb import DynamoDBFactory
-from ledger.dynamodb.local import DynamoDBLocal
 from ledger.projections import DynamoDBView
 from ledger.projections.dynamodb import open_view
 from projections.orders import OrderProjector
@@ -49,46 +47,17 @@ def streamed(dynamodb_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("DYNAMODB_EVENTS_STREAM", "yes")
 
 
-@pytest.fixture(scope="session")
-def dynamodb_local() -> Iterator[DynamoDBLocal]:
-    """One DynamoDB Local server on a free loopback port for the whole run."""
-    with DynamoDBLocal() as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def dynamodb_endpoint(dynamodb_local: DynamoDBLocal) -> str:
-    """The endpoint URL of the test server."""
-    return dynamodb_local.endpoint_url
-
-
-@pytest.fixture
-def table_prefix() -> str:
-    """A table-name prefix of its own for each test, so tests never share state."""
-    return f"t{uuid.uuid4().hex[:12]}_"
-
-
 @pytest.fixture
 def dynamodb_env(
-    monkeypatch: pytest.MonkeyPatch, dynamodb_endpoint: str, table_prefix: str
+    dynamodb_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> dict[str, str]:
-    """Point ``eventsourcing`` applications at the test server.
+    """ledger's plugin's environment (``ledger.pytest_plugin``), with no streams.
 
-    Sets the environment an application reads (``PERSISTENCE_MODULE`` and the
-    ``DYNAMODB_*`` keys) and returns it, for tests that pass ``env=`` instead.
+    See ``NO_STREAM``; a test that feeds from a stream asks for ``streamed``.
     """
-    env = {
-        "PERSISTENCE_MODULE": "ledger.dynamodb",
-        "DYNAMODB_ENDPOINT_URL": dynamodb_endpoint,
-        "DYNAMODB_TABLE_PREFIX": table_prefix,
-        "AWS_ACCESS_KEY_ID": "local",
-        "AWS_SECRET_ACCESS_KEY": "local",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        **NO_STREAM,
-    }
-    for key, value in env.items():
+    for key, value in NO_STREAM.items():
         monkeypatch.setenv(key, value)
-    return env
+    return {**dynamodb_env, **NO_STREAM}
 
 
 @pytest.fixture

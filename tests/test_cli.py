@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -29,15 +32,15 @@ def test_help_lists_every_command(ledger):
     done = ledger("--help")
 
     assert done.returncode == 0
-    for command in ("local", "tables", "events", "demo", "projections", "bench"):
+    for command in ("local", "tables", "events", "projections", "bench"):
         assert command in done.stdout
 
 
 def test_tables_create_describe_delete(streamed, ledger):
-    created = ledger("tables", "create", "--app", "Shop")
-    described = ledger("tables", "describe", "--app", "Shop")
-    deleted = ledger("tables", "delete", "--app", "Shop", "--yes")
-    after = ledger("tables", "describe", "--app", "Shop")
+    created = ledger("tables", "create", "--name", "Shop")
+    described = ledger("tables", "describe", "--name", "Shop")
+    deleted = ledger("tables", "delete", "--name", "Shop", "--yes")
+    after = ledger("tables", "describe", "--name", "Shop")
 
     assert created.returncode == 0
     assert "ready:" in created.stdout
@@ -70,7 +73,7 @@ def test_events_show_of_unknown_aggregate_fails_with_one_line(ledger, order_id):
 
 def test_unreachable_endpoint_is_one_line_and_exit_code_one(ledger):
     done = ledger(
-        "--endpoint", "http://127.0.0.1:9", "tables", "describe", "--app", "Shop"
+        "--endpoint", "http://127.0.0.1:9", "tables", "describe", "--name", "Shop"
     )
 
     assert done.returncode == 1
@@ -130,7 +133,16 @@ def test_unknown_projection_is_a_usage_error(ledger):
 def test_demo_tells_the_whole_story(ledger, dynamodb_env, ordering):
     dynamodb_env["DYNAMODB_ORDERING"] = ordering
 
-    done = ledger("demo")
+    env = {**os.environ, **dynamodb_env}
+    done = subprocess.run(
+        [sys.executable, "demo.py"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+        check=False,
+    )
 
     assert done.returncode == 0, done.stderr
     for step in ("conflicted", "upcaster: currency USD", "parked", "Rebuild"):

@@ -1,4 +1,4 @@
-"""The ``ledger`` command: local DynamoDB, tables, events, the demo.
+"""The ``ledger`` command: local DynamoDB, tables, events, projections.
 
 Its output needs the ``cli`` extra (typer and rich): ``pip install 'ledger[cli]'``.
 Every command that talks to DynamoDB ends by printing the round trips and

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from importlib.metadata import version as package_version
 from typing import Annotated
 
 import typer
 
 from ledger.cli.bench import bench_cli
-from ledger.cli.demo import demo
 from ledger.cli.events import events_cli
 from ledger.cli.local import local
 from ledger.cli.options import run_with_one_line_errors, settings
@@ -17,22 +17,27 @@ from ledger.cli.tables import tables_cli
 cli = typer.Typer(
     name="ledger",
     help="Event sourcing on DynamoDB: run a local DynamoDB, manage tables, "
-    "read events, run the demo.",
+    "read events, run and rebuild projections.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 # Help lists the commands in the order they are registered here.
 cli.command("local")(local)
-cli.command("demo")(demo)
 cli.add_typer(tables_cli, name="tables")
 cli.add_typer(events_cli, name="events")
 cli.add_typer(projections_cli, name="projections")
 cli.add_typer(bench_cli, name="bench")
 
 
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(f"ledger {package_version('ledger')}")
+        raise typer.Exit
+
+
 @cli.callback()
-def options(
+def options(  # noqa: PLR0917 - typer passes the root options positionally
     endpoint: Annotated[
         str | None,
         typer.Option(
@@ -44,13 +49,39 @@ def options(
         str | None,
         typer.Option(help="Table name prefix (default: $DYNAMODB_TABLE_PREFIX)."),
     ] = None,
+    app: Annotated[
+        str | None,
+        typer.Option(
+            help="Your application class, as module:Class (default: $LEDGER_APP, "
+            "then [tool.ledger] app in pyproject.toml).",
+        ),
+    ] = None,
+    projector: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A projector class, as module:Class; repeat for more (also: "
+            "$LEDGER_PROJECTORS, [tool.ledger] projectors, entry points "
+            "'ledger.projectors').",
+        ),
+    ] = None,
     debug: Annotated[
         bool, typer.Option("--debug", help="Show tracebacks on errors.")
     ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print ledger's version and exit.",
+            callback=_print_version,
+            is_eager=True,
+        ),
+    ] = False,
 ) -> None:
-    """Event sourcing on DynamoDB: local server, tables, events, demo."""
+    """Event sourcing on DynamoDB: local server, tables, events, projections."""
     settings.endpoint_url = endpoint
     settings.table_prefix = prefix
+    settings.app = app
+    settings.projectors = list(projector or [])
     settings.debug = debug
 
 

@@ -9,11 +9,11 @@ import typer
 from rich.table import Table
 
 from ledger.cli.options import (
-    DEFAULT_APPLICATION,
-    ApplicationTopic,
+    JsonOutput,
     console,
     errors,
     metered,
+    print_json,
     settings,
 )
 from ledger.dynamodb import DynamoDBFactory, schema
@@ -25,19 +25,18 @@ events_cli = typer.Typer(help="Read an aggregate's stored events.")
 @events_cli.command("show")
 def events_show(
     aggregate_id: Annotated[str, typer.Argument(help="The aggregate's id.")],
-    application: ApplicationTopic = DEFAULT_APPLICATION,
+    as_json: JsonOutput = False,
 ) -> None:
     """Show an aggregate's events, decoded and upcast, with versions, times, sizes."""
-    app = settings.application(application, CREATE_TABLE="no")
+    app = settings.application(CREATE_TABLE="no")
     factory = app.factory
     if not isinstance(factory, DynamoDBFactory):
-        raise TypeError(f"{application} does not use ledger.dynamodb")
-    table = Table("version", "event", "time", "bytes", "fields")
-    with metered(factory):
+        raise TypeError(f"{type(app).__name__} does not use ledger.dynamodb")
+    rows: list[dict[str, Any]] = []
+    with metered(factory, to_stderr=as_json):
         stored = app.recorder.select_events(aggregate_id)
         for record in stored:
             event = app.mapper.to_domain_event(record)
-            fields = _fields(event)
             size = item_size(
                 {
                     schema.AGGREGATE_ID: {"S": aggregate_id},
@@ -46,16 +45,30 @@ def events_show(
                     schema.STATE: {"B": record.state},
                 }
             )
-            table.add_row(
-                str(record.originator_version),
-                type(event).__qualname__,
-                str(getattr(event, "timestamp", "")),
-                str(size),
-                ", ".join(f"{k}={v}" for k, v in fields.items()),
+            rows.append(
+                {
+                    "version": record.originator_version,
+                    "event": type(event).__qualname__,
+                    "time": getattr(event, "timestamp", None),
+                    "bytes": size,
+                    "fields": _fields(event),
+                }
             )
     if not stored:
         errors.print(f"ledger: no events stored for aggregate {aggregate_id}")
         raise typer.Exit(1)
+    if as_json:
+        print_json({"aggregate_id": aggregate_id, "events": rows})
+        return
+    table = Table("version", "event", "time", "bytes", "fields")
+    for row in rows:
+        table.add_row(
+            str(row["version"]),
+            row["event"],
+            str(row["time"] or ""),
+            str(row["bytes"]),
+            ", ".join(f"{k}={v}" for k, v in row["fields"].items()),
+        )
     console.print(table)
 
 

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import typer
 from eventsourcing.application import Application
-from eventsourcing.utils import Environment, resolve_topic
+from eventsourcing.utils import Environment
 from rich.console import Console
 
+from ledger.cli.project import Project, find_project
 from ledger.dynamodb import Meter, measure
-
-DEFAULT_APPLICATION = "aggregates.application:Orders"
-"""The application class the commands use unless told otherwise."""
 
 console = Console(highlight=False)
 """Where commands print their results (stdout)."""
@@ -25,16 +24,12 @@ errors = Console(stderr=True, highlight=False)
 
 # Options more than one command takes -------------------------------------------------
 
-AppName = Annotated[
-    str, typer.Option("--app", help="Application name (the table name stem).")
+ProjectionName = Annotated[
+    str, typer.Argument(help="The projection's name (its projector's `name`).")
 ]
-ApplicationTopic = Annotated[
-    str, typer.Option(help="The application class, as module:Class.")
-]
-ProjectionName = Annotated[str, typer.Argument(help="The projection's name.")]
-ProjectorTopic = Annotated[
-    str | None,
-    typer.Option(help="The projector class, as module:Class (default: by name)."),
+JsonOutput = Annotated[
+    bool,
+    typer.Option("--json", help="Print JSON (the DynamoDB cost line goes to stderr)."),
 ]
 
 
@@ -45,6 +40,10 @@ class Settings:
     endpoint_url: str | None = None
     table_prefix: str | None = None
     debug: bool = False
+    app: str | None = None
+    """``--app``: the application class, as ``module:Class``."""
+    projectors: list[str] = field(default_factory=list)
+    """``--projector`` (repeatable): projector classes, as ``module:Class``."""
 
     def environment(self, name: str, **extra: str) -> Environment:
         """Return the eventsourcing environment for an application name."""
@@ -57,9 +56,13 @@ class Settings:
         env.update(extra)
         return Environment(name, env)
 
-    def application(self, topic: str, **extra: str) -> Application[Any]:
-        """Return an application of the class named ``module:Class``."""
-        app_class: type[Application[Any]] = resolve_topic(topic)
+    def project(self) -> Project:
+        """Return the application and projectors the commands work on."""
+        return find_project(self.app, self.projectors)
+
+    def application(self, **extra: str) -> Application[Any]:
+        """Return an instance of the application class the commands work on."""
+        app_class = self.project().application_class()
         return app_class(env=dict(self.environment(app_class.name, **extra)))
 
 
@@ -72,15 +75,21 @@ after the context is gone, needs ``debug`` too.
 
 
 @contextmanager
-def metered(uses_dynamodb: Any) -> Iterator[Meter]:
+def metered(uses_dynamodb: Any, *, to_stderr: bool = False) -> Iterator[Meter]:
     """Meter a command's DynamoDB work and print its cost at the end.
 
     ``uses_dynamodb`` is an application, factory, view or connection. The cost
-    is printed only when the block succeeds.
+    is printed only when the block succeeds; on stderr with ``to_stderr``
+    (when stdout is JSON).
     """
     with measure(uses_dynamodb) as meter:
         yield meter
-    console.print(f"[dim]DynamoDB: {meter.summary()}[/dim]")
+    (errors if to_stderr else console).print(f"[dim]DynamoDB: {meter.summary()}[/dim]")
+
+
+def print_json(value: Any) -> None:
+    """Print a value as JSON on stdout (ids, times and decimals as strings)."""
+    typer.echo(json.dumps(value, indent=2, default=str))
 
 
 def run_with_one_line_errors(command: Callable[[], object]) -> None:

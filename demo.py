@@ -1,14 +1,17 @@
 """The Order story end to end on DynamoDB, printing what each step cost.
 
-Run it with ``ledger demo --local`` (starts DynamoDB Local for it) or
-``ledger demo`` against ``DYNAMODB_ENDPOINT_URL``. It uses the example
-domain in ``aggregates/`` (the Order aggregate and the ``Orders``
-application) and writes to tables under a fresh prefix of its own.
+Run it from a checkout with ``make demo`` (``python demo.py --local``: starts
+DynamoDB Local for it) or ``python demo.py`` against ``DYNAMODB_ENDPOINT_URL``.
+It uses the example domain in ``aggregates/`` (the Order aggregate and the
+``Orders`` application) and ``projections/`` (its read models), and writes to
+tables under a fresh prefix of its own.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -281,3 +284,29 @@ def project(
             f"built v{result.table_version} from {result.events} events, switched "
             f"readers to it; same summary as before: {before == after}"
         )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the demo: ``--local`` starts DynamoDB Local for it and stops it after."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument(
+        "--local",
+        action="store_true",
+        help="start DynamoDB Local on a free port for the demo; stop it after",
+    )
+    arguments = parser.parse_args(argv)
+    console = Console(highlight=False)
+    env = {**os.environ, "PERSISTENCE_MODULE": "ledger.dynamodb"}
+    if arguments.local:
+        from ledger.dynamodb.local import DynamoDBLocal  # noqa: PLC0415
+
+        with DynamoDBLocal() as server:
+            console.print(f"Started DynamoDB Local at {server.endpoint_url}")
+            env["DYNAMODB_ENDPOINT_URL"] = server.endpoint_url
+            run_demo(Environment("Orders", env), console)
+    else:
+        run_demo(Environment("Orders", env), console)
+
+
+if __name__ == "__main__":
+    main()

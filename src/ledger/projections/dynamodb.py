@@ -1,5 +1,9 @@
 """The DynamoDB view: read models, tracking and dead letters in DynamoDB tables.
 
+(Over 400 lines as one concept: how one projection's items are laid out in
+its tables, for reads, live commits and a rebuild's flushes alike. The
+control table is :mod:`ledger.projections.control`.)
+
 Costs: a commit is one ``TransactWriteItems`` holding each item written (2 WCU
 per KB), the tracking update (2 WCU) and a check that this table version is
 still the active one (2 RCU); a read is one strongly consistent ``GetItem``
@@ -8,8 +12,7 @@ still the active one (2 RCU); a read is one strongly consistent ``GetItem``
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from eventsourcing.persistence import IntegrityError, Tracking
@@ -27,15 +30,17 @@ from ledger.dynamodb.limits import (
 )
 from ledger.dynamodb.recorders import DynamoDBTrackingRecorder, _backoff
 from ledger.dynamodb.schema import TRACKING_TABLE, table_definition
-from ledger.dynamodb.tables import ensure_table
+from ledger.dynamodb.tables import delete_table, ensure_table
 from ledger.projections import schema
+from ledger.projections.control import ControlTable
+from ledger.projections.models import ParkedEvent
 from ledger.projections.views import (
-    PARKED_PREFIX,
     ActiveVersionChangedError,
     ConcurrentChangeError,
     ItemWrite,
     ReadModelView,
     StoredItem,
+    parked_aggregate,
     tracking_key,
 )
 
@@ -50,7 +55,12 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
     with the projection's tracking-table name, ``{prefix}{projection}_tracking``;
     its tables are named from that (see :mod:`ledger.projections.schema`).
     Without ``table_version`` it writes into the active version and checks, in
-    every commit, that the version is still active (a rebuild may switch it).
+    every commit, that the version is still active (a rebuild may switch it);
+    with one (:meth:`at_version`), into that version, unchecked. A rebuild
+    writes its flushes through the methods under *Rebuild writes*, and the
+    control table (the ``active`` pointer, the ``rebuild`` item, shard
+    checkpoints) only through :attr:`control`: callers never build requests
+    against these tables.
     """
 
     def __init__(
@@ -65,20 +75,28 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
             connection, tracking_table_name, originator_id_type=originator_id_type
         )
         self.base_name = tracking_table_name.removesuffix(f"_{TRACKING_TABLE}")
-        self.control_table_name = f"{self.base_name}_{schema.CONTROL_TABLE}"
+        self.control = ControlTable(
+            connection, f"{self.base_name}_{schema.CONTROL_TABLE}"
+        )
+        """The projection's control table: the only way to its items."""
+        self.control_table_name = self.control.table_name
         self.parked_table_name = f"{self.base_name}_{schema.PARKED_TABLE}"
-        self.guard_active = table_version is None
-        """True: commits check this version is still the active one."""
+        self._guard_active = table_version is None
         self._table_version = table_version
+
+    @property
+    def guard_active(self) -> bool:
+        """True if commits check this version is still the active one.
+
+        Fixed when the view is made: a view made without ``table_version``.
+        """
+        return self._guard_active
 
     # Tables and versions --------------------------------------------------------
 
     def create_table(self) -> None:
         """Create the control and parked tables, the pointer, this version's table."""
-        ensure_table(
-            self.connection,
-            table_definition(self.control_table_name, (schema.NAME, "S")),
-        )
+        self.control.create()
         ensure_table(
             self.connection,
             table_definition(
@@ -87,18 +105,6 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
                 (schema.AGGREGATE_ID, "S"),
             ),
         )
-        # An existing pointer means some version is already active: keep it.
-        with contextlib.suppress(IntegrityError):
-            self.connection.call(
-                "put_item",
-                TableName=self.control_table_name,
-                Item={
-                    schema.NAME: {"S": schema.ACTIVE},
-                    schema.TABLE_VERSION: {"N": str(schema.FIRST_VERSION)},
-                },
-                ConditionExpression="attribute_not_exists(#n)",
-                ExpressionAttributeNames={"#n": schema.NAME},
-            )
         self.create_version_table(self.table_version)
 
     def create_version_table(self, version: int) -> None:
@@ -126,10 +132,11 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
 
     def active_version(self) -> int:
         """Return the version readers use now (strongly consistent read)."""
-        item = self.get_control(schema.ACTIVE)
-        if item is None:
-            return schema.FIRST_VERSION
-        return int(item[schema.TABLE_VERSION]["N"])
+        return self.control.active_version()
+
+    def get_control(self, name: str) -> dict[str, Any] | None:
+        """Return a control item (see :meth:`ControlTable.get`)."""
+        return self.control.get(name)
 
     def at_version(self, version: int) -> DynamoDBView:
         """Return a view of the same projection fixed to another table version."""
@@ -160,30 +167,46 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
                 return sorted(versions)
             params["ExclusiveStartTableName"] = last
 
-    def get_control(self, name: str) -> dict[str, Any] | None:
-        """Return a control item (``active``, ``rebuild``, shard checkpoints)."""
-        response = self.connection.call(
-            "get_item",
-            TableName=self.control_table_name,
-            Key={schema.NAME: {"S": name}},
-            ConsistentRead=True,
-        )
-        item: dict[str, Any] | None = response.get("Item")
-        return item
+    def delete_version(self, version: int) -> bool:
+        """Delete a table version: its dead letters, then its table.
+
+        No checks: :func:`ledger.projections.rebuild.drop_version` refuses the
+        active version and the one being built. Returns False if the table
+        did not exist.
+        """
+        # Its dead letters go too: a later version of the same number must
+        # not find them.
+        for item in self._parked_of_version(version, keys_only=True):
+            self.connection.call(
+                "delete_item",
+                TableName=self.parked_table_name,
+                Key={
+                    schema.TABLE_VERSION: item[schema.TABLE_VERSION],
+                    schema.AGGREGATE_ID: item[schema.AGGREGATE_ID],
+                },
+            )
+        return delete_table(self.connection, self.version_table_name(version))
 
     # Reading --------------------------------------------------------------------------
 
-    def _item_key(self, key: str) -> tuple[str, dict[str, Any]]:
-        if key.startswith(PARKED_PREFIX):
+    def item_key(self, key: str) -> tuple[str, dict[str, Any]]:
+        """Return the table and DynamoDB key of the item stored under ``key``.
+
+        Parked events (:class:`~ledger.projections.models.ParkedEvent`) live
+        in the parked table, under this version; every other item in the
+        version table.
+        """
+        aggregate_id = parked_aggregate(key)
+        if aggregate_id is not None:
             return self.parked_table_name, {
                 schema.TABLE_VERSION: {"N": str(self.table_version)},
-                schema.AGGREGATE_ID: {"S": key[len(PARKED_PREFIX) :]},
+                schema.AGGREGATE_ID: {"S": aggregate_id},
             }
         return self.table_name, {schema.KEY: {"S": key}}
 
     def load(self, key: str) -> StoredItem | None:
         """Return the item under ``key`` (one strongly consistent GetItem)."""
-        table, item_key = self._item_key(key)
+        table, item_key = self.item_key(key)
         response = self.connection.call(
             "get_item", TableName=table, Key=item_key, ConsistentRead=True
         )
@@ -193,29 +216,48 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
 
     def load_all(self) -> dict[str, StoredItem]:
         """Return every item of this version (a Scan, plus a Query of dead letters)."""
-        items = {
-            item[schema.KEY]["S"]: _stored(item)
-            for item in self.connection.items(
-                "scan", TableName=self.table_name, ConsistentRead=True
-            )
+        return {
+            key: _stored(item)
+            for key, item in self.stored_items()
             if schema.BODY in item
         }
-        for item in self.parked_items():
-            parked_key = f"{PARKED_PREFIX}{_aggregate_of(item.body)}"
-            items[parked_key] = item
-        return items
 
     def parked_items(self) -> list[StoredItem]:
         """Return this version's parked events (one Query of the parked table)."""
-        found = self.connection.items(
-            "query",
-            TableName=self.parked_table_name,
-            KeyConditionExpression="#v = :v",
-            ExpressionAttributeNames={"#v": schema.TABLE_VERSION},
-            ExpressionAttributeValues={":v": {"N": str(self.table_version)}},
-            ConsistentRead=True,
-        )
-        return [_stored(item) for item in found]
+        return [
+            _stored(item) for item in self._parked_of_version() if schema.BODY in item
+        ]
+
+    def stored_items(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Yield the key and DynamoDB item of everything stored in this version.
+
+        Tracking, tombstones and the attributes a rebuild adds included (a
+        strongly consistent Scan of the version table, then a Query of its
+        dead letters).
+        """
+        for item in self.connection.items(
+            "scan", TableName=self.table_name, ConsistentRead=True
+        ):
+            yield item[schema.KEY]["S"], item
+        for item in self._parked_of_version():
+            yield ParkedEvent.storage_key(item[schema.AGGREGATE_ID]["S"]), item
+
+    def _parked_of_version(
+        self, version: int | None = None, *, keys_only: bool = False
+    ) -> Iterator[dict[str, Any]]:
+        """Yield the dead letters of a version (default: this one), one Query."""
+        version = self.table_version if version is None else version
+        params: dict[str, Any] = {
+            "TableName": self.parked_table_name,
+            "KeyConditionExpression": "#v = :v",
+            "ExpressionAttributeNames": {"#v": schema.TABLE_VERSION},
+            "ExpressionAttributeValues": {":v": {"N": str(version)}},
+            "ConsistentRead": True,
+        }
+        if keys_only:
+            params["ProjectionExpression"] = "#v, #a"
+            params["ExpressionAttributeNames"]["#a"] = schema.AGGREGATE_ID
+        return self.connection.items("query", **params)
 
     def max_tracking_id(self, application_name: str) -> int | None:
         """Return the last position of an application applied in this version."""
@@ -244,12 +286,12 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
         actions = [self._write_action(write) for write in writes]
         self._check_sizes(writes, actions)
         if tracking is not None:
-            actions.append(self._tracking_action(tracking))
+            actions.append(self.tracking_action(tracking))
         if not actions:
             return
         guard_index = len(actions)
         if self.guard_active:
-            actions.append(self._guard_action())
+            actions.append(self.control.active_check(self.table_version))
         try:
             self.transact(actions)
         except TransactionConflictError as error:
@@ -312,7 +354,7 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
             )
 
     def _write_action(self, write: ItemWrite) -> dict[str, Any]:
-        table, key = self._item_key(write.key)
+        table, key = self.item_key(write.key)
         names = {"#r": schema.REVISION}
         if write.expected_revision == 0:
             condition = "attribute_not_exists(#r)"
@@ -336,7 +378,8 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
         }
         return {"Put": {**common, "Item": item}}
 
-    def _tracking_action(self, tracking: Tracking) -> dict[str, Any]:
+    def tracking_action(self, tracking: Tracking) -> dict[str, Any]:
+        """Return the action moving this version's tracking forward to ``tracking``."""
         return {
             "Update": {
                 "TableName": self.table_name,
@@ -351,27 +394,71 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
             }
         }
 
-    def _guard_action(self) -> dict[str, Any]:
+    # Rebuild writes (see ledger.projections.epochs) ----------------------------------
+
+    def stamped_put_action(
+        self,
+        key: str,
+        body: str | None,
+        revision: int,
+        *,
+        epoch: int,
+        previous: str | None,
+    ) -> dict[str, Any]:
+        """Return the Put of an item written by rebuild flush ``epoch``.
+
+        ``body`` None writes a tombstone; ``previous`` is the committed body
+        before the flush (its before-image; None: the item did not exist).
+        Refuses, before sending, an item over 400 KB with its before-image.
+        """
+        table, item_key = self.item_key(key)
+        item: dict[str, Any] = {
+            **item_key,
+            schema.REVISION: {"N": str(revision)},
+            schema.EPOCH: {"N": str(epoch)},
+        }
+        if body is not None:
+            item[schema.BODY] = {"S": body}
+        if previous is not None:
+            item[schema.PREVIOUS] = {"S": previous}
+        check_item_size(
+            item_size(item),
+            f"Read-model item {key} of {table}, with its before-image",
+            "While rebuilt, an item that changes across flushes holds its "
+            "previous body too: keep read-model items under 200 KB (one item "
+            "per entry rather than one growing map).",
+        )
+        return {"Put": {"TableName": table, "Item": item}}
+
+    def put_back_action(
+        self, key: str, previous: str | None, revision: int
+    ) -> dict[str, Any]:
+        """Return the action putting back an item's before-image (None: delete it).
+
+        The item put back has no epoch: it is committed state again.
+        """
+        if previous is None:
+            return self.delete_action(key)
+        table, item_key = self.item_key(key)
         return {
-            "ConditionCheck": {
-                "TableName": self.control_table_name,
-                "Key": {schema.NAME: {"S": schema.ACTIVE}},
-                "ConditionExpression": "#v = :v",
-                "ExpressionAttributeNames": {"#v": schema.TABLE_VERSION},
-                "ExpressionAttributeValues": {":v": {"N": str(self.table_version)}},
+            "Put": {
+                "TableName": table,
+                "Item": {
+                    **item_key,
+                    schema.BODY: {"S": previous},
+                    schema.REVISION: {"N": str(revision + 1)},
+                },
             }
         }
+
+    def delete_action(self, key: str) -> dict[str, Any]:
+        """Return the unconditional Delete of the item under ``key`` (a tombstone)."""
+        table, item_key = self.item_key(key)
+        return {"Delete": {"TableName": table, "Key": item_key}}
 
 
 def _stored(item: dict[str, Any]) -> StoredItem:
     return StoredItem(item[schema.BODY]["S"], int(item[schema.REVISION]["N"]))
-
-
-def _aggregate_of(body: str) -> str:
-    import json  # noqa: PLC0415 - only for listing dead letters
-
-    aggregate_id: str = json.loads(body)[schema.AGGREGATE_ID]
-    return aggregate_id
 
 
 def open_view(

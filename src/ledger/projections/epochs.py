@@ -41,7 +41,6 @@ events is applied.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,13 +50,12 @@ from eventsourcing.persistence import Tracking
 from ledger.dynamodb.client import CONDITION_FAILED, TransactionConflictError
 from ledger.dynamodb.limits import (
     MAX_TRANSACTION_ACTIONS,
-    check_item_size,
     item_size,
 )
 from ledger.projections import schema
 from ledger.projections.dynamodb import DynamoDBView
 from ledger.projections.session import Session
-from ledger.projections.views import PARKED_PREFIX, ConcurrentChangeError, StoredItem
+from ledger.projections.views import ConcurrentChangeError, StoredItem
 
 DEFAULT_CACHE_BYTES = 32 * 1024 * 1024
 """Bodies of committed read-model items a rebuild keeps in memory between
@@ -203,38 +201,26 @@ class EpochWriter:
         """Write a flush's items, then commit it; raise if the run was taken over."""
         # Puts are made a chunk at a time: a flush of many thousand items
         # would otherwise hold all their request dicts at once.
-        for chunk in self._chunks(self._put(w, epoch) for w in writes):
+        puts = (
+            self.view.stamped_put_action(
+                w.key, w.body, w.revision, epoch=epoch, previous=w.previous
+            )
+            for w in writes
+        )
+        for chunk in self._chunks(puts):
             self._transact([*chunk, self._owner_check()])
             self.items_written += len(chunk)
-        commit: list[dict[str, Any]] = [self._commit_action(epoch, checkpoint)]
+        commit = [
+            self.view.control.rebuild_commit_action(self.owner, epoch, checkpoint)
+        ]
         if tracking is not None:
-            commit.append(self.view._tracking_action(tracking))
+            commit.append(self.view.tracking_action(tracking))
         self._transact(commit)
         for write in writes:
             if write.body is None:
                 self.tombstones.add(write.key)
             else:
                 self.tombstones.discard(write.key)
-
-    def _put(self, write: FlushWrite, epoch: int) -> dict[str, Any]:
-        table, key = self.view._item_key(write.key)
-        item: dict[str, Any] = {
-            **key,
-            schema.REVISION: {"N": str(write.revision)},
-            schema.EPOCH: {"N": str(epoch)},
-        }
-        if write.body is not None:
-            item[schema.BODY] = {"S": write.body}
-        if write.previous is not None:
-            item[schema.PREVIOUS] = {"S": write.previous}
-        check_item_size(
-            item_size(item),
-            f"Read-model item {write.key} of {table}, with its before-image",
-            "While rebuilt, an item that changes across flushes holds its "
-            "previous body too: keep read-model items under 200 KB (one item "
-            "per entry rather than one growing map).",
-        )
-        return {"Put": {"TableName": table, "Item": item}}
 
     @staticmethod
     def _chunks(
@@ -256,41 +242,7 @@ class EpochWriter:
             yield chunk
 
     def _owner_check(self) -> dict[str, Any]:
-        return {
-            "ConditionCheck": {
-                "TableName": self.view.control_table_name,
-                "Key": {schema.NAME: {"S": schema.REBUILD}},
-                "ConditionExpression": "#o = :o",
-                "ExpressionAttributeNames": {"#o": schema.OWNER},
-                "ExpressionAttributeValues": {":o": {"S": self.owner}},
-            }
-        }
-
-    def _commit_action(self, epoch: int, checkpoint: dict[str, Any]) -> dict[str, Any]:
-        values: dict[str, Any] = {
-            ":o": {"S": self.owner},
-            ":e": {"N": str(epoch)},
-            ":cp": {"S": json.dumps(checkpoint, sort_keys=True)},
-        }
-        if epoch == 1:
-            expected = "attribute_not_exists(#e)"
-        else:
-            expected = "#e = :was"
-            values[":was"] = {"N": str(epoch - 1)}
-        return {
-            "Update": {
-                "TableName": self.view.control_table_name,
-                "Key": {schema.NAME: {"S": schema.REBUILD}},
-                "UpdateExpression": "SET #e = :e, #cp = :cp",
-                "ConditionExpression": f"#o = :o AND {expected}",
-                "ExpressionAttributeNames": {
-                    "#o": schema.OWNER,
-                    "#e": schema.EPOCH,
-                    "#cp": schema.CHECKPOINT,
-                },
-                "ExpressionAttributeValues": values,
-            }
-        }
+        return self.view.control.rebuild_owner_check(self.owner)
 
     def _transact(self, actions: list[dict[str, Any]]) -> None:
         try:
@@ -319,13 +271,12 @@ class EpochWriter:
         (deleting those that had none), and tells ``session`` which keys exist.
         """
         undo: list[dict[str, Any]] = []
-        for item in self._stamped_items():
-            key = self._storage_key(item)
+        for key, item in self.view.stored_items():
             epoch = int(item[schema.EPOCH]["N"]) if schema.EPOCH in item else 0
             revision = int(item.get(schema.REVISION, {"N": "0"})["N"])
             if epoch > committed_epoch:
                 previous = item.get(schema.PREVIOUS, {}).get("S")
-                undo.append(self._undo_action(item, key, previous, revision))
+                undo.append(self.view.put_back_action(key, previous, revision))
                 body = previous
             else:
                 body = item.get(schema.BODY, {}).get("S")
@@ -340,51 +291,14 @@ class EpochWriter:
             self._transact([*chunk, self._owner_check()])
         return len(undo)
 
-    def _undo_action(
-        self, item: dict[str, Any], key: str, previous: str | None, revision: int
-    ) -> dict[str, Any]:
-        table, item_key = self.view._item_key(key)
-        if previous is None:
-            return {"Delete": {"TableName": table, "Key": item_key}}
-        return {
-            "Put": {
-                "TableName": table,
-                "Item": {
-                    **item_key,
-                    schema.BODY: {"S": previous},
-                    schema.REVISION: {"N": str(revision + 1)},
-                },
-            }
-        }
-
     def remove_tombstones(self) -> int:
         """Delete the tombstones of committed flushes; return how many."""
         keys = sorted(self.tombstones)
         for start in range(0, len(keys), _MAX_ITEMS_PER_TRANSACTION):
-            deletes = []
-            for key in keys[start : start + _MAX_ITEMS_PER_TRANSACTION]:
-                table, item_key = self.view._item_key(key)
-                deletes.append({"Delete": {"TableName": table, "Key": item_key}})
+            deletes = [
+                self.view.delete_action(key)
+                for key in keys[start : start + _MAX_ITEMS_PER_TRANSACTION]
+            ]
             self._transact([*deletes, self._owner_check()])
         self.tombstones.clear()
         return len(keys)
-
-    def _stamped_items(self) -> Iterator[dict[str, Any]]:
-        connection = self.view.connection
-        yield from connection.items(
-            "scan", TableName=self.view.table_name, ConsistentRead=True
-        )
-        yield from connection.items(
-            "query",
-            TableName=self.view.parked_table_name,
-            KeyConditionExpression="#v = :v",
-            ExpressionAttributeNames={"#v": schema.TABLE_VERSION},
-            ExpressionAttributeValues={":v": {"N": str(self.view.table_version)}},
-            ConsistentRead=True,
-        )
-
-    def _storage_key(self, item: dict[str, Any]) -> str:
-        if schema.KEY in item:
-            key: str = item[schema.KEY]["S"]
-            return key
-        return f"{PARKED_PREFIX}{item[schema.AGGREGATE_ID]['S']}"

@@ -10,26 +10,70 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
+
+from ledger.projections import schema
+
+TYPE_SEPARATOR = "#"
+"""Separates a read model's type name from its key in a storage key."""
+_RESERVED_TYPE_NAMES = {schema.TRACKING_PREFIX.removesuffix(TYPE_SEPARATOR)}
+"""Type names a projector's own read models cannot take: the views' tracking
+items (``Tracking#{application}``), then ledger's own models (added below)."""
 
 
 class ReadModel(BaseModel):
     """Base of read models: immutable pydantic models stored under a key.
 
     ``key_field`` names the field that identifies an instance; it is stored
-    under ``{ClassName}#{value}``.
+    under ``{type_name}#{value}``.
+
+    ``type_name`` names the kind of read model in storage. It defaults to the
+    class name, and is not inherited (a subclass is stored under its own).
+    Set it on a read model whose stored data must outlive a rename of its
+    class, and never change it: a class renamed *without* it reads nothing
+    stored under its old name (the items stay, orphaned, until a rebuild
+    writes the read model afresh). Setting it to the current class name keeps
+    the keys already stored. Two read-model classes of one type name written
+    through one view are refused at the second one's first use
+    (:meth:`ledger.projections.views.ReadModelView.claim`).
     """
 
     model_config = ConfigDict(frozen=True)
 
     key_field: ClassVar[str] = "id"
+    type_name: ClassVar[str] = "ReadModel"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "type_name" not in cls.__dict__:
+            cls.type_name = cls.__name__
+        name = cls.type_name
+        if not isinstance(name, str) or not name or TYPE_SEPARATOR in name:
+            raise TypeError(
+                f"Read model {cls.__qualname__} has type_name {name!r}: a type "
+                f"name is a non-empty string without {TYPE_SEPARATOR!r} (it "
+                "prefixes the storage keys). Set type_name to such a string."
+            )
+        if name in _RESERVED_TYPE_NAMES:
+            raise TypeError(
+                f"Read model {cls.__qualname__} has the type name {name!r}, "
+                "which ledger uses for its own items (tracking, aggregate "
+                "positions, dead letters): its instances would overwrite them. "
+                f"Set type_name on {cls.__qualname__} to another name."
+            )
 
     @classmethod
     def storage_key(cls, key: object) -> str:
         """Return the key an instance with this identity is stored under."""
-        return f"{cls.__name__}#{key}"
+        return f"{cls.type_name}{TYPE_SEPARATOR}{key}"
+
+    @classmethod
+    def key_of(cls, storage_key: str) -> str | None:
+        """Return the identity part of ``storage_key``, or None if not of this type."""
+        prefix = cls.storage_key("")
+        return storage_key[len(prefix) :] if storage_key.startswith(prefix) else None
 
     def own_key(self) -> str:
         """Return the key this instance is stored under."""
@@ -40,6 +84,7 @@ class AggregatePosition(ReadModel):
     """How far a projection has applied one aggregate, and whether it waits."""
 
     key_field: ClassVar[str] = "aggregate_id"
+    type_name: ClassVar[str] = "AggregatePosition"
 
     aggregate_id: str
     version: int = 0
@@ -49,9 +94,14 @@ class AggregatePosition(ReadModel):
 
 
 class ParkedEvent(ReadModel):
-    """A dead letter: an event whose handler kept failing, and why."""
+    """A dead letter: an event whose handler kept failing, and why.
+
+    Views store these apart from other read models (the dead letters, listed
+    by :meth:`ledger.projections.views.ReadModelView.parked_events`).
+    """
 
     key_field: ClassVar[str] = "aggregate_id"
+    type_name: ClassVar[str] = "ParkedEvent"
 
     aggregate_id: str
     version: int
@@ -61,6 +111,9 @@ class ParkedEvent(ReadModel):
     error: str
     attempts: int
     parked_at: datetime
+
+
+_RESERVED_TYPE_NAMES.update((AggregatePosition.type_name, ParkedEvent.type_name))
 
 
 class Outcome(Enum):
@@ -79,6 +132,7 @@ class GapError(LookupError):
 
 
 __all__ = [
+    "TYPE_SEPARATOR",
     "AggregatePosition",
     "GapError",
     "Outcome",

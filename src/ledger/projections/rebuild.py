@@ -42,7 +42,6 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -54,7 +53,6 @@ from eventsourcing.persistence import (
 )
 
 from ledger.dynamodb.client import Outage, TransactionConflictError
-from ledger.dynamodb.tables import delete_table
 from ledger.projections import schema
 from ledger.projections.dynamodb import DynamoDBView
 from ledger.projections.epochs import DEFAULT_CACHE_BYTES, EpochWriter, RebuildSession
@@ -293,15 +291,7 @@ def _sequence_head(
         return int(control[schema.SEQUENCE_HEAD]["N"])
     head = application.recorder.max_notification_id() or 0
     try:
-        view.connection.call(
-            "update_item",
-            TableName=view.control_table_name,
-            Key={schema.NAME: {"S": schema.REBUILD}},
-            UpdateExpression="SET #h = :h",
-            ConditionExpression="attribute_exists(#n) AND attribute_not_exists(#h)",
-            ExpressionAttributeNames={"#h": schema.SEQUENCE_HEAD, "#n": schema.NAME},
-            ExpressionAttributeValues={":h": {"N": str(head)}},
-        )
+        view.control.record_sequence_head(head)
     except IntegrityError:  # a run starting at the same moment stored its own
         stored = view.get_control(schema.REBUILD) or {}
         return int(stored[schema.SEQUENCE_HEAD]["N"])
@@ -423,17 +413,7 @@ def _start_or_resume(view: DynamoDBView) -> int:
         return int(in_progress[schema.TABLE_VERSION]["N"])
     target = max([view.active_version(), *view.existing_versions()]) + 1
     try:
-        view.connection.call(
-            "put_item",
-            TableName=view.control_table_name,
-            Item={
-                schema.NAME: {"S": schema.REBUILD},
-                schema.TABLE_VERSION: {"N": str(target)},
-                schema.STARTED_AT: {"S": datetime.now(UTC).isoformat()},
-            },
-            ConditionExpression="attribute_not_exists(#n)",
-            ExpressionAttributeNames={"#n": schema.NAME},
-        )
+        view.control.start_rebuild(target)
     except IntegrityError:
         # Another rebuild started at the same moment: join it.
         return _start_or_resume(view)
@@ -446,18 +426,7 @@ def _take_over(view: DynamoDBView, target: int) -> str:
     A run that crashed, or was left behind, can no longer commit to it.
     """
     owner = uuid.uuid4().hex
-    view.connection.call(
-        "update_item",
-        TableName=view.control_table_name,
-        Key={schema.NAME: {"S": schema.REBUILD}},
-        UpdateExpression="SET #o = :o",
-        ConditionExpression="#v = :v",
-        ExpressionAttributeNames={"#o": schema.OWNER, "#v": schema.TABLE_VERSION},
-        ExpressionAttributeValues={
-            ":o": {"S": owner},
-            ":v": {"N": str(target)},
-        },
-    )
+    view.control.take_over_rebuild(target, owner)
     return owner
 
 
@@ -468,22 +437,12 @@ def switch_version(view: DynamoDBView, version: int) -> None:
     rebuild in progress, if it built that version. (It does not catch up on
     events saved since: run the projection's feed.)
     """
-    active = view.active_version()
-    actions: list[dict[str, Any]] = [_activate(view, version, active)]
     in_progress = view.get_control(schema.REBUILD)
-    if (
-        in_progress is not None
-        and int(in_progress[schema.TABLE_VERSION]["N"]) == version
-    ):
-        actions.append(
-            {
-                "Delete": {
-                    "TableName": view.control_table_name,
-                    "Key": {schema.NAME: {"S": schema.REBUILD}},
-                }
-            }
-        )
-    view.connection.call("transact_write_items", TransactItems=actions)
+    view.control.switch_active(
+        version,
+        end_rebuild=in_progress is not None
+        and int(in_progress[schema.TABLE_VERSION]["N"]) == version,
+    )
     view.follow_active()
 
 
@@ -495,30 +454,8 @@ def _switch(view: DynamoDBView, version: int, owner: str) -> int:
     stops in between is resumed by catching up. A run that was taken over
     cannot switch.
     """
-    active = view.active_version()
     try:
-        view.connection.call(
-            "transact_write_items",
-            TransactItems=[
-                _activate(view, version, active),
-                {
-                    "Update": {
-                        "TableName": view.control_table_name,
-                        "Key": {schema.NAME: {"S": schema.REBUILD}},
-                        "UpdateExpression": "SET #s = :old",
-                        "ConditionExpression": "#o = :o",
-                        "ExpressionAttributeNames": {
-                            "#s": schema.SWITCHED_FROM,
-                            "#o": schema.OWNER,
-                        },
-                        "ExpressionAttributeValues": {
-                            ":old": {"N": str(active)},
-                            ":o": {"S": owner},
-                        },
-                    }
-                },
-            ],
-        )
+        active = view.control.switch_to_rebuilt(version, owner)
     except TransactionConflictError as error:
         raise ConcurrentChangeError(
             f"Another run took over the rebuild of {view.base_name} v{version}, "
@@ -536,45 +473,9 @@ def _end_rebuild(view: DynamoDBView, owner: str) -> None:
     absorbs (it skips what it has applied), and a checkpoint the stream had
     trimmed away (the error says: rebuild) stops being in the way.
     """
-    shard_checkpoints = view.connection.items(
-        "scan",
-        TableName=view.control_table_name,
-        FilterExpression="begins_with(#n, :p)",
-        ExpressionAttributeNames={"#n": schema.NAME},
-        ExpressionAttributeValues={":p": {"S": schema.SHARD_PREFIX}},
-    )
-    for item in list(shard_checkpoints):
-        view.connection.call(
-            "delete_item",
-            TableName=view.control_table_name,
-            Key={schema.NAME: item[schema.NAME]},
-        )
+    view.control.clear_shard_checkpoints()
     with contextlib.suppress(IntegrityError):  # taken over: the owner ends it
-        view.connection.call(
-            "delete_item",
-            TableName=view.control_table_name,
-            Key={schema.NAME: {"S": schema.REBUILD}},
-            ConditionExpression="#o = :o",
-            ExpressionAttributeNames={"#o": schema.OWNER},
-            ExpressionAttributeValues={":o": {"S": owner}},
-        )
-
-
-def _activate(view: DynamoDBView, version: int, active: int) -> dict[str, Any]:
-    """Return the action moving the ``active`` pointer to ``version``."""
-    return {
-        "Update": {
-            "TableName": view.control_table_name,
-            "Key": {schema.NAME: {"S": schema.ACTIVE}},
-            "UpdateExpression": "SET #v = :new",
-            "ConditionExpression": "#v = :old",
-            "ExpressionAttributeNames": {"#v": schema.TABLE_VERSION},
-            "ExpressionAttributeValues": {
-                ":new": {"N": str(version)},
-                ":old": {"N": str(active)},
-            },
-        }
-    }
+        view.control.end_rebuild(owner)
 
 
 def _catch_up_after_switch(
@@ -670,28 +571,7 @@ def drop_version(view: DynamoDBView, version: int) -> bool:
             f"Table version {version} of {view.base_name} is active or being "
             "rebuilt, so it cannot be dropped. Switch to another version first."
         )
-    # Its dead letters go too: a later version of the same number must not
-    # find them.
-    for item in view.connection.items(
-        "query",
-        TableName=view.parked_table_name,
-        KeyConditionExpression="#v = :v",
-        ExpressionAttributeNames={
-            "#v": schema.TABLE_VERSION,
-            "#a": schema.AGGREGATE_ID,
-        },
-        ExpressionAttributeValues={":v": {"N": str(version)}},
-        ProjectionExpression="#v, #a",
-    ):
-        view.connection.call(
-            "delete_item",
-            TableName=view.parked_table_name,
-            Key={
-                schema.TABLE_VERSION: item[schema.TABLE_VERSION],
-                schema.AGGREGATE_ID: item[schema.AGGREGATE_ID],
-            },
-        )
-    return delete_table(view.connection, view.version_table_name(version))
+    return view.delete_version(version)  # and its dead letters
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ A projection named ``P`` (its ``name``) owns these tables
 ``P_v{n}`` (one per *table version* ``n``)
     Every read-model item of that version, its tracking and the last version
     applied of each aggregate. Partition key ``key`` (S) =
-    ``{ModelName}#{model key}``. Items are JSON bodies with a revision number
+    ``{type_name}#{model key}`` (the read model's ``type_name``: its class
+    name unless it sets one, see :class:`ledger.projections.models.ReadModel`).
+    Items are JSON bodies with a revision number
     that every write checks, so concurrent writers never lose an update.
     Items written by a rebuild also carry ``epoch`` and ``previous``; a
     rebuild's deletion is an item with no body until the rebuild ends.
@@ -17,7 +19,9 @@ A projection named ``P`` (its ``name``) owns these tables
     stream-shard checkpoints. Partition key ``name`` (S).
 
 ``P_parked``
-    The dead letters: events that kept failing. Partition key
+    The dead letters: events that kept failing
+    (:class:`~ledger.projections.models.ParkedEvent`, whose storage keys the
+    view maps here instead of to the version table). Partition key
     ``table_version`` (N), sort key ``aggregate_id`` (S); one item per
     waiting aggregate (its later events wait behind it).
 """
@@ -28,7 +32,7 @@ from typing import Final
 
 # --- version tables -----------------------------------------------------------
 KEY: Final = "key"
-"""Partition key (S) of a version table: ``{ModelName}#{model key}``."""
+"""Partition key (S) of a version table: ``{type_name}#{model key}``."""
 BODY: Final = "body"
 """(S) the read model as JSON (pydantic's ``model_dump_json``)."""
 REVISION: Final = "revision"

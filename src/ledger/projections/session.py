@@ -40,9 +40,17 @@ class Session:
             self.loaded[key] = self.view.load(key)
         return self.loaded[key]
 
+    def _key(self, model_type: type[ReadModel], key: object) -> str:
+        self.view.claim(model_type)
+        return model_type.storage_key(key)
+
     def get(self, model_type: type[TModel], key: object) -> TModel | None:
-        """Return the read model of this type and key, or None."""
-        storage_key = model_type.storage_key(key)
+        """Return the read model of this type and key, or None.
+
+        Refuses (``ProgrammingError``) a class whose type name another class
+        already used with this view.
+        """
+        storage_key = self._key(model_type, key)
         if storage_key in self.writes:
             return cast("TModel | None", self.writes[storage_key])
         if storage_key not in self.models:
@@ -54,11 +62,12 @@ class Session:
 
     def put(self, model: ReadModel) -> None:
         """Store a read model (replacing the one under its key)."""
+        self.view.claim(type(model))
         self.writes[model.own_key()] = model
 
     def delete(self, model_type: type[ReadModel], key: object) -> None:
         """Remove the read model of this type and key, if there is one."""
-        self.writes[model_type.storage_key(key)] = None
+        self.writes[self._key(model_type, key)] = None
 
     def pending_actions(self) -> int:
         """Return how many actions committing now would take."""

@@ -49,7 +49,6 @@ from ledger.dynamodb.client import (
     translate_client_error,
     translate_errors,
 )
-from ledger.projections import schema
 from ledger.projections.deadletters import error_summary
 from ledger.projections.projector import Projector
 from ledger.projections.session import Session
@@ -456,19 +455,12 @@ class ViewCheckpoints:
 
     def checkpoint(self, shard_id: str) -> str | None:
         """Return the shard's checkpoint from the projection's control table."""
-        item = self.view.get_control(f"{schema.SHARD_PREFIX}{shard_id}")
-        return None if item is None else str(item[schema.SEQUENCE_NUMBER]["S"])
+        number: str | None = self.view.control.shard_checkpoint(shard_id)
+        return number
 
     def save_checkpoint(self, shard_id: str, number: str) -> None:
         """Store the shard's checkpoint in the projection's control table."""
-        self.connection.call(
-            "put_item",
-            TableName=self.view.control_table_name,
-            Item={
-                schema.NAME: {"S": f"{schema.SHARD_PREFIX}{shard_id}"},
-                schema.SEQUENCE_NUMBER: {"S": number},
-            },
-        )
+        self.view.control.save_shard_checkpoint(shard_id, number)
 
     def process(self, records: Sequence[Mapping[str, Any]]) -> list[str]:
         """Refuse: checkpoints alone do not process records (see status)."""

@@ -13,13 +13,23 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from eventsourcing.persistence import IntegrityError, Tracking, TrackingRecorder
+from eventsourcing.persistence import (
+    IntegrityError,
+    ProgrammingError,
+    Tracking,
+    TrackingRecorder,
+)
 from eventsourcing.popo import POPOTrackingRecorder
 
 from ledger.projections import schema
+from ledger.projections.models import ParkedEvent, ReadModel
 
-PARKED_PREFIX = "ParkedEvent#"
-"""Key prefix of parked events; views store them apart (the dead letters)."""
+PARKED_PREFIX = ParkedEvent.storage_key("")
+"""Key prefix of parked events (from :class:`ParkedEvent`'s type name).
+
+Kept for callers matching keys; :func:`parked_aggregate` tells a dead letter's
+key, and :meth:`ReadModelView.parked_events` lists them.
+"""
 
 
 class ConcurrentChangeError(IntegrityError):
@@ -60,12 +70,19 @@ class ReadModelView(TrackingRecorder, ABC):
 
     ``max_actions`` is how many item writes (plus one for tracking) a single
     commit may hold, and ``max_bytes`` how many bytes of keys and bodies.
+
+    The view is the one place that knows where dead letters
+    (:class:`~ledger.projections.models.ParkedEvent`) are kept: a view may
+    store them apart (:func:`parked_aggregate` tells their keys), and lists
+    them with :meth:`parked_events`.
     """
 
     max_actions: int = 98
     max_bytes: int = 4 * 1024 * 1024 - 64 * 1024
     """DynamoDB's 4 MB per transaction, less room for the item attributes
     besides key and body, the tracking and the version check."""
+    _claimed_types: dict[str, type[ReadModel]]
+    """Read-model classes used with this view, by type name (see :meth:`claim`)."""
 
     @abstractmethod
     def load(self, key: str) -> StoredItem | None:
@@ -80,12 +97,50 @@ class ReadModelView(TrackingRecorder, ABC):
         """Write items and tracking atomically, or raise ``ConcurrentChangeError``."""
 
     def parked_items(self) -> list[StoredItem]:
-        """Return the stored parked events of this view."""
+        """Return the stored parked events of this view (their JSON bodies)."""
         return [
             item
             for key, item in self.load_all().items()
-            if key.startswith(PARKED_PREFIX)
+            if parked_aggregate(key) is not None
         ]
+
+    def parked_events(self) -> list[ParkedEvent]:
+        """Return the parked events of this view, oldest first."""
+        events = [
+            ParkedEvent.model_validate_json(item.body) for item in self.parked_items()
+        ]
+        return sorted(events, key=lambda parked: parked.parked_at)
+
+    def follow_active(self) -> None:
+        """Read and write the version readers use now (after a rebuild's switch).
+
+        Part of every view, so feeds and readers call it after
+        ``ActiveVersionChangedError`` or before a query. Here it does nothing
+        (a view with one version, like :class:`InMemoryView`, has nothing to
+        follow); :class:`~ledger.projections.dynamodb.DynamoDBView` resolves
+        the active table version again.
+        """
+
+    def claim(self, model_type: type[ReadModel]) -> None:
+        """Refuse ``model_type`` if another class of its type name used this view.
+
+        Two classes of one ``type_name`` would read and overwrite each
+        other's items. A dict look-up per use; the first use records it.
+        """
+        try:
+            claimed = self._claimed_types
+        except AttributeError:
+            claimed = self._claimed_types = {}
+        holder = claimed.setdefault(model_type.type_name, model_type)
+        if holder is not model_type:
+            raise ProgrammingError(
+                f"Read models {holder.__module__}.{holder.__qualname__} and "
+                f"{model_type.__module__}.{model_type.__qualname__} both have "
+                f"the type name {model_type.type_name!r} in one view: they would "
+                "share stored items. Give one of them another type_name (after "
+                "renaming a class, keep only the new class and set its "
+                "type_name to the old name)."
+            )
 
     def insert_tracking(self, tracking: Tracking) -> None:
         """Record a position with no read-model change (events with no handler)."""
@@ -135,6 +190,14 @@ class InMemoryView(POPOTrackingRecorder, ReadModelView):
                     )
             if tracking is not None:
                 self._insert_tracking(tracking)
+
+
+def parked_aggregate(key: str) -> str | None:
+    """Return the aggregate whose dead letter is stored under ``key``, or None.
+
+    None: ``key`` is not a parked event's (:class:`ParkedEvent`'s type name).
+    """
+    return ParkedEvent.key_of(key)
 
 
 def tracking_key(application_name: str) -> str:

@@ -3,7 +3,9 @@
 Each golden file holds one event (or snapshot) exactly as stored: its topic and
 its state bytes (UTF-8 JSON text), with what it must load as. Files at a
 class's current version were written by that code; ``order_placed_v1.json``
-was written by hand in the v1 shape, as its ``about`` says.
+was written by hand in the v1 shape, as its ``about`` says. A file with a
+``metadata`` key stored its event's metadata (``"_meta"`` in the state);
+the files without one were stored before events had metadata.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from eventsourcing.persistence import JSONTranscoder, StoredEvent
 from eventsourcing.utils import resolve_topic
 
 from aggregates.order import Order
+from ledger.metadata import event_id
 from ledger.persistence import PydanticMapper
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -58,6 +61,24 @@ def test_golden_stored_event_loads_through_todays_code(path):
     event = MAPPER.to_domain_event(stored)
 
     assert event.model_dump(mode="json") == golden["loads_as"]
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda path: path.stem)
+def test_golden_stored_event_loads_with_its_stored_metadata_or_none(path):
+    golden, stored = load(path)
+    first_of_its_chain = {
+        "correlation_id": event_id(stored),
+        "causation_id": None,
+        "headers": {},
+    }
+
+    event = MAPPER.to_domain_event(stored)
+
+    assert event.metadata.model_dump() == golden.get("metadata", first_of_its_chain)
+
+
+def test_a_golden_file_keeps_stored_metadata():
+    assert any("metadata" in json.loads(path.read_text()) for path in FILES)
 
 
 @pytest.mark.parametrize("path", CURRENT_FILES, ids=lambda path: path.stem)

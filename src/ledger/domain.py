@@ -13,6 +13,12 @@ version N, in place, into the shape of version N+1 (`eventsourcing`'s naming
 convention). A missing step in that chain is reported when the class is
 defined, not when the first old event is read in production. The chain is
 applied in exactly one place: :class:`ledger.persistence.PydanticMapper`.
+
+Every event also has ``metadata`` (:mod:`ledger.metadata`: correlation id,
+causation id, headers), taken from the context in force when it is created.
+It is not one of the event's fields: it is not in ``model_dump``, plays no
+part in equality and never reaches an upcaster; the mapper stores it beside
+the fields.
 """
 
 from __future__ import annotations
@@ -29,7 +35,14 @@ from eventsourcing.domain import (
     EventSourcingError,
 )
 from eventsourcing.utils import get_topic, resolve_topic
-from pydantic import AwareDatetime, BaseModel, ConfigDict
+from pydantic import AwareDatetime, BaseModel, ConfigDict, PrivateAttr
+
+from ledger.metadata import (
+    RESTORED_METADATA,
+    EventMetadata,
+    current_metadata,
+    event_id,
+)
 
 __all__ = [
     "Aggregate",
@@ -93,6 +106,10 @@ class DomainEvent(BaseModel):
     Subclasses declare their fields as pydantic annotations. ``class_version``
     is a class variable (not a field), so a subclass may simply write
     ``class_version = 2`` beside its ``upcast_v1_v2`` static method.
+
+    ``metadata`` is taken by the event's metadata: a field of that name would
+    hide it (pydantic warns). A subclass that defines ``model_post_init`` must
+    call the base's, which takes the metadata.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -107,11 +124,53 @@ class DomainEvent(BaseModel):
     timestamp: AwareDatetime
     """When the event occurred; always timezone-aware."""
 
+    # A private attribute, so not a field: never dumped, validated or upcast.
+    # None: the event is the first of its own chain (the property fills it in).
+    _metadata: EventMetadata | None = PrivateAttr(default=None)
+
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         """Check the upcaster chain as soon as a subclass is defined."""
         super().__pydantic_init_subclass__(**kwargs)
         upcasters(cls)
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Take the metadata a mapper restores, else the context's in force now."""
+        if isinstance(context, dict) and RESTORED_METADATA in context:
+            stored = context[RESTORED_METADATA]
+            if stored is not None:
+                # Stored: what differs from the default, which the property gives.
+                self._metadata = EventMetadata.model_validate(
+                    {"correlation_id": event_id(self), **stored}
+                )
+        else:
+            self._metadata = current_metadata()
+
+    @property
+    def metadata(self) -> EventMetadata:
+        """How the event came about: correlation id, causation id, headers.
+
+        An event created outside any context (or stored without metadata)
+        is the first of its own chain: its own id as correlation id, no
+        causation id, no headers.
+        """
+        if self._metadata is None:
+            self._metadata = EventMetadata(correlation_id=event_id(self))
+        return self._metadata
+
+    def __eq__(self, other: object) -> bool:
+        """Events are equal when their types and fields are; metadata is ignored.
+
+        Metadata says how an event came about, not what happened: the same
+        event recorded under another request is the same event.
+        """
+        if not isinstance(other, BaseModel):
+            return NotImplemented
+        return type(self) is type(other) and self.__dict__ == other.__dict__
+
+    def __hash__(self) -> int:
+        """Hash what equality compares: the type and the fields."""
+        return hash((type(self), tuple(self.__dict__.values())))
 
 
 class Aggregate(BaseAggregate[UUID]):
@@ -165,6 +224,9 @@ class Snapshot(DomainEvent, CanSnapshotAggregate[UUID]):
     """When the aggregate was last changed, as of this snapshot."""
     state: AggregateState
     """The aggregate's own attributes."""
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Take no metadata: a snapshot records no event of the domain."""
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:

@@ -14,6 +14,16 @@ absent key means version 1. JSON encoding and decoding run in pydantic-core
 (Rust): Decimal is written as its string (exact, exponent kept), datetimes as
 ISO 8601 with their UTC offset, UUIDs as strings, enums as their values.
 
+An event's metadata (:mod:`ledger.metadata`) is stored in the same JSON
+object under the reserved key ``"_meta"``, beside the fields (no pydantic
+field can be named with a leading underscore), and only what differs from an
+event with none: ``correlation_id`` unless it is the event's own id,
+``causation_id`` unless None, ``headers`` unless empty; no key at all when
+nothing differs. So events written outside any context, and every event
+stored before ledger had metadata, have no key and cost no byte; reading
+one gives it the metadata of the first event of its own chain. The key is
+removed before upcasting: upcasters never see it.
+
 Events that are not pydantic models (plain `eventsourcing` dataclass events)
 are passed to the base mapper and its transcoder (``TRANSCODER_TOPIC``), so an
 application may mix both.
@@ -32,11 +42,22 @@ from pydantic import BaseModel
 
 from ledger.domain import upcasters
 from ledger.eventsourcing_internals import is_registered_topic
+from ledger.metadata import RESTORED_METADATA, EventMetadata, event_id
 
-__all__ = ["PydanticMapper", "StoredVersionTooNewError", "resolve_stored_topic"]
+__all__ = [
+    "CLASS_VERSION",
+    "METADATA",
+    "PydanticMapper",
+    "StoredVersionTooNewError",
+    "resolve_stored_topic",
+]
 
 CLASS_VERSION: Final = "class_version"
 """Key of the stored state that holds the class version, when above 1."""
+METADATA: Final = "_meta"
+"""Key of the stored state that holds the event's metadata, when it has any
+beyond the default: an object of ``correlation_id``, ``causation_id`` and
+``headers``, each present only when not the default."""
 
 # The stored event holds these itself; repeating them in the state would only
 # make every item bigger (DynamoDB charges by size).
@@ -66,6 +87,9 @@ class PydanticMapper(Mapper[Any]):
         class_version = getattr(event_class, "class_version", 1)
         if class_version > 1:
             state[CLASS_VERSION] = class_version
+        stored_metadata = _stored_metadata(domain_event)
+        if stored_metadata:
+            state[METADATA] = stored_metadata
         stored_state: bytes = pydantic_core.to_json(state)
         if self.compressor:
             stored_state = self.compressor.compress(stored_state)
@@ -89,10 +113,16 @@ class PydanticMapper(Mapper[Any]):
             return super().to_domain_event(stored_event)
         try:
             state = self._decode_state(stored_event.state)
+            restored = _restored_metadata(state.pop(METADATA, None))
             self._upcast(event_class, state)
             state["originator_id"] = stored_event.originator_id
             state["originator_version"] = stored_event.originator_version
-            return cast("DomainEventProtocol[Any]", event_class.model_validate(state))
+            return cast(
+                "DomainEventProtocol[Any]",
+                event_class.model_validate(
+                    state, context={RESTORED_METADATA: restored}
+                ),
+            )
         except StoredVersionTooNewError as error:
             raise StoredVersionTooNewError(
                 f"{_describe(stored_event)}: {error}"
@@ -126,6 +156,29 @@ class PydanticMapper(Mapper[Any]):
         if stored_version < class_version:
             for upcast in upcasters(event_class)[stored_version - 1 :]:
                 upcast(state)
+
+
+def _stored_metadata(event: BaseModel) -> dict[str, Any]:
+    """Return what of the event's metadata differs from the default (maybe {})."""
+    metadata = getattr(event, "metadata", None)
+    if not isinstance(metadata, EventMetadata):
+        return {}
+    stored: dict[str, Any] = {}
+    if metadata.correlation_id != event_id(event):
+        stored["correlation_id"] = metadata.correlation_id
+    if metadata.causation_id is not None:
+        stored["causation_id"] = metadata.causation_id
+    if metadata.headers:
+        stored["headers"] = dict(metadata.headers)
+    return stored
+
+
+def _restored_metadata(stored: object) -> dict[str, Any] | None:
+    """Return the metadata stored with an event (None when it has none)."""
+    if stored is not None and not isinstance(stored, dict):
+        msg = f"stored {METADATA!r} is a JSON {type(stored).__name__}, not an object"
+        raise TypeError(msg)
+    return stored
 
 
 def resolve_stored_topic(topic: str) -> type[Any]:

@@ -18,6 +18,7 @@ from ledger.cli.options import (
 )
 from ledger.dynamodb import DynamoDBFactory, schema
 from ledger.dynamodb.limits import item_size
+from ledger.metadata import EventMetadata
 
 events_cli = typer.Typer(help="Read an aggregate's stored events.")
 
@@ -27,7 +28,11 @@ def events_show(
     aggregate_id: Annotated[str, typer.Argument(help="The aggregate's id.")],
     as_json: JsonOutput = False,
 ) -> None:
-    """Show an aggregate's events, decoded and upcast, with versions, times, sizes."""
+    """Show an aggregate's events, decoded and upcast, with versions, times, sizes.
+
+    Each event's metadata (correlation id, causation id, headers) is shown
+    beside its fields.
+    """
     app = settings.application(CREATE_TABLE="no")
     factory = app.factory
     if not isinstance(factory, DynamoDBFactory):
@@ -52,6 +57,7 @@ def events_show(
                     "time": getattr(event, "timestamp", None),
                     "bytes": size,
                     "fields": _fields(event),
+                    "metadata": _metadata(event),
                 }
             )
     if not stored:
@@ -61,15 +67,35 @@ def events_show(
         print_json({"aggregate_id": aggregate_id, "events": rows})
         return
     table = Table("version", "event", "time", "bytes", "fields")
+    # Ids are copied whole to find the events they name: never wrapped.
+    table.add_column("correlation", no_wrap=True)
+    table.add_column("causation", no_wrap=True)
+    table.add_column("headers")
     for row in rows:
+        metadata = row["metadata"] or {}
         table.add_row(
             str(row["version"]),
             row["event"],
             str(row["time"] or ""),
             str(row["bytes"]),
-            ", ".join(f"{k}={v}" for k, v in row["fields"].items()),
+            _pairs(row["fields"]),
+            metadata.get("correlation_id") or "",
+            metadata.get("causation_id") or "",
+            _pairs(metadata.get("headers", {})),
         )
     console.print(table)
+
+
+def _pairs(values: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in values.items())
+
+
+def _metadata(event: object) -> dict[str, Any] | None:
+    """Return an event's metadata as JSON values; None for an event without any."""
+    metadata = getattr(event, "metadata", None)
+    if not isinstance(metadata, EventMetadata):
+        return None
+    return metadata.model_dump(mode="json")
 
 
 def _fields(event: object) -> dict[str, Any]:

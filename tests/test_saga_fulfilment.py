@@ -28,6 +28,7 @@ from aggregates.order import OrderStatus
 from aggregates.payment import PaymentStatus
 from aggregates.payments import Payments
 from aggregates.warehouse import Warehouse
+from ledger.metadata import event_id, metadata
 from ledger.sagas import Saga, SagaRunner, TimeoutPoller, step_key
 
 TEA = "tea"
@@ -96,7 +97,7 @@ class Shop:
     ) -> Shop:
         """The same shop after the saga process restarted (a new instance)."""
         self.fulfilment.close()
-        return Shop(
+        return type(self)(
             self.orders,
             self.warehouse,
             self.payments,
@@ -109,9 +110,13 @@ class Shop:
             app.close()
 
 
-def open_shop(env: dict[str, str], stock: dict[str, int] | None = None) -> Shop:
+def open_shop(
+    env: dict[str, str],
+    stock: dict[str, int] | None = None,
+    shop_class: type[Shop] = Shop,
+) -> Shop:
     """Open the four applications on ``env`` and put ``stock`` in the warehouse."""
-    shop = Shop(
+    shop = shop_class(
         Orders(env=env),
         Warehouse(env=env),
         Payments(env=env),
@@ -400,6 +405,27 @@ def test_a_crash_before_a_decision_is_committed_leaves_no_trace(dynamodb_env):
         ReservationStatus.RESERVED
     )
     again.close()
+
+
+def test_what_the_saga_causes_continues_the_order_s_correlation(shop):
+    with metadata(correlation_id="checkout-7"):
+        order_id = shop.place({TEA: 1})
+    shop.run()
+    shop.fire_timeouts()
+    shop.run()
+
+    saga = shop.saga(order_id)
+    saga_events = list(shop.fulfilment.repository.event_store.get(saga.id))
+    reserve = next(e for e in saga_events if type(e).__name__ == "ReserveStock")
+    reservation_id = shop.warehouse.get_reservation(order_id).id
+    [reserved, released] = shop.warehouse.repository.event_store.get(reservation_id)
+    cancelled = list(shop.orders.repository.event_store.get(order_id))[-1]
+    every = [*saga_events, reserved, released, cancelled]
+    assert {e.metadata.correlation_id for e in every} == {"checkout-7"}
+    assert reserved.metadata.causation_id == event_id(reserve)
+    fired = next(e for e in saga_events if type(e).__name__ == "TimeoutFired")
+    scheduled = next(e for e in saga_events if type(e).__name__ == "TimeoutScheduled")
+    assert fired.metadata.causation_id == event_id(scheduled)
 
 
 # Timeouts ----------------------------------------------------------------------

@@ -96,6 +96,7 @@ from pydantic import AwareDatetime
 
 from ledger.domain import Aggregate
 from ledger.dynamodb.factory import DynamoDBFactory
+from ledger.metadata import caused_by
 from ledger.persistence import PydanticMapper
 from ledger.projections.streams import run_polls
 
@@ -440,11 +441,16 @@ class SagaApplication(ProcessApplication[uuid.UUID]):
         domain_event: DomainEventProtocol[uuid.UUID],
         processing_event: ProcessingEvent[uuid.UUID],
     ) -> None:
-        """Send a step of this application's sagas, or let a saga react to an event."""
-        if isinstance(domain_event, Saga.Step):
-            self.dispatch(domain_event, step_key(domain_event))
-            return
-        saga = self.react(domain_event)
+        """Send a step of this application's sagas, or let a saga react to an event.
+
+        Either way in the event's context (:func:`ledger.metadata.caused_by`):
+        what is recorded continues its correlation, caused by it.
+        """
+        with caused_by(domain_event):
+            if isinstance(domain_event, Saga.Step):
+                self.dispatch(domain_event, step_key(domain_event))
+                return
+            saga = self.react(domain_event)
         if saga is not None:
             processing_event.collect_events(saga)
 
@@ -476,14 +482,20 @@ class SagaApplication(ProcessApplication[uuid.UUID]):
         return found
 
     def fire_timeout(
-        self, saga_id: uuid.UUID, name: str, now: datetime | None = None
+        self,
+        saga_id: uuid.UUID,
+        name: str,
+        now: datetime | None = None,
+        *,
+        scheduled_by: Saga.TimeoutScheduled | None = None,
     ) -> bool:
         """Fire a saga's timeout if it is pending and due; False if it is not.
 
         The firing and the saga's reaction are one conditional save; a save
         that loses the race with another decision reloads the saga and tries
         again, so a timeout cancelled meanwhile does not fire. Steps decided
-        are sent by this application's dispatcher, not here.
+        are sent by this application's dispatcher, not here. Given the event
+        that scheduled the timeout, what is recorded is caused by it.
         """
         now = now or datetime.now(UTC)
         for attempt in range(MAX_DECISION_ATTEMPTS):
@@ -491,8 +503,9 @@ class SagaApplication(ProcessApplication[uuid.UUID]):
                 saga: Saga = self.repository.get(saga_id)
             except AggregateNotFoundError:
                 return False
-            if not saga.fire(name, now):
-                return False
+            with caused_by(scheduled_by) if scheduled_by else contextlib.nullcontext():
+                if not saga.fire(name, now):
+                    return False
             try:
                 self.save(saga)
             except IntegrityError:
@@ -586,9 +599,11 @@ class TimeoutPoller:
             )
         self.tracking_name = f"{saga_application.name}/timeouts"
         """The key of the low-water mark in the saga application's tracking table."""
-        self.pending: dict[tuple[uuid.UUID, str], tuple[datetime, int]] = {}
+        self.pending: dict[
+            tuple[uuid.UUID, str], tuple[Saga.TimeoutScheduled, int]
+        ] = {}
         """Timeouts scheduled and not yet fired or cancelled: (saga id, name)
-        to (due time, position of the event that scheduled it)."""
+        to the event that scheduled it and its position."""
         self._read_up_to: int | None = None
         self._mark: int | None = None
 
@@ -598,10 +613,14 @@ class TimeoutPoller:
         self._read()
         fired = 0
         due = sorted(
-            (due_at, key) for key, (due_at, _) in self.pending.items() if due_at <= now
+            (scheduled.due_at, key, scheduled)
+            for key, (scheduled, _) in self.pending.items()
+            if scheduled.due_at <= now
         )
-        for _, (saga_id, name) in due:
-            if self.application.fire_timeout(saga_id, name, now):
+        for _, (saga_id, name), scheduled in due:
+            if self.application.fire_timeout(
+                saga_id, name, now, scheduled_by=scheduled
+            ):
                 fired += 1
             del self.pending[saga_id, name]
         self._save_mark()
@@ -634,7 +653,7 @@ class TimeoutPoller:
                 event: Any = app.mapper.to_domain_event(notification)
                 key = (event.originator_id, event.name)
                 if isinstance(event, Saga.TimeoutScheduled):
-                    self.pending[key] = (event.due_at, notification.id)
+                    self.pending[key] = (event, notification.id)
                 else:
                     self.pending.pop(key, None)
             if len(notifications) < self.page_size:

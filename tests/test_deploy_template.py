@@ -6,6 +6,7 @@ import importlib
 import re
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,17 @@ from ledger.cli.app import cli
 from ledger.projections.dynamodb import DynamoDBView, open_view
 from ledger.projections.rebuild import drop_version
 from ledger.projections.streams import lambda_handler, stream_arn_of
+from ledger.publishing import Publisher
+from ledger.publishing import lambda_handler as publisher_handler
+from ledger.publishing.publisher import logger as publisher_logger
+from projections.integration import SOURCE, OrderEvents
 from projections.orders import OrderProjector
 from tests.test_projections_core import ITEM
 from tests.test_projections_dynamodb import (
     store_an_undecodable_event,
     stream_records,
 )
+from tests.test_publisher import Bus, RefusingClient, local_eventbridge
 
 DEPLOY = Path(__file__).parent.parent / "deploy"
 TEMPLATE = DEPLOY / "template.yaml"
@@ -57,19 +63,25 @@ def test_events_table_streams_new_images_and_is_retained(resources):
     }
 
 
+STREAM_MAPPINGS = ("ProjectorStreamMapping", "PublisherStreamMapping")
+"""Every event source mapping on the events table's stream."""
+
+
+@pytest.mark.parametrize("name", STREAM_MAPPINGS)
 def test_stream_mapping_bisects_reports_partial_failures_and_parks_the_rest(
-    resources,
+    resources, name
 ):
-    mapping = resources["ProjectorStreamMapping"]["Properties"]
+    mapping = resources[name]["Properties"]
     assert mapping["BisectBatchOnFunctionError"] is True
     assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert "OnFailure" in mapping["DestinationConfig"]
 
 
-def test_projector_role_grants_no_wildcard_actions(resources):
+@pytest.mark.parametrize("role", ["ProjectorRole", "PublisherRole"])
+def test_function_roles_grant_no_wildcard_actions(resources, role):
     statements = [
         statement
-        for policy in resources["ProjectorRole"]["Properties"]["Policies"]
+        for policy in resources[role]["Properties"]["Policies"]
         for statement in policy["PolicyDocument"]["Statement"]
     ]
     actions = [a for s in statements for a in _as_list(s["Action"])]
@@ -82,9 +94,10 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
-def test_projector_handler_named_by_the_template_exists() -> None:
+@pytest.mark.parametrize("parameter", ["ProjectorHandler", "PublisherHandler"])
+def test_handler_named_by_the_template_exists(parameter: str) -> None:
     template, _ = decode(str(TEMPLATE))
-    handler = template["Parameters"]["ProjectorHandler"]["Default"]
+    handler = template["Parameters"][parameter]["Default"]
     module_name, _, function_name = handler.rpartition(".")
 
     module = importlib.import_module(module_name)
@@ -95,6 +108,14 @@ def test_projector_handler_named_by_the_template_exists() -> None:
 def test_projection_name_defaults_to_the_projector_the_handler_feeds(template):
     assert template["Parameters"]["ProjectionName"]["Default"] == OrderProjector.name
     assert template["Parameters"]["ApplicationName"]["Default"] == Orders.name
+
+
+def test_publication_parameters_default_to_the_example_publication(template):
+    parameters = template["Parameters"]
+
+    assert parameters["PublicationName"]["Default"] == OrderEvents.name
+    assert parameters["IntegrationEventSource"]["Default"] == SOURCE
+    assert {event.source for event in OrderEvents.events} == {SOURCE}
 
 
 # --- the runtime the package is built for -------------------------------------------
@@ -190,21 +211,25 @@ def test_every_function_has_an_alarm_on_its_lambda_metric(resources, metric, sta
     )
 
 
-def test_errors_alarm_fires_on_the_first_error(resources):
-    [alarm] = _alarms_on(resources, "AWS/Lambda", "Errors")
+def test_errors_alarms_fire_on_the_first_error(resources):
+    alarms = _alarms_on(resources, "AWS/Lambda", "Errors")
 
-    assert alarm["Threshold"] == 0
-    assert alarm["Period"] * alarm["EvaluationPeriods"] <= 300
+    assert len(alarms) == len(_functions(resources))
+    for alarm in alarms:
+        assert alarm["Threshold"] == 0
+        assert alarm["Period"] * alarm["EvaluationPeriods"] <= 300
 
 
-def test_iterator_age_alarm_fires_long_before_stream_records_expire(
+def test_iterator_age_alarms_fire_long_before_stream_records_expire(
     template, resources
 ):
-    [alarm] = _alarms_on(resources, "AWS/Lambda", "IteratorAge")
+    alarms = _alarms_on(resources, "AWS/Lambda", "IteratorAge")
     threshold = template["Parameters"]["IteratorAgeAlarmMilliseconds"]
     day_ms = 24 * 60 * 60 * 1000
 
-    assert alarm["Threshold"] == {"Ref": "IteratorAgeAlarmMilliseconds"}
+    assert alarms
+    for alarm in alarms:
+        assert alarm["Threshold"] == {"Ref": "IteratorAgeAlarmMilliseconds"}
     assert threshold["Default"] == 600_000
     assert threshold["MaxValue"] < day_ms
 
@@ -223,12 +248,13 @@ def test_parked_events_alarm_watches_the_projections_embedded_metric(resources):
     assert alarm["TreatMissingData"] == "notBreaching"
 
 
+@pytest.mark.parametrize("mapping", STREAM_MAPPINGS)
 def test_failure_queue_alarm_watches_the_stream_mappings_on_failure_queue(
-    resources,
+    resources, mapping
 ):
-    destination = resources["ProjectorStreamMapping"]["Properties"][
-        "DestinationConfig"
-    ]["OnFailure"]["Destination"]
+    destination = resources[mapping]["Properties"]["DestinationConfig"]["OnFailure"][
+        "Destination"
+    ]
     [queue] = [
         name
         for name, resource in resources.items()
@@ -236,11 +262,15 @@ def test_failure_queue_alarm_watches_the_stream_mappings_on_failure_queue(
         and destination == {"Fn::GetAtt": [name, "Arn"]}
     ]
 
-    [alarm] = _alarms_on(resources, "AWS/SQS", "ApproximateNumberOfMessagesVisible")
-
-    assert alarm["Dimensions"] == [
-        {"Name": "QueueName", "Value": {"Fn::GetAtt": [queue, "QueueName"]}}
+    dimensions = [{"Name": "QueueName", "Value": {"Fn::GetAtt": [queue, "QueueName"]}}]
+    [alarm] = [
+        alarm
+        for alarm in _alarms_on(
+            resources, "AWS/SQS", "ApproximateNumberOfMessagesVisible"
+        )
+        if alarm["Dimensions"] == dimensions
     ]
+
     assert alarm["Threshold"] == 0
     assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
 
@@ -259,7 +289,7 @@ def test_alarms_notify_the_topic_only_when_one_is_given(template, resources):
         "Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmTopicArn"}, ""]}]
     }
     alarms = _alarms(resources)
-    assert len(alarms) == 4
+    assert len(alarms) == 9  # 4 of the projector, 5 of publishing
     for alarm in alarms.values():
         assert alarm["AlarmActions"] == notify
         assert alarm["OKActions"] == notify
@@ -290,8 +320,30 @@ Request = tuple[str, str]
 """An IAM action and the resource it is asked for."""
 
 
-def _iam_requests(operation: str, params: dict[str, Any]) -> list[Request]:
-    """Return what IAM is asked to allow for one DynamoDB API call."""
+def _bus_arn(name_or_arn: str) -> str:
+    if name_or_arn.startswith("arn:"):
+        return name_or_arn
+    return f"arn:{PARTITION}:events:{REGION}:{ACCOUNT}:event-bus/{name_or_arn}"
+
+
+def _iam_requests(
+    service: str, operation: str, params: dict[str, Any]
+) -> list[Request]:
+    """Return what IAM is asked to allow for one DynamoDB or EventBridge API call.
+
+    Other services' calls are the tests' own (reading the rule's queue).
+    """
+    if service == "events":
+        if operation != "PutEvents":
+            raise AssertionError(
+                f"no IAM mapping for {operation}: add one to this test"
+            )
+        return [
+            ("events:PutEvents", _bus_arn(entry.get("EventBusName", "default")))
+            for entry in params["Entries"]
+        ]
+    if service not in ("dynamodb", "dynamodbstreams"):
+        return []
     if operation == "TransactWriteItems":
         return [
             (f"dynamodb:{_TRANSACT_ACTIONS[kind]}", _table_arn(body["TableName"]))
@@ -320,7 +372,8 @@ def recorded_requests(monkeypatch: pytest.MonkeyPatch) -> list[Request]:
     original = botocore.client.BaseClient._make_api_call
 
     def recording(client: Any, operation: str, params: dict[str, Any]) -> Any:
-        requests.extend(_iam_requests(operation, params))
+        service = client.meta.service_model.service_name
+        requests.extend(_iam_requests(service, operation, params))
         return original(client, operation, params)
 
     monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", recording)
@@ -377,6 +430,8 @@ class _Stack:
         if function == "Fn::GetAtt":
             logical_id, attribute = argument
             resource = self.template["Resources"][logical_id]
+            if resource["Type"] == "AWS::Events::EventBus":
+                return [_bus_arn(self.sub(resource["Properties"]["Name"]["Fn::Sub"]))]
             if resource["Type"] != "AWS::DynamoDB::Table":
                 return [f"{logical_id}.{attribute}"]  # never a DynamoDB ARN
             table = _table_arn(self.sub(resource["Properties"]["TableName"]["Fn::Sub"]))
@@ -412,6 +467,7 @@ def _stack(template: dict[str, Any], table_prefix: str, ordering: str) -> _Stack
             "TablePrefix": table_prefix,
             "ApplicationName": Orders.name,
             "ProjectionName": OrderProjector.name,
+            "PublicationName": OrderEvents.name,
             "Ordering": ordering,
         },
     )
@@ -531,4 +587,147 @@ def test_the_operator_policy_allows_rebuild_status_dlq_and_dropping_versions(
         _table_arn(view.version_table_name(2)),
     ) in recorded_requests
     policy = template["Resources"]["ProjectionOperatorPolicy"]["Properties"]
+    assert stack.refused(policy["PolicyDocument"]["Statement"], recorded_requests) == []
+
+
+# --- publishing ---------------------------------------------------------------------
+
+
+def test_the_publisher_publishes_to_the_stacks_bus_and_the_rule_forwards_its_source(
+    resources,
+):
+    variables = resources["Publisher"]["Properties"]["Environment"]["Variables"]
+    rule = resources["IntegrationEventsRule"]["Properties"]
+    [target] = rule["Targets"]
+    [statement] = resources["IntegrationEventsQueuePolicy"]["Properties"][
+        "PolicyDocument"
+    ]["Statement"]
+
+    assert variables[Publisher.PUBLISHER_EVENT_BUS] == {"Ref": "IntegrationEventBus"}
+    assert variables["CREATE_TABLE"] == "no"
+    assert rule["EventBusName"] == {"Ref": "IntegrationEventBus"}
+    assert rule["EventPattern"] == {"source": [{"Ref": "IntegrationEventSource"}]}
+    assert target["Arn"] == {"Fn::GetAtt": ["IntegrationEventsQueue", "Arn"]}
+    assert "DeadLetterConfig" in target
+    assert statement["Principal"] == {"Service": "events.amazonaws.com"}
+    assert statement["Condition"] == {
+        "ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": ["IntegrationEventsRule", "Arn"]}}
+    }
+
+
+def test_the_publisher_mapping_retries_until_records_are_a_day_old(resources):
+    mapping = resources["PublisherStreamMapping"]["Properties"]
+
+    assert mapping["MaximumRetryAttempts"] == -1
+    assert mapping["MaximumRecordAgeInSeconds"] == 86400
+
+
+@dataclass
+class PublishingStack:
+    """The stack's tables (events with their stream), its bus and the rule's queue."""
+
+    orders: Orders
+    env: dict[str, str]
+    """The application's environment, and the publisher's: the stack's bus."""
+    bus: Bus
+    prefix: str
+
+
+@pytest.fixture(scope="module")
+def eventbridge_endpoint() -> Iterator[str]:
+    with local_eventbridge() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def publishing_stack(
+    streamed: None,
+    orders: Orders,
+    dynamodb_env: dict[str, str],
+    eventbridge_endpoint: str,
+) -> PublishingStack:
+    prefix = dynamodb_env["DYNAMODB_TABLE_PREFIX"]
+    # Named as the template names it, so its ARN is the one the policies grant.
+    bus = Bus(f"{prefix}{orders.name}-integration", eventbridge_endpoint).create()
+    env = {
+        **dynamodb_env,
+        "PUBLISHER_EVENT_BUS": bus.name,
+        "EVENTBRIDGE_ENDPOINT_URL": eventbridge_endpoint,
+    }
+    return PublishingStack(orders, env, bus, prefix)
+
+
+def test_the_dead_letter_metric_filter_matches_what_the_publisher_logs(
+    resources, publishing_stack, caplog
+):
+    filter_properties = resources["PublisherDeadLettersMetricFilter"]["Properties"]
+    [phrase] = re.findall(r'"([^"]+)"', filter_properties["FilterPattern"])
+    [metric] = filter_properties["MetricTransformations"]
+    [alarm] = _alarms_on(resources, "ledger", metric["MetricName"])
+    orders = publishing_stack.orders
+    store_an_undecodable_event(orders)
+    publisher = Publisher(OrderEvents(), orders, env=publishing_stack.env)
+
+    with caplog.at_level("ERROR", logger=publisher_logger.name):
+        publisher.process(stream_records(orders))
+
+    [dead_lettered] = [r.getMessage() for r in caplog.records]
+    assert phrase in dead_lettered
+    assert alarm["Statistic"] == "Sum"
+
+
+def test_the_publisher_role_allows_every_call_the_lambda_handler_makes(
+    publishing_stack, template, recorded_requests
+):
+    orders, bus, prefix = (
+        publishing_stack.orders,
+        publishing_stack.bus,
+        publishing_stack.prefix,
+    )
+    _place_and_confirm(orders)
+    store_an_undecodable_event(orders)  # one record is dead-lettered
+    Publisher(OrderEvents(), orders, env=publishing_stack.env)  # the stack's table
+    stream_arn = stream_arn_of(orders)
+    records = [{**r, "eventSourceARN": stream_arn} for r in stream_records(orders)]
+    env = {**publishing_stack.env, "CREATE_TABLE": "no"}
+    handler = publisher_handler(OrderEvents, Orders, env)
+    recorded_requests.clear()
+
+    assert handler({"Records": records}, None) == {"batchItemFailures": []}
+
+    stack = _stack(template, prefix, "sequence")
+    publisher_table = _table_arn(f"{prefix}{OrderEvents.name}_publishing")
+    assert ("dynamodb:PutItem", publisher_table) in recorded_requests
+    assert ("events:PutEvents", _bus_arn(bus.name)) in recorded_requests
+    statements = [
+        statement
+        for policy in template["Resources"]["PublisherRole"]["Properties"]["Policies"]
+        for statement in policy["PolicyDocument"]["Statement"]
+    ]
+    assert stack.refused(statements, recorded_requests) == []
+    assert {e["source"] for e in bus.received()} == {SOURCE}
+
+
+def test_the_publisher_operator_policy_allows_listing_and_redriving_dead_letters(
+    publishing_stack, template, recorded_requests
+):
+    orders, env = publishing_stack.orders, publishing_stack.env
+    _place_and_confirm(orders)
+    refusing = Publisher(OrderEvents(), orders, env=env, retry_delays=())
+    refusing.client = RefusingClient(refusing.client, lambda _: "InternalFailure")
+    refusing.process(stream_records(orders))
+    recorded_requests.clear()
+
+    operator = Publisher(OrderEvents(), orders, env={**env, "CREATE_TABLE": "no"})
+    letters = operator.dead_letters()
+    outcomes = operator.redrive()
+
+    assert len(letters) == 2
+    assert set(outcomes.values()) == {"published"}
+    stack = _stack(template, publishing_stack.prefix, orders.recorder.ordering)
+    assert (
+        "events:PutEvents",
+        _bus_arn(publishing_stack.bus.name),
+    ) in recorded_requests
+    policy = template["Resources"]["PublisherOperatorPolicy"]["Properties"]
     assert stack.refused(policy["PolicyDocument"]["Statement"], recorded_requests) == []

@@ -348,6 +348,8 @@ def test_events_delivered_again_change_nothing(shop):
 class CrashAfterSending(OrderFulfilment):
     """Dies after sending a step, before its tracking is committed."""
 
+    name = "OrderFulfilment"  # the same application, only failing
+
     crashes = 1
 
     def dispatch(self, step: Saga.Step, idempotency_key: str) -> None:
@@ -359,6 +361,8 @@ class CrashAfterSending(OrderFulfilment):
 
 class CrashBeforeDeciding(OrderFulfilment):
     """Dies after a saga decided, before the decision is committed."""
+
+    name = "OrderFulfilment"  # the same application, only failing
 
     crashes = 1
 
@@ -445,6 +449,41 @@ def test_a_timeout_fires_once_whatever_the_number_of_pollers(shop):
 
     assert fired == [1, 0, 0]
     assert events_of(shop.fulfilment, shop.saga(order_id).id).count("TimeoutFired") == 1
+
+
+class FiresTheTimeoutMeanwhile(OrderFulfilment):
+    """Lets the payment timeout fire while it decides what a charge means."""
+
+    name = "OrderFulfilment"  # the same application, only racing
+
+    raced = False
+
+    def react(self, domain_event: Any) -> Saga | None:
+        saga = super().react(domain_event)
+        charged = type(domain_event).__name__ == "Charged"
+        if charged and saga is not None and not self.raced:
+            self.raced = True  # the first time only: the next try sees it fired
+            assert self.fire_timeout(saga.id, "payment", datetime.now(UTC) + LATER)
+        return saga
+
+
+def test_a_timeout_firing_while_a_charge_is_decided_on_lets_one_decision_win(
+    dynamodb_env,
+):
+    shop = open_shop(dynamodb_env).restarted(FiresTheTimeoutMeanwhile)
+    order_id = shop.place({TEA: 2})
+    shop.run()
+    shop.answer(order_id, approved=True)
+
+    shop.run()  # the charge's decision (ship) loses to the timeout's: decided again
+
+    saga = shop.saga(order_id)
+    assert saga.fired == {"payment"}
+    assert not saga.has_decided(Fulfilment.ShipOrder)
+    assert shop.orders.get_order(order_id).status is OrderStatus.CANCELLED
+    assert shop.payments.get_payment(order_id).status is PaymentStatus.REFUNDED
+    assert on_hand(shop, TEA) == 5
+    shop.close()
 
 
 def test_a_timeout_does_not_fire_once_the_saga_cancelled_it(shop):

@@ -61,6 +61,28 @@ class LambdaShop(Shop):
             processed += self.fulfilment.processed - before
 
 
+class AllLambdaShop(LambdaShop):
+    """The shop with the saga's own steps sent from its own stream, too."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.own_steps = StreamFollower(self.fulfilment, self.fulfilment)
+
+    def run(self) -> int:
+        processed = 0
+        while True:
+            before = self.fulfilment.processed
+            for follower, leader in [
+                *self.followers,
+                (self.own_steps, self.fulfilment),
+            ]:
+                records = interleave(stream_records(leader), self.rng)
+                assert follower.process(records) == []
+            if self.fulfilment.processed == before:
+                return processed
+            processed += self.fulfilment.processed - before
+
+
 class PollingShop(LambdaShop):
     """The shop with the saga fed from the real streams by ``StreamPoller`` s."""
 
@@ -159,6 +181,20 @@ def test_every_record_delivered_twice_in_any_order_is_processed_once(shop):
         assert Fact.ORDER_SHIPPED in saga.facts
         assert shop.warehouse.get_reservation(order_id).version == 1
     assert on_hand(shop, TEA) == 2
+
+
+def test_the_saga_can_send_its_steps_from_its_own_stream(stream_env):
+    shop = open_shop(stream_env, shop_class=AllLambdaShop)
+    try:
+        order_id = shop.place({TEA: 2})
+        shop.run()
+        shop.answer(order_id, approved=True)
+        shop.run()
+
+        assert shop.orders.get_order(order_id).status is OrderStatus.SHIPPED
+        assert on_hand(shop, TEA) == 3
+    finally:
+        shop.close()
 
 
 def test_the_saga_follows_the_real_streams_with_stream_pollers(streamed, stream_env):

@@ -618,10 +618,19 @@ class TimeoutPoller:
             if scheduled.due_at <= now
         )
         for _, (saga_id, name), scheduled in due:
-            if self.application.fire_timeout(
-                saga_id, name, now, scheduled_by=scheduled
-            ):
-                fired += 1
+            try:
+                if self.application.fire_timeout(
+                    saga_id, name, now, scheduled_by=scheduled
+                ):
+                    fired += 1
+            except IntegrityError:
+                # Its saga kept changing meanwhile: still pending, the next
+                # poll tries again.
+                logger.warning(
+                    "timeout not fired: its saga kept changing; trying next poll",
+                    extra={"saga_id": str(saga_id), "timeout": name},
+                )
+                continue
             del self.pending[saga_id, name]
         self._save_mark()
         return fired

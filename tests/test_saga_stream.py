@@ -128,15 +128,24 @@ def test_the_leaders_keep_no_sequence_and_the_saga_its_own(shop):
     assert shop.fulfilment.recorder.ordering == "sequence"
 
 
-def test_a_confirmed_order_is_reserved_charged_then_shipped(shop):
-    order_id = shop.place({TEA: 2})
-    shop.run()
-    shop.answer(order_id, approved=True)
-    shop.run()
+@pytest.mark.parametrize(
+    "shop_class",
+    [LambdaShop, AllLambdaShop],
+    ids=["steps sent from its sequence", "steps sent from its own stream"],
+)
+def test_a_confirmed_order_is_reserved_charged_then_shipped(stream_env, shop_class):
+    shop = open_shop(stream_env, shop_class=shop_class)
+    try:
+        order_id = shop.place({TEA: 2})
+        shop.run()
+        shop.answer(order_id, approved=True)
+        shop.run()
 
-    assert shop.orders.get_order(order_id).status is OrderStatus.SHIPPED
-    assert on_hand(shop, TEA) == 3
-    assert shop.saga(order_id).outcome == "shipped"
+        assert shop.orders.get_order(order_id).status is OrderStatus.SHIPPED
+        assert on_hand(shop, TEA) == 3
+        assert shop.saga(order_id).outcome == "shipped"
+    finally:
+        shop.close()
 
 
 def test_out_of_stock_declined_and_timed_out_orders_are_compensated(shop):
@@ -181,20 +190,6 @@ def test_every_record_delivered_twice_in_any_order_is_processed_once(shop):
         assert Fact.ORDER_SHIPPED in saga.facts
         assert shop.warehouse.get_reservation(order_id).version == 1
     assert on_hand(shop, TEA) == 2
-
-
-def test_the_saga_can_send_its_steps_from_its_own_stream(stream_env):
-    shop = open_shop(stream_env, shop_class=AllLambdaShop)
-    try:
-        order_id = shop.place({TEA: 2})
-        shop.run()
-        shop.answer(order_id, approved=True)
-        shop.run()
-
-        assert shop.orders.get_order(order_id).status is OrderStatus.SHIPPED
-        assert on_hand(shop, TEA) == 3
-    finally:
-        shop.close()
 
 
 def test_the_saga_follows_the_real_streams_with_stream_pollers(streamed, stream_env):

@@ -20,9 +20,11 @@ import pytest
 from eventsourcing.persistence import IntegrityError, ProgrammingError
 from eventsourcing.system import SingleThreadedRunner, System
 from eventsourcing.utils import get_topic
+from rich.console import Console
 
 from aggregates.application import Orders
 from aggregates.fulfilment import Fulfilment, OrderFulfilment
+from aggregates.fulfilment_demo import run_story
 from aggregates.inventory import ReservationStatus
 from aggregates.order import OrderStatus
 from aggregates.payment import PaymentStatus
@@ -599,3 +601,17 @@ def test_the_saga_runs_in_an_eventsourcing_system_too(dynamodb_env):
         assert warehouse.get_inventory(TEA).on_hand == 3
     finally:
         runner.stop()
+
+
+def test_the_fulfilment_story_tells_every_path(dynamodb_env):
+    console = Console(record=True, width=200)
+
+    run_story(dynamodb_env, console)
+
+    told = console.export_text()
+    assert "order shipped (TRK-" in told
+    assert "out of stock: fig (2 short)" in told
+    assert "payment declined: card expired); stock released" in told
+    assert "payment timed out after 0:05:00); stock released; payment refunded" in told
+    assert "the reservation has 1 event" in told
+    assert "on hand at the end: tea 2, fig 1" in told

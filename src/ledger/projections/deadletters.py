@@ -8,10 +8,15 @@ version, behind which the aggregate's later events wait. A redrive, after the
 fix, reads the parked event and those behind it from the events table and
 applies them. A :class:`~ledger.projections.projector.Projector` has
 :func:`park_record`, :func:`parked` and :func:`redrive` as its methods.
+
+A redrive logs each aggregate's outcome on ``ledger.projections.deadletters``;
+parked events are logged and counted when their commit is done (see
+:meth:`~ledger.projections.projector.Projector.commit`).
 """
 
 from __future__ import annotations
 
+import logging
 import traceback
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +30,8 @@ from ledger.projections.views import ConcurrentChangeError
 
 if TYPE_CHECKING:
     from ledger.projections.projector import Projector
+
+logger = logging.getLogger(__name__)
 
 
 def error_summary(error: BaseException, doing: str = "") -> str:
@@ -132,8 +139,23 @@ def redrive(
         [aggregate_id] if aggregate_id else [p.aggregate_id for p in projector.parked()]
     )
     outcomes: dict[str, Outcome] = {}
-    for target in targets:
-        outcomes[target] = _redrive_one(projector, target)
+    try:
+        for target in targets:
+            outcome = outcomes[target] = _redrive_one(projector, target)
+            logger.log(
+                logging.INFO if outcome is Outcome.APPLIED else logging.WARNING,
+                "%s redrove aggregate %s: %s",
+                projector.name,
+                target,
+                outcome.value,
+                extra={
+                    "projection": projector.name,
+                    "aggregate_id": target,
+                    "outcome": outcome.value,
+                },
+            )
+    finally:
+        projector.metrics.flush()
     return outcomes
 
 
@@ -166,7 +188,7 @@ def _redrive_one(projector: Projector, aggregate_id: str) -> Outcome:
             if outcome is not Outcome.APPLIED:
                 break
         try:
-            session.commit()
+            projector.commit(session)
         except ConcurrentChangeError:
             continue
         return outcome

@@ -16,10 +16,13 @@ interleave in any order.
 Use it from Lambda with :meth:`StreamFollower.handle` (the partial-batch
 response), or locally with :class:`~ledger.projections.streams.StreamPoller`
 (it keeps each shard's checkpoint in the follower's tracking table).
+A record that fails is logged on ``ledger.projections.followers`` (its
+error's type and place, never its message or the event's state).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,6 +31,7 @@ from eventsourcing.projection import EventSourcedProjection
 
 from ledger.dynamodb import aggregate_tracking
 from ledger.dynamodb import schema as store_schema
+from ledger.projections.metrics import report_records_failed
 from ledger.projections.streams import (
     _aggregate_of,
     decode_record,
@@ -35,6 +39,8 @@ from ledger.projections.streams import (
     sequence_number,
     stream_arn_of,
 )
+
+logger = logging.getLogger(__name__)
 
 
 class StreamFollower:
@@ -79,7 +85,9 @@ class StreamFollower:
                 )
                 if event is not None:
                     self.process_event(event)
-            except Exception:  # noqa: BLE001 - reported for the source to redeliver
+            except Exception as error:  # noqa: BLE001 - reported for the source to redeliver
+                who = {"follower": self.follower.name, "leader": self.leader.name}
+                report_records_failed(logger, who, [(number, aggregate_id)], error)
                 failed.append(number)
                 failed_aggregates.add(aggregate_id)
         return failed

@@ -13,6 +13,10 @@ its error, position and attempts) and its aggregate waits: its later events
 are not applied until the parked one is redriven. Other aggregates go on.
 Parking, listing and redriving live in :mod:`ledger.projections.deadletters`.
 
+Observability: retries and, once committed, parked events and commit sizes
+are logged on ``ledger.projections.projector`` and recorded to ``metrics``
+(:mod:`ledger.projections.metrics`).
+
 Handlers must be deterministic and have no side effects besides the session:
 they may run again when a commit is retried. A read model fed by several
 aggregates must not depend on the order between aggregates (keep maps or
@@ -22,6 +26,7 @@ interleaving.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
@@ -34,6 +39,7 @@ from eventsourcing.utils import get_topic
 from ledger.dynamodb.client import Outage
 from ledger.projections import deadletters
 from ledger.projections.history import Undecodable
+from ledger.projections.metrics import NO_METRICS, CommitReport, Metrics, report_retry
 from ledger.projections.models import AggregatePosition, GapError, Outcome, ParkedEvent
 from ledger.projections.session import MAX_COMMIT_ATTEMPTS, Session
 from ledger.projections.views import (
@@ -48,6 +54,7 @@ EventLoader = Callable[[str, int, int], Sequence[Any]]
 
 _MAX_CACHED_ITEMS = 10_000
 """Items a live projector keeps cached between events (reads it can skip)."""
+logger = logging.getLogger(__name__)
 
 
 def handles(*event_classes: type[Any]) -> Callable[[Handler], Handler]:
@@ -74,6 +81,8 @@ class Projector(Projection[ReadModelView]):
     Stopping a runner waits for this too, at worst, during an outage."""
     retry_delays: ClassVar[tuple[float, ...]] = (0.05, 0.2, 1.0)
     """Seconds to wait before each retry of a failing handler; then it is parked."""
+    metrics: Metrics = NO_METRICS
+    """Where this projector's metrics go (a class attribute, or ``metrics=``)."""
     handlers: ClassVar[dict[type[Any], Handler]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -86,12 +95,24 @@ class Projector(Projection[ReadModelView]):
         cls.handlers = handlers
 
     def __init__(
-        self, view: ReadModelView, load_events: EventLoader | None = None
+        self,
+        view: ReadModelView,
+        load_events: EventLoader | None = None,
+        *,
+        metrics: Metrics | None = None,
     ) -> None:
         """Project into ``view``; ``load_events`` reads missed events (gaps)."""
         super().__init__(view)
         self.load_events = load_events
         self.session = Session(view)
+        if metrics is not None:
+            self.metrics = metrics
+
+    def commit(self, session: Session) -> None:
+        """Commit a session's writes, then log and record what it wrote."""
+        report = CommitReport.of(session)
+        session.commit()
+        report.report(self, logger)
 
     def handler_for(self, event_class: type[Any]) -> Handler | None:
         """Return the handler of an event class (or of its nearest base)."""
@@ -109,6 +130,12 @@ class Projector(Projection[ReadModelView]):
         Exactly once: the position is committed with the writes, and an event
         at or below the recorded position is skipped.
         """
+        try:
+            self._process_event(domain_event, tracking)
+        finally:
+            self.metrics.flush()
+
+    def _process_event(self, domain_event: Any, tracking: Tracking) -> None:
         if len(self.session.loaded) > _MAX_CACHED_ITEMS:
             self.session.forget()
         for _ in range(MAX_COMMIT_ATTEMPTS):
@@ -144,7 +171,7 @@ class Projector(Projection[ReadModelView]):
             try:
                 self.apply(self.session, domain_event, tracking.notification_id)
                 self.session.tracking = tracking
-                self.session.commit()
+                self.commit(self.session)
             except OperationalError as error:
                 self.session.forget()
                 wait = outage.failed(error)
@@ -284,6 +311,14 @@ class Projector(Projection[ReadModelView]):
                             attempts=attempts,
                         )
                         return Outcome.PARKED
+                    report_retry(
+                        self,
+                        logger,
+                        event,
+                        attempt=attempts,
+                        error=error,
+                        delay=delay,
+                    )
                     time.sleep(delay)
         if current.parked_version is not None:
             session.delete(ParkedEvent, current.aggregate_id)
@@ -320,7 +355,7 @@ class Projector(Projection[ReadModelView]):
 
         def flush() -> None:
             nonlocal uncommitted
-            session.commit()
+            self.commit(session)
             if on_commit is not None:
                 on_commit(uncommitted)
             uncommitted = 0
@@ -330,7 +365,7 @@ class Projector(Projection[ReadModelView]):
             session.fit(change, flush if uncommitted else None)
             uncommitted += 1
             total += 1
-        session.commit()
+        self.commit(session)
         if on_commit is not None and uncommitted:
             on_commit(uncommitted)
         return total

@@ -29,6 +29,10 @@ Catching up after the switch: from the sequence, events after the rebuild's
 position; from the Scan (no global position), every aggregate the old
 version had applied further than the new one is brought up to date from the
 events table; later events reach the new version through the live feed.
+
+Each flush, once committed, is logged (at DEBUG) on
+``ledger.projections.rebuild`` with the events parked in it (at ERROR), which
+are recorded to the projector's ``metrics`` (:mod:`ledger.projections.metrics`).
 """
 
 from __future__ import annotations
@@ -55,7 +59,12 @@ from eventsourcing.persistence import (
 from ledger.dynamodb.client import Outage, TransactionConflictError
 from ledger.projections import schema
 from ledger.projections.dynamodb import DynamoDBView
-from ledger.projections.epochs import DEFAULT_CACHE_BYTES, EpochWriter, RebuildSession
+from ledger.projections.epochs import (
+    DEFAULT_CACHE_BYTES,
+    EpochWriter,
+    FlushWrite,
+    RebuildSession,
+)
 from ledger.projections.history import (
     DEFAULT_PAGE_SIZE,
     History,
@@ -63,6 +72,7 @@ from ledger.projections.history import (
     decode,
     history_of,
 )
+from ledger.projections.metrics import parked_in, report_parked
 from ledger.projections.models import AggregatePosition
 from ledger.projections.projector import Projector, event_loader
 from ledger.projections.session import Session
@@ -227,7 +237,15 @@ def _rebuild_once(
     writer = EpochWriter(target_view, owner)
     session = RebuildSession(target_view, set(), cache_bytes)
     writer.restore(committed, session)
-    run = _Run(application, source, writer, session, committed, sequence_head=head)
+    run = _Run(
+        application,
+        source,
+        writer,
+        session,
+        committed,
+        projector=projector,
+        sequence_head=head,
+    )
     if checkpoint is not None and source.kind == "sequence":
         run.position = int(checkpoint["position"])  # resumed: nothing may be left
 
@@ -341,8 +359,10 @@ class _Run:
         session: RebuildSession,
         committed: int,
         *,
+        projector: Projector,
         sequence_head: int | None = None,
     ) -> None:
+        self.projector = projector
         self.sequence_head = sequence_head
         """The sequence's last position when the rebuild started (sequence
         applications): a Scan that read everything has applied up to it."""
@@ -400,10 +420,30 @@ class _Run:
         elif scan_done and self.sequence_head:
             tracking = Tracking(self.application.name, self.sequence_head)
         self.in_flight = flusher.submit(
-            self.writer.flush, writes, self.committed, page.checkpoint, tracking
+            self._flush, writes, self.committed, page.checkpoint, tracking
         )
         self.window_events = 0
         self.flushes += 1
+
+    def _flush(
+        self,
+        writes: list[FlushWrite],
+        epoch: int,
+        checkpoint: dict[str, Any],
+        tracking: Tracking | None,
+    ) -> None:
+        """Write and commit a flush (in the flusher's thread), then report it."""
+        self.writer.flush(writes, epoch, checkpoint, tracking)
+        projector = self.projector
+        logger.debug(
+            "%s rebuild committed flush %d: %d items",
+            projector.name,
+            epoch,
+            len(writes),
+            extra={"projection": projector.name, "epoch": epoch, "items": len(writes)},
+        )
+        report_parked(projector, logger, parked_in((w.key, w.body) for w in writes))
+        projector.metrics.flush()
 
 
 def _start_or_resume(view: DynamoDBView) -> int:

@@ -12,6 +12,10 @@ position, since the sequence is a total order and nothing may be skipped
 silently: :attr:`SequenceFeed.blocked` says where, and an operator goes past
 it with :meth:`SequenceFeed.skip_batch` (``ledger projections skip-batch``),
 which applies the batch's events from the events table instead.
+
+After each page it applied, the feed reads the sequence's head (one
+strongly consistent GetItem, 1 RCU) and logs and records its lag
+(:mod:`ledger.projections.metrics`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from eventsourcing.persistence import Tracking
 
 from ledger.dynamodb.batches import CorruptNotificationBatchError
 from ledger.projections.history import DEFAULT_PAGE_SIZE, decode
+from ledger.projections.metrics import report_lag
 from ledger.projections.projector import Projector
 from ledger.projections.session import Session
 from ledger.projections.views import ActiveVersionChangedError, ConcurrentChangeError
@@ -87,7 +92,14 @@ class SequenceFeed:
         events = [
             (decode(app.mapper, n), Tracking(app.name, n.id)) for n in notifications
         ]
-        return self._apply(events)
+        try:
+            applied = self._apply(events)
+            if applied:
+                head = app.recorder.max_notification_id() or 0
+                report_lag(self.projector, logger, events[-1][1].notification_id, head)
+        finally:
+            self.projector.metrics.flush()
+        return applied
 
     def skip_batch(self, position: int) -> int:
         """Go past the unreadable batch holding ``position``; return events applied.
@@ -134,8 +146,9 @@ class SequenceFeed:
         else:
             session = Session(self.projector.view)
             session.tracking = Tracking(app.name, last)
-            session.commit()
+            self.projector.commit(session)
             applied = 0
+        self.projector.metrics.flush()
         logger.warning(
             "Skipped an unreadable notification batch; applied its events "
             "from the events table",

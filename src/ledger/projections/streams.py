@@ -17,7 +17,9 @@ decoded, whose missing earlier events cannot be read, or whose commit failed)
 as ``batchItemFailures``; later records of the same aggregate in the batch
 are reported too, so an aggregate's events are never applied out of order.
 A handler that keeps failing is not a batch failure: its event is parked (see
-:mod:`ledger.projections.deadletters`).
+:mod:`ledger.projections.deadletters`). Each batch is summarised on
+``ledger.projections.streams`` and its size and iterator age recorded
+(:mod:`ledger.projections.metrics`).
 """
 
 from __future__ import annotations
@@ -50,11 +52,18 @@ from ledger.dynamodb.client import (
     translate_errors,
 )
 from ledger.projections.deadletters import error_summary
+from ledger.projections.metrics import (
+    metrics_from_env,
+    noting_outcome,
+    report_batch,
+)
+from ledger.projections.metrics import report_records_failed as _report_failed
+from ledger.projections.models import Outcome
 from ledger.projections.projector import Projector
 from ledger.projections.session import Session
 from ledger.projections.views import ActiveVersionChangedError, ConcurrentChangeError
 
-logger = logging.getLogger("ledger.projections")
+logger = logging.getLogger(__name__)
 """Structured records (``extra=``): ids, counts, sources; never event state."""
 
 INSERT = "INSERT"
@@ -139,12 +148,40 @@ def process_records(
     would be retried until the mapping gives up, then reach the on-failure
     destination as metadata only, and expire from the stream in 24 hours.
     """
+    received = time.time()
+    outcomes: dict[str, Outcome] = {}
+    try:
+        failed = _process_records(
+            projector, records, mapper, outcomes, park_undecodable=park_undecodable
+        )
+        report_batch(
+            projector,
+            logger,
+            records,
+            outcomes=outcomes,
+            failed=failed,
+            received=received,
+        )
+    finally:
+        projector.metrics.flush()
+    return failed
+
+
+def _process_records(
+    projector: Projector,
+    records: Sequence[Mapping[str, Any]],
+    mapper: Mapper[Any],
+    outcomes: dict[str, Outcome],
+    *,
+    park_undecodable: bool,
+) -> list[str]:
     failed: list[str] = []
     failed_aggregates: set[str] = set()
     pending: list[tuple[str, str | None, Action]] = []
     session = Session(projector.view)
     # Aggregate ids come back as the store is configured (ORIGINATOR_ID_TYPE).
     uuid_ids = getattr(projector.view, "originator_id_type", "uuid") == "uuid"
+    who = {"projection": projector.name}
 
     def fail(number: str, aggregate_id: str | None) -> None:
         failed.append(number)
@@ -153,7 +190,7 @@ def process_records(
 
     def flush() -> None:
         try:
-            session.commit()
+            projector.commit(session)
         except (ConcurrentChangeError, ActiveVersionChangedError) as error:
             _after_conflict(projector, session, error)
             for number, aggregate_id, action in pending:
@@ -161,8 +198,9 @@ def process_records(
                     failed.append(number)
                 elif not _apply_alone(projector, action):
                     fail(number, aggregate_id)
-        except PersistenceError:
+        except PersistenceError as error:
             session.forget()
+            _report_failed(logger, who, pending, error)
             for number, aggregate_id, _ in pending:
                 fail(number, aggregate_id)
         pending.clear()
@@ -177,16 +215,19 @@ def process_records(
             action = _action_for(
                 projector, record, mapper, uuid_ids=uuid_ids, park=park_undecodable
             )
-        except Exception:  # noqa: BLE001 - an undecodable record is reported, not raised
+        except Exception as error:  # noqa: BLE001 - an undecodable record is reported, not raised
+            _report_failed(logger, who, [(number, aggregate_id)], error)
             fail(number, aggregate_id)
             continue
         if action is None:
             continue
+        action = noting_outcome(action, outcomes, number)
         try:
             session.fit(action, flush if pending else None)
         except PersistenceError:
             raise
-        except Exception:  # noqa: BLE001 - a gap that cannot be filled, say
+        except Exception as error:  # noqa: BLE001 - a gap that cannot be filled, say
+            _report_failed(logger, who, [(number, aggregate_id)], error)
             fail(number, aggregate_id)
             continue
         pending.append((number, aggregate_id, action))
@@ -260,7 +301,7 @@ def _apply_alone(projector: Projector, action: Action) -> bool:
         session = Session(projector.view)
         try:
             action(session)
-            session.commit()
+            projector.commit(session)
         except (ConcurrentChangeError, ActiveVersionChangedError) as error:
             _after_conflict(projector, session, error)
         except PersistenceError:
@@ -365,7 +406,11 @@ def lambda_handler(
             made["mapper"] = application.mapper
             made["events_table"] = application.recorder.events_table_name
             made["stream_arn"] = stream_arn_of(application)
-            made["projector"] = projector_class(view, event_loader(application))
+            made["projector"] = projector_class(
+                view,
+                event_loader(application),
+                metrics=metrics_from_env(projector_class, env),
+            )
         return _while_time_allows(
             lambda: handle_stream_event(
                 event,
@@ -413,6 +458,11 @@ def _while_time_allows(
             outage.patience = outage.waited + (remaining_ms - _LAMBDA_MARGIN_MS) / 1000
             wait = outage.failed(error)
             if wait is None:
+                logger.error(  # noqa: TRY400 - the outage's waits were logged
+                    "DynamoDB unavailable for the invocation's time: every record "
+                    "of the stream batch reported failed",
+                    extra={"records": len(event.get("Records", []))},
+                )
                 return {
                     "batchItemFailures": [
                         {"itemIdentifier": sequence_number(record)}

@@ -363,6 +363,7 @@ class SagaApplication(ProcessApplication[uuid.UUID]):
             )
         self.processed = 0
         """Events this instance processed (upstream events and its own steps)."""
+        self._step_topics = self.step_topics()
 
     def construct_env(self, name: str, env: EnvType | None = None) -> Environment:
         """Give the saga application a sequence of its own, whatever its leaders use."""
@@ -392,9 +393,7 @@ class SagaApplication(ProcessApplication[uuid.UUID]):
         From its own sequence, only steps (what it has to send); from a
         leader's, :attr:`upstream_topics`.
         """
-        topics = (
-            self.step_topics() if leader_name == self.name else self.upstream_topics
-        )
+        topics = self._step_topics if leader_name == self.name else self.upstream_topics
         return self.readers[leader_name].select(
             start=start,
             stop=stop,

@@ -98,8 +98,8 @@ class OrderProjector(Projector):
 
     name = "OrderViews"
 
-    @handles(Order.OrderPlaced)
-    def placed(self, event: Any, models: Session) -> None:
+    @handles
+    def placed(self, event: Order.OrderPlaced, models: Session) -> None:
         """Start the summary; add the order to its customer."""
         models.put(
             OrderSummary(
@@ -116,8 +116,8 @@ class OrderProjector(Projector):
         placed_at = {**customer.placed_at, event.originator_id: event.timestamp}
         models.put(customer.model_copy(update={"placed_at": placed_at}))
 
-    @handles(Order.ItemAdded)
-    def item_added(self, event: Any, models: Session) -> None:
+    @handles
+    def item_added(self, event: Order.ItemAdded, models: Session) -> None:
         """Add to the product's line, at the line's price."""
         summary = _summary(models, event)
         line = summary.lines.get(event.product_id)
@@ -130,27 +130,27 @@ class OrderProjector(Projector):
         lines = {**summary.lines, event.product_id: new_line}
         models.put(_touched(summary, event, lines=lines))
 
-    @handles(Order.ItemRemoved)
-    def item_removed(self, event: Any, models: Session) -> None:
+    @handles
+    def item_removed(self, event: Order.ItemRemoved, models: Session) -> None:
         """Remove the product's line."""
         summary = _summary(models, event)
         lines = {k: v for k, v in summary.lines.items() if k != event.product_id}
         models.put(_touched(summary, event, lines=lines))
 
-    @handles(Order.OrderConfirmed)
-    def confirmed(self, event: Any, models: Session) -> None:
+    @handles
+    def confirmed(self, event: Order.OrderConfirmed, models: Session) -> None:
         """Mark confirmed; the order starts counting towards lifetime value."""
         self._move(models, event, OrderStatus.CONFIRMED)
 
-    @handles(Order.OrderShipped)
-    def shipped(self, event: Any, models: Session) -> None:
+    @handles
+    def shipped(self, event: Order.OrderShipped, models: Session) -> None:
         """Mark shipped with its tracking number."""
         self._move(
             models, event, OrderStatus.SHIPPED, tracking_number=event.tracking_number
         )
 
-    @handles(Order.OrderCancelled)
-    def cancelled(self, event: Any, models: Session) -> None:
+    @handles
+    def cancelled(self, event: Order.OrderCancelled, models: Session) -> None:
         """Mark cancelled; the order stops counting towards lifetime value."""
         self._move(models, event, OrderStatus.CANCELLED)
 
@@ -189,9 +189,7 @@ def _touched(summary: OrderSummary, event: Any, **update: Any) -> OrderSummary:
 def _readable(view: ReadModelView) -> Session:
     # Readers follow a rebuild's switch: resolve the active version per query
     # (one GetItem of the pointer).
-    follow = getattr(view, "follow_active", None)
-    if follow is not None:
-        follow()
+    view.follow_active()
     return Session(view)
 
 

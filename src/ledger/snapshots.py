@@ -1,5 +1,8 @@
 """Snapshot strategies per aggregate class, beyond `eventsourcing`'s fixed interval.
 
+(Over 400 lines as one concept: the strategies and the metered loads and
+appends they decide from.)
+
 An application subclasses :class:`SnapshottingApplication` and maps aggregate
 classes to strategies::
 

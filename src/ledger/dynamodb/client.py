@@ -1,5 +1,9 @@
 """The DynamoDB client ledger uses, and the one place its errors are translated.
 
+(Over 400 lines as one concept: every DynamoDB call goes through the
+connection here, and each way a call can fail is translated beside it, so
+none escapes untranslated.)
+
 Every DynamoDB error reaches users as one of ``eventsourcing``'s persistence
 errors, never as a bare botocore ``ClientError``:
 

@@ -1,5 +1,9 @@
 """The recorders every ordering shares: events by aggregate, and tracking.
 
+(Over 400 lines as one concept: storing and reading an aggregate's events,
+with the size checks and the recognition of a retried put's own write, which
+both orderings share.)
+
 An application's recorders depend on ``DYNAMODB_ORDERING`` (see
 :class:`~ledger.dynamodb.factory.DynamoDBFactory`): ``sequence`` keeps a
 gap-free application sequence (:mod:`.sequence_recorders`), ``stream`` keeps

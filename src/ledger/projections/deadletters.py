@@ -115,11 +115,7 @@ def park_record(
 
 def parked(projector: Projector) -> list[ParkedEvent]:
     """Return the parked events of this projector's view, oldest first."""
-    events = [
-        ParkedEvent.model_validate_json(item.body)
-        for item in projector.view.parked_items()
-    ]
-    return sorted(events, key=lambda parked: parked.parked_at)
+    return projector.view.parked_events()
 
 
 def redrive(

@@ -1,5 +1,9 @@
 """Metrics of projectors, and the structured reports every feed logs.
 
+(Over 400 lines as one concept: the metrics a projector records and the
+structured log reports that carry the same numbers; each report both logs
+and records, so the two stay together.)
+
 A projector reports to its :class:`Metrics` (``Projector.metrics``, a class
 attribute or a constructor argument; default :data:`NO_METRICS`): any object
 with ``record(name, value, unit, projection)`` and ``flush()``. ledger offers
@@ -40,7 +44,7 @@ from eventsourcing.utils import Environment
 
 from ledger.projections.deadletters import error_summary
 from ledger.projections.models import AggregatePosition, Outcome, ParkedEvent
-from ledger.projections.views import PARKED_PREFIX
+from ledger.projections.views import parked_aggregate
 
 if TYPE_CHECKING:
     from ledger.projections.projector import Projector
@@ -308,7 +312,7 @@ def parked_in(writes: Iterable[tuple[str, str | None]]) -> list[ParkedEvent]:
     return [
         ParkedEvent.model_validate_json(body)
         for key, body in writes
-        if key.startswith(PARKED_PREFIX) and body is not None
+        if parked_aggregate(key) is not None and body is not None
     ]
 
 

@@ -167,9 +167,7 @@ class SequenceFeed:
         try:
             return self.projector.apply_batch(Session(view), events)
         except ActiveVersionChangedError:
-            follow = getattr(view, "follow_active", None)
-            if follow is not None:
-                follow()  # a rebuild switched: go on from its position
+            view.follow_active()  # a rebuild switched: go on from its position
         except ConcurrentChangeError:
             pass  # another writer got in first: read again from the position
         return 0

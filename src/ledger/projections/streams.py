@@ -290,9 +290,7 @@ def _position(record: Mapping[str, Any]) -> int | None:
 def _after_conflict(projector: Projector, session: Session, error: Exception) -> None:
     session.forget()
     if isinstance(error, ActiveVersionChangedError):
-        follow = getattr(projector.view, "follow_active", None)
-        if follow is not None:
-            follow()
+        projector.view.follow_active()
 
 
 def _apply_alone(projector: Projector, action: Action) -> bool:
@@ -681,14 +679,27 @@ class StreamPoller:
         return processed
 
     def _get_records(self, shard_id: str, iterator: str) -> dict[str, Any]:
-        """Read a page of a shard, renewing an expired iterator from the checkpoint."""
+        """Read a page of a shard, renewing an expired iterator from the checkpoint.
+
+        An iterator refused as trimmed is renewed too if nothing of the shard
+        was read yet; otherwise the records after the checkpoint are gone and
+        the error (which says to rebuild) is raised.
+        """
         try:
             response: dict[str, Any] = self.client.get_records(
                 ShardIterator=iterator, Limit=self.batch_size
             )
         except botocore.exceptions.ClientError as error:
             code = error.response.get("Error", {}).get("Code")
-            if code != "ExpiredIteratorException":
+            # An iterator taken while the shard was empty may later be refused
+            # as trimmed (DynamoDB Local numbers records across all tables);
+            # with nothing of the shard read yet, starting again from its
+            # oldest record can miss nothing.
+            fresh = (
+                code == "TrimmedDataAccessException"
+                and self.consumer.checkpoint(shard_id) is None
+            )
+            if code != "ExpiredIteratorException" and not fresh:
                 raise translate_client_error(error) from error
             renewed = self._iterator(shard_id)
             if renewed is None:

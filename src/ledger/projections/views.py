@@ -24,13 +24,6 @@ from eventsourcing.popo import POPOTrackingRecorder
 from ledger.projections import schema
 from ledger.projections.models import ParkedEvent, ReadModel
 
-PARKED_PREFIX = ParkedEvent.storage_key("")
-"""Key prefix of parked events (from :class:`ParkedEvent`'s type name).
-
-Kept for callers matching keys; :func:`parked_aggregate` tells a dead letter's
-key, and :meth:`ReadModelView.parked_events` lists them.
-"""
-
 
 class ConcurrentChangeError(IntegrityError):
     """A commit found an item at another revision, or tracking already past it.

@@ -1,5 +1,9 @@
 """The publisher: integration events from the events table's stream to EventBridge.
 
+(Over 400 lines as one concept: reading, translating, batching, retrying,
+dead-lettering and checkpointing are one delivery loop whose at-least-once
+guarantee depends on their order.)
+
 The events table's DynamoDB stream is the outbox: a save writes only its
 events (no second write to a queue that could fail apart from them), and
 the publisher reads them from the stream, translates the chosen ones into

@@ -1,5 +1,9 @@
 """Process managers (sagas): long-running processes across applications.
 
+(Over 400 lines as one concept: the saga aggregate, the application that
+decides then sends its steps, and the timeout poller share one invariant:
+only a decision that won the saga's version check is ever sent.)
+
 A saga reacts to other applications' events, decides commands to send them,
 schedules timeouts and, when something fails, compensates. Three parts:
 

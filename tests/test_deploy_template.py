@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import re
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,8 +19,12 @@ import pytest
 from cfnlint.api import lint_file
 from cfnlint.decode import decode
 
+from aggregates import fulfilment_lambda
 from aggregates.application import Orders
+from aggregates.fulfilment import Fact, OrderFulfilment
 from aggregates.order import Order
+from aggregates.payments import Payments
+from aggregates.warehouse import Warehouse
 from ledger.cli.app import cli
 from ledger.projections.dynamodb import DynamoDBView, open_view
 from ledger.projections.rebuild import drop_version
@@ -33,6 +40,7 @@ from tests.test_projections_dynamodb import (
     stream_records,
 )
 from tests.test_publisher import Bus, RefusingClient, local_eventbridge
+from tests.test_saga_fulfilment import FIG, TEA, Shop, open_shop
 
 DEPLOY = Path(__file__).parent.parent / "deploy"
 TEMPLATE = DEPLOY / "template.yaml"
@@ -63,8 +71,25 @@ def test_events_table_streams_new_images_and_is_retained(resources):
     }
 
 
-STREAM_MAPPINGS = ("ProjectorStreamMapping", "PublisherStreamMapping")
-"""Every event source mapping on the events table's stream."""
+STREAM_MAPPINGS = (
+    "ProjectorStreamMapping",
+    "PublisherStreamMapping",
+    "FulfilmentFollowOrdersMapping",
+    "FulfilmentFollowWarehouseMapping",
+    "FulfilmentFollowPaymentsMapping",
+    "FulfilmentSendStepsMapping",
+)
+"""Every event source mapping on an events table's stream."""
+
+
+def test_every_stream_mapping_is_checked(resources):
+    mappings = [
+        name
+        for name, resource in resources.items()
+        if resource["Type"] == "AWS::Lambda::EventSourceMapping"
+    ]
+
+    assert sorted(mappings) == sorted(STREAM_MAPPINGS)
 
 
 @pytest.mark.parametrize("name", STREAM_MAPPINGS)
@@ -205,10 +230,21 @@ def test_every_function_has_an_alarm_on_its_lambda_metric(resources, metric, sta
         and alarm["ComparisonOperator"] == "GreaterThanThreshold"
     ]
 
+    # Every function has an errors alarm; only stream-fed ones an iterator age.
+    functions = _functions(resources)
+    if metric == "IteratorAge":
+        functions = _stream_fed_functions(resources)
     assert sorted(map(str, watched)) == sorted(
-        str([{"Name": "FunctionName", "Value": {"Ref": name}}])
-        for name in _functions(resources)
+        str([{"Name": "FunctionName", "Value": {"Ref": name}}]) for name in functions
     )
+
+
+def _stream_fed_functions(resources: dict[str, Any]) -> list[str]:
+    return [
+        resource["Properties"]["FunctionName"]["Ref"]
+        for resource in resources.values()
+        if resource["Type"] == "AWS::Lambda::EventSourceMapping"
+    ]
 
 
 def test_errors_alarms_fire_on_the_first_error(resources):
@@ -289,7 +325,9 @@ def test_alarms_notify_the_topic_only_when_one_is_given(template, resources):
         "Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmTopicArn"}, ""]}]
     }
     alarms = _alarms(resources)
-    assert len(alarms) == 9  # 4 of the projector, 5 of publishing
+    # 4 of the projector, 5 of publishing, 10 of the saga (5 on errors, 4 on
+    # iterator ages, 1 on its failure queue)
+    assert len(alarms) == 19
     for alarm in alarms.values():
         assert alarm["AlarmActions"] == notify
         assert alarm["OKActions"] == notify
@@ -731,3 +769,368 @@ def test_the_publisher_operator_policy_allows_listing_and_redriving_dead_letters
     ) in recorded_requests
     policy = template["Resources"]["PublisherOperatorPolicy"]["Properties"]
     assert stack.refused(policy["PolicyDocument"]["Statement"], recorded_requests) == []
+
+
+# --- the Order fulfilment saga ------------------------------------------------------
+
+SAGA_HANDLERS = {
+    "FulfilmentFollowOrders": "follow_orders",
+    "FulfilmentFollowWarehouse": "follow_warehouse",
+    "FulfilmentFollowPayments": "follow_payments",
+    "FulfilmentSendSteps": "send_steps",
+    "FulfilmentTimeouts": "fire_timeouts",
+}
+"""Each saga function of the template: its handler in aggregates.fulfilment_lambda."""
+
+SAGA_STREAMS = {
+    "FulfilmentFollowOrders": "EventsTable",
+    "FulfilmentFollowWarehouse": "WarehouseEventsTable",
+    "FulfilmentFollowPayments": "PaymentsEventsTable",
+    "FulfilmentSendSteps": "FulfilmentEventsTable",
+}
+"""Each stream-fed saga function and the table whose stream feeds it."""
+
+
+def _saga_functions(resources: dict[str, Any]) -> list[str]:
+    return [
+        name
+        for name, resource in resources.items()
+        if resource["Type"] == "AWS::Lambda::Function"
+        and str(resource["Properties"]["Handler"]).startswith(
+            f"{fulfilment_lambda.__name__}."
+        )
+    ]
+
+
+def _role_statements(
+    stack: _Stack, resources: dict[str, Any], function: str
+) -> list[dict[str, Any]]:
+    """Return the statements of a function's role: inline and managed, resolved."""
+    role = resources[function]["Properties"]["Role"]["Fn::GetAtt"][0]
+    properties = resources[role]["Properties"]
+    documents = [policy["PolicyDocument"] for policy in properties["Policies"]]
+    documents += [
+        resources[arn["Ref"]]["Properties"]["PolicyDocument"]
+        for arn in properties.get("ManagedPolicyArns", [])
+    ]
+    statements = []
+    for document in documents:
+        for written in document["Statement"]:
+            statement = written
+            if "Fn::If" in written:
+                name, when_true, when_false = written["Fn::If"]
+                statement = when_true if stack.condition(name) else when_false
+                if statement == {"Ref": "AWS::NoValue"}:
+                    continue
+            statements.append(statement)
+    return statements
+
+
+def test_the_saga_functions_are_the_handlers_module_names(resources):
+    handlers = {
+        name: resources[name]["Properties"]["Handler"]
+        for name in _saga_functions(resources)
+    }
+
+    assert handlers == {
+        name: f"{fulfilment_lambda.__name__}.{function}"
+        for name, function in SAGA_HANDLERS.items()
+    }
+    for function in SAGA_HANDLERS.values():
+        assert callable(getattr(fulfilment_lambda, function))
+
+
+def test_the_saga_handlers_build_nothing_at_import() -> None:
+    probe = (
+        "import sys; import aggregates.fulfilment_lambda; "
+        "assert 'aggregates.fulfilment' not in sys.modules; "
+        "assert 'ledger.sagas' not in sys.modules"
+    )
+    done = subprocess.run(  # noqa: S603 - our own interpreter, fixed argv
+        [sys.executable, "-c", probe],
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_saga_tables_are_named_after_its_applications(resources):
+    def stem(logical_id: str) -> str:
+        return str(resources[logical_id]["Properties"]["TableName"]["Fn::Sub"])
+
+    assert stem("WarehouseEventsTable") == f"${{TablePrefix}}{Warehouse.name}_events"
+    assert stem("PaymentsEventsTable") == f"${{TablePrefix}}{Payments.name}_events"
+    assert (
+        stem("FulfilmentEventsTable")
+        == f"${{TablePrefix}}{OrderFulfilment.name}_events"
+    )
+    assert (
+        stem("FulfilmentNotificationsTable")
+        == f"${{TablePrefix}}{OrderFulfilment.name}_notifications"
+    )
+    # The saga reads its own sequence whatever the leaders' ordering.
+    assert "Condition" not in resources["FulfilmentNotificationsTable"]
+    for events in SAGA_STREAMS.values():
+        assert resources[events]["DeletionPolicy"] == "Retain"
+        assert resources[events]["Properties"]["StreamSpecification"] == {
+            "StreamViewType": "NEW_IMAGE"
+        }
+
+
+@pytest.mark.parametrize(("function", "table"), SAGA_STREAMS.items())
+def test_each_saga_stream_function_is_fed_by_its_tables_stream(
+    resources, function, table
+):
+    [mapping] = [
+        resource["Properties"]
+        for resource in resources.values()
+        if resource["Type"] == "AWS::Lambda::EventSourceMapping"
+        and resource["Properties"]["FunctionName"] == {"Ref": function}
+    ]
+
+    assert mapping["EventSourceArn"] == {"Fn::GetAtt": [table, "StreamArn"]}
+    assert mapping["DestinationConfig"]["OnFailure"]["Destination"] == {
+        "Fn::GetAtt": ["FulfilmentFailureQueue", "Arn"]
+    }
+
+
+def test_the_saga_functions_get_the_payment_timeout_parameter(template, resources):
+    parameter = template["Parameters"]["PaymentTimeoutSeconds"]
+
+    assert parameter["Default"] == OrderFulfilment.DEFAULT_PAYMENT_TIMEOUT.seconds
+    for name in _saga_functions(resources):
+        variables = resources[name]["Properties"]["Environment"]["Variables"]
+        assert variables[OrderFulfilment.PAYMENT_TIMEOUT_SECONDS] == {
+            "Ref": "PaymentTimeoutSeconds"
+        }
+        assert variables["CREATE_TABLE"] == "no"
+        assert variables["DYNAMODB_ORDERING"] == {"Ref": "Ordering"}
+
+
+def test_the_schedule_invokes_the_timeout_poller_every_minute_one_at_a_time(
+    resources,
+):
+    [schedule] = [
+        resource["Properties"]
+        for resource in resources.values()
+        if resource["Type"] == "AWS::Scheduler::Schedule"
+    ]
+    target = schedule["Target"]
+    role = resources[target["RoleArn"]["Fn::GetAtt"][0]]["Properties"]
+    [trust] = role["AssumeRolePolicyDocument"]["Statement"]
+    [allowed] = [
+        statement
+        for policy in role["Policies"]
+        for statement in policy["PolicyDocument"]["Statement"]
+    ]
+    timeouts = resources["FulfilmentTimeouts"]["Properties"]
+
+    assert schedule["ScheduleExpression"] == "rate(1 minute)"
+    assert schedule["FlexibleTimeWindow"] == {"Mode": "OFF"}
+    assert target["Arn"] == {"Fn::GetAtt": ["FulfilmentTimeouts", "Arn"]}
+    assert trust["Principal"] == {"Service": "scheduler.amazonaws.com"}
+    assert allowed["Action"] == "lambda:InvokeFunction"
+    assert allowed["Resource"] == {"Fn::GetAtt": ["FulfilmentTimeouts", "Arn"]}
+    assert timeouts["ReservedConcurrentExecutions"] == 1
+    assert timeouts["Handler"].endswith(".fire_timeouts")
+    assert "FulfilmentTimeouts" not in _stream_fed_functions(resources)
+
+
+@pytest.mark.parametrize("ordering", ["sequence", "stream"])
+def test_the_saga_roles_grant_no_wildcard_actions(template, resources, ordering):
+    stack = _stack(template, "", ordering)
+    for function in SAGA_HANDLERS:
+        statements = _role_statements(stack, resources, function)
+        actions = [a for s in statements for a in _as_list(s["Action"])]
+        assert all("*" not in action for action in actions)
+        wildcard = [s["Action"] for s in statements if s["Resource"] == "*"]
+        expected = ["dynamodb:ListStreams"] if function in SAGA_STREAMS else []
+        assert wildcard == expected, function
+
+
+@pytest.fixture(params=["sequence", "stream"])
+def saga_stack(
+    request: pytest.FixtureRequest,
+    streamed: None,
+    dynamodb_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[str, Shop]]:
+    """The saga's stack: its tables and the leaders' (made), in either ordering.
+
+    The handlers then build their applications from the environment, as in
+    Lambda: ``CREATE_TABLE=no``, and timeouts due at once.
+    """
+    ordering = request.param
+    env = {**dynamodb_env, "DYNAMODB_ORDERING": ordering}
+    monkeypatch.setenv("DYNAMODB_ORDERING", ordering)
+    shop = open_shop(env)
+    for app in (shop.orders, shop.warehouse, shop.payments):
+        app.recorder.idempotency.create_table()  # made at a first key otherwise
+    fulfilment_lambda.reset()
+    monkeypatch.setenv("CREATE_TABLE", "no")
+    monkeypatch.setenv(OrderFulfilment.PAYMENT_TIMEOUT_SECONDS, "0")
+    yield ordering, shop
+    fulfilment_lambda.reset()
+    shop.close()
+
+
+def _run_the_saga_as_lambda_does(
+    shop: Shop, recorded: list[Request]
+) -> dict[str, list[Request]]:
+    """Drive the saga's handlers: an order shipped, one timed out then charged late.
+
+    Returns what each function asked IAM for. Between invocations the test
+    plays the streams (a scan of each events table, as Lambda would deliver
+    it) and the payment gateway. Each stream's first record is held back
+    (``_with_a_gap``), so a gap is filled from the events table.
+    """
+    calls: dict[str, list[Request]] = {function: [] for function in SAGA_HANDLERS}
+    leaders: dict[str, Any] = {
+        "FulfilmentFollowOrders": shop.orders,
+        "FulfilmentFollowWarehouse": shop.warehouse,
+        "FulfilmentFollowPayments": shop.payments,
+        "FulfilmentSendSteps": shop.fulfilment,
+    }
+    arns = {function: stream_arn_of(app) for function, app in leaders.items()}
+    needs_a_gap: dict[str, Any] = dict.fromkeys(leaders)
+
+    def invoke(function: str) -> Any:
+        handler = getattr(fulfilment_lambda, SAGA_HANDLERS[function])
+        event: dict[str, Any] = {}
+        if function in leaders:
+            records = [
+                {**r, "eventSourceARN": arns[function]}
+                for r in stream_records(leaders[function])
+            ]
+            if function in needs_a_gap:
+                records = _with_a_gap(records, function, needs_a_gap)
+            event = {"Records": records}
+        start = len(recorded)
+        response = handler(event, None)
+        calls[function].extend(recorded[start:])
+        if function in leaders:
+            assert response == {"batchItemFailures": []}, function
+        return response
+
+    def every_stream() -> None:
+        for function in leaders:
+            invoke(function)
+
+    shipped, late = shop.place({TEA: 1}), shop.place({FIG: 1})
+    every_stream()  # sagas begin; stock reserved
+    every_stream()  # payments requested
+    shop.answer(shipped, approved=True)
+    invoke("FulfilmentFollowPayments")  # charged: its timeout is cancelled
+    assert invoke("FulfilmentTimeouts") == {"fired": 1}  # the other's
+    shop.answer(late, approved=True)  # charged after the timeout: refunded
+    for _ in range(3):
+        every_stream()
+    invoke("FulfilmentTimeouts")
+    assert shop.saga(shipped).outcome == "shipped"
+    assert shop.saga(late).outcome == "cancelled"
+    return calls
+
+
+def _with_a_gap(
+    records: list[dict[str, Any]], function: str, needs_a_gap: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Hold back the stream's first record until a later one of its aggregate comes.
+
+    That later record then arrives after a gap, which the follower fills
+    from the events table; from then on ``function``'s batches are whole.
+    """
+
+    def key(record: dict[str, Any]) -> tuple[str, int]:
+        keys = record["dynamodb"]["Keys"]
+        return keys["aggregate_id"]["S"], int(keys["version"]["N"])
+
+    if not records:
+        return records
+    held = needs_a_gap[function] or key(records[0])
+    needs_a_gap[function] = held
+    if any(key(r)[0] == held[0] and key(r)[1] > held[1] for r in records):
+        del needs_a_gap[function]
+    return [r for r in records if key(r) != held]
+
+
+def test_the_saga_roles_allow_every_call_the_saga_handlers_make(
+    saga_stack, template, recorded_requests, dynamodb_env
+):
+    ordering, shop = saga_stack
+    calls = _run_the_saga_as_lambda_does(shop, recorded_requests)
+
+    stack = _stack(template, dynamodb_env["DYNAMODB_TABLE_PREFIX"], ordering)
+    resources = template["Resources"]
+    # What the run must have exercised: deciding, gaps, commands, timeouts.
+    decided = (
+        "dynamodb:PutItem",
+        _table_arn(shop.fulfilment.recorder.events_table_name),
+    )
+    assert decided in calls["FulfilmentFollowWarehouse"]
+    assert decided in calls["FulfilmentTimeouts"]
+    for app in (shop.orders, shop.warehouse, shop.payments):
+        events = _table_arn(app.recorder.events_table_name)
+        keys = _table_arn(app.recorder.idempotency.table_name)
+        assert ("dynamodb:PutItem", events) in calls["FulfilmentSendSteps"]
+        assert ("dynamodb:PutItem", keys) in calls["FulfilmentSendSteps"]
+    streamed_apps = (shop.orders, shop.warehouse, shop.payments, shop.fulfilment)
+    for function, app in zip(SAGA_STREAMS, streamed_apps, strict=True):
+        # the first record of its first batch, read from the table
+        gap = ("dynamodb:Query", _table_arn(app.recorder.events_table_name))
+        assert gap in calls[function], function
+    for function, requests in calls.items():
+        refused = stack.refused(_role_statements(stack, resources, function), requests)
+        assert refused == [], function
+
+
+def test_the_saga_check_fails_without_a_permission_the_commands_need(
+    saga_stack, template, recorded_requests, dynamodb_env
+):
+    ordering, shop = saga_stack
+    calls = _run_the_saga_as_lambda_does(shop, recorded_requests)
+    resources = copy.deepcopy(template["Resources"])
+    role = resources["FulfilmentSendStepsRole"]["Properties"]
+    role["Policies"] = [
+        policy for policy in role["Policies"] if policy["PolicyName"] != "send-commands"
+    ]
+
+    stack = _stack(template, dynamodb_env["DYNAMODB_TABLE_PREFIX"], ordering)
+    refused = stack.refused(
+        _role_statements(stack, resources, "FulfilmentSendSteps"),
+        calls["FulfilmentSendSteps"],
+    )
+
+    keys = _table_arn(shop.warehouse.recorder.idempotency.table_name)
+    assert ("dynamodb:PutItem", keys) in refused
+
+
+def test_the_readmes_catch_up_command_processes_what_a_saga_missed(
+    saga_stack, capsys, monkeypatch
+):
+    _, shop = saga_stack
+    section = README.read_text().split("## The Order fulfilment saga")[1]
+    [code] = re.findall(r"```sh\npython -c '\n(.*?)\n' warehouse ", section, re.DOTALL)
+    order_id = shop.place({TEA: 2})
+    orders = stream_records(shop.orders)
+    arn = stream_arn_of(shop.orders)
+    fulfilment_lambda.follow_orders(
+        {"Records": [{**r, "eventSourceARN": arn} for r in orders]}, None
+    )
+    own = stream_records(shop.fulfilment)
+    arn = stream_arn_of(shop.fulfilment)
+    fulfilment_lambda.send_steps(
+        {"Records": [{**r, "eventSourceARN": arn} for r in own]}, None
+    )
+    reservation = shop.warehouse.get_reservation(order_id)
+    assert reservation is not None
+    # The warehouse's records were given up on: the saga never learned them.
+    assert Fact.STOCK_RESERVED not in shop.saga(order_id).facts
+
+    monkeypatch.setattr(sys, "argv", ["-c", "warehouse", str(reservation.id)])
+    exec(code, {})  # noqa: S102 - the README's own command
+
+    assert capsys.readouterr().out == "True\n"
+    assert Fact.STOCK_RESERVED in shop.saga(order_id).facts

@@ -473,8 +473,11 @@ def open_view(
     ``CREATE_TABLE`` says no.
     """
     from eventsourcing.persistence import InfrastructureFactory  # noqa: PLC0415
-    from eventsourcing.projection import BaseProjectionRunner  # noqa: PLC0415
 
-    environment = BaseProjectionRunner._construct_env(projector_class.name, env)
+    from ledger.eventsourcing_internals import (  # noqa: PLC0415
+        projection_environment,
+    )
+
+    environment = projection_environment(projector_class.name, env)
     factory = InfrastructureFactory[Any].construct(env=environment)
     return factory.tracking_recorder(view_class)

@@ -44,6 +44,7 @@ lint: install
 
 demo: install
 	$(BIN)/python demo.py --local
+	$(BIN)/python -m aggregates.fulfilment_demo --local
 
 local: install
 	$(BIN)/ledger local

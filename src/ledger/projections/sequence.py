@@ -69,9 +69,10 @@ class SequenceFeed:
         in :attr:`blocked`) until an operator skips it.
         """
         app = self.application
+        start = self.position + 1
         try:
             notifications = app.recorder.select_notifications(
-                start=self.position + 1, limit=self.page_size
+                start=start, limit=self.page_size
             )
         except CorruptNotificationBatchError as error:
             if self.blocked is None or self.blocked.last_position != (
@@ -81,7 +82,7 @@ class SequenceFeed:
                     "Sequence feed stopped at an unreadable notification batch",
                     extra={
                         "projection": self.projector.name,
-                        "position": self.position + 1,
+                        "position": start,
                         "batch_last_position": error.last_position,
                         "reason": error.reason,
                     },

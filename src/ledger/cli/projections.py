@@ -167,7 +167,9 @@ def projections_run(
                 applied = poll()
                 total += applied
                 stopped = blocked()
-                if stopped is not None and stopped is not before:
+                # Said once per batch: a feed stopped there reports it anew
+                # at every poll.
+                if stopped is not None and str(stopped) != str(before):
                     errors.print(f"ledger: {stopped}")
                 line.update(
                     f"{name}: {total} events processed from the {feed}"

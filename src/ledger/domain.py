@@ -194,7 +194,8 @@ class Aggregate(BaseAggregate[UUID]):
         """Base class for the event that starts an aggregate's life."""
 
         originator_topic: str
-        """Topic of the aggregate class to construct."""
+        """Topic of the aggregate class to construct (read back, it must name
+        an aggregate class already imported: see PydanticMapper)."""
 
 
 class AggregateState(BaseModel):
@@ -277,6 +278,8 @@ class Snapshot(DomainEvent, CanSnapshotAggregate[UUID]):
 
     def mutate(self, _: None) -> BaseAggregate[UUID]:
         """Reconstruct the aggregate this snapshot was taken of."""
+        # A stored snapshot's topic has passed PydanticMapper's allow-list
+        # (an aggregate class already imported): resolving it imports nothing.
         aggregate_class = cast("type[BaseAggregate[UUID]]", resolve_topic(self.topic))
         aggregate = object.__new__(aggregate_class)
         aggregate.__base_init__(

@@ -27,6 +27,14 @@ removed before upcasting: upcasters never see it.
 Events that are not pydantic models (plain `eventsourcing` dataclass events)
 are passed to the base mapper and its transcoder (``TRANSCODER_TOPIC``), so an
 application may mix both.
+
+Stored data never chooses what code is imported: every topic a stored event
+holds (its own, a created event's ``originator_topic``, a snapshot's
+``topic``) must name a class of a module already imported, or a registered
+topic (:func:`resolve_stored_topic`), for pydantic and dataclass events alike.
+The check is made here rather than by a validator on those fields because
+every stored event passes through the mapper, whatever its kind and however
+its class declares the field, while events made by code do not.
 """
 
 from __future__ import annotations
@@ -35,7 +43,12 @@ import sys
 from typing import Any, Final, cast
 
 import pydantic_core
-from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.domain import (
+    BaseAggregate,
+    CanInitAggregate,
+    CanSnapshotAggregate,
+    DomainEventProtocol,
+)
 from eventsourcing.persistence import Mapper, MapperDeserialisationError, StoredEvent
 from eventsourcing.utils import TopicError, get_topic, resolve_topic
 from pydantic import BaseModel
@@ -105,12 +118,23 @@ class PydanticMapper(Mapper[Any]):
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[Any]:
         """Deserialise ``stored_event``, upcasting its state to the current class.
 
-        The stored topic must name a class this process already knows
-        (:func:`resolve_stored_topic`): reading data never imports code.
+        Every topic the stored event holds must name a class this process
+        already knows (:func:`resolve_stored_topic`): its own, and the
+        aggregate topic in the state of an event that creates an aggregate
+        (``originator_topic``) or of a snapshot (``topic``), which must name
+        an aggregate class. Reading data never imports code.
         """
         event_class = resolve_stored_topic(stored_event.topic)
-        if not (isinstance(event_class, type) and issubclass(event_class, BaseModel)):
-            return super().to_domain_event(stored_event)
+        if isinstance(event_class, type) and issubclass(event_class, BaseModel):
+            event = self._to_pydantic_event(event_class, stored_event)
+        else:
+            event = super().to_domain_event(stored_event)
+        _check_aggregate_topic(event, stored_event)
+        return event
+
+    def _to_pydantic_event(
+        self, event_class: type[BaseModel], stored_event: StoredEvent
+    ) -> DomainEventProtocol[Any]:
         try:
             state = self._decode_state(stored_event.state)
             restored = _restored_metadata(state.pop(METADATA, None))
@@ -182,7 +206,7 @@ def _restored_metadata(stored: object) -> dict[str, Any] | None:
 
 
 def resolve_stored_topic(topic: str) -> type[Any]:
-    """Return the class a stored topic names, if this process already knows it.
+    """Return the event class a stored event's topic names, if already known.
 
     A topic comes from stored data, which a reader must not trust to choose
     code: it resolves only to a class of a module already imported (an
@@ -190,21 +214,62 @@ def resolve_stored_topic(topic: str) -> type[Any]:
     with ``eventsourcing.utils.register_topic`` (a renamed class). Anything
     else raises ``TopicError`` and imports nothing.
     """
+    return _resolve_known(topic, f"Stored topic {topic!r}", "event class")
+
+
+def _resolve_aggregate_class(topic: str, subject: str) -> type[BaseAggregate[Any]]:
+    """Resolve ``topic`` as :func:`resolve_stored_topic` does, to an aggregate class."""
+    found = _resolve_known(topic, subject, "aggregate class")
+    if not issubclass(found, BaseAggregate):
+        raise TopicError(
+            f"{subject} names {found!r}, not an aggregate class (a subclass of "
+            "eventsourcing's BaseAggregate)."
+        )
+    return found
+
+
+def _resolve_known(topic: str, subject: str, kind: str) -> type[Any]:
+    """Resolve ``topic`` to a class without importing anything.
+
+    ``subject`` starts an error's message, ``kind`` names the class expected.
+    """
     module_name = topic.partition(":")[0]
     if module_name not in sys.modules and not is_registered_topic(topic):
         raise TopicError(
-            f"Stored topic {topic!r} names module {module_name!r}, which this "
-            "process has not imported, and ledger does not import code named by "
-            "stored data. Import the module that defines the event class before "
-            "reading (or register_topic a renamed class)."
+            f"{subject} names module {module_name!r}, which this process has "
+            "not imported, and ledger does not import code named by stored "
+            f"data. Import the module that defines the {kind} before reading "
+            "(or register_topic a renamed class)."
         )
     found = resolve_topic(topic)
     if not isinstance(found, type):
         raise TopicError(
-            f"Stored topic {topic!r} names {type(found).__name__} "
-            f"{found!r}, not an event class."
+            f"{subject} names {type(found).__name__} {found!r}, not an {kind}."
         )
     return found
+
+
+def _check_aggregate_topic(
+    event: DomainEventProtocol[Any], stored_event: StoredEvent
+) -> None:
+    """Check the aggregate topic a Created event or a snapshot holds in its state.
+
+    ``eventsourcing`` resolves it (``CanInitAggregate.mutate``,
+    ``Snapshot.mutate``) without a check of its own, for pydantic and
+    dataclass events alike: so it passes the allow-list here, before the
+    event leaves the mapper.
+    """
+    if isinstance(event, CanInitAggregate):
+        name = "originator_topic"
+    elif isinstance(event, CanSnapshotAggregate):
+        name = "topic"
+    else:
+        return
+    topic = getattr(event, name, None)
+    subject = f"{_describe(stored_event).capitalize()}: its {name} {topic!r}"
+    if not isinstance(topic, str):
+        raise TopicError(f"{subject} is not a topic (module:qualname).")
+    _resolve_aggregate_class(topic, subject)
 
 
 def _describe(stored_event: StoredEvent) -> str:

@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import importlib
 import re
+import typing
 from typing import TypeVar, cast
 
+from eventsourcing.domain import TAggregateID
 from eventsourcing.persistence import (
     AggregateRecorder,
     ApplicationRecorder,
     InfrastructureFactory,
+    Mapper,
     ProcessRecorder,
+    Transcoder,
 )
 from eventsourcing.utils import Environment, EnvType, resolve_topic, strtobool
 
@@ -43,6 +47,7 @@ from ledger.dynamodb.stream_recorders import (
     DynamoDBStreamApplicationRecorder,
     DynamoDBStreamProcessRecorder,
 )
+from ledger.persistence import PydanticMapper
 
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
 _Recorder = TypeVar("_Recorder", bound=ApplicationRecorder)
@@ -109,6 +114,10 @@ class DynamoDBFactory(InfrastructureFactory[DynamoDBTrackingRecorder]):
     import itself (a tool reading another application's events). Default:
     none."""
 
+    # MAPPER_TOPIC, eventsourcing's key, defaults here to
+    # ledger.persistence:PydanticMapper and must name it or a subclass: the
+    # mapper is where stored topics are checked (see ``mapper``).
+
     def __init__(self, env: Environment | EnvType | None) -> None:
         super().__init__(env)
         self._import_topic_modules()
@@ -141,6 +150,32 @@ class DynamoDBFactory(InfrastructureFactory[DynamoDBTrackingRecorder]):
             region_name=self.env.get(self.DYNAMODB_REGION) or None,
             max_attempts=max_attempts,
         )
+
+    def mapper(
+        self,
+        transcoder: Transcoder | None = None,
+        mapper_class: type[Mapper[TAggregateID]] | None = None,
+    ) -> Mapper[TAggregateID]:
+        """Return a ``PydanticMapper``, or the subclass ``MAPPER_TOPIC`` names.
+
+        ``eventsourcing``'s own ``Mapper`` resolves a stored topic by importing
+        whatever module it names; ``PydanticMapper`` resolves only classes
+        already imported (and maps dataclass events as ``Mapper`` does), so
+        it is the default and any other mapper is refused.
+        """
+        if mapper_class is None:
+            topic = self.env.get(self.MAPPER_TOPIC)
+            mapper_class = resolve_topic(topic) if topic else PydanticMapper
+        origin = typing.get_origin(mapper_class) or mapper_class
+        if not (isinstance(origin, type) and issubclass(origin, PydanticMapper)):
+            raise OSError(
+                f"Mapper class {mapper_class!r} (from {self.MAPPER_TOPIC} or the "
+                "application) does not check stored topics before importing what "
+                "they name. On DynamoDB, ledger maps events with "
+                "ledger.persistence:PydanticMapper, which maps dataclass events "
+                f"too: set {self.MAPPER_TOPIC} to it or a subclass, or leave it unset."
+            )
+        return super().mapper(transcoder, mapper_class)
 
     def _import_topic_modules(self) -> None:
         for name in (self.env.get(self.TOPIC_MODULES) or "").split(","):

@@ -266,7 +266,7 @@ def _check_aggregate_topic(
     else:
         return
     topic = getattr(event, name, None)
-    subject = f"{_describe(stored_event).capitalize()}: its {name} {topic!r}"
+    subject = f"Reading the {_describe(stored_event)}: its {name} {topic!r}"
     if not isinstance(topic, str):
         raise TopicError(f"{subject} is not a topic (module:qualname).")
     _resolve_aggregate_class(topic, subject)

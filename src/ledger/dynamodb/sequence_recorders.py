@@ -12,7 +12,6 @@ subscriptions work as ``eventsourcing`` expects. Costs are listed in
 
 from __future__ import annotations
 
-import struct
 import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final
@@ -32,15 +31,15 @@ from ledger.dynamodb import schema
 from ledger.dynamodb.batches import (
     BatchEntry,
     CorruptNotificationBatchError,
-    decode_batch,
-    encode_batch,
+    batch_item,
+    read_batch_item,
 )
 from ledger.dynamodb.client import (
     DynamoDBConnection,
     Outage,
     TransactionConflictError,
 )
-from ledger.dynamodb.limits import MAX_ITEM_BYTES, MAX_TRANSACTION_ACTIONS, item_size
+from ledger.dynamodb.limits import MAX_TRANSACTION_ACTIONS
 from ledger.dynamodb.recorders import (
     MAX_SAVE_ATTEMPTS,
     NOT_EXISTS,
@@ -207,11 +206,17 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
             self._put_action(self._event_item(event, first + offset))
             for offset, event in enumerate(stored_events)
         ]
+        entries = [
+            BatchEntry(
+                encode_id(e.originator_id), e.originator_version, e.topic, e.state
+            )
+            for e in stored_events
+        ]
         actions.append(
             {
                 "Put": {
                     "TableName": self.notifications_table_name,
-                    "Item": self._batch_item(stored_events, first, last),
+                    "Item": batch_item(first, entries),
                     "ConditionExpression": NOT_EXISTS,
                     "ExpressionAttributeNames": _BATCH_KEY_NAME,
                 }
@@ -222,33 +227,6 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
         if tracking_action is not None:
             actions.append(tracking_action)
         return actions
-
-    @staticmethod
-    def _batch_item(
-        stored_events: Sequence[StoredEvent], first: int, last: int
-    ) -> Item:
-        def events(*, inline: bool) -> bytes:
-            return encode_batch(
-                BatchEntry(
-                    encode_id(e.originator_id),
-                    e.originator_version,
-                    e.topic,
-                    e.state if inline else None,
-                )
-                for e in stored_events
-            )
-
-        item: Item = {
-            schema.PAGE: {"N": str(schema.page_of(last))},
-            schema.POSITION: {"N": str(last)},
-            schema.FIRST_POSITION: {"N": str(first)},
-            schema.EVENTS: {"B": events(inline=True)},
-        }
-        if item_size(item) > MAX_ITEM_BYTES:
-            # Too big to copy the states: keep pointers; readers fetch the states
-            # from the events table. Keeps DynamoDB's own limits the only limits.
-            item[schema.EVENTS] = {"B": events(inline=False)}
-        return item
 
     def _sequence_action(self, expected: int, last: int) -> TransactWriteItemTypeDef:
         values: Item = {":new": {"N": str(last)}}
@@ -404,7 +382,7 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
         ``bounds`` is (lowest position, highest position, most notifications).
         """
         low, high, limit = bounds
-        position, entries = self._read_batch(batch)
+        position, entries = read_batch_item(batch, self.notifications_table_name)
         for aggregate_id, version, topic, state in entries:
             if position > high:
                 return True
@@ -432,25 +410,6 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
                     return True
             position += 1
         return False
-
-    def _read_batch(self, batch: Item) -> tuple[int, list[BatchEntry]]:
-        """Return a batch item's first position and events, or say it is corrupt."""
-        last = int(batch[schema.POSITION]["N"])  # the key: always there
-        try:
-            first = int(batch[schema.FIRST_POSITION]["N"])
-            entries = decode_batch(batch[schema.EVENTS]["B"])
-        except (KeyError, TypeError, ValueError, struct.error) as error:
-            reason = f"{type(error).__name__}: {error}"
-            raise CorruptNotificationBatchError(
-                self.notifications_table_name, last, reason
-            ) from error
-        if first + len(entries) - 1 != last:
-            raise CorruptNotificationBatchError(
-                self.notifications_table_name,
-                last,
-                f"it holds {len(entries)} events for positions {first} to {last}",
-            )
-        return first, entries
 
     def batch_end(self, position: int) -> int | None:
         """Return the last position of the batch holding ``position``, if committed.

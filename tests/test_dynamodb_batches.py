@@ -130,6 +130,13 @@ def test_a_checksum_mismatch_says_what_changed() -> None:
     assert "skip-batch" in str(raised.value)
 
 
+def test_a_format_2_batch_whose_format_byte_became_1_is_not_read_as_format_1() -> None:
+    blob = encode_batch(1, GOLDEN_ENTRIES)
+
+    with pytest.raises(ValueError, match="cut short"):
+        decode_batch(b"\x01" + blob[1:], 1)
+
+
 def test_a_format_1_batch_reads_as_it_always_did() -> None:
     assert decode_batch(FORMAT_1_BATCH, 1) == GOLDEN_ENTRIES
     assert decode_batch(FORMAT_1_POINTER, 3) == [

@@ -56,6 +56,14 @@ def change_inside_batch(
     damage_batch(app, last_position, **{schema.EVENTS: {"B": events.replace(old, new)}})
 
 
+def delete_batch(app: Orders, last_position: int) -> None:
+    app.recorder.connection.call(
+        "delete_item",
+        TableName=app.recorder.notifications_table_name,
+        Key=batch_key(last_position),
+    )
+
+
 def remove_first_position(app: Orders, last_position: int) -> None:
     app.recorder.connection.call(
         "update_item",
@@ -114,6 +122,22 @@ def test_a_batch_without_its_first_position_is_reported_as_damaged(orders):
 
     with pytest.raises(CorruptNotificationBatchError, match="position 6"):
         orders.recorder.select_notifications(start=5, limit=10)
+
+
+@pytest.mark.parametrize("missing", [4, 6], ids=["within", "last"])
+def test_a_missing_batch_is_reported_where_its_positions_are(orders, missing):
+    three_orders(orders)
+    delete_batch(orders, missing)
+
+    before = orders.recorder.select_notifications(start=1, limit=10)
+    with pytest.raises(CorruptNotificationBatchError) as raised:
+        orders.recorder.select_notifications(start=missing - 1, limit=10)
+
+    assert [n.id for n in before] == list(range(1, missing - 1))
+    assert raised.value.last_position == missing
+    assert f"no batch item holds positions {missing - 1} to {missing}" in str(
+        raised.value
+    )
 
 
 @pytest.fixture
@@ -193,6 +217,27 @@ def test_skipping_a_damaged_batch_applies_its_events_from_the_events_table(
     assert get_order_summary(view, second).status is OrderStatus.CONFIRMED
     assert get_order_summary(view, third) is not None
     assert get_order_summary(view, first) is not None
+
+
+@pytest.mark.parametrize("missing", [4, 6], ids=["within", "last"])
+def test_skipping_a_missing_batch_applies_its_events_from_the_events_table(
+    orders, feed, missing
+):
+    placed = three_orders(orders)
+    delete_batch(orders, missing)
+    feed.poll()
+    feed.poll()
+    assert feed.blocked is not None
+    assert feed.position == missing - 2
+
+    feed.skip_batch(missing - 1)
+    feed.poll()
+
+    assert feed.position == 6
+    view = feed.projector.view
+    assert {order: get_order_summary(view, order).total for order in placed} == {
+        order: orders.get_order(order).total for order in placed
+    }
 
 
 def test_skipping_a_batch_of_several_events_applies_them_all(orders, feed):

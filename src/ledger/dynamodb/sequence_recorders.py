@@ -291,7 +291,7 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
         a last position this recorder already saw committed (readers paging
         through history then make one request per page, not two).
 
-        A batch item that cannot be read raises
+        A batch item that cannot be read, or is missing, raises
         :class:`CorruptNotificationBatchError` when it holds the first
         position wanted; otherwise the notifications before it are returned.
         """
@@ -310,14 +310,27 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
             return []  # nothing new: an idle poll costs the GetItem only
         notifications: list[Notification] = []
         pointers: list[int] = []
+        covered = low - 1  # the batches read so far hold every position to here
         try:
             for batch in self._batches(low, high, last, limit):
+                first, entries = read_batch_item(batch, self.notifications_table_name)
+                if first > covered + 1:
+                    raise self._missing_batch(covered + 1, first - 1)
+                covered = first + len(entries) - 1
                 if self._collect(
-                    batch, (low, high, limit), topics, notifications, pointers
+                    (first, entries),
+                    (low, high, limit),
+                    topics,
+                    notifications,
+                    pointers,
                 ):
                     break
-                if int(batch[schema.POSITION]["N"]) >= high:
+                if covered >= high:
                     break
+            else:
+                # Every position up to ``last`` is in a committed batch, so
+                # running out of batches before ``high`` means one is missing.
+                raise self._missing_batch(covered + 1, high)
         except CorruptNotificationBatchError:
             if not notifications:
                 raise
@@ -369,9 +382,17 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
             low = max(end, window_high) + 1
             span *= 2
 
+    def _missing_batch(self, low: int, high: int) -> CorruptNotificationBatchError:
+        """Say that no batch item holds positions ``low`` to ``high``, committed."""
+        return CorruptNotificationBatchError(
+            self.notifications_table_name,
+            high,
+            f"no batch item holds positions {low} to {high}: it is missing",
+        )
+
     def _collect(
         self,
-        batch: Item,
+        batch: tuple[int, Sequence[BatchEntry]],
         bounds: tuple[int, int, int],
         topics: Sequence[str],
         notifications: list[Notification],
@@ -379,10 +400,12 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
     ) -> bool:
         """Append a batch's wanted notifications; return True when done.
 
-        ``bounds`` is (lowest position, highest position, most notifications).
+        ``batch`` is (first position, events); ``bounds`` is (lowest position,
+        highest position, most notifications).
         """
+        first, entries = batch
         low, high, limit = bounds
-        position, entries = read_batch_item(batch, self.notifications_table_name)
+        position = first
         for aggregate_id, version, topic, state in entries:
             if position > high:
                 return True
@@ -392,7 +415,7 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
                 except ValueError as error:
                     raise CorruptNotificationBatchError(
                         self.notifications_table_name,
-                        int(batch[schema.POSITION]["N"]),
+                        first + len(entries) - 1,
                         f"position {position}: {error}",
                     ) from error
                 if state is None:
@@ -415,6 +438,10 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
         """Return the last position of the batch holding ``position``, if committed.
 
         Reads only the batch's key, so it works on a batch that cannot be read.
+        If ``position`` is committed but no batch item holds it or ends after
+        it within reach (the item is missing), returns the furthest a batch
+        holding it may end: ``position + BATCH_REACH``, at most the last
+        committed position.
         """
         upper = position + BATCH_REACH
         for page in range(schema.page_of(position), schema.page_of(upper) + 1):
@@ -433,7 +460,8 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
                 Limit=1,
             ):
                 return int(batch[schema.POSITION]["N"])
-        return None
+        last = self.max_notification_id() or 0
+        return min(last, upper) if position <= last else None
 
     def notifications_from_events(self, low: int, high: int) -> list[Notification]:
         """Return the notifications of positions ``low`` to ``high`` from the events.

@@ -620,7 +620,7 @@ def raw_read(raw: RawTable, last_position: int) -> int:
             response = raw.query(params)
             for batch in response["Items"]:
                 position = int(batch[schema.FIRST_POSITION]["N"])
-                for entry in decode_batch(batch[schema.EVENTS]["B"]):
+                for entry in decode_batch(batch[schema.EVENTS]["B"], position):
                     notifications.append((position, *entry))
                     position += 1
             if "LastEvaluatedKey" not in response:

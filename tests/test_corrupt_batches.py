@@ -43,6 +43,27 @@ def damage_batch(app: Orders, last_position: int, **attributes: dict) -> None:
     )
 
 
+def change_inside_batch(
+    app: Orders, last_position: int, old: bytes, new: bytes
+) -> None:
+    """Replace ``old`` by ``new`` inside the batch ending at ``last_position``."""
+    table = app.recorder.notifications_table_name
+    item = app.recorder.connection.call(
+        "get_item", TableName=table, Key=batch_key(last_position), ConsistentRead=True
+    )["Item"]
+    events = item[schema.EVENTS]["B"]
+    assert events.count(old) == 1
+    damage_batch(app, last_position, **{schema.EVENTS: {"B": events.replace(old, new)}})
+
+
+def delete_batch(app: Orders, last_position: int) -> None:
+    app.recorder.connection.call(
+        "delete_item",
+        TableName=app.recorder.notifications_table_name,
+        Key=batch_key(last_position),
+    )
+
+
 def remove_first_position(app: Orders, last_position: int) -> None:
     app.recorder.connection.call(
         "update_item",
@@ -62,15 +83,21 @@ def three_orders(app: Orders) -> list[uuid.UUID]:
 
 ENTRY = BatchEntry(str(uuid.uuid4()), 1, "aggregates.order:Order.Placed", b"{}")
 
+# Damage to the batch ending at position 4 (positions 3 and 4).
 DAMAGE = {
-    "truncated bytes": {schema.EVENTS: {"B": encode_batch([ENTRY])[:-5]}},
-    "unknown format": {schema.EVENTS: {"B": b"\x09" + encode_batch([ENTRY])[1:]}},
+    "truncated bytes": {schema.EVENTS: {"B": encode_batch(3, [ENTRY] * 2)[:-5]}},
+    "unknown format": {
+        schema.EVENTS: {"B": b"\x09" + encode_batch(3, [ENTRY] * 2)[1:]}
+    },
     "no bytes": {schema.EVENTS: {"B": b"\x00"}},
     "wrong type": {schema.EVENTS: {"S": "not binary"}},
-    "too many events": {schema.EVENTS: {"B": encode_batch([ENTRY] * 3)}},
+    "too many events": {schema.EVENTS: {"B": encode_batch(3, [ENTRY] * 3)}},
     "id not a UUID": {
-        schema.EVENTS: {"B": encode_batch([ENTRY._replace(aggregate_id="nope")])}
+        schema.EVENTS: {
+            "B": encode_batch(3, [ENTRY._replace(aggregate_id="nope"), ENTRY])
+        }
     },
+    "written for other positions": {schema.EVENTS: {"B": encode_batch(1, [ENTRY] * 2)}},
 }
 
 
@@ -97,10 +124,61 @@ def test_a_batch_without_its_first_position_is_reported_as_damaged(orders):
         orders.recorder.select_notifications(start=5, limit=10)
 
 
+@pytest.mark.parametrize("missing", [4, 6], ids=["within", "last"])
+def test_a_missing_batch_is_reported_where_its_positions_are(orders, missing):
+    three_orders(orders)
+    delete_batch(orders, missing)
+
+    before = orders.recorder.select_notifications(start=1, limit=10)
+    with pytest.raises(CorruptNotificationBatchError) as raised:
+        orders.recorder.select_notifications(start=missing - 1, limit=10)
+
+    assert [n.id for n in before] == list(range(1, missing - 1))
+    assert raised.value.last_position == missing
+    assert f"no batch item holds positions {missing - 1} to {missing}" in str(
+        raised.value
+    )
+
+
 @pytest.fixture
 def feed(orders: Orders, dynamodb_env) -> SequenceFeed:
     view = open_view(OrderProjector, dynamodb_env)
     return SequenceFeed(OrderProjector(view, event_loader(orders)), orders)
+
+
+def test_a_quantity_changed_inside_a_batch_stops_the_feed_before_it_is_applied(
+    orders, feed
+):
+    first, second, third = three_orders(orders)
+    change_inside_batch(orders, 4, b'"quantity":2', b'"quantity":7')
+
+    assert feed.poll() == 2
+    assert feed.poll() == 0
+
+    assert feed.position == 2
+    assert feed.blocked is not None
+    assert feed.blocked.last_position == 4
+    assert "checksum mismatch" in feed.blocked.reason
+    view = feed.projector.view
+    assert get_order_summary(view, first).total == orders.get_order(first).total
+    assert get_order_summary(view, second) is None
+    assert get_order_summary(view, third) is None
+
+
+def test_skipping_a_batch_changed_inside_applies_the_events_as_stored(orders, feed):
+    placed = three_orders(orders)
+    change_inside_batch(orders, 4, b'"quantity":2', b'"quantity":7')
+    feed.poll()
+    feed.poll()
+
+    applied = feed.skip_batch(3)
+
+    assert applied == 2
+    assert feed.poll() == 2
+    view = feed.projector.view
+    assert {order: get_order_summary(view, order).total for order in placed} == {
+        order: orders.get_order(order).total for order in placed
+    }
 
 
 def test_the_sequence_feed_stops_at_a_damaged_batch_and_goes_no_further(orders, feed):
@@ -139,6 +217,27 @@ def test_skipping_a_damaged_batch_applies_its_events_from_the_events_table(
     assert get_order_summary(view, second).status is OrderStatus.CONFIRMED
     assert get_order_summary(view, third) is not None
     assert get_order_summary(view, first) is not None
+
+
+@pytest.mark.parametrize("missing", [4, 6], ids=["within", "last"])
+def test_skipping_a_missing_batch_applies_its_events_from_the_events_table(
+    orders, feed, missing
+):
+    placed = three_orders(orders)
+    delete_batch(orders, missing)
+    feed.poll()
+    feed.poll()
+    assert feed.blocked is not None
+    assert feed.position == missing - 2
+
+    feed.skip_batch(missing - 1)
+    feed.poll()
+
+    assert feed.position == 6
+    view = feed.projector.view
+    assert {order: get_order_summary(view, order).total for order in placed} == {
+        order: orders.get_order(order).total for order in placed
+    }
 
 
 def test_skipping_a_batch_of_several_events_applies_them_all(orders, feed):

@@ -12,7 +12,6 @@ subscriptions work as ``eventsourcing`` expects. Costs are listed in
 
 from __future__ import annotations
 
-import struct
 import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final
@@ -32,15 +31,15 @@ from ledger.dynamodb import schema
 from ledger.dynamodb.batches import (
     BatchEntry,
     CorruptNotificationBatchError,
-    decode_batch,
-    encode_batch,
+    batch_item,
+    read_batch_item,
 )
 from ledger.dynamodb.client import (
     DynamoDBConnection,
     Outage,
     TransactionConflictError,
 )
-from ledger.dynamodb.limits import MAX_ITEM_BYTES, MAX_TRANSACTION_ACTIONS, item_size
+from ledger.dynamodb.limits import MAX_TRANSACTION_ACTIONS
 from ledger.dynamodb.recorders import (
     MAX_SAVE_ATTEMPTS,
     NOT_EXISTS,
@@ -207,11 +206,17 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
             self._put_action(self._event_item(event, first + offset))
             for offset, event in enumerate(stored_events)
         ]
+        entries = [
+            BatchEntry(
+                encode_id(e.originator_id), e.originator_version, e.topic, e.state
+            )
+            for e in stored_events
+        ]
         actions.append(
             {
                 "Put": {
                     "TableName": self.notifications_table_name,
-                    "Item": self._batch_item(stored_events, first, last),
+                    "Item": batch_item(first, entries),
                     "ConditionExpression": NOT_EXISTS,
                     "ExpressionAttributeNames": _BATCH_KEY_NAME,
                 }
@@ -222,33 +227,6 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
         if tracking_action is not None:
             actions.append(tracking_action)
         return actions
-
-    @staticmethod
-    def _batch_item(
-        stored_events: Sequence[StoredEvent], first: int, last: int
-    ) -> Item:
-        def events(*, inline: bool) -> bytes:
-            return encode_batch(
-                BatchEntry(
-                    encode_id(e.originator_id),
-                    e.originator_version,
-                    e.topic,
-                    e.state if inline else None,
-                )
-                for e in stored_events
-            )
-
-        item: Item = {
-            schema.PAGE: {"N": str(schema.page_of(last))},
-            schema.POSITION: {"N": str(last)},
-            schema.FIRST_POSITION: {"N": str(first)},
-            schema.EVENTS: {"B": events(inline=True)},
-        }
-        if item_size(item) > MAX_ITEM_BYTES:
-            # Too big to copy the states: keep pointers; readers fetch the states
-            # from the events table. Keeps DynamoDB's own limits the only limits.
-            item[schema.EVENTS] = {"B": events(inline=False)}
-        return item
 
     def _sequence_action(self, expected: int, last: int) -> TransactWriteItemTypeDef:
         values: Item = {":new": {"N": str(last)}}
@@ -313,7 +291,7 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
         a last position this recorder already saw committed (readers paging
         through history then make one request per page, not two).
 
-        A batch item that cannot be read raises
+        A batch item that cannot be read, or is missing, raises
         :class:`CorruptNotificationBatchError` when it holds the first
         position wanted; otherwise the notifications before it are returned.
         """
@@ -332,14 +310,27 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
             return []  # nothing new: an idle poll costs the GetItem only
         notifications: list[Notification] = []
         pointers: list[int] = []
+        covered = low - 1  # the batches read so far hold every position to here
         try:
             for batch in self._batches(low, high, last, limit):
+                first, entries = read_batch_item(batch, self.notifications_table_name)
+                if first > covered + 1:
+                    raise self._missing_batch(covered + 1, first - 1)
+                covered = first + len(entries) - 1
                 if self._collect(
-                    batch, (low, high, limit), topics, notifications, pointers
+                    (first, entries),
+                    (low, high, limit),
+                    topics,
+                    notifications,
+                    pointers,
                 ):
                     break
-                if int(batch[schema.POSITION]["N"]) >= high:
+                if covered >= high:
                     break
+            else:
+                # Every position up to ``last`` is in a committed batch, so
+                # running out of batches before ``high`` means one is missing.
+                raise self._missing_batch(covered + 1, high)
         except CorruptNotificationBatchError:
             if not notifications:
                 raise
@@ -391,9 +382,17 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
             low = max(end, window_high) + 1
             span *= 2
 
+    def _missing_batch(self, low: int, high: int) -> CorruptNotificationBatchError:
+        """Say that no batch item holds positions ``low`` to ``high``, committed."""
+        return CorruptNotificationBatchError(
+            self.notifications_table_name,
+            high,
+            f"no batch item holds positions {low} to {high}: it is missing",
+        )
+
     def _collect(
         self,
-        batch: Item,
+        batch: tuple[int, Sequence[BatchEntry]],
         bounds: tuple[int, int, int],
         topics: Sequence[str],
         notifications: list[Notification],
@@ -401,10 +400,12 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
     ) -> bool:
         """Append a batch's wanted notifications; return True when done.
 
-        ``bounds`` is (lowest position, highest position, most notifications).
+        ``batch`` is (first position, events); ``bounds`` is (lowest position,
+        highest position, most notifications).
         """
+        first, entries = batch
         low, high, limit = bounds
-        position, entries = self._read_batch(batch)
+        position = first
         for aggregate_id, version, topic, state in entries:
             if position > high:
                 return True
@@ -414,7 +415,7 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
                 except ValueError as error:
                     raise CorruptNotificationBatchError(
                         self.notifications_table_name,
-                        int(batch[schema.POSITION]["N"]),
+                        first + len(entries) - 1,
                         f"position {position}: {error}",
                     ) from error
                 if state is None:
@@ -433,29 +434,14 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
             position += 1
         return False
 
-    def _read_batch(self, batch: Item) -> tuple[int, list[BatchEntry]]:
-        """Return a batch item's first position and events, or say it is corrupt."""
-        last = int(batch[schema.POSITION]["N"])  # the key: always there
-        try:
-            first = int(batch[schema.FIRST_POSITION]["N"])
-            entries = decode_batch(batch[schema.EVENTS]["B"])
-        except (KeyError, TypeError, ValueError, struct.error) as error:
-            reason = f"{type(error).__name__}: {error}"
-            raise CorruptNotificationBatchError(
-                self.notifications_table_name, last, reason
-            ) from error
-        if first + len(entries) - 1 != last:
-            raise CorruptNotificationBatchError(
-                self.notifications_table_name,
-                last,
-                f"it holds {len(entries)} events for positions {first} to {last}",
-            )
-        return first, entries
-
     def batch_end(self, position: int) -> int | None:
         """Return the last position of the batch holding ``position``, if committed.
 
         Reads only the batch's key, so it works on a batch that cannot be read.
+        If ``position`` is committed but no batch item holds it or ends after
+        it within reach (the item is missing), returns the furthest a batch
+        holding it may end: ``position + BATCH_REACH``, at most the last
+        committed position.
         """
         upper = position + BATCH_REACH
         for page in range(schema.page_of(position), schema.page_of(upper) + 1):
@@ -474,7 +460,8 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
                 Limit=1,
             ):
                 return int(batch[schema.POSITION]["N"])
-        return None
+        last = self.max_notification_id() or 0
+        return min(last, upper) if position <= last else None
 
     def notifications_from_events(self, low: int, high: int) -> list[Notification]:
         """Return the notifications of positions ``low`` to ``high`` from the events.

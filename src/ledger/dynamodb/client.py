@@ -20,7 +20,9 @@ a write one of whose attempts lost its answer      ``AmbiguousWriteError`` (an
 when the last attempt fails too                    may have been applied)
 ``ResourceNotFoundException`` (no such table)      ``ProgrammingError``
 ``ValidationException``, item too large            ``DataError``
-no credentials, no region                          ``InterfaceError``
+no credentials, no region; credentials or         ``InterfaceError`` (no
+permissions refused (``AccessDeniedException``,    feed waits it out)
+``UnrecognizedClientException``...)
 an answer with a success status but not whole      ``OperationalError`` (for a
 (cut short, say), to the last attempt too          write: ``AmbiguousWriteError``)
 =================================================  ===========================
@@ -172,6 +174,19 @@ _MEMBERS_ALWAYS_SENT: Final[Mapping[str, frozenset[str]]] = {
 """Members every successful answer to these operations holds, and ledger
 reads: an answer without them is not DynamoDB's. Members that may be absent
 (GetItem's ``Item``, GetRecords' ``NextShardIterator``) cannot be checked."""
+
+_REFUSED_CREDENTIALS_CODES: Final = frozenset(
+    {
+        "AccessDeniedException",
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "IncompleteSignatureException",
+        "MissingAuthenticationTokenException",
+        "ExpiredTokenException",
+    }
+)
+"""Codes for credentials or permissions DynamoDB refuses: no retry or wait
+cures them, only a change of configuration."""
 
 logger = logging.getLogger("ledger.dynamodb")
 
@@ -565,6 +580,12 @@ def translate_client_error(error: botocore.exceptions.ClientError) -> Persistenc
         return OperationalError(
             f"DynamoDB kept refusing the request ({code}) after retries: {message}. "
             "Raise the table's capacity or DYNAMODB_MAX_ATTEMPTS."
+        )
+    if code in _REFUSED_CREDENTIALS_CODES:
+        return InterfaceError(
+            f"DynamoDB refused this client's credentials or permissions ({code}): "
+            f"{message}. Check the AWS credentials ledger runs with and the IAM "
+            "policy that grants them access to the tables."
         )
     if code == INCOMPLETE_ANSWER:
         return OperationalError(

@@ -31,7 +31,15 @@ from types import TracebackType
 from typing import Literal, Self
 from urllib.parse import urlsplit
 
-FaultKind = Literal["LOSE_RESPONSE", "CUT", "DELAY", "OUTAGE", "SERVER_ERROR"]
+FaultKind = Literal[
+    "LOSE_RESPONSE",
+    "TRUNCATE",
+    "TRUNCATE_UNCHECKED",
+    "CUT",
+    "DELAY",
+    "OUTAGE",
+    "SERVER_ERROR",
+]
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,17 @@ class Fault:
 LOSE_RESPONSE = Fault("LOSE_RESPONSE")
 """Forward the request, read DynamoDB's response, then close the client
 connection without sending it: the write happened, the caller sees an error."""
+
+TRUNCATE = Fault("TRUNCATE")
+"""Forward the request, read DynamoDB's response, then send its head and only
+the first half of its body, and close the connection. The head still says the
+whole length: botocore does not hold a body to its ``Content-Length``, so it
+reads the half it got as the whole answer. DynamoDB's ``x-amz-crc32`` header
+is kept."""
+
+TRUNCATE_UNCHECKED = Fault("TRUNCATE_UNCHECKED")
+"""``TRUNCATE``, and drop DynamoDB's ``x-amz-crc32`` header too, as a server
+or a device on the way that does not pass DynamoDB's checksum on would."""
 
 CUT = Fault("CUT")
 """Close the client connection instead of forwarding: nothing reaches DynamoDB."""
@@ -266,6 +285,21 @@ def _read_response(reader: _Reader, method: str) -> _Message:
         raw_body = body = reader.read_to_end()
         closes = True
     return _Message(start_line, headers, interim + head + raw_body, body, closes)
+
+
+_CHECKSUM_HEADER = "x-amz-crc32"
+
+
+def _truncated(response: _Message, *, keep_checksum: bool) -> bytes:
+    """The response's head (framed by ``Content-Length``) and half its body."""
+    dropped = {"transfer-encoding", "content-length", "connection"}
+    if not keep_checksum:
+        dropped.add(_CHECKSUM_HEADER)
+    lines = [response.start_line]
+    lines += [f"{k}: {v}" for k, v in response.headers.items() if k not in dropped]
+    lines += [f"content-length: {len(response.body)}", "connection: close"]
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head + response.body[: len(response.body) // 2]
 
 
 def operation_of(request_headers: dict[str, str], start_line: str = "") -> str:
@@ -590,6 +624,10 @@ class FaultProxy:
             method = request.start_line.partition(" ")[0]
             response = _read_response(connection.upstream_reader, method)
             if fault == LOSE_RESPONSE:
+                return
+            if fault in (TRUNCATE, TRUNCATE_UNCHECKED):
+                keep = fault == TRUNCATE
+                connection.client.sendall(_truncated(response, keep_checksum=keep))
                 return
             connection.client.sendall(response.raw)
             if request.closes or response.closes:

@@ -20,19 +20,30 @@ a write one of whose attempts lost its answer      ``AmbiguousWriteError`` (an
 when the last attempt fails too                    may have been applied)
 ``ResourceNotFoundException`` (no such table)      ``ProgrammingError``
 ``ValidationException``, item too large            ``DataError``
-no credentials, no region                          ``InterfaceError``
+no credentials, no region; credentials or         ``InterfaceError`` (no
+permissions refused (``AccessDeniedException``,    feed waits it out)
+``UnrecognizedClientException``...)
+an answer with a success status but not whole      ``OperationalError`` (for a
+(cut short, say), to the last attempt too          write: ``AmbiguousWriteError``)
 =================================================  ===========================
 
 Throttling and transient errors are retried by botocore's ``standard`` retry
 mode (exponential backoff with jitter) before they are translated.
+
+An answer with a success status whose body is not DynamoDB's whole answer (see
+:func:`incomplete_answer`) is refused before botocore decides on a retry, so
+it is retried like a 502 and, after the last attempt, raised: botocore alone
+would read a body cut short as an empty answer (a GetItem as "no such item").
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import threading
-from collections.abc import Callable, Iterator
+import zlib
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, Final, TypedDict, cast
 from urllib.parse import urlparse
@@ -52,8 +63,12 @@ from eventsourcing.persistence import (
 from ledger.dynamodb.metering import Meter, Metering
 
 if TYPE_CHECKING:  # the stubs are a development dependency only
+    from botocore.awsrequest import AWSResponse
+    from botocore.client import BaseClient
+    from botocore.model import OperationModel
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_dynamodb.type_defs import AttributeValueTypeDef
+    from mypy_boto3_dynamodbstreams import DynamoDBStreamsClient
 
 CONDITION_FAILED = "ConditionalCheckFailed"
 """A cancellation reason: the action's condition was false (a conflict)."""
@@ -139,6 +154,39 @@ _LOST_ANSWER = (
 Failing to connect (``EndpointConnectionError``, ``ConnectTimeoutError``)
 means nothing was sent."""
 
+
+INCOMPLETE_ANSWER: Final = "IncompleteAnswer"
+"""The error code of an answer that had a success status but not DynamoDB's
+whole body (ledger's code, not DynamoDB's)."""
+
+_INCOMPLETE_STATUS: Final = 502
+"""The status an incomplete answer is given: botocore retries a 502 as
+transient and raises it after the last attempt."""
+
+_MEMBERS_ALWAYS_SENT: Final[Mapping[str, frozenset[str]]] = {
+    "Query": frozenset({"Items"}),
+    "Scan": frozenset({"Items"}),
+    "BatchGetItem": frozenset({"Responses"}),
+    "TransactGetItems": frozenset({"Responses"}),
+    "DescribeTable": frozenset({"Table"}),
+    "DescribeStream": frozenset({"StreamDescription"}),
+}
+"""Members every successful answer to these operations holds, and ledger
+reads: an answer without them is not DynamoDB's. Members that may be absent
+(GetItem's ``Item``, GetRecords' ``NextShardIterator``) cannot be checked."""
+
+_REFUSED_CREDENTIALS_CODES: Final = frozenset(
+    {
+        "AccessDeniedException",
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "IncompleteSignatureException",
+        "MissingAuthenticationTokenException",
+        "ExpiredTokenException",
+    }
+)
+"""Codes for credentials or permissions DynamoDB refuses: no retry or wait
+cures them, only a change of configuration."""
 
 logger = logging.getLogger("ledger.dynamodb")
 
@@ -234,6 +282,95 @@ def is_loopback(endpoint_url: str | None) -> bool:
         return False
 
 
+def incomplete_answer(
+    operation: OperationModel, headers: Mapping[str, str], body: bytes
+) -> str | None:
+    """Return why a success answer's body is not DynamoDB's whole answer, or None.
+
+    Not whole: shorter than its ``Content-Length`` (botocore reads a body
+    cut short as if it were whole), unlike its ``x-amz-crc32`` checksum, not
+    one complete JSON object (botocore's parser reads such a body as an
+    empty answer), or without a member DynamoDB always sends
+    (``_MEMBERS_ALWAYS_SENT``). An empty body is whole only for an operation
+    that answers nothing.
+    """
+    lowered = {name.lower(): value for name, value in headers.items()}
+    length = lowered.get("content-length", "")
+    if length.isdigit() and int(length) != len(body):
+        return f"{len(body)} of its {length} bytes arrived"
+    checksum = lowered.get("x-amz-crc32", "")
+    if checksum.isdigit() and zlib.crc32(body) != int(checksum):
+        return "its body does not match its x-amz-crc32 checksum"
+    output = operation.output_shape
+    if not body and (output is None or not output.members):
+        return None
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return f"its body of {len(body)} bytes is not complete JSON"
+    if not isinstance(answer, dict):
+        return "its body is not a JSON object"
+    missing = _MEMBERS_ALWAYS_SENT.get(operation.name, frozenset()) - answer.keys()
+    if missing:
+        return f"it lacks {', '.join(sorted(missing))}"
+    return None
+
+
+def _refuse_incomplete_answer(
+    response: tuple[AWSResponse, dict[str, Any]] | None = None,
+    operation: OperationModel | None = None,
+    attempts: int = 0,
+    **_: Any,
+) -> None:
+    """Turn an attempt's incomplete success answer into a retryable error.
+
+    Runs on ``needs-retry`` before botocore's retry handler, which then
+    retries it (a 502 is transient) and, after the last attempt, raises it as
+    a ``ClientError`` coded ``INCOMPLETE_ANSWER``.
+    """
+    if response is None or operation is None:
+        return
+    http_response, parsed = response
+    if http_response.status_code >= 300:  # an error: botocore reads it itself
+        return
+    reason = incomplete_answer(operation, http_response.headers, http_response.content)
+    if reason is None:
+        return
+    logger.warning(
+        "DynamoDB's answer arrived incomplete",
+        extra={"operation": operation.name, "attempt": attempts, "reason": reason},
+    )
+    metadata = parsed.get("ResponseMetadata", {})
+    metadata["HTTPStatusCode"] = _INCOMPLETE_STATUS
+    parsed.clear()  # nothing in it can be trusted
+    parsed["Error"] = {
+        "Code": INCOMPLETE_ANSWER,
+        "Message": f"{operation.name}: {reason}",
+    }
+    parsed["ResponseMetadata"] = metadata
+    http_response.status_code = _INCOMPLETE_STATUS
+
+
+def _is_refused(response: tuple[AWSResponse, dict[str, Any]] | None) -> bool:
+    """Whether an attempt's answer was refused as incomplete."""
+    if response is None:
+        return False
+    code: str = response[1].get("Error", {}).get("Code", "")
+    return code == INCOMPLETE_ANSWER
+
+
+def refuse_incomplete_answers(client: BaseClient) -> None:
+    """Make a DynamoDB or DynamoDB Streams client retry, then raise, incomplete answers.
+
+    Every client ledger makes has this (:class:`DynamoDBConnection`).
+    """
+    service = client.meta.service_model.service_id.hyphenize()
+    # First, so botocore's retry handler sees the refusal.
+    client.meta.events.register_first(
+        f"needs-retry.{service}", _refuse_incomplete_answer
+    )
+
+
 class DynamoDBConnection:
     """A metered, retrying boto3 DynamoDB client shared by one factory's recorders."""
 
@@ -257,10 +394,9 @@ class DynamoDBConnection:
                     "or AWS_DEFAULT_REGION (for example us-east-1)."
                 )
             region = "us-east-1"
-        key_id = secret = None
-        if local and session.get_credentials() is None:
-            # DynamoDB Local accepts any credentials but boto3 insists on some.
-            key_id = secret = "local"  # noqa: S105 - a placeholder, not a secret
+        self._placeholder_credentials = local and session.get_credentials() is None
+        """Whether to give the endpoint placeholder credentials: DynamoDB
+        Local accepts any, but boto3 insists on some."""
         config = botocore.config.Config(
             # total_max_attempts counts the first attempt; max_attempts would not.
             retries={"mode": "standard", "total_max_attempts": max_attempts},
@@ -274,23 +410,43 @@ class DynamoDBConnection:
         self.endpoint_url = endpoint_url
         self.region_name = region
         self.client: DynamoDBClient = session.client(
-            "dynamodb",
-            endpoint_url=endpoint_url,
-            region_name=region,
-            config=config,
-            aws_access_key_id=key_id,
-            aws_secret_access_key=secret,
+            "dynamodb", **self._client_settings()
         )
+        refuse_incomplete_answers(self.client)
         self.metering = Metering()
         self.metering.install(self.client)
         self._call_state = threading.local()
         """Per thread: whether an attempt of the current call lost its answer."""
-        # First, so it sees every attempt before the retry handler decides.
+        # First (after the refusal of incomplete answers), so it sees every
+        # attempt before the retry handler decides.
         self.client.meta.events.register_first(
             "needs-retry.dynamodb", self._note_lost_answer
         )
         self.known_tables: set[str] = set()
         """Tables seen to exist and be active, so they are checked only once."""
+
+    def _client_settings(self) -> dict[str, Any]:
+        placeholder = "local" if self._placeholder_credentials else None
+        return {
+            "endpoint_url": self.endpoint_url,
+            "region_name": self.region_name,
+            "config": self.config,
+            "aws_access_key_id": placeholder,
+            "aws_secret_access_key": placeholder,
+        }
+
+    def streams_client(self) -> DynamoDBStreamsClient:
+        """Return a client of the DynamoDB Streams API of the same store.
+
+        Made like :attr:`client` (endpoint, region, retries, timeouts), and
+        refusing incomplete answers too; not metered.
+        """
+        # A session of its own: boto3 sessions are not safe across threads.
+        streams: DynamoDBStreamsClient = boto3.session.Session().client(
+            "dynamodbstreams", **self._client_settings()
+        )
+        refuse_incomplete_answers(streams)
+        return streams
 
     def measure(self) -> AbstractContextManager[Meter]:
         """Return a context manager yielding a :class:`Meter` for a block of work."""
@@ -328,10 +484,17 @@ class DynamoDBConnection:
             raise
 
     def _note_lost_answer(
-        self, caught_exception: BaseException | None = None, **_: Any
+        self,
+        caught_exception: BaseException | None = None,
+        response: tuple[AWSResponse, dict[str, Any]] | None = None,
+        **_: Any,
     ) -> None:
-        """Remember that an attempt of this thread's call lost its answer."""
-        if isinstance(caught_exception, _LOST_ANSWER):
+        """Remember that an attempt of this thread's call lost its answer.
+
+        An answer refused as incomplete counts as lost: for a write, that
+        attempt was applied but its answer is unknown, as when it was lost.
+        """
+        if isinstance(caught_exception, _LOST_ANSWER) or _is_refused(response):
             self._call_state.lost_answer = True
 
     def items(
@@ -417,6 +580,19 @@ def translate_client_error(error: botocore.exceptions.ClientError) -> Persistenc
         return OperationalError(
             f"DynamoDB kept refusing the request ({code}) after retries: {message}. "
             "Raise the table's capacity or DYNAMODB_MAX_ATTEMPTS."
+        )
+    if code in _REFUSED_CREDENTIALS_CODES:
+        return InterfaceError(
+            f"DynamoDB refused this client's credentials or permissions ({code}): "
+            f"{message}. Check the AWS credentials ledger runs with and the IAM "
+            "policy that grants them access to the tables."
+        )
+    if code == INCOMPLETE_ANSWER:
+        return OperationalError(
+            f"DynamoDB's answer arrived incomplete, to the last of botocore's "
+            f"attempts too ({message}): nothing was read from it; try again. If "
+            "it goes on, something between here and DynamoDB (a proxy, a load "
+            "balancer) cuts answers short."
         )
     if code == "ResourceInUseException":
         return OperationalError(f"ResourceInUse: {message}")

@@ -32,7 +32,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 from uuid import UUID
 
-import boto3
 import botocore.exceptions
 from eventsourcing.persistence import (
     DataError,
@@ -47,7 +46,6 @@ from ledger.dynamodb import schema as store_schema
 from ledger.dynamodb.client import (
     MAX_OUTAGE_WAIT,
     Outage,
-    is_loopback,
     translate_client_error,
     translate_errors,
 )
@@ -777,15 +775,5 @@ def run_polls(
 
 
 def _streams_client(connection: Any) -> Any:
-    session = boto3.session.Session()
-    key_id = secret = None
-    if is_loopback(connection.endpoint_url) and session.get_credentials() is None:
-        key_id = secret = "local"  # noqa: S105 - DynamoDB Local's placeholder
-    return session.client(
-        "dynamodbstreams",
-        endpoint_url=connection.endpoint_url,
-        region_name=connection.region_name,
-        aws_access_key_id=key_id,
-        aws_secret_access_key=secret,
-        config=getattr(connection, "config", None),  # the store's retries
-    )
+    # Made by the connection, so it shares its settings and answer checks.
+    return connection.streams_client()

@@ -9,8 +9,8 @@ from uuid import UUID
 
 from eventsourcing.utils import get_topic
 
-from aggregates.order import DEFAULT_CURRENCY, Order, OrderError
-from ledger.commands import IdempotentApplication
+from aggregates.order import DEFAULT_CURRENCY, Order
+from ledger.commands import Decision, IdempotentApplication, keyed_command
 from ledger.persistence import PydanticMapper
 from ledger.snapshots import SnapshottingApplication, StrategyMap
 
@@ -24,8 +24,9 @@ class Orders(IdempotentApplication, SnapshottingApplication):
     recorded; a rejected command raises :class:`~aggregates.order.OrderError`
     and saves nothing. Each command takes an optional ``idempotency_key``: a
     command repeated with the same key (a retry after a lost answer, a
-    redelivered message) is applied once, and the repeat returns what the
-    first returned (see :mod:`ledger.commands`).
+    redelivered message, a twin sent at the same time) is applied once, and
+    every delivery returns what the first returned; a key sent with another
+    command raises ``IdempotencyKeyReusedError`` (see :mod:`ledger.commands`).
     """
 
     env: ClassVar[dict[str, str]] = {"MAPPER_TOPIC": get_topic(PydanticMapper)}
@@ -33,6 +34,7 @@ class Orders(IdempotentApplication, SnapshottingApplication):
     # pass ``snapshot_strategies=`` to choose one.
     snapshot_strategies: ClassVar[StrategyMap] = {}
 
+    @keyed_command(answer=lambda _orders, first, **_: UUID(first.aggregate_ids[0]))
     def place_order(
         self,
         customer_id: UUID,
@@ -40,16 +42,12 @@ class Orders(IdempotentApplication, SnapshottingApplication):
         currency: str = DEFAULT_CURRENCY,
         *,
         idempotency_key: str | None = None,
-    ) -> UUID:
+    ) -> Decision[UUID]:
         """Place an order with its first items; return its id."""
-        first = self.first_outcome(idempotency_key)
-        if first is None:
-            order = Order.place(customer_id, items, currency)
-            first = self.save_once(order, idempotency_key=idempotency_key)
-            if first is None:
-                return order.id
-        return UUID(first.aggregate_ids[0])
+        order = Order.place(customer_id, items, currency)
+        return Decision(order.id, order)
 
+    @keyed_command()
     def add_item(
         self,
         order_id: UUID,
@@ -58,63 +56,51 @@ class Orders(IdempotentApplication, SnapshottingApplication):
         price: Decimal,
         *,
         idempotency_key: str | None = None,
-    ) -> None:
+    ) -> Decision[None]:
         """Add a quantity of a product to an order."""
-        self._change(
-            order_id,
-            lambda order: order.add_item(product_id, quantity, price),
-            idempotency_key,
+        return self._change(
+            order_id, lambda order: order.add_item(product_id, quantity, price)
         )
 
+    @keyed_command()
     def remove_item(
         self, order_id: UUID, product_id: str, *, idempotency_key: str | None = None
-    ) -> None:
+    ) -> Decision[None]:
         """Remove a product's line from an order."""
-        self._change(
-            order_id, lambda order: order.remove_item(product_id), idempotency_key
-        )
+        return self._change(order_id, lambda order: order.remove_item(product_id))
 
-    def confirm(self, order_id: UUID, *, idempotency_key: str | None = None) -> None:
+    @keyed_command()
+    def confirm(
+        self, order_id: UUID, *, idempotency_key: str | None = None
+    ) -> Decision[None]:
         """Confirm an order."""
-        self._change(order_id, lambda order: order.confirm(), idempotency_key)
+        return self._change(order_id, lambda order: order.confirm())
 
+    @keyed_command()
     def ship(
         self,
         order_id: UUID,
         tracking_number: str,
         *,
         idempotency_key: str | None = None,
-    ) -> None:
+    ) -> Decision[None]:
         """Record that an order shipped."""
-        self._change(
-            order_id, lambda order: order.ship(tracking_number), idempotency_key
-        )
+        return self._change(order_id, lambda order: order.ship(tracking_number))
 
+    @keyed_command()
     def cancel(
         self, order_id: UUID, reason: str, *, idempotency_key: str | None = None
-    ) -> None:
+    ) -> Decision[None]:
         """Cancel an order."""
-        self._change(order_id, lambda order: order.cancel(reason), idempotency_key)
+        return self._change(order_id, lambda order: order.cancel(reason))
 
     def _change(
-        self,
-        order_id: UUID,
-        decide: Callable[[Order], None],
-        idempotency_key: str | None,
-    ) -> None:
-        """Load an order, let it decide, save: once per idempotency key."""
-        if self.first_outcome(idempotency_key) is not None:
-            return  # applied before
+        self, order_id: UUID, decide: Callable[[Order], None]
+    ) -> Decision[None]:
+        """Load an order and let it decide (a refusal raises ``OrderError``)."""
         order = self.get_order(order_id)
-        try:
-            decide(order)
-        except OrderError:
-            # A twin of this command (same key) may have been applied since
-            # the key was read: then this one is done, not refused.
-            if self.first_outcome(idempotency_key) is not None:
-                return
-            raise
-        self.save_once(order, idempotency_key=idempotency_key)
+        decide(order)
+        return Decision(None, order)
 
     def get_order(self, order_id: UUID) -> Order:
         """Return an order as it is now."""

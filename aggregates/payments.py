@@ -11,7 +11,7 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.utils import get_topic
 
 from aggregates.payment import Payment, PaymentError
-from ledger.commands import IdempotentApplication
+from ledger.commands import Decision, IdempotentApplication, keyed_command
 from ledger.persistence import PydanticMapper
 
 __all__ = ["Payments"]
@@ -23,12 +23,14 @@ class Payments(IdempotentApplication):
     ``request`` asks the gateway for the amount; the gateway answers later,
     calling ``settle`` (a webhook: here, tests and the demo play the
     gateway). Every command takes an optional ``idempotency_key``: repeated
-    with the same key it stores nothing more and is not refused. Rejected
+    with the same key, even by a twin running at the same time, it stores
+    nothing more and is not refused (see :mod:`ledger.commands`). Rejected
     commands raise :class:`~aggregates.payment.PaymentError`.
     """
 
     env: ClassVar[dict[str, str]] = {"MAPPER_TOPIC": get_topic(PydanticMapper)}
 
+    @keyed_command()
     def request(
         self,
         order_id: UUID,
@@ -36,15 +38,13 @@ class Payments(IdempotentApplication):
         currency: str,
         *,
         idempotency_key: str | None = None,
-    ) -> None:
+    ) -> Decision[None]:
         """Ask for an order's payment; nothing more if it was asked for before."""
         if self.get_payment(order_id) is not None:
-            return
-        if self.first_outcome(idempotency_key) is not None:
-            return
-        payment = Payment.request(order_id, amount, currency)
-        self.save_once(payment, idempotency_key=idempotency_key)
+            return Decision(None)
+        return Decision(None, Payment.request(order_id, amount, currency))
 
+    @keyed_command()
     def settle(
         self,
         order_id: UUID,
@@ -52,17 +52,19 @@ class Payments(IdempotentApplication):
         approved: bool,
         reason: str = "declined by the card issuer",
         idempotency_key: str | None = None,
-    ) -> None:
+    ) -> Decision[None]:
         """Record the gateway's answer to an order's payment."""
-        self._change(
+        return self._change(
             order_id,
             lambda payment: payment.settle(approved=approved, reason=reason),
-            idempotency_key,
         )
 
-    def refund(self, order_id: UUID, *, idempotency_key: str | None = None) -> None:
+    @keyed_command()
+    def refund(
+        self, order_id: UUID, *, idempotency_key: str | None = None
+    ) -> Decision[None]:
         """Give an order's charged payment back."""
-        self._change(order_id, lambda payment: payment.refund(), idempotency_key)
+        return self._change(order_id, lambda payment: payment.refund())
 
     def get_payment(self, order_id: UUID) -> Payment | None:
         """Return an order's payment, or None if none was requested."""
@@ -73,24 +75,12 @@ class Payments(IdempotentApplication):
         return payment
 
     def _change(
-        self,
-        order_id: UUID,
-        decide: Callable[[Payment], None],
-        idempotency_key: str | None,
-    ) -> None:
-        """Load an order's payment, let it decide, save: once per idempotency key."""
-        if self.first_outcome(idempotency_key) is not None:
-            return
+        self, order_id: UUID, decide: Callable[[Payment], None]
+    ) -> Decision[None]:
+        """Load an order's payment and let it decide (refusals: ``PaymentError``)."""
         payment = self.get_payment(order_id)
         if payment is None:
             msg = f"order {order_id} has no payment"
             raise PaymentError(msg)
-        try:
-            decide(payment)
-        except PaymentError:
-            # A twin of this command (same key) may have been applied since
-            # the key was read: then this one is done, not refused.
-            if self.first_outcome(idempotency_key) is not None:
-                return
-            raise
-        self.save_once(payment, idempotency_key=idempotency_key)
+        decide(payment)
+        return Decision(None, payment)

@@ -196,13 +196,14 @@ class DynamoDBAggregateRecorder(DynamoDBRecorder, AggregateRecorder):
         idempotency_key: str | None,
         stored_events: Sequence[StoredEvent],
         positions: Sequence[int] | None = None,
+        fingerprint: str | None = None,
     ) -> list[TransactWriteItemTypeDef]:
         """Return the action storing an idempotency key (none without a key)."""
         if idempotency_key is None:
             return []
         keys = self._keys()
         keys.check(idempotency_key)
-        return [keys.put_action(idempotency_key, stored_events, positions)]
+        return [keys.put_action(idempotency_key, stored_events, positions, fingerprint)]
 
     # Writing -----------------------------------------------------------------
 
@@ -213,8 +214,13 @@ class DynamoDBAggregateRecorder(DynamoDBRecorder, AggregateRecorder):
 
         ``idempotency_key=`` (keyword): store the key in the same transaction;
         :class:`RepeatedSaveError` if it was used before (nothing written).
+        ``idempotency_fingerprint=`` (keyword): the command, stored with the key.
         """
-        self._write(stored_events, idempotency_key=kwargs.get("idempotency_key"))
+        self._write(
+            stored_events,
+            idempotency_key=kwargs.get("idempotency_key"),
+            idempotency_fingerprint=kwargs.get("idempotency_fingerprint"),
+        )
         return None
 
     def _write(
@@ -222,6 +228,7 @@ class DynamoDBAggregateRecorder(DynamoDBRecorder, AggregateRecorder):
         stored_events: Sequence[StoredEvent],
         other_actions: Sequence[TransactWriteItemTypeDef] = (),
         idempotency_key: str | None = None,
+        idempotency_fingerprint: str | None = None,
     ) -> None:
         """Write events, and any other actions, all or nothing, in one request.
 
@@ -234,7 +241,9 @@ class DynamoDBAggregateRecorder(DynamoDBRecorder, AggregateRecorder):
             return
         self._check_unique(stored_events)
         items = [self._event_item(event) for event in stored_events]
-        key_actions = self._key_action(idempotency_key, stored_events)
+        key_actions = self._key_action(
+            idempotency_key, stored_events, fingerprint=idempotency_fingerprint
+        )
         if len(items) == 1 and not other_actions and not key_actions:
             self._put_one(items[0], stored_events[0])
             return

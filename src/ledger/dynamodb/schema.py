@@ -103,6 +103,9 @@ version], ...], "positions": [...] or null}``."""
 EXPIRES_AT: Final = "expires_at"
 """(N) Unix time after which the key may be used again; the table's TTL
 attribute, so DynamoDB deletes the item some time after."""
+FINGERPRINT: Final = "fingerprint"
+"""(S, optional) The command the key's save belonged to: its name and a SHA-256
+of its arguments (``ledger.commands``). Keys stored before it have none."""
 
 # --- table kinds ---------------------------------------------------------------
 EVENTS_TABLE: Final = "events"

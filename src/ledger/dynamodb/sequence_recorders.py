@@ -137,6 +137,7 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
         """Write events and their notifications atomically; return the positions."""
         tracking: Tracking | None = kwargs.get("tracking")
         idempotency_key: str | None = kwargs.get("idempotency_key")
+        fingerprint: str | None = kwargs.get("idempotency_fingerprint")
         if not stored_events:
             if tracking is not None:
                 self._insert_tracking_only(tracking)
@@ -148,7 +149,9 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
                 actions = self._save_actions(stored_events, expected, tracking)
                 positions = range(expected + 1, expected + len(stored_events) + 1)
                 actions.extend(
-                    self._key_action(idempotency_key, stored_events, positions)
+                    self._key_action(
+                        idempotency_key, stored_events, positions, fingerprint
+                    )
                 )
                 batch_index = len(stored_events)
                 sequence_index = batch_index + 1

@@ -186,13 +186,21 @@ class DynamoDBStreamProcessRecorder(
         """
         tracking: Tracking | None = kwargs.get("tracking")
         key: str | None = kwargs.get("idempotency_key")
+        fingerprint: str | None = kwargs.get("idempotency_fingerprint")
         if tracking is None:
-            self._write(stored_events, idempotency_key=key)
+            self._write(
+                stored_events, idempotency_key=key, idempotency_fingerprint=fingerprint
+            )
         elif not stored_events:
             self.insert_tracking(tracking)
         else:
             tracking_update: TransactWriteItemTypeDef = {
                 "Update": self._tracking_update(tracking)
             }
-            self._write(stored_events, [tracking_update], idempotency_key=key)
+            self._write(
+                stored_events,
+                [tracking_update],
+                idempotency_key=key,
+                idempotency_fingerprint=fingerprint,
+            )
         return None

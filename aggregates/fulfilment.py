@@ -446,12 +446,26 @@ class OrderFulfilment(SagaApplication):
                 step.order_id, step.tracking_number, idempotency_key=idempotency_key
             )
         except OrderError:
-            # Cancelled meanwhile (by the customer): the cancellation is an
-            # event of Orders, and the saga compensates when it learns it.
-            logger.warning(
-                "order not shipped: it was cancelled first",
-                extra={"order_id": str(step.order_id)},
-            )
+            order = self.orders.get_order(step.order_id)
+            if order.status is OrderStatus.CANCELLED:
+                # Cancelled meanwhile (by the customer): the cancellation is
+                # an event of Orders, and the saga compensates when it learns it.
+                logger.warning(
+                    "order not shipped: it was cancelled first (%s)",
+                    order.cancel_reason,
+                    extra={"order_id": str(step.order_id)},
+                )
+                return
+            if order.status is OrderStatus.SHIPPED:
+                # Shipped by another command: the saga's goal is reached, and
+                # it learns the shipment from Orders like any other.
+                logger.warning(
+                    "order not shipped again: it had shipped already, as %s",
+                    order.tracking_number,
+                    extra={"order_id": str(step.order_id)},
+                )
+                return
+            raise  # not sent: the step is delivered again
 
     @dispatch.register
     def _(self, step: Fulfilment.ReleaseStock, idempotency_key: str) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Final
 from uuid import UUID
 
 from ledger.domain import Aggregate
+from ledger.metadata import Reply, Request
 
 __all__ = ["Payment", "PaymentError", "PaymentStatus"]
 
@@ -49,7 +50,7 @@ class Payment(Aggregate):
         status: PaymentStatus
         decline_reason: str | None
 
-    class Requested(Aggregate.Created):
+    class Requested(Aggregate.Created, Request):
         """The order's amount was asked of the customer's card."""
 
         order_id: UUID
@@ -64,8 +65,8 @@ class Payment(Aggregate):
             aggregate.status = PaymentStatus.REQUESTED
             aggregate.decline_reason = None
 
-    class Charged(Aggregate.Event):
-        """The gateway took the amount."""
+    class Charged(Aggregate.Event, Reply):
+        """The gateway took the amount (an answer: continues the request's chain)."""
 
         order_id: UUID
 
@@ -73,8 +74,8 @@ class Payment(Aggregate):
             """Mark the payment charged."""
             aggregate.status = PaymentStatus.CHARGED
 
-    class Declined(Aggregate.Event):
-        """The gateway refused the charge."""
+    class Declined(Aggregate.Event, Reply):
+        """The gateway refused the charge (an answer: continues the request's chain)."""
 
         order_id: UUID
         reason: str

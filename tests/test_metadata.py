@@ -21,17 +21,25 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from aggregates.application import Orders
-from aggregates.order import Order
-from ledger.domain import Aggregate
+from aggregates.order import Order, OrderStatus
+from aggregates.payment import Payment
+from aggregates.payments import Payments
+from ledger.domain import Aggregate, AggregateState
+from ledger.domain import Snapshot as BaseSnapshot
 from ledger.metadata import (
     EventMetadata,
+    Reply,
+    Request,
     caused_by,
+    consequence_of,
     current_metadata,
     event_id,
     metadata,
 )
 from ledger.persistence import METADATA, PydanticMapper
 from ledger.projections import InMemoryView, Projector, ReadModel, Session, handles
+from tests.test_saga_fulfilment import TEA as TEA_ID
+from tests.test_saga_fulfilment import open_shop
 
 TEA = {"product_id": "tea", "quantity": 1, "price": Decimal("4.50")}
 MAPPER = PydanticMapper(transcoder=JSONTranscoder())
@@ -166,6 +174,191 @@ def test_caused_by_an_event_first_of_its_chain_correlates_with_that_event():
 
     assert effect.metadata.correlation_id == event_id(cause)
     assert effect.metadata.causation_id == event_id(cause)
+
+
+# A reply continues its request's chain ------------------------------------------------
+
+
+def requested_payment(**context: Any) -> Payment:
+    """A payment requested inside ``metadata(**context)``, its events collected."""
+    with metadata(**context):
+        payment = Payment.request(uuid4(), Decimal("9.00"), "EUR")
+    payment.collect_events()
+    return payment
+
+
+def test_a_reply_outside_any_context_continues_its_requests_chain():
+    with metadata(correlation_id="checkout-1", headers={"user": "ada"}):
+        payment = Payment.request(uuid4(), Decimal("9.00"), "EUR")
+    [requested] = payment.collect_events()
+
+    payment.settle(approved=True)
+
+    [charged] = payment.collect_events()
+    assert charged.metadata == consequence_of(requested)
+    assert charged.metadata == EventMetadata(
+        correlation_id="checkout-1",
+        causation_id=event_id(requested),
+        headers={"user": "ada"},
+    )
+
+
+def test_a_reply_in_another_context_keeps_its_requests_chain_and_adds_headers():
+    payment = requested_payment(correlation_id="checkout-2", headers={"user": "ada"})
+
+    with metadata(correlation_id="webhook-9", headers={"user": "eve", "via": "hook"}):
+        payment.settle(approved=False)
+
+    [declined] = payment.collect_events()
+    assert declined.metadata == EventMetadata(
+        correlation_id="checkout-2",
+        causation_id=f"{payment.id}/1",
+        headers={"user": "ada", "via": "hook"},
+    )
+
+
+def test_an_event_that_is_no_reply_takes_the_context_as_before():
+    payment = requested_payment(correlation_id="checkout-3")
+    payment.settle(approved=True)
+    payment.collect_events()
+
+    with metadata(correlation_id="operator-1"):
+        payment.refund()
+
+    [refunded] = payment.collect_events()
+    assert refunded.metadata == EventMetadata(correlation_id="operator-1")
+
+
+class QuoteState(AggregateState):
+    product_id: str
+    price: Decimal | None
+
+
+class Quote(Aggregate):
+    """Asks a supplier for a price; the supplier answers later."""
+
+    class Asked(Aggregate.Created, Request):
+        product_id: str
+
+        def apply(self, aggregate: Quote) -> None:
+            aggregate.product_id = self.product_id
+            aggregate.price = None
+
+    class Answered(Aggregate.Event, Reply):
+        price: Decimal
+
+        def apply(self, aggregate: Quote) -> None:
+            aggregate.price = self.price
+
+    class Noted(Aggregate.Event):
+        """Neither a request nor a reply."""
+
+    class Snapshot(BaseSnapshot):
+        state: QuoteState
+
+    @classmethod
+    def ask(cls, product_id: str) -> Quote:
+        return cls._create(cls.Asked, product_id=product_id)
+
+    def answer(self, price: Decimal) -> None:
+        self.trigger_event(self.Answered, price=price)
+
+
+def test_a_reply_on_an_aggregate_restored_from_a_snapshot_continues_its_request():
+    with metadata(correlation_id="checkout-4", headers={"user": "ada"}):
+        quote = Quote.ask("tea")
+    [asked] = quote.collect_events()
+    quote.trigger_event(Quote.Noted)  # the request is not the latest event
+    quote.collect_events()
+    stored = MAPPER.to_stored_event(Quote.Snapshot.take(quote))
+
+    restored = MAPPER.to_domain_event(stored).mutate(None)
+    restored.answer(Decimal("4.50"))
+
+    [answered] = restored.collect_events()
+    assert answered.metadata == EventMetadata(
+        correlation_id="checkout-4",
+        causation_id=event_id(asked),
+        headers={"user": "ada"},
+    )
+
+
+def test_a_snapshot_of_an_aggregate_without_a_request_stores_no_metadata():
+    order = Order.place(uuid4(), [TEA])
+    order.collect_events()
+
+    restored = MAPPER.to_domain_event(
+        MAPPER.to_stored_event(Order.Snapshot.take(order))
+    ).mutate(None)
+
+    assert METADATA not in stored_state(Order.Snapshot.take(order))
+    assert "_reply_metadata" not in vars(restored)
+
+
+def test_a_reply_loaded_from_dynamodb_continues_its_request(dynamodb_env):
+    payments = Payments(env=dynamodb_env)
+    order_id = uuid4()
+    with metadata(correlation_id="checkout-5", headers={"user": "ada"}):
+        payments.request(order_id, Decimal("9.00"), "EUR")
+
+    payments.settle(order_id, approved=True, idempotency_key=f"gateway/{order_id}")
+
+    requested, charged = payments.repository.event_store.get(Payment.id_for(order_id))
+    payments.close()
+    assert charged.metadata == EventMetadata(
+        correlation_id="checkout-5",
+        causation_id=event_id(requested),
+        headers={"user": "ada"},
+    )
+
+
+def causes(event: Any, by_id: dict[str, Any]) -> list[Any]:
+    """Return ``event`` and its causes, back to one caused by no event."""
+    chain = [event]
+    while chain[-1].metadata.causation_id is not None:
+        chain.append(by_id[chain[-1].metadata.causation_id])
+    return chain
+
+
+def test_every_event_of_a_shipped_orders_story_continues_the_orders_chain(
+    dynamodb_env,
+):
+    shop = open_shop(dynamodb_env)
+    with metadata(correlation_id="checkout-6", headers={"user": "ada"}):
+        order_id = shop.place({TEA_ID: 2})  # placed, then confirmed
+    shop.run()
+    shop.answer(order_id, approved=True)  # the gateway's webhook: no context
+    shop.run()
+
+    order_events = list(shop.orders.repository.event_store.get(order_id))
+    story = [
+        *order_events,
+        *shop.fulfilment.repository.event_store.get(shop.saga(order_id).id),
+        *shop.warehouse.repository.event_store.get(
+            shop.warehouse.get_reservation(order_id).id
+        ),
+        *shop.payments.repository.event_store.get(Payment.id_for(order_id)),
+    ]
+    shop.close()
+    by_id = {event_id(event): event for event in story}
+    shipped = order_events[-1]
+    assert shop.orders.get_order(order_id).status is OrderStatus.SHIPPED
+    assert {event.metadata.correlation_id for event in story} == {"checkout-6"}
+    assert {tuple(event.metadata.headers.items()) for event in story} == {
+        (("user", "ada"),)
+    }
+    for event in story:  # each chain ends at one of the order's own events
+        assert causes(event, by_id)[-1] in order_events[:3]
+    assert [type(event).__name__ for event in causes(shipped, by_id)] == [
+        "OrderShipped",
+        "ShipOrder",
+        "Charged",
+        "Requested",
+        "RequestPayment",
+        "StockReserved",
+        "ReserveStock",
+        "OrderConfirmed",
+    ]
 
 
 # Stored beside the state --------------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import Any
 import boto3
 import jsonschema
 import pytest
-from eventsourcing.persistence import OperationalError
+from eventsourcing.persistence import OperationalError, ProgrammingError
 from eventsourcing.utils import register_topic
 from faults import LOSE_RESPONSE, FaultProxy
 from moto.server import ThreadedMotoServer
@@ -47,7 +47,9 @@ from ledger.publishing.schema_files import schema_path, stale_files
 from projections.integration import (
     SOURCE,
     OrderConfirmedV1,
+    OrderConfirmedV2,
     OrderEvents,
+    OrderLineV2,
     OrderPlacedV1,
 )
 from tests.test_projections_core import ITEM
@@ -194,11 +196,14 @@ EXPECTED = {
     "shipped": [
         ("OrderPlaced.v1", 1),
         ("OrderConfirmed.v1", 3),
+        ("OrderConfirmed.v2", 3),
         ("OrderShipped.v1", 4),
     ],
     "cancelled": [("OrderPlaced.v1", 1), ("OrderCancelled.v1", 3)],
     "placed": [("OrderPlaced.v1", 1)],
 }
+PUBLISHED = sum(len(published) for published in EXPECTED.values())
+"""Integration events published of :func:`a_life_of_orders`."""
 
 
 def expected_ids(order_ids: dict[str, uuid.UUID]) -> set[str]:
@@ -260,6 +265,54 @@ def test_a_translated_event_keeps_its_domain_events_identity(orders):
     assert integration.occurred_at == placed.timestamp
 
 
+def confirmed_order(orders: Orders) -> tuple[uuid.UUID, Any]:
+    """Confirm an order of two lines; return its id and its OrderConfirmed."""
+    order_id = orders.place_order(uuid.uuid4(), [ITEM], "EUR")
+    orders.add_item(order_id, "fig", 3, Decimal("0.35"))
+    orders.confirm(order_id)
+    [confirmed] = [
+        orders.mapper.to_domain_event(stored)
+        for stored in orders.recorder.select_events(order_id, gt=3, lte=4)
+    ]
+    return order_id, confirmed
+
+
+def test_an_order_confirmed_is_published_as_v1_and_as_v2_with_its_lines_and_total(
+    orders,
+):
+    order_id, confirmed = confirmed_order(orders)
+    order = orders.get_order(order_id)
+
+    v1, v2 = OrderEvents(orders).translate(confirmed)
+
+    assert v1 == OrderConfirmedV1.of(confirmed, order_id=order_id)
+    assert isinstance(v2, OrderConfirmedV2)
+    assert v2.id == event_id(SOURCE, "OrderConfirmed.v2", order_id, 4)
+    assert (v2.customer_id, v2.currency, v2.total) == (
+        order.customer_id,
+        "EUR",
+        order.total,
+    )
+    assert v2.lines == [
+        OrderLineV2(
+            product_id=line.product_id,
+            quantity=line.quantity,
+            unit_price=line.price,
+            subtotal=line.subtotal,
+        )
+        for line in order.lines.values()
+    ]
+    assert [line.product_id for line in v2.lines] == [ITEM["product_id"], "fig"]
+    assert v2.total == sum(line.subtotal for line in v2.lines)
+
+
+def test_a_publication_without_its_application_says_how_to_give_it(orders):
+    _, confirmed = confirmed_order(orders)
+
+    with pytest.raises(ProgrammingError, match=r"OrderEvents\(application\)"):
+        OrderEvents().translate(confirmed)
+
+
 # --- publishing -----------------------------------------------------------------
 
 
@@ -271,7 +324,9 @@ def test_saved_events_are_published_once_each_with_stable_ids(
     poller = StreamPoller(publisher, orders)
     published: list[dict[str, Any]] = []
 
-    poll_until(poller, lambda: len(published.extend(bus.received()) or published) >= 6)
+    poll_until(
+        poller, lambda: len(published.extend(bus.received()) or published) >= PUBLISHED
+    )
     poller.poll()  # again: the checkpoints hold
     published.extend(bus.received())
 
@@ -281,6 +336,7 @@ def test_saved_events_are_published_once_each_with_stable_ids(
         for t in (
             "OrderPlaced.v1",
             "OrderConfirmed.v1",
+            "OrderConfirmed.v2",
             "OrderShipped.v1",
             "OrderCancelled.v1",
         )
@@ -295,12 +351,25 @@ def test_each_published_detail_is_valid_by_its_schema_file(
     poller = StreamPoller(make_publisher(), orders)
     published: list[dict[str, Any]] = []
 
-    poll_until(poller, lambda: len(published.extend(bus.received()) or published) >= 6)
+    poll_until(
+        poller, lambda: len(published.extend(bus.received()) or published) >= PUBLISHED
+    )
 
     schemas = {c.detail_type: schema_path(SCHEMAS, c) for c in OrderEvents.events}
     for event in published:
         schema = json.loads(schemas[event["detail-type"]].read_text())
         jsonschema.validate(event["detail"], schema)
+    [v2] = [e["detail"] for e in published if e["detail-type"] == "OrderConfirmed.v2"]
+    order = orders.get_order(uuid.UUID(v2["order_id"]))
+    assert (v2["customer_id"], v2["currency"], Decimal(v2["total"])) == (
+        str(order.customer_id),
+        order.currency,
+        order.total,
+    )
+    assert [
+        (line["product_id"], line["quantity"], Decimal(line["unit_price"]))
+        for line in v2["lines"]
+    ] == [(line.product_id, line.quantity, line.price) for line in order.lines.values()]
 
 
 def test_a_missing_bus_publishes_nothing_then_everything_once_it_exists(
@@ -317,7 +386,8 @@ def test_a_missing_bus_publishes_nothing_then_everything_once_it_exists(
     later.create()
     published: list[dict[str, Any]] = []
     poll_until(
-        poller, lambda: len(published.extend(later.received()) or published) >= 6
+        poller,
+        lambda: len(published.extend(later.received()) or published) >= PUBLISHED,
     )
 
     assert sorted(ids(published)) == sorted(expected_ids(order_ids))
@@ -375,12 +445,12 @@ def test_entries_the_response_reports_failed_are_sent_again_and_arrive_once(
 
     poll_until(
         StreamPoller(publisher, orders),
-        lambda: len(published.extend(bus.received()) or published) >= 6,
+        lambda: len(published.extend(bus.received()) or published) >= PUBLISHED,
     )
 
-    assert len(client.refused) == 3
+    assert len(client.refused) == 4  # two confirmations (v1, v2), a cancellation
     assert sorted(ids(published)) == sorted(expected_ids(order_ids))
-    assert publisher.report.entry_retries == 3
+    assert publisher.report.entry_retries == 4
     assert publisher.dead_letters() == []
 
 
@@ -397,7 +467,7 @@ def test_entries_that_keep_failing_are_dead_lettered_then_redriven(
     published: list[dict[str, Any]] = []
     poller = StreamPoller(publisher, orders)
 
-    poll_until(poller, lambda: len(publisher.dead_letters()) == 3)
+    poll_until(poller, lambda: len(publisher.dead_letters()) == 4)
     published.extend(bus.received())
     letters = publisher.dead_letters()
 
@@ -405,6 +475,7 @@ def test_entries_that_keep_failing_are_dead_lettered_then_redriven(
     assert [(d.aggregate_id, d.version, d.detail_type) for d in letters] == [
         (shipped, 1, "OrderPlaced.v1"),
         (shipped, 3, "OrderConfirmed.v1"),
+        (shipped, 3, "OrderConfirmed.v2"),
         (shipped, 4, "OrderShipped.v1"),
     ]
     assert {d.error for d in letters} == {"InternalFailure"}
@@ -456,9 +527,10 @@ def test_an_entry_over_256_kb_is_dead_lettered_without_sending(
         "EntryTooLarge",
         0,
     )
-    assert [e["detail-type"] for e in published] == [
-        "OrderPlaced.v1",
+    assert sorted(e["detail-type"] for e in published) == [
         "OrderConfirmed.v1",
+        "OrderConfirmed.v2",
+        "OrderPlaced.v1",
     ]
 
 
@@ -474,7 +546,7 @@ def test_a_crash_after_put_events_before_the_checkpoint_republishes_with_same_id
     monkeypatch.setattr(crashing, "save_checkpoint", crash)
     deadline = time.monotonic() + DEADLINE
     first: list[dict[str, Any]] = []
-    while len(first) < 6:
+    while len(first) < PUBLISHED:
         assert time.monotonic() < deadline
         with pytest.raises(RuntimeError):
             StreamPoller(crashing, orders).poll()
@@ -483,7 +555,7 @@ def test_a_crash_after_put_events_before_the_checkpoint_republishes_with_same_id
     second: list[dict[str, Any]] = []
     poll_until(
         StreamPoller(make_publisher(), orders),  # the restarted process
-        lambda: len(second.extend(bus.received()) or second) >= 6,
+        lambda: len(second.extend(bus.received()) or second) >= PUBLISHED,
     )
 
     assert set(ids(first)) == set(ids(second)) == expected_ids(order_ids)
@@ -500,7 +572,10 @@ def test_a_lost_answer_to_put_events_is_retried_and_the_duplicate_has_the_same_i
 
         poll_until(
             StreamPoller(publisher, orders),
-            lambda: len(set(ids(published.extend(bus.received()) or published))) >= 6,
+            lambda: (
+                len(set(ids(published.extend(bus.received()) or published)))
+                >= PUBLISHED
+            ),
         )
 
         assert ("PutEvents", LOSE_RESPONSE) in proxy.requests
@@ -525,7 +600,8 @@ def test_while_eventbridge_is_down_nothing_is_checkpointed_and_nothing_lost(
         proxy.up()
         published: list[dict[str, Any]] = []
         poll_until(
-            poller, lambda: len(published.extend(bus.received()) or published) >= 6
+            poller,
+            lambda: len(published.extend(bus.received()) or published) >= PUBLISHED,
         )
 
     assert sorted(ids(published)) == sorted(expected_ids(order_ids))
@@ -540,10 +616,15 @@ def test_an_undecodable_record_is_dead_lettered_and_redriven_after_the_fix(
 
     poll_until(
         StreamPoller(publisher, orders),
-        lambda: len(published.extend(bus.received()) or published) >= 3,
+        lambda: (
+            len(published.extend(bus.received()) or published) >= 3
+            and len(publisher.dead_letters()) == 2
+        ),
     )
 
-    [letter] = publisher.dead_letters()
+    # Its confirmation too: OrderConfirmed.v2 reads the order, whose history
+    # has the undecodable event.
+    letter, confirmation = publisher.dead_letters()
     assert (letter.aggregate_id, letter.version, letter.detail_type) == (
         str(stuck),
         3,
@@ -551,12 +632,20 @@ def test_an_undecodable_record_is_dead_lettered_and_redriven_after_the_fix(
     )
     assert letter.topic == renamed
     assert letter.error.startswith("TopicError")
+    assert (confirmation.version, confirmation.detail_type) == (4, "-")
+    assert confirmation.error.startswith("TopicError")
     assert "OrderConfirmed.v1" in [e["detail-type"] for e in published]
-    assert publisher.redrive() == {letter.key: "failed"}  # not fixed yet
+    redriven = {letter.key: "failed", confirmation.key: "failed"}
+    assert publisher.redrive() == redriven  # not fixed yet
 
     register_topic(renamed, Order.ItemAdded)  # the fix: the class is known again
-    assert publisher.redrive() == {letter.key: "published"}
+    assert publisher.redrive() == dict.fromkeys(redriven, "published")
     assert publisher.dead_letters() == []
+    assert {
+        e["detail-type"]
+        for e in bus.received()
+        if str(stuck) in e["detail"]["order_id"]
+    } == {"OrderConfirmed.v1", "OrderConfirmed.v2"}
 
 
 # --- in AWS Lambda ------------------------------------------------------------------
@@ -652,9 +741,9 @@ def test_a_record_whose_dead_letter_cannot_be_stored_is_read_again(
         patch.setattr(publishing_publisher, "store_dead_letter", unavailable)
         poll_until(poller, lambda: publisher.report.failed_records >= 1)
         assert publisher.dead_letters() == []
-    poll_until(poller, lambda: bool(publisher.dead_letters()))
+    poll_until(poller, lambda: len(publisher.dead_letters()) == 2)
 
-    [letter] = publisher.dead_letters()
+    letter, _confirmation = publisher.dead_letters()
     assert (letter.aggregate_id, letter.version, letter.topic) == (
         str(stuck),
         3,
@@ -674,7 +763,7 @@ def test_republishing_an_aggregate_sends_its_events_again_with_the_same_ids(
     report = publisher.republish(shipped)
     again = publisher.republish(str(shipped), after=3)
 
-    assert (report.records, report.accepted, report.failed_records) == (4, 3, 0)
+    assert (report.records, report.accepted, report.failed_records) == (4, 4, 0)
     assert (again.records, again.accepted) == (1, 1)
     published = ids(bus.received())
     assert sorted(published) == sorted(

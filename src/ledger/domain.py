@@ -18,13 +18,14 @@ Every event also has ``metadata`` (:mod:`ledger.metadata`: correlation id,
 causation id, headers), taken from the context in force when it is created.
 It is not one of the event's fields: it is not in ``model_dump``, plays no
 part in equality and never reaches an upcaster; the mapper stores it beside
-the fields.
+the fields. An event class marked :class:`~ledger.metadata.Reply` takes the
+chain of its aggregate's latest :class:`~ledger.metadata.Request` instead.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar, Self, cast
+from typing import Any, ClassVar, Final, Self, cast
 from uuid import UUID, uuid4
 
 from eventsourcing.domain import (
@@ -33,6 +34,7 @@ from eventsourcing.domain import (
     CanMutateAggregate,
     CanSnapshotAggregate,
     EventSourcingError,
+    TAggregate,
 )
 from eventsourcing.utils import get_topic, resolve_topic
 from pydantic import AwareDatetime, BaseModel, ConfigDict, PrivateAttr
@@ -40,8 +42,12 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, PrivateAttr
 from ledger.metadata import (
     RESTORED_METADATA,
     EventMetadata,
+    Reply,
+    Request,
+    consequence_of,
     current_metadata,
     event_id,
+    metadata,
 )
 
 __all__ = [
@@ -63,6 +69,10 @@ Upcaster = Callable[[dict[str, Any]], None]
 _BASE_AGGREGATE_ATTRIBUTES = frozenset(
     {"_id", "_version", "_created_on", "_modified_on", "_pending_events"}
 )
+
+_REPLY_METADATA: Final = "_reply_metadata"
+"""The aggregate attribute holding the metadata its next reply carries (the
+consequence of its latest request); a snapshot keeps it as its metadata."""
 
 
 class SchemaVersionError(EventSourcingError, TypeError):
@@ -187,8 +197,39 @@ class Aggregate(BaseAggregate[UUID]):
         """Return a new random aggregate ID."""
         return uuid4()
 
+    def trigger_event(
+        self, event_class: type[CanMutateAggregate[UUID]], **kwargs: Any
+    ) -> None:
+        """Record an event; a :class:`~ledger.metadata.Reply` continues its request.
+
+        A reply takes the correlation id and headers of the aggregate's
+        latest request, and that request's id as causation id, whatever the
+        context in force (whose headers it keeps under the request's).
+        """
+        chain: EventMetadata | None = (
+            self.__dict__.get(_REPLY_METADATA)
+            if issubclass(event_class, Reply)
+            else None
+        )
+        if chain is None:
+            super().trigger_event(event_class, **kwargs)
+            return
+        with metadata(
+            correlation_id=chain.correlation_id,
+            causation_id=chain.causation_id,
+            headers=chain.headers,
+        ):
+            super().trigger_event(event_class, **kwargs)
+
     class Event(DomainEvent, CanMutateAggregate[UUID]):
         """Base class for this aggregate's events."""
+
+        def mutate(self, aggregate: TAggregate | None) -> TAggregate | None:
+            """Evolve the aggregate; a request also sets what its reply will carry."""
+            mutated = super().mutate(aggregate)
+            if isinstance(self, Request) and mutated is not None:
+                setattr(mutated, _REPLY_METADATA, consequence_of(self))
+            return mutated
 
     class Created(Event, CanInitAggregate[UUID]):
         """Base class for the event that starts an aggregate's life."""
@@ -227,7 +268,13 @@ class Snapshot(DomainEvent, CanSnapshotAggregate[UUID]):
     """The aggregate's own attributes."""
 
     def model_post_init(self, context: Any, /) -> None:
-        """Take no metadata: a snapshot records no event of the domain."""
+        """Take only the metadata a mapper restores, never the context's.
+
+        A snapshot records no event of the domain: its metadata is what its
+        aggregate's next :class:`~ledger.metadata.Reply` will carry, if any.
+        """
+        if isinstance(context, dict) and context.get(RESTORED_METADATA):
+            super().model_post_init(context)
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -255,6 +302,7 @@ class Snapshot(DomainEvent, CanSnapshotAggregate[UUID]):
         unsaved = (
             set(vars(aggregate))
             - _BASE_AGGREGATE_ATTRIBUTES
+            - {_REPLY_METADATA}
             - set(state_type.model_fields)
         )
         if unsaved:
@@ -264,7 +312,7 @@ class Snapshot(DomainEvent, CanSnapshotAggregate[UUID]):
                 f"{state_type.__qualname__} (and bump class_version)"
             )
             raise SnapshotStateError(msg)
-        return cls(
+        snapshot = cls(
             originator_id=aggregate.id,
             originator_version=aggregate.version,
             timestamp=cls.create_timestamp(),
@@ -275,6 +323,9 @@ class Snapshot(DomainEvent, CanSnapshotAggregate[UUID]):
             # on the aggregate cannot change a snapshot already taken.
             state=state_type.model_validate(aggregate, from_attributes=True),
         )
+        # The mapper stores it beside the state, as it does an event's.
+        snapshot._metadata = getattr(aggregate, _REPLY_METADATA, None)
+        return snapshot
 
     def mutate(self, _: None) -> BaseAggregate[UUID]:
         """Reconstruct the aggregate this snapshot was taken of."""
@@ -292,4 +343,7 @@ class Snapshot(DomainEvent, CanSnapshotAggregate[UUID]):
         state = self.state.model_copy(deep=True)
         for name in type(state).model_fields:
             setattr(aggregate, name, getattr(state, name))
+        # Only a request's consequence has a cause; the property's default has none.
+        if self._metadata is not None and self._metadata.causation_id is not None:
+            setattr(aggregate, _REPLY_METADATA, self._metadata)
         return aggregate

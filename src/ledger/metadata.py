@@ -17,6 +17,16 @@ and headers as the event, and that event's id as causation id::
     with caused_by(confirmed):
         payments.charge(confirmed.originator_id)
 
+A reply continues its request's chain by itself. An aggregate that asks the
+outside world something (a payment gateway) and later records its answer
+marks the asking event class :class:`Request` and the answering ones
+:class:`Reply`; a reply is then caused by the aggregate's latest request,
+with its correlation id and headers, whatever context the answer arrives in
+(a webhook's, or none). No command has to remember the chain::
+
+    class Requested(Aggregate.Created, Request): ...
+    class Charged(Aggregate.Event, Reply): ...
+
 The context is a :class:`contextvars.ContextVar`: it follows asyncio tasks,
 and a new thread starts outside any context (unless started in a copy of
 one, ``contextvars.copy_context().run``).
@@ -44,7 +54,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 __all__ = [
     "RESTORED_METADATA",
     "EventMetadata",
+    "Reply",
+    "Request",
     "caused_by",
+    "consequence_of",
     "current_metadata",
     "event_id",
     "metadata",
@@ -100,6 +113,26 @@ class EventMetadata(BaseModel):
     """Free string headers, such as ``{"user": "ada"}``."""
 
 
+class Request:
+    """Marks an event class as a request whose answer its aggregate records later.
+
+    Mix it into an aggregate's event class (``class Requested(Aggregate.Created,
+    Request)``): the aggregate keeps the metadata its replies will carry
+    (:func:`consequence_of` its latest request), also through a snapshot.
+    """
+
+
+class Reply:
+    """Marks an event class as the answer to its aggregate's latest :class:`Request`.
+
+    A reply is caused by that request and takes its correlation id, in any
+    context or none; the context's headers are kept, the request's win where
+    both set one. A reply on an aggregate that recorded no request (or whose
+    request was stored before it was marked) takes the context's metadata,
+    as any event does.
+    """
+
+
 _current: ContextVar[EventMetadata | None] = ContextVar(
     "ledger_event_metadata", default=None
 )
@@ -151,6 +184,22 @@ def metadata(
         _current.reset(token)
 
 
+def consequence_of(event: Any) -> EventMetadata:
+    """Return the metadata of what ``event`` causes: its chain, it as cause.
+
+    Its correlation id (its own id if it has none), its headers, and its id
+    (:func:`event_id`) as causation id.
+    """
+    caused: EventMetadata | None = getattr(event, "metadata", None)
+    if not isinstance(caused, EventMetadata):
+        caused = EventMetadata(correlation_id=event_id(event))
+    return EventMetadata(
+        correlation_id=caused.correlation_id,
+        causation_id=event_id(event),
+        headers=caused.headers,
+    )
+
+
 @contextmanager
 def caused_by(
     event: Any, *, headers: Mapping[str, str] | None = None
@@ -163,12 +212,10 @@ def caused_by(
     ``originator_id`` and ``originator_version``; one without ``metadata``
     (a plain ``eventsourcing`` event) starts the chain.
     """
-    caused: EventMetadata | None = getattr(event, "metadata", None)
-    if not isinstance(caused, EventMetadata):
-        caused = EventMetadata(correlation_id=event_id(event))
+    consequence = consequence_of(event)
     with metadata(
-        correlation_id=caused.correlation_id,
-        causation_id=event_id(event),
-        headers={**caused.headers, **(headers or {})},
+        correlation_id=consequence.correlation_id,
+        causation_id=consequence.causation_id,
+        headers={**consequence.headers, **(headers or {})},
     ) as made:
         yield made

@@ -15,6 +15,11 @@ aggregate and the version the domain event has there (:func:`event_id`), so
 publishing the same domain event again (after a crash, a redelivered stream
 record, a redrive) sends the same id: consumers dedupe on it. (EventBridge's
 own envelope ``id`` is new at every PutEvents and is no use for that.)
+
+A translator that needs more than its domain event (an order's lines and
+total when it is confirmed) reads the aggregate as that event left it
+(:meth:`Publication.aggregate_at`): the same on every publication, since
+stored events never change.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Final, Self
 
+from eventsourcing.persistence import ProgrammingError
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 __all__ = [
@@ -139,6 +145,12 @@ class Publication:
     """Every integration event class this publication sends."""
     translators: ClassVar[dict[type[Any], Translator]] = {}
 
+    def __init__(self, application: Any = None) -> None:
+        self.application = application
+        """The application whose events are translated, for
+        :meth:`aggregate_at` (a :class:`~ledger.publishing.Publisher` gives
+        it its own if None)."""
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         translators: dict[type[Any], Translator] = {}
@@ -155,6 +167,26 @@ class Publication:
             if translator is not None:
                 return translator
         return None
+
+    def aggregate_at(self, domain_event: Any) -> Any:
+        """Return the aggregate as ``domain_event`` left it (at its version).
+
+        Read from the store, so the same on every publication: one strongly
+        consistent Query of the aggregate's events up to that version (fewer
+        reads from a snapshot, if the application keeps them). If it cannot
+        be read or decoded, the record is dead-lettered whole (every
+        version made of it) and redriven after the fix.
+        """
+        if self.application is None:
+            raise ProgrammingError(
+                f"{type(self).__qualname__} reads aggregates to translate "
+                f"{type(domain_event).__qualname__}: give it the application, "
+                f"{type(self).__qualname__}(application) (a Publisher gives it "
+                "its own)."
+            )
+        return self.application.repository.get(
+            domain_event.originator_id, version=domain_event.originator_version
+        )
 
     def translate(self, domain_event: Any) -> list[IntegrationEvent]:
         """Return the integration events to publish for one domain event."""

@@ -229,6 +229,8 @@ class Publisher:
             raise TypeError(f"{type(publication).__qualname__} has no 'name'")
         self.publication = publication
         self.application = application
+        if publication.application is None:
+            publication.application = application  # its translators read from it
         self.connection = connection_of(application)
         """The DynamoDB connection of the store (the poller reads it too)."""
         environment = Environment(publication.name, {**os.environ, **(env or {})})

@@ -108,6 +108,8 @@ class QuickFulfilment(OrderFulfilment):
 class TwinAwareFulfilment(QuickFulfilment):
     """Asks the target whether it applied a step under its key (``step_applied``)."""
 
+    name = "OrderFulfilment"  # the same application
+
     def step_applied(self, step: Saga.Step, idempotency_key: str) -> bool:
         targets = (self.orders, self.warehouse, self.payments)
         return any(t.first_outcome(idempotency_key) is not None for t in targets)
@@ -341,6 +343,8 @@ def test_a_target_whose_store_is_unreachable_stops_the_poll_and_parks_nothing(
 class RefusesTwins(FailingWarehouse):
     """A Warehouse whose ``reserve`` refuses an order reserved before, key or not."""
 
+    name = "Warehouse"  # the same application
+
     def reserve(self, order_id: uuid.UUID, items: Any, **kwargs: Any) -> Any:
         if self.get_reservation(order_id) is not None:
             raise RuntimeError("this order is reserved already")
@@ -349,6 +353,8 @@ class RefusesTwins(FailingWarehouse):
 
 class CrashAfterSending(QuickFulfilment):
     """Dies after sending a step, before its tracking is committed."""
+
+    name = "OrderFulfilment"  # the same application
 
     def dispatch(self, step: Saga.Step, idempotency_key: str) -> None:
         super().dispatch(step, idempotency_key)
@@ -379,6 +385,8 @@ def test_a_twin_of_a_step_applied_before_a_crash_is_done_not_parked(dynamodb_env
 
 class BothInReserve(RefusesTwins):
     """Holds its first ``reserve`` until another is in one too; then one at a time."""
+
+    name = "Warehouse"  # the same application
 
     one_at_a_time = threading.Lock()
 

@@ -11,9 +11,11 @@ unreachable (the fault proxy), twins and racing runners are not failures.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import uuid
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -436,3 +438,85 @@ def test_two_runners_racing_on_one_step_apply_it_once_and_park_nothing(dynamodb_
     assert shops[0].fulfilment.parked_sagas() == []
     for shop in shops:
         shop.close()
+
+
+# The command line and the metrics ---------------------------------------------------
+
+
+def connected_fulfilment(env: Mapping[str, str]) -> OrderFulfilment:
+    """The saga application as deployed, connected to its targets (``--saga``)."""
+    fulfilment = OrderFulfilment(env=env)
+    fulfilment.connect(Orders(env=env), Warehouse(env=env), Payments(env=env))
+    return fulfilment
+
+
+SAGA_CLASS = "aggregates.fulfilment:OrderFulfilment"
+CONNECTED = "tests.test_saga_parking:connected_fulfilment"
+
+
+@pytest.fixture
+def this_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let ``ledger`` run this checkout's code, whichever ledger is installed."""
+    root = Path(__file__).parent.parent
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root / "src"), str(root)]))
+
+
+def test_the_cli_lists_redrives_and_drops_parked_sagas(shop, ledger, this_checkout):
+    redriven, dropped = shop.place({TEA: 1}), shop.place({FIG: 1})
+    warehouse(shop).refuse.update({redriven, dropped})
+    shop.run()
+    saga_ids = {str(shop.saga(o).id): o for o in (redriven, dropped)}
+    redriven_id, dropped_id = (str(shop.saga(o).id) for o in (redriven, dropped))
+
+    listed = ledger("sagas", "dlq", "list", "--saga", SAGA_CLASS, "--json")
+    redrive = ledger("sagas", "dlq", "redrive", redriven_id, "--saga", CONNECTED)
+    drop = ledger("sagas", "dlq", "drop", dropped_id, "--saga", SAGA_CLASS, "--yes")
+    after = ledger("sagas", "dlq", "list", "--saga", SAGA_CLASS)
+
+    assert listed.returncode == 0, listed.stderr
+    parked = json.loads(listed.stdout)
+    assert {p["saga_id"] for p in parked} == set(saga_ids)
+    assert {p["step"] for p in parked} == {"ReserveStock"}
+    assert all(p["error"].endswith(" in reserve") for p in parked)
+    assert "round trips" in listed.stderr
+    assert redrive.returncode == 0, redrive.stderr
+    assert f"{redriven_id}: resumed" in redrive.stdout
+    assert shop.warehouse.get_reservation(redriven) is not None
+    assert drop.returncode == 0, drop.stderr
+    assert f"dropped 1 steps of saga {dropped_id}" in drop.stdout
+    assert "no parked sagas" in after.stdout
+    assert shop.warehouse.get_reservation(dropped) is None
+
+
+def test_the_cli_says_how_to_name_the_saga_application(ledger, this_checkout):
+    done = ledger("sagas", "dlq", "list")
+    helped = ledger("sagas", "dlq", "--help")
+
+    assert done.returncode == 2
+    assert "--saga module:Class" in done.stderr
+    for command in ("list", "redrive", "drop"):
+        assert command in helped.stdout
+
+
+def test_ledger_metrics_emf_reports_parks_with_the_saga_application_dimension(
+    dynamodb_env, monkeypatch, capsys
+):
+    monkeypatch.setenv("ORDERFULFILMENT_LEDGER_METRICS", "emf")
+    shop = open_failing_shop(dynamodb_env, OrderFulfilment)
+    shop.fulfilment.step_retry_delays = ()  # park at the first failure
+    try:
+        order_id = shop.place({TEA: 1})
+        warehouse(shop).refuse.add(order_id)
+        capsys.readouterr()
+
+        shop.run()
+
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    finally:
+        shop.close()
+    [parked] = [line for line in lines if "SagasParked" in line]
+    [directive] = parked["_aws"]["CloudWatchMetrics"]
+    assert directive["Namespace"] == "ledger"
+    assert directive["Dimensions"] == [["SagaApplication"]]
+    assert parked["SagaApplication"] == "OrderFulfilment"
+    assert parked["SagasParked"] == 1

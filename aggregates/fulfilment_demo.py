@@ -33,7 +33,7 @@ __all__ = ["main", "run_story"]
 PRICE = Decimal("4.50")
 
 
-class _Crash(BaseException):  # noqa: N818 - it stands for the process dying
+class _Crash(BaseException):  # it stands for the process dying
     """The saga process died (the story makes it; not an error a step retries)."""
 
 

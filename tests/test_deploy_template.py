@@ -27,11 +27,19 @@ from aggregates.payments import Payments
 from aggregates.warehouse import Warehouse
 from ledger.cli.app import cli
 from ledger.projections.dynamodb import DynamoDBView, open_view
+from ledger.projections.metrics import (
+    LEDGER_METRICS,
+    NAMESPACE,
+    SAGA_DIMENSION,
+    SAGAS_PARKED,
+)
 from ledger.projections.rebuild import drop_version
 from ledger.projections.streams import lambda_handler, stream_arn_of
 from ledger.publishing import Publisher
 from ledger.publishing import lambda_handler as publisher_handler
+from ledger.publishing import schema as publishing_schema
 from ledger.publishing.publisher import logger as publisher_logger
+from ledger.sagas import PARKED_TABLE
 from projections.integration import SOURCE, OrderEvents
 from projections.orders import OrderProjector
 from tests.test_projections_core import ITEM
@@ -284,6 +292,27 @@ def test_parked_events_alarm_watches_the_projections_embedded_metric(resources):
     assert alarm["TreatMissingData"] == "notBreaching"
 
 
+def test_sagas_parked_alarm_watches_what_the_send_steps_function_reports(resources):
+    [alarm] = _alarms_on(resources, NAMESPACE, SAGAS_PARKED)
+    sender = resources["FulfilmentSendSteps"]["Properties"]["Environment"]
+    parked = resources["FulfilmentParkedTable"]["Properties"]
+    made = publishing_schema.table_definition("")
+
+    assert alarm["Dimensions"] == [
+        {"Name": SAGA_DIMENSION, "Value": OrderFulfilment.name}
+    ]
+    assert alarm["Statistic"] == "Sum"
+    assert (alarm["Period"], alarm["Threshold"]) == (300, 0)
+    assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    assert alarm["TreatMissingData"] == "notBreaching"
+    assert sender["Variables"][LEDGER_METRICS] == "emf"
+    assert parked["TableName"] == {
+        "Fn::Sub": f"${{TablePrefix}}{OrderFulfilment.name}_{PARKED_TABLE}"
+    }
+    assert parked["KeySchema"] == made["KeySchema"]
+    assert parked["AttributeDefinitions"] == made["AttributeDefinitions"]
+
+
 @pytest.mark.parametrize("mapping", STREAM_MAPPINGS)
 def test_failure_queue_alarm_watches_the_stream_mappings_on_failure_queue(
     resources, mapping
@@ -325,9 +354,9 @@ def test_alarms_notify_the_topic_only_when_one_is_given(template, resources):
         "Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmTopicArn"}, ""]}]
     }
     alarms = _alarms(resources)
-    # 4 of the projector, 5 of publishing, 10 of the saga (5 on errors, 4 on
-    # iterator ages, 1 on its failure queue)
-    assert len(alarms) == 19
+    # 4 of the projector, 5 of publishing, 11 of the saga (5 on errors, 4 on
+    # iterator ages, 1 on its failure queue, 1 on parked sagas)
+    assert len(alarms) == 20
     for alarm in alarms.values():
         assert alarm["AlarmActions"] == notify
         assert alarm["OKActions"] == notify

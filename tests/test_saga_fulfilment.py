@@ -40,8 +40,12 @@ LATER = timedelta(days=1)
 """Far enough ahead for every timeout of a test to be due."""
 
 
-class Crash(Exception):  # noqa: N818 - it stands for the process dying
-    """The saga process died here (raised by a test's hook)."""
+class Crash(BaseException):  # it stands for the process dying
+    """The saga process died here (raised by a test's hook).
+
+    A ``BaseException``, as the projections' tests' ``Crash``: a process
+    dying is not an error the saga's step retries would catch.
+    """
 
 
 @dataclass

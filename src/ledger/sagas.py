@@ -52,6 +52,20 @@ schedules timeouts and, when something fails, compensates. Three parts:
     application's tracking table, so a restarted poller re-reads only the
     events since then.
 
+Failing steps. A step whose command raises is sent again after each of
+:attr:`SagaApplication.step_retry_delays`; if it still fails, its saga is
+*parked*: a dead letter (:class:`ParkedSteps`, stored as the publisher's
+dead letters are) holds the step with its error's type and place, never the
+error's message, and the step's tracking is committed, so other sagas go on.
+The parked saga's later steps are not sent: each is stored as a dead letter
+waiting behind it, so a saga's steps are never sent out of order.
+:meth:`SagaApplication.redrive` (``ledger sagas dlq redrive``) sends them,
+in order, after the fix; :meth:`SagaApplication.drop` gives up on them.
+Neither a conflict (``IntegrityError``: the feed reads again) nor the store
+failing (any other ``PersistenceError`` but ``DataError``: every saga would
+fail alike) parks a saga: they stop the poll, as before. Nor does a failure
+of a step a twin already applied (:meth:`SagaApplication.step_applied`).
+
 Feeds. The saga application keeps a gap-free sequence of its own
 (``DYNAMODB_ORDERING=sequence``, set for it whatever the leaders use): the
 dispatcher and the timeout poller read it. Its leaders may use either
@@ -78,6 +92,7 @@ import random
 import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Self, TypeVar
 
@@ -89,8 +104,10 @@ from eventsourcing.application import (
 )
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import (
+    DataError,
     IntegrityError,
     Notification,
+    PersistenceError,
     ProgrammingError,
     Tracking,
 )
@@ -99,18 +116,46 @@ from eventsourcing.utils import Environment, EnvType, get_topic
 from pydantic import AwareDatetime
 
 from ledger.domain import Aggregate
+from ledger.dynamodb import connection_of
 from ledger.dynamodb.factory import DynamoDBFactory
+from ledger.dynamodb.tables import ensure_table
 from ledger.metadata import caused_by
 from ledger.persistence import PydanticMapper
+from ledger.projections.deadletters import error_summary
+from ledger.projections.metrics import (
+    COUNT,
+    LEDGER_METRICS,
+    NO_METRICS,
+    SAGA_DIMENSION,
+    SAGA_STEP_RETRIES,
+    SAGAS_PARKED,
+    EmbeddedMetrics,
+    Metrics,
+)
 from ledger.projections.streams import run_polls
+from ledger.publishing import schema as letters_schema
+from ledger.publishing.deadletters import (
+    DeadLetter,
+    dead_letter_item,
+    dead_letter_of,
+    delete_dead_letter,
+    read_dead_letters,
+    store_dead_letter,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
 
     from eventsourcing.application import Application
 
+    from ledger.dynamodb.client import DynamoDBConnection
+
 __all__ = [
+    "PARKED_TABLE",
     "SAGA_NAMESPACE",
+    "WAITING",
+    "ParkedSaga",
+    "ParkedSteps",
     "Saga",
     "SagaApplication",
     "SagaRunner",
@@ -127,6 +172,12 @@ every saga stored so far is found by an id derived from it."""
 MAX_DECISION_ATTEMPTS: Final = 20
 """Attempts at a decision that loses the saga's version race (another
 decider saved the saga meanwhile): reload, decide again."""
+
+PARKED_TABLE: Final = "parked"
+"""The kind of a saga application's dead-letter table: ``{prefix}{name}_parked``."""
+WAITING: Final = "waiting"
+"""The ``error`` of a dead letter whose step never failed: it waits behind an
+earlier step of its saga that was parked."""
 
 TSaga = TypeVar("TSaga", bound="Saga")
 
@@ -329,6 +380,127 @@ class Saga(Aggregate):
         """
 
 
+@dataclass(frozen=True)
+class ParkedSaga:
+    """A saga whose step kept failing: the step, why, and the steps waiting behind."""
+
+    saga_id: str
+    version: int
+    """The parked step's version in its saga."""
+    step: str
+    """The parked step's class name (``ReserveStock``)."""
+    error: str
+    """The error's type and where it was raised (never its message)."""
+    attempts: int
+    """Attempts at sending it, redrives included."""
+    parked_at: str
+    """When it was (last) parked, ISO 8601 in UTC."""
+    waiting: list[int] = field(default_factory=list)
+    """Versions of the saga's later steps waiting behind it, in order."""
+
+
+class ParkedSteps:
+    """A saga application's dead letters: its parked steps, and those waiting.
+
+    Stored as the publisher's dead letters are (the same table layout, item
+    and functions: :mod:`ledger.publishing.deadletters`), in
+    ``{prefix}{application}_parked``, one item per step: ``aggregate_id``
+    the saga, ``version`` the step's, ``detail_type`` the step's class
+    name, ``topic`` its topic, ``error`` the error's type and place
+    (:data:`WAITING` for a step that never failed) and ``attempts``. Keys
+    sort a saga's letters by version: its first is the parked step.
+    Checking a saga costs one strongly consistent Query (0.5 read units
+    while it has no letters).
+    """
+
+    def __init__(
+        self, connection: DynamoDBConnection, table_name: str, *, create: bool
+    ) -> None:
+        self.connection = connection
+        self.table_name = table_name
+        if create:
+            ensure_table(connection, letters_schema.table_definition(table_name))
+
+    def of_saga(self, saga_id: object) -> list[DeadLetter]:
+        """Return a saga's letters, by version (none: it is not parked)."""
+        items = self.connection.items(
+            "query",
+            TableName=self.table_name,
+            KeyConditionExpression="#kind = :kind AND begins_with(#key, :saga)",
+            ExpressionAttributeNames={
+                "#kind": letters_schema.KIND,
+                "#key": letters_schema.KEY,
+            },
+            ExpressionAttributeValues={
+                ":kind": {"S": letters_schema.DEAD_LETTER},
+                ":saga": {"S": f"{saga_id}#"},
+            },
+            ConsistentRead=True,
+        )
+        return [dead_letter_of(item) for item in items]
+
+    def every(self) -> list[DeadLetter]:
+        """Return every letter, by saga, then version (one Query per 1 MB)."""
+        return read_dead_letters(self.connection, self.table_name)
+
+    def park(self, step: Saga.Step, error: str, attempts: int) -> DeadLetter:
+        """Store (or replace) the letter of a step that kept failing."""
+        letter = _letter_of(step, error, attempts)
+        store_dead_letter(self.connection, self.table_name, letter)
+        return letter
+
+    def wait(self, step: Saga.Step, behind: DeadLetter) -> bool:
+        """Store a step as waiting behind a letter; False if that letter is gone.
+
+        One transaction: the letter ``behind`` must still exist, so a step
+        never waits behind a letter a redrive has finished with (it would
+        wait for nothing, unsent).
+        """
+        waiting = _letter_of(step, WAITING, 0)
+        try:
+            self.connection.call(
+                "transact_write_items",
+                TransactItems=[
+                    {
+                        "ConditionCheck": {
+                            "TableName": self.table_name,
+                            "Key": {
+                                letters_schema.KIND: {"S": letters_schema.DEAD_LETTER},
+                                letters_schema.KEY: {"S": behind.key},
+                            },
+                            "ConditionExpression": "attribute_exists(#key)",
+                            "ExpressionAttributeNames": {"#key": letters_schema.KEY},
+                        }
+                    },
+                    {
+                        "Put": {
+                            "TableName": self.table_name,
+                            "Item": dead_letter_item(waiting),
+                        }
+                    },
+                ],
+            )
+        except IntegrityError:
+            return False
+        return True
+
+    def delete(self, letter: DeadLetter) -> None:
+        """Delete a letter (its step was sent, or given up on)."""
+        delete_dead_letter(self.connection, self.table_name, letter)
+
+
+def _letter_of(step: Saga.Step, error: str, attempts: int) -> DeadLetter:
+    return DeadLetter(
+        aggregate_id=str(step.originator_id),
+        version=step.originator_version,
+        detail_type=type(step).__name__,
+        event_id="",
+        topic=get_topic(type(step)),
+        error=error,
+        attempts=attempts,
+    )
+
+
 class SagaApplication(ProcessApplication[uuid.UUID]):
     """A process application that keeps sagas, decides, and sends their steps.
 
@@ -337,8 +509,15 @@ class SagaApplication(ProcessApplication[uuid.UUID]):
     target application with the given idempotency key. A handler decides
     what a refused command means (a shipment refused because the customer
     cancelled meanwhile is no error: the cancellation is an upstream event
-    the saga will react to); any exception it raises leaves the step
-    unprocessed, to be sent again.
+    the saga will react to); an exception it raises is retried, then parks
+    the saga (see the module's "Failing steps").
+
+    ``LEDGER_METRICS`` (``emf`` or ``none``; may be prefixed with the
+    application's upper-cased name) sends :data:`SAGAS_PARKED` and
+    :data:`SAGA_STEP_RETRIES` to CloudWatch in embedded metric format on
+    stdout, dimension ``SagaApplication``; default: the class's
+    :attr:`metrics`. Parks and retries are logged on ``ledger.sagas`` too.
+    ``CREATE_TABLE=no`` leaves the dead-letter table to be made elsewhere.
     """
 
     env: ClassVar[dict[str, str]] = {"MAPPER_TOPIC": get_topic(PydanticMapper)}
@@ -353,6 +532,12 @@ class SagaApplication(ProcessApplication[uuid.UUID]):
     """Topics of the upstream events :meth:`react` handles, read from the
     leaders' sequences (empty: every event). Its own sequence is read for
     steps only. (Stream followers are given every record of a leader.)"""
+    step_retry_delays: ClassVar[tuple[float, ...]] = (0.1, 0.5, 2.0)
+    """Seconds to wait before each new attempt at a step whose command
+    failed; after the last, its saga is parked. The default makes 4 attempts
+    in about 2.6 s, during which this runner sends nothing else."""
+    metrics: Metrics = NO_METRICS
+    """Where parks and step retries are counted (see ``LEDGER_METRICS``)."""
 
     def __init__(self, env: EnvType | None = None) -> None:
         super().__init__(env)
@@ -368,6 +553,20 @@ class SagaApplication(ProcessApplication[uuid.UUID]):
         self.processed = 0
         """Events this instance processed (upstream events and its own steps)."""
         self._step_topics = self.step_topics()
+        factory: Any = self.factory
+        self.parked_steps = ParkedSteps(
+            connection_of(self),
+            factory.table_name(PARKED_TABLE),
+            create=factory.env_create_table(),
+        )
+        """This application's dead letters (parked sagas and their waiting steps)."""
+        choice = (self.env.get(LEDGER_METRICS) or "").strip().lower()
+        if choice == "emf":
+            self.metrics = EmbeddedMetrics(dimension=SAGA_DIMENSION)
+        elif choice == "none":
+            self.metrics = NO_METRICS
+        elif choice:
+            raise OSError(f"Invalid {LEDGER_METRICS} {choice!r}: use 'emf' or 'none'.")
 
     def construct_env(self, name: str, env: EnvType | None = None) -> Environment:
         """Give the saga application a sequence of its own, whatever its leaders use."""
@@ -451,7 +650,7 @@ class SagaApplication(ProcessApplication[uuid.UUID]):
         """
         with caused_by(domain_event):
             if isinstance(domain_event, Saga.Step):
-                self.dispatch(domain_event, step_key(domain_event))
+                self._send(domain_event, processing_event.tracking)
                 return
             saga = self.react(domain_event)
         if saga is not None:
@@ -475,6 +674,249 @@ class SagaApplication(ProcessApplication[uuid.UUID]):
             f"{type(self).__name__} has no dispatch handler for step "
             f"{type(step).__qualname__}: register one with @dispatch.register."
         )
+
+    def step_applied(self, step: Saga.Step, idempotency_key: str) -> bool:
+        """Return whether a step's target already applied it under its key.
+
+        Asked when sending a step failed, before it is retried or its saga
+        parked: a step sent before (a crash lost its tracking) whose target
+        refuses the twin is done, not failed. Override it to ask the target
+        (``target.first_outcome(idempotency_key) is not None`` for an
+        :class:`~ledger.commands.IdempotentApplication`); this one knows no
+        target and says False. (Without it, a twin's failure is still
+        recognised once the step's tracking is committed by whoever sent it
+        first.)
+        """
+        return False
+
+    # Failing steps ---------------------------------------------------------------
+
+    def parked_sagas(self) -> list[ParkedSaga]:
+        """Return the parked sagas, by saga id, each with the steps waiting behind."""
+        sagas: dict[str, ParkedSaga] = {}
+        for letter in self.parked_steps.every():
+            found = sagas.get(letter.aggregate_id)
+            if found is None:
+                sagas[letter.aggregate_id] = ParkedSaga(
+                    saga_id=letter.aggregate_id,
+                    version=letter.version,
+                    step=letter.detail_type,
+                    error=letter.error,
+                    attempts=letter.attempts,
+                    parked_at=letter.dead_lettered_at,
+                )
+            else:
+                found.waiting.append(letter.version)
+        return list(sagas.values())
+
+    def redrive(self, saga_id: object | None = None) -> dict[str, str]:
+        """Send parked sagas' steps again, in order (every saga, or one).
+
+        Call after fixing the cause. Each saga's parked step, then each step
+        waiting behind it, is read from the events table and sent under its
+        own key (so a step its target applied before stores nothing again),
+        with the same retries; each letter is deleted once its step is sent.
+        Returns each saga's outcome: ``resumed`` (every letter done; its
+        later steps are sent as usual), ``parked`` (a step failed again: it
+        is the saga's parked step now), ``not parked``.
+        """
+        targets = (
+            [str(saga_id)]
+            if saga_id is not None
+            else [parked.saga_id for parked in self.parked_sagas()]
+        )
+        outcomes: dict[str, str] = {}
+        try:
+            for target in targets:
+                outcome = outcomes[target] = self._redrive_one(target)
+                logger.log(
+                    logging.WARNING if outcome == "parked" else logging.INFO,
+                    "%s redrove saga %s: %s",
+                    self.name,
+                    target,
+                    outcome,
+                    extra={"saga_application": self.name, "saga_id": target},
+                )
+        finally:
+            self.metrics.flush()
+        return outcomes
+
+    def drop(self, saga_id: object) -> int:
+        """Give up on a parked saga's steps; return how many letters were deleted.
+
+        The parked step and those waiting behind it are never sent; the
+        saga's later steps are sent as usual. Its state is left as it is.
+        """
+        dropped = 0
+        while letters := self.parked_steps.of_saga(saga_id):
+            for letter in letters:
+                self.parked_steps.delete(letter)
+                dropped += 1
+        if dropped:
+            logger.warning(
+                "%s dropped saga %s's %d parked steps",
+                self.name,
+                saga_id,
+                dropped,
+                extra={"saga_application": self.name, "saga_id": str(saga_id)},
+            )
+        return dropped
+
+    def _send(self, step: Saga.Step, tracking: Tracking | None) -> None:
+        """Send a step, unless its saga is parked (then it waits); park on failure."""
+        while True:
+            letters = self.parked_steps.of_saga(step.originator_id)
+            version = step.originator_version
+            if any(letter.version == version for letter in letters):
+                return  # delivered again: it is parked, or waits, already
+            earlier = [letter for letter in letters if letter.version < version]
+            if not earlier:
+                break
+            if self.parked_steps.wait(step, behind=earlier[-1]):
+                logger.info(
+                    "%s: step %s of parked saga %s waits behind version %d",
+                    self.name,
+                    type(step).__name__,
+                    step.originator_id,
+                    earlier[0].version,
+                    extra=self._about(step),
+                )
+                return
+            # What it would wait behind was redriven or dropped meanwhile.
+        failure = self._send_with_retries(step, tracking)
+        if failure is not None:
+            error, attempts = failure
+            self._report_parked(
+                self.parked_steps.park(step, error_summary(error), attempts)
+            )
+
+    def _send_with_retries(
+        self, step: Saga.Step, tracking: Tracking | None
+    ) -> tuple[Exception, int] | None:
+        """Dispatch a step, retrying; return the last error and attempts if it failed.
+
+        Raises what is not the saga's fault (see the module's "Failing steps").
+        """
+        key = step_key(step)
+        for attempt, delay in enumerate((*self.step_retry_delays, None), start=1):
+            try:
+                self.dispatch(step, key)
+            except IntegrityError:
+                raise  # a conflict: the feed reads again, and a twin finds its tracking
+            except Exception as error:
+                if self._applied_by_a_twin(step, key, tracking):
+                    return None
+                if isinstance(error, PersistenceError) and not isinstance(
+                    error, DataError
+                ):
+                    raise  # the store failing: every saga would; nothing to park
+                if delay is None:
+                    return error, attempt
+                self._report_retry(step, attempt, error, delay)
+                time.sleep(delay)
+            else:
+                return None
+        return None  # pragma: no cover - the loop returns at its last attempt
+
+    def _applied_by_a_twin(
+        self, step: Saga.Step, key: str, tracking: Tracking | None
+    ) -> bool:
+        """Whether another delivery of this step already applied it."""
+        if tracking is not None and self.recorder.has_tracking_id(
+            tracking.application_name, tracking.notification_id
+        ):
+            applied = True  # another runner sent it and committed its tracking
+        else:
+            applied = self.step_applied(step, key)
+        if applied:
+            logger.info(
+                "%s: step %s of saga %s failed, but a twin applied it: done",
+                self.name,
+                type(step).__name__,
+                step.originator_id,
+                extra=self._about(step),
+            )
+        return applied
+
+    def _redrive_one(self, saga_id: str) -> str:
+        outcome = "not parked"
+        while letters := self.parked_steps.of_saga(saga_id):
+            for letter in letters:
+                step = self._stored_step(letter)
+                with caused_by(step):
+                    failure = self._send_with_retries(step, None)
+                if failure is not None:
+                    error, attempts = failure
+                    summary = error_summary(error, " on redrive")
+                    attempts += letter.attempts
+                    self._report_parked(self.parked_steps.park(step, summary, attempts))
+                    return "parked"
+                self.parked_steps.delete(letter)
+                outcome = "resumed"
+        return outcome
+
+    def _stored_step(self, letter: DeadLetter) -> Saga.Step:
+        """Read a letter's step from the events table."""
+        saga_id = uuid.UUID(letter.aggregate_id)
+        found = list(
+            self.repository.event_store.get(
+                saga_id, gt=letter.version - 1, lte=letter.version
+            )
+        )
+        if not found or not isinstance(found[0], Saga.Step):
+            raise ProgrammingError(
+                f"Saga {saga_id} has no step at version {letter.version}, but a "
+                f"dead letter names one ({letter.detail_type}): was the saga "
+                f"application's events table replaced? Drop the saga's letters "
+                "(ledger sagas dlq drop) once you know what it had to send."
+            )
+        return found[0]
+
+    def _about(self, step: Saga.Step) -> dict[str, Any]:
+        return {
+            "saga_application": self.name,
+            "saga_id": str(step.originator_id),
+            "version": step.originator_version,
+            "step": type(step).__name__,
+        }
+
+    def _report_retry(
+        self, step: Saga.Step, attempt: int, error: Exception, delay: float
+    ) -> None:
+        summary = error_summary(error)
+        logger.warning(
+            "%s: step %s of saga %s failed (attempt %d): %s; retrying in %.2fs",
+            self.name,
+            type(step).__name__,
+            step.originator_id,
+            attempt,
+            summary,
+            delay,
+            extra={**self._about(step), "attempt": attempt, "error": summary},
+        )
+        self.metrics.record(SAGA_STEP_RETRIES, 1, COUNT, self.name)
+        self.metrics.flush()
+
+    def _report_parked(self, letter: DeadLetter) -> None:
+        logger.error(
+            "%s parked saga %s at step %s (version %d) after %d attempts: %s",
+            self.name,
+            letter.aggregate_id,
+            letter.detail_type,
+            letter.version,
+            letter.attempts,
+            letter.error,
+            extra={
+                "saga_application": self.name,
+                "saga_id": letter.aggregate_id,
+                "version": letter.version,
+                "step": letter.detail_type,
+                "attempts": letter.attempts,
+                "error": letter.error,
+            },
+        )
+        self.metrics.record(SAGAS_PARKED, 1, COUNT, self.name)
+        self.metrics.flush()
 
     def saga(self, saga_class: type[TSaga], correlation_id: object) -> TSaga | None:
         """Return the saga of a correlation id as it is now, or None if none began."""

@@ -12,12 +12,13 @@ from ledger.cli.events import events_cli
 from ledger.cli.local import local
 from ledger.cli.options import run_with_one_line_errors, settings
 from ledger.cli.projections import projections_cli
+from ledger.cli.sagas import sagas_cli
 from ledger.cli.tables import tables_cli
 
 cli = typer.Typer(
     name="ledger",
     help="Event sourcing on DynamoDB: run a local DynamoDB, manage tables, "
-    "read events, run and rebuild projections.",
+    "read events, run and rebuild projections, redrive parked sagas.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -27,6 +28,7 @@ cli.command("local")(local)
 cli.add_typer(tables_cli, name="tables")
 cli.add_typer(events_cli, name="events")
 cli.add_typer(projections_cli, name="projections")
+cli.add_typer(sagas_cli, name="sagas")
 cli.add_typer(bench_cli, name="bench")
 
 
@@ -77,7 +79,7 @@ def options(  # noqa: PLR0917 - typer passes the root options positionally
         ),
     ] = False,
 ) -> None:
-    """Event sourcing on DynamoDB: local server, tables, events, projections."""
+    """Event sourcing on DynamoDB: local server, tables, events, projections, sagas."""
     settings.endpoint_url = endpoint
     settings.table_prefix = prefix
     settings.app = app

@@ -78,6 +78,17 @@ LAG = "Lag"
 """Count: events of the application sequence after what the sequence feed
 has applied, after each page it applied."""
 
+SAGA_DIMENSION = "SagaApplication"
+"""The one dimension of a saga application's metrics: its ``name``
+(:class:`ledger.sagas.SagaApplication` reports through these same classes,
+with ``EmbeddedMetrics(dimension=SAGA_DIMENSION)``)."""
+SAGAS_PARKED = "SagasParked"
+"""Count: sagas parked because a step kept failing (a redrive that failed
+again parks its saga again). ``deploy/template.yaml`` alarms on its Sum."""
+SAGA_STEP_RETRIES = "SagaStepRetries"
+"""Count: retries of a saga step whose command failed (each one waited
+``SagaApplication.step_retry_delays``)."""
+
 LEDGER_METRICS = "LEDGER_METRICS"
 """Environment key: where the Lambda handler's projector sends its metrics.
 ``emf`` (:class:`EmbeddedMetrics` on stdout) or ``none``. Default: the
@@ -159,10 +170,15 @@ class EmbeddedMetrics:
     Each value recorded is a sample (a metric with several is written as an
     array, so Sum, Maximum and the rest are right); a metric with more than
     100 values in one flush continues on further lines. Thread-safe.
+    ``dimension`` names the one dimension (default ``Projection``; a saga
+    application's is :data:`SAGA_DIMENSION`).
     """
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, stream: TextIO | None = None, *, dimension: str = DIMENSION
+    ) -> None:
         self.stream = stream
+        self.dimension = dimension
         self._pending: dict[str, dict[tuple[str, str], list[float]]] = {}
         self._lock = threading.Lock()
 
@@ -178,15 +194,20 @@ class EmbeddedMetrics:
             pending, self._pending = self._pending, {}
         stream = self.stream or sys.stdout
         for projection, by_metric in pending.items():
-            for line in embedded_metric_lines(projection, by_metric):
+            for line in embedded_metric_lines(projection, by_metric, self.dimension):
                 stream.write(line + "\n")
         stream.flush()
 
 
 def embedded_metric_lines(
-    projection: str, values: Mapping[tuple[str, str], Sequence[float]]
+    projection: str,
+    values: Mapping[tuple[str, str], Sequence[float]],
+    dimension: str = DIMENSION,
 ) -> list[str]:
-    """Return embedded-metric-format lines for one projection's values."""
+    """Return embedded-metric-format lines for one projection's values.
+
+    ``projection`` is the value of the one dimension, named ``dimension``.
+    """
     lines = []
     timestamp = int(time.time() * 1000)
     for start in range(0, max(map(len, values.values()), default=0), _MAX_VALUES):
@@ -201,14 +222,14 @@ def embedded_metric_lines(
                 "CloudWatchMetrics": [
                     {
                         "Namespace": NAMESPACE,
-                        "Dimensions": [[DIMENSION]],
+                        "Dimensions": [[dimension]],
                         "Metrics": [
                             {"Name": name, "Unit": unit} for name, unit in chunk
                         ],
                     }
                 ],
             },
-            DIMENSION: projection,
+            dimension: projection,
         }
         for (name, _), samples in chunk.items():
             document[name] = samples[0] if len(samples) == 1 else samples
@@ -481,6 +502,9 @@ __all__ = [
     "LEDGER_METRICS",
     "NAMESPACE",
     "NO_METRICS",
+    "SAGAS_PARKED",
+    "SAGA_DIMENSION",
+    "SAGA_STEP_RETRIES",
     "STREAM_BATCH_RECORDS",
     "CommitReport",
     "EmbeddedMetrics",

@@ -13,12 +13,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ledger.dynamodb.client import DynamoDBConnection
 from ledger.publishing import schema
 
-__all__ = ["DeadLetter", "delete_dead_letter", "read_dead_letters", "store_dead_letter"]
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = [
+    "DeadLetter",
+    "dead_letter_item",
+    "dead_letter_of",
+    "delete_dead_letter",
+    "read_dead_letters",
+    "store_dead_letter",
+]
 
 
 @dataclass(frozen=True)
@@ -53,23 +63,24 @@ def store_dead_letter(
     connection: DynamoDBConnection, table_name: str, letter: DeadLetter
 ) -> None:
     """Store (or replace, with its new error and attempts) a dead letter."""
-    connection.call(
-        "put_item",
-        TableName=table_name,
-        Item={
-            schema.KIND: {"S": schema.DEAD_LETTER},
-            schema.KEY: {"S": letter.key},
-            schema.AGGREGATE_ID: {"S": letter.aggregate_id},
-            schema.VERSION: {"N": str(letter.version)},
-            schema.DETAIL_TYPE: {"S": letter.detail_type},
-            schema.EVENT_ID: {"S": letter.event_id},
-            schema.TOPIC: {"S": letter.topic},
-            schema.ERROR: {"S": letter.error},
-            schema.ATTEMPTS: {"N": str(letter.attempts)},
-            schema.SEQUENCE_NUMBER: {"S": letter.sequence_number},
-            schema.DEAD_LETTERED_AT: {"S": datetime.now(UTC).isoformat()},
-        },
-    )
+    connection.call("put_item", TableName=table_name, Item=dead_letter_item(letter))
+
+
+def dead_letter_item(letter: DeadLetter) -> dict[str, Any]:
+    """Return the item that stores a dead letter, stamped with the time now."""
+    return {
+        schema.KIND: {"S": schema.DEAD_LETTER},
+        schema.KEY: {"S": letter.key},
+        schema.AGGREGATE_ID: {"S": letter.aggregate_id},
+        schema.VERSION: {"N": str(letter.version)},
+        schema.DETAIL_TYPE: {"S": letter.detail_type},
+        schema.EVENT_ID: {"S": letter.event_id},
+        schema.TOPIC: {"S": letter.topic},
+        schema.ERROR: {"S": letter.error},
+        schema.ATTEMPTS: {"N": str(letter.attempts)},
+        schema.SEQUENCE_NUMBER: {"S": letter.sequence_number},
+        schema.DEAD_LETTERED_AT: {"S": datetime.now(UTC).isoformat()},
+    }
 
 
 def read_dead_letters(
@@ -86,7 +97,7 @@ def read_dead_letters(
         ConsistentRead=True,
     )
     for item in items:
-        letters.append(_letter(item))
+        letters.append(dead_letter_of(item))
         if limit is not None and len(letters) >= limit:
             break
     return letters
@@ -106,7 +117,8 @@ def delete_dead_letter(
     )
 
 
-def _letter(item: dict[str, Any]) -> DeadLetter:
+def dead_letter_of(item: Mapping[str, Any]) -> DeadLetter:
+    """Return the dead letter a stored item holds."""
     return DeadLetter(
         aggregate_id=item[schema.AGGREGATE_ID]["S"],
         version=int(item[schema.VERSION]["N"]),

@@ -4,10 +4,12 @@ An event whose handler still fails after its retries, or that cannot even be
 decoded, is *parked*: a :class:`~ledger.projections.models.ParkedEvent` holds
 it with its error, position and attempts, and its aggregate's
 :class:`~ledger.projections.models.AggregatePosition` records the parked
-version, behind which the aggregate's later events wait. A redrive, after the
-fix, reads the parked event and those behind it from the events table and
-applies them. A :class:`~ledger.projections.projector.Projector` has
-:func:`park_record`, :func:`parked` and :func:`redrive` as its methods.
+version, behind which the aggregate's later events wait. A version that a
+gap fill could not read from the events table is parked the same way. A
+redrive, after the fix, reads the parked event and those behind it from the
+events table and applies them, in as many commits as they need. A
+:class:`~ledger.projections.projector.Projector` has :func:`park_record`,
+:func:`parked` and :func:`redrive` as its methods.
 
 A redrive logs each aggregate's outcome on ``ledger.projections.deadletters``;
 parked events are logged and counted when their commit is done (see
@@ -18,12 +20,15 @@ from __future__ import annotations
 
 import logging
 import traceback
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from eventsourcing.persistence import PersistenceError
+from eventsourcing.utils import get_topic
 
+from ledger.projections.gaps import gap_reason
 from ledger.projections.models import AggregatePosition, GapError, Outcome, ParkedEvent
 from ledger.projections.session import MAX_COMMIT_ATTEMPTS, Session
 from ledger.projections.views import ConcurrentChangeError
@@ -98,19 +103,25 @@ def park_record(
     the events table and applies it. Earlier missing events of the
     aggregate are applied first (``load_events``).
     """
-    current = projector._position_for(session, aggregate_id, version)
-    if isinstance(current, Outcome):
-        return current
-    park(
-        session,
-        current,
-        version=version,
-        topic=topic,
-        position=position,
-        error=error,
-        attempts=1,
-    )
-    return Outcome.PARKED
+
+    def step(may_split: bool) -> Outcome:
+        current = projector._position_for(
+            session, aggregate_id, version, may_split=may_split
+        )
+        if isinstance(current, Outcome):
+            return current
+        park(
+            session,
+            current,
+            version=version,
+            topic=topic,
+            error=error,
+            position=position,
+            attempts=1,
+        )
+        return Outcome.PARKED
+
+    return projector.in_parts(session, step)
 
 
 def parked(projector: Projector) -> list[ParkedEvent]:
@@ -124,7 +135,10 @@ def redrive(
     """Apply parked events again (all, or one aggregate's), then what waited.
 
     Call after fixing the handler. Returns each aggregate's outcome:
-    ``APPLIED`` when it caught up, ``PARKED`` when its event failed again.
+    ``APPLIED`` when it caught up, ``PARKED`` when its event failed again (or
+    a version is still missing from the events table). Each commit but an
+    aggregate's last keeps it parked at the next version to apply, so a
+    redrive stopped part way is still listed, and goes on when run again.
     """
     if projector.load_events is None:
         raise GapError(
@@ -156,34 +170,13 @@ def redrive(
 
 
 def _redrive_one(projector: Projector, aggregate_id: str) -> Outcome:
-    assert projector.load_events is not None  # noqa: S101 - checked by redrive()
     for _ in range(MAX_COMMIT_ATTEMPTS):
         session = Session(projector.view)
         current = session.get(AggregatePosition, aggregate_id)
         if current is None or current.parked_version is None:
             return Outcome.APPLIED
-        outcome = Outcome.APPLIED
         try:
-            events = projector.load_events(aggregate_id, current.version, 2**62)
-        except PersistenceError:
-            raise
-        except Exception as error:  # noqa: BLE001 - still cannot be decoded
-            parked = session.get(ParkedEvent, aggregate_id)
-            park(
-                session,
-                current,
-                version=current.parked_version,
-                topic=parked.topic if parked else "",
-                position=None,
-                error=error_summary(error, " while decoding"),
-                attempts=1,
-            )
-            events, outcome = [], Outcome.PARKED
-        for event in events:
-            outcome = projector.apply(session, event, None, redriving=True)
-            if outcome is not Outcome.APPLIED:
-                break
-        try:
+            outcome = _redrive_in_parts(projector, session, current)
             projector.commit(session)
         except ConcurrentChangeError:
             continue
@@ -192,6 +185,91 @@ def _redrive_one(projector: Projector, aggregate_id: str) -> Outcome:
         f"Redrive of aggregate {aggregate_id} kept meeting concurrent writers; "
         "stop the projection's runners and redrive again."
     )
+
+
+def _redrive_in_parts(
+    projector: Projector, session: Session, current: AggregatePosition
+) -> Outcome:
+    """Apply a parked aggregate's events from its parked version (not all committed).
+
+    In as many commits as they need; each commit but the last keeps the
+    aggregate parked at the next version to apply (:func:`_hold`), so a
+    redrive stopped part way is listed, and goes on when run again.
+    """
+    aggregate_id = current.aggregate_id
+    assert current.parked_version is not None  # noqa: S101 - checked by the caller
+    parked = session.get(ParkedEvent, aggregate_id)
+    try:
+        events = projector.load_in_order(aggregate_id, current.version)
+    except PersistenceError:
+        raise
+    except GapError as error:
+        park(
+            session,
+            current,
+            version=current.parked_version,
+            topic=parked.topic if parked else "",
+            position=None,
+            error=error_summary(error, gap_reason(current.parked_version)),
+            attempts=1,
+        )
+        return Outcome.PARKED
+    except Exception as error:  # noqa: BLE001 - still cannot be decoded
+        park(
+            session,
+            current,
+            version=current.parked_version,
+            topic=parked.topic if parked else "",
+            position=None,
+            error=error_summary(error, " while decoding"),
+            attempts=1,
+        )
+        return Outcome.PARKED
+    for event in events:
+        savepoint = session.savepoint()
+        outcome = projector.apply(session, event, None, redriving=True)
+        if session.is_over() and savepoint[0]:
+            session.restore(savepoint)
+            _hold(session, aggregate_id, event, parked)
+            _commit_part(projector, session)
+            outcome = projector.apply(session, event, None, redriving=True)
+        if outcome is not Outcome.APPLIED:
+            return outcome
+    return Outcome.APPLIED
+
+
+def _hold(
+    session: Session, aggregate_id: str, event: Any, parked: ParkedEvent | None
+) -> None:
+    """Keep an aggregate parked at ``event`` while a redrive commits in parts."""
+    version = event.originator_version
+    at = session.get(AggregatePosition, aggregate_id)
+    assert at is not None  # noqa: S101 - the redrive applied events before
+    session.put(at.model_copy(update={"parked_version": version}))
+    session.put(
+        ParkedEvent(
+            aggregate_id=aggregate_id,
+            version=version,
+            position=None,
+            topic=get_topic(type(event)),
+            error=(
+                f"redrive in progress: versions up to {at.version} applied; "
+                "if no redrive is running, it stopped part way: redrive again"
+            ),
+            attempts=parked.attempts if parked else 1,
+            parked_at=parked.parked_at if parked else datetime.now(UTC),
+        )
+    )
+
+
+def _commit_part(projector: Projector, session: Session) -> None:
+    """Commit part of a redrive: a held aggregate is no newly parked event."""
+    # metrics reads dead letters' summaries from this module.
+    from ledger.projections.metrics import CommitReport  # noqa: PLC0415
+
+    report = CommitReport.of(session)
+    session.commit()
+    replace(report, parked=[]).report(projector, logger)
 
 
 __all__ = ["park", "park_record", "parked", "redrive"]

@@ -23,6 +23,7 @@ from ledger.dynamodb.client import (
     TransactionConflictError,
 )
 from ledger.dynamodb.limits import (
+    MAX_TRANSACTION_ACTIONS,
     MAX_TRANSACTION_BYTES,
     TransactionTooLargeError,
     check_item_size,
@@ -292,6 +293,7 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
         guard_index = len(actions)
         if self.guard_active:
             actions.append(self.control.active_check(self.table_version))
+        self._check_actions(writes, actions)
         try:
             self.transact(actions)
         except TransactionConflictError as error:
@@ -351,6 +353,19 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
                 f"{MAX_TRANSACTION_BYTES:,} bytes per transaction: one event "
                 "writes that much. Nothing was written. Make the handlers of one "
                 "event write fewer or smaller items."
+            )
+
+    def _check_actions(
+        self, writes: Sequence[ItemWrite], actions: list[dict[str, Any]]
+    ) -> None:
+        """Refuse, before sending, a commit of more actions than one transaction."""
+        if len(actions) > MAX_TRANSACTION_ACTIONS:
+            raise TransactionTooLargeError(
+                f"A commit to {self.table_name} needs {len(actions)} actions "
+                f"({len(writes)} read-model items, the tracking and the version "
+                f"check), over DynamoDB's {MAX_TRANSACTION_ACTIONS} per "
+                "transaction. Nothing was written. Commit fewer items at once "
+                f"(a session's commit holds at most max_actions, {self.max_actions})."
             )
 
     def _write_action(self, write: ItemWrite) -> dict[str, Any]:

@@ -90,6 +90,8 @@ class RebuildSession(Session):
     they interleave, is written once per flush.
     """
 
+    splittable = False  # its changes reach the view only through the flushes
+
     def __init__(
         self,
         view: DynamoDBView,

@@ -10,8 +10,10 @@ delivery is skipped, and if the follower crashed after committing, the
 redelivery finds the tracking and does nothing. A record that arrives after a
 gap (earlier versions of its aggregate not yet processed) has the missing
 events read from the leader's events table and processed first, so a
-policy always sees an aggregate's events in version order. Aggregates
-interleave in any order.
+policy always sees an aggregate's events in version order; if one of them
+cannot be read (not replicated yet, or removed), the record fails with
+:class:`~ledger.projections.models.GapError` and is delivered again, never
+passed over. Aggregates interleave in any order.
 
 Use it from Lambda with :meth:`StreamFollower.handle` (the partial-batch
 response), or locally with :class:`~ledger.projections.streams.StreamPoller`
@@ -31,6 +33,7 @@ from eventsourcing.projection import EventSourcedProjection
 
 from ledger.dynamodb import aggregate_tracking
 from ledger.dynamodb import schema as store_schema
+from ledger.projections.gaps import in_version_order
 from ledger.projections.metrics import report_records_failed
 from ledger.projections.streams import (
     _aggregate_of,
@@ -41,6 +44,14 @@ from ledger.projections.streams import (
 )
 
 logger = logging.getLogger(__name__)
+
+_FOLLOWER_GAP_ADVICE = (
+    "Nothing was skipped: the record fails, with its aggregate's later records, "
+    "and is delivered again (the poller reads it again at its next poll; Lambda "
+    "retries it up to the mapping's MaximumRetryAttempts, then hands its "
+    "metadata to the on-failure destination). If the version is gone for good, "
+    "this follower cannot go on with the aggregate."
+)
 
 
 class StreamFollower:
@@ -120,6 +131,20 @@ class StreamFollower:
         self._process_one(event)
         return True
 
+    def _leader_events(self, originator_id: Any, after: int, up_to: int) -> list[Any]:
+        """Read a leader aggregate's versions after ``after`` up to ``up_to``.
+
+        Raises :class:`GapError` if one of them cannot be read: the record
+        fails (with its aggregate's later ones) and is delivered again.
+        """
+        stored = self.leader.recorder.select_events(originator_id, gt=after, lte=up_to)
+        events = [self.leader.mapper.to_domain_event(s) for s in stored]
+        return list(
+            in_version_order(
+                str(originator_id), events, after, up_to, advice=_FOLLOWER_GAP_ADVICE
+            )
+        )
+
     def _processed(self, originator_id: Any) -> int:
         name = aggregate_tracking(self.leader.name, originator_id, 0).application_name
         return int(self.recorder.max_tracking_id(name) or 0)
@@ -134,10 +159,6 @@ class StreamFollower:
             if self._processed(event.originator_id) >= event.originator_version:
                 return  # another worker processed it meanwhile
             raise
-
-    def _leader_events(self, originator_id: Any, after: int, up_to: int) -> list[Any]:
-        stored = self.leader.recorder.select_events(originator_id, gt=after, lte=up_to)
-        return [self.leader.mapper.to_domain_event(s) for s in stored]
 
     # Shard checkpoints (for StreamPoller) --------------------------------------
 

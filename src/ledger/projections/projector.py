@@ -1,7 +1,8 @@
 """Projectors: one handler per event type, writing pydantic read models.
 
-(Just over 400 lines as one concept: applying one event for every feed:
-dispatch, retries, parking and filling gaps.)
+(Over 600 lines as one concept: applying one event for every feed:
+dispatch, retries, parking, filling gaps, and commits that fit. Reading a
+gap in version order is :mod:`ledger.projections.gaps`.)
 
 A projector is an ``eventsourcing`` :class:`~eventsourcing.projection.Projection`
 whose view is a :class:`~ledger.projections.views.ReadModelView`. Handlers read
@@ -15,6 +16,11 @@ Failure policy: a handler that raises is retried with exponential backoff
 its error, position and attempts) and its aggregate waits: its later events
 are not applied until the parked one is redriven. Other aggregates go on.
 Parking, listing and redriving live in :mod:`ledger.projections.deadletters`.
+An event whose own writes cannot fit in one commit is parked too. Missing
+earlier events of an aggregate (a gap) are read from the events table and
+applied first, in as many commits as they need; a missing version that
+cannot be read is read again after ``retry_delays``, then parked
+(:class:`GapError`), never skipped.
 
 Observability: retries and, once committed, parked events and commit sizes
 are logged on ``ledger.projections.projector`` and recorded to ``metrics``
@@ -42,6 +48,7 @@ from eventsourcing.utils import get_topic
 from ledger.dynamodb.client import Outage
 from ledger.projections import deadletters
 from ledger.projections.dispatch import Handler, handlers_of, handles
+from ledger.projections.gaps import gap_reason, in_version_order, leading_run
 from ledger.projections.history import Undecodable
 from ledger.projections.metrics import NO_METRICS, CommitReport, Metrics, report_retry
 from ledger.projections.models import AggregatePosition, GapError, Outcome, ParkedEvent
@@ -194,17 +201,61 @@ class Projector(Projection[ReadModelView]):
         """Apply one event to the session (not committed): handle, retry or park.
 
         Reads missing earlier events of the aggregate first (``load_events``),
-        so an aggregate's events are always applied in version order.
+        so an aggregate's events are always applied in version order. If the
+        session held nothing pending, and they do not fit in one commit with
+        the event, the session is committed part way (each part with its
+        aggregate's position), and what is left stays pending.
         """
-        current = self._position_for(
-            session,
-            str(event.originator_id),
-            event.originator_version,
-            redriving=redriving,
+
+        def step(may_split: bool) -> Outcome:
+            current = self._position_for(
+                session,
+                str(event.originator_id),
+                event.originator_version,
+                redriving=redriving,
+                may_split=may_split,
+            )
+            if isinstance(current, Outcome):
+                return current
+            return self._fitting(
+                session,
+                may_split,
+                lambda s: self._handle(s, event, position, current),
+            )
+
+        return self.in_parts(session, step)
+
+    def in_parts(self, session: Session, step: Callable[[bool], Outcome]) -> Outcome:
+        """Run ``step(may_split)``, which may commit ``session`` part way if told True.
+
+        True only if the session may be split (:attr:`Session.splittable`) and
+        holds nothing pending: its parts then commit only this step's work.
+        A part that meets another writer starts the step again from what is
+        committed.
+        """
+        if not session.splittable or session.pending_actions():
+            return step(False)
+        for _ in range(MAX_COMMIT_ATTEMPTS):
+            try:
+                return step(True)
+            except ConcurrentChangeError:
+                session.forget()
+        raise ConcurrentChangeError(
+            f"Applying events of projection {self.name!r} in several commits met "
+            f"concurrent writers {MAX_COMMIT_ATTEMPTS} times; is another runner "
+            "writing the same items? Run one runner per projection."
         )
-        if isinstance(current, Outcome):
-            return current
-        return self._handle(session, event, position, current)
+
+    def _fitting(
+        self, session: Session, may_split: bool, change: Callable[[Session], Outcome]
+    ) -> Outcome:
+        """Make ``change``; if ``may_split`` and it overfills a commit, commit first."""
+        outcomes: list[Outcome] = []
+        flush = None
+        if may_split and session.pending_actions():
+            flush = partial(self.commit, session)
+        session.fit(lambda s: outcomes.append(change(s)), flush)
+        return outcomes[-1]
 
     def _position_for(
         self,
@@ -213,14 +264,16 @@ class Projector(Projection[ReadModelView]):
         version: int,
         *,
         redriving: bool = False,
+        may_split: bool = False,
     ) -> AggregatePosition | Outcome:
         """Return the aggregate's position if ``version`` can be applied next.
 
         Otherwise return why not: ``DUPLICATE`` (already applied) or
         ``WAITING`` (behind a parked event, or behind a missing earlier event
-        that did not apply). Missing earlier events are applied first, and
-        the position returned is the one after them. ``redriving`` lets the
-        parked version itself through.
+        that did not apply or could not be read). Missing earlier events are
+        applied first (committed in parts if ``may_split``), and the position
+        returned is the one after them. ``redriving`` lets the parked version
+        itself through.
         """
         current = session.get(AggregatePosition, aggregate_id) or AggregatePosition(
             aggregate_id=aggregate_id
@@ -237,17 +290,24 @@ class Projector(Projection[ReadModelView]):
             session.put(current)
             return Outcome.WAITING
         if version > current.version + 1:
-            if not self._fill_gap(session, current, version):
+            if not self._fill_gap(session, current, version, may_split=may_split):
                 return Outcome.WAITING
             current = session.get(AggregatePosition, aggregate_id) or current
         return current
 
     def _fill_gap(
-        self, session: Session, current: AggregatePosition, version: int
+        self,
+        session: Session,
+        current: AggregatePosition,
+        version: int,
+        *,
+        may_split: bool,
     ) -> bool:
         """Apply the aggregate's events before ``version`` that were not applied.
 
-        Returns False if one of them did not apply (parked, or waiting).
+        Returns False if one of them did not apply (parked, or waiting), or
+        could not be read: then the first version missing is parked (after
+        ``retry_delays``), never skipped.
         """
         if self.load_events is None:
             raise GapError(
@@ -256,10 +316,105 @@ class Projector(Projection[ReadModelView]):
                 "between: give the projector load_events (see "
                 "ledger.projections.event_loader)."
             )
-        missing = self.load_events(current.aggregate_id, current.version, version - 1)
-        return all(
-            self.apply(session, event, None) is Outcome.APPLIED for event in missing
+        readable, gap, attempts = self._read_gap(
+            current.aggregate_id, current.version, version - 1
         )
+        for event in readable:
+            outcome = self._fitting(
+                session,
+                may_split,
+                partial(self.apply, event=event, position=None),
+            )
+            if outcome is not Outcome.APPLIED:
+                return False
+        if gap is not None:
+            self._fitting(
+                session,
+                may_split,
+                partial(self._park_gap, error=gap, attempts=attempts, current=current),
+            )
+            return False
+        return True
+
+    def _read_gap(
+        self, aggregate_id: str, after: int, up_to: int
+    ) -> tuple[Sequence[Any], GapError | None, int]:
+        """Read versions ``after``+1 to ``up_to``, retrying while some are missing.
+
+        Returns the events read in order, and, if some stayed missing, the
+        error and the attempts made (the events are then those before the
+        first missing version).
+        """
+        assert self.load_events is not None  # noqa: S101 - checked by the caller
+        delays = (*self.retry_delays, None)
+        for attempt, delay in enumerate(delays, start=1):
+            events = self.load_events(aggregate_id, after, up_to)
+            try:
+                return in_version_order(aggregate_id, events, after, up_to), None, 1
+            except GapError as error:
+                if delay is None:
+                    return leading_run(events, after), error, attempt
+                logger.warning(
+                    "%s could not read every version of aggregate %s after %d up "
+                    "to %d (attempt %d); reading again in %.2fs",
+                    self.name,
+                    aggregate_id,
+                    after,
+                    up_to,
+                    attempt,
+                    delay,
+                    extra={
+                        "projection": self.name,
+                        "aggregate_id": aggregate_id,
+                        "after": after,
+                        "up_to": up_to,
+                        "attempt": attempt,
+                        "retry_in": delay,
+                    },
+                )
+                time.sleep(delay)
+        raise AssertionError  # pragma: no cover - the last delay returns
+
+    def _park_gap(
+        self,
+        session: Session,
+        *,
+        error: GapError,
+        attempts: int,
+        current: AggregatePosition,
+    ) -> Outcome:
+        """Park the first version of a gap that could not be read (not committed)."""
+        at = session.get(AggregatePosition, current.aggregate_id) or current
+        missing = at.version + 1
+        deadletters.park(
+            session,
+            at,
+            version=missing,
+            topic="",
+            position=None,
+            error=deadletters.error_summary(error, gap_reason(missing)),
+            attempts=attempts,
+        )
+        return Outcome.PARKED
+
+    def load_in_order(
+        self, aggregate_id: str, after: int, up_to: int | None = None
+    ) -> Sequence[Any]:
+        """Read an aggregate's events after a version, exactly in version order.
+
+        Up to ``up_to`` (None: all, and at least version ``after`` + 1).
+        Raises :class:`GapError` if a version is missing (never skips one).
+        """
+        if self.load_events is None:
+            raise GapError(
+                f"Projection {self.name!r} cannot read the events of aggregate "
+                f"{aggregate_id}: give the projector load_events (see "
+                "ledger.projections.event_loader)."
+            )
+        events = self.load_events(
+            aggregate_id, after, 2**62 if up_to is None else up_to
+        )
+        return in_version_order(aggregate_id, events, after, up_to)
 
     def _handle(
         self,
@@ -306,6 +461,19 @@ class Projector(Projection[ReadModelView]):
                         delay=delay,
                     )
                     time.sleep(delay)
+            too_large = self._too_large(session, savepoint, current, handler)
+            if too_large is not None:
+                session.restore(savepoint)
+                deadletters.park(
+                    session,
+                    current,
+                    version=event.originator_version,
+                    topic=get_topic(type(event)),
+                    position=position,
+                    error=too_large,
+                    attempts=attempts,
+                )
+                return Outcome.PARKED
         if current.parked_version is not None:
             session.delete(ParkedEvent, current.aggregate_id)
         session.put(
@@ -314,6 +482,34 @@ class Projector(Projection[ReadModelView]):
             )
         )
         return Outcome.APPLIED
+
+    def _too_large(
+        self,
+        session: Session,
+        savepoint: tuple[dict[str, Any], Tracking | None],
+        current: AggregatePosition,
+        handler: Handler,
+    ) -> str | None:
+        """Say why one event's writes cannot fit in any commit (None: they can).
+
+        Its commit holds what its handler wrote, its aggregate's position,
+        the dead letter it clears and the tracking. Only the counts go in
+        the reason, never the data.
+        """
+        keys, size = session.written_since(savepoint)
+        keys.add(AggregatePosition.storage_key(current.aggregate_id))
+        if current.parked_version is not None:
+            keys.add(ParkedEvent.storage_key(current.aggregate_id))
+        items = len(keys) + 1
+        if items <= self.view.max_actions and size <= self.view.max_bytes:
+            return None
+        return (
+            f"TransactionTooLargeError in {getattr(handler, '__name__', 'handler')}: "
+            f"one event needs a commit of {items} items ({size:,} bytes) with its "
+            f"position and tracking; one commit holds {self.view.max_actions} "
+            f"items and {self.view.max_bytes:,} bytes. Make the handler write "
+            "fewer or smaller read models per event, then redrive."
+        )
 
     # Dead letters (defined in ledger.projections.deadletters) -------------------
 

@@ -7,7 +7,7 @@ commits the writes and the tracking position to its view together.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar, cast
+from typing import ClassVar, TypeVar, cast
 
 from eventsourcing.persistence import Tracking
 
@@ -25,6 +25,12 @@ class Session:
 
     Reads see the session's own writes.
     """
+
+    splittable: ClassVar[bool] = True
+    """True if a projector may commit this session part way through applying
+    one event (a gap fill or a redrive longer than one commit holds) when it
+    held nothing pending before. A session whose writes reach the view some
+    other way (a rebuild's flushes) says False."""
 
     def __init__(self, view: ReadModelView) -> None:
         self.view = view
@@ -79,6 +85,22 @@ class Session:
             len(key) + (0 if model is None else len(self._body(key, model)))
             for key, model in self.writes.items()
         )
+
+    def written_since(
+        self, savepoint: tuple[dict[str, ReadModel | None], Tracking | None]
+    ) -> tuple[set[str], int]:
+        """Return the keys written since ``savepoint``, and their bytes with bodies."""
+        before = savepoint[0]
+        keys = {
+            key
+            for key, model in self.writes.items()
+            if key not in before or before[key] is not model
+        }
+        size = 0
+        for key in keys:
+            model = self.writes[key]
+            size += len(key) + (0 if model is None else len(self._body(key, model)))
+        return keys, size
 
     def is_over(self) -> bool:
         """Return True if committing now would overfill one of the view's commits."""

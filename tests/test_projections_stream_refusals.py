@@ -98,22 +98,35 @@ def test_a_checkpoint_the_stream_trimmed_stops_the_feed_saying_rebuild(proxied):
         poller.poll()
 
 
-def test_a_closed_shard_read_to_its_end_is_not_read_again(proxied):
-    proxy, app, view = proxied
+def close_a_shard_read_to_its_end(
+    proxy: FaultProxy, app: Orders, view: DynamoDBView
+) -> StreamPoller:
+    """Read the stream's shard to its end, close it, and return a new worker.
+
+    DynamoDB Local closes shards only with the stream (AWS also every few
+    hours). Then, as AWS once the shard's records pass 24 hours, the checkpoint
+    (its last record) is refused as trimmed.
+    """
     poll_until_projected(
         poller_of(app, view), view, app.place_order(uuid.uuid4(), [ITEM])
     )
     restarted = poller_of(app, view)  # knows no shard finished yet
-    # Closing the shard: DynamoDB Local closes shards only with the stream
-    # (AWS also every few hours). Then, as AWS once its records pass 24 hours,
-    # the checkpoint (the shard's last record) is refused as trimmed.
     app.recorder.connection.call(
         "update_table",
         TableName=app.recorder.events_table_name,
         StreamSpecification={"StreamEnabled": False},
     )
-    refused = proxy.on("GetShardIterator", fault=TRIMMED, times=None)
+    proxy.on("GetShardIterator", fault=TRIMMED, times=None)
+    return restarted
+
+
+def test_a_closed_shard_read_to_its_end_is_not_read_again(proxied):
+    restarted = close_a_shard_read_to_its_end(*proxied)
 
     assert restarted.poll() == 0
 
-    assert refused.fired == 0
+
+def test_the_backlog_of_a_closed_shard_read_to_its_end_counts_nothing(proxied):
+    restarted = close_a_shard_read_to_its_end(*proxied)
+
+    assert restarted.backlog() == 0

@@ -613,17 +613,18 @@ class StreamPoller:
         Costs a DescribeStream, and per shard a GetShardIterator and a
         GetRecords per 1,000 records counted.
         """
-        shards = [shard["ShardId"] for shard in self._shards()]
-        if all(self.consumer.checkpoint(shard) is None for shard in shards):
+        shards = self._shards()
+        if all(self.consumer.checkpoint(shard["ShardId"]) is None for shard in shards):
             return None
         behind = 0
-        for shard_id in shards:
-            iterator = self._iterator(shard_id)
+        for shard in shards:
+            if self._read_to_its_end(shard):
+                continue
+            iterator = self._iterator(shard["ShardId"])
             while iterator and behind < cap:
-                with translate_errors():
-                    response = self.client.get_records(
-                        ShardIterator=iterator, Limit=min(1000, cap - behind)
-                    )
+                response = self._get_records(
+                    shard["ShardId"], iterator, min(1000, cap - behind)
+                )
                 records = response.get("Records", [])
                 if not records:
                     break
@@ -694,7 +695,9 @@ class StreamPoller:
         checkpoint = self.consumer.checkpoint(shard["ShardId"])
         return checkpoint is not None and int(checkpoint) >= int(ending)
 
-    def _get_records(self, shard_id: str, iterator: str) -> dict[str, Any]:
+    def _get_records(
+        self, shard_id: str, iterator: str, limit: int | None = None
+    ) -> dict[str, Any]:
         """Read a page of a shard; renew a refused iterator from the checkpoint.
 
         An iterator refused as expired or as trimmed is renewed from the
@@ -707,9 +710,10 @@ class StreamPoller:
         iterator is refused too (or GetShardIterator refuses the checkpoint)
         is the error, which says to rebuild, raised.
         """
+        limit = limit or self.batch_size
         try:
             response: dict[str, Any] = self.client.get_records(
-                ShardIterator=iterator, Limit=self.batch_size
+                ShardIterator=iterator, Limit=limit
             )
         except botocore.exceptions.ClientError as error:
             code = error.response.get("Error", {}).get("Code")
@@ -726,7 +730,7 @@ class StreamPoller:
         with translate_errors():
             return cast(
                 "dict[str, Any]",
-                self.client.get_records(ShardIterator=renewed, Limit=self.batch_size),
+                self.client.get_records(ShardIterator=renewed, Limit=limit),
             )
 
 

@@ -39,6 +39,7 @@ FaultKind = Literal[
     "DELAY",
     "OUTAGE",
     "SERVER_ERROR",
+    "REFUSE",
 ]
 
 
@@ -49,9 +50,13 @@ class Fault:
     kind: FaultKind
     seconds: float = 0.0
     """How long a ``DELAY`` holds the request; unused by the other kinds."""
+    code: str = ""
+    """The error a ``REFUSE`` answers with; unused by the other kinds."""
 
     def __repr__(self) -> str:
-        return f"DELAY({self.seconds:g})" if self.kind == "DELAY" else self.kind
+        if self.kind == "DELAY":
+            return f"DELAY({self.seconds:g})"
+        return f"REFUSE({self.code})" if self.kind == "REFUSE" else self.kind
 
 
 LOSE_RESPONSE = Fault("LOSE_RESPONSE")
@@ -99,6 +104,29 @@ def DELAY(seconds: float) -> Fault:
     It is forwarded even if the caller gave up meanwhile, as over a slow network.
     """
     return Fault("DELAY", seconds)
+
+
+def REFUSE(code: str) -> Fault:
+    """Answer with DynamoDB's HTTP 400 error ``code`` instead of forwarding.
+
+    For errors DynamoDB Local cannot be brought to return (a stream record
+    trimmed after 24 hours, say); nothing reaches DynamoDB.
+    """
+    return Fault("REFUSE", code=code)
+
+
+def _refusal(code: str) -> bytes:
+    body = (
+        b'{"__type":"com.amazonaws.dynamodb.v20120810#' + code.encode() + b'",'
+        b'"message":"injected by the fault proxy"}'
+    )
+    return (
+        b"HTTP/1.1 400 Bad Request\r\n"
+        b"Content-Type: application/x-amz-json-1.0\r\n"
+        b"x-amzn-ErrorType: " + code.encode() + b"\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n"
+        b"\r\n" + body
+    )
 
 
 Matcher = Callable[[str, int, bytes], bool]
@@ -613,6 +641,9 @@ class FaultProxy:
                 return
             if fault == SERVER_ERROR:
                 connection.client.sendall(_SERVER_ERROR_RESPONSE)
+                continue
+            if fault is not None and fault.kind == "REFUSE":
+                connection.client.sendall(_refusal(fault.code))
                 continue
             if fault is not None and fault.kind == "DELAY":
                 self._stopping.wait(fault.seconds)

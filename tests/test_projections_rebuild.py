@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any, ClassVar
 
 import pytest
-from eventsourcing.persistence import Tracking
+from eventsourcing.persistence import ProgrammingError, Tracking
 from eventsourcing.utils import register_topic
 
 from aggregates.application import Orders
@@ -34,6 +34,7 @@ from ledger.projections.rebuild import (
     drop_version,
     rebuild,
     status,
+    switch_version,
 )
 from ledger.projections.streams import process_records
 from ledger.projections.views import ConcurrentChangeError
@@ -365,3 +366,90 @@ def test_dropping_a_version_drops_its_dead_letters(orders, view):
     assert drop_version(view, 1) is True
 
     assert FlakyOrderProjector(view.at_version(1)).parked() == []
+
+
+def test_switching_later_to_a_scan_rebuilt_version_catches_up_what_the_feed_applied(
+    stream_orders,
+):
+    orders, view = stream_orders
+    feed = OrderProjector(view, event_loader(orders))
+    placed = place_some_orders(orders, 3)
+    assert process_records(feed, stream_records(orders), orders.mapper) == []
+    rebuild(orders, OrderProjector, view, switch=False)
+    # Saved after the Scan: the live feed applies them to the active v1 only.
+    orders.ship(placed[0], "AB999999")
+    orders.place_order(uuid.uuid4(), [ITEM], "EUR")
+    assert process_records(feed, stream_records(orders), orders.mapper) == []
+
+    switch_version(view, 2, orders, OrderProjector)
+
+    assert status(view).active_version == 2
+    assert status(view).rebuilding_version is None
+    assert read_model(view.at_version(2)) == read_model(view.at_version(1))
+
+
+def test_switching_later_restarts_the_local_stream_feed_as_a_rebuild_does(
+    stream_orders,
+):
+    orders, view = stream_orders
+    place_some_orders(orders, 1)
+    rebuild(orders, OrderProjector, view, switch=False)
+    view.control.save_shard_checkpoint("shardId-1", "000000000000000000004")
+
+    switch_version(view, 2, orders, OrderProjector)
+
+    assert view.control.shard_checkpoint("shardId-1") is None
+
+
+def test_switching_to_a_version_being_rebuilt_without_the_projector_is_refused(
+    stream_orders,
+):
+    orders, view = stream_orders
+    place_some_orders(orders, 1)
+    rebuild(orders, OrderProjector, view, switch=False)
+
+    with pytest.raises(ProgrammingError, match="ledger projections rebuild NAME"):
+        switch_version(view, 2)
+
+    assert (status(view).active_version, status(view).rebuilding_version) == (1, 2)
+
+
+def test_switching_later_to_a_version_rebuilt_by_scan_goes_on_from_the_scan(
+    orders, view
+):
+    place_some_orders(orders, 2)
+    project_sequence(orders, OrderProjector(view))
+    rebuild(orders, OrderProjector, view, history=ScanHistory(orders), switch=False)
+    place_some_orders(orders, 1)
+    project_sequence(orders, OrderProjector(view))
+
+    switch_version(view, 2, orders, OrderProjector)
+
+    assert read_model(view.at_version(2)) == read_model(view.at_version(1))
+
+
+def test_the_version_a_pending_catch_up_reads_cannot_be_dropped(
+    stream_orders, monkeypatch
+):
+    orders, view = stream_orders
+    late, *_ = place_some_orders(orders, 3)
+    feed = OrderProjector(view, event_loader(orders))
+    assert process_records(feed, stream_records(orders), orders.mapper) == []
+    real_call = view.connection.call
+
+    def crash_at_catch_up(operation: str, **params: Any) -> Any:
+        if operation == "scan" and "FilterExpression" in params:
+            raise Crash  # the catch-up's first Scan, after the switch
+        return real_call(operation, **params)
+
+    monkeypatch.setattr(view.connection, "call", crash_at_catch_up)
+    with pytest.raises(Crash):
+        rebuild(orders, OrderProjector, view, history=MissingTail(orders, late))
+    monkeypatch.undo()
+
+    with pytest.raises(ProgrammingError, match="ledger projections rebuild NAME"):
+        drop_version(view, 1)
+
+    rebuild(orders, OrderProjector, view)  # the catch-up, as the error says
+    assert read_model(view.at_version(2)) == read_model(view.at_version(1))
+    assert drop_version(view, 1) is True

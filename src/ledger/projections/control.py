@@ -119,25 +119,16 @@ class ControlTable:
             ),
         )
 
-    def switch_active(self, version: int, *, end_rebuild: bool = False) -> int:
+    def switch_active(self, version: int) -> int:
         """Point readers at ``version``; return the version they left.
 
-        One transaction, conditional on the pointer not having moved since it
-        was read (``TransactionConflictError`` if it did). ``end_rebuild``
-        also removes the ``rebuild`` item (the rebuild built ``version``).
+        One transaction (of one update), conditional on the pointer not
+        having moved since it was read (``TransactionConflictError`` if it did).
         """
         active = self.active_version()
-        actions = [self._activate(version, active)]
-        if end_rebuild:
-            actions.append(
-                {
-                    "Delete": {
-                        "TableName": self.table_name,
-                        "Key": {schema.NAME: {"S": schema.REBUILD}},
-                    }
-                }
-            )
-        self.connection.call("transact_write_items", TransactItems=actions)
+        self.connection.call(
+            "transact_write_items", TransactItems=[self._activate(version, active)]
+        )
         return active
 
     def switch_to_rebuilt(self, version: int, owner: str) -> int:

@@ -69,6 +69,8 @@ from ledger.projections.history import (
     DEFAULT_PAGE_SIZE,
     History,
     Page,
+    ScanHistory,
+    SequenceHistory,
     decode,
     history_of,
 )
@@ -148,8 +150,10 @@ def rebuild(
 
     Resumes the rebuild in progress if there is one (after a crash), else
     starts a new table version. ``switch=False`` leaves the new version built
-    but inactive (switch later with :func:`switch_version`). ``history``
-    overrides where events are read from (default: :func:`history_of`).
+    but inactive (:func:`switch_version`, or running the rebuild again,
+    switches it later and catches up). ``history`` overrides where events
+    are read from (default: :func:`history_of`; resuming, the history the
+    rebuild began with).
 
     While DynamoDB is unavailable (``OperationalError`` after the client's
     retries) the run stops, waits (doubling up to 30 s) and resumes as it
@@ -211,8 +215,8 @@ def _rebuild_once(
     target_view.create_version_table(target)
     owner = _take_over(view, target)
     projector = projector_class(target_view, event_loader(application))
-    source = history or history_of(application, page_size=page_size)
     control = view.get_control(schema.REBUILD) or {}
+    source = history or _history_to_resume(application, control, page_size)
     sequenced = getattr(application.recorder, "ordering", "sequence") == "sequence"
     # A Scan of a sequence application covers the sequence up to its head.
     head = None
@@ -293,6 +297,23 @@ def _rebuild_once(
         writer.items_written,
         run.flushes,
     )
+
+
+def _history_to_resume(
+    application: Any, control: dict[str, Any], page_size: int
+) -> History:
+    """Return the history a rebuild reads when none is given: the one it began with.
+
+    A rebuild begun from the events table of a sequence application (``--source
+    scan``) goes on from the Scan's checkpoint; a new one reads
+    :func:`history_of` the application.
+    """
+    checkpoint = json.loads(control.get(schema.CHECKPOINT, {}).get("S", "{}"))
+    if "segments" in checkpoint:
+        return ScanHistory(application)
+    if "position" in checkpoint:
+        return SequenceHistory(application, page_size)
+    return history_of(application, page_size=page_size)
 
 
 def _sequence_head(
@@ -470,19 +491,41 @@ def _take_over(view: DynamoDBView, target: int) -> str:
     return owner
 
 
-def switch_version(view: DynamoDBView, version: int) -> None:
-    """Make ``version`` the one readers use, in one conditional transaction.
+def switch_version(
+    view: DynamoDBView,
+    version: int,
+    application: Any = None,
+    projector_class: type[Projector] | None = None,
+    *,
+    page_size: int = DEFAULT_PAGE_SIZE,
+) -> None:
+    """Make ``version`` the one readers use.
 
-    For a version built with ``rebuild(..., switch=False)``: also ends the
-    rebuild in progress, if it built that version. (It does not catch up on
-    events saved since: run the projection's feed.)
+    For the version a rebuild in progress builds (``rebuild(...,
+    switch=False)``, or a run that stopped): this finishes that rebuild as
+    ``rebuild(application, projector_class, view)`` does (builds what is
+    left, switches, applies what the build did not see, restarts the local
+    stream feed), so it needs ``application`` and ``projector_class`` and
+    refuses without them. Any other version (back to an older one, say):
+    one conditional transaction; the projection's feed then goes on from
+    where that version stands.
     """
     in_progress = view.get_control(schema.REBUILD)
-    view.control.switch_active(
-        version,
-        end_rebuild=in_progress is not None
-        and int(in_progress[schema.TABLE_VERSION]["N"]) == version,
-    )
+    if (
+        in_progress is not None
+        and int(in_progress[schema.TABLE_VERSION]["N"]) == version
+    ):
+        if application is None or projector_class is None:
+            raise ProgrammingError(
+                f"Table version {version} of {view.base_name} is being rebuilt: "
+                "switching to it must also finish the build, apply the events "
+                "it did not see and restart the stream feed. Run the rebuild "
+                "again (`ledger projections rebuild NAME`), or pass the "
+                "application and projector class to switch_version."
+            )
+        rebuild(application, projector_class, view, page_size=page_size)
+        return
+    view.control.switch_active(version)
     view.follow_active()
 
 
@@ -601,15 +644,27 @@ def _catch_up_aggregate(projector: Projector, aggregate_id: str, version: int) -
 
 
 def drop_version(view: DynamoDBView, version: int) -> bool:
-    """Delete an old table version; refuse the active one or one being built."""
-    in_progress = view.get_control(schema.REBUILD)
-    building = (
-        None if in_progress is None else int(in_progress[schema.TABLE_VERSION]["N"])
-    )
+    """Delete an old table version; refuse one still needed.
+
+    Refused: the active version, the one being rebuilt, and the one a
+    rebuild switched readers from while its catch-up (which reads it) is
+    not done.
+    """
+    in_progress = view.get_control(schema.REBUILD) or {}
+    building = int(in_progress[schema.TABLE_VERSION]["N"]) if in_progress else None
     if version in (view.active_version(), building):
         raise ProgrammingError(
             f"Table version {version} of {view.base_name} is active or being "
             "rebuilt, so it cannot be dropped. Switch to another version first."
+        )
+    if schema.SWITCHED_FROM in in_progress and version == int(
+        in_progress[schema.SWITCHED_FROM]["N"]
+    ):
+        raise ProgrammingError(
+            f"Table version {version} of {view.base_name} is what the rebuild "
+            f"of v{building} switched readers from, and that rebuild's catch-up, "
+            "which reads it, is not done. Run the rebuild again to finish it "
+            f"(`ledger projections rebuild NAME`), then drop v{version}."
         )
     return view.delete_version(version)  # and its dead letters
 

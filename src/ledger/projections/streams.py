@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from uuid import UUID
 
 import botocore.exceptions
@@ -575,7 +575,7 @@ class StreamPoller:
         """Process every record available now in every shard; return how many."""
         processed = 0
         for shard in self._shards():
-            processed += self._poll_shard(shard["ShardId"])
+            processed += self._poll_shard(shard)
         return processed
 
     def run(
@@ -611,17 +611,18 @@ class StreamPoller:
         Costs a DescribeStream, and per shard a GetShardIterator and a
         GetRecords per 1,000 records counted.
         """
-        shards = [shard["ShardId"] for shard in self._shards()]
-        if all(self.consumer.checkpoint(shard) is None for shard in shards):
+        shards = self._shards()
+        if all(self.consumer.checkpoint(shard["ShardId"]) is None for shard in shards):
             return None
         behind = 0
-        for shard_id in shards:
-            iterator = self._iterator(shard_id)
+        for shard in shards:
+            if self._read_to_its_end(shard):
+                continue
+            iterator = self._iterator(shard["ShardId"])
             while iterator and behind < cap:
-                with translate_errors():
-                    response = self.client.get_records(
-                        ShardIterator=iterator, Limit=min(1000, cap - behind)
-                    )
+                response = self._get_records(
+                    shard["ShardId"], iterator, min(1000, cap - behind)
+                )
                 records = response.get("Records", [])
                 if not records:
                     break
@@ -644,14 +645,16 @@ class StreamPoller:
             )
         return iterator
 
-    def _poll_shard(self, shard_id: str) -> int:
+    def _poll_shard(self, shard: Mapping[str, Any]) -> int:
         """Process a shard's available records; return how many.
 
         Where an empty page stopped it, the next poll goes on from there (a
         shard may hold empty stretches before later records); from the
-        checkpoint again after a failure, or once the iterator expired.
+        checkpoint again after a failure, or once the iterator was refused.
         """
-        if shard_id in self._finished:
+        shard_id: str = shard["ShardId"]
+        if shard_id in self._finished or self._read_to_its_end(shard):
+            self._finished.add(shard_id)
             return 0
         iterator = self._iterators.pop(shard_id, None) or self._iterator(shard_id)
         processed = 0
@@ -676,40 +679,62 @@ class StreamPoller:
         self._finished.add(shard_id)
         return processed
 
-    def _get_records(self, shard_id: str, iterator: str) -> dict[str, Any]:
-        """Read a page of a shard, renewing an expired iterator from the checkpoint.
+    def _read_to_its_end(self, shard: Mapping[str, Any]) -> bool:
+        """Whether the shard is closed and its checkpoint is its last record.
 
-        An iterator refused as trimmed is renewed too if nothing of the shard
-        was read yet; otherwise the records after the checkpoint are gone and
-        the error (which says to rebuild) is raised.
+        Such a shard is not read again: once its records pass the stream's 24
+        hours, an iterator after its checkpoint is refused as trimmed,
+        although nothing is missing. (A GetItem of the checkpoint, only for
+        closed shards this poller has not finished.)
         """
+        ending = shard.get("SequenceNumberRange", {}).get("EndingSequenceNumber")
+        if ending is None:
+            return False
+        checkpoint = self.consumer.checkpoint(shard["ShardId"])
+        return checkpoint is not None and int(checkpoint) >= int(ending)
+
+    def _get_records(
+        self, shard_id: str, iterator: str, limit: int | None = None
+    ) -> dict[str, Any]:
+        """Read a page of a shard; renew a refused iterator from the checkpoint.
+
+        An iterator refused as expired or as trimmed is renewed from the
+        checkpoint as it stands now, and read once more: a refusal as trimmed
+        does not yet mean records after the checkpoint are gone. DynamoDB
+        Streams refuses an iterator whose record passed its 24 hours after
+        the iterator was issued (the checkpoint, which another worker may have
+        moved on meanwhile, can be later); DynamoDB Local refuses one taken
+        while the shard was empty, once records arrive. Only if the renewed
+        iterator is refused too (or GetShardIterator refuses the checkpoint)
+        is the error, which says to rebuild, raised.
+        """
+        limit = limit or self.batch_size
         try:
             response: dict[str, Any] = self.client.get_records(
-                ShardIterator=iterator, Limit=self.batch_size
+                ShardIterator=iterator, Limit=limit
             )
         except botocore.exceptions.ClientError as error:
             code = error.response.get("Error", {}).get("Code")
-            # An iterator taken while the shard was empty may later be refused
-            # as trimmed (DynamoDB Local numbers records across all tables);
-            # with nothing of the shard read yet, starting again from its
-            # oldest record can miss nothing.
-            fresh = (
-                code == "TrimmedDataAccessException"
-                and self.consumer.checkpoint(shard_id) is None
-            )
-            if code != "ExpiredIteratorException" and not fresh:
+            if code not in _RENEWABLE:
                 raise translate_client_error(error) from error
-            renewed = self._iterator(shard_id)
-            if renewed is None:
-                return {"Records": []}
-            with translate_errors():
-                response = self.client.get_records(
-                    ShardIterator=renewed, Limit=self.batch_size
-                )
         except botocore.exceptions.BotoCoreError:
             with translate_errors():
                 raise
-        return response
+        else:
+            return response
+        renewed = self._iterator(shard_id)
+        if renewed is None:
+            return {"Records": []}
+        with translate_errors():
+            return cast(
+                "dict[str, Any]",
+                self.client.get_records(ShardIterator=renewed, Limit=limit),
+            )
+
+
+_RENEWABLE = ("ExpiredIteratorException", "TrimmedDataAccessException")
+"""GetRecords refusals of an iterator that one renewed from the checkpoint
+may not meet (see :meth:`StreamPoller._get_records`)."""
 
 
 def _before_first_failure(

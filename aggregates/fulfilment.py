@@ -422,6 +422,16 @@ class OrderFulfilment(SagaApplication):
 
     # Sending decided steps -----------------------------------------------------
 
+    def step_applied(self, step: Saga.Step, idempotency_key: str) -> bool:
+        """Return whether Orders, Warehouse or Payments holds the step's key.
+
+        Asked only when sending a step failed: a target that stored the key
+        applied the step (a delivery before a crash did), so it is done.
+        """
+        del step  # every target is asked: a key names one step of one saga
+        targets = (self.orders, self.warehouse, self.payments)
+        return any(t.first_outcome(idempotency_key) is not None for t in targets)
+
     @singledispatchmethod
     def dispatch(self, step: Saga.Step, idempotency_key: str) -> None:
         """Refuse a step this application has no handler for."""

@@ -5,6 +5,8 @@ The same check refuses answers cut short on the wire in
 its own, against botocore's own models of DynamoDB and DynamoDB Streams.
 """
 
+import zlib
+
 import pytest
 from botocore.session import get_session
 
@@ -56,3 +58,12 @@ def test_an_answer_shorter_than_its_content_length_or_checksum_is_not_whole():
     assert "2 of its 24 bytes" in short
     assert corrupt is not None
     assert "x-amz-crc32" in corrupt
+
+
+def test_an_answer_matching_its_checksum_is_whole_without_parsing_it_again():
+    model = get_session().get_service_model("dynamodb").operation_model("Query")
+    body = b'{"Items":[],"Count":0,"ScannedCount":0}'
+
+    found = incomplete_answer(model, {"x-amz-crc32": str(zlib.crc32(body))}, body)
+
+    assert found is None

@@ -107,16 +107,6 @@ class QuickFulfilment(OrderFulfilment):
         self.sent.append((step.order_id, type(step).__name__))  # type: ignore[attr-defined]
 
 
-class TwinAwareFulfilment(QuickFulfilment):
-    """Asks the target whether it applied a step under its key (``step_applied``)."""
-
-    name = "OrderFulfilment"  # the same application
-
-    def step_applied(self, step: Saga.Step, idempotency_key: str) -> bool:
-        targets = (self.orders, self.warehouse, self.payments)
-        return any(t.first_outcome(idempotency_key) is not None for t in targets)
-
-
 def open_failing_shop(
     env: dict[str, str], fulfilment_class: type[OrderFulfilment] = QuickFulfilment
 ) -> Shop:
@@ -226,14 +216,13 @@ def test_later_steps_of_a_parked_saga_wait_behind_it_in_order(shop):
 # Redrive and drop ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("failure", ["refuse", "fail_after"])
-def test_redrive_after_the_fix_completes_the_saga_exactly_once(shop, failure):
+def test_redrive_after_the_fix_completes_the_saga_exactly_once(shop):
     failing, other = shop.place({TEA: 2}), shop.place({TEA: 1})
-    getattr(warehouse(shop), failure).add(failing)
+    warehouse(shop).refuse.add(failing)
     ship_every(shop, [other])
     [parked] = shop.fulfilment.parked_sagas()
 
-    getattr(warehouse(shop), failure).clear()  # the fix
+    warehouse(shop).refuse.clear()  # the fix
     outcomes = shop.fulfilment.redrive()
     ship_every(shop, [failing])
 
@@ -245,6 +234,18 @@ def test_redrive_after_the_fix_completes_the_saga_exactly_once(shop, failure):
     assert on_hand(shop, TEA) == 2
     assert shop.fulfilment.redrive() == {}
     assert shop.fulfilment.redrive(parked.saga_id) == {parked.saga_id: "not parked"}
+
+
+def test_a_step_its_target_applied_before_failing_is_done_not_parked(shop):
+    order_id = shop.place({TEA: 2})
+    warehouse(shop).fail_after.add(order_id)  # reserved, then an error
+
+    ship_every(shop, [order_id])
+
+    assert shop.fulfilment.parked_sagas() == []
+    reservation = shop.warehouse.get_reservation(order_id)
+    assert events_of(shop.warehouse, reservation.id) == ["StockReserved"]
+    assert on_hand(shop, TEA) == 3
 
 
 def test_redrive_sends_the_parked_step_then_those_waiting_in_order(shop):
@@ -374,7 +375,7 @@ def test_a_twin_of_a_step_applied_before_a_crash_is_done_not_parked(dynamodb_env
     with pytest.raises(Crash, match="ReserveStock"):
         crashing.run()
 
-    again = crashing.restarted(TwinAwareFulfilment)
+    again = crashing.restarted(QuickFulfilment)
     again.run()  # the twin is refused by the warehouse, but it was applied
     again.answer(order_id, approved=True)
     again.run()
@@ -412,7 +413,7 @@ def test_two_runners_racing_on_one_step_apply_it_once_and_park_nothing(dynamodb_
     for _ in range(2):  # two saga processes, each with its own applications
         stock = BothInReserve(env=env)
         stock.barrier = barrier
-        fulfilment = TwinAwareFulfilment(env=env)
+        fulfilment = QuickFulfilment(env=env)
         shops.append(Shop(Orders(env=env), stock, Payments(env=env), fulfilment, env))
     shops[0].warehouse.stock(TEA, 5)
     order_id = shops[0].place({TEA: 1})

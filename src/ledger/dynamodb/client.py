@@ -288,7 +288,8 @@ def incomplete_answer(
     """Return why a success answer's body is not DynamoDB's whole answer, or None.
 
     Not whole: shorter than its ``Content-Length`` (botocore reads a body
-    cut short as if it were whole), unlike its ``x-amz-crc32`` checksum, not
+    cut short as if it were whole), unlike its ``x-amz-crc32`` checksum, or,
+    when it has no checksum (DynamoDB sends one; a proxy may drop it), not
     one complete JSON object (botocore's parser reads such a body as an
     empty answer), or without a member DynamoDB always sends
     (``_MEMBERS_ALWAYS_SENT``). An empty body is whole only for an operation
@@ -299,8 +300,12 @@ def incomplete_answer(
     if length.isdigit() and int(length) != len(body):
         return f"{len(body)} of its {length} bytes arrived"
     checksum = lowered.get("x-amz-crc32", "")
-    if checksum.isdigit() and zlib.crc32(body) != int(checksum):
-        return "its body does not match its x-amz-crc32 checksum"
+    if checksum.isdigit():
+        if zlib.crc32(body) != int(checksum):
+            return "its body does not match its x-amz-crc32 checksum"
+        # Exactly the bytes DynamoDB sent: parsing them again here would
+        # only cost every call a second JSON decode.
+        return None
     output = operation.output_shape
     if not body and (output is None or not output.members):
         return None

@@ -12,14 +12,15 @@ global sequence, so it scales with the table's partitions (stream shards) and
 Lambda's concurrency: records of different aggregates may be processed in any
 interleaving, by any number of workers, and the read model comes out the same.
 
-A batch reports the records it could not process (a record that cannot be
-decoded, whose missing earlier events cannot be read, or whose commit failed)
-as ``batchItemFailures``; later records of the same aggregate in the batch
-are reported too, so an aggregate's events are never applied out of order.
-A handler that keeps failing is not a batch failure: its event is parked (see
-:mod:`ledger.projections.deadletters`). Each batch is summarised on
-``ledger.projections.streams`` and its size and iterator age recorded
-(:mod:`ledger.projections.metrics`).
+A batch reports the records it could not process (a record whose commit
+failed, or whose missing earlier events a projector without ``load_events``
+cannot read) as ``batchItemFailures``; later records of the same aggregate in
+the batch are reported too, so an aggregate's events are never applied out of
+order. A handler that keeps failing, an event that cannot be decoded, and an
+earlier version that stays unreadable (a ``GapError``) are not batch
+failures: the event is parked (see :mod:`ledger.projections.deadletters`).
+Each batch is summarised on ``ledger.projections.streams`` and its size and
+iterator age recorded (:mod:`ledger.projections.metrics`).
 """
 
 from __future__ import annotations

@@ -133,6 +133,14 @@ def _pyproject_config(folder: Path) -> tuple[dict[str, Any], Path | None]:
 
 def load_class(topic: str, what: str) -> Any:
     """Import ``module:Class`` (``what`` names it in errors)."""
+    found = load_object(topic, what)
+    if not isinstance(found, type):
+        raise typer.BadParameter(f"{what} {topic!r} is not a class.")
+    return found
+
+
+def load_object(topic: str, what: str) -> Any:
+    """Import ``module:name`` (a class or a function; ``what`` names it in errors)."""
     module_name, _, qualname = topic.partition(":")
     if not module_name or not qualname:
         raise typer.BadParameter(
@@ -153,6 +161,4 @@ def load_class(topic: str, what: str) -> Any:
             raise typer.BadParameter(
                 f"module {module_name!r} has no {qualname!r} (for {what})."
             ) from None
-    if not isinstance(found, type):
-        raise typer.BadParameter(f"{what} {topic!r} is not a class.")
     return found

@@ -11,7 +11,6 @@ so it needs the connected application.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -19,7 +18,7 @@ import typer
 from rich.table import Table
 
 from ledger.cli.options import JsonOutput, console, metered, print_json, settings
-from ledger.cli.project import _pyproject_config
+from ledger.cli.project import _pyproject_config, load_object
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -95,21 +94,7 @@ def _find(topic: str | None) -> Any:
             'add [tool.ledger] saga = "module:Class" to your pyproject.toml.'
         )
     settings.project()  # makes the working directory importable
-    module_name, _, qualname = named.partition(":")
-    if not module_name or not qualname:
-        raise typer.BadParameter(
-            f"--saga is {named!r}: write it as module:Class or module:function."
-        )
-    try:
-        found: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            found = getattr(found, part)
-    except (ImportError, AttributeError) as error:
-        raise typer.BadParameter(
-            f"cannot load the saga application {named!r} ({error}). Run ledger "
-            "from your project's folder, or install your project here."
-        ) from None
-    return found
+    return load_object(named, "--saga")
 
 
 @dlq_cli.command("list")

@@ -16,6 +16,10 @@ install: $(STAMP) $(DYNAMODB_LOCAL)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	@# A checkout installed before ledger was named ledger-dynamodb: remove
+	@# that install, which would also own the `ledger` command and the pytest
+	@# plugin's entry point.
+	$(BIN)/python -m pip uninstall --quiet --yes ledger
 	$(BIN)/python -m pip install --quiet -e . --group dev
 	touch $(STAMP)
 

@@ -8,15 +8,22 @@ import os
 import subprocess
 import sys
 import textwrap
+import tomllib
 import venv
 import zipfile
+from email.parser import Parser
 from pathlib import Path
 
 import pytest
 
+from ledger import DISTRIBUTION
 from ledger.dynamodb.local import find_jar
 
 ROOT = Path(__file__).parent.parent
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+PROJECT = PYPROJECT["project"]
+WHEEL_GLOB = f"{DISTRIBUTION.replace('-', '_')}-*.whl"
+"""The wheel's file name: its distribution name with '-' as '_' (PEP 427)."""
 
 SHOP = {
     "shop/__init__.py": "",
@@ -99,7 +106,12 @@ SHOP = {
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh virtualenv with ledger[cli,testing] installed from its wheel."""
+    """A fresh virtualenv with the wheel installed as the README says, by name.
+
+    ``pip install 'NAME[cli,testing]'`` with the wheel's folder as a link:
+    pip also asks the package index for NAME, and takes the index's release
+    if it has a higher version (as it did when the name was ``ledger``).
+    """
     work = tmp_path_factory.mktemp("wheel")
     pip = [sys.executable, "-m", "pip"]
     subprocess.run(  # noqa: S603 - pip with fixed arguments
@@ -107,12 +119,16 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         check=True,
         timeout=600,
     )
-    [wheel] = work.glob("ledger-*.whl")
+    [_] = work.glob(WHEEL_GLOB)
     env_dir = work / "venv"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
     subprocess.run(  # noqa: S603 - pip with fixed arguments
-        [str(python), "-m", "pip", "install", "--quiet", f"{wheel}[cli,testing]"],
+        [
+            *(str(python), "-m", "pip", "install", "--quiet"),
+            *("--find-links", str(work)),
+            f"{PROJECT['name']}[cli,testing]",
+        ],
         check=True,
         timeout=900,
     )
@@ -159,11 +175,33 @@ def run_in(
 
 @pytest.mark.slow
 def test_the_wheel_holds_only_the_ledger_package(installed):
-    wheels = list((installed.parent).glob("ledger-*.whl"))
+    wheels = list((installed.parent).glob(WHEEL_GLOB))
     with zipfile.ZipFile(wheels[0]) as wheel:
         top_level = {name.split("/")[0] for name in wheel.namelist()}
 
     assert {t for t in top_level if not t.endswith(".dist-info")} == {"ledger"}
+
+
+def test_the_distribution_is_named_where_ledger_looks_itself_up() -> None:
+    assert PROJECT["name"] == DISTRIBUTION
+    # `make install` installs the dev group, which names the checkout itself
+    assert f"{DISTRIBUTION}[cli,testing]" in PYPROJECT["dependency-groups"]["dev"]
+
+
+@pytest.mark.slow
+def test_the_wheel_declares_its_name_licence_and_classifiers(installed):
+    [wheel_path] = installed.parent.glob(WHEEL_GLOB)
+    with zipfile.ZipFile(wheel_path) as wheel:
+        [metadata_name] = [n for n in wheel.namelist() if n.endswith("/METADATA")]
+        metadata = Parser().parsestr(wheel.read(metadata_name).decode())
+        licence = [n for n in wheel.namelist() if n.endswith("/licenses/LICENSE")]
+
+    assert metadata["Name"] == DISTRIBUTION
+    assert metadata["Version"] == PROJECT["version"]
+    assert metadata["License-Expression"] == "MIT"
+    assert metadata.get_all("License-File") == ["LICENSE"]
+    assert licence
+    assert "Typing :: Typed" in metadata.get_all("Classifier")
 
 
 @pytest.mark.slow
@@ -179,6 +217,9 @@ def test_a_users_own_app_runs_through_the_installed_cli(installed, shop, dynamod
     assert no_example.returncode == 1  # the example domain is not installed
 
     version = ledger("--version")
+    module_version = run_in(
+        shop, installed, dynamodb_env, "python", "-m", "ledger", "--version"
+    )
     listed = ledger("projections", "list", "--json")
     rebuilt = ledger("projections", "rebuild", "BasketViews")
     status = ledger("projections", "status", "BasketViews", "--json")
@@ -186,7 +227,9 @@ def test_a_users_own_app_runs_through_the_installed_cli(installed, shop, dynamod
     ran = ledger("projections", "run", "BasketViews", "--feed", "sequence", "--once")
     unknown = ledger("projections", "status", "Nope")
 
-    assert version.stdout.startswith("ledger ")
+    # the index's own `ledger` never answers in its place
+    assert version.stdout == f"{DISTRIBUTION} {PROJECT['version']}\n"
+    assert module_version.stdout == version.stdout
     assert listed.returncode == 0, listed.stderr
     assert '"BasketViews": "shop.views:BasketViews"' in listed.stdout
     assert rebuilt.returncode == 0, rebuilt.stderr

@@ -1,6 +1,6 @@
 """A pytest plugin for your own tests: DynamoDB Local, and a fresh store per test.
 
-Installed with ``pip install 'ledger[testing]'``; pytest loads it by itself
+Installed with ``pip install 'ledger-dynamodb[testing]'``; pytest loads it by itself
 (entry point ``pytest11``). It starts DynamoDB Local only for tests that ask
 for it. DynamoDB Local needs Java, and is found as ``ledger local`` finds it
 (``$DYNAMODB_LOCAL_JAR``, a checkout's ``.local/dynamodb``, or

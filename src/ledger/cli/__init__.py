@@ -1,6 +1,6 @@
 """The ``ledger`` command: local DynamoDB, tables, events, projections.
 
-Its output needs the ``cli`` extra (typer and rich): ``pip install 'ledger[cli]'``.
+Its output needs the ``cli`` extra: ``pip install 'ledger-dynamodb[cli]'``.
 Every command that talks to DynamoDB ends by printing the round trips and
 capacity units it used. Errors are one line on stderr with a non-zero exit
 code; ``--debug`` shows the traceback.
@@ -18,7 +18,8 @@ def main() -> None:
     except ModuleNotFoundError as error:
         if error.name in ("typer", "rich", "click"):
             sys.stderr.write(
-                "ledger: the command needs the 'cli' extra: pip install 'ledger[cli]'\n"
+                "ledger: the command needs the 'cli' extra: "
+                "pip install 'ledger-dynamodb[cli]'\n"
             )
             raise SystemExit(2) from None
         raise

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from importlib.metadata import version as package_version
 from typing import Annotated
 
 import typer
 
+from ledger import DISTRIBUTION, __version__
 from ledger.cli.bench import bench_cli
 from ledger.cli.events import events_cli
 from ledger.cli.local import local
@@ -34,7 +34,7 @@ cli.add_typer(bench_cli, name="bench")
 
 def _print_version(wanted: bool) -> None:
     if wanted:
-        typer.echo(f"ledger {package_version('ledger')}")
+        typer.echo(f"{DISTRIBUTION} {__version__}")
         raise typer.Exit
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import copy
 import importlib
 import re
+import shlex
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -50,7 +51,8 @@ from tests.test_projections_dynamodb import (
 from tests.test_publisher import Bus, RefusingClient, local_eventbridge
 from tests.test_saga_fulfilment import FIG, TEA, Shop, open_shop
 
-DEPLOY = Path(__file__).parent.parent / "deploy"
+ROOT = Path(__file__).parent.parent
+DEPLOY = ROOT / "deploy"
 TEMPLATE = DEPLOY / "template.yaml"
 README = DEPLOY / "README.md"
 
@@ -71,12 +73,157 @@ def test_template_passes_cfn_lint() -> None:
     assert [str(match) for match in lint_file(TEMPLATE)] == []
 
 
+INLINE_TEMPLATE_BYTES = 51_200
+"""The largest template CloudFormation takes in the request (TemplateBody)."""
+S3_TEMPLATE_BYTES = 1_000_000
+"""The largest it takes from S3 (TemplateURL: 1 MB)."""
+
+
+def _documented_deploy_command() -> list[str]:
+    """Return the arguments of the README's ``aws cloudformation deploy``."""
+    [command] = re.findall(
+        r"^aws cloudformation deploy .*?(?<!\\)$", README.read_text(), re.M | re.S
+    )
+    return shlex.split(command.replace("\\\n", " "))
+
+
+def _options(argv: list[str]) -> dict[str, list[str]]:
+    """Return each ``--option`` of a command with the words that follow it."""
+    options: dict[str, list[str]] = {}
+    current: list[str] = []
+    for word in argv:
+        if word.startswith("--"):
+            current = options.setdefault(word, [])
+        else:
+            current.append(word)
+    return options
+
+
+def test_the_readmes_deploy_command_passes_the_template_the_way_its_size_allows():
+    options = _options(_documented_deploy_command())
+    [template_file] = options["--template-file"]
+    size = (ROOT / template_file).stat().st_size
+
+    assert ROOT / template_file == TEMPLATE
+    if "--s3-bucket" in options:
+        # the CLI uploads the template and deploys it by URL
+        assert len(options["--s3-bucket"]) == 1
+        assert size <= S3_TEMPLATE_BYTES
+    else:
+        assert size <= INLINE_TEMPLATE_BYTES, (
+            f"the template is {size} bytes: over {INLINE_TEMPLATE_BYTES} the "
+            "command needs --s3-bucket"
+        )
+
+
+def test_the_readmes_deploy_command_sets_every_parameter_without_a_default(
+    template,
+):
+    options = _options(_documented_deploy_command())
+    overrides = dict(word.split("=", 1) for word in options["--parameter-overrides"])
+    parameters = template["Parameters"]
+
+    assert set(overrides) <= set(parameters)
+    assert {name for name, p in parameters.items() if "Default" not in p} <= set(
+        overrides
+    )
+
+
 def test_events_table_streams_new_images_and_is_retained(resources):
     events = resources["EventsTable"]
     assert events["DeletionPolicy"] == "Retain"
     assert events["Properties"]["StreamSpecification"] == {
         "StreamViewType": "NEW_IMAGE"
     }
+
+
+EVENT_STORE_SUFFIXES = ("_events", "_snapshots", "_notifications", "_tracking")
+"""The tables of an application's event store, by their names' ends."""
+
+
+def _table_name(resource: dict[str, Any]) -> str:
+    return str(resource["Properties"]["TableName"]["Fn::Sub"])
+
+
+def _event_store_tables(resources: dict[str, Any]) -> list[str]:
+    return [
+        name
+        for name, resource in resources.items()
+        if resource["Type"] == "AWS::DynamoDB::Table"
+        and _table_name(resource).endswith((*EVENT_STORE_SUFFIXES, "_idempotency"))
+    ]
+
+
+def test_event_store_tables_are_retained_and_protected_from_deletion(resources):
+    tables = _event_store_tables(resources)
+
+    # Orders' five, Warehouse's and Payments' three, the saga's three
+    assert len(tables) == 14
+    assert "IdempotencyTable" in tables
+    for name in tables:
+        table = resources[name]
+        assert table["DeletionPolicy"] == "Retain", name
+        assert table["UpdateReplacePolicy"] == "Retain", name
+        assert table["Properties"]["DeletionProtectionEnabled"] is True, name
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        "ProjectionControlTable",
+        "ParkedEventsTable",
+        "PublisherTable",
+        "FulfilmentParkedTable",
+    ],
+)
+def test_records_of_what_was_parked_outlive_the_stack_and_a_rename(resources, table):
+    resource = resources[table]
+
+    assert resource["DeletionPolicy"] == "Retain"
+    assert resource["UpdateReplacePolicy"] == "Retain"
+    assert resource["Properties"]["PointInTimeRecoverySpecification"] == {
+        "PointInTimeRecoveryEnabled": True
+    }
+
+
+# --- names the functions take ------------------------------------------------------
+
+LAMBDA_FUNCTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""What Lambda accepts as a function's name (not an ARN)."""
+
+
+def _longest_name(template: dict[str, Any], sub: str) -> str:
+    """Return ``sub`` with each parameter as long as it may be, in its pattern."""
+    parameters = template["Parameters"]
+
+    def longest(match: re.Match[str]) -> str:
+        parameter = parameters[match.group(1)]
+        assert "MaxLength" in parameter, f"{match.group(1)} has no MaxLength"
+        return "x" * int(parameter["MaxLength"])
+
+    return re.sub(r"\$\{([^}]+)\}", longest, sub)
+
+
+def test_every_function_name_fits_lambda_whatever_the_parameters_allow(
+    template, resources
+):
+    for function in _functions(resources):
+        name = resources[function]["Properties"]["FunctionName"]["Fn::Sub"]
+        assert LAMBDA_FUNCTION_NAME.fullmatch(_longest_name(template, name)), name
+
+
+@pytest.mark.parametrize(
+    "parameter", ["TablePrefix", "ProjectionName", "PublicationName"]
+)
+def test_names_lambda_would_refuse_are_refused_by_the_template(template, parameter):
+    pattern = template["Parameters"][parameter]["AllowedPattern"]
+    default = template["Parameters"][parameter]["Default"]
+
+    # CloudFormation matches AllowedPattern against the whole value
+    assert re.fullmatch(pattern, "Orders_v2-eu")
+    assert re.fullmatch(pattern, default) is not None
+    assert re.fullmatch(pattern, "orders.eu") is None
+    assert re.fullmatch(pattern, "orders/eu") is None
 
 
 STREAM_MAPPINGS = (
@@ -108,6 +255,22 @@ def test_stream_mapping_bisects_reports_partial_failures_and_parks_the_rest(
     assert mapping["BisectBatchOnFunctionError"] is True
     assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert "OnFailure" in mapping["DestinationConfig"]
+
+
+STREAM_RETENTION_SECONDS = 24 * 60 * 60
+"""How long a DynamoDB stream keeps a record."""
+
+
+@pytest.mark.parametrize("name", STREAM_MAPPINGS)
+def test_stream_mappings_give_up_on_records_hours_before_the_stream_trims_them(
+    resources, name
+):
+    age = resources[name]["Properties"]["MaximumRecordAgeInSeconds"]
+    hours_left = (STREAM_RETENTION_SECONDS - age) // 3600
+
+    # the failure message must leave time to read the records it names
+    assert hours_left >= 6
+    assert f"at least {hours_left} hours" in README.read_text()
 
 
 @pytest.mark.parametrize("role", ["ProjectorRole", "PublisherRole"])
@@ -271,25 +434,57 @@ def test_iterator_age_alarms_fire_long_before_stream_records_expire(
     threshold = template["Parameters"]["IteratorAgeAlarmMilliseconds"]
     day_ms = 24 * 60 * 60 * 1000
 
+    given_up_at_ms = 1000 * min(
+        resources[name]["Properties"]["MaximumRecordAgeInSeconds"]
+        for name in STREAM_MAPPINGS
+    )
+
     assert alarms
     for alarm in alarms:
         assert alarm["Threshold"] == {"Ref": "IteratorAgeAlarmMilliseconds"}
     assert threshold["Default"] == 600_000
-    assert threshold["MaxValue"] < day_ms
+    assert threshold["MaxValue"] < given_up_at_ms < day_ms
 
 
-def test_parked_events_alarm_watches_the_projections_embedded_metric(resources):
-    [alarm] = _alarms_on(resources, "ledger", "EventsParked")
+def test_parked_events_alarm_counts_this_stacks_projector_log_lines(resources):
+    filter_properties = resources["ParkedEventsMetricFilter"]["Properties"]
+    [metric] = filter_properties["MetricTransformations"]
+    [alarm] = _alarms_on(resources, "ledger", metric["MetricName"])
 
-    assert alarm["Dimensions"] == [
-        {"Name": "Projection", "Value": {"Ref": "ProjectionName"}}
-    ]
+    # the stack's own log group and a metric named after the stack's names,
+    # so another stack's projection of the same name is not counted
+    assert filter_properties["LogGroupName"] == {"Ref": "ProjectorLogGroup"}
+    assert metric["MetricName"] == {
+        "Fn::Sub": "${TablePrefix}${ProjectionName}-EventsParked"
+    }
+    assert "Dimensions" not in alarm
     assert alarm["Statistic"] == "Sum"
     assert alarm["Period"] == 300
     assert alarm["Threshold"] == 0
     assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
     # No data is the normal case: nothing was parked.
     assert alarm["TreatMissingData"] == "notBreaching"
+
+
+def test_the_parked_events_filter_matches_each_park_the_projector_logs(
+    streamed_tables, confirmations_fail, dynamodb_env, resources, caplog
+):
+    filter_properties = resources["ParkedEventsMetricFilter"]["Properties"]
+    [phrase] = re.findall(r'"([^"]+)"', filter_properties["FilterPattern"])
+    orders, view = streamed_tables
+    stream_arn = stream_arn_of(orders)
+    records = [{**r, "eventSourceARN": stream_arn} for r in stream_records(orders)]
+    handler = lambda_handler(
+        OrderProjector, Orders, {**dynamodb_env, "CREATE_TABLE": "no"}
+    )
+
+    with caplog.at_level("ERROR", logger="ledger"):
+        assert handler({"Records": records}, None) == {"batchItemFailures": []}
+
+    # both orders' confirmations were parked
+    assert len(view.parked_events()) == 2
+    matched = [r for r in caplog.records if phrase in r.getMessage()]
+    assert len(matched) == 2
 
 
 def test_sagas_parked_alarm_watches_what_the_send_steps_function_reports(resources):
@@ -340,6 +535,21 @@ def test_failure_queue_alarm_watches_the_stream_mappings_on_failure_queue(
     assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
 
 
+def test_every_stream_fed_function_alarms_when_its_failure_message_is_lost(
+    resources,
+):
+    alarms = _alarms_on(resources, "AWS/Lambda", "DestinationDeliveryFailures")
+    watched = [alarm["Dimensions"] for alarm in alarms]
+
+    assert sorted(map(str, watched)) == sorted(
+        str([{"Name": "FunctionName", "Value": {"Ref": name}}])
+        for name in _stream_fed_functions(resources)
+    )
+    for alarm in alarms:
+        assert (alarm["Statistic"], alarm["Threshold"]) == ("Sum", 0)
+        assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
+
+
 def test_alarms_notify_the_topic_only_when_one_is_given(template, resources):
     notify = {
         "Fn::If": [
@@ -354,9 +564,10 @@ def test_alarms_notify_the_topic_only_when_one_is_given(template, resources):
         "Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmTopicArn"}, ""]}]
     }
     alarms = _alarms(resources)
-    # 4 of the projector, 5 of publishing, 11 of the saga (5 on errors, 4 on
-    # iterator ages, 1 on its failure queue, 1 on parked sagas)
-    assert len(alarms) == 20
+    # 5 of the projector, 6 of publishing, 16 of the saga (5 on errors, 4 on
+    # iterator ages, 4 on undelivered failure messages, 1 on its failure
+    # queue, 1 on parked sagas, 1 on the poller not being invoked)
+    assert len(alarms) == 27
     for alarm in alarms.values():
         assert alarm["AlarmActions"] == notify
         assert alarm["OKActions"] == notify
@@ -453,6 +664,8 @@ class _Stack:
     def __init__(self, template: dict[str, Any], parameters: dict[str, str]) -> None:
         self.template = template
         self.parameters = parameters
+        self.context: dict[str, set[str]] = {}
+        """Condition keys of the requests, and every value they were sent with."""
 
     def sub(self, text: str) -> str:
         pseudo = {
@@ -505,6 +718,21 @@ class _Stack:
             return [{"Arn": table, "StreamArn": f"{table}/stream/*"}[attribute]]
         raise AssertionError(f"{function} is not resolved by this test")
 
+    def holds(self, condition: Mapping[str, Any]) -> bool:
+        """Return whether a statement's condition holds for every request.
+
+        Only ``StringEquals`` is understood; a key the requests were not
+        seen with (``context``) fails, as it would in IAM.
+        """
+        for operator, keys in condition.items():
+            if operator != "StringEquals":
+                raise AssertionError(f"{operator} is not evaluated by this test")
+            for key, wanted in keys.items():
+                sent = self.context.get(key)
+                if not sent or sent != {self.value(wanted)}:
+                    return False
+        return True
+
     def refused(
         self, statements: list[dict[str, Any]], requests: list[Request]
     ) -> list[Request]:
@@ -512,7 +740,7 @@ class _Stack:
         grants = [
             (_as_list(s["Action"]), self.resources_of(s["Resource"]))
             for s in statements
-            if s["Effect"] == "Allow"
+            if s["Effect"] == "Allow" and self.holds(s.get("Condition", {}))
         ]
         return sorted(
             {
@@ -535,6 +763,9 @@ def _stack(template: dict[str, Any], table_prefix: str, ordering: str) -> _Stack
             "ApplicationName": Orders.name,
             "ProjectionName": OrderProjector.name,
             "PublicationName": OrderEvents.name,
+            "IntegrationEventSource": template["Parameters"]["IntegrationEventSource"][
+                "Default"
+            ],
             "Ordering": ordering,
         },
     )
@@ -682,11 +913,45 @@ def test_the_publisher_publishes_to_the_stacks_bus_and_the_rule_forwards_its_sou
     }
 
 
-def test_the_publisher_mapping_retries_until_records_are_a_day_old(resources):
+def test_the_publisher_mapping_retries_until_records_are_18_hours_old(resources):
     mapping = resources["PublisherStreamMapping"]["Properties"]
 
     assert mapping["MaximumRetryAttempts"] == -1
-    assert mapping["MaximumRecordAgeInSeconds"] == 86400
+    assert mapping["MaximumRecordAgeInSeconds"] == 18 * 60 * 60
+
+
+ONLY_THE_PUBLICATIONS_SOURCE = {
+    "StringEquals": {"events:source": {"Ref": "IntegrationEventSource"}}
+}
+
+
+def test_put_events_is_granted_only_for_the_publications_source(resources):
+    role = resources["PublisherRole"]["Properties"]
+    operator = resources["PublisherOperatorPolicy"]["Properties"]
+    statements = [
+        statement
+        for policy in role["Policies"]
+        for statement in policy["PolicyDocument"]["Statement"]
+    ] + operator["PolicyDocument"]["Statement"]
+
+    put_events = [s for s in statements if s["Action"] == "events:PutEvents"]
+
+    assert len(put_events) == 2
+    for statement in put_events:
+        assert statement["Condition"] == ONLY_THE_PUBLICATIONS_SOURCE
+
+
+def test_the_bus_keeps_an_archive_for_replays(resources):
+    [archive] = [
+        resource["Properties"]
+        for resource in resources.values()
+        if resource["Type"] == "AWS::Events::Archive"
+    ]
+    days = archive["RetentionDays"]
+
+    assert archive["SourceArn"] == {"Fn::GetAtt": ["IntegrationEventBus", "Arn"]}
+    assert "EventPattern" not in archive  # every event of the bus
+    assert f"{days}-day archive" in README.read_text()
 
 
 @dataclass
@@ -765,6 +1030,7 @@ def test_the_publisher_role_allows_every_call_the_lambda_handler_makes(
     assert handler({"Records": records}, None) == {"batchItemFailures": []}
 
     stack = _stack(template, prefix, "sequence")
+    stack.context["events:source"] = {e["source"] for e in bus.received()}
     publisher_table = _table_arn(f"{prefix}{OrderEvents.name}_publishing")
     assert ("dynamodb:PutItem", publisher_table) in recorded_requests
     assert ("events:PutEvents", _bus_arn(bus.name)) in recorded_requests
@@ -774,7 +1040,7 @@ def test_the_publisher_role_allows_every_call_the_lambda_handler_makes(
         for statement in policy["PolicyDocument"]["Statement"]
     ]
     assert stack.refused(statements, recorded_requests) == []
-    assert {e["source"] for e in bus.received()} == {SOURCE}
+    assert stack.context["events:source"] == {SOURCE}
 
 
 def test_the_publisher_operator_policy_allows_listing_and_redriving_dead_letters(
@@ -794,6 +1060,9 @@ def test_the_publisher_operator_policy_allows_listing_and_redriving_dead_letters
     assert len(letters) == 3  # placed; confirmed as v1 and v2
     assert set(outcomes.values()) == {"published"}
     stack = _stack(template, publishing_stack.prefix, orders.recorder.ordering)
+    stack.context["events:source"] = {
+        e["source"] for e in publishing_stack.bus.received()
+    }
     assert (
         "events:PutEvents",
         _bus_arn(publishing_stack.bus.name),
@@ -941,9 +1210,7 @@ def test_the_saga_functions_get_the_payment_timeout_parameter(template, resource
         assert variables["DYNAMODB_ORDERING"] == {"Ref": "Ordering"}
 
 
-def test_the_schedule_invokes_the_timeout_poller_every_minute_one_at_a_time(
-    resources,
-):
+def test_the_schedule_invokes_the_timeout_poller_every_minute(resources):
     [schedule] = [
         resource["Properties"]
         for resource in resources.values()
@@ -965,9 +1232,43 @@ def test_the_schedule_invokes_the_timeout_poller_every_minute_one_at_a_time(
     assert trust["Principal"] == {"Service": "scheduler.amazonaws.com"}
     assert allowed["Action"] == "lambda:InvokeFunction"
     assert allowed["Resource"] == {"Fn::GetAtt": ["FulfilmentTimeouts", "Arn"]}
-    assert timeouts["ReservedConcurrentExecutions"] == 1
+    # overlapping polls are safe; a reservation may not deploy (low quotas)
+    assert "ReservedConcurrentExecutions" not in timeouts
     assert timeouts["Handler"].endswith(".fire_timeouts")
     assert "FulfilmentTimeouts" not in _stream_fed_functions(resources)
+
+
+def test_lambda_neither_retries_nor_keeps_a_scheduled_poll_it_could_not_run(
+    resources,
+):
+    # The Scheduler invokes asynchronously: without this, Lambda itself
+    # retries a failed poll twice and a throttled one for up to 6 hours.
+    [config] = [
+        resource["Properties"]
+        for resource in resources.values()
+        if resource["Type"] == "AWS::Lambda::EventInvokeConfig"
+        and resource["Properties"]["FunctionName"] == {"Ref": "FulfilmentTimeouts"}
+    ]
+
+    assert config["Qualifier"] == "$LATEST"
+    assert config["MaximumRetryAttempts"] == 0
+    assert config["MaximumEventAgeInSeconds"] == 60  # Lambda's least
+
+
+def test_an_alarm_fires_when_nothing_invokes_the_timeout_poller(resources):
+    [alarm] = _alarms_on(resources, "AWS/Lambda", "Invocations")
+
+    assert alarm["Dimensions"] == [
+        {"Name": "FunctionName", "Value": {"Ref": "FulfilmentTimeouts"}}
+    ]
+    assert alarm["Statistic"] == "Sum"
+    assert alarm["Period"] * alarm["EvaluationPeriods"] <= 300
+    assert (alarm["ComparisonOperator"], alarm["Threshold"]) == (
+        "LessThanThreshold",
+        1,
+    )
+    # no invocation publishes no data point: that is the failure
+    assert alarm["TreatMissingData"] == "breaching"
 
 
 @pytest.mark.parametrize("ordering", ["sequence", "stream"])

@@ -15,9 +15,11 @@ Lambda handler uses :class:`EmbeddedMetrics` unless :data:`LEDGER_METRICS`
 says otherwise.
 
 Every metric has one dimension, ``Projection`` (the projector's ``name``),
-in namespace ``ledger``: ``deploy/template.yaml`` alarms on
-``EventsParked`` with exactly that dimension, and a metric with another set
-of dimensions is another metric, which the alarm would not see.
+in namespace ``ledger``; keep it so, since a metric with another set of
+dimensions is another metric, which dashboards and alarms built on this one
+would not see. A name is not unique across stacks, so ``deploy/template.yaml``
+alarms on parked events through a metric filter on its own function's log
+(the ERROR line :func:`report_parked` writes), not on ``EventsParked``.
 
 The reports below log through the logger their caller passes (each module's
 own, under ``ledger.projections``) with ``extra=`` fields: ids, versions,
@@ -60,7 +62,7 @@ MILLISECONDS = "Milliseconds"
 
 EVENTS_PARKED = "EventsParked"
 """Count: events a commit parked as dead letters (a redrive that failed
-again parks its event again). ``deploy/template.yaml`` alarms on its Sum."""
+again parks its event again)."""
 EVENTS_APPLIED = "EventsApplied"
 """Count: events a commit applied (versions its aggregates moved forward)."""
 HANDLER_RETRIES = "HandlerRetries"

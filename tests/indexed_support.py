@@ -62,9 +62,18 @@ class ReorderingStreams:
     def __init__(self, client: Any, alter: Callable[[list[Any]], list[Any]]) -> None:
         self.client = client
         self.alter = alter
+        self.from_start = False
+        """Hand out every shard iterator from the shard's start (redelivery)."""
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.client, name)
+
+    def get_shard_iterator(self, **params: Any) -> dict[str, Any]:
+        if self.from_start:
+            params.pop("SequenceNumber", None)
+            params["ShardIteratorType"] = "TRIM_HORIZON"
+        response: dict[str, Any] = self.client.get_shard_iterator(**params)
+        return response
 
     def get_records(self, **params: Any) -> dict[str, Any]:
         response: dict[str, Any] = self.client.get_records(**params)

@@ -97,6 +97,7 @@ class _Record:
 
     shard_id: str
     number: int
+    text: str  # the sequence number as DynamoDB gave it (zero-padded)
     entry: BatchEntry | None  # None: no new event (passed over)
     save: tuple[str, int, int] | None  # (save id, index, size) of a multi-event save
 
@@ -167,6 +168,12 @@ class Indexer(StreamPoller):
                 f"applications; {type(recorder).__name__} is not one: set "
                 "DYNAMODB_ORDERING=indexed."
             )
+        if batch_size < MAX_TRANSACTION_ACTIONS:
+            # A save (up to 100 events) must fit one round's read of a shard.
+            raise ProgrammingError(
+                f"batch_size {batch_size} is below {MAX_TRANSACTION_ACTIONS}, the "
+                "most events one save may write: give the indexer a larger one."
+            )
         self.recorder = recorder
         self.checkpoints = _Checkpoints(recorder.connection)
         # StreamPoller reads only ``application.recorder``.
@@ -199,8 +206,7 @@ class Indexer(StreamPoller):
             if self._read_to_its_end(shard):
                 continue
             state.read[shard["ShardId"]] = self._read_shard(shard, state)
-        units = _units(state.read)
-        taken = self._fitting(units, state.head)
+        taken = self._fitting(state.read, state.head)
         consumed = {record for unit in taken for record in unit}
         new_checkpoints = {
             shard_id: number
@@ -210,7 +216,7 @@ class Indexer(StreamPoller):
         for shard_id, records in state.read.items():
             done = [r for r in records if r in consumed]
             if done:
-                new_checkpoints[shard_id] = str(done[-1].number)
+                new_checkpoints[shard_id] = done[-1].text
             if len(done) == len(records) and shard_id in state.ended:
                 new_checkpoints[shard_id] = state.ended[shard_id]
         if new_checkpoints == state.checkpoints:
@@ -310,19 +316,27 @@ class Indexer(StreamPoller):
 
     # Fitting one transaction -------------------------------------------------
 
-    def _fitting(self, units: list[list[_Record]], head: int) -> list[list[_Record]]:
-        """Return the leading units whose batch items fit one transaction."""
-        taken = units
-        while taken:
-            events = [r.entry for unit in taken for r in unit if r.entry]
-            if len(events) <= _MAX_BATCHES * BATCH_EVENTS:
-                items = _batch_items(head, events)
-                if sum(item_size(i) for i in items) <= (
-                    MAX_TRANSACTION_BYTES - _BYTES_MARGIN
-                ):
-                    return taken
-            taken = taken[: len(taken) // 2]
-        return []
+    def _fitting(
+        self, read: dict[str, list[_Record]], head: int
+    ) -> list[list[_Record]]:
+        """Return the units to append: as many as fit one transaction."""
+        cap: int | None = None
+        while True:
+            units = _units(read, cap)
+            events = [r.entry for unit in units for r in unit if r.entry]
+            if len(events) <= _MAX_BATCHES * BATCH_EVENTS and sum(
+                item_size(item) for item in _batch_items(head, events)
+            ) <= (MAX_TRANSACTION_BYTES - _BYTES_MARGIN):
+                return units
+            if cap == 1:
+                raise DataError(
+                    "The next record of each shard of the stream of "
+                    f"{self.recorder.events_table_name!r} do not fit one "
+                    "transaction of the indexer: nothing was indexed."
+                )
+            # Too much for one transaction: take fewer records of each shard.
+            longest = max(len(records) for records in read.values())
+            cap = max(1, (longest if cap is None else cap) // 2)
 
     def _check_versions(self, events: list[BatchEntry]) -> None:
         last = dict(self._last_versions)
@@ -437,9 +451,10 @@ class Indexer(StreamPoller):
 
 
 def _record(shard_id: str, raw: Mapping[str, Any]) -> _Record:
-    number = int(sequence_number(raw))
+    text = sequence_number(raw)
+    number = int(text)
     if raw.get("eventName") != INSERT:
-        return _Record(shard_id, number, None, None)
+        return _Record(shard_id, number, text, None, None)
     image = raw["dynamodb"].get("NewImage", {})
     try:
         state = image[schema.STATE]["B"]
@@ -462,52 +477,64 @@ def _record(shard_id: str, raw: Mapping[str, Any]) -> _Record:
             int(image[schema.SAVE_INDEX]["N"]),
             int(image[schema.SAVE_SIZE]["N"]),
         )
-    return _Record(shard_id, number, entry, save)
+    return _Record(shard_id, number, text, entry, save)
 
 
-def _units(read: dict[str, list[_Record]]) -> list[list[_Record]]:
-    """Return what may be appended, as units in an order each shard's order allows.
+def _units(read: dict[str, list[_Record]], cap: int | None) -> list[list[_Record]]:
+    """Return what may be appended, as units; each shard's part is a prefix of it.
 
     A unit is one record, or the records of one whole save in its own order.
-    A save is taken when all its records were read and each shard's next
-    records are its; a shard stops at a save that is not whole.
+    Each shard is cut at its first record of a save not wholly read (and at
+    ``cap`` records); then, until nothing changes, every save with a record
+    past a cut is cut out too, with what follows it in each of its shards. So
+    what remains of each shard is a prefix of it (its checkpoint can move to
+    the prefix's end) and holds only whole saves. Units come in shard order,
+    a save where its first record read comes.
     """
     members: dict[str, list[_Record]] = defaultdict(list)
     for records in read.values():
         for record in records:
             if record.save is not None:
                 members[record.save[0]].append(record)
-    queues = {shard_id: list(records) for shard_id, records in read.items()}
+    cut = _cuts(read, members, cap)
     units: list[list[_Record]] = []
-    progressed = True
-    while progressed:
-        progressed = False
-        for queue in queues.values():
-            while queue:
-                head = queue[0]
-                if head.save is None:
-                    units.append([queue.pop(0)])
-                    progressed = True
-                    continue
-                save = members[head.save[0]]
-                if len(save) < head.save[2] or not _leading(save, queues):
-                    break
-                for record in save:
-                    queues[record.shard_id].remove(record)
+    emitted: set[str] = set()
+    for shard_id, records in read.items():
+        for record in records[: cut[shard_id]]:
+            if record.save is None:
+                units.append([record])
+            elif record.save[0] not in emitted:
+                emitted.add(record.save[0])
+                save = members[record.save[0]]
                 units.append(sorted(save, key=lambda r: r.save[1] if r.save else 0))
-                progressed = True
     return units
 
 
-def _leading(save: list[_Record], queues: dict[str, list[_Record]]) -> bool:
-    """Whether a save's records are the first records of each shard holding them."""
-    by_shard: dict[str, int] = defaultdict(int)
-    for record in save:
-        by_shard[record.shard_id] += 1
-    return all(
-        set(queues[shard_id][:count]) <= set(save)
-        for shard_id, count in by_shard.items()
-    )
+def _cuts(
+    read: dict[str, list[_Record]], members: dict[str, list[_Record]], cap: int | None
+) -> dict[str, int]:
+    """Return, per shard, how many of its records may be appended (see ``_units``)."""
+    place = {r: index for records in read.values() for index, r in enumerate(records)}
+    cut = {shard_id: len(records) for shard_id, records in read.items()}
+    if cap is not None:
+        cut = {shard_id: min(cap, end) for shard_id, end in cut.items()}
+    for shard_id, records in read.items():
+        for index, record in enumerate(records[: cut[shard_id]]):
+            if record.save and len(members[record.save[0]]) < record.save[2]:
+                cut[shard_id] = index  # not wholly read: held back, with what follows
+                break
+    changed = True
+    while changed:
+        changed = False
+        for shard_id, records in read.items():
+            for record in records[: cut[shard_id]]:
+                save = members[record.save[0]] if record.save else []
+                if any(place[m] >= cut[m.shard_id] for m in save):
+                    for member in save:
+                        cut[member.shard_id] = min(cut[member.shard_id], place[member])
+                    changed = True
+                    break
+    return cut
 
 
 def _in_version_order(records: list[_Record]) -> list[BatchEntry]:
@@ -530,10 +557,10 @@ def _in_version_order(records: list[_Record]) -> list[BatchEntry]:
             if ordered[after].version != ordered[before].version + 1:
                 raise IndexOrderError(
                     f"Aggregate {ordered[after].aggregate_id} has versions "
-                    f"{ordered[before].version} and {ordered[after].version} in "
-                    "one round of the indexer, with none between: its events would "
-                    "be indexed with a gap, so nothing was indexed. Check what "
-                    "writes to the events table, then run the indexer again."
+                    f"{ordered[before].version} then {ordered[after].version} in "
+                    "one round of the indexer: not consecutive (a repeat or a "
+                    "gap), so nothing was indexed. Check what writes to the "
+                    "events table, then run the indexer again."
                 )
     return ordered
 

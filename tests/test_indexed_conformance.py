@@ -133,15 +133,6 @@ class TestDynamoDBIndexedApplicationRecorder(
             initial_position,
         )
 
-    @pytest.mark.slow
-    def test_concurrent_throughput(self) -> None:
-        super().test_concurrent_throughput()
-
-    @pytest.mark.slow
-    def test_performance(self) -> None:
-        # Each save waits here for an indexer round: slow, not different.
-        super().test_performance()
-
 
 class TestDynamoDBIndexedNonInterleavingNotificationIDs(
     OnDynamoDBInIndexedOrdering, suites.NonInterleavingNotificationIDsBaseCase
@@ -168,11 +159,6 @@ class TestDynamoDBIndexedProcessRecorder(
 ):
     def create_recorder(self) -> ProcessRecorder:
         return self.factory.process_recorder()
-
-    @pytest.mark.slow
-    def test_performance(self) -> None:
-        # Each save waits here for an indexer round: slow, not different.
-        super().test_performance()
 
 
 class TestDynamoDBInfrastructureFactoryInIndexedOrdering(

@@ -192,11 +192,15 @@ class DynamoDBIndexedProcessRecorder(
 
     Tracking is per upstream application, by notification id, as in
     ``sequence`` ordering (an indexed process application reads its upstream
-    applications' sequences), and goes in its save's own transaction (so at
-    most 99 events with it): a repeated delivery raises ``IntegrityError`` and
-    writes nothing, events included. It cannot wait for the indexer: the
-    save's position does not exist yet. A save of tracking alone is one
-    ``UpdateItem``. Returns ``None``, as the application recorder does.
+    applications' sequences, indexed or not), and goes in its save's own
+    transaction, as in ``stream`` ordering (so at most 99 events with it): the
+    events and the upstream position commit together, or neither, so a
+    repeated delivery raises ``IntegrityError`` and writes nothing, events
+    included. Leaving the tracking to the indexer instead would make a save
+    and its tracking two commits (a crash between them processes an upstream
+    event twice), and the save's own position does not exist yet to wait
+    for. A save of tracking alone is one ``UpdateItem``. Returns ``None``, as
+    the application recorder does.
     """
 
     ordering: ClassVar[Ordering] = "indexed"

@@ -154,9 +154,9 @@ class DynamoDBFactory(InfrastructureFactory[DynamoDBTrackingRecorder]):
         if ordering not in ("sequence", "stream", "indexed"):
             raise OSError(
                 f"Invalid {self.DYNAMODB_ORDERING} {ordering!r}: use 'sequence' (a "
-                "gap-free application sequence, the default), 'stream' (no "
-                "sequence; readers follow the events table's DynamoDB stream) or "
-                "'indexed' (saves as 'stream'; an indexer appends the sequence)."
+                "gap-free application sequence, the default), 'indexed' (saves "
+                "as below; an indexer appends them to the sequence) or 'stream' "
+                "(no sequence; readers follow the events table's DynamoDB stream)."
             )
         if ordering == "indexed" and not self.events_stream:
             raise OSError(

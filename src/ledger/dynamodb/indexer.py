@@ -151,7 +151,8 @@ class Indexer(StreamPoller):
     Use in process (:meth:`poll` for one round, :meth:`catch_up`), as a
     long-running poller (:meth:`run`), or through ``ledger index run``.
     ``after_write`` is called after each committed round (with the positions
-    appended), before anything else.
+    appended), before anything else. One indexer per thread: it keeps the
+    round's state on itself (several indexers may race; one commits each round).
     """
 
     def __init__(

@@ -9,6 +9,7 @@ import typer
 from ledger import DISTRIBUTION, __version__
 from ledger.cli.bench import bench_cli
 from ledger.cli.events import events_cli
+from ledger.cli.index import index_cli
 from ledger.cli.local import local
 from ledger.cli.options import run_with_one_line_errors, settings
 from ledger.cli.projections import projections_cli
@@ -27,6 +28,7 @@ cli = typer.Typer(
 cli.command("local")(local)
 cli.add_typer(tables_cli, name="tables")
 cli.add_typer(events_cli, name="events")
+cli.add_typer(index_cli, name="index")
 cli.add_typer(projections_cli, name="projections")
 cli.add_typer(sagas_cli, name="sagas")
 cli.add_typer(bench_cli, name="bench")

@@ -12,6 +12,11 @@ from ledger.dynamodb.batches import CorruptNotificationBatchError
 from ledger.dynamodb.client import AmbiguousWriteError, DynamoDBConnection
 from ledger.dynamodb.factory import DynamoDBFactory
 from ledger.dynamodb.idempotency import RepeatedSaveError, SavedOutcome
+from ledger.dynamodb.indexed_recorders import (
+    DynamoDBIndexedApplicationRecorder,
+    DynamoDBIndexedProcessRecorder,
+    IndexWaitTimeoutError,
+)
 from ledger.dynamodb.limits import ItemTooLargeError, TransactionTooLargeError
 from ledger.dynamodb.metering import Meter
 from ledger.dynamodb.recorders import (
@@ -62,11 +67,14 @@ __all__ = [
     "DynamoDBApplicationRecorder",
     "DynamoDBConnection",
     "DynamoDBFactory",
+    "DynamoDBIndexedApplicationRecorder",
+    "DynamoDBIndexedProcessRecorder",
     "DynamoDBProcessRecorder",
     "DynamoDBStreamApplicationRecorder",
     "DynamoDBStreamProcessRecorder",
     "DynamoDBTrackingRecorder",
     "Factory",
+    "IndexWaitTimeoutError",
     "ItemTooLargeError",
     "Meter",
     "Ordering",

@@ -9,7 +9,9 @@ application only.
 gives :class:`~ledger.dynamodb.sequence_recorders.DynamoDBApplicationRecorder`
 and ``DynamoDBProcessRecorder``; ``stream`` gives
 :class:`~ledger.dynamodb.stream_recorders.DynamoDBStreamApplicationRecorder`
-and ``DynamoDBStreamProcessRecorder``. Each says which as its ``ordering``.
+and ``DynamoDBStreamProcessRecorder``; ``indexed`` gives
+:class:`~ledger.dynamodb.indexed_recorders.DynamoDBIndexedApplicationRecorder`
+and ``DynamoDBIndexedProcessRecorder``. Each says which as its ``ordering``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ from eventsourcing.utils import Environment, EnvType, resolve_topic, strtobool
 from ledger.dynamodb import schema
 from ledger.dynamodb.client import DynamoDBConnection
 from ledger.dynamodb.idempotency import DEFAULT_TTL_SECONDS, IdempotencyKeys
+from ledger.dynamodb.indexed_recorders import (
+    DynamoDBIndexedApplicationRecorder,
+    DynamoDBIndexedProcessRecorder,
+)
 from ledger.dynamodb.recorders import (
     DynamoDBAggregateRecorder,
     DynamoDBTrackingRecorder,
@@ -89,7 +95,15 @@ class DynamoDBFactory(InfrastructureFactory[DynamoDBTrackingRecorder]):
     most). Writers of different aggregates never contend. Readers follow the
     events table's DynamoDB stream (``ledger.projections.streams``);
     reading the sequence raises ``SequenceDisabledError``. Process recorders
-    track per upstream aggregate (``aggregate_tracking``)."""
+    track per upstream aggregate (``aggregate_tracking``).
+
+    ``indexed``: saves as ``stream`` (events only; a save of several events
+    marks them with three small attributes), and an indexer (``ledger index
+    run``, :mod:`ledger.dynamodb.indexer`), the one reader of the events
+    table's stream, appends them to the notifications table in the
+    ``sequence`` format: the sequence's readers work unchanged, about a poll
+    interval behind. Saves return no notification ids. Needs the events
+    table's stream (``DYNAMODB_EVENTS_STREAM=yes``)."""
     DYNAMODB_EVENTS_STREAM = "DYNAMODB_EVENTS_STREAM"
     """Give the events table a DynamoDB stream of new images, which stream-fed
     projections read (the Lambda handler, ``ledger projections run``): ``yes``
@@ -137,14 +151,21 @@ class DynamoDBFactory(InfrastructureFactory[DynamoDBTrackingRecorder]):
         self.table_prefix = self.env.get(self.DYNAMODB_TABLE_PREFIX) or ""
         self.events_stream = self._bool_setting(self.DYNAMODB_EVENTS_STREAM, "yes")
         ordering = (self.env.get(self.DYNAMODB_ORDERING) or "sequence").lower()
-        if ordering not in ("sequence", "stream"):
+        if ordering not in ("sequence", "stream", "indexed"):
             raise OSError(
                 f"Invalid {self.DYNAMODB_ORDERING} {ordering!r}: use 'sequence' (a "
-                "gap-free application sequence, the default) or 'stream' (no "
-                "sequence; readers follow the events table's DynamoDB stream)."
+                "gap-free application sequence, the default), 'indexed' (saves "
+                "as below; an indexer appends them to the sequence) or 'stream' "
+                "(no sequence; readers follow the events table's DynamoDB stream)."
+            )
+        if ordering == "indexed" and not self.events_stream:
+            raise OSError(
+                f"{self.DYNAMODB_ORDERING}=indexed needs the events table's DynamoDB "
+                f"stream, which the indexer reads, but {self.DYNAMODB_EVENTS_STREAM} "
+                "is 'no': set it to 'yes' (and enable the stream on an existing table)."
             )
         self.ordering: Ordering = cast(Ordering, ordering)
-        """``sequence`` or ``stream``: which recorders this factory makes."""
+        """``sequence``, ``stream`` or ``indexed``: which recorders it makes."""
         self.connection = DynamoDBConnection(
             endpoint_url=endpoint_url,
             region_name=self.env.get(self.DYNAMODB_REGION) or None,
@@ -247,7 +268,17 @@ class DynamoDBFactory(InfrastructureFactory[DynamoDBTrackingRecorder]):
     def application_recorder(self) -> ApplicationRecorder:
         """Return a recorder for events, and the sequence in ``sequence`` ordering."""
         recorder: DynamoDBApplicationRecorder | DynamoDBStreamApplicationRecorder
-        if self.ordering == "stream":
+        if self.ordering == "indexed":
+            recorder = self._recorder_class(
+                self.APPLICATION_RECORDER_TOPIC, DynamoDBIndexedApplicationRecorder
+            )(
+                self.connection,
+                self.table_name(schema.EVENTS_TABLE),
+                self.table_name(schema.NOTIFICATIONS_TABLE),
+                originator_id_type=self.originator_id_type,
+                poll_interval=self.poll_interval,
+            )
+        elif self.ordering == "stream":
             stream_class = self._recorder_class(
                 self.APPLICATION_RECORDER_TOPIC, DynamoDBStreamApplicationRecorder
             )
@@ -312,8 +343,23 @@ class DynamoDBFactory(InfrastructureFactory[DynamoDBTrackingRecorder]):
 
     def process_recorder(self) -> ProcessRecorder:
         """Return a recorder of events (and sequence) and tracking, all or nothing."""
-        recorder: DynamoDBProcessRecorder | DynamoDBStreamProcessRecorder
-        if self.ordering == "stream":
+        recorder: (
+            DynamoDBProcessRecorder
+            | DynamoDBStreamProcessRecorder
+            | DynamoDBIndexedProcessRecorder
+        )
+        if self.ordering == "indexed":
+            recorder = self._recorder_class(
+                self.PROCESS_RECORDER_TOPIC, DynamoDBIndexedProcessRecorder
+            )(
+                self.connection,
+                self.table_name(schema.EVENTS_TABLE),
+                self.table_name(schema.NOTIFICATIONS_TABLE),
+                self.table_name(schema.TRACKING_TABLE),
+                originator_id_type=self.originator_id_type,
+                poll_interval=self.poll_interval,
+            )
+        elif self.ordering == "stream":
             stream_class = self._recorder_class(
                 self.PROCESS_RECORDER_TOPIC, DynamoDBStreamProcessRecorder
             )

@@ -81,10 +81,11 @@ if TYPE_CHECKING:  # the stubs are a development dependency only
     DynamoDB's wire form (``{"N": "1"}``)."""
 
 OriginatorIDType = Literal["uuid", "text"]
-Ordering = Literal["sequence", "stream"]
+Ordering = Literal["sequence", "stream", "indexed"]
 """How an application's saves are ordered: by a gap-free application sequence
 (``sequence``) or only per aggregate, as the events table's stream delivers
-them (``stream``). Application recorders say which as their ``ordering``."""
+them (``stream``), or saved as ``stream`` and appended to the sequence later by
+an indexer (``indexed``). Application recorders say which as their ``ordering``."""
 
 logger = logging.getLogger("ledger.dynamodb")
 """Structured records (``extra=``): aggregate ids, versions, positions; never
@@ -240,7 +241,7 @@ class DynamoDBAggregateRecorder(DynamoDBRecorder, AggregateRecorder):
         if not stored_events and not other_actions:
             return
         self._check_unique(stored_events)
-        items = [self._event_item(event) for event in stored_events]
+        items = self._event_items(stored_events)
         key_actions = self._key_action(
             idempotency_key, stored_events, fingerprint=idempotency_fingerprint
         )
@@ -265,6 +266,10 @@ class DynamoDBAggregateRecorder(DynamoDBRecorder, AggregateRecorder):
                 "The events to save repeat an aggregate version; each "
                 "(aggregate id, version) can be stored once. Nothing was written."
             )
+
+    def _event_items(self, stored_events: Sequence[StoredEvent]) -> list[Item]:
+        """Return the items of one save's events (orderings may mark them)."""
+        return [self._event_item(event) for event in stored_events]
 
     def _event_item(self, event: StoredEvent, position: int | None = None) -> Item:
         self._check_id(event.originator_id)

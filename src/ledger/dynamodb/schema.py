@@ -24,6 +24,11 @@ Tables (``{prefix}{application}_{kind}``):
     ``p`` is filed under a position from ``p`` to ``p + 97``: readers query
     that bounded range.
 
+    With ``DYNAMODB_ORDERING=indexed`` the same table, in the same format,
+    is written by the indexer (:mod:`.indexer`), not by saves; it also holds
+    the indexer's shard checkpoints (``SEQUENCE_PAGE``,
+    ``INDEX_CHECKPOINTS_POSITION``).
+
     With ``DYNAMODB_ORDERING=stream`` there is no such table: the events
     table is all there is, ordered per aggregate, and its DynamoDB stream
     feeds readers.
@@ -60,6 +65,13 @@ STATE: Final = "state"
 POSITION: Final = "position"
 """(N) on events: the event's position in the application sequence, if any.
 On notification batches: the sort key, the batch's last position."""
+SAVE_ID: Final = "save_id"
+"""(S) in ``indexed`` ordering, on each event of a save of several events: an
+id shared by the save's events (absent on a save of one event)."""
+SAVE_INDEX: Final = "save_index"
+"""(N) with ``save_id``: the event's place in its save, from 0."""
+SAVE_SIZE: Final = "save_size"
+"""(N) with ``save_id``: how many events the save wrote."""
 
 # --- notifications table ----------------------------------------------------
 PAGE: Final = "page"
@@ -77,6 +89,15 @@ PAGE_SIZE: Final = 100_000
 100 events), so every page holds the end of at least one batch."""
 SEQUENCE_PAGE: Final = -1
 """The ``page`` of the sequence item (position 0); real pages start at 0."""
+INDEX_CHECKPOINTS_POSITION: Final = 1
+"""In ``indexed`` ordering, the ``position`` (on ``SEQUENCE_PAGE``) of the item
+holding the indexer's stream shard checkpoints."""
+SHARD_CHECKPOINTS: Final = "shard_checkpoints"
+"""(M) on the indexer's checkpoints item: shard id -> sequence number (S) of
+the last stream record of that shard indexed (or passed over)."""
+REVISION: Final = "revision"
+"""(N) on the indexer's checkpoints item: raised by one at each write, which
+is conditional on the revision read (two indexers cannot both advance it)."""
 
 # --- tracking table -----------------------------------------------------------
 APPLICATION_NAME: Final = "application_name"

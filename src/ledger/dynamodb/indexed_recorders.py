@@ -1,0 +1,248 @@
+"""The ``indexed`` ordering: saves as ``stream``, the sequence appended by an indexer.
+
+Selected by ``DYNAMODB_ORDERING=indexed``. A save writes its events only,
+exactly as in ``stream`` ordering: one event is one conditional ``PutItem``
+(1 round trip, 1 WCU per KB); several are one transaction of their puts, each
+event item then carrying three small attributes (``schema.SAVE_ID``,
+``SAVE_INDEX``, ``SAVE_SIZE``) by which the indexer knows the save is whole.
+Writers of different aggregates never meet.
+
+The application sequence is then written by the indexer
+(:class:`ledger.dynamodb.indexer.Indexer`), the one reader of the events
+table's DynamoDB stream, in the ``sequence`` ordering's own format. So every
+reader of the sequence (``select_notifications``, ``max_notification_id``,
+``subscribe``, notification logs, process applications, ``SequenceFeed``)
+works unchanged, behind the saves by about the indexer's poll interval. A save
+returns no notification ids: positions are assigned later, by the indexer.
+:meth:`DynamoDBIndexedApplicationRecorder.wait_indexed` waits for them.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+from eventsourcing.persistence import (
+    OperationalError,
+    ProcessRecorder,
+    StoredEvent,
+    Tracking,
+)
+
+from ledger.dynamodb import schema
+from ledger.dynamodb.client import DynamoDBConnection
+from ledger.dynamodb.recorders import (
+    DynamoDBTrackingRecorder,
+    Ordering,
+    OriginatorIDType,
+    encode_id,
+)
+from ledger.dynamodb.sequence_recorders import DynamoDBApplicationRecorder
+
+if TYPE_CHECKING:  # the stubs are a development dependency only
+    from mypy_boto3_dynamodb.type_defs import TransactWriteItemTypeDef
+
+    from ledger.dynamodb.recorders import Item
+
+_FLOORS_KEPT: Final = 100_000
+"""Saved events whose sequence floor (see ``wait_indexed``) is remembered."""
+_PAGE: Final = 1000
+
+
+class IndexWaitTimeoutError(OperationalError, TimeoutError):
+    """The index did not cover saved events within the time allowed."""
+
+
+class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
+    """Stores events as the ``stream`` ordering does; reads the indexer's sequence.
+
+    Writing is the aggregate recorder's (one event: one conditional
+    ``PutItem``; several: one transaction of their puts, 100 at most), a
+    version that exists already is an ``IntegrityError``, and nothing of a
+    failed save is written. ``insert_events`` returns ``None``: positions are
+    assigned later by the indexer. Reading the sequence is the ``sequence``
+    ordering's recorder's, unchanged. The events table must have its stream
+    (the indexer reads it); the notifications table is created with it.
+    """
+
+    ordering: ClassVar[Ordering] = "indexed"
+
+    def __init__(
+        self,
+        connection: DynamoDBConnection,
+        events_table_name: str,
+        notifications_table_name: str,
+        *,
+        originator_id_type: OriginatorIDType = "uuid",
+        poll_interval: float = 0.1,
+        with_stream: bool = True,
+    ) -> None:
+        super().__init__(
+            connection,
+            events_table_name,
+            notifications_table_name,
+            originator_id_type=originator_id_type,
+            poll_interval=poll_interval,
+            with_stream=with_stream,
+        )
+        self._floors: OrderedDict[tuple[str, int], int] = OrderedDict()
+        """Per saved event, a position the index had reached before its save."""
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        """Write events (and an idempotency key) all or nothing; return ``None``.
+
+        No notification ids: the indexer assigns positions after the save.
+        """
+        self._write_marked(stored_events, (), kwargs)
+        return None
+
+    def _write_marked(
+        self,
+        stored_events: Sequence[StoredEvent],
+        other_actions: Sequence[TransactWriteItemTypeDef],
+        kwargs: dict[str, Any],
+    ) -> None:
+        # Any position already committed is below this save's: a floor for
+        # ``wait_indexed``, known without a read.
+        floor = self._committed_seen
+        self._write(
+            stored_events,
+            other_actions,
+            idempotency_key=kwargs.get("idempotency_key"),
+            idempotency_fingerprint=kwargs.get("idempotency_fingerprint"),
+        )
+        for event in stored_events:
+            self._floors[encode_id(event.originator_id), event.originator_version] = (
+                floor
+            )
+        while len(self._floors) > _FLOORS_KEPT:
+            self._floors.popitem(last=False)
+
+    def _event_items(self, stored_events: Sequence[StoredEvent]) -> list[Item]:
+        """Return a save's event items; several are marked as one save of n."""
+        items = super()._event_items(stored_events)
+        if len(items) > 1:
+            save_id = uuid.uuid4().hex
+            for index, item in enumerate(items):
+                item[schema.SAVE_ID] = {"S": save_id}
+                item[schema.SAVE_INDEX] = {"N": str(index)}
+                item[schema.SAVE_SIZE] = {"N": str(len(items))}
+        return items
+
+    def wait_indexed(
+        self, saved: Iterable[Any], timeout: float = 10.0
+    ) -> dict[tuple[str, int], int]:
+        """Wait until the index holds saved events; return their positions.
+
+        ``saved``: the application's recordings (``app.save(...)`` returns
+        them), or stored or domain events: anything with ``originator_id`` and
+        ``originator_version``, or a ``domain_event`` that has them. Returns
+        ``{(aggregate id, version): position}``. Reads the sequence from a
+        position the index had reached before the events were saved (by this
+        recorder; from the start for others), then only what is new, every
+        ``poll_interval`` seconds. Raises :class:`IndexWaitTimeoutError`,
+        naming what is missing, after ``timeout`` seconds: is an indexer
+        running (``ledger index run``)?
+        """
+        missing: set[tuple[str, int]] = set()
+        for thing in saved:
+            event = getattr(thing, "domain_event", thing)
+            missing.add((encode_id(event.originator_id), event.originator_version))
+        found: dict[tuple[str, int], int] = {}
+        scanned = min((self._floors.get(key, 0) for key in missing), default=0)
+        deadline = time.monotonic() + timeout
+        while missing:
+            head = self.max_notification_id() or 0
+            while missing and scanned < head:
+                page = self.select_notifications(scanned + 1, _PAGE, stop=head)
+                if not page:
+                    break
+                for notification in page:
+                    key = (
+                        encode_id(notification.originator_id),
+                        notification.originator_version,
+                    )
+                    if key in missing:
+                        missing.discard(key)
+                        found[key] = notification.id
+                scanned = page[-1].id
+            remaining = deadline - time.monotonic()
+            if missing and remaining <= 0:
+                shown = ", ".join(f"{a} v{v}" for a, v in sorted(missing)[:5])
+                raise IndexWaitTimeoutError(
+                    f"After {timeout} s the index of {self.events_table_name!r} "
+                    f"(head at position {head}) still lacks {len(missing)} saved "
+                    f"event(s): {shown}. Is an indexer running (`ledger index "
+                    "run`)? See `ledger index status` for its lag."
+                )
+            if missing:
+                time.sleep(min(self.poll_interval, remaining))
+        return found
+
+
+class DynamoDBIndexedProcessRecorder(
+    DynamoDBTrackingRecorder, DynamoDBIndexedApplicationRecorder, ProcessRecorder
+):
+    """Stores events and tracking all or nothing, as ``stream`` ordering does.
+
+    Tracking is per upstream application, by notification id, as in
+    ``sequence`` ordering (an indexed process application reads its upstream
+    applications' sequences, indexed or not), and goes in its save's own
+    transaction, as in ``stream`` ordering (so at most 99 events with it): the
+    events and the upstream position commit together, or neither, so a
+    repeated delivery raises ``IntegrityError`` and writes nothing, events
+    included. Leaving the tracking to the indexer instead would make a save
+    and its tracking two commits (a crash between them processes an upstream
+    event twice), and the save's own position does not exist yet to wait
+    for. A save of tracking alone is one ``UpdateItem``. Returns ``None``, as
+    the application recorder does.
+    """
+
+    ordering: ClassVar[Ordering] = "indexed"
+
+    def __init__(
+        self,
+        connection: DynamoDBConnection,
+        events_table_name: str,
+        notifications_table_name: str,
+        tracking_table_name: str,
+        *,
+        originator_id_type: OriginatorIDType = "uuid",
+        poll_interval: float = 0.1,
+        with_stream: bool = True,
+    ) -> None:
+        DynamoDBIndexedApplicationRecorder.__init__(
+            self,
+            connection,
+            events_table_name,
+            notifications_table_name,
+            originator_id_type=originator_id_type,
+            poll_interval=poll_interval,
+            with_stream=with_stream,
+        )
+        self.tracking_table_name = tracking_table_name
+
+    def create_table(self) -> None:
+        """Create the events, notifications and tracking tables if missing."""
+        DynamoDBIndexedApplicationRecorder.create_table(self)
+        DynamoDBTrackingRecorder.create_table(self)
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        """Write events, tracking and an idempotency key, all or nothing."""
+        tracking: Tracking | None = kwargs.get("tracking")
+        if tracking is None:
+            self._write_marked(stored_events, (), kwargs)
+        elif not stored_events:
+            self.insert_tracking(tracking)
+        else:
+            self._write_marked(
+                stored_events, [{"Update": self._tracking_update(tracking)}], kwargs
+            )
+        return None

@@ -1,0 +1,573 @@
+"""The indexer of the ``indexed`` ordering: the events stream, appended to the sequence.
+
+(Over 400 lines as one concept: reading the shards, regrouping saves and
+writing one round all serve the one exactly-once append stated here.)
+
+The indexer is the one reader of the events table's DynamoDB stream. Each
+round (:meth:`Indexer.poll`) it reads every shard after its checkpoint
+(parents read to their end and checkpointed before their children are read),
+and appends what it read to the notifications table in the ``sequence``
+ordering's format (:mod:`.batches`), in ONE ``TransactWriteItems``:
+
+* batch items of at most 98 events, positions contiguous from the head;
+* the head (sequence) item, updated on condition that it still holds the last
+  position read (as a ``sequence`` save's update is);
+* the shard checkpoints (one item), on condition that its revision is the one
+  read.
+
+So the append and the checkpoints commit together or not at all: a crash
+between them cannot happen, a record at or below its shard's checkpoint is a
+redelivery and is dropped, and of two indexers racing only one commits a
+round; the other re-reads the checkpoints and drops what was indexed.
+
+A save of several events (its items carry ``schema.SAVE_ID``, ``SAVE_INDEX``,
+``SAVE_SIZE``) is appended whole and contiguous, in its own order: until all
+its records have been read (they may sit in other shards, or come later), it
+and everything after it in its shard are held back, that shard's checkpoint
+staying before it. Each aggregate's events are appended in version order
+(sorted within a round). Checked, and refused with :class:`IndexOrderError`:
+versions of an aggregate not consecutive within a round, and a first version
+in a round that does not follow the last this indexer appended for that
+aggregate (remembered for the last 100,000 aggregates, and forgotten when
+another indexer has written meanwhile). Not checked: an aggregate's first
+event ever (whether earlier versions exist unindexed is not read).
+
+Costs per round: a GetItem of the head and one of the checkpoints, a
+DescribeStream, per shard a GetShardIterator and a GetRecords per 1,000
+records, and when anything is new one transaction (2 WCU per KB of batch
+items, plus the head and checkpoints items).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+import types
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+import botocore.exceptions
+from eventsourcing.persistence import DataError, ProgrammingError
+
+from ledger.dynamodb import schema
+from ledger.dynamodb.batches import BatchEntry, batch_item
+from ledger.dynamodb.client import TransactionCancelledError, TransactionConflictError
+from ledger.dynamodb.indexed_recorders import DynamoDBIndexedApplicationRecorder
+from ledger.dynamodb.limits import (
+    MAX_TRANSACTION_ACTIONS,
+    MAX_TRANSACTION_BYTES,
+    item_size,
+)
+from ledger.dynamodb.recorders import NOT_EXISTS
+from ledger.projections.streams import INSERT, StreamPoller, sequence_number
+
+if TYPE_CHECKING:  # the stubs are a development dependency only
+    from mypy_boto3_dynamodb.type_defs import TransactWriteItemTypeDef
+
+    from ledger.dynamodb.recorders import Item
+
+logger = logging.getLogger("ledger.dynamodb.indexer")
+"""Structured records (``extra=``): positions, counts, shard ids; never state."""
+
+BATCH_EVENTS: Final = MAX_TRANSACTION_ACTIONS - 2
+"""Events per batch item: as in ``sequence`` ordering, so its readers' reach holds."""
+_MAX_BATCHES: Final = MAX_TRANSACTION_ACTIONS - 2  # plus the head and checkpoints
+_BYTES_MARGIN: Final = 64 * 1024  # for the head and checkpoints items
+_VERSIONS_KEPT: Final = 100_000
+_CHECKPOINTS_KEY: Item = {
+    schema.PAGE: {"N": str(schema.SEQUENCE_PAGE)},
+    schema.POSITION: {"N": str(schema.INDEX_CHECKPOINTS_POSITION)},
+}
+
+
+class IndexOrderError(DataError):
+    """An aggregate's events reached the indexer out of version order."""
+
+
+class StreamTrimmedError(ProgrammingError):
+    """Records after an indexer's checkpoint are past the stream's retention."""
+
+
+@dataclass(frozen=True)
+class _Record:
+    """One stream record as the indexer needs it."""
+
+    shard_id: str
+    number: int
+    text: str  # the sequence number as DynamoDB gave it (zero-padded)
+    entry: BatchEntry | None  # None: no new event (passed over)
+    save: tuple[str, int, int] | None  # (save id, index, size) of a multi-event save
+
+
+@dataclass
+class _Round:
+    """What a round read: the head, the checkpoints and their revision."""
+
+    head: int
+    checkpoints: dict[str, str]
+    revision: int | None
+    read: dict[str, list[_Record]] = field(default_factory=dict)
+    ended: dict[str, str] = field(default_factory=dict)
+    """Closed shards read to their end this round: their last sequence number."""
+
+
+@dataclass(frozen=True)
+class IndexStatus:
+    """How far the index is behind the events table's stream."""
+
+    head: int
+    """The last position in the sequence (0: none yet)."""
+    behind: int
+    """Records in the stream after the checkpoints (counted up to a cap)."""
+    oldest_age: float | None
+    """Seconds since the oldest of those records was written (None: none)."""
+    shards: int
+    """Shards in the stream now."""
+
+
+class _Checkpoints:
+    """The round's checkpoints, as :class:`StreamPoller`'s helpers read them."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.numbers: dict[str, str] = {}
+
+    def checkpoint(self, shard_id: str) -> str | None:
+        return self.numbers.get(shard_id)
+
+    def save_checkpoint(self, shard_id: str, number: str) -> None:
+        raise NotImplementedError  # written only with the round's append
+
+    def process(self, records: Sequence[Mapping[str, Any]]) -> list[str]:
+        raise NotImplementedError  # the indexer reads shards itself
+
+
+class Indexer(StreamPoller):
+    """Appends the events table's stream to the notifications table, exactly once.
+
+    Use in process (:meth:`poll` for one round, :meth:`catch_up`), as a
+    long-running poller (:meth:`run`), or through ``ledger index run``.
+    ``after_write`` is called after each committed round (with the positions
+    appended), before anything else. One indexer per thread: it keeps the
+    round's state on itself (several indexers may race; one commits each round).
+    """
+
+    def __init__(
+        self,
+        recorder: DynamoDBIndexedApplicationRecorder,
+        *,
+        batch_size: int = 1000,
+        streams_client: Any = None,
+        after_write: Callable[[range], None] | None = None,
+    ) -> None:
+        if not isinstance(recorder, DynamoDBIndexedApplicationRecorder):
+            raise ProgrammingError(
+                f"The indexer appends the sequence of DYNAMODB_ORDERING=indexed "
+                f"applications; {type(recorder).__name__} is not one: set "
+                "DYNAMODB_ORDERING=indexed."
+            )
+        if batch_size < MAX_TRANSACTION_ACTIONS:
+            # A save (up to 100 events) must fit one round's read of a shard.
+            raise ProgrammingError(
+                f"batch_size {batch_size} is below {MAX_TRANSACTION_ACTIONS}, the "
+                "most events one save may write: give the indexer a larger one."
+            )
+        self.recorder = recorder
+        self.checkpoints = _Checkpoints(recorder.connection)
+        # StreamPoller reads only ``application.recorder``.
+        super().__init__(
+            self.checkpoints,
+            types.SimpleNamespace(recorder=recorder),
+            batch_size=batch_size,
+            streams_client=streams_client,
+        )
+        self.after_write = after_write
+        self._last_versions: OrderedDict[str, int] = OrderedDict()
+        self._revision_written: int | None = None
+        self._resume: dict[str, tuple[str | None, str]] = {}
+        """Per shard: its checkpoint, and the iterator after an empty read from it."""
+
+    # A round -----------------------------------------------------------------
+
+    def poll(self) -> int:
+        """Run one round; return how many stream records it consumed."""
+        shards = self._shards()
+        state = self._read_state()
+        if state.revision != self._revision_written:
+            self._last_versions.clear()  # another indexer wrote: forget
+        self.checkpoints.numbers = dict(state.checkpoints)
+        listed = {shard["ShardId"]: shard for shard in shards}
+        for shard in shards:
+            parent = listed.get(shard.get("ParentShardId") or "")
+            if parent is not None and not self._read_to_its_end(parent):
+                continue  # parents first: the child waits for its parent's end
+            if self._read_to_its_end(shard):
+                continue
+            state.read[shard["ShardId"]] = self._read_shard(shard, state)
+        taken = self._fitting(state.read, state.head)
+        consumed = {record for unit in taken for record in unit}
+        new_checkpoints = {
+            shard_id: number
+            for shard_id, number in state.checkpoints.items()
+            if shard_id in listed
+        }
+        for shard_id, records in state.read.items():
+            done = [r for r in records if r in consumed]
+            if done:
+                new_checkpoints[shard_id] = done[-1].text
+            if len(done) == len(records) and shard_id in state.ended:
+                new_checkpoints[shard_id] = state.ended[shard_id]
+        if new_checkpoints == state.checkpoints:
+            return 0
+        events = _in_version_order([r for unit in taken for r in unit if r.entry])
+        self._check_versions(events)
+        self._write(state, events, new_checkpoints)
+        return len(consumed)
+
+    def catch_up(self, timeout: float = 30.0) -> int:
+        """Run rounds until one consumes nothing; return the records consumed."""
+        deadline = time.monotonic() + timeout
+        total = 0
+        while True:
+            consumed = self.poll()
+            total += consumed
+            if not consumed:
+                return total
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"The indexer of {self.recorder.events_table_name!r} was still "
+                    f"consuming records after {timeout} s ({total} so far)."
+                )
+
+    def _read_state(self) -> _Round:
+        head = self.recorder.max_notification_id() or 0
+        item = self.recorder.connection.call(
+            "get_item",
+            TableName=self.recorder.notifications_table_name,
+            Key=_CHECKPOINTS_KEY,
+            ConsistentRead=True,
+        ).get("Item")
+        if item is None:
+            return _Round(head, {}, None)
+        numbers = {
+            shard_id: value["S"]
+            for shard_id, value in item[schema.SHARD_CHECKPOINTS]["M"].items()
+        }
+        return _Round(head, numbers, int(item[schema.REVISION]["N"]))
+
+    def _read_shard(self, shard: Mapping[str, Any], state: _Round) -> list[_Record]:
+        """Return a shard's records after its checkpoint (up to ``batch_size``).
+
+        Redelivered records (at or below the checkpoint, or twice in what was
+        read) are dropped and the rest put in sequence order.
+        """
+        shard_id: str = shard["ShardId"]
+        checkpoint = int(state.checkpoints.get(shard_id) or -1)
+        resume = self._resume.pop(shard_id, None)
+        # A shard may hold empty stretches before later records: go on from
+        # where an empty read stopped, if the checkpoint has not moved since.
+        if resume is not None and resume[0] == state.checkpoints.get(shard_id):
+            iterator: str | None = resume[1]
+        else:
+            iterator = self._iterator(shard_id)
+        seen: dict[int, _Record] = {}
+        read = 0
+        while iterator and read < self.batch_size:
+            response = self._get_records(shard_id, iterator)
+            page = response.get("Records", [])
+            read += len(page)
+            for raw in page:
+                record = _record(shard_id, raw)
+                if record.number > checkpoint:
+                    seen.setdefault(record.number, record)
+            iterator = response.get("NextShardIterator")
+            if not page:
+                break
+        if iterator is not None and not seen:
+            self._resume[shard_id] = (state.checkpoints.get(shard_id), iterator)
+        if iterator is None:
+            ending = shard.get("SequenceNumberRange", {}).get("EndingSequenceNumber")
+            if ending is not None:
+                state.ended[shard_id] = ending
+        return [seen[number] for number in sorted(seen)]
+
+    def _iterator(self, shard_id: str) -> str | None:
+        try:
+            return super()._iterator(shard_id)
+        except ProgrammingError as error:
+            cause = error.__cause__
+            code = (
+                cause.response.get("Error", {}).get("Code")
+                if isinstance(cause, botocore.exceptions.ClientError)
+                else None
+            )
+            if code != "TrimmedDataAccessException":
+                raise
+            raise StreamTrimmedError(
+                f"The index of {self.recorder.events_table_name!r} stopped at "
+                f"record {self.checkpoints.checkpoint(shard_id)} of stream shard "
+                f"{shard_id}, which is past the stream's 24-hour retention: records "
+                "after it may be gone from the stream. Re-indexing from the events "
+                "table is not implemented yet; the index stops here rather than "
+                "skip events."
+            ) from error
+
+    # Fitting one transaction -------------------------------------------------
+
+    def _fitting(
+        self, read: dict[str, list[_Record]], head: int
+    ) -> list[list[_Record]]:
+        """Return the units to append: as many as fit one transaction."""
+        cap: int | None = None
+        while True:
+            units = _units(read, cap)
+            events = [r.entry for unit in units for r in unit if r.entry]
+            if len(events) <= _MAX_BATCHES * BATCH_EVENTS and sum(
+                item_size(item) for item in _batch_items(head, events)
+            ) <= (MAX_TRANSACTION_BYTES - _BYTES_MARGIN):
+                return units
+            if cap == 1:
+                raise DataError(
+                    "The next record of each shard of the stream of "
+                    f"{self.recorder.events_table_name!r} do not fit one "
+                    "transaction of the indexer: nothing was indexed."
+                )
+            # Too much for one transaction: take fewer records of each shard.
+            longest = max(len(records) for records in read.values())
+            cap = max(1, (longest if cap is None else cap) // 2)
+
+    def _check_versions(self, events: list[BatchEntry]) -> None:
+        last = dict(self._last_versions)
+        for entry in events:
+            previous = last.get(entry.aggregate_id)
+            if previous is not None and entry.version != previous + 1:
+                relation = "not below it" if entry.version <= previous else "not next"
+                raise IndexOrderError(
+                    f"Aggregate {entry.aggregate_id} version {entry.version} reached "
+                    f"the indexer of {self.recorder.events_table_name!r} after "
+                    f"version {previous}, which is {relation}: its events would be "
+                    "indexed out of order, so nothing was indexed. Check what "
+                    "writes to the events table (only ledger's recorders should), "
+                    "then run the indexer again."
+                )
+            last[entry.aggregate_id] = entry.version
+
+    def _write(
+        self, state: _Round, events: list[BatchEntry], checkpoints: dict[str, str]
+    ) -> None:
+        actions: list[TransactWriteItemTypeDef] = [
+            {
+                "Put": {
+                    "TableName": self.recorder.notifications_table_name,
+                    "Item": item,
+                    "ConditionExpression": NOT_EXISTS,
+                    "ExpressionAttributeNames": {"#key": schema.POSITION},
+                }
+            }
+            for item in _batch_items(state.head, events)
+        ]
+        last = state.head + len(events)
+        if events:
+            actions.append(self.recorder._sequence_action(state.head, last))
+        actions.append(self._checkpoints_action(state.revision, checkpoints))
+        try:
+            self.recorder.connection.call("transact_write_items", TransactItems=actions)
+        except (TransactionConflictError, TransactionCancelledError):
+            # Another indexer committed first: the next round re-reads.
+            logger.info("another indexer advanced the index first; re-reading")
+            self._revision_written = None
+            return
+        self._revision_written = (state.revision or 0) + 1
+        for entry in events:
+            self._last_versions[entry.aggregate_id] = entry.version
+            self._last_versions.move_to_end(entry.aggregate_id)
+        while len(self._last_versions) > _VERSIONS_KEPT:
+            self._last_versions.popitem(last=False)
+        logger.debug(
+            "indexed",
+            extra={"positions": [state.head + 1, last], "events": len(events)},
+        )
+        self.recorder._notify_listeners()
+        if self.after_write is not None:
+            self.after_write(range(state.head + 1, last + 1))
+
+    def _checkpoints_action(
+        self, revision: int | None, checkpoints: dict[str, str]
+    ) -> TransactWriteItemTypeDef:
+        values: Item = {
+            ":cp": {"M": {s: {"S": n} for s, n in checkpoints.items()}},
+            ":next": {"N": str((revision or 0) + 1)},
+        }
+        if revision is None:
+            condition = "attribute_not_exists(#rev)"
+        else:
+            condition = "#rev = :rev"
+            values[":rev"] = {"N": str(revision)}
+        return {
+            "Update": {
+                "TableName": self.recorder.notifications_table_name,
+                "Key": _CHECKPOINTS_KEY,
+                "UpdateExpression": "SET #cp = :cp, #rev = :next",
+                "ConditionExpression": condition,
+                "ExpressionAttributeNames": {
+                    "#cp": schema.SHARD_CHECKPOINTS,
+                    "#rev": schema.REVISION,
+                },
+                "ExpressionAttributeValues": values,
+            }
+        }
+
+    # Status ------------------------------------------------------------------
+
+    def status(self, cap: int = 10_000) -> IndexStatus:
+        """Return the head, and the records (and oldest age) not indexed yet."""
+        shards = self._shards()
+        state = self._read_state()
+        self.checkpoints.numbers = dict(state.checkpoints)
+        behind = 0
+        oldest: float | None = None
+        for shard in shards:
+            if self._read_to_its_end(shard):
+                continue
+            iterator = self._iterator(shard["ShardId"])
+            while iterator and behind < cap:
+                response = self._get_records(
+                    shard["ShardId"], iterator, min(1000, cap - behind)
+                )
+                page = response.get("Records", [])
+                if not page:
+                    break
+                created = page[0]["dynamodb"].get("ApproximateCreationDateTime")
+                if created is not None and oldest is None:
+                    oldest = created.timestamp()
+                elif created is not None and oldest is not None:
+                    oldest = min(oldest, created.timestamp())
+                behind += len(page)
+                iterator = response.get("NextShardIterator")
+        age = None if oldest is None else max(0.0, time.time() - oldest)
+        return IndexStatus(state.head, min(behind, cap), age, len(shards))
+
+
+def _record(shard_id: str, raw: Mapping[str, Any]) -> _Record:
+    text = sequence_number(raw)
+    number = int(text)
+    if raw.get("eventName") != INSERT:
+        return _Record(shard_id, number, text, None, None)
+    image = raw["dynamodb"].get("NewImage", {})
+    try:
+        state = image[schema.STATE]["B"]
+        entry = BatchEntry(
+            image[schema.AGGREGATE_ID]["S"],
+            int(image[schema.VERSION]["N"]),
+            image[schema.TOPIC]["S"],
+            bytes(state),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise DataError(
+            f"Stream record {number} of shard {shard_id} is not an event of "
+            f"ledger's events table ({type(error).__name__}: {error}). Is the "
+            "indexer reading the right table's stream (NEW_IMAGE view)?"
+        ) from error
+    save = None
+    if schema.SAVE_ID in image:
+        save = (
+            image[schema.SAVE_ID]["S"],
+            int(image[schema.SAVE_INDEX]["N"]),
+            int(image[schema.SAVE_SIZE]["N"]),
+        )
+    return _Record(shard_id, number, text, entry, save)
+
+
+def _units(read: dict[str, list[_Record]], cap: int | None) -> list[list[_Record]]:
+    """Return what may be appended, as units; each shard's part is a prefix of it.
+
+    A unit is one record, or the records of one whole save in its own order.
+    Each shard is cut at its first record of a save not wholly read (and at
+    ``cap`` records); then, until nothing changes, every save with a record
+    past a cut is cut out too, with what follows it in each of its shards. So
+    what remains of each shard is a prefix of it (its checkpoint can move to
+    the prefix's end) and holds only whole saves. Units come in shard order,
+    a save where its first record read comes.
+    """
+    members: dict[str, list[_Record]] = defaultdict(list)
+    for records in read.values():
+        for record in records:
+            if record.save is not None:
+                members[record.save[0]].append(record)
+    cut = _cuts(read, members, cap)
+    units: list[list[_Record]] = []
+    emitted: set[str] = set()
+    for shard_id, records in read.items():
+        for record in records[: cut[shard_id]]:
+            if record.save is None:
+                units.append([record])
+            elif record.save[0] not in emitted:
+                emitted.add(record.save[0])
+                save = members[record.save[0]]
+                units.append(sorted(save, key=lambda r: r.save[1] if r.save else 0))
+    return units
+
+
+def _cuts(
+    read: dict[str, list[_Record]], members: dict[str, list[_Record]], cap: int | None
+) -> dict[str, int]:
+    """Return, per shard, how many of its records may be appended (see ``_units``)."""
+    place = {r: index for records in read.values() for index, r in enumerate(records)}
+    cut = {shard_id: len(records) for shard_id, records in read.items()}
+    if cap is not None:
+        cut = {shard_id: min(cap, end) for shard_id, end in cut.items()}
+    for shard_id, records in read.items():
+        for index, record in enumerate(records[: cut[shard_id]]):
+            if record.save and len(members[record.save[0]]) < record.save[2]:
+                cut[shard_id] = index  # not wholly read: held back, with what follows
+                break
+    changed = True
+    while changed:
+        changed = False
+        for shard_id, records in read.items():
+            for record in records[: cut[shard_id]]:
+                save = members[record.save[0]] if record.save else []
+                if any(place[m] >= cut[m.shard_id] for m in save):
+                    for member in save:
+                        cut[member.shard_id] = min(cut[member.shard_id], place[member])
+                    changed = True
+                    break
+    return cut
+
+
+def _in_version_order(records: list[_Record]) -> list[BatchEntry]:
+    """Return the records' events with each aggregate's in version order.
+
+    Each aggregate keeps the positions its events had; only which of its
+    events takes which position changes.
+    """
+    entries = [r.entry for r in records if r.entry is not None]
+    slots: dict[str, list[int]] = defaultdict(list)
+    for index, entry in enumerate(entries):
+        slots[entry.aggregate_id].append(index)
+    ordered = list(entries)
+    for indices in slots.values():
+        versions = sorted((entries[i] for i in indices), key=lambda e: e.version)
+        for index, entry in zip(indices, versions, strict=True):
+            ordered[index] = entry
+    for indices in slots.values():
+        for before, after in itertools.pairwise(indices):
+            if ordered[after].version != ordered[before].version + 1:
+                raise IndexOrderError(
+                    f"Aggregate {ordered[after].aggregate_id} has versions "
+                    f"{ordered[before].version} then {ordered[after].version} in "
+                    "one round of the indexer: not consecutive (a repeat or a "
+                    "gap), so nothing was indexed. Check what writes to the "
+                    "events table, then run the indexer again."
+                )
+    return ordered
+
+
+def _batch_items(head: int, events: list[BatchEntry]) -> list[Item]:
+    return [
+        batch_item(head + 1 + offset, events[offset : offset + BATCH_EVENTS])
+        for offset in range(0, len(events), BATCH_EVENTS)
+    ]

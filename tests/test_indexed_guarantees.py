@@ -1,0 +1,293 @@
+"""What the indexer of ``DYNAMODB_ORDERING=indexed`` guarantees, on DynamoDB Local.
+
+Each test saves through the indexed recorder, runs indexers on the events
+table's real stream (some with the stream client's answers altered: records
+shuffled, repeated, withheld), and checks the sequence the indexer wrote.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from eventsourcing.persistence import StoredEvent
+
+from aggregates.application import Orders
+from ledger.dynamodb import DynamoDBFactory, DynamoDBIndexedApplicationRecorder, schema
+from ledger.dynamodb.batches import BatchEntry
+from ledger.dynamodb.indexer import Indexer, IndexOrderError, _Record, _units
+from ledger.projections import event_loader
+from ledger.projections.dynamodb import open_view
+from ledger.projections.sequence import SequenceFeed
+from projections.orders import OrderProjector
+from tests.indexed_support import (
+    ReorderingStreams,
+    all_notifications,
+    index_until,
+    indexed_factory,
+    repeated,
+    stored,
+)
+from tests.test_projections_dynamodb import read_model
+from tests.test_projections_orderings import copy_history
+
+
+@pytest.fixture
+def factory(dynamodb_endpoint: str, table_prefix: str) -> Iterator[DynamoDBFactory]:
+    made = indexed_factory(dynamodb_endpoint, table_prefix)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def recorder(factory: DynamoDBFactory) -> DynamoDBIndexedApplicationRecorder:
+    made = factory.application_recorder()
+    assert isinstance(made, DynamoDBIndexedApplicationRecorder)
+    return made
+
+
+def random_saves(
+    recorder: DynamoDBIndexedApplicationRecorder, count: int, seed: int
+) -> list[list[StoredEvent]]:
+    """Save ``count`` saves of 1 to 3 events of 4 aggregates; return them."""
+    rng = random.Random(seed)
+    aggregates = [uuid.uuid4() for _ in range(4)]
+    versions: dict[uuid.UUID, int] = defaultdict(int)
+    saves = []
+    for _ in range(count):
+        save = []
+        for _ in range(rng.randint(1, 3)):
+            aggregate = rng.choice(aggregates)
+            versions[aggregate] += 1
+            save.append(stored(aggregate, versions[aggregate]))
+        recorder.insert_events(save)
+        saves.append(save)
+    return saves
+
+
+def assert_indexed_once_in_order(
+    recorder: DynamoDBIndexedApplicationRecorder, saves: list[list[StoredEvent]]
+) -> None:
+    """Gap-free positions, each event once, saves contiguous, versions in order."""
+    notifications = list(all_notifications(recorder))
+    assert [n.id for n in notifications] == list(range(1, len(notifications) + 1))
+    keys = [(n.originator_id, n.originator_version) for n in notifications]
+    saved = [(e.originator_id, e.originator_version) for s in saves for e in s]
+    assert sorted(keys, key=str) == sorted(saved, key=str)
+    assert len(set(keys)) == len(keys)
+    position = {key: n.id for key, n in zip(keys, notifications, strict=True)}
+    for save in saves:
+        at = [position[e.originator_id, e.originator_version] for e in save]
+        assert at == list(range(at[0], at[0] + len(save)))
+    last: dict[Any, int] = {}
+    for aggregate, version in keys:
+        assert version == last.get(aggregate, 0) + 1
+        last[aggregate] = version
+
+
+def keep_polling(indexer: Indexer, rounds: int = 100) -> None:
+    """Run rounds until one raises (the stream's records may come a little late)."""
+    for _ in range(rounds):
+        indexer.poll()
+
+
+def altered(recorder: DynamoDBIndexedApplicationRecorder, alter: Any) -> Any:
+    return ReorderingStreams(recorder.connection.streams_client(), alter)
+
+
+def test_positions_are_gap_free_and_each_event_indexed_once(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> None:
+    saves = random_saves(recorder, 30, seed=1)
+    index_until(Indexer(recorder), recorder, [e for s in saves for e in s])
+    assert_indexed_once_in_order(recorder, saves)
+
+
+def test_redelivered_records_are_indexed_once(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> None:
+    # Every page twice, and every shard read again from its start each round:
+    # only the checkpoints and the drop of repeats keep them out.
+    streams = altered(recorder, repeated)
+    streams.from_start = True
+    indexer = Indexer(recorder, streams_client=streams)
+    first = random_saves(recorder, 10, seed=2)
+    index_until(indexer, recorder, [e for s in first for e in s])
+    second = random_saves(recorder, 10, seed=3)
+    index_until(indexer, recorder, [e for s in second for e in s])
+    indexer.poll()
+    assert_indexed_once_in_order(recorder, first + second)
+
+
+def test_shuffled_records_are_indexed_in_order_once(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> None:
+    rng = random.Random(4)
+
+    def shuffle(records: list[Any]) -> list[Any]:
+        rng.shuffle(records)
+        return records
+
+    indexer = Indexer(recorder, streams_client=altered(recorder, shuffle))
+    saves = []
+    for seed in range(5):
+        saves += random_saves(recorder, 6, seed=10 + seed)
+        index_until(indexer, recorder, [e for s in saves for e in s])
+    assert_indexed_once_in_order(recorder, saves)
+
+
+def test_two_racing_indexers_index_each_event_once(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> None:
+    stop = threading.Event()
+    rounds: list[int] = []
+    errors: list[BaseException] = []
+
+    def race() -> None:
+        indexer = Indexer(recorder)
+        try:
+            while not stop.is_set():
+                rounds.append(indexer.poll())
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    racers = [threading.Thread(target=race) for _ in range(2)]
+    for racer in racers:
+        racer.start()
+    try:
+        saves = random_saves(recorder, 40, seed=5)
+        recorder.wait_indexed([e for s in saves for e in s], timeout=60)
+    finally:
+        stop.set()
+        for racer in racers:
+            racer.join()
+    assert errors == []
+    assert_indexed_once_in_order(recorder, saves)
+
+
+def test_a_crash_right_after_the_write_repeats_and_loses_nothing(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> None:
+    class CrashError(Exception):
+        pass
+
+    def crash(positions: range) -> None:
+        raise CrashError(positions)
+
+    saves = random_saves(recorder, 10, seed=6)
+    with pytest.raises(CrashError):
+        keep_polling(Indexer(recorder, after_write=crash))
+    # A new indexer (the crashed one's memory is gone) goes on from the index.
+    more = random_saves(recorder, 5, seed=7)
+    index_until(Indexer(recorder), recorder, [e for s in saves + more for e in s])
+    assert_indexed_once_in_order(recorder, saves + more)
+
+
+def test_a_save_is_held_back_until_all_its_records_have_arrived(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> None:
+    first, second = uuid.uuid4(), uuid.uuid4()
+    save = [stored(first, 1), stored(second, 1)]
+    recorder.insert_events(save)
+    after = [stored(first, 2)]
+    recorder.insert_events(after)
+    hidden = {"on": True}
+
+    def withhold_second(records: list[Any]) -> list[Any]:
+        if not hidden["on"]:
+            return records
+        return [
+            r
+            for r in records
+            if r["dynamodb"]["Keys"][schema.AGGREGATE_ID]["S"] != str(second)
+        ]
+
+    indexer = Indexer(recorder, streams_client=altered(recorder, withhold_second))
+    indexer.poll()
+    assert recorder.max_notification_id() is None  # held, with what follows it
+    hidden["on"] = False
+    index_until(indexer, recorder, save + after)
+    assert_indexed_once_in_order(recorder, [save, after])
+
+
+def test_interleaved_saves_are_each_appended_contiguously() -> None:
+    a1 = _Record("s1", 1, "1", BatchEntry("a", 1, "t", b""), ("A", 0, 2))
+    b1 = _Record("s1", 2, "2", BatchEntry("b", 1, "t", b""), ("B", 0, 2))
+    a2 = _Record("s1", 3, "3", BatchEntry("c", 1, "t", b""), ("A", 1, 2))
+    single = _Record("s2", 4, "4", BatchEntry("d", 1, "t", b""), None)
+    b2 = _Record("s2", 5, "5", BatchEntry("e", 1, "t", b""), ("B", 1, 2))
+    units = _units({"s1": [a1, b1, a2], "s2": [single, b2]}, None)
+    assert units == [[a1, a2], [b1, b2], [single]]
+
+
+def test_a_save_not_wholly_read_holds_back_what_follows_it_in_each_shard() -> None:
+    a1 = _Record("s1", 1, "1", BatchEntry("a", 1, "t", b""), ("A", 0, 2))
+    b1 = _Record("s1", 2, "2", BatchEntry("b", 1, "t", b""), ("B", 0, 2))
+    before = _Record("s2", 3, "3", BatchEntry("d", 1, "t", b""), None)
+    b2 = _Record("s2", 4, "4", BatchEntry("e", 1, "t", b""), ("B", 1, 2))
+    assert _units({"s1": [a1, b1], "s2": [before, b2]}, None) == [[before]]
+
+
+def test_a_version_gap_is_refused_not_skipped(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> None:
+    aggregate = uuid.uuid4()
+    recorder.insert_events([stored(aggregate, 1)])
+    indexer = Indexer(recorder)
+    index_until(indexer, recorder, [stored(aggregate, 1)])
+    # Written past the recorder (which would refuse nothing here): version 3.
+    recorder.insert_events([stored(aggregate, 3)])
+    with pytest.raises(IndexOrderError, match=f"{aggregate} version 3"):
+        keep_polling(indexer)
+    assert recorder.max_notification_id() == 1
+
+
+def test_sequence_feed_on_an_indexed_app_builds_the_sequence_ordering_read_model(
+    dynamodb_env: dict[str, str], streamed: None
+) -> None:
+    def env(ordering: str) -> dict[str, str]:
+        prefix = f"o{uuid.uuid4().hex[:10]}_"
+        return {
+            **dynamodb_env,
+            "DYNAMODB_TABLE_PREFIX": prefix,
+            "DYNAMODB_ORDERING": ordering,
+        }
+
+    source = Orders(env=env("stream"))
+    customer = uuid.UUID(int=1)
+    orders = [source.place_order(customer, [_item("apple", 2)]) for _ in range(3)]
+    source.add_item(orders[0], "pear", 1, Decimal("0.50"))
+    source.confirm(orders[0])
+    source.ship(orders[0], "XX123456")
+    source.cancel(orders[1], "changed my mind")
+    source.add_item(orders[2], "fig", 3, Decimal("2.00"))
+
+    def read_model_fed_by_sequence(ordering: str) -> dict[str, Any]:
+        target_env = env(ordering)
+        app = Orders(env=target_env)
+        # The same events in both (one save per aggregate, several events each).
+        copy_history(source, app)
+        if ordering == "indexed":
+            events = [e for o in orders for e in app.recorder.select_events(o)]
+            index_until(Indexer(app.recorder), app.recorder, events)
+        view = open_view(OrderProjector, target_env)
+        feed = SequenceFeed(OrderProjector(view, event_loader(app)), app)
+        while feed.poll():
+            pass
+        app.close()
+        return read_model(view)
+
+    by_indexed = read_model_fed_by_sequence("indexed")
+    assert by_indexed == read_model_fed_by_sequence("sequence")
+    assert by_indexed  # something was projected
+    source.close()
+
+
+def _item(product: str, quantity: int) -> dict[str, Any]:
+    return {"product_id": product, "quantity": quantity, "price": Decimal("1.25")}

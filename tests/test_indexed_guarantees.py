@@ -24,6 +24,7 @@ from ledger.dynamodb.batches import BatchEntry
 from ledger.dynamodb.indexer import Indexer, IndexOrderError, _Record, _units
 from ledger.projections import event_loader
 from ledger.projections.dynamodb import open_view
+from ledger.projections.rebuild import status
 from ledger.projections.sequence import SequenceFeed
 from projections.orders import OrderProjector
 from tests.indexed_support import (
@@ -291,3 +292,24 @@ def test_sequence_feed_on_an_indexed_app_builds_the_sequence_ordering_read_model
 
 def _item(product: str, quantity: int) -> dict[str, Any]:
     return {"product_id": product, "quantity": quantity, "price": Decimal("1.25")}
+
+
+def test_a_projection_on_an_indexed_app_reports_its_position_and_lag(
+    dynamodb_env: dict[str, str], streamed: None
+) -> None:
+    env = {**dynamodb_env, "DYNAMODB_ORDERING": "indexed"}
+    app = Orders(env=env)
+    placed = [app.place_order(uuid.UUID(int=1), [_item("fig", 1)]) for _ in range(2)]
+    events = [e for o in placed for e in app.recorder.select_events(o)]
+    index_until(Indexer(app.recorder), app.recorder, events)
+    view = open_view(OrderProjector, env)
+
+    before = status(view, app)
+    feed = SequenceFeed(OrderProjector(view, event_loader(app)), app)
+    while feed.poll():
+        pass
+    after = status(view, app)
+    app.close()
+
+    assert (before.position, before.head) == (None, len(events))
+    assert (after.position, after.head) == (len(events), len(events))

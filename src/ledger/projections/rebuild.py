@@ -703,7 +703,7 @@ def status(view: DynamoDBView, application: Any = None) -> ProjectionStatus:
     ordering = None
     if application is not None:
         ordering = getattr(application.recorder, "ordering", "sequence")
-    if ordering == "sequence":
+    if ordering in ("sequence", "indexed"):  # both have the application sequence
         position = view.max_tracking_id(application.name)
         head = application.recorder.max_notification_id()
     elif ordering == "stream":

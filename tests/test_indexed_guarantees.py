@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import ProgrammingError, StoredEvent
 
 from aggregates.application import Orders
 from ledger.dynamodb import DynamoDBFactory, DynamoDBIndexedApplicationRecorder, schema
@@ -35,6 +35,7 @@ from tests.indexed_support import (
     repeated,
     stored,
 )
+from tests.test_corrupt_batches import damage_batch
 from tests.test_projections_dynamodb import read_model
 from tests.test_projections_orderings import copy_history
 
@@ -313,3 +314,25 @@ def test_a_projection_on_an_indexed_app_reports_its_position_and_lag(
 
     assert (before.position, before.head) == (None, len(events))
     assert (after.position, after.head) == (len(events), len(events))
+
+
+def test_a_damaged_index_batch_is_never_skipped_past_its_events(
+    dynamodb_env: dict[str, str], streamed: None
+) -> None:
+    env = {**dynamodb_env, "DYNAMODB_ORDERING": "indexed"}
+    app = Orders(env=env)
+    order_id = app.place_order(uuid.UUID(int=1), [_item("fig", 1)])
+    events = list(app.recorder.select_events(order_id))
+    index_until(Indexer(app.recorder), app.recorder, events)
+    damage_batch(app, len(events), **{schema.EVENTS: {"B": b"\x07damaged"}})
+    feed = SequenceFeed(
+        OrderProjector(open_view(OrderProjector, env), event_loader(app)), app
+    )
+    feed.poll()
+    assert feed.blocked is not None
+
+    with pytest.raises(ProgrammingError, match="--source scan"):
+        feed.skip_batch(1)
+
+    assert feed.position == 0  # not moved past events it never applied
+    app.close()

@@ -26,8 +26,10 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from eventsourcing.persistence import (
+    Notification,
     OperationalError,
     ProcessRecorder,
+    ProgrammingError,
     StoredEvent,
     Tracking,
 )
@@ -133,6 +135,21 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
                 item[schema.SAVE_INDEX] = {"N": str(index)}
                 item[schema.SAVE_SIZE] = {"N": str(len(items))}
         return items
+
+    def notifications_from_events(self, low: int, high: int) -> list[Notification]:
+        """Refuse: an indexed application's event items hold no position.
+
+        The sequence ordering writes each event's position on its item, so a
+        damaged batch can be applied from the events table; here positions
+        are the indexer's, held only in its batches. Returning nothing would
+        let ``skip-batch`` move a projection past events it never applied.
+        """
+        raise ProgrammingError(
+            f"Positions {low} to {high} of {self.notifications_table_name} cannot "
+            "be read from the events table: in indexed ordering, event items hold "
+            "no position. Rebuild the projection from the events table instead "
+            "(ledger projections rebuild NAME --source scan)."
+        )
 
     def wait_indexed(
         self, saved: Iterable[Any], timeout: float = 10.0

@@ -12,7 +12,7 @@ from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import Environment
 
 from ledger.dynamodb import DynamoDBFactory, DynamoDBIndexedApplicationRecorder
-from ledger.dynamodb.indexer import Indexer
+from ledger.indexer import Indexer
 
 
 def indexed_env(dynamodb_endpoint: str, table_prefix: str) -> dict[str, str]:

@@ -37,7 +37,7 @@ from ledger.dynamodb import (
     DynamoDBIndexedApplicationRecorder,
     DynamoDBIndexedProcessRecorder,
 )
-from ledger.dynamodb.indexer import Indexer
+from ledger.indexer import Indexer
 from tests import test_dynamodb_conformance as sequence_suites
 from tests.indexed_support import index_until, indexed_env
 

@@ -18,7 +18,7 @@ from ledger.dynamodb import (
     measure,
     schema,
 )
-from ledger.dynamodb.indexer import Indexer, StreamTrimmedError
+from ledger.indexer import Indexer, StreamTrimmedError
 from tests.indexed_support import (
     ReorderingStreams,
     all_notifications,

@@ -14,7 +14,7 @@ from eventsourcing.system import ProcessApplication, SingleThreadedRunner, Syste
 from eventsourcing.tests.application import BankAccounts, EmailAddressAsStr
 
 from ledger.dynamodb import DynamoDBIndexedApplicationRecorder
-from ledger.dynamodb.indexer import Indexer
+from ledger.indexer import Indexer
 from tests.indexed_support import index_until
 
 

@@ -13,7 +13,7 @@ from rich.table import Table
 from ledger.cli.options import JsonOutput, console, metered, print_json, settings
 
 if TYPE_CHECKING:
-    from ledger.dynamodb.indexer import Indexer
+    from ledger.indexer import Indexer
 
 index_cli = typer.Typer(
     help="Run and inspect the indexer of an application in DYNAMODB_ORDERING=indexed "
@@ -23,7 +23,7 @@ index_cli = typer.Typer(
 
 def open_indexer() -> Indexer:
     """Return an indexer of the application the commands work on."""
-    from ledger.dynamodb.indexer import Indexer  # noqa: PLC0415
+    from ledger.indexer import Indexer  # noqa: PLC0415
 
     application = settings.application()
     return Indexer(application.recorder)  # type: ignore[arg-type]

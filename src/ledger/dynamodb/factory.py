@@ -99,7 +99,7 @@ class DynamoDBFactory(InfrastructureFactory[DynamoDBTrackingRecorder]):
 
     ``indexed``: saves as ``stream`` (events only; a save of several events
     marks them with three small attributes), and an indexer (``ledger index
-    run``, :mod:`ledger.dynamodb.indexer`), the one reader of the events
+    run``, :mod:`ledger.indexer`), the one reader of the events
     table's stream, appends them to the notifications table in the
     ``sequence`` format: the sequence's readers work unchanged, about a poll
     interval behind. Saves return no notification ids. Needs the events

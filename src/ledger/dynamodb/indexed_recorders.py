@@ -8,7 +8,7 @@ event item then carrying three small attributes (``schema.SAVE_ID``,
 Writers of different aggregates never meet.
 
 The application sequence is then written by the indexer
-(:class:`ledger.dynamodb.indexer.Indexer`), the one reader of the events
+(:class:`ledger.indexer.Indexer`), the one reader of the events
 table's DynamoDB stream, in the ``sequence`` ordering's own format. So every
 reader of the sequence (``select_notifications``, ``max_notification_id``,
 ``subscribe``, notification logs, process applications, ``SequenceFeed``)

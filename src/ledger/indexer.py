@@ -1,7 +1,9 @@
 """The indexer of the ``indexed`` ordering: the events stream, appended to the sequence.
 
 (Over 400 lines as one concept: reading the shards, regrouping saves and
-writing one round all serve the one exactly-once append stated here.)
+writing one round all serve the one exactly-once append stated here. It sits
+above ``ledger.dynamodb``, beside the projections, since it reads the stream
+with the stream feed's poller.)
 
 The indexer is the one reader of the events table's DynamoDB stream. Each
 round (:meth:`Indexer.poll`) it reads every shard after its checkpoint
@@ -69,7 +71,7 @@ if TYPE_CHECKING:  # the stubs are a development dependency only
 
     from ledger.dynamodb.recorders import Item
 
-logger = logging.getLogger("ledger.dynamodb.indexer")
+logger = logging.getLogger("ledger.indexer")
 """Structured records (``extra=``): positions, counts, shard ids; never state."""
 
 BATCH_EVENTS: Final = MAX_TRANSACTION_ACTIONS - 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -105,7 +106,7 @@ def test_projections_run_status_rebuild_and_dlq(ledger, order_id):
 
 
 def test_projections_run_from_the_stream(streamed, ledger, order_id):
-    done = ledger("projections", "run", "OrderViews", "--once")
+    done = ledger("projections", "run", "OrderViews", "--feed", "stream", "--once")
 
     assert done.returncode == 0, done.stderr
     assert "processed 3 events from the stream" in done.stdout
@@ -114,7 +115,7 @@ def test_projections_run_from_the_stream(streamed, ledger, order_id):
 def test_projections_run_from_a_table_without_a_stream_says_what_to_do(
     ledger, order_id
 ):
-    done = ledger("projections", "run", "OrderViews", "--once")
+    done = ledger("projections", "run", "OrderViews", "--feed", "stream", "--once")
 
     assert done.returncode == 1
     assert "has no DynamoDB stream" in done.stderr
@@ -184,3 +185,38 @@ def test_the_sequence_feed_parks_an_event_it_cannot_decode_and_goes_on(
     assert "processed 5 events from the sequence" in ran.stdout
     assert str(stuck) in parked.stdout
     assert str(healthy) not in parked.stdout
+
+
+def tables_named(env: dict[str, str], prefix: str) -> list[str]:
+    """The names of the tables on the test server that start with ``prefix``."""
+    client = Orders(env={**env, "CREATE_TABLE": "no"}).factory.connection
+    names = client.call("list_tables", ExclusiveStartTableName=prefix)["TableNames"]
+    return [name for name in names if name.startswith(prefix)]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("run", "OrderViews", "--feed", "sequence", "--once"), ("rebuild", "OrderViews")],
+    ids=["run", "rebuild"],
+)
+def test_a_mistyped_prefix_creates_no_tables(ledger, dynamodb_env, order_id, command):
+    typo = "typo" + dynamodb_env["DYNAMODB_TABLE_PREFIX"]
+
+    done = ledger("--prefix", typo, "projections", *command)
+
+    assert done.returncode == 1
+    assert f"Table {typo}Orders_events (the events of" in done.stderr
+    assert "--prefix" in done.stderr
+    assert tables_named(dynamodb_env, typo) == []
+
+
+def test_run_follows_the_application_ordering_so_status_shows_no_lag(
+    streamed, ledger, order_id
+):
+    ran = ledger("projections", "run", "OrderViews", "--once")
+    status = ledger("projections", "status", "OrderViews", "--json")
+
+    assert ran.returncode == 0, ran.stderr
+    assert "processed 3 events from the sequence" in ran.stdout
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["lag"] == 0

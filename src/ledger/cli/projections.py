@@ -55,19 +55,44 @@ class Projection:
 def open_projection(name: str, *, read_only: bool = False) -> Projection:
     """Open a projection by name for a command.
 
-    ``read_only``: create no tables (a wrong region or prefix is then an
-    error naming the missing table, not a new empty store).
+    The application's tables are never created: they must exist (a typo in
+    ``--prefix`` or a wrong region is an error naming the missing table, not
+    a new empty store a projection reads nothing from). ``read_only``: create
+    the projection's tables neither.
     """
     from ledger.projections.dynamodb import open_view  # noqa: PLC0415
 
     project = settings.project()
     projector_class = project.projector_class(name)
+    app = settings.application(CREATE_TABLE="no")
+    _check_events_table(app)
     extra = {"CREATE_TABLE": "no"} if read_only else {}
-    app = settings.application(**extra)
     view = open_view(
         projector_class, dict(settings.environment(projector_class.name, **extra))
     )
     return Projection(projector_class, view, app)
+
+
+def _check_events_table(app: Application[Any]) -> None:
+    """Raise ``ProgrammingError`` naming the events table if it does not exist.
+
+    One DescribeTable (no capacity units), before any projection table is made.
+    """
+    from eventsourcing.persistence import ProgrammingError  # noqa: PLC0415
+
+    recorder: Any = app.recorder
+    table = recorder.events_table_name
+    try:
+        recorder.connection.call("describe_table", TableName=table)
+    except ProgrammingError as error:
+        raise ProgrammingError(
+            f"Table {table} (the events of application {app.name}) does not "
+            "exist, so there is nothing to project; no table was created. Check "
+            "--prefix "
+            "(or DYNAMODB_TABLE_PREFIX), --endpoint and DYNAMODB_REGION; if the "
+            "application has not run yet, create its tables with `ledger tables "
+            "create`."
+        ) from error
 
 
 @projections_cli.command("list")
@@ -123,11 +148,14 @@ def _status_table(found: ProjectionStatus) -> Table:
 def projections_run(
     name: ProjectionName,
     feed: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="'stream' (the events table's DynamoDB stream) or 'sequence'."
+            help="'stream' (the events table's DynamoDB stream) or 'sequence' "
+            "(the application sequence). Default: the application's "
+            "DYNAMODB_ORDERING, which `status` follows too.",
+            show_default=False,
         ),
-    ] = "stream",
+    ] = None,
     once: Annotated[
         bool, typer.Option("--once", help="Process what is there now, then stop.")
     ] = False,
@@ -142,9 +170,11 @@ def projections_run(
     """
     from ledger.projections.streams import run_polls  # noqa: PLC0415
 
-    if feed not in ("stream", "sequence"):
+    if feed not in (None, "stream", "sequence"):
         raise typer.BadParameter("--feed is 'stream' or 'sequence'")
     projection = open_projection(name)
+    if feed is None:
+        feed = str(getattr(projection.application.recorder, "ordering", "sequence"))
     with metered(projection.view):
         poll, blocked = _feed(projection, feed)
         if once:

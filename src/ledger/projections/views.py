@@ -74,6 +74,10 @@ class ReadModelView(TrackingRecorder, ABC):
     max_bytes: int = 4 * 1024 * 1024 - 64 * 1024
     """DynamoDB's 4 MB per transaction, less room for the item attributes
     besides key and body, the tracking and the version check."""
+    max_item_bytes: int = 400 * 1024 - 1024
+    """How many bytes of key and body one read-model item may hold: DynamoDB's
+    400 KB per item, less room for the other attributes. Every view keeps to
+    it, so an item that would not fit in DynamoDB fails in tests too."""
     _claimed_types: dict[str, type[ReadModel]]
     """Read-model classes used with this view, by type name (see :meth:`claim`)."""
 

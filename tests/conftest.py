@@ -101,15 +101,19 @@ def factory(dynamodb_endpoint: str, table_prefix: str) -> Iterator[DynamoDBFacto
 
 @pytest.fixture
 def ledger(dynamodb_env: dict[str, str]):
-    """Run `ledger ARGS...` in a process of its own; return the completed process."""
+    """Run `ledger ARGS...` in a process of its own; return the completed process.
 
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
+    Keyword arguments are extra environment variables.
+    """
+
+    def run(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
         env = {
             **os.environ,
             **dynamodb_env,
             "COLUMNS": "250",
             "NO_COLOR": "1",
             **SOURCE_PATH,
+            **extra,
         }
         return subprocess.run(  # noqa: S603 - our own command, fixed argv
             [sys.executable, "-c", "from ledger.cli import main; main()", *args],

@@ -62,7 +62,7 @@ def test_events_show_decodes_and_upcasts(ledger, order_id):
     assert "Order.OrderPlaced" in done.stdout
     assert "currency=USD" in done.stdout
     assert "Order.OrderConfirmed" in done.stdout
-    assert "round trips" in done.stdout
+    assert "round trip" in done.stdout
 
 
 def test_events_show_of_unknown_aggregate_fails_with_one_line(ledger, order_id):
@@ -220,3 +220,45 @@ def test_run_follows_the_application_ordering_so_status_shows_no_lag(
     assert "processed 3 events from the sequence" in ran.stdout
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["lag"] == 0
+
+
+def test_help_shows_bracketed_text_and_flags_without_a_type(ledger):
+    done = ledger("--help")
+
+    assert done.returncode == 0
+    assert "[tool.ledger] app in pyproject.toml" in " ".join(done.stdout.split())
+    assert "<bool>" not in done.stdout
+
+
+def test_projections_list_shows_where_the_application_came_from(ledger):
+    done = ledger("projections", "list")
+
+    assert done.returncode == 0, done.stderr
+    assert "(from [tool.ledger] app in " in done.stdout
+
+
+def test_piped_tables_are_never_cut(ledger, order_id):
+    done = ledger("events", "show", str(order_id), COLUMNS="80")
+
+    assert done.returncode == 0, done.stderr
+    assert "…" not in done.stdout
+    assert "Order.OrderPlaced" in done.stdout
+    assert max(len(line) for line in done.stdout.splitlines()) > 80
+
+
+def test_a_projector_given_as_the_app_is_a_usage_error_saying_where_it_goes(ledger):
+    done = ledger("--app", "projections.orders:OrderProjector", "projections", "list")
+
+    assert done.returncode == 2
+    text = " ".join(done.stderr.split())
+    assert "is not an eventsourcing Application class" in text
+    assert "name it with --projector" in text
+
+
+def test_an_application_given_as_a_projector_is_a_usage_error(ledger):
+    done = ledger("--projector", "aggregates.application:Orders", "projections", "list")
+
+    assert done.returncode == 2
+    assert "is not a ledger.projections.Projector class" in " ".join(
+        done.stderr.split()
+    )

@@ -22,6 +22,9 @@ cli = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: rich markup would swallow "[tool.ledger]" and show flags
+    # as "--debug <bool>".
+    rich_markup_mode=None,
 )
 # Help lists the commands in the order they are registered here.
 cli.command("local")(local)
@@ -43,17 +46,22 @@ def options(  # noqa: PLR0917 - typer passes the root options positionally
     endpoint: Annotated[
         str | None,
         typer.Option(
+            metavar="URL",
             help="DynamoDB endpoint URL (default: $DYNAMODB_ENDPOINT_URL, then "
             "boto3's resolution).",
         ),
     ] = None,
     prefix: Annotated[
         str | None,
-        typer.Option(help="Table name prefix (default: $DYNAMODB_TABLE_PREFIX)."),
+        typer.Option(
+            metavar="PREFIX",
+            help="Table name prefix (default: $DYNAMODB_TABLE_PREFIX).",
+        ),
     ] = None,
     app: Annotated[
         str | None,
         typer.Option(
+            metavar="MODULE:CLASS",
             help="Your application class, as module:Class (default: $LEDGER_APP, "
             "then [tool.ledger] app in pyproject.toml).",
         ),
@@ -61,9 +69,10 @@ def options(  # noqa: PLR0917 - typer passes the root options positionally
     projector: Annotated[
         list[str] | None,
         typer.Option(
+            metavar="MODULE:CLASS",
             help="A projector class, as module:Class; repeat for more (also: "
-            "$LEDGER_PROJECTORS, [tool.ledger] projectors, entry points "
-            "'ledger.projectors').",
+            "$LEDGER_PROJECTORS, comma-separated; [tool.ledger] projectors; "
+            "entry points 'ledger.projectors').",
         ),
     ] = None,
     debug: Annotated[

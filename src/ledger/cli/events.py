@@ -6,13 +6,13 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from ledger.cli.options import (
     JsonOutput,
     console,
     errors,
     metered,
+    output_table,
     print_json,
     settings,
 )
@@ -66,7 +66,7 @@ def events_show(
     if as_json:
         print_json({"aggregate_id": aggregate_id, "events": rows})
         return
-    table = Table("version", "event", "time", "bytes", "fields")
+    table = output_table("version", "event", "time", "bytes", "fields")
     # Ids are copied whole to find the events they name: never wrapped.
     table.add_column("correlation", no_wrap=True)
     table.add_column("causation", no_wrap=True)

@@ -18,6 +18,7 @@ from ledger.cli.options import (
     console,
     errors,
     metered,
+    output_table,
     print_json,
     settings,
 )
@@ -99,6 +100,8 @@ def _check_events_table(app: Application[Any]) -> None:
 def projections_list(as_json: JsonOutput = False) -> None:
     """List the projections found (see `ledger --help` for where), with classes."""
     project = settings.project()
+    if project.app is not None:
+        project.application_class()  # refuses a name that is not an application
     found = {
         name: f"{cls.__module__}:{cls.__qualname__}"
         for name, cls in project.projector_classes().items()
@@ -106,7 +109,7 @@ def projections_list(as_json: JsonOutput = False) -> None:
     if as_json:
         print_json({"app": project.app, "projections": found})
         return
-    table = Table("projection", "projector")
+    table = output_table("projection", "projector")
     for name, topic in found.items():
         table.add_row(name, topic)
     console.print(table if found else "no projectors found")
@@ -129,7 +132,7 @@ def projections_status(name: ProjectionName, as_json: JsonOutput = False) -> Non
 
 def _status_table(found: ProjectionStatus) -> Table:
     """Return a projection's status as a table of one row."""
-    table = Table(
+    table = output_table(
         "projection", "active", "versions", "rebuilding", "position", "lag", "parked"
     )
     table.add_row(
@@ -345,7 +348,7 @@ def dlq_list(name: ProjectionName, as_json: JsonOutput = False) -> None:
     if as_json:
         print_json([event.model_dump(mode="json") for event in parked])
         return
-    table = Table("version", "position", "event", "attempts", "error")
+    table = output_table("version", "position", "event", "attempts", "error")
     table.add_column("aggregate", no_wrap=True, min_width=36)
     for event in parked:
         table.add_row(

@@ -6,9 +6,8 @@ from typing import Annotated
 
 import typer
 from eventsourcing.persistence import ProgrammingError
-from rich.table import Table
 
-from ledger.cli.options import console, metered, settings
+from ledger.cli.options import console, metered, output_table, settings
 from ledger.dynamodb import DynamoDBFactory, schema
 from ledger.dynamodb.tables import delete_table
 
@@ -61,7 +60,7 @@ def tables_create(app: AppName = None) -> None:
 def tables_describe(app: AppName = None) -> None:
     """Show an application's tables: status, items and size."""
     factory = _factory(app)
-    table = Table("table", "status", "items", "bytes", "stream")
+    table = output_table("table", "status", "items", "bytes", "stream")
     with metered(factory):
         for kind in TABLE_KINDS:
             name = factory.table_name(kind)

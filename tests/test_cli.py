@@ -262,3 +262,19 @@ def test_an_application_given_as_a_projector_is_a_usage_error(ledger):
     assert "is not a ledger.projections.Projector class" in " ".join(
         done.stderr.split()
     )
+
+
+def test_events_show_finds_an_id_written_in_upper_case_with_braces(ledger, order_id):
+    done = ledger("events", "show", "{" + str(order_id).upper() + "}")
+
+    assert done.returncode == 0, done.stderr
+    assert "Order.OrderPlaced" in done.stdout
+
+
+def test_events_show_of_a_malformed_id_says_what_an_id_looks_like(ledger, order_id):
+    done = ledger("events", "show", "6f1c-not-an-id")
+
+    assert done.returncode == 2
+    text = " ".join(done.stderr.split())
+    assert "'6f1c-not-an-id' is not a UUID" in text
+    assert "ORIGINATOR_ID_TYPE=text" in text

@@ -165,7 +165,7 @@ def test_read_only_commands_create_no_tables(ledger, dynamodb_env, command):
     assert [n for n in names if n.startswith(prefix)] == []
 
 
-def test_the_sequence_feed_parks_an_event_it_cannot_decode_and_goes_on(
+def test_the_sequence_feed_parks_an_event_it_cannot_decode_goes_on_and_says_so(
     ledger, dynamodb_env
 ):
     orders = Orders()
@@ -181,8 +181,11 @@ def test_the_sequence_feed_parks_an_event_it_cannot_decode_and_goes_on(
     ran = ledger("projections", "run", "OrderViews", "--feed", "sequence", "--once")
     parked = ledger("projections", "dlq", "list", "OrderViews")
 
-    assert ran.returncode == 0, ran.stderr
+    assert ran.returncode == 1, ran.stderr
     assert "processed 5 events from the sequence" in ran.stdout
+    assert "1 event was parked: see `ledger projections dlq list OrderViews`" in (
+        " ".join(ran.stderr.split())
+    )
     assert str(stuck) in parked.stdout
     assert str(healthy) not in parked.stdout
 

@@ -166,7 +166,8 @@ def projections_run(
     """Keep a projection up to date until Ctrl-C (or once, with --once).
 
     Events whose handler keeps failing, and events that cannot be decoded,
-    are parked as dead letters (see `dlq list`); others go on. While
+    are parked as dead letters (see `dlq list`); others go on. With --once,
+    it says how many it parked and exits with code 1 if it parked any. While
     DynamoDB is unavailable it waits and tries again. On the sequence feed,
     a notification batch that cannot be read stops it at that position until
     `skip-batch` is run.
@@ -181,14 +182,24 @@ def projections_run(
     with metered(projection.view):
         poll, blocked = _feed(projection, feed)
         if once:
+            parked_before = len(projection.view.parked_items())
             applied = total = poll()
             while applied:
                 applied = poll()
                 total += applied
             console.print(f"processed {total} events from the {feed}")
+            parked = len(projection.view.parked_items()) - parked_before
             stopped = blocked()
+            if parked > 0:
+                errors.print(
+                    f"ledger: {parked} event{'s were' if parked > 1 else ' was'} "
+                    f"parked: see `ledger projections dlq list {name}`, fix the "
+                    f"cause, then `ledger projections dlq redrive {name}`.",
+                    soft_wrap=True,
+                )
             if stopped is not None:
                 errors.print(f"ledger: {stopped}")
+            if parked > 0 or stopped is not None:
                 raise typer.Exit(1)
             return
         total = 0

@@ -281,3 +281,37 @@ def test_events_show_of_a_malformed_id_says_what_an_id_looks_like(ledger, order_
     text = " ".join(done.stderr.split())
     assert "'6f1c-not-an-id' is not a UUID" in text
     assert "ORIGINATOR_ID_TYPE=text" in text
+
+
+def test_an_old_projection_version_is_dropped_and_the_active_one_refused(
+    ledger, order_id
+):
+    ledger("projections", "run", "OrderViews", "--feed", "sequence", "--once")
+    ledger("projections", "rebuild", "OrderViews")
+
+    old = ledger("projections", "drop-version", "OrderViews", "1", "--yes")
+    active = ledger("projections", "drop-version", "OrderViews", "2", "--yes")
+    status = ledger("projections", "status", "OrderViews", "--json")
+
+    assert old.returncode == 0, old.stderr
+    assert "dropped v1 of OrderViews" in old.stdout
+    assert active.returncode == 1
+    assert "active or being rebuilt" in active.stderr
+    assert json.loads(status.stdout)["versions"] == [2]
+
+
+def test_tables_describe_and_delete_include_the_projections_tables(
+    ledger, dynamodb_env, order_id
+):
+    ledger("projections", "run", "OrderViews", "--feed", "sequence", "--once")
+    prefix = dynamodb_env["DYNAMODB_TABLE_PREFIX"]
+
+    described = ledger("tables", "describe")
+    deleted = ledger("tables", "delete", "--yes")
+
+    assert described.returncode == 0, described.stderr
+    for kind in ("control", "parked", "v1"):
+        assert f"{prefix}OrderViews_{kind}" in described.stdout
+    assert deleted.returncode == 0, deleted.stderr
+    assert f"deleted: {prefix}OrderViews_v1" in deleted.stdout
+    assert tables_named(dynamodb_env, prefix) == []

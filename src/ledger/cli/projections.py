@@ -346,8 +346,36 @@ def projections_rebuild(
             f"rebuilt {name} as v{result.table_version}: {result.events} events in "
             f"{result.seconds:.1f}s ({result.events_per_second:.0f} events/s); "
             f"{'readers switched to it' if result.switched else 'not switched'}; "
-            "the old version is kept until dropped"
+            "the old version is kept until dropped (`ledger projections "
+            f"drop-version {name} VERSION`)"
         )
+
+
+@projections_cli.command("drop-version")
+def projections_drop_version(
+    name: ProjectionName,
+    version: Annotated[
+        int, typer.Argument(help="The table version to drop (see `status`).")
+    ],
+    yes: Annotated[bool, typer.Option("--yes", help="Drop without asking.")] = False,
+) -> None:
+    """Delete an old table version of a read model, and its parked events.
+
+    Refuses the active version, the one being rebuilt, and the one a rebuild
+    still reads. A dropped version can be built again with `rebuild`.
+    """
+    from ledger.projections.rebuild import drop_version  # noqa: PLC0415
+
+    projection = open_projection(name, read_only=True)
+    if not yes:
+        typer.confirm(f"Drop v{version} of {name} and its parked events?", abort=True)
+    with metered(projection.view):
+        dropped = drop_version(projection.view, version)
+    console.print(
+        f"dropped v{version} of {name}"
+        if dropped
+        else f"{name} has no v{version}: nothing dropped"
+    )
 
 
 @dlq_cli.command("list")

@@ -16,6 +16,8 @@ import pytest
 from aggregates.application import Orders
 
 ROOT = Path(__file__).parent.parent
+SOURCE_PATH = {"PYTHONPATH": os.pathsep.join((str(ROOT / "src"), str(ROOT)))}
+"""For `ledger` processes started here: this checkout's ledger."""
 
 
 @pytest.fixture
@@ -315,3 +317,19 @@ def test_tables_describe_and_delete_include_the_projections_tables(
     assert deleted.returncode == 0, deleted.stderr
     assert f"deleted: {prefix}OrderViews_v1" in deleted.stdout
     assert tables_named(dynamodb_env, prefix) == []
+
+
+def test_bench_is_listed_only_inside_a_checkout(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-c", "from ledger.cli import main; main()", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **SOURCE_PATH},
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert "projections" in done.stdout
+    assert "bench" not in done.stdout

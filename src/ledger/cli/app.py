@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ledger.cli.bench import bench_cli
+from ledger.cli.bench import bench_cli, checkout_root
 from ledger.cli.events import events_cli
 from ledger.cli.local import local
 from ledger.cli.options import run_with_one_line_errors, settings
@@ -32,7 +32,8 @@ cli.add_typer(tables_cli, name="tables")
 cli.add_typer(events_cli, name="events")
 cli.add_typer(projections_cli, name="projections")
 cli.add_typer(sagas_cli, name="sagas")
-cli.add_typer(bench_cli, name="bench")
+# Listed only in a checkout: the benchmarks are not in the wheel.
+cli.add_typer(bench_cli, name="bench", hidden=checkout_root() is None)
 
 
 def _print_version(wanted: bool) -> None:

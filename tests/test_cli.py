@@ -136,7 +136,7 @@ def test_unknown_projection_is_a_usage_error(ledger):
 def test_demo_tells_the_whole_story(ledger, dynamodb_env, ordering):
     dynamodb_env["DYNAMODB_ORDERING"] = ordering
 
-    env = {**os.environ, **dynamodb_env}
+    env = {**os.environ, **dynamodb_env, **SOURCE_PATH, "COLUMNS": "80"}
     done = subprocess.run(
         [sys.executable, "demo.py"],
         capture_output=True,
@@ -152,6 +152,13 @@ def test_demo_tells_the_whole_story(ledger, dynamodb_env, ordering):
         assert step in done.stdout
     assert "Whole demo:" in done.stdout
     assert f"ordering: {ordering}" in done.stdout
+    # Not cut at 80 columns, and no log lines inside the story.
+    assert any(
+        "cost:" in line and "as the server reported)" in line
+        for line in done.stdout.splitlines()
+    )
+    assert "handler failed" not in done.stderr
+    assert "parked version" not in done.stderr
 
 
 @pytest.mark.parametrize("command", [("status",), ("dlq", "list")])

@@ -168,9 +168,9 @@ def check_golden_events(
     example whose class version has no file in ``folder`` yet is recorded
     there as ``{topic}_v{class_version}.json`` (commit the files: they are
     the stored forms released); later examples of that version are not
-    compared, so their values may change from run to run. Then every file in ``folder`` is
-    checked against today's classes, and an ``AssertionError`` lists each
-    one that fails:
+    compared, so their values may change from run to run. Then every file
+    in ``folder`` is checked against today's classes, and an
+    ``AssertionError`` lists each one that fails:
 
     - a file at its class's current ``class_version`` must load as it did
       when recorded, and be stored again byte for byte: a field renamed,

@@ -239,6 +239,7 @@ def test_help_shows_bracketed_text_and_flags_without_a_type(ledger):
 
     assert done.returncode == 0
     assert "[tool.ledger] app in pyproject.toml" in " ".join(done.stdout.split())
+    assert "$LEDGER_PROJECTORS, comma-separated" in " ".join(done.stdout.split())
     assert "<bool>" not in done.stdout
 
 

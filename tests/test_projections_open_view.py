@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from eventsourcing.persistence import ProgrammingError
@@ -13,6 +17,22 @@ from ledger.projections.dynamodb import open_view
 from ledger.projections.rebuild import rebuild
 from ledger.projections.sequence import SequenceFeed
 from projections.orders import OrderProjector, OrderSummary
+
+ROOT = Path(__file__).parent.parent
+
+A_TYPED_QUERY = """
+from typing import assert_type
+from uuid import UUID
+
+from ledger.projections import InMemoryView
+from ledger.projections.dynamodb import DynamoDBView, open_view
+from projections.orders import OrderProjector, OrderSummary
+
+view = open_view(OrderProjector)
+assert_type(view, DynamoDBView)
+assert_type(view.read(OrderSummary, UUID(int=1)), OrderSummary | None)
+assert_type(open_view(OrderProjector, None, InMemoryView), InMemoryView)
+"""
 
 
 def test_a_view_reads_a_typed_read_model_from_the_active_version(orders, dynamodb_env):
@@ -45,3 +65,31 @@ def test_a_view_without_the_dynamodb_persistence_module_says_what_to_set(
 
     with pytest.raises(ProgrammingError, match=r"PERSISTENCE_MODULE=ledger\.dynamodb"):
         open_view(OrderProjector)
+
+
+def test_open_view_and_read_are_typed_for_mypy(tmp_path):
+    (tmp_path / "query.py").write_text(A_TYPED_QUERY)
+    env = {
+        **os.environ,
+        "MYPYPATH": os.pathsep.join((str(ROOT / "src"), str(ROOT))),
+    }
+
+    done = subprocess.run(  # noqa: S603 - mypy on a file of our own
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            str(tmp_path / "query.py"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stdout

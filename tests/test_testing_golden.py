@@ -1,9 +1,15 @@
-"""ledger.testing's golden events: stored forms recorded once, checked on every run."""
+"""ledger.testing: golden events (stored forms recorded once, checked on every run).
+
+And, without hypothesis, an import error naming the extra to install.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -69,3 +75,21 @@ def test_events_of_older_class_versions_load_through_their_upcasters(tmp_path):
         shutil.copy(path, tmp_path)
 
     assert check_golden_events(tmp_path, []) == []
+
+
+def test_without_hypothesis_the_import_error_names_the_testing_extra():
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.modules['hypothesis'] = None; import ledger.testing",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent / "src")},
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 1
+    assert "pip install 'ledger[testing]'" in done.stderr

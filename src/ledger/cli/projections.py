@@ -89,10 +89,9 @@ def _check_events_table(app: Application[Any]) -> None:
         raise ProgrammingError(
             f"Table {table} (the events of application {app.name}) does not "
             "exist, so there is nothing to project; no table was created. Check "
-            "--prefix "
-            "(or DYNAMODB_TABLE_PREFIX), --endpoint and DYNAMODB_REGION; if the "
-            "application has not run yet, create its tables with `ledger tables "
-            "create`."
+            "--prefix (or DYNAMODB_TABLE_PREFIX), --endpoint and DYNAMODB_REGION; "
+            "if the application has not run yet, create its tables with "
+            "`ledger tables create`."
         ) from error
 
 

@@ -130,12 +130,12 @@ def run_with_one_line_errors(command: Callable[[], object]) -> None:
         command()
     except Exception as error:  # noqa: BLE001 - the CLI's single error boundary
         if settings.debug:
-            errors.print_exception()
+            # Not ``errors``: a traceback's panels fill the console's width,
+            # which is unbounded when piped.
+            Console(stderr=True).print_exception()
         else:
-            # Not markup: messages hold brackets ("[type=missing]", "[tool.ledger]").
             errors.print(
                 f"ledger: {type(error).__name__}: {error} (use --debug for details)",
-                markup=False,
                 soft_wrap=True,
             )
         raise SystemExit(1) from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -295,7 +296,12 @@ def main(argv: list[str] | None = None) -> None:
         help="start DynamoDB Local on a free port for the demo; stop it after",
     )
     arguments = parser.parse_args(argv)
-    console = Console(highlight=False)
+    # The story tells of the retries and parked events it causes itself:
+    # ledger's log lines about them would only interrupt it (a failure the
+    # story does not expect raises).
+    logging.getLogger("ledger").setLevel(logging.CRITICAL)
+    # Long lines are left to the terminal to wrap, not cut at 80 columns.
+    console = Console(highlight=False, soft_wrap=True)
     env = {**os.environ, "PERSISTENCE_MODULE": "ledger.dynamodb"}
     if arguments.local:
         from ledger.dynamodb.local import DynamoDBLocal  # noqa: PLC0415

@@ -34,6 +34,13 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
+SOURCE_PATH = {
+    "PYTHONPATH": os.pathsep.join(
+        str(Path(__file__).parent.parent / folder) for folder in ("src", ".")
+    )
+}
+"""For a test's subprocesses: this checkout's ledger, not an installed one."""
+
 NO_STREAM = {"DYNAMODB_EVENTS_STREAM": "no"}
 """Tests' events tables have no stream unless a test feeds from it (``streamed``):
 DynamoDB Local slows writes into a table with a stream about tenfold once
@@ -94,10 +101,20 @@ def factory(dynamodb_endpoint: str, table_prefix: str) -> Iterator[DynamoDBFacto
 
 @pytest.fixture
 def ledger(dynamodb_env: dict[str, str]):
-    """Run `ledger ARGS...` in a process of its own; return the completed process."""
+    """Run `ledger ARGS...` in a process of its own; return the completed process.
 
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, **dynamodb_env, "COLUMNS": "250", "NO_COLOR": "1"}
+    Keyword arguments are extra environment variables.
+    """
+
+    def run(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            **dynamodb_env,
+            "COLUMNS": "250",
+            "NO_COLOR": "1",
+            **SOURCE_PATH,
+            **extra,
+        }
         return subprocess.run(  # noqa: S603 - our own command, fixed argv
             [sys.executable, "-c", "from ledger.cli import main; main()", *args],
             capture_output=True,

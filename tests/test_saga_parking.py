@@ -479,7 +479,7 @@ def test_the_cli_lists_redrives_and_drops_parked_sagas(shop, ledger, this_checko
     assert {p["saga_id"] for p in parked} == set(saga_ids)
     assert {p["step"] for p in parked} == {"ReserveStock"}
     assert all(p["error"].endswith(" in reserve") for p in parked)
-    assert "round trips" in listed.stderr
+    assert "round trip" in listed.stderr
     assert redrive.returncode == 0, redrive.stderr
     assert f"{redriven_id}: resumed" in redrive.stdout
     assert shop.warehouse.get_reservation(redriven) is not None

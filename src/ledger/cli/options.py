@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -13,14 +14,39 @@ import typer
 from eventsourcing.application import Application
 from eventsourcing.utils import Environment
 from rich.console import Console
+from rich.table import Column, Table
 
 from ledger.cli.project import Project, find_project
 from ledger.dynamodb import Meter, measure
 
-console = Console(highlight=False)
+PIPED_WIDTH = 100_000
+"""The width of output that goes to a file or a pipe: lines and tables are
+never wrapped or cut there (rich would assume 80 columns)."""
+
+# No markup: printed values hold brackets ("[tool.ledger]", "[type=missing]").
+console = Console(
+    highlight=False,
+    markup=False,
+    width=None if sys.stdout.isatty() else PIPED_WIDTH,
+)
 """Where commands print their results (stdout)."""
-errors = Console(stderr=True, highlight=False)
+errors = Console(
+    stderr=True,
+    highlight=False,
+    markup=False,
+    width=None if sys.stderr.isatty() else PIPED_WIDTH,
+)
 """Where commands print their errors (stderr)."""
+
+
+def output_table(*headers: str) -> Table:
+    """Return a table with these columns, whose cells fold rather than end in "…".
+
+    On a narrow terminal a long value (an id, a topic, an error) wraps onto
+    more lines instead of losing its end.
+    """
+    return Table(*(Column(header, overflow="fold") for header in headers))
+
 
 # Options more than one command takes -------------------------------------------------
 
@@ -84,7 +110,9 @@ def metered(uses_dynamodb: Any, *, to_stderr: bool = False) -> Iterator[Meter]:
     """
     with measure(uses_dynamodb) as meter:
         yield meter
-    (errors if to_stderr else console).print(f"[dim]DynamoDB: {meter.summary()}[/dim]")
+    (errors if to_stderr else console).print(
+        f"DynamoDB: {meter.summary()}", style="dim"
+    )
 
 
 def print_json(value: Any) -> None:
@@ -102,9 +130,12 @@ def run_with_one_line_errors(command: Callable[[], object]) -> None:
         command()
     except Exception as error:  # noqa: BLE001 - the CLI's single error boundary
         if settings.debug:
-            errors.print_exception()
+            # Not ``errors``: a traceback's panels fill the console's width,
+            # which is unbounded when piped.
+            Console(stderr=True).print_exception()
         else:
             errors.print(
-                f"ledger: {type(error).__name__}: {error} (use --debug for details)"
+                f"ledger: {type(error).__name__}: {error} (use --debug for details)",
+                soft_wrap=True,
             )
         raise SystemExit(1) from None

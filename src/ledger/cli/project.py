@@ -4,7 +4,8 @@ Found in this order, the first that gives one winning:
 
 1. the root options ``--app module:Class`` and ``--projector module:Class``
    (repeatable);
-2. the environment: ``LEDGER_APP`` and ``LEDGER_PROJECTORS`` (comma-separated);
+2. the environment: ``LEDGER_APP`` and ``LEDGER_PROJECTORS`` (separated by
+   commas, spaces around them ignored: ``shop.views:A, shop.views:B``);
 3. ``[tool.ledger]`` in the nearest ``pyproject.toml`` from the working
    directory up: ``app = "module:Class"``, ``projectors = ["module:Class"]``;
 4. projectors only: installed packages' entry points in the group
@@ -57,16 +58,37 @@ class Project:
 
     def application_class(self) -> type[Application[Any]]:
         """Return the application class, or fail saying how to name one."""
+        from eventsourcing.application import Application  # noqa: PLC0415
+
+        from ledger.projections import Projector  # noqa: PLC0415
+
         if self.app is None:
             raise typer.BadParameter(f"no application class: {_HOW}.")
-        found: type[Application[Any]] = load_class(self.app, f"the app ({self.source})")
-        return found
+        found = load_class(self.app, f"the app ({self.source})")
+        if not issubclass(found, Application):
+            hint = (
+                " It is a projector: name it with --projector (or LEDGER_PROJECTORS)."
+                if issubclass(found, Projector)
+                else ""
+            )
+            raise typer.BadParameter(
+                f"the app ({self.source}) {self.app!r} is not an eventsourcing "
+                f"Application class.{hint}"
+            )
+        application: type[Application[Any]] = found
+        return application
 
     def projector_classes(self) -> dict[str, type[Projector]]:
         """Return the projector classes by projection name."""
+        from ledger.projections import Projector  # noqa: PLC0415
+
         classes: dict[str, type[Projector]] = {}
         for topic in self.projectors:
-            projector: type[Projector] = load_class(topic, "a projector")
+            projector = load_class(topic, "a projector")
+            if not issubclass(projector, Projector):
+                raise typer.BadParameter(
+                    f"projector {topic!r} is not a ledger.projections.Projector class."
+                )
             classes.setdefault(projector.name, projector)
         return classes
 

@@ -18,6 +18,7 @@ from ledger.cli.options import (
     console,
     errors,
     metered,
+    output_table,
     print_json,
     settings,
 )
@@ -55,25 +56,51 @@ class Projection:
 def open_projection(name: str, *, read_only: bool = False) -> Projection:
     """Open a projection by name for a command.
 
-    ``read_only``: create no tables (a wrong region or prefix is then an
-    error naming the missing table, not a new empty store).
+    The application's tables are never created: they must exist (a typo in
+    ``--prefix`` or a wrong region is an error naming the missing table, not
+    a new empty store a projection reads nothing from). ``read_only``: create
+    the projection's tables neither.
     """
     from ledger.projections.dynamodb import open_view  # noqa: PLC0415
 
     project = settings.project()
     projector_class = project.projector_class(name)
+    app = settings.application(CREATE_TABLE="no")
+    _check_events_table(app)
     extra = {"CREATE_TABLE": "no"} if read_only else {}
-    app = settings.application(**extra)
     view = open_view(
         projector_class, dict(settings.environment(projector_class.name, **extra))
     )
     return Projection(projector_class, view, app)
 
 
+def _check_events_table(app: Application[Any]) -> None:
+    """Raise ``ProgrammingError`` naming the events table if it does not exist.
+
+    One DescribeTable (no capacity units), before any projection table is made.
+    """
+    from eventsourcing.persistence import ProgrammingError  # noqa: PLC0415
+
+    recorder: Any = app.recorder
+    table = recorder.events_table_name
+    try:
+        recorder.connection.call("describe_table", TableName=table)
+    except ProgrammingError as error:
+        raise ProgrammingError(
+            f"Table {table} (the events of application {app.name}) does not "
+            "exist, so there is nothing to project; no table was created. Check "
+            "--prefix (or DYNAMODB_TABLE_PREFIX), --endpoint and DYNAMODB_REGION; "
+            "if the application has not run yet, create its tables with "
+            "`ledger tables create`."
+        ) from error
+
+
 @projections_cli.command("list")
 def projections_list(as_json: JsonOutput = False) -> None:
     """List the projections found (see `ledger --help` for where), with classes."""
     project = settings.project()
+    if project.app is not None:
+        project.application_class()  # refuses a name that is not an application
     found = {
         name: f"{cls.__module__}:{cls.__qualname__}"
         for name, cls in project.projector_classes().items()
@@ -81,7 +108,7 @@ def projections_list(as_json: JsonOutput = False) -> None:
     if as_json:
         print_json({"app": project.app, "projections": found})
         return
-    table = Table("projection", "projector")
+    table = output_table("projection", "projector")
     for name, topic in found.items():
         table.add_row(name, topic)
     console.print(table if found else "no projectors found")
@@ -104,7 +131,7 @@ def projections_status(name: ProjectionName, as_json: JsonOutput = False) -> Non
 
 def _status_table(found: ProjectionStatus) -> Table:
     """Return a projection's status as a table of one row."""
-    table = Table(
+    table = output_table(
         "projection", "active", "versions", "rebuilding", "position", "lag", "parked"
     )
     table.add_row(
@@ -123,11 +150,14 @@ def _status_table(found: ProjectionStatus) -> Table:
 def projections_run(
     name: ProjectionName,
     feed: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="'stream' (the events table's DynamoDB stream) or 'sequence'."
+            help="'stream' (the events table's DynamoDB stream) or 'sequence' "
+            "(the application sequence). Default: the application's "
+            "DYNAMODB_ORDERING, which `status` follows too.",
+            show_default=False,
         ),
-    ] = "stream",
+    ] = None,
     once: Annotated[
         bool, typer.Option("--once", help="Process what is there now, then stop.")
     ] = False,
@@ -135,27 +165,40 @@ def projections_run(
     """Keep a projection up to date until Ctrl-C (or once, with --once).
 
     Events whose handler keeps failing, and events that cannot be decoded,
-    are parked as dead letters (see `dlq list`); others go on. While
+    are parked as dead letters (see `dlq list`); others go on. With --once,
+    it says how many it parked and exits with code 1 if it parked any. While
     DynamoDB is unavailable it waits and tries again. On the sequence feed,
     a notification batch that cannot be read stops it at that position until
     `skip-batch` is run.
     """
     from ledger.projections.streams import run_polls  # noqa: PLC0415
 
-    if feed not in ("stream", "sequence"):
+    if feed not in (None, "stream", "sequence"):
         raise typer.BadParameter("--feed is 'stream' or 'sequence'")
     projection = open_projection(name)
+    if feed is None:
+        feed = str(getattr(projection.application.recorder, "ordering", "sequence"))
     with metered(projection.view):
         poll, blocked = _feed(projection, feed)
         if once:
+            parked_before = len(projection.view.parked_items())
             applied = total = poll()
             while applied:
                 applied = poll()
                 total += applied
             console.print(f"processed {total} events from the {feed}")
+            parked = len(projection.view.parked_items()) - parked_before
             stopped = blocked()
+            if parked > 0:
+                errors.print(
+                    f"ledger: {parked} event{'s were' if parked > 1 else ' was'} "
+                    f"parked: see `ledger projections dlq list {name}`, fix the "
+                    f"cause, then `ledger projections dlq redrive {name}`.",
+                    soft_wrap=True,
+                )
             if stopped is not None:
                 errors.print(f"ledger: {stopped}")
+            if parked > 0 or stopped is not None:
                 raise typer.Exit(1)
             return
         total = 0
@@ -302,8 +345,36 @@ def projections_rebuild(
             f"rebuilt {name} as v{result.table_version}: {result.events} events in "
             f"{result.seconds:.1f}s ({result.events_per_second:.0f} events/s); "
             f"{'readers switched to it' if result.switched else 'not switched'}; "
-            "the old version is kept until dropped"
+            "the old version is kept until dropped (`ledger projections "
+            f"drop-version {name} VERSION`)"
         )
+
+
+@projections_cli.command("drop-version")
+def projections_drop_version(
+    name: ProjectionName,
+    version: Annotated[
+        int, typer.Argument(help="The table version to drop (see `status`).")
+    ],
+    yes: Annotated[bool, typer.Option("--yes", help="Drop without asking.")] = False,
+) -> None:
+    """Delete an old table version of a read model, and its parked events.
+
+    Refuses the active version, the one being rebuilt, and the one a rebuild
+    still reads. A dropped version can be built again with `rebuild`.
+    """
+    from ledger.projections.rebuild import drop_version  # noqa: PLC0415
+
+    projection = open_projection(name, read_only=True)
+    if not yes:
+        typer.confirm(f"Drop v{version} of {name} and its parked events?", abort=True)
+    with metered(projection.view):
+        dropped = drop_version(projection.view, version)
+    console.print(
+        f"dropped v{version} of {name}"
+        if dropped
+        else f"{name} has no v{version}: nothing dropped"
+    )
 
 
 @dlq_cli.command("list")
@@ -315,7 +386,7 @@ def dlq_list(name: ProjectionName, as_json: JsonOutput = False) -> None:
     if as_json:
         print_json([event.model_dump(mode="json") for event in parked])
         return
-    table = Table("version", "position", "event", "attempts", "error")
+    table = output_table("version", "position", "event", "attempts", "error")
     table.add_column("aggregate", no_wrap=True, min_width=36)
     for event in parked:
         table.add_row(

@@ -15,9 +15,15 @@ import os
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
-from ledger.cli.options import JsonOutput, console, metered, print_json, settings
+from ledger.cli.options import (
+    JsonOutput,
+    console,
+    metered,
+    output_table,
+    print_json,
+    settings,
+)
 from ledger.cli.project import _pyproject_config, load_object
 
 if TYPE_CHECKING:
@@ -106,7 +112,7 @@ def dlq_list(saga: SagaOption = None, as_json: JsonOutput = False) -> None:
     if as_json:
         print_json([dataclasses.asdict(each) for each in parked])
         return
-    table = Table("step", "version", "attempts", "error", "waiting", "parked at")
+    table = output_table("step", "version", "attempts", "error", "waiting", "parked at")
     table.add_column("saga", no_wrap=True, min_width=36)
     for each in parked:
         table.add_row(

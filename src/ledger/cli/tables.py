@@ -6,9 +6,8 @@ from typing import Annotated
 
 import typer
 from eventsourcing.persistence import ProgrammingError
-from rich.table import Table
 
-from ledger.cli.options import console, metered, settings
+from ledger.cli.options import console, metered, output_table, settings
 from ledger.dynamodb import DynamoDBFactory, schema
 from ledger.dynamodb.tables import delete_table
 
@@ -32,6 +31,26 @@ AppName = Annotated[
         "(default: the name of the --app class).",
     ),
 ]
+
+
+def _projection_tables(name: str | None) -> list[str]:
+    """Return the tables of the project's projections (for the --app's tables).
+
+    None with ``--name``: the projectors found belong to the --app's
+    application, not necessarily to the one named. Each projection has a
+    control table, a dead-letter table and one table per existing version.
+    """
+    if name is not None:
+        return []
+    from ledger.projections.dynamodb import open_view  # noqa: PLC0415
+
+    tables: list[str] = []
+    for projector_class in settings.project().projector_classes().values():
+        env = settings.environment(projector_class.name, CREATE_TABLE="no")
+        view = open_view(projector_class, dict(env))
+        tables += [view.control_table_name, view.parked_table_name]
+        tables += [view.version_table_name(v) for v in view.existing_versions()]
+    return tables
 
 
 def _factory(name: str | None) -> DynamoDBFactory:
@@ -59,12 +78,15 @@ def tables_create(app: AppName = None) -> None:
 
 @tables_cli.command("describe")
 def tables_describe(app: AppName = None) -> None:
-    """Show an application's tables: status, items and size."""
+    """Show an application's tables (and its projections'): status, items, size.
+
+    Without --name, the tables of the projections found are listed too.
+    """
     factory = _factory(app)
-    table = Table("table", "status", "items", "bytes", "stream")
+    table = output_table("table", "status", "items", "bytes", "stream")
     with metered(factory):
-        for kind in TABLE_KINDS:
-            name = factory.table_name(kind)
+        names = [factory.table_name(kind) for kind in TABLE_KINDS]
+        for name in [*names, *_projection_tables(app)]:
             try:
                 found = factory.connection.call("describe_table", TableName=name)
             except ProgrammingError:  # no such table: a row, not an error
@@ -89,9 +111,13 @@ def tables_delete(
         bool, typer.Option("--yes", help="Delete without asking (all events are lost).")
     ] = False,
 ) -> None:
-    """Delete an application's tables and everything in them."""
+    """Delete an application's tables and everything in them.
+
+    Without --name, the tables of the projections found go too.
+    """
     factory = _factory(app)
     names = [factory.table_name(kind) for kind in TABLE_KINDS]
+    names += _projection_tables(app)
     if not yes:
         typer.confirm(f"Delete {', '.join(names)} and every event in them?", abort=True)
     with metered(factory):

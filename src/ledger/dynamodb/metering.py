@@ -101,7 +101,7 @@ class Meter:
     def summary(self) -> str:
         """Return a one-line human summary."""
         return (
-            f"{self.round_trips} round trips, "
+            f"{self.round_trips} round trip{'' if self.round_trips == 1 else 's'}, "
             f"{self.read_units:g} RCU / {self.write_units:g} WCU reported "
             f"({self.estimated_read_units:g} / {self.estimated_write_units:g} "
             "estimated)"

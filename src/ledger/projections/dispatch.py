@@ -13,7 +13,10 @@ them, for handlers whose parameter is not annotated with event classes::
     def closed(self, event: Any, models: Session) -> None: ...
 
 A subclass inherits its bases' handlers and may replace them; an event is
-handled by the handler of its class or of its nearest base.
+handled by the handler of its class or of its nearest base. Declaring a
+handler for a class that is not a domain event (``event: str``), or two
+handlers of one class in one class body, is a ``TypeError`` when the
+projector class is defined.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import types
 import typing
 from collections.abc import Callable
 from typing import Any, overload
+
+from eventsourcing.domain import DomainEvent, HasOriginatorIDVersion
 
 Handler = Callable[[Any, Any, Any], None]
 """A projector method: ``(self, event, session) -> None``."""
@@ -65,12 +70,27 @@ def handles(*event_classes: Any) -> Any:
 
 
 def handlers_of(projector_class: type[Any]) -> dict[type[Any], Handler]:
-    """Return every handler of a projector class (its bases' included), by class."""
+    """Return every handler of a projector class (its bases' included), by class.
+
+    Refuses (``TypeError``) two handlers of one event class in one class
+    body (only one would ever run), and a handler of anything but a domain
+    event class.
+    """
     found: dict[type[Any], Handler] = {}
     for klass in reversed(projector_class.__mro__):
+        own: dict[type[Any], Handler] = {}
         for attribute in vars(klass).values():
             for event_class in _event_classes(attribute, klass):
-                found[event_class] = attribute
+                other = own.setdefault(event_class, attribute)
+                if other is not attribute:
+                    raise TypeError(
+                        f"{klass.__name__}.{other.__name__} and "
+                        f"{klass.__name__}.{attribute.__name__} both handle "
+                        f"{event_class.__qualname__}; only one would run. Keep "
+                        "one handler per event class (call a shared function "
+                        "from both if they share work)."
+                    )
+        found.update(own)
     return found
 
 
@@ -79,7 +99,22 @@ def _event_classes(attribute: Any, owner: type[Any]) -> list[type[Any]]:
     declared: list[type[Any]] = list(getattr(attribute, _DECLARED, ()))
     if getattr(attribute, _ANNOTATED, False):
         declared += _annotated(attribute, owner)
+    for event_class in declared:
+        if not _is_event_class(event_class):
+            raise TypeError(
+                f"handler {owner.__qualname__}.{attribute.__name__} is declared "
+                f"for {event_class!r}, which is not a domain event class: name "
+                "event classes (e.g. Order.OrderPlaced), in @handles(...) or in "
+                "the annotation of its event parameter."
+            )
     return declared
+
+
+def _is_event_class(candidate: object) -> bool:
+    """Return True for an aggregate's event class (ledger's or eventsourcing's)."""
+    return isinstance(candidate, type) and issubclass(
+        candidate, (HasOriginatorIDVersion, DomainEvent)
+    )
 
 
 def _annotated(method: Callable[..., Any], owner: type[Any]) -> list[type[Any]]:

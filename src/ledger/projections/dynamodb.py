@@ -12,10 +12,10 @@ still the active one (2 RCU); a read is one strongly consistent ``GetItem``
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from eventsourcing.persistence import IntegrityError, Tracking
+from eventsourcing.persistence import IntegrityError, ProgrammingError, Tracking
 
 from ledger.dynamodb.client import (
     CONDITION_FAILED,
@@ -44,6 +44,9 @@ from ledger.projections.views import (
     parked_aggregate,
     tracking_key,
 )
+
+if TYPE_CHECKING:
+    from ledger.projections.projector import Projector
 
 _MAX_CANCELLED_ATTEMPTS = 10
 """Attempts at a commit cancelled by a concurrent transaction on its items."""
@@ -476,23 +479,55 @@ def _stored(item: dict[str, Any]) -> StoredItem:
     return StoredItem(item[schema.BODY]["S"], int(item[schema.REVISION]["N"]))
 
 
-def open_view(
-    projector_class: type[Any],
-    env: Any = None,
-    view_class: type[Any] = DynamoDBView,
-) -> Any:
-    """Open a projector's view the way ``eventsourcing``'s ProjectionRunner does.
+TView = TypeVar("TView", bound=ReadModelView)
 
-    Its settings are read from ``env`` and ``os.environ``, each optionally
-    prefixed with the projector's upper-cased name; tables are created unless
-    ``CREATE_TABLE`` says no.
+
+@overload
+def open_view(
+    projector_class: type[Projector], env: Mapping[str, str] | None = None
+) -> DynamoDBView: ...
+
+
+@overload
+def open_view(
+    projector_class: type[Projector],
+    env: Mapping[str, str] | None,
+    view_class: type[TView],
+) -> TView: ...
+
+
+def open_view(
+    projector_class: type[Projector],
+    env: Mapping[str, str] | None = None,
+    view_class: type[ReadModelView] = DynamoDBView,
+) -> ReadModelView:
+    """Open a projector's view, to run the projector or to query its read models.
+
+    Opened the way ``eventsourcing``'s ProjectionRunner does: settings are
+    read from ``env`` and ``os.environ``, each optionally prefixed with the
+    projector's upper-cased name; tables are created unless ``CREATE_TABLE``
+    says no. A DynamoDB view needs ``PERSISTENCE_MODULE=ledger.dynamodb``.
+    Query it with :meth:`~ledger.projections.views.ReadModelView.read`.
     """
     from eventsourcing.persistence import InfrastructureFactory  # noqa: PLC0415
 
+    from ledger.dynamodb import DynamoDBFactory  # noqa: PLC0415
     from ledger.eventsourcing_internals import (  # noqa: PLC0415
         projection_environment,
     )
 
     environment = projection_environment(projector_class.name, env)
     factory = InfrastructureFactory[Any].construct(env=environment)
-    return factory.tracking_recorder(view_class)
+    if issubclass(view_class, DynamoDBView) and not isinstance(
+        factory, DynamoDBFactory
+    ):
+        module = environment.get(InfrastructureFactory.PERSISTENCE_MODULE)
+        raise ProgrammingError(
+            f"open_view({projector_class.__name__}) opens a DynamoDB view, but "
+            f"{InfrastructureFactory.PERSISTENCE_MODULE} is "
+            f"{module or 'not set (eventsourcing then stores in memory)'}: set "
+            f"{InfrastructureFactory.PERSISTENCE_MODULE}=ledger.dynamodb in env "
+            "or the environment (and DYNAMODB_ENDPOINT_URL for a local server)."
+        )
+    view: ReadModelView = factory.tracking_recorder(view_class)
+    return view

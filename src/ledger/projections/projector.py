@@ -492,11 +492,22 @@ class Projector(Projection[ReadModelView]):
     ) -> str | None:
         """Say why one event's writes cannot fit in any commit (None: they can).
 
-        Its commit holds what its handler wrote, its aggregate's position,
-        the dead letter it clears and the tracking. Only the counts go in
+        An item over the view's ``max_item_bytes`` fits in none. Its commit
+        holds what its handler wrote, its aggregate's position, the dead
+        letter it clears and the tracking. Only the key and the counts go in
         the reason, never the data.
         """
-        keys, size = session.written_since(savepoint)
+        sizes = session.sizes_written_since(savepoint)
+        largest = max(sizes, key=sizes.__getitem__, default=None)
+        if largest is not None and sizes[largest] > self.view.max_item_bytes:
+            return (
+                f"ItemTooLargeError in {getattr(handler, '__name__', 'handler')}: "
+                f"read-model item {largest} would be {sizes[largest]:,} bytes with "
+                f"its key; one item holds at most {self.view.max_item_bytes:,} "
+                "(DynamoDB's 400 KB per item). Split the read model into smaller "
+                "items (one per entry rather than one growing map), then redrive."
+            )
+        keys, size = set(sizes), sum(sizes.values())
         keys.add(AggregatePosition.storage_key(current.aggregate_id))
         if current.parked_version is not None:
             keys.add(ParkedEvent.storage_key(current.aggregate_id))

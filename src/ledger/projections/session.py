@@ -86,21 +86,16 @@ class Session:
             for key, model in self.writes.items()
         )
 
-    def written_since(
+    def sizes_written_since(
         self, savepoint: tuple[dict[str, ReadModel | None], Tracking | None]
-    ) -> tuple[set[str], int]:
-        """Return the keys written since ``savepoint``, and their bytes with bodies."""
+    ) -> dict[str, int]:
+        """Return each key written since ``savepoint`` with its bytes and body's."""
         before = savepoint[0]
-        keys = {
-            key
+        return {
+            key: len(key) + (0 if model is None else len(self._body(key, model)))
             for key, model in self.writes.items()
             if key not in before or before[key] is not model
         }
-        size = 0
-        for key in keys:
-            model = self.writes[key]
-            size += len(key) + (0 if model is None else len(self._body(key, model)))
-        return keys, size
 
     def is_over(self) -> bool:
         """Return True if committing now would overfill one of the view's commits."""

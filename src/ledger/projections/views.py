@@ -12,6 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from eventsourcing.persistence import (
     IntegrityError,
@@ -23,6 +24,8 @@ from eventsourcing.popo import POPOTrackingRecorder
 
 from ledger.projections import schema
 from ledger.projections.models import ParkedEvent, ReadModel
+
+TModel = TypeVar("TModel", bound=ReadModel)
 
 
 class ConcurrentChangeError(IntegrityError):
@@ -74,6 +77,10 @@ class ReadModelView(TrackingRecorder, ABC):
     max_bytes: int = 4 * 1024 * 1024 - 64 * 1024
     """DynamoDB's 4 MB per transaction, less room for the item attributes
     besides key and body, the tracking and the version check."""
+    max_item_bytes: int = 400 * 1024 - 1024
+    """How many bytes of key and body one read-model item may hold: DynamoDB's
+    400 KB per item, less room for the other attributes. Every view keeps to
+    it, so an item that would not fit in DynamoDB fails in tests too."""
     _claimed_types: dict[str, type[ReadModel]]
     """Read-model classes used with this view, by type name (see :meth:`claim`)."""
 
@@ -103,6 +110,18 @@ class ReadModelView(TrackingRecorder, ABC):
             ParkedEvent.model_validate_json(item.body) for item in self.parked_items()
         ]
         return sorted(events, key=lambda parked: parked.parked_at)
+
+    def read(self, model_type: type[TModel], key: object) -> TModel | None:
+        """Return the read model of this type and key as stored now, or None.
+
+        For queries: it follows the active version first (a rebuild may have
+        switched readers; one GetItem of the pointer on DynamoDB), then reads
+        the item (one strongly consistent GetItem, 1 RCU per 4 KB).
+        """
+        self.follow_active()
+        self.claim(model_type)
+        stored = self.load(model_type.storage_key(key))
+        return None if stored is None else model_type.model_validate_json(stored.body)
 
     def follow_active(self) -> None:
         """Read and write the version readers use now (after a rebuild's switch).

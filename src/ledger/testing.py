@@ -39,7 +39,9 @@ from eventsourcing.utils import get_topic, resolve_topic
 try:
     from hypothesis import strategies as st
 except ImportError as error:  # pragma: no cover - depends on the environment
-    msg = "ledger.testing needs the testing extra: pip install 'ledger-dynamodb[testing]'"
+    msg = (
+        "ledger.testing needs the testing extra: pip install 'ledger-dynamodb[testing]'"
+    )
     raise ImportError(msg) from error
 
 __all__ = [

@@ -81,10 +81,12 @@ PRICE = Decimal("2.50")
 
 
 def load_average() -> list[float]:
+    """Return the 1, 5 and 15-minute load averages: how shared the machine was."""
     return [round(value, 2) for value in os.getloadavg()]
 
 
 def app_env(endpoint: str, prefix: str, mode: str, *, create: bool) -> dict[str, str]:
+    """Return an Orders application's settings in an ordering, with its stream."""
     return {
         "PERSISTENCE_MODULE": "ledger.dynamodb",
         "DYNAMODB_ENDPOINT_URL": endpoint,
@@ -96,6 +98,7 @@ def app_env(endpoint: str, prefix: str, mode: str, *, create: bool) -> dict[str,
 
 
 def open_app(endpoint: str, prefix: str, mode: str, *, create: bool = False) -> Orders:
+    """Return an Orders application on existing (or, with ``create``, new) tables."""
     return Orders(env=app_env(endpoint, prefix, mode, create=create))
 
 
@@ -115,6 +118,7 @@ def raw_item(aggregate_id: str, event: StoredEvent) -> dict[str, Any]:
 
 
 def placed_event(app: Orders) -> StoredEvent:
+    """Return a stored OrderPlaced with no items: the raw baseline's item."""
     order = Order.place(uuid.uuid4(), [], CURRENCY)
     return app.mapper.to_stored_event(order.collect_events()[0])
 
@@ -260,6 +264,7 @@ def indexer_process(
 
 
 def ask(connection: Connection, message: Any) -> Any:
+    """Send a command to a process and return its answer, raising its error."""
     connection.send(message)
     status, detail = connection.recv()
     if status == "error":
@@ -308,6 +313,7 @@ def processes(
 def run_turn(
     pipes: list[Connection], contender: str, seconds: float
 ) -> tuple[float, list[Any]]:
+    """Start a turn of ``contender`` on every writer at once; return its reports."""
     start_at = time.time() + 0.3
     for pipe in pipes:
         pipe.send(("run", contender, start_at, seconds))
@@ -315,6 +321,7 @@ def run_turn(
 
 
 def wait_for_head(app: Orders, head: int, timeout: float) -> None:
+    """Poll until the index reaches ``head``, or raise after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while (app.recorder.max_notification_id() or 0) < head:
         if time.monotonic() > deadline:
@@ -344,6 +351,7 @@ def run_writers(
     interval: float,
     started: float,
 ) -> dict[str, Any]:
+    """Parts 1 to 3: the writers' turns, the indexer's lag, a backlog, the cost."""
     run_id = uuid.uuid4().hex[:6]
     modes = ["indexed", "stream"]
     prefixes = {mode: f"{mode}{run_id}_" for mode in modes}
@@ -423,6 +431,7 @@ def run_writers(
 def throughput_rows(
     turns: dict[str, list[list[Any]]], contenders: list[str]
 ) -> list[dict[str, Any]]:
+    """Return saves/s, latency and the ratio to raw of each contender."""
     rates: dict[str, float] = {}
     rows = []
     for contender in [RAW, *[c for c in contenders if c != RAW]]:
@@ -493,6 +502,7 @@ def lag_figures(
 
 
 def cost_row(what: str, report: dict[str, Any]) -> dict[str, Any]:
+    """Return what the indexer's writes cost per event indexed."""
     events = sum(last - first + 1 for _, first, last in report["commits"])
     commits = len(report["commits"])
     return {
@@ -535,6 +545,7 @@ def seed(app: Orders, events: int, threads: int = 4) -> None:
 
 
 def ledger_read(app: Orders) -> int:
+    """Read the whole index as a reader does, 1,000 positions a call."""
     count, position = 0, 0
     while True:
         page = app.recorder.select_notifications(start=position + 1, limit=READ_LIMIT)
@@ -567,6 +578,7 @@ def raw_read(client: Any, table: str, last_position: int) -> tuple[int, int]:
 
 
 def fresh_view(endpoint: str, prefix: str) -> DynamoDBView:
+    """Open OrderProjector's view under its own prefix: each rebuild starts empty."""
     env = {
         "PERSISTENCE_MODULE": "ledger.dynamodb",
         "DYNAMODB_ENDPOINT_URL": endpoint,
@@ -579,6 +591,7 @@ def fresh_view(endpoint: str, prefix: str) -> DynamoDBView:
 def run_history(
     endpoint: str, events: int, read_rounds: int, rebuild_rounds: int, started: float
 ) -> dict[str, Any]:
+    """Part 4: seed a history, index it, read it, rebuild from it."""
     prefix = f"hist{uuid.uuid4().hex[:6]}_"
     app = open_app(endpoint, prefix, "indexed", create=True)
     begun = time.perf_counter()
@@ -676,6 +689,7 @@ def run_history(
 
 
 def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Compare the run's figures with the targets of the indexed ordering."""
     targets = []
 
     def add(target: str, measured: str, passed: bool) -> None:
@@ -724,6 +738,7 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def print_results(results: dict[str, Any]) -> None:
+    """Print every part as a Markdown table, then the targets."""
     print(
         f"\nload average before: {results['load_before']}, "
         f"after: {results['load_after']}"
@@ -832,6 +847,7 @@ def print_results(results: dict[str, Any]) -> None:
 
 @contextmanager
 def server(endpoint: str | None) -> Iterator[str]:
+    """Yield the given endpoint, or a fresh DynamoDB Local's."""
     if endpoint:
         yield endpoint
         return
@@ -840,6 +856,7 @@ def server(endpoint: str | None) -> Iterator[str]:
 
 
 def main() -> None:
+    """Run every part and write ``results/indexed.json``."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

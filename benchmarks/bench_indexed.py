@@ -1,0 +1,916 @@
+"""Benchmark the ``indexed`` ordering: saves, the indexer, its cost, readers, rebuilds.
+
+Everything runs against a DynamoDB Local this script starts (or ``--endpoint``),
+every client with the same credentials (DynamoDB Local keeps one database per
+access key). Every events table here has its DynamoDB stream of new images,
+since the indexed ordering needs one: the raw baselines write to tables of
+the same kind.
+
+1. Saves/s of new 1-event Orders from 8 writer processes, contenders taking
+   turns of ``--seconds`` (forward, then reverse, ``--rounds`` times):
+   ``indexed`` (``DYNAMODB_ORDERING=indexed``, with an :class:`Indexer`
+   running all along in a process of its own, as ``ledger index run`` with
+   ``--index-interval``), ``stream`` (the same saves, no indexer) and ``raw``
+   (plain boto3 conditional ``PutItem`` of an item of the same size, no
+   extra parameters). During the indexed turns: events indexed/s and lag
+   (from a save returning to the indexer's commit holding it), p50/p99.
+2. A backlog: the 8 writers save with the indexer stopped for
+   ``--backlog-seconds``; then the indexer catches up, timed (events/s).
+3. Index cost: write units per indexed event, from ledger's metering of the
+   indexer process (the estimate by AWS's rules, transactions doubled, and
+   what DynamoDB Local reported: it under-reports transactions).
+4. A history of ``--events`` Order events (5 per Order, in saves of 95
+   events from 4 threads), indexed; then reading it with
+   ``select_notifications`` (1,000 per call) against a plain boto3 Query loop
+   (no Limit) over the same notifications table; then
+   rebuilding ``OrderProjector`` from the index (``SequenceHistory``) against
+   a rebuild from a parallel Scan of the events table (``ScanHistory``).
+
+    python benchmarks/bench_indexed.py [--seconds 5] [--rounds 2] [--events 10000]
+
+Round trips and capacity units are deterministic; wall times on a shared
+2-core machine are not: compare a contender with the baseline of the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import statistics
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager, suppress
+from decimal import Decimal
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import boto3
+from bench_scaleout import percentile, print_table, stage
+from eventsourcing.persistence import StoredEvent
+
+from aggregates.application import Orders
+from aggregates.order import Order
+from ledger.dynamodb import measure, schema
+from ledger.dynamodb.batches import decode_batch
+from ledger.dynamodb.limits import item_size
+from ledger.dynamodb.local import DynamoDBLocal
+from ledger.indexer import Indexer
+from ledger.projections.dynamodb import DynamoDBView, open_view
+from ledger.projections.history import History, ScanHistory, SequenceHistory
+from ledger.projections.rebuild import rebuild
+from projections.orders import OrderProjector
+
+RESULTS = Path(__file__).parent / "results"
+RAW = "raw"
+WRITERS = 8
+READ_LIMIT = 1000
+"""Notifications per ``select_notifications`` call (as rebuilds read)."""
+EVENTS_PER_ORDER = 5
+SEED_SAVE = 95
+"""Events per save when seeding a history: 19 whole Orders."""
+CURRENCY = "EUR"
+PRICE = Decimal("2.50")
+
+
+def load_average() -> list[float]:
+    """Return the 1, 5 and 15-minute load averages: how shared the machine was."""
+    return [round(value, 2) for value in os.getloadavg()]
+
+
+def app_env(endpoint: str, prefix: str, mode: str, *, create: bool) -> dict[str, str]:
+    """Return an Orders application's settings in an ordering, with its stream."""
+    return {
+        "PERSISTENCE_MODULE": "ledger.dynamodb",
+        "DYNAMODB_ENDPOINT_URL": endpoint,
+        "DYNAMODB_TABLE_PREFIX": prefix,
+        "DYNAMODB_ORDERING": mode,
+        "DYNAMODB_EVENTS_STREAM": "yes",
+        "CREATE_TABLE": "yes" if create else "no",
+    }
+
+
+def open_app(endpoint: str, prefix: str, mode: str, *, create: bool = False) -> Orders:
+    """Return an Orders application on existing (or, with ``create``, new) tables."""
+    return Orders(env=app_env(endpoint, prefix, mode, create=create))
+
+
+def plain_client(endpoint: str) -> Any:
+    """A boto3 DynamoDB client as boto3 makes it: default config and credentials."""
+    return boto3.client("dynamodb", endpoint_url=endpoint)
+
+
+def raw_item(aggregate_id: str, event: StoredEvent) -> dict[str, Any]:
+    """An events-table item as the indexed ordering stores a 1-event save."""
+    return {
+        schema.AGGREGATE_ID: {"S": aggregate_id},
+        schema.VERSION: {"N": "1"},
+        schema.TOPIC: {"S": event.topic},
+        schema.STATE: {"B": event.state},
+    }
+
+
+def placed_event(app: Orders) -> StoredEvent:
+    """Return a stored OrderPlaced with no items: the raw baseline's item."""
+    order = Order.place(uuid.uuid4(), [], CURRENCY)
+    return app.mapper.to_stored_event(order.collect_events()[0])
+
+
+# --- writers and the indexer, each in processes of their own -------------------
+
+
+def writer(
+    connection: Connection,
+    endpoint: str,
+    prefixes: dict[str, str],
+    placed: StoredEvent,
+) -> None:
+    """Make 1-event saves on command and report them (with ids and times)."""
+    try:
+        saves: dict[str, Callable[[], str]] = {}
+        for contender, prefix in prefixes.items():
+            if contender == RAW:
+                client = plain_client(endpoint)
+
+                def put(client: Any = client, table: str = prefix) -> str:
+                    aggregate_id = str(uuid.uuid4())
+                    client.put_item(
+                        TableName=table,
+                        Item=raw_item(aggregate_id, placed),
+                        ConditionExpression="attribute_not_exists(aggregate_id)",
+                    )
+                    return aggregate_id
+
+                saves[RAW] = put
+            else:
+                app = open_app(endpoint, prefix, contender)
+
+                def place(app: Orders = app) -> str:
+                    return str(app.place_order(uuid.uuid4(), [], CURRENCY))
+
+                saves[contender] = place
+        for save in saves.values():
+            for _ in range(3):
+                save()
+    except Exception:  # noqa: BLE001 - reported to the parent, which raises
+        connection.send(("error", traceback.format_exc()))
+        return
+    connection.send(("ready", None))
+    while True:
+        command, contender, start_at, seconds = connection.recv()
+        if command == "stop":
+            return
+        save = saves[contender]
+        latencies: list[float] = []
+        saved: list[tuple[str, float]] = []
+        errors = 0
+        time.sleep(max(0.0, start_at - time.time()))
+        started = time.perf_counter()
+        deadline = started + seconds
+        now = started
+        while now < deadline:
+            try:
+                saved.append((save(), time.time()))
+            except Exception:  # noqa: BLE001 - counted; the run goes on
+                errors += 1
+            finished = time.perf_counter()
+            latencies.append(finished - now)
+            now = finished
+        connection.send(
+            (
+                "done",
+                {
+                    "saves": len(saved),
+                    "errors": errors,
+                    "elapsed": now - started,
+                    "latencies": latencies,
+                    "saved": saved,
+                },
+            )
+        )
+
+
+def indexer_process(
+    connection: Connection, endpoint: str, prefix: str, interval: float
+) -> None:
+    """Run an indexer on command; report its commits (time, positions) and cost."""
+    from ledger.projections.streams import run_polls  # noqa: PLC0415
+
+    try:
+        app = open_app(endpoint, prefix, "indexed")
+        commits: list[tuple[float, int, int]] = []
+        indexer = Indexer(
+            app.recorder,  # type: ignore[arg-type]
+            after_write=lambda r: commits.append((time.time(), r.start, r.stop - 1)),
+        )
+    except Exception:  # noqa: BLE001 - reported to the parent, which raises
+        connection.send(("error", traceback.format_exc()))
+        return
+    connection.send(("ready", None))
+    stop = threading.Event()
+    thread: threading.Thread | None = None
+    with ExitStack() as meters:
+        meter = meters.enter_context(measure(app))
+        while True:
+            command = connection.recv()
+            if command == "start":
+                stop.clear()
+                thread = threading.Thread(
+                    target=run_polls,
+                    args=(indexer.poll, stop),
+                    kwargs={"interval": interval},
+                )
+                thread.start()
+                connection.send(("started", None))
+            elif command == "stop":
+                stop.set()
+                if thread is not None:
+                    thread.join()
+                connection.send(("stopped", None))
+            elif command == "catch_up":
+                before = len(commits)
+                begun = time.perf_counter()
+                consumed = indexer.catch_up(timeout=3600)
+                seconds = time.perf_counter() - begun
+                indexed = sum(last - first + 1 for _, first, last in commits[before:])
+                connection.send(("caught_up", (consumed, indexed, seconds)))
+            elif command == "report":
+                connection.send(
+                    (
+                        "report",
+                        {
+                            "commits": list(commits),
+                            "round_trips": meter.round_trips,
+                            "calls": dict(meter.calls),
+                            "estimated_wcu": meter.estimated_write_units,
+                            "reported_wcu": meter.write_units,
+                            "bytes_written": meter.bytes_written,
+                            "reported_rcu": meter.read_units,
+                        },
+                    )
+                )
+                commits.clear()
+                meters.close()  # counts afresh from here
+                meter = meters.enter_context(measure(app))
+            else:
+                return
+
+
+def ask(connection: Connection, message: Any) -> Any:
+    """Send a command to a process and return its answer, raising its error."""
+    connection.send(message)
+    status, detail = connection.recv()
+    if status == "error":
+        raise RuntimeError(f"a process failed:\n{detail}")
+    return detail
+
+
+@contextmanager
+def processes(
+    endpoint: str,
+    prefixes: dict[str, str],
+    placed: StoredEvent,
+    interval: float,
+) -> Iterator[tuple[list[Connection], Connection]]:
+    """Start the writers and the indexer, each process with its own clients."""
+    context = multiprocessing.get_context("fork")
+    pipes, started = [], []
+    targets: list[tuple[Callable[..., None], tuple[Any, ...]]] = [
+        (writer, (endpoint, prefixes, placed)) for _ in range(WRITERS)
+    ]
+    targets.append((indexer_process, (endpoint, prefixes["indexed"], interval)))
+    for target, args in targets:
+        parent_end, child_end = context.Pipe()
+        process = context.Process(target=target, args=(child_end, *args), daemon=True)
+        process.start()
+        pipes.append(parent_end)
+        started.append(process)
+    try:
+        for pipe in pipes:
+            status, detail = pipe.recv()
+            if status == "error":
+                raise RuntimeError(f"a process failed to start:\n{detail}")
+        yield pipes[:-1], pipes[-1]
+    finally:
+        for pipe in pipes[:-1]:
+            with suppress(OSError):
+                pipe.send(("stop", None, 0.0, 0.0))
+        with suppress(OSError):
+            pipes[-1].send("exit")
+        for process in started:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.terminate()
+
+
+def run_turn(
+    pipes: list[Connection], contender: str, seconds: float
+) -> tuple[float, list[Any]]:
+    """Start a turn of ``contender`` on every writer at once; return its reports."""
+    start_at = time.time() + 0.3
+    for pipe in pipes:
+        pipe.send(("run", contender, start_at, seconds))
+    return start_at, [pipe.recv()[1] for pipe in pipes]
+
+
+def wait_for_head(app: Orders, head: int, timeout: float) -> None:
+    """Poll until the index reaches ``head``, or raise after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while (app.recorder.max_notification_id() or 0) < head:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the index did not reach position {head} in time")
+        time.sleep(0.05)
+
+
+def positions_of(app: Orders) -> dict[str, int]:
+    """Map each indexed aggregate (all 1-event Orders here) to its position."""
+    found: dict[str, int] = {}
+    position = 0
+    while True:
+        page = app.recorder.select_notifications(position + 1, READ_LIMIT)
+        if not page:
+            return found
+        for notification in page:
+            found[str(notification.originator_id)] = notification.id
+        position = page[-1].id
+
+
+def run_writers(
+    endpoint: str,
+    *,
+    seconds: float,
+    rounds: int,
+    backlog_seconds: float,
+    interval: float,
+    started: float,
+) -> dict[str, Any]:
+    """Parts 1 to 3: the writers' turns, the indexer's lag, a backlog, the cost."""
+    run_id = uuid.uuid4().hex[:6]
+    modes = ["indexed", "stream"]
+    prefixes = {mode: f"{mode}{run_id}_" for mode in modes}
+    raw_table = f"raw{run_id}_events"
+    prefixes[RAW] = raw_table
+    for mode in modes:
+        open_app(endpoint, prefixes[mode], mode, create=True).close()
+    client = plain_client(endpoint)
+    client.create_table(**schema.stream_table_definition(raw_table, with_stream=True))
+    client.get_waiter("table_exists").wait(TableName=raw_table)
+    indexed_app = open_app(endpoint, prefixes["indexed"], "indexed")
+    placed = placed_event(indexed_app)
+    contenders = [*modes, RAW]
+    turns: dict[str, list[list[Any]]] = {c: [] for c in contenders}
+    windows: list[tuple[float, float]] = []
+    with processes(endpoint, prefixes, placed, interval) as (pipes, indexer):
+        ask(indexer, "start")
+        # Each writer saved 3 indexed Orders when it started.
+        indexed_total = 3 * len(pipes)
+        for contender in contenders:  # the JVM warms up: not measured
+            _, reports = run_turn(pipes, contender, 1.0)
+            if contender == "indexed":
+                indexed_total += sum(r["saves"] for r in reports)
+        stage("writers ready, server warmed up", started)
+        for round_number in range(rounds):
+            order = contenders if round_number % 2 == 0 else contenders[::-1]
+            for contender in order:
+                start_at, reports = run_turn(pipes, contender, seconds)
+                turns[contender].append(reports)
+                if contender == "indexed":
+                    windows.append((start_at, start_at + seconds))
+            stage(f"round {round_number + 1} of {rounds} done", started)
+        indexed_saves = sum(r["saves"] for reports in turns["indexed"] for r in reports)
+        indexed_total += indexed_saves
+        wait_for_head(indexed_app, indexed_total, timeout=120)
+        stage("the index holds every save", started)
+        live = ask(indexer, "report")
+        ask(indexer, "stop")
+        # The backlog: saves with no indexer running, then one catch-up.
+        _, backlog_reports = run_turn(pipes, "indexed", backlog_seconds)
+        stage("backlog saved", started)
+        consumed, indexed, catch_seconds = ask(indexer, "catch_up")
+        backlog_cost = ask(indexer, "report")
+        stage("backlog indexed", started)
+    positions = positions_of(indexed_app)
+    indexed_app.close()
+    rows = throughput_rows(turns, contenders)
+    lag, during = lag_figures(turns["indexed"], live["commits"], positions, windows)
+    backlog_saves = sum(r["saves"] for r in backlog_reports)
+    backlog_rate = backlog_saves / max(r["elapsed"] for r in backlog_reports)
+    rate_8 = next(r["saves_per_s"] for r in rows if r["contender"] == "indexed")
+    return {
+        "event_item_bytes": item_size(raw_item(str(uuid.uuid4()), placed)),
+        "event_state_bytes": len(placed.state),
+        "throughput": rows,
+        "indexer": {
+            "indexed_saves_measured": indexed_saves,
+            "lag": lag,
+            "during_writers": during,
+            "backlog": {
+                "saves": backlog_saves,
+                "saves_per_s_without_indexer": round(backlog_rate, 1),
+                "records_consumed": consumed,
+                "events_indexed": indexed,
+                "seconds": round(catch_seconds, 2),
+                "events_per_s": round(indexed / catch_seconds, 1),
+                "vs_8_writer_rate": round(indexed / catch_seconds / rate_8, 2),
+            },
+        },
+        "cost": [
+            cost_row("live, during part 1", live),
+            cost_row("backlog", backlog_cost),
+        ],
+    }
+
+
+def throughput_rows(
+    turns: dict[str, list[list[Any]]], contenders: list[str]
+) -> list[dict[str, Any]]:
+    """Return saves/s, latency and the ratio to raw of each contender."""
+    rates: dict[str, float] = {}
+    rows = []
+    for contender in [RAW, *[c for c in contenders if c != RAW]]:
+        runs = turns[contender]
+        saves = sum(r["saves"] for reports in runs for r in reports)
+        elapsed = sum(max(r["elapsed"] for r in reports) for reports in runs)
+        per_turn = [
+            sum(r["saves"] for r in reports) / max(r["elapsed"] for r in reports)
+            for reports in runs
+        ]
+        latencies = [x for reports in runs for r in reports for x in r["latencies"]]
+        rates[contender] = saves / elapsed
+        rows.append(
+            {
+                "processes": WRITERS,
+                "contender": contender,
+                "saves": saves,
+                "saves_per_s": round(rates[contender], 1),
+                "turns_saves_per_s": [round(rate, 1) for rate in per_turn],
+                "vs_raw": round(rates[contender] / rates[RAW], 2),
+                "p50_ms": round(percentile(latencies, 50) * 1000, 2),
+                "p99_ms": round(percentile(latencies, 99) * 1000, 2),
+                "errors": sum(r["errors"] for reports in runs for r in reports),
+            }
+        )
+    return rows
+
+
+def lag_figures(
+    runs: list[list[Any]],
+    commits: list[tuple[float, int, int]],
+    positions: dict[str, int],
+    windows: list[tuple[float, float]],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Lag of each measured indexed save, and the indexer's rate in the turns."""
+    committed_at: dict[int, float] = {}
+    for when, first, last in commits:
+        for position in range(first, last + 1):
+            committed_at[position] = when
+    lags = [
+        committed_at[positions[aggregate_id]] - saved_at
+        for reports in runs
+        for r in reports
+        for aggregate_id, saved_at in r["saved"]
+    ]
+    in_turns = [
+        last - first + 1
+        for when, first, last in commits
+        if any(start <= when <= end for start, end in windows)
+    ]
+    turn_seconds = sum(end - start for start, end in windows)
+    rounds_in_turns = len(in_turns)
+    return (
+        {
+            "saves": len(lags),
+            "p50_ms": round(percentile(lags, 50) * 1000, 1),
+            "p99_ms": round(percentile(lags, 99) * 1000, 1),
+            "max_ms": round(max(lags) * 1000, 1),
+        },
+        {
+            "events_indexed": sum(in_turns),
+            "seconds": round(turn_seconds, 2),
+            "events_per_s": round(sum(in_turns) / turn_seconds, 1),
+            "commits": rounds_in_turns,
+            "events_per_commit": round(sum(in_turns) / max(1, rounds_in_turns), 1),
+        },
+    )
+
+
+def cost_row(what: str, report: dict[str, Any]) -> dict[str, Any]:
+    """Return what the indexer's writes cost per event indexed."""
+    events = sum(last - first + 1 for _, first, last in report["commits"])
+    commits = len(report["commits"])
+    return {
+        "run": what,
+        "events": events,
+        "commits": commits,
+        "events_per_commit": round(events / max(1, commits), 1),
+        "estimated_wcu_per_event": round(report["estimated_wcu"] / max(1, events), 3),
+        "reported_wcu_per_event": round(report["reported_wcu"] / max(1, events), 3),
+        "round_trips_per_event": round(report["round_trips"] / max(1, events), 3),
+        "bytes_written_per_event": round(report["bytes_written"] / max(1, events)),
+        "calls": report["calls"],
+    }
+
+
+# --- a history: reading the index, rebuilding from it ----------------------------
+
+
+def seed(app: Orders, events: int, threads: int = 4) -> None:
+    """Store ``events`` Order events, 5 per Order, in saves of 95 (19 Orders).
+
+    Saves go from several threads: each Order is whole in one save, so
+    saves committing out of order never put an Order's versions out of order.
+    """
+    saves: list[list[StoredEvent]] = []
+    stored: list[StoredEvent] = []
+    for _ in range(events // EVENTS_PER_ORDER):
+        order = Order.place(uuid.uuid4(), [], CURRENCY)
+        for n in range(EVENTS_PER_ORDER - 2):
+            order.add_item(f"p{n}", 1, PRICE)
+        order.confirm()
+        stored.extend(app.mapper.to_stored_event(e) for e in order.collect_events())
+        if len(stored) == SEED_SAVE:
+            saves.append(stored)
+            stored = []
+    if stored:
+        saves.append(stored)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(app.recorder.insert_events, saves))
+
+
+def ledger_read(app: Orders) -> int:
+    """Read the whole index as a reader does, 1,000 positions a call."""
+    count, position = 0, 0
+    while True:
+        page = app.recorder.select_notifications(start=position + 1, limit=READ_LIMIT)
+        if not page:
+            return count
+        count += len(page)
+        position = page[-1].id
+
+
+def raw_read(client: Any, table: str, last_position: int) -> tuple[int, int]:
+    """A plain Query loop over the batch items, each decoded; (events, requests)."""
+    count = requests = 0
+    for page in range(schema.page_of(last_position) + 1):
+        params: dict[str, Any] = {
+            "TableName": table,
+            "KeyConditionExpression": "page = :p",
+            "ExpressionAttributeValues": {":p": {"N": str(page)}},
+            "ConsistentRead": True,
+        }
+        while True:
+            response = client.query(**params)
+            requests += 1
+            for batch in response["Items"]:
+                first = int(batch[schema.FIRST_POSITION]["N"])
+                count += len(decode_batch(batch[schema.EVENTS]["B"], first))
+            if "LastEvaluatedKey" not in response:
+                break
+            params["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+    return count, requests
+
+
+def fresh_view(endpoint: str, prefix: str) -> DynamoDBView:
+    """Open OrderProjector's view under its own prefix: each rebuild starts empty."""
+    env = {
+        "PERSISTENCE_MODULE": "ledger.dynamodb",
+        "DYNAMODB_ENDPOINT_URL": endpoint,
+        "DYNAMODB_TABLE_PREFIX": f"{prefix}{uuid.uuid4().hex[:6]}_",
+    }
+    view: DynamoDBView = open_view(OrderProjector, env)
+    return view
+
+
+def run_history(
+    endpoint: str, events: int, read_rounds: int, rebuild_rounds: int, started: float
+) -> dict[str, Any]:
+    """Part 4: seed a history, index it, read it, rebuild from it."""
+    prefix = f"hist{uuid.uuid4().hex[:6]}_"
+    app = open_app(endpoint, prefix, "indexed", create=True)
+    begun = time.perf_counter()
+    seed(app, events)
+    seeded = time.perf_counter() - begun
+    stage(f"history: {events:,} events saved", started)
+    indexer = Indexer(app.recorder)  # type: ignore[arg-type]
+    with measure(app) as meter:
+        begun = time.perf_counter()
+        indexer.catch_up(timeout=3600)
+        indexing = time.perf_counter() - begun
+    head = app.recorder.max_notification_id() or 0
+    if head != events:
+        raise RuntimeError(f"the index holds {head} of {events} events")
+    stage("history: indexed", started)
+    client = plain_client(endpoint)
+    table = app.recorder.notifications_table_name
+    ledger_rates, raw_rates = [], []
+    raw_requests = 0
+    with measure(app) as read_meter:
+        for round_number in range(read_rounds):
+            order = ("ledger", RAW) if round_number % 2 == 0 else (RAW, "ledger")
+            for contender in order:
+                begun = time.perf_counter()
+                if contender == RAW:
+                    count, raw_requests = raw_read(client, table, head)
+                    raw_rates.append(count / (time.perf_counter() - begun))
+                else:
+                    count = ledger_read(app)
+                    ledger_rates.append(count / (time.perf_counter() - begun))
+                if count != events:
+                    raise RuntimeError(f"{contender} read {count} of {events} events")
+    stage("history: read", started)
+    rebuilds: dict[str, list[dict[str, Any]]] = {"index": [], "scan": []}
+    for round_number in range(rebuild_rounds):
+        order = ("index", "scan") if round_number % 2 == 0 else ("scan", "index")
+        for source in order:
+            view = fresh_view(endpoint, f"{prefix}{source}")
+            history: History = (
+                SequenceHistory(app) if source == "index" else ScanHistory(app)
+            )
+            with measure(app) as reads, measure(view) as writes:
+                result = rebuild(app, OrderProjector, view, history=history)
+            if result.events != events:
+                raise RuntimeError(f"{source} rebuild applied {result.events} events")
+            rebuilds[source].append(
+                {
+                    "events_per_s": round(result.events_per_second),
+                    "read_round_trips": reads.round_trips,
+                    "write_round_trips": writes.round_trips,
+                    "estimated_rcu": round(reads.estimated_read_units, 1),
+                }
+            )
+        stage(f"history: rebuild round {round_number + 1} done", started)
+    app.close()
+    ledger_rate = statistics.median(ledger_rates)
+    raw_rate = statistics.median(raw_rates)
+    index_rate = round(statistics.median(r["events_per_s"] for r in rebuilds["index"]))
+    scan_rate = round(statistics.median(r["events_per_s"] for r in rebuilds["scan"]))
+    return {
+        "events": events,
+        "seeded_events_per_s": round(events / seeded),
+        "catch_up": {
+            "run": "history (95-event saves)",
+            "events": events,
+            "commits": meter.calls.get("TransactWriteItems", 0),
+            "events_per_commit": round(
+                events / max(1, meter.calls.get("TransactWriteItems", 0)), 1
+            ),
+            "events_per_s": round(events / indexing),
+            "estimated_wcu_per_event": round(meter.estimated_write_units / events, 3),
+            "reported_wcu_per_event": round(meter.write_units / events, 3),
+            "round_trips_per_event": round(meter.round_trips / events, 3),
+            "bytes_written_per_event": round(meter.bytes_written / events),
+        },
+        "reads": {
+            "ledger_events_per_s": round(ledger_rate),
+            "raw_events_per_s": round(raw_rate),
+            "ratio": round(ledger_rate / raw_rate, 2),
+            "ledger_rates": [round(r) for r in ledger_rates],
+            "raw_rates": [round(r) for r in raw_rates],
+            "ledger_round_trips_per_read": read_meter.round_trips / read_rounds,
+            "raw_round_trips_per_read": raw_requests,
+        },
+        "rebuild": {
+            "index_events_per_s": index_rate,
+            "scan_events_per_s": scan_rate,
+            "ratio": round(index_rate / scan_rate, 2),
+            "runs": rebuilds,
+        },
+    }
+
+
+# --- targets and tables --------------------------------------------------------
+
+
+def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Compare the run's figures with the targets of the indexed ordering."""
+    targets = []
+
+    def add(target: str, measured: str, passed: bool) -> None:
+        targets.append(
+            {
+                "target": target,
+                "measured": measured,
+                "result": "pass" if passed else "FAIL",
+            }
+        )
+
+    indexed = next(r for r in results["throughput"] if r["contender"] == "indexed")
+    add(
+        "saves/s at 8 writers, indexer running >= 0.8x raw PutItem",
+        f"{indexed['vs_raw']:.2f}x ({indexed['saves_per_s']:,.0f} saves/s)",
+        indexed["vs_raw"] >= 0.8,
+    )
+    backlog = results["indexer"]["backlog"]
+    add(
+        "indexer throughput >= 2x the 8-writer save rate (catching up a backlog)",
+        f"{backlog['vs_8_writer_rate']:.2f}x ({backlog['events_per_s']:,.0f} events/s)",
+        backlog["vs_8_writer_rate"] >= 2,
+    )
+    live = results["cost"][0]
+    add(
+        "index cost <= 0.5 WCU per ~200-byte event (estimate, AWS's rules)",
+        f"{live['estimated_wcu_per_event']:.3g} live ({live['events_per_commit']:g} "
+        f"events/commit), {results['cost'][1]['estimated_wcu_per_event']:.3g} "
+        "catching up",
+        live["estimated_wcu_per_event"] <= 0.5,
+    )
+    reads = results["history"]["reads"]
+    add(
+        "readers of the index >= 0.5x raw Query (events/s)",
+        f"{reads['ratio']:.2f}x ({reads['ledger_events_per_s']:,} events/s)",
+        reads["ratio"] >= 0.5,
+    )
+    rebuilt = results["history"]["rebuild"]
+    add(
+        "rebuild from the index faster than from a Scan",
+        f"{rebuilt['ratio']:.2f}x ({rebuilt['index_events_per_s']:,} vs "
+        f"{rebuilt['scan_events_per_s']:,} events/s)",
+        rebuilt["ratio"] > 1,
+    )
+    return targets
+
+
+def print_results(results: dict[str, Any]) -> None:
+    """Print every part as a Markdown table, then the targets."""
+    print(
+        f"\nload average before: {results['load_before']}, "
+        f"after: {results['load_after']}"
+    )
+    print_table(
+        f"1. Saves/s of 1-event Orders ({results['event_item_bytes']} B items, "
+        f"{results['event_state_bytes']} B state), {WRITERS} writer processes, "
+        f"{results['seconds']:g} s x {results['rounds']} turns each",
+        [
+            ("contender", "contender"),
+            ("saves/s", "saves_per_s"),
+            ("vs raw", "vs_raw"),
+            ("p50 ms", "p50_ms"),
+            ("p99 ms", "p99_ms"),
+            ("errors", "errors"),
+        ],
+        results["throughput"],
+    )
+    indexer = results["indexer"]
+    print_table(
+        "2. The indexer (its own process)",
+        [("figure", "figure"), ("value", "value")],
+        [
+            {
+                "figure": "events indexed/s during the indexed turns",
+                "value": indexer["during_writers"]["events_per_s"],
+            },
+            {
+                "figure": "events per commit during the turns",
+                "value": indexer["during_writers"]["events_per_commit"],
+            },
+            {
+                "figure": "lag p50 ms (save returned -> index commit)",
+                "value": indexer["lag"]["p50_ms"],
+            },
+            {"figure": "lag p99 ms", "value": indexer["lag"]["p99_ms"]},
+            {"figure": "lag max ms", "value": indexer["lag"]["max_ms"]},
+            {
+                "figure": "backlog events (8 writers, no indexer)",
+                "value": indexer["backlog"]["events_indexed"],
+            },
+            {
+                "figure": "backlog catch-up events/s",
+                "value": indexer["backlog"]["events_per_s"],
+            },
+            {
+                "figure": "catch-up vs the 8-writer indexed save rate",
+                "value": indexer["backlog"]["vs_8_writer_rate"],
+            },
+            {
+                "figure": "multi-event saves: catch-up events/s",
+                "value": results["history"]["catch_up"]["events_per_s"],
+            },
+        ],
+    )
+    print_table(
+        "3. Index cost (ledger's metering of the indexer)",
+        [
+            ("run", "run"),
+            ("events", "events"),
+            ("commits", "commits"),
+            ("events/commit", "events_per_commit"),
+            ("est. WCU/event", "estimated_wcu_per_event"),
+            ("reported WCU/event", "reported_wcu_per_event"),
+            ("round trips/event", "round_trips_per_event"),
+            ("bytes/event", "bytes_written_per_event"),
+        ],
+        [*results["cost"], results["history"]["catch_up"]],
+    )
+    history = results["history"]
+    print_table(
+        f"4. A history of {history['events']:,} Order events, indexed",
+        [
+            ("figure", "figure"),
+            ("index", "index"),
+            ("baseline", "baseline"),
+            ("ratio", "ratio"),
+        ],
+        [
+            {
+                "figure": "read events/s (select_notifications vs raw Query)",
+                "index": history["reads"]["ledger_events_per_s"],
+                "baseline": history["reads"]["raw_events_per_s"],
+                "ratio": history["reads"]["ratio"],
+            },
+            {
+                "figure": "round trips per full read",
+                "index": history["reads"]["ledger_round_trips_per_read"],
+                "baseline": history["reads"]["raw_round_trips_per_read"],
+                "ratio": None,
+            },
+            {
+                "figure": "OrderProjector rebuild events/s (index vs Scan)",
+                "index": history["rebuild"]["index_events_per_s"],
+                "baseline": history["rebuild"]["scan_events_per_s"],
+                "ratio": history["rebuild"]["ratio"],
+            },
+        ],
+    )
+    print_table(
+        "Targets",
+        [("target", "target"), ("measured", "measured"), ("result", "result")],
+        results["targets"],
+    )
+
+
+@contextmanager
+def server(endpoint: str | None) -> Iterator[str]:
+    """Yield the given endpoint, or a fresh DynamoDB Local's."""
+    if endpoint:
+        yield endpoint
+        return
+    with DynamoDBLocal() as local:
+        yield local.endpoint_url
+
+
+def main() -> None:
+    """Run every part and write ``results/indexed.json``."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=5.0, help="seconds per turn")
+    parser.add_argument("--rounds", type=int, default=2, help="turns per contender")
+    parser.add_argument(
+        "--backlog-seconds", type=float, default=5.0, help="saving with no indexer"
+    )
+    parser.add_argument(
+        "--index-interval",
+        type=float,
+        default=1.0,
+        help="indexer's wait when a round found nothing (ledger index run's default)",
+    )
+    parser.add_argument("--events", type=int, default=10_000, help="history size")
+    parser.add_argument("--read-rounds", type=int, default=5)
+    parser.add_argument("--rebuild-rounds", type=int, default=2)
+    parser.add_argument("--endpoint", help="a running DynamoDB (default: start Local)")
+    parser.add_argument("--output", default="indexed.json", help="under results/")
+    args = parser.parse_args()
+    # One set of credentials for every client, ledger's and boto3's alike.
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    started = time.perf_counter()
+    results: dict[str, Any] = {
+        "command": "python benchmarks/bench_indexed.py " + " ".join(sys.argv[1:]),
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "index_interval": args.index_interval,
+        "load_before": load_average(),
+    }
+    with server(args.endpoint) as endpoint:
+        results |= run_writers(
+            endpoint,
+            seconds=args.seconds,
+            rounds=args.rounds,
+            backlog_seconds=args.backlog_seconds,
+            interval=args.index_interval,
+            started=started,
+        )
+    with server(args.endpoint) as endpoint:
+        results["history"] = run_history(
+            endpoint, args.events, args.read_rounds, args.rebuild_rounds, started
+        )
+    results["load_after"] = load_average()
+    results["targets"] = check_targets(results)
+    results["wall_seconds"] = round(time.perf_counter() - started, 1)
+    print_results(results)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    output = RESULTS / args.output
+    output.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\n{results['wall_seconds']:.0f} s; wrote {output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -2,9 +2,11 @@
 
 For each case, ledger's recorder and a plain boto3 client (no ledger code)
 make the same DynamoDB requests against the same server, alternately, in the
-same run. Round trips and capacity units are deterministic; wall time on a
-shared machine is not, so compare ledger with the baseline beside it, not
-with numbers from another run.
+same run; neither asks for consumed capacity in timed calls (ledger's client
+asks only inside ``measure``), and each case's costs are counted in a few
+more calls after the timed ones. Round trips and capacity units are
+deterministic; wall time on a shared machine is not, so compare ledger with
+the baseline beside it, not with numbers from another run.
 
     python benchmarks/bench_store.py [--repeat 30] [--endpoint URL] [--json PATH]
 
@@ -20,6 +22,7 @@ import struct
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,10 @@ from ledger.dynamodb import (
 from ledger.dynamodb.local import DynamoDBLocal
 
 STATE = b'{"product_id":"sku-1","quantity":2,"price":"9.99"}'
+COUNTED = 5
+"""Calls per case made after the timed ones, untimed, to count their cost:
+ledger under ``measure`` and raw boto3 asking for consumed capacity (neither
+does while timed)."""
 TOPIC = "aggregates.order:Order.ItemAdded"
 
 
@@ -77,11 +84,16 @@ def pack_batch(aggregate_id: str, versions: range) -> bytes:
 
 
 class RawStore:
-    """The same DynamoDB calls as ledger's recorder, written directly in boto3."""
+    """The same DynamoDB calls as ledger's recorder, written directly in boto3.
+
+    Plain: capacity is asked for (``ReturnConsumedCapacity``) only while
+    ``counting``, in calls that are not timed.
+    """
 
     def __init__(
         self, client: Any, events_table: str, notifications_table: str
     ) -> None:
+        self.counting = False
         self.client = client
         self.events_table = events_table
         self.notifications_table = notifications_table
@@ -142,7 +154,7 @@ class RawStore:
             }
         )
         response = self.client.transact_write_items(
-            TransactItems=actions, ReturnConsumedCapacity="TOTAL"
+            TransactItems=actions, **self._capacity()
         )
         self.last_position = last
         self._count(response)
@@ -154,7 +166,7 @@ class RawStore:
             "ExpressionAttributeNames": {"#a": "aggregate_id"},
             "ExpressionAttributeValues": {":a": {"S": aggregate_id}},
             "ConsistentRead": True,
-            "ReturnConsumedCapacity": "TOTAL",
+            **self._capacity(),
         }
         rows = []
         while True:
@@ -167,6 +179,9 @@ class RawStore:
             if "LastEvaluatedKey" not in response:
                 return rows
             params["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    def _capacity(self) -> dict[str, str]:
+        return {"ReturnConsumedCapacity": "TOTAL"} if self.counting else {}
 
     def _count(self, response: dict[str, Any]) -> None:
         self.units["round_trips"] += 1
@@ -203,12 +218,16 @@ def run(endpoint: str, repeat: int) -> list[dict[str, Any]]:
     )
     raw_recorder = raw_factory.application_recorder()
     assert isinstance(raw_recorder, DynamoDBApplicationRecorder)
-    client = boto3.client(
+    # The environment's credentials, as ledger's factory takes them (DynamoDB
+    # Local keeps one database per access key); placeholders without any.
+    session = boto3.session.Session()
+    placeholder = "local" if session.get_credentials() is None else None
+    client = session.client(
         "dynamodb",
         endpoint_url=endpoint,
         region_name="us-east-1",
-        aws_access_key_id="local",
-        aws_secret_access_key="local",  # noqa: S106 - DynamoDB Local placeholder
+        aws_access_key_id=placeholder,
+        aws_secret_access_key=placeholder,
     )
     raw = RawStore(
         client, raw_recorder.events_table_name, raw_recorder.notifications_table_name
@@ -221,9 +240,14 @@ def run(endpoint: str, repeat: int) -> list[dict[str, Any]]:
         raw.append(str(uuid.uuid4()), range(1, 2))
 
     for count in (1, 10, 50):
-        ledger_times, raw_times = [], []
-        with measure(recorder) as meter:
-            for _ in range(repeat):
+        ledger_times: list[float] = []
+        raw_times: list[float] = []
+        with ExitStack() as counting:
+            for index in range(repeat + COUNTED):
+                if index == repeat:  # the timed calls are done: count the rest
+                    meter = counting.enter_context(measure(recorder))
+                    raw.counting = True
+                    raw.units = {"read": 0.0, "write": 0.0, "round_trips": 0}
                 aggregate_id = uuid.uuid4()
                 events = [
                     StoredEvent(aggregate_id, v, TOPIC, STATE)
@@ -233,10 +257,12 @@ def run(endpoint: str, repeat: int) -> list[dict[str, Any]]:
                 ledger_call = lambda e=events: recorder.insert_events(e)  # noqa: E731
                 raw_call = lambda r=raw_id, n=count: raw.append(r, range(1, n + 1))  # noqa: E731
                 both(ledger_call, raw_call, ledger_times, raw_times)
+        del ledger_times[repeat:], raw_times[repeat:]
         results.append(
-            row(f"append {count} events", ledger_times, raw_times, meter, raw, repeat)
+            row(f"append {count} events", ledger_times, raw_times, meter, raw)
         )
         raw.units = {"read": 0.0, "write": 0.0, "round_trips": 0}
+        raw.counting = False
 
     for length in (10, 100, 1000):
         aggregate_id = uuid.uuid4()
@@ -249,31 +275,38 @@ def run(endpoint: str, repeat: int) -> list[dict[str, Any]]:
             raw.append(raw_id, versions)
         raw.units = {"read": 0.0, "write": 0.0, "round_trips": 0}
         ledger_times, raw_times = [], []
-        with measure(recorder) as meter:
-            for _ in range(repeat):
+        with ExitStack() as counting:
+            for index in range(repeat + COUNTED):
+                if index == repeat:  # the timed calls are done: count the rest
+                    meter = counting.enter_context(measure(recorder))
+                    raw.counting = True
+                    raw.units = {"read": 0.0, "write": 0.0, "round_trips": 0}
                 both(
                     lambda a=aggregate_id: recorder.select_events(a),
                     lambda r=raw_id: raw.load(r),
                     ledger_times,
                     raw_times,
                 )
+        del ledger_times[repeat:], raw_times[repeat:]
         results.append(
-            row(f"load {length} events", ledger_times, raw_times, meter, raw, repeat)
+            row(f"load {length} events", ledger_times, raw_times, meter, raw)
         )
         raw.units = {"read": 0.0, "write": 0.0, "round_trips": 0}
+        raw.counting = False
     factory.close()
     raw_factory.close()
     return results
 
 
-def row(  # noqa: PLR0917 - a private table builder
+def row(
     case: str,
     ledger_times: list[float],
     raw_times: list[float],
     meter: Any,
     raw: RawStore,
-    repeat: int,
 ) -> dict[str, Any]:
+    """One case: medians of the timed calls, costs per call of the counted ones."""
+    repeat = COUNTED
     ledger_ms = statistics.median(ledger_times)
     raw_ms = statistics.median(raw_times)
     return {

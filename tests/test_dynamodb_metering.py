@@ -211,3 +211,34 @@ def test_positions_a_recorder_saw_committed_are_read_without_the_sequence_item(
     assert second.calls == {"Query": 1}
     assert by_writer.calls == {"Query": 1}
     assert past_what_was_seen.calls == {"GetItem": 1}
+
+
+def test_capacity_is_asked_for_and_counted_only_while_a_meter_is_open(
+    factory: DynamoDBFactory,
+) -> None:
+    recorder = factory.application_recorder()
+    aggregate_id = uuid.uuid4()
+    recorder.insert_events([StoredEvent(aggregate_id, 1, "tests:Happened", b"y")])
+    client = connection_of(factory).client
+    bodies: list[bytes] = []
+    client.meta.events.register(
+        "before-call.dynamodb",
+        lambda params, **_: bodies.append(params["body"]),
+    )
+    total = connection_of(factory).total
+    read_before = total.estimated_read_units
+
+    recorder.select_events(aggregate_id)
+    with measure(factory) as meter:
+        recorder.select_events(aggregate_id)
+
+    asked = [b'"ReturnConsumedCapacity"' in body for body in bodies]
+    assert asked == [False, True]
+    assert (meter.round_trips, meter.read_units, meter.estimated_read_units) == (
+        1,
+        1,
+        1,
+    )
+    # The total counts every call, and the capacity of the measured one only.
+    assert total.calls["Query"] == 2
+    assert total.estimated_read_units - read_before == 1

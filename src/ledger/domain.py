@@ -24,7 +24,7 @@ chain of its aggregate's latest :class:`~ledger.metadata.Request` instead.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Final, Self, cast
 from uuid import UUID, uuid4
 
@@ -58,6 +58,7 @@ __all__ = [
     "Snapshot",
     "SnapshotStateError",
     "Upcaster",
+    "project_aggregate",
     "upcasters",
 ]
 
@@ -110,6 +111,22 @@ def upcasters(cls: type[object]) -> list[Upcaster]:
     return chain
 
 
+def project_aggregate(
+    aggregate: TAggregate | None, domain_events: Iterable[Any]
+) -> TAggregate | None:
+    """Replay events onto an aggregate (None before the first): each event's ``mutate``.
+
+    ``eventsourcing``'s own projector of the same name does the same after
+    asserting that each event is a ``CanMutateProtocol``: a runtime protocol
+    check that costs more than decoding the event (about 11 microseconds an
+    event on Python 3.11 here). Without it, an event without ``mutate``
+    still fails, with an ``AttributeError`` naming the method.
+    """
+    for domain_event in domain_events:
+        aggregate = domain_event.mutate(aggregate)
+    return aggregate
+
+
 class DomainEvent(BaseModel):
     """Base class for immutable, versioned domain events (and snapshots).
 
@@ -143,6 +160,7 @@ class DomainEvent(BaseModel):
         """Check the upcaster chain as soon as a subclass is defined."""
         super().__pydantic_init_subclass__(**kwargs)
         upcasters(cls)
+        _drop_inherited_post_init_wrapper(cls)
 
     def model_post_init(self, context: Any, /) -> None:
         """Take the metadata a mapper restores, else the context's in force now."""
@@ -181,6 +199,38 @@ class DomainEvent(BaseModel):
     def __hash__(self) -> int:
         """Hash what equality compares: the type and the fields."""
         return hash((type(self), tuple(self.__dict__.values())))
+
+
+def given_metadata(event: DomainEvent) -> EventMetadata | None:
+    """Return the metadata an event was given, or None: the default, its own chain.
+
+    For the mapper, which stores nothing for the default: reading
+    ``event.metadata`` would make the default's model for every event saved.
+    """
+    return event._metadata
+
+
+def _drop_inherited_post_init_wrapper(cls: type[BaseModel]) -> None:
+    """Let a subclass call its base's ``model_post_init`` directly.
+
+    pydantic wraps the ``model_post_init`` of every class of a model with
+    private attributes (``_metadata``) in a function that first initialises
+    them, even when the class inherits it from a base already so wrapped:
+    an event class three levels down then runs three wrappers for each event
+    made or read. A class that defines its own ``model_post_init`` keeps
+    pydantic's wrapper.
+    """
+    wrapper = cls.__dict__.get("model_post_init")
+    inherited = next(
+        (
+            c.__dict__["model_post_init"]
+            for c in cls.__mro__[1:]
+            if "model_post_init" in c.__dict__
+        ),
+        None,
+    )
+    if inherited is not None and getattr(wrapper, "__wrapped__", None) is inherited:
+        cls.model_post_init = inherited  # type: ignore[method-assign,assignment]
 
 
 class Aggregate(BaseAggregate[UUID]):

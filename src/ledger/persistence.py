@@ -53,7 +53,7 @@ from eventsourcing.persistence import Mapper, MapperDeserialisationError, Stored
 from eventsourcing.utils import TopicError, get_topic, resolve_topic
 from pydantic import BaseModel
 
-from ledger.domain import upcasters
+from ledger.domain import DomainEvent, given_metadata, upcasters
 from ledger.eventsourcing_internals import is_registered_topic
 from ledger.metadata import RESTORED_METADATA, EventMetadata, event_id
 
@@ -184,7 +184,12 @@ class PydanticMapper(Mapper[Any]):
 
 def _stored_metadata(event: BaseModel) -> dict[str, Any]:
     """Return what of the event's metadata differs from the default (maybe {})."""
-    metadata = getattr(event, "metadata", None)
+    if isinstance(event, DomainEvent):
+        metadata = given_metadata(event)
+        if metadata is None:  # the default: nothing differs
+            return {}
+    else:
+        metadata = getattr(event, "metadata", None)
     if not isinstance(metadata, EventMetadata):
         return {}
     stored: dict[str, Any] = {}

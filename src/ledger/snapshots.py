@@ -42,7 +42,6 @@ from eventsourcing.application import (
     ProcessingEvent,
     ProjectorFunction,
     Repository,
-    project_aggregate,
 )
 from eventsourcing.domain import BaseAggregate, DomainEventProtocol
 from eventsourcing.persistence import (
@@ -52,6 +51,8 @@ from eventsourcing.persistence import (
     StoredEvent,
 )
 from eventsourcing.utils import Environment, EnvType, strtobool
+
+from ledger.domain import project_aggregate
 
 __all__ = [
     "AfterLoadOfMoreThan",
@@ -237,6 +238,7 @@ class MeteredRepository(Repository[UUID]):
         aggregate_id: UUID,
         *,
         version: int | None = None,
+        # ledger's projector: eventsourcing's without its per-event check.
         projector_func: ProjectorFunction[Any, Any] = project_aggregate,
         fastforward_skipping: bool = False,
         deepcopy_from_cache: bool = True,

@@ -51,6 +51,7 @@ from urllib.parse import urlparse
 import boto3
 import botocore.config
 import botocore.exceptions
+from botocore.awsrequest import HeadersDict
 from eventsourcing.persistence import (
     DataError,
     IntegrityError,
@@ -295,7 +296,13 @@ def incomplete_answer(
     (``_MEMBERS_ALWAYS_SENT``). An empty body is whole only for an operation
     that answers nothing.
     """
-    lowered = {name.lower(): value for name, value in headers.items()}
+    # botocore's headers are looked up case-insensitively already; lowering
+    # every header of every answer would cost each call a dict.
+    lowered = (
+        headers
+        if isinstance(headers, HeadersDict)
+        else {name.lower(): value for name, value in headers.items()}
+    )
     length = lowered.get("content-length", "")
     if length.isdigit() and int(length) != len(body):
         return f"{len(body)} of its {length} bytes arrived"

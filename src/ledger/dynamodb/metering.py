@@ -1,11 +1,14 @@
 """Count DynamoDB round trips and capacity units of any block of work.
 
 Every DynamoDB client ledger creates is metered: each HTTP request sent
-(retries included) is a round trip; capacity is taken from the
-``ConsumedCapacity`` DynamoDB returns (ledger asks for it on every call) and
-also estimated from the sizes of the items written and read by DynamoDB's
-documented rules (see :mod:`ledger.dynamodb.limits`), so numbers exist even
-where a server does not report them.
+(retries included) is a round trip, and each call is counted by operation.
+While a meter is open (:meth:`Metering.measure`), and only then, capacity is
+also taken from the ``ConsumedCapacity`` DynamoDB returns (ledger asks for it
+in the calls made while a meter is open: asking costs DynamoDB work on every
+call) and estimated from the sizes of the items written and read by
+DynamoDB's documented rules (see :mod:`ledger.dynamodb.limits`), so numbers
+exist even where a server does not report them. A call counts in the meters
+open when it starts.
 
 Use :meth:`Metering.measure` (or :func:`ledger.dynamodb.measure`)::
 
@@ -32,6 +35,9 @@ if TYPE_CHECKING:  # the stubs are a development dependency only
     from botocore.model import OperationModel
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_dynamodb.type_defs import ConsumedCapacityTypeDef
+
+_METERED = "ledger_metered"
+"""Key of botocore's request context: the call started while a meter was open."""
 
 _CAPACITY_OPERATIONS = frozenset(
     {
@@ -115,7 +121,9 @@ class Metering:
         self._lock = threading.Lock()
         self._meters: list[Meter] = []
         self.total = Meter()
-        """Everything this client has done since it was made."""
+        """Everything this client has done since it was made: every round
+        trip and call; capacity and sizes of the calls made while a meter was
+        open (the others do not ask for them)."""
         self._meters.append(self.total)
 
     def install(self, client: DynamoDBClient) -> None:
@@ -145,9 +153,18 @@ class Metering:
     # botocore event handlers -------------------------------------------------
 
     def _on_params(
-        self, params: dict[str, Any], model: OperationModel, **_: Any
+        self,
+        params: dict[str, Any],
+        model: OperationModel,
+        context: dict[str, Any],
+        **_: Any,
     ) -> dict[str, Any] | None:
         operation = model.name
+        if len(self._meters) == 1:  # only the total: no sizes, no capacity
+            with self._lock:
+                self.total.calls[operation] += 1
+            return None
+        context[_METERED] = True
         written = _written_item_sizes(operation, params)
         transactional = operation == "TransactWriteItems"
         units = sum(write_units(size, transactional=transactional) for size in written)
@@ -168,8 +185,14 @@ class Metering:
                 meter.round_trips += 1
 
     def _on_response(
-        self, parsed: Mapping[str, Any], model: OperationModel, **_: Any
+        self,
+        parsed: Mapping[str, Any],
+        model: OperationModel,
+        context: Mapping[str, Any],
+        **_: Any,
     ) -> None:
+        if not context.get(_METERED):
+            return
         reported_read, reported_write = _consumed(
             model.name, parsed.get("ConsumedCapacity")
         )

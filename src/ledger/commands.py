@@ -180,6 +180,10 @@ def keyed_command(
 
         @functools.wraps(decide)
         def run(app: A, /, *args: P.args, **kwargs: P.kwargs) -> R:
+            if kwargs.get(KEY_ARGUMENT) is None:
+                # No key (it is keyword-only): no fingerprint to take, so the
+                # arguments need no binding; a plain decide-and-save.
+                return app.save_decision(decide(app, *args, **kwargs))
             bound = signature.bind(app, *args, **kwargs)
             bound.apply_defaults()
             for name, value in bound.arguments.items():
@@ -209,6 +213,12 @@ def keyed_command(
 class IdempotentApplication(Application[UUID]):
     """An application whose saves may carry an idempotency key."""
 
+    def save_decision(self, decision: Decision[R]) -> R:
+        """Save a decision's aggregates plainly (no key); return its answer."""
+        if decision.aggregates:
+            self.save(*decision.aggregates)
+        return decision.answer
+
     def run_keyed(
         self,
         idempotency_key: str | None,
@@ -223,10 +233,7 @@ class IdempotentApplication(Application[UUID]):
         first outcome. Without a key, the decision is saved plainly.
         """
         if idempotency_key is None:
-            decision = decide()
-            if decision.aggregates:
-                self.save(*decision.aggregates)
-            return decision.answer
+            return self.save_decision(decide())
         fingerprint = command_fingerprint(command, arguments)
         first = self._first(idempotency_key, command, fingerprint)
         if first is not None:

@@ -570,20 +570,29 @@ class Indexer(StreamPoller):
 
     # Re-indexing from the events table ---------------------------------------
 
-    def reindex(self, timeout: float = 3600.0) -> int:
+    def reindex(
+        self,
+        timeout: float = 3600.0,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> int:
         """Re-index from the events table now, to its end; return events appended.
 
         For ``ledger index reindex``; the indexer starts one itself when the
         stream lost records it had not indexed. A re-index under way (after a
-        crash, say) is resumed rather than restarted.
+        crash, say) is resumed rather than restarted. ``progress`` is called
+        after each round with the rounds run and the events appended so far.
         """
         state = self._read_state()
         if state.scan is None:
             self._start_reindex(state, "asked for")
         head = self.recorder.max_notification_id() or 0
         deadline = time.monotonic() + timeout
+        rounds = 0
         while self._read_state().scan is not None:
             self.poll()
+            rounds += 1
+            if progress is not None:
+                progress(rounds, (self.recorder.max_notification_id() or 0) - head)
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"The re-index of {self.recorder.events_table_name!r} was "
@@ -782,9 +791,10 @@ class Indexer(StreamPoller):
         """Return the head, and the records (and oldest age) not indexed yet.
 
         Bounded: a GetItem of the head and one of the checkpoints, a
-        DescribeStream, per shard a GetShardIterator, and GetRecords of at
-        most ``cap`` records in all (a read per 1,000, plus one per shard).
-        While a re-index runs, ``behind`` counts the stream from its start.
+        DescribeStream, per shard a GetShardIterator, and at most
+        ``cap // 1000`` GetRecords plus one per shard: ``behind`` counts up
+        to ``cap``, or what those reads returned (pages can be short). While
+        a re-index runs, ``behind`` counts the stream from its start.
         """
         shards = self._shards()
         state = self._read_state()
@@ -792,6 +802,7 @@ class Indexer(StreamPoller):
         behind = 0
         oldest: float | None = None
         trimmed = False
+        reads_left = max(1, cap // 1000) + len(shards)
         for shard in shards:
             if self._read_to_its_end(shard):
                 continue
@@ -800,7 +811,8 @@ class Indexer(StreamPoller):
             except _TrimmedError:
                 trimmed = True
                 continue
-            while iterator and behind < cap:
+            while iterator and behind < cap and reads_left > 0:
+                reads_left -= 1
                 response = self._get_records(
                     shard["ShardId"], iterator, min(1000, cap - behind)
                 )

@@ -222,3 +222,21 @@ def test_each_round_reports_appended_lag_and_oldest_age_and_alarms(
     assert len(ages) == 2
     assert ages[0] >= ages[1] - 1000  # the first round read the oldest record
     assert [round.appended for round in alarms] == [100, 50]
+
+
+def test_status_says_when_a_reindex_is_due_and_under_way(
+    recorder: DynamoDBIndexedApplicationRecorder, small_pages: None
+) -> None:
+    saves, streams = offline_past_retention(recorder)
+    back = Indexer(recorder, streams_client=streams)
+
+    due = back.status()
+    back.poll()  # starts the re-index
+    under_way = back.status()
+    index_until(back, recorder, every_event(saves))
+    back.catch_up()
+    done = back.status()
+
+    assert (due.trimmed, due.reindexing) == (True, False)
+    assert under_way.reindexing is True
+    assert (done.trimmed, done.reindexing, done.behind) == (False, False, 0)

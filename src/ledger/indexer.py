@@ -1,7 +1,8 @@
 """The indexer of the ``indexed`` ordering: the events stream, appended to the sequence.
 
-(Over 400 lines as one concept: reading the shards, regrouping saves and
-writing one round all serve the one exactly-once append stated here. It sits
+(Over 1,000 lines as one concept: reading the shards, regrouping saves,
+writing one round and re-indexing from the table all serve the one
+exactly-once append stated here, and share its checkpoints item. It sits
 above ``ledger.dynamodb``, beside the projections, since it reads the stream
 with the stream feed's poller.)
 
@@ -70,7 +71,7 @@ from ledger.dynamodb.limits import (
     MAX_TRANSACTION_BYTES,
     item_size,
 )
-from ledger.dynamodb.recorders import NOT_EXISTS
+from ledger.dynamodb.recorders import NOT_EXISTS, encode_id
 from ledger.projections.metrics import (
     COUNT,
     INDEX_LAG_RECORDS,
@@ -319,6 +320,8 @@ class Indexer(StreamPoller):
             return records
         until = state.reindexed_at + _CLOCK_MARGIN
         if all(r.created is not None and r.created > until for r in records):
+            if records:
+                self._indexed = None  # past the re-index: free the memory
             return records
         indexed = self._indexed_versions(state)
         return [
@@ -751,7 +754,7 @@ class Indexer(StreamPoller):
                 if not page:
                     break
                 for notification in page:
-                    indexed[str(notification.originator_id)] = (
+                    indexed[encode_id(notification.originator_id)] = (
                         notification.originator_version
                     )
                 start = page[-1].id + 1

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from eventsourcing.persistence import StoredEvent
+from faults import REFUSE, FaultProxy
 
 from ledger.dynamodb import DynamoDBFactory, DynamoDBIndexedApplicationRecorder, schema
 from ledger.indexer import Indexer, IndexRound
@@ -86,6 +87,35 @@ def offline_past_retention(
     offline = random_saves(recorder, 25, seed=12)
     streams.trim(first.stream_arn, keep=5)
     return before + offline, streams
+
+
+def test_a_trimmed_refusal_from_dynamodb_streams_starts_a_reindex(
+    dynamodb_endpoint: str, table_prefix: str
+) -> None:
+    # The refusal as DynamoDB Streams answers it, on the wire (the proxy's
+    # REFUSE), once for an iterator after the checkpoint; records stay.
+    with FaultProxy(dynamodb_endpoint) as proxy:
+        factory = indexed_factory(proxy.endpoint_url, table_prefix)
+        recorder = factory.application_recorder()
+        assert isinstance(recorder, DynamoDBIndexedApplicationRecorder)
+        indexer = Indexer(recorder)
+        before = random_saves(recorder, 3, seed=16)
+        index_until(indexer, recorder, every_event(before))
+        after = random_saves(recorder, 4, seed=17)
+        refused = proxy.on(
+            lambda op, index, body: (
+                op == "GetShardIterator" and b"AFTER_SEQUENCE_NUMBER" in body
+            ),
+            fault=REFUSE("TrimmedDataAccessException"),
+        )
+
+        index_until(indexer, recorder, every_event(after))
+        indexer.catch_up()
+
+        assert refused.fired == 1
+        assert schema.REINDEXED_AT in checkpoints_item(recorder)
+        assert_indexed_once_in_order(recorder, before + after)
+        factory.close()
 
 
 def test_events_saved_while_offline_past_retention_are_reindexed_once_in_order(

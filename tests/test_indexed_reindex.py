@@ -198,6 +198,24 @@ def test_writes_during_a_reindex_are_indexed_once(
     assert_indexed_once_in_order(recorder, saves + written)
 
 
+def test_a_reindex_defers_what_one_transaction_cannot_take(
+    recorder: DynamoDBIndexedApplicationRecorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("ledger.indexer._MAX_BATCHES", 1)  # 98 events a round
+    aggregate = uuid.uuid4()
+    saves = [[stored(aggregate, version)] for version in range(1, 251)]
+    for save in saves:
+        recorder.insert_events(save)
+    streams = TrimmedStreams(recorder.connection.streams_client())
+    late = Indexer(recorder, streams_client=streams)
+    streams.trim(late.stream_arn, keep=0)
+
+    late.reindex(timeout=60)
+    late.catch_up()
+
+    assert_indexed_once_in_order(recorder, saves)
+
+
 def test_a_first_run_on_a_stream_that_lost_records_reindexes(
     recorder: DynamoDBIndexedApplicationRecorder,
 ) -> None:

@@ -45,7 +45,11 @@ the records of events the index holds already.
 Costs per round: a GetItem of the head and one of the checkpoints, a
 DescribeStream, per shard a GetShardIterator and a GetRecords per 1,000
 records, and when anything is new one transaction (2 WCU per KB of batch
-items, plus the head and checkpoints items).
+items, plus the head and checkpoints items). Until its first commit, a
+Scan of one item, a DescribeTable and a DescribeStream more (the first-run
+check above). A round of a re-index: a Scan page (up to 500 items, eventually
+consistent reads excluded: it reads consistently), and one transaction; the
+first round of each process reads the whole sequence once.
 """
 
 from __future__ import annotations
@@ -662,42 +666,39 @@ class Indexer(StreamPoller):
         """
         indexed = self._indexed_versions(state)
         held = self._held_records(state)
-        segment = min(state.scan or {"0": None}, key=int)
-        start = (state.scan or {}).get(segment)
-        params: dict[str, Any] = {
-            "TableName": self.recorder.events_table_name,
-            "Limit": _SCAN_LIMIT,
-            "ConsistentRead": True,
-        }
-        if state.segments > 1:
-            params.update(Segment=int(segment), TotalSegments=state.segments)
-        if start is not None:
-            params["ExclusiveStartKey"] = start
-        page = self.recorder.connection.call("scan", **params)
-        scanned = [_scanned(item) for item in page.get("Items", [])]
+        scan = dict(state.scan or {})
+        scanned: list[_Record] = []
+        if scan:  # else: the Scan is done, and only deferred events are left
+            segment = min(scan, key=int)
+            params: dict[str, Any] = {
+                "TableName": self.recorder.events_table_name,
+                "Limit": _SCAN_LIMIT,
+                "ConsistentRead": True,
+            }
+            if state.segments > 1:
+                params.update(Segment=int(segment), TotalSegments=state.segments)
+            if scan[segment] is not None:
+                params["ExclusiveStartKey"] = scan[segment]
+            page = self.recorder.connection.call("scan", **params)
+            scanned = [_scanned(item) for item in page.get("Items", [])]
+            following = page.get("LastEvaluatedKey")
+            if following is None:
+                scan.pop(segment)
+            else:
+                scan[segment] = following
         fresh = [
             r
             for r in scanned
             if r.entry is not None
             and r.entry.version > indexed.get(r.entry.aggregate_id, 0)
         ]
-        units, still_held = _released(held + fresh)
-        events: list[BatchEntry] = []
-        for unit in units:
-            batch = [r.entry for r in unit if r.entry is not None]
-            if len(events) + len(batch) > _MAX_BATCHES * BATCH_EVENTS:
-                still_held.extend(unit)  # too many for one transaction: later
-                continue
-            events.extend(batch)
+        units, incomplete = _released(held + fresh)
+        taken, deferred = self._fitting_units(state.head, units)
+        events = [r.entry for unit in taken for r in unit if r.entry is not None]
         self._check_reindexed(events, indexed)
-        scan = dict(state.scan or {})
-        following = page.get("LastEvaluatedKey")
-        if following is None:
-            scan.pop(segment, None)
-        else:
-            scan[segment] = following
+        still_held = [r for unit in deferred for r in unit] + incomplete
         extra: dict[str, Any]
-        if scan:
+        if scan or deferred:
             if len(still_held) > _HELD_MAX:
                 raise DataError(
                     f"The re-index of {self.recorder.events_table_name!r} holds "
@@ -709,9 +710,9 @@ class Indexer(StreamPoller):
                 schema.REINDEX_HELD: {"L": [{"M": _event_key(r)} for r in still_held]},
             }
         else:
-            # Held saves left at the end were written during the re-index
-            # (another of their events was saved after the Scan passed it):
-            # the stream, read next, holds them whole.
+            # Saves still incomplete at the end were written during the
+            # re-index (another of their events was saved after the Scan
+            # passed it): the stream, read next, holds them whole.
             extra = {
                 schema.REINDEX_SCAN: None,
                 schema.REINDEX_SEGMENTS: None,
@@ -722,7 +723,30 @@ class Indexer(StreamPoller):
         if self._write(state, events, {}, extra):
             self._held = still_held
         self._report(IndexRound(len(events), len(still_held), None, reindexing=True))
-        return max(1, len(scanned))
+        return max(1, len(scanned), len(events))
+
+    def _fitting_units(
+        self, head: int, units: list[list[_Record]]
+    ) -> tuple[list[list[_Record]], list[list[_Record]]]:
+        """Split units into those one transaction takes, and those deferred.
+
+        A prefix is taken, so each aggregate's events stay in version order.
+        """
+        taken = list(units)
+        while taken:
+            events = [r.entry for unit in taken for r in unit if r.entry is not None]
+            if len(events) <= _MAX_BATCHES * BATCH_EVENTS and sum(
+                item_size(item) for item in _batch_items(head, events)
+            ) <= (MAX_TRANSACTION_BYTES - _BYTES_MARGIN):
+                break
+            taken = taken[: len(taken) // 2] if len(taken) > 1 else []
+        if not taken and units:
+            raise DataError(
+                f"A save of {sum(1 for r in units[0] if r.entry)} events found by "
+                f"the re-index of {self.recorder.events_table_name!r} does not "
+                "fit one transaction of the indexer: nothing was indexed."
+            )
+        return taken, units[len(taken) :]
 
     def _check_reindexed(
         self, events: list[BatchEntry], indexed: dict[str, int]

@@ -47,9 +47,9 @@ DescribeStream, per shard a GetShardIterator and a GetRecords per 1,000
 records, and when anything is new one transaction (2 WCU per KB of batch
 items, plus the head and checkpoints items). Until its first commit, a
 Scan of one item, a DescribeTable and a DescribeStream more (the first-run
-check above). A round of a re-index: a Scan page (up to 500 items, eventually
-consistent reads excluded: it reads consistently), and one transaction; the
-first round of each process reads the whole sequence once.
+check above). A round of a re-index: a strongly consistent Scan page (up to 500 items)
+and one transaction; the first round of each process reads the whole
+sequence once.
 """
 
 from __future__ import annotations
@@ -162,7 +162,8 @@ class IndexRound:
     oldest_age_ms: float | None
     """Age of the oldest record read, unindexed when the round began (None: none)."""
     reindexing: bool = False
-    """Whether the round was one of a re-index from the events table."""
+    """Whether the round was one of a re-index from the events table (which
+    reads no stream: its lag is reported as 0 and its age as None)."""
 
 
 @dataclass(frozen=True)
@@ -722,7 +723,7 @@ class Indexer(StreamPoller):
             still_held = []
         if self._write(state, events, {}, extra):
             self._held = still_held
-        self._report(IndexRound(len(events), len(still_held), None, reindexing=True))
+        self._report(IndexRound(len(events), 0, None, reindexing=True))
         return max(1, len(scanned), len(events))
 
     def _fitting_units(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
 import random
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import botocore.exceptions
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import Environment
 
@@ -79,6 +81,81 @@ class ReorderingStreams:
         response: dict[str, Any] = self.client.get_records(**params)
         if response.get("Records"):
             response["Records"] = self.alter(list(response["Records"]))
+        return response
+
+
+class TrimmedStreams(ReorderingStreams):
+    """The real streams client, as if records had passed the stream's retention.
+
+    DynamoDB Local never expires stream records, so :meth:`trim` stands in for
+    24 hours passing: records below the mark vanish from every read, and an
+    iterator after a sequence number below it is refused with
+    ``TrimmedDataAccessException``, as DynamoDB Streams refuses it.
+    """
+
+    def __init__(self, client: Any) -> None:
+        super().__init__(client, lambda records: records)
+        self.trimmed_below: int | None = None
+        self.stream_age: float | None = None
+        """Seconds to make the stream look old in DescribeStream (None: as is)."""
+
+    def trim(self, stream_arn: str, keep: int) -> None:
+        """Expire every record of the stream but its last ``keep``."""
+        numbers: list[int] = []
+        shards = self.client.describe_stream(StreamArn=stream_arn)
+        for shard in shards["StreamDescription"]["Shards"]:
+            iterator = self.client.get_shard_iterator(
+                StreamArn=stream_arn,
+                ShardId=shard["ShardId"],
+                ShardIteratorType="TRIM_HORIZON",
+            )["ShardIterator"]
+            while iterator:
+                page = self.client.get_records(ShardIterator=iterator)
+                numbers += [
+                    int(r["dynamodb"]["SequenceNumber"]) for r in page["Records"]
+                ]
+                if not page["Records"]:
+                    break
+                iterator = page.get("NextShardIterator")
+        numbers.sort()
+        self.trimmed_below = numbers[-keep] if keep else numbers[-1] + 1
+
+    def describe_stream(self, **params: Any) -> dict[str, Any]:
+        response: dict[str, Any] = self.client.describe_stream(**params)
+        if self.stream_age is not None:
+            response["StreamDescription"]["CreationRequestDateTime"] = (
+                datetime.datetime.now(datetime.UTC)
+                - datetime.timedelta(seconds=self.stream_age)
+            )
+        return response
+
+    def get_shard_iterator(self, **params: Any) -> dict[str, Any]:
+        after = params.get("SequenceNumber")
+        if (
+            self.trimmed_below is not None
+            and after is not None
+            and int(after) + 1 < self.trimmed_below
+        ):
+            raise botocore.exceptions.ClientError(
+                {
+                    "Error": {
+                        "Code": "TrimmedDataAccessException",
+                        "Message": "the record is past the stream's retention",
+                    }
+                },
+                "GetShardIterator",
+            )
+        return super().get_shard_iterator(**params)
+
+    def get_records(self, **params: Any) -> dict[str, Any]:
+        response = super().get_records(**params)
+        if self.trimmed_below is not None:
+            mark = self.trimmed_below
+            response["Records"] = [
+                r
+                for r in response.get("Records", [])
+                if int(r["dynamodb"]["SequenceNumber"]) >= mark
+            ]
         return response
 
 

@@ -52,6 +52,8 @@ def test_index_run_once_indexes_what_status_shows_behind(indexed, ledger):
         "behind": 0,
         "oldest_age": None,
         "shards": 1,
+        "reindexing": False,
+        "trimmed": False,
     }
     assert orders.recorder.max_notification_id() == saved
 

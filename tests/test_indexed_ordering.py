@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
-import botocore.exceptions
 import pytest
 from eventsourcing.utils import Environment
 
@@ -18,9 +16,8 @@ from ledger.dynamodb import (
     measure,
     schema,
 )
-from ledger.indexer import Indexer, StreamTrimmedError
+from ledger.indexer import Indexer
 from tests.indexed_support import (
-    ReorderingStreams,
     all_notifications,
     index_until,
     indexed_factory,
@@ -143,36 +140,3 @@ def test_wait_indexed_names_what_is_missing(
     recorder.insert_events([stored(aggregate, 1)])
     with pytest.raises(IndexWaitTimeoutError, match=f"{aggregate} v1"):
         recorder.wait_indexed([stored(aggregate, 1)], timeout=0.2)
-
-
-class TrimmedStreams(ReorderingStreams):
-    """The real streams client, refusing iterators after a checkpoint as trimmed."""
-
-    def get_shard_iterator(self, **params: Any) -> dict[str, Any]:
-        if params.get("ShardIteratorType") == "AFTER_SEQUENCE_NUMBER":
-            raise botocore.exceptions.ClientError(
-                {
-                    "Error": {
-                        "Code": "TrimmedDataAccessException",
-                        "Message": "the record is past the stream's retention",
-                    }
-                },
-                "GetShardIterator",
-            )
-        return super().get_shard_iterator(**params)
-
-
-def test_a_checkpoint_past_the_streams_retention_stops_the_indexer(
-    recorder: DynamoDBIndexedApplicationRecorder, indexer: Indexer
-) -> None:
-    aggregate = uuid.uuid4()
-    recorder.insert_events([stored(aggregate, 1)])
-    index_until(indexer, recorder, [stored(aggregate, 1)])
-    trimmed = Indexer(
-        recorder,
-        streams_client=TrimmedStreams(
-            recorder.connection.streams_client(), lambda records: records
-        ),
-    )
-    with pytest.raises(StreamTrimmedError, match="Re-indexing from the events table"):
-        trimmed.poll()

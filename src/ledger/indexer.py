@@ -1,7 +1,8 @@
 """The indexer of the ``indexed`` ordering: the events stream, appended to the sequence.
 
-(Over 400 lines as one concept: reading the shards, regrouping saves and
-writing one round all serve the one exactly-once append stated here. It sits
+(Over 1,000 lines as one concept: reading the shards, regrouping saves,
+writing one round and re-indexing from the table all serve the one
+exactly-once append stated here, and share its checkpoints item. It sits
 above ``ledger.dynamodb``, beside the projections, since it reads the stream
 with the stream feed's poller.)
 
@@ -34,10 +35,21 @@ aggregate (remembered for the last 100,000 aggregates, and forgotten when
 another indexer has written meanwhile). Not checked: an aggregate's first
 event ever (whether earlier versions exist unindexed is not read).
 
+Falling behind: when an iterator after a checkpoint is refused as trimmed
+(past the stream's 24 hours), or on a first run whose stream may not hold
+every event in the table (it is older than 23 hours, or younger than the
+table), the indexer re-indexes from the events table (see :meth:`Indexer.reindex`
+and ``_reindex_round``), then goes on from the stream's TRIM_HORIZON, dropping
+the records of events the index holds already.
+
 Costs per round: a GetItem of the head and one of the checkpoints, a
 DescribeStream, per shard a GetShardIterator and a GetRecords per 1,000
 records, and when anything is new one transaction (2 WCU per KB of batch
-items, plus the head and checkpoints items).
+items, plus the head and checkpoints items). Until its first commit, a
+Scan of one item, a DescribeTable and a DescribeStream more (the first-run
+check above). A round of a re-index: a strongly consistent Scan page (up to 500 items)
+and one transaction; the first round of each process reads the whole
+sequence once.
 """
 
 from __future__ import annotations
@@ -63,7 +75,16 @@ from ledger.dynamodb.limits import (
     MAX_TRANSACTION_BYTES,
     item_size,
 )
-from ledger.dynamodb.recorders import NOT_EXISTS
+from ledger.dynamodb.recorders import NOT_EXISTS, encode_id
+from ledger.projections.metrics import (
+    COUNT,
+    INDEX_LAG_RECORDS,
+    INDEX_OLDEST_UNINDEXED_AGE,
+    INDEX_RECORDS_APPENDED,
+    MILLISECONDS,
+    NO_METRICS,
+    Metrics,
+)
 from ledger.projections.streams import INSERT, StreamPoller, sequence_number
 
 if TYPE_CHECKING:  # the stubs are a development dependency only
@@ -79,6 +100,13 @@ BATCH_EVENTS: Final = MAX_TRANSACTION_ACTIONS - 2
 _MAX_BATCHES: Final = MAX_TRANSACTION_ACTIONS - 2  # plus the head and checkpoints
 _BYTES_MARGIN: Final = 64 * 1024  # for the head and checkpoints items
 _VERSIONS_KEPT: Final = 100_000
+RETENTION: Final = 24 * 3600.0
+"""Seconds DynamoDB Streams keeps a record."""
+_YOUNG_STREAM: Final = RETENTION - 3600.0  # a stream younger holds all it had
+_STREAM_WITH_TABLE: Final = 60.0  # a stream made this soon after its table
+_CLOCK_MARGIN: Final = 300.0  # between this host's clock and DynamoDB's
+_SCAN_LIMIT: Final = 500
+_HELD_MAX: Final = 5_000  # keys of held events: well within one item's 400 KB
 _CHECKPOINTS_KEY: Item = {
     schema.PAGE: {"N": str(schema.SEQUENCE_PAGE)},
     schema.POSITION: {"N": str(schema.INDEX_CHECKPOINTS_POSITION)},
@@ -89,8 +117,8 @@ class IndexOrderError(DataError):
     """An aggregate's events reached the indexer out of version order."""
 
 
-class StreamTrimmedError(ProgrammingError):
-    """Records after an indexer's checkpoint are past the stream's retention."""
+class _TrimmedError(Exception):
+    """An iterator after a shard's checkpoint was refused as trimmed."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +130,7 @@ class _Record:
     text: str  # the sequence number as DynamoDB gave it (zero-padded)
     entry: BatchEntry | None  # None: no new event (passed over)
     save: tuple[str, int, int] | None  # (save id, index, size) of a multi-event save
+    created: float | None = None  # ApproximateCreationDateTime (epoch seconds)
 
 
 @dataclass
@@ -114,6 +143,27 @@ class _Round:
     read: dict[str, list[_Record]] = field(default_factory=dict)
     ended: dict[str, str] = field(default_factory=dict)
     """Closed shards read to their end this round: their last sequence number."""
+    scan: dict[str, Item | None] | None = None
+    """While re-indexing: per Scan segment, its LastEvaluatedKey (None: start)."""
+    segments: int = 1
+    held: list[Item] = field(default_factory=list)
+    reindexed_at: float | None = None
+
+
+@dataclass(frozen=True)
+class IndexRound:
+    """What one round of the indexer did, as its metrics report it."""
+
+    appended: int
+    """Events appended to the sequence."""
+    lag_records: int
+    """Stream records after the checkpoints when the round began, as far as
+    it read (at most ``batch_size`` per shard: a lower bound of the lag)."""
+    oldest_age_ms: float | None
+    """Age of the oldest record read, unindexed when the round began (None: none)."""
+    reindexing: bool = False
+    """Whether the round was one of a re-index from the events table (which
+    reads no stream: its lag is reported as 0 and its age as None)."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +178,10 @@ class IndexStatus:
     """Seconds since the oldest of those records was written (None: none)."""
     shards: int
     """Shards in the stream now."""
+    reindexing: bool = False
+    """Whether a re-index from the events table is under way."""
+    trimmed: bool = False
+    """Whether a checkpoint is past the stream's retention (a re-index is due)."""
 
 
 class _Checkpoints:
@@ -164,6 +218,10 @@ class Indexer(StreamPoller):
         batch_size: int = 1000,
         streams_client: Any = None,
         after_write: Callable[[range], None] | None = None,
+        metrics: Metrics = NO_METRICS,
+        alarm: Callable[[IndexRound], None] | None = None,
+        alarm_age_ms: float = 60_000.0,
+        scan_segments: int = 1,
     ) -> None:
         if not isinstance(recorder, DynamoDBIndexedApplicationRecorder):
             raise ProgrammingError(
@@ -187,6 +245,14 @@ class Indexer(StreamPoller):
             streams_client=streams_client,
         )
         self.after_write = after_write
+        self.metrics = metrics
+        self.alarm = alarm
+        self.alarm_age_ms = alarm_age_ms
+        self.scan_segments = scan_segments
+        self._indexed: dict[str, int] | None = None
+        """Per aggregate, the last version in the index (read in full for a
+        re-index and the stream records after it; None: not read)."""
+        self._held: list[_Record] | None = None
         self._last_versions: OrderedDict[str, int] = OrderedDict()
         self._revision_written: int | None = None
         self._resume: dict[str, tuple[str | None, str]] = {}
@@ -195,20 +261,36 @@ class Indexer(StreamPoller):
     # A round -----------------------------------------------------------------
 
     def poll(self) -> int:
-        """Run one round; return how many stream records it consumed."""
+        """Run one round; return how many records (stream or table) it consumed.
+
+        A round of a re-index (see :meth:`reindex`) scans one page of the
+        events table; one that starts a re-index counts as one.
+        """
         shards = self._shards()
         state = self._read_state()
         if state.revision != self._revision_written:
-            self._last_versions.clear()  # another indexer wrote: forget
+            # Another indexer wrote: forget what this one knew of the index.
+            self._last_versions.clear()
+            self._indexed = None
+            self._held = None
+        if state.scan is not None:
+            return self._reindex_round(state)
+        if state.revision is None and self._stream_may_lack_events():
+            self._start_reindex(state, "the stream may not hold every event saved")
+            return 1
         self.checkpoints.numbers = dict(state.checkpoints)
         listed = {shard["ShardId"]: shard for shard in shards}
-        for shard in shards:
-            parent = listed.get(shard.get("ParentShardId") or "")
-            if parent is not None and not self._read_to_its_end(parent):
-                continue  # parents first: the child waits for its parent's end
-            if self._read_to_its_end(shard):
-                continue
-            state.read[shard["ShardId"]] = self._read_shard(shard, state)
+        try:
+            for shard in shards:
+                parent = listed.get(shard.get("ParentShardId") or "")
+                if parent is not None and not self._read_to_its_end(parent):
+                    continue  # parents first: the child waits for its parent's end
+                if self._read_to_its_end(shard):
+                    continue
+                state.read[shard["ShardId"]] = self._read_shard(shard, state)
+        except _TrimmedError as trimmed:
+            self._start_reindex(state, str(trimmed))
+            return 1
         taken = self._fitting(state.read, state.head)
         consumed = {record for unit in taken for record in unit}
         new_checkpoints = {
@@ -222,12 +304,52 @@ class Indexer(StreamPoller):
                 new_checkpoints[shard_id] = done[-1].text
             if len(done) == len(records) and shard_id in state.ended:
                 new_checkpoints[shard_id] = state.ended[shard_id]
+        read = [r for records in state.read.values() for r in records]
         if new_checkpoints == state.checkpoints:
+            self._report(IndexRound(0, len(read), _oldest_age_ms(read)))
             return 0
-        events = _in_version_order([r for unit in taken for r in unit if r.entry])
+        fresh = self._not_indexed(state, [r for unit in taken for r in unit if r.entry])
+        events = _in_version_order(fresh)
         self._check_versions(events)
         self._write(state, events, new_checkpoints)
+        self._report(IndexRound(len(events), len(read), _oldest_age_ms(read)))
         return len(consumed)
+
+    def _not_indexed(self, state: _Round, records: list[_Record]) -> list[_Record]:
+        """Drop the records of events a re-index appended already.
+
+        Only records written before the last re-index finished (plus a margin
+        for clocks) can be; for them the index's versions are read once.
+        """
+        if state.reindexed_at is None:
+            return records
+        until = state.reindexed_at + _CLOCK_MARGIN
+        if all(r.created is not None and r.created > until for r in records):
+            if records:
+                self._indexed = None  # past the re-index: free the memory
+            return records
+        indexed = self._indexed_versions(state)
+        return [
+            r
+            for r in records
+            if r.entry is None or r.entry.version > indexed.get(r.entry.aggregate_id, 0)
+        ]
+
+    def _report(self, done: IndexRound) -> None:
+        dimension = self.recorder.events_table_name
+        self.metrics.record(INDEX_RECORDS_APPENDED, done.appended, COUNT, dimension)
+        self.metrics.record(INDEX_LAG_RECORDS, done.lag_records, COUNT, dimension)
+        if done.oldest_age_ms is not None:
+            self.metrics.record(
+                INDEX_OLDEST_UNINDEXED_AGE, done.oldest_age_ms, MILLISECONDS, dimension
+            )
+        self.metrics.flush()
+        if (
+            self.alarm is not None
+            and done.oldest_age_ms is not None
+            and done.oldest_age_ms > self.alarm_age_ms
+        ):
+            self.alarm(done)
 
     def catch_up(self, timeout: float = 30.0) -> int:
         """Run rounds until one consumes nothing; return the records consumed."""
@@ -258,7 +380,17 @@ class Indexer(StreamPoller):
             shard_id: value["S"]
             for shard_id, value in item[schema.SHARD_CHECKPOINTS]["M"].items()
         }
-        return _Round(head, numbers, int(item[schema.REVISION]["N"]))
+        state = _Round(head, numbers, int(item[schema.REVISION]["N"]))
+        if schema.REINDEX_SCAN in item:
+            state.scan = {
+                segment: value.get("M")
+                for segment, value in item[schema.REINDEX_SCAN]["M"].items()
+            }
+            state.segments = int(item[schema.REINDEX_SEGMENTS]["N"])
+            state.held = [key["M"] for key in item[schema.REINDEX_HELD]["L"]]
+        if schema.REINDEXED_AT in item:
+            state.reindexed_at = float(item[schema.REINDEXED_AT]["N"])
+        return state
 
     def _read_shard(self, shard: Mapping[str, Any], state: _Round) -> list[_Record]:
         """Return a shard's records after its checkpoint (up to ``batch_size``).
@@ -308,13 +440,10 @@ class Indexer(StreamPoller):
             )
             if code != "TrimmedDataAccessException":
                 raise
-            raise StreamTrimmedError(
-                f"The index of {self.recorder.events_table_name!r} stopped at "
+            raise _TrimmedError(
                 f"record {self.checkpoints.checkpoint(shard_id)} of stream shard "
-                f"{shard_id}, which is past the stream's 24-hour retention: records "
-                "after it may be gone from the stream. Re-indexing from the events "
-                "table is not implemented yet; the index stops here rather than "
-                "skip events."
+                f"{shard_id}, where the index stopped, is past the stream's "
+                "24-hour retention"
             ) from error
 
     # Fitting one transaction -------------------------------------------------
@@ -358,8 +487,17 @@ class Indexer(StreamPoller):
             last[entry.aggregate_id] = entry.version
 
     def _write(
-        self, state: _Round, events: list[BatchEntry], checkpoints: dict[str, str]
-    ) -> None:
+        self,
+        state: _Round,
+        events: list[BatchEntry],
+        checkpoints: dict[str, str],
+        extra: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Append ``events`` and write the checkpoints item; False if raced.
+
+        ``extra``: more attributes of the checkpoints item to set (None
+        values: to remove), in the same transaction.
+        """
         actions: list[TransactWriteItemTypeDef] = [
             {
                 "Put": {
@@ -374,16 +512,18 @@ class Indexer(StreamPoller):
         last = state.head + len(events)
         if events:
             actions.append(self.recorder._sequence_action(state.head, last))
-        actions.append(self._checkpoints_action(state.revision, checkpoints))
+        actions.append(self._checkpoints_action(state.revision, checkpoints, extra))
         try:
             self.recorder.connection.call("transact_write_items", TransactItems=actions)
         except (TransactionConflictError, TransactionCancelledError):
             # Another indexer committed first: the next round re-reads.
             logger.info("another indexer advanced the index first; re-reading")
             self._revision_written = None
-            return
+            return False
         self._revision_written = (state.revision or 0) + 1
         for entry in events:
+            if self._indexed is not None:
+                self._indexed[entry.aggregate_id] = entry.version
             self._last_versions[entry.aggregate_id] = entry.version
             self._last_versions.move_to_end(entry.aggregate_id)
         while len(self._last_versions) > _VERSIONS_KEPT:
@@ -395,14 +535,31 @@ class Indexer(StreamPoller):
         self.recorder._notify_listeners()
         if self.after_write is not None:
             self.after_write(range(state.head + 1, last + 1))
+        return True
 
     def _checkpoints_action(
-        self, revision: int | None, checkpoints: dict[str, str]
+        self,
+        revision: int | None,
+        checkpoints: dict[str, str],
+        extra: Mapping[str, Any] | None = None,
     ) -> TransactWriteItemTypeDef:
         values: Item = {
             ":cp": {"M": {s: {"S": n} for s, n in checkpoints.items()}},
             ":next": {"N": str((revision or 0) + 1)},
         }
+        names = {"#cp": schema.SHARD_CHECKPOINTS, "#rev": schema.REVISION}
+        sets = ["#cp = :cp", "#rev = :next"]
+        removes = []
+        for index, (name, value) in enumerate((extra or {}).items()):
+            names[f"#x{index}"] = name
+            if value is None:
+                removes.append(f"#x{index}")
+            else:
+                sets.append(f"#x{index} = :x{index}")
+                values[f":x{index}"] = value
+        update = "SET " + ", ".join(sets)
+        if removes:
+            update += " REMOVE " + ", ".join(removes)
         if revision is None:
             condition = "attribute_not_exists(#rev)"
         else:
@@ -412,30 +569,278 @@ class Indexer(StreamPoller):
             "Update": {
                 "TableName": self.recorder.notifications_table_name,
                 "Key": _CHECKPOINTS_KEY,
-                "UpdateExpression": "SET #cp = :cp, #rev = :next",
+                "UpdateExpression": update,
                 "ConditionExpression": condition,
-                "ExpressionAttributeNames": {
-                    "#cp": schema.SHARD_CHECKPOINTS,
-                    "#rev": schema.REVISION,
-                },
+                "ExpressionAttributeNames": names,
                 "ExpressionAttributeValues": values,
             }
         }
 
+    # Re-indexing from the events table ---------------------------------------
+
+    def reindex(
+        self,
+        timeout: float = 3600.0,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> int:
+        """Re-index from the events table now, to its end; return events appended.
+
+        For ``ledger index reindex``; the indexer starts one itself when the
+        stream lost records it had not indexed. A re-index under way (after a
+        crash, say) is resumed rather than restarted. ``progress`` is called
+        after each round with the rounds run and the events appended so far.
+        """
+        state = self._read_state()
+        if state.scan is None:
+            self._start_reindex(state, "asked for")
+        head = self.recorder.max_notification_id() or 0
+        deadline = time.monotonic() + timeout
+        rounds = 0
+        while self._read_state().scan is not None:
+            self.poll()
+            rounds += 1
+            if progress is not None:
+                progress(rounds, (self.recorder.max_notification_id() or 0) - head)
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"The re-index of {self.recorder.events_table_name!r} was "
+                    f"still scanning after {timeout} s; run it again to resume."
+                )
+        return (self.recorder.max_notification_id() or 0) - head
+
+    def _start_reindex(self, state: _Round, reason: str) -> None:
+        """Begin a re-index: the Scan at its start, the shard checkpoints cleared.
+
+        The stream is read again from its TRIM_HORIZON once the Scan is done.
+        """
+        logger.warning(
+            "re-indexing %s from the events table: %s",
+            self.recorder.events_table_name,
+            reason,
+            extra={"reason": reason, "segments": self.scan_segments},
+        )
+        scan = {str(segment): {"NULL": True} for segment in range(self.scan_segments)}
+        self._write(
+            state,
+            [],
+            {},
+            {
+                schema.REINDEX_SCAN: {"M": scan},
+                schema.REINDEX_SEGMENTS: {"N": str(self.scan_segments)},
+                schema.REINDEX_HELD: {"L": []},
+            },
+        )
+        self._held = []
+
+    def _stream_may_lack_events(self) -> bool:
+        """Whether, on a first run, the stream may miss events of the table.
+
+        It may when the table holds an event and the stream is old enough to
+        have trimmed records, or was enabled after the table was made. (A
+        Scan of one item, a DescribeTable and a DescribeStream.)
+        """
+        connection = self.recorder.connection
+        table_name = self.recorder.events_table_name
+        if not connection.call("scan", TableName=table_name, Limit=1).get("Items"):
+            return False
+        table = connection.call("describe_table", TableName=table_name)["Table"]
+        description = self.client.describe_stream(StreamArn=self.stream_arn)[
+            "StreamDescription"
+        ]
+        created = description.get("CreationRequestDateTime")
+        if created is None:
+            return True
+        return bool(
+            time.time() - created.timestamp() > _YOUNG_STREAM
+            or created.timestamp()
+            > table["CreationDateTime"].timestamp() + _STREAM_WITH_TABLE
+        )
+
+    def _reindex_round(self, state: _Round) -> int:
+        """Scan one page of the events table and append what is not indexed.
+
+        The page's events not in the index yet (by each aggregate's last
+        indexed version) are appended with the Scan's new LastEvaluatedKey in
+        one transaction, so a crash resumes where the last commit left off.
+        A save not wholly scanned yet is held back (its keys kept on the
+        checkpoints item), with what follows it of its aggregates.
+        """
+        indexed = self._indexed_versions(state)
+        held = self._held_records(state)
+        scan = dict(state.scan or {})
+        scanned: list[_Record] = []
+        if scan:  # else: the Scan is done, and only deferred events are left
+            segment = min(scan, key=int)
+            params: dict[str, Any] = {
+                "TableName": self.recorder.events_table_name,
+                "Limit": _SCAN_LIMIT,
+                "ConsistentRead": True,
+            }
+            if state.segments > 1:
+                params.update(Segment=int(segment), TotalSegments=state.segments)
+            if scan[segment] is not None:
+                params["ExclusiveStartKey"] = scan[segment]
+            page = self.recorder.connection.call("scan", **params)
+            scanned = [_scanned(item) for item in page.get("Items", [])]
+            following = page.get("LastEvaluatedKey")
+            if following is None:
+                scan.pop(segment)
+            else:
+                scan[segment] = following
+        fresh = [
+            r
+            for r in scanned
+            if r.entry is not None
+            and r.entry.version > indexed.get(r.entry.aggregate_id, 0)
+        ]
+        units, incomplete = _released(held + fresh)
+        taken, deferred = self._fitting_units(state.head, units)
+        events = [r.entry for unit in taken for r in unit if r.entry is not None]
+        self._check_reindexed(events, indexed)
+        still_held = [r for unit in deferred for r in unit] + incomplete
+        extra: dict[str, Any]
+        if scan or deferred:
+            if len(still_held) > _HELD_MAX:
+                raise DataError(
+                    f"The re-index of {self.recorder.events_table_name!r} holds "
+                    f"back {len(still_held)} events of saves not wholly found "
+                    "in the events table: check what writes to it."
+                )
+            extra = {
+                schema.REINDEX_SCAN: {"M": {k: _key(v) for k, v in scan.items()}},
+                schema.REINDEX_HELD: {"L": [{"M": _event_key(r)} for r in still_held]},
+            }
+        else:
+            # Saves still incomplete at the end were written during the
+            # re-index (another of their events was saved after the Scan
+            # passed it): the stream, read next, holds them whole.
+            extra = {
+                schema.REINDEX_SCAN: None,
+                schema.REINDEX_SEGMENTS: None,
+                schema.REINDEX_HELD: None,
+                schema.REINDEXED_AT: {"N": str(time.time())},
+            }
+            still_held = []
+        if self._write(state, events, {}, extra):
+            self._held = still_held
+        self._report(IndexRound(len(events), 0, None, reindexing=True))
+        return max(1, len(scanned), len(events))
+
+    def _fitting_units(
+        self, head: int, units: list[list[_Record]]
+    ) -> tuple[list[list[_Record]], list[list[_Record]]]:
+        """Split units into those one transaction takes, and those deferred.
+
+        A prefix is taken, so each aggregate's events stay in version order.
+        """
+        taken = list(units)
+        while taken:
+            events = [r.entry for unit in taken for r in unit if r.entry is not None]
+            if len(events) <= _MAX_BATCHES * BATCH_EVENTS and sum(
+                item_size(item) for item in _batch_items(head, events)
+            ) <= (MAX_TRANSACTION_BYTES - _BYTES_MARGIN):
+                break
+            taken = taken[: len(taken) // 2] if len(taken) > 1 else []
+        if not taken and units:
+            raise DataError(
+                f"A save of {sum(1 for r in units[0] if r.entry)} events found by "
+                f"the re-index of {self.recorder.events_table_name!r} does not "
+                "fit one transaction of the indexer: nothing was indexed."
+            )
+        return taken, units[len(taken) :]
+
+    def _check_reindexed(
+        self, events: list[BatchEntry], indexed: dict[str, int]
+    ) -> None:
+        last = dict(indexed)
+        for entry in events:
+            previous = last.get(entry.aggregate_id)
+            if previous is not None and entry.version != previous + 1:
+                raise IndexOrderError(
+                    f"Aggregate {entry.aggregate_id} version {entry.version} was "
+                    f"found by the re-index of {self.recorder.events_table_name!r} "
+                    f"after version {previous}: not next, so nothing was indexed. "
+                    "Check what writes to the events table, then run it again."
+                )
+            last[entry.aggregate_id] = entry.version
+
+    def _indexed_versions(self, state: _Round) -> dict[str, int]:
+        """Return each aggregate's last version in the index, read once.
+
+        Reads the whole sequence (a Query per page; RCUs as for reading the
+        index once) and keeps one entry per aggregate in memory: about 150
+        bytes each, so 1 GB for some 7 million aggregates.
+        """
+        if self._indexed is None:
+            indexed: dict[str, int] = {}
+            start = 1
+            while start <= state.head:
+                page = self.recorder.select_notifications(start, 1000, stop=state.head)
+                if not page:
+                    break
+                for notification in page:
+                    indexed[encode_id(notification.originator_id)] = (
+                        notification.originator_version
+                    )
+                start = page[-1].id + 1
+            self._indexed = indexed
+        return self._indexed
+
+    def _held_records(self, state: _Round) -> list[_Record]:
+        """Return the events held back, re-read by their keys after a restart."""
+        if self._held is not None:
+            return list(self._held)
+        found: dict[tuple[str, int], _Record] = {}
+        keys = list(state.held)
+        table = self.recorder.events_table_name
+        while keys:
+            chunk, keys = keys[:100], keys[100:]
+            request: dict[str, Any] = {table: {"Keys": chunk, "ConsistentRead": True}}
+            while request:
+                response = self.recorder.connection.call(
+                    "batch_get_item", RequestItems=request
+                )
+                for item in response.get("Responses", {}).get(table, []):
+                    record = _scanned(item)
+                    if record.entry is not None:
+                        key = (record.entry.aggregate_id, record.entry.version)
+                        found[key] = record
+                request = response.get("UnprocessedKeys") or {}
+        ordered = [
+            found[key[schema.AGGREGATE_ID]["S"], int(key[schema.VERSION]["N"])]
+            for key in state.held
+        ]
+        self._held = ordered
+        return list(ordered)
+
     # Status ------------------------------------------------------------------
 
     def status(self, cap: int = 10_000) -> IndexStatus:
-        """Return the head, and the records (and oldest age) not indexed yet."""
+        """Return the head, and the records (and oldest age) not indexed yet.
+
+        Bounded: a GetItem of the head and one of the checkpoints, a
+        DescribeStream, per shard a GetShardIterator, and at most
+        ``cap // 1000`` GetRecords plus one per shard: ``behind`` counts up
+        to ``cap``, or what those reads returned (pages can be short). While
+        a re-index runs, ``behind`` counts the stream from its start.
+        """
         shards = self._shards()
         state = self._read_state()
         self.checkpoints.numbers = dict(state.checkpoints)
         behind = 0
         oldest: float | None = None
+        trimmed = False
+        reads_left = max(1, cap // 1000) + len(shards)
         for shard in shards:
             if self._read_to_its_end(shard):
                 continue
-            iterator = self._iterator(shard["ShardId"])
-            while iterator and behind < cap:
+            try:
+                iterator = self._iterator(shard["ShardId"])
+            except _TrimmedError:
+                trimmed = True
+                continue
+            while iterator and behind < cap and reads_left > 0:
+                reads_left -= 1
                 response = self._get_records(
                     shard["ShardId"], iterator, min(1000, cap - behind)
                 )
@@ -450,7 +855,14 @@ class Indexer(StreamPoller):
                 behind += len(page)
                 iterator = response.get("NextShardIterator")
         age = None if oldest is None else max(0.0, time.time() - oldest)
-        return IndexStatus(state.head, min(behind, cap), age, len(shards))
+        return IndexStatus(
+            state.head,
+            min(behind, cap),
+            age,
+            len(shards),
+            reindexing=state.scan is not None,
+            trimmed=trimmed,
+        )
 
 
 def _record(shard_id: str, raw: Mapping[str, Any]) -> _Record:
@@ -480,7 +892,96 @@ def _record(shard_id: str, raw: Mapping[str, Any]) -> _Record:
             int(image[schema.SAVE_INDEX]["N"]),
             int(image[schema.SAVE_SIZE]["N"]),
         )
-    return _Record(shard_id, number, text, entry, save)
+    created = raw["dynamodb"].get("ApproximateCreationDateTime")
+    return _Record(
+        shard_id,
+        number,
+        text,
+        entry,
+        save,
+        None if created is None else created.timestamp(),
+    )
+
+
+def _scanned(item: Mapping[str, Any]) -> _Record:
+    """Return an events table item as a record of the re-index."""
+    raw = {"eventName": INSERT, "dynamodb": {"NewImage": item, "SequenceNumber": "0"}}
+    return _record("events table", raw)
+
+
+def _event_key(record: _Record) -> Item:
+    return {
+        schema.AGGREGATE_ID: {"S": _aggregate(record)},
+        schema.VERSION: {"N": str(_version(record))},
+    }
+
+
+def _aggregate(record: _Record) -> str:
+    return "" if record.entry is None else record.entry.aggregate_id
+
+
+def _version(record: _Record) -> int:
+    return 0 if record.entry is None else record.entry.version
+
+
+def _key(value: Item | None) -> Any:
+    return {"NULL": True} if value is None else {"M": value}
+
+
+def _oldest_age_ms(records: list[_Record]) -> float | None:
+    created = [r.created for r in records if r.created is not None]
+    return None if not created else max(0.0, time.time() - min(created)) * 1000
+
+
+def _released(pending: list[_Record]) -> tuple[list[list[_Record]], list[_Record]]:
+    """Split scanned events into units to append now, and events held back.
+
+    A unit is a single event, or a whole save in its own order. Each
+    aggregate's events go in version order: an aggregate's next event waits
+    while its event before is held (a save of which some events are not
+    scanned yet).
+    """
+    queues: dict[str, list[_Record]] = defaultdict(list)
+    members: dict[str, list[_Record]] = defaultdict(list)
+    for record in pending:
+        queues[_aggregate(record)].append(record)
+        if record.save is not None:
+            members[record.save[0]].append(record)
+    for queue in queues.values():
+        queue.sort(key=_version)
+    units: list[list[_Record]] = []
+    progress = True
+    while progress:
+        progress = False
+        for queue in queues.values():
+            if not queue:
+                continue
+            first = queue[0]
+            if first.save is None:
+                units.append([queue.pop(0)])
+                progress = True
+                continue
+            save = sorted(
+                members[first.save[0]], key=lambda r: r.save[1] if r.save else 0
+            )
+            if len(save) < first.save[2] or not _at_fronts(save, queues):
+                continue
+            for record in save:
+                queues[_aggregate(record)].remove(record)
+            units.append(save)
+            progress = True
+    return units, [r for queue in queues.values() for r in queue]
+
+
+def _at_fronts(save: list[_Record], queues: dict[str, list[_Record]]) -> bool:
+    """Whether each aggregate's events of a save are the first of its queue."""
+    mine: dict[str, list[_Record]] = defaultdict(list)
+    for record in save:
+        mine[_aggregate(record)].append(record)
+    return all(
+        queues[aggregate][: len(records)] == sorted(records, key=_version)
+        for aggregate, records in mine.items()
+    )
 
 
 def _units(read: dict[str, list[_Record]], cap: int | None) -> list[list[_Record]]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import threading
+import time
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -78,12 +80,64 @@ def index_run(
         console.print(f"stopped; indexed {total} stream records")
 
 
+@index_cli.command("reindex")
+def index_reindex(
+    as_json: JsonOutput = False,
+    segments: Annotated[
+        int, typer.Option(help="Scan segments (read one after another).", min=1)
+    ] = 1,
+) -> None:
+    """Re-index from the events table, appending only what the index lacks.
+
+    The indexer does this itself when its stream lost records it had not
+    indexed (stopped past the stream's 24 hours); run it by hand to check an
+    index against the table. Resumes an unfinished re-index. Costs a Scan of
+    the events table, one transaction per page of it, and a read of the
+    index (its aggregates' last versions are held in memory). With --json:
+    one line per round on stderr, the summary on stdout.
+    """
+    indexer = open_indexer()
+    indexer.scan_segments = segments
+    started = time.monotonic()
+    with (
+        metered(indexer.recorder, to_stderr=as_json),
+        console.status("re-indexing from the events table") as line,
+    ):
+
+        def show(rounds: int, appended: int) -> None:
+            if as_json:
+                typer.echo(
+                    json.dumps({"rounds": rounds, "appended": appended}),
+                    err=True,
+                )
+            else:
+                line.update(f"re-indexing: {rounds} pages scanned, {appended} appended")
+
+        appended = indexer.reindex(timeout=24 * 3600, progress=show)
+    summary = {
+        "appended": appended,
+        "head": indexer.recorder.max_notification_id() or 0,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    if as_json:
+        print_json(summary)
+        return
+    console.print(
+        f"re-indexed: {appended} events appended; head at position "
+        f"{summary['head']} ({summary['seconds']:.1f}s)"
+    )
+
+
 @index_cli.command("status")
 def index_status(as_json: JsonOutput = False) -> None:
     """Show the head of the sequence and how far the index is behind the stream.
 
     ``behind``: stream records after the indexer's checkpoints (counted up to
-    10,000); ``oldest_age``: seconds since the oldest of them was written.
+    10,000); ``oldest_age``: seconds since the oldest of them was written;
+    ``reindexing``: a re-index from the events table is under way;
+    ``trimmed``: a checkpoint is past the stream's retention (the indexer
+    will re-index). Bounded cost: two GetItems, a DescribeStream, per shard
+    a GetShardIterator, and at most 10 GetRecords plus one per shard.
     """
     indexer = open_indexer()
     with metered(indexer.recorder, to_stderr=as_json):
@@ -91,11 +145,14 @@ def index_status(as_json: JsonOutput = False) -> None:
     if as_json:
         print_json(dataclasses.asdict(found))
         return
-    table = Table("head", "behind (records)", "oldest unindexed (s)", "shards")
+    table = Table(
+        "head", "behind (records)", "oldest unindexed (s)", "shards", "re-index"
+    )
     table.add_row(
         str(found.head),
         str(found.behind),
         "-" if found.oldest_age is None else f"{found.oldest_age:.1f}",
         str(found.shards),
+        "under way" if found.reindexing else "due" if found.trimmed else "-",
     )
     console.print(table)

@@ -98,6 +98,20 @@ the last stream record of that shard indexed (or passed over)."""
 REVISION: Final = "revision"
 """(N) on the indexer's checkpoints item: raised by one at each write, which
 is conditional on the revision read (two indexers cannot both advance it)."""
+REINDEX_SCAN: Final = "reindex_scan"
+"""(M) on the indexer's checkpoints item while it re-indexes from the events
+table: Scan segment (S) -> where it stands (its LastEvaluatedKey, or NULL at
+its start); a finished segment is removed."""
+REINDEX_SEGMENTS: Final = "reindex_segments"
+"""(N) on the indexer's checkpoints item while it re-indexes: the Scan's
+TotalSegments."""
+REINDEX_HELD: Final = "reindex_held"
+"""(L of M) on the indexer's checkpoints item while it re-indexes: keys of
+scanned events held back (a save not wholly scanned yet, and what follows it
+of its aggregates)."""
+REINDEXED_AT: Final = "reindexed_at"
+"""(N) on the indexer's checkpoints item: when its last re-index finished
+(epoch seconds); stream records older than that may be indexed already."""
 
 # --- tracking table -----------------------------------------------------------
 APPLICATION_NAME: Final = "application_name"

@@ -79,6 +79,16 @@ record (``ApproximateCreationDateTime``), as Lambda's ``IteratorAge``."""
 LAG = "Lag"
 """Count: events of the application sequence after what the sequence feed
 has applied, after each page it applied."""
+INDEX_RECORDS_APPENDED = "IndexRecordsAppended"
+"""Count: events the indexer appended to the sequence in a round (dimension:
+the events table's name, as for the two below)."""
+INDEX_LAG_RECORDS = "IndexLagRecords"
+"""Count: stream records after the indexer's checkpoints when a round began, as
+far as it read (up to its ``batch_size`` per shard; ``ledger index status``
+counts further)."""
+INDEX_OLDEST_UNINDEXED_AGE = "IndexOldestUnindexedAgeMilliseconds"
+"""Milliseconds: in a round, the age of the oldest stream record the indexer
+read, not indexed when the round began: the alarm's measure of index lag."""
 
 SAGA_DIMENSION = "SagaApplication"
 """The one dimension of a saga application's metrics: its ``name``
@@ -499,6 +509,9 @@ __all__ = [
     "EVENTS_APPLIED",
     "EVENTS_PARKED",
     "HANDLER_RETRIES",
+    "INDEX_LAG_RECORDS",
+    "INDEX_OLDEST_UNINDEXED_AGE",
+    "INDEX_RECORDS_APPENDED",
     "ITERATOR_AGE",
     "LAG",
     "LEDGER_METRICS",

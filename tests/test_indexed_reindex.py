@@ -1,0 +1,290 @@
+"""An indexer fallen behind the stream's 24 hours re-indexes from the events table.
+
+DynamoDB Local never expires stream records, so the expiry is injected:
+``TrimmedStreams`` (tests/indexed_support.py) wraps the real streams client,
+hides the records below a mark from every read, refuses an iterator after a
+sequence number below it with ``TrimmedDataAccessException`` (as DynamoDB
+Streams refuses it), and can make the stream look older than it is.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from eventsourcing.persistence import StoredEvent
+from faults import REFUSE, FaultProxy
+
+from ledger.dynamodb import DynamoDBFactory, DynamoDBIndexedApplicationRecorder, schema
+from ledger.indexer import Indexer, IndexRound
+from ledger.projections.metrics import (
+    INDEX_LAG_RECORDS,
+    INDEX_OLDEST_UNINDEXED_AGE,
+    INDEX_RECORDS_APPENDED,
+    MemoryMetrics,
+)
+from tests.indexed_support import (
+    TrimmedStreams,
+    index_until,
+    indexed_factory,
+    stored,
+)
+from tests.test_indexed_guarantees import assert_indexed_once_in_order, random_saves
+
+
+@pytest.fixture
+def factory(dynamodb_endpoint: str, table_prefix: str) -> Iterator[DynamoDBFactory]:
+    made = indexed_factory(dynamodb_endpoint, table_prefix)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def recorder(factory: DynamoDBFactory) -> DynamoDBIndexedApplicationRecorder:
+    made = factory.application_recorder()
+    assert isinstance(made, DynamoDBIndexedApplicationRecorder)
+    return made
+
+
+@pytest.fixture
+def small_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scan pages of 7 items, so a re-index takes many rounds and holds saves."""
+    monkeypatch.setattr("ledger.indexer._SCAN_LIMIT", 7)
+
+
+def checkpoints_item(recorder: DynamoDBIndexedApplicationRecorder) -> dict[str, Any]:
+    item: dict[str, Any] = recorder.connection.call(
+        "get_item",
+        TableName=recorder.notifications_table_name,
+        Key={
+            schema.PAGE: {"N": str(schema.SEQUENCE_PAGE)},
+            schema.POSITION: {"N": str(schema.INDEX_CHECKPOINTS_POSITION)},
+        },
+        ConsistentRead=True,
+    )["Item"]
+    return item
+
+
+def every_event(saves: list[list[StoredEvent]]) -> list[StoredEvent]:
+    return [event for save in saves for event in save]
+
+
+def offline_past_retention(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> tuple[list[list[StoredEvent]], TrimmedStreams]:
+    """Index some saves, then save more and expire all but 5 stream records.
+
+    Returns every save, and the streams client of an indexer coming back.
+    """
+    streams = TrimmedStreams(recorder.connection.streams_client())
+    before = random_saves(recorder, 10, seed=11)
+    first = Indexer(recorder)
+    index_until(first, recorder, every_event(before))
+    assert schema.REINDEXED_AT not in checkpoints_item(recorder)  # a young stream
+    offline = random_saves(recorder, 25, seed=12)
+    streams.trim(first.stream_arn, keep=5)
+    return before + offline, streams
+
+
+def test_a_trimmed_refusal_from_dynamodb_streams_starts_a_reindex(
+    dynamodb_endpoint: str, table_prefix: str
+) -> None:
+    # The refusal as DynamoDB Streams answers it, on the wire (the proxy's
+    # REFUSE), once for an iterator after the checkpoint; records stay.
+    with FaultProxy(dynamodb_endpoint) as proxy:
+        factory = indexed_factory(proxy.endpoint_url, table_prefix)
+        recorder = factory.application_recorder()
+        assert isinstance(recorder, DynamoDBIndexedApplicationRecorder)
+        indexer = Indexer(recorder)
+        before = random_saves(recorder, 3, seed=16)
+        index_until(indexer, recorder, every_event(before))
+        after = random_saves(recorder, 4, seed=17)
+        refused = proxy.on(
+            lambda op, index, body: (
+                op == "GetShardIterator" and b"AFTER_SEQUENCE_NUMBER" in body
+            ),
+            fault=REFUSE("TrimmedDataAccessException"),
+        )
+
+        index_until(indexer, recorder, every_event(after))
+        indexer.catch_up()
+
+        assert refused.fired == 1
+        assert schema.REINDEXED_AT in checkpoints_item(recorder)
+        assert_indexed_once_in_order(recorder, before + after)
+        factory.close()
+
+
+def test_events_saved_while_offline_past_retention_are_reindexed_once_in_order(
+    recorder: DynamoDBIndexedApplicationRecorder, small_pages: None
+) -> None:
+    saves, streams = offline_past_retention(recorder)
+    back = Indexer(recorder, streams_client=streams)
+
+    index_until(back, recorder, every_event(saves))
+    back.catch_up()
+
+    assert_indexed_once_in_order(recorder, saves)
+    assert schema.REINDEXED_AT in checkpoints_item(recorder)
+    assert schema.REINDEX_SCAN not in checkpoints_item(recorder)
+
+
+class KilledError(Exception):
+    """Stands for the indexer's process dying."""
+
+
+def test_a_reindex_killed_in_the_middle_resumes_with_no_duplicates(
+    recorder: DynamoDBIndexedApplicationRecorder, small_pages: None
+) -> None:
+    saves, streams = offline_past_retention(recorder)
+    commits = 0
+
+    def die_after_the_fourth_commit(positions: range) -> None:
+        nonlocal commits
+        commits += 1
+        if commits == 4:
+            raise KilledError
+
+    dying = Indexer(
+        recorder, streams_client=streams, after_write=die_after_the_fourth_commit
+    )
+    with pytest.raises(KilledError):
+        dying.catch_up()
+    # KilledError mid-Scan: where it stood was committed with what it appended.
+    assert schema.REINDEX_SCAN in checkpoints_item(recorder)
+    head_when_killed = recorder.max_notification_id() or 0
+    assert head_when_killed > 0
+
+    resumed = Indexer(recorder, streams_client=streams)
+    index_until(resumed, recorder, every_event(saves))
+    resumed.catch_up()
+
+    assert_indexed_once_in_order(recorder, saves)
+
+
+def test_writes_during_a_reindex_are_indexed_once(
+    recorder: DynamoDBIndexedApplicationRecorder, small_pages: None
+) -> None:
+    saves, streams = offline_past_retention(recorder)
+    late_aggregate = uuid.uuid4()
+    written: list[list[StoredEvent]] = []
+    old_aggregate = saves[0][0].originator_id
+    old_version = max(
+        e.originator_version
+        for e in every_event(saves)
+        if e.originator_id == old_aggregate
+    )
+
+    def save_meanwhile(positions: range) -> None:
+        # During the Scan: a new aggregate, and an aggregate it may have passed.
+        if len(written) < 6:
+            done = len(written)
+            save = [stored(late_aggregate, done + 1)]
+            if done % 2:
+                save.append(stored(old_aggregate, old_version + (done + 1) // 2))
+            recorder.insert_events(save)
+            written.append(save)
+
+    back = Indexer(recorder, streams_client=streams, after_write=save_meanwhile)
+    index_until(back, recorder, every_event(saves))
+    back.after_write = None
+    index_until(back, recorder, every_event(written))
+    back.catch_up()
+
+    assert len(written) == 6
+    assert_indexed_once_in_order(recorder, saves + written)
+
+
+def test_a_reindex_defers_what_one_transaction_cannot_take(
+    recorder: DynamoDBIndexedApplicationRecorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("ledger.indexer._MAX_BATCHES", 1)  # 98 events a round
+    aggregate = uuid.uuid4()
+    saves = [[stored(aggregate, version)] for version in range(1, 251)]
+    for save in saves:
+        recorder.insert_events(save)
+    streams = TrimmedStreams(recorder.connection.streams_client())
+    late = Indexer(recorder, streams_client=streams)
+    streams.trim(late.stream_arn, keep=0)
+
+    late.reindex(timeout=60)
+    late.catch_up()
+
+    assert_indexed_once_in_order(recorder, saves)
+
+
+def test_a_first_run_on_a_stream_that_lost_records_reindexes(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> None:
+    saves = random_saves(recorder, 15, seed=13)
+    streams = TrimmedStreams(recorder.connection.streams_client())
+    late = Indexer(recorder, streams_client=streams)
+    streams.trim(late.stream_arn, keep=4)
+    streams.stream_age = 2 * 24 * 3600.0  # older than its retention
+
+    index_until(late, recorder, every_event(saves))
+    late.catch_up()
+
+    assert_indexed_once_in_order(recorder, saves)
+    assert schema.REINDEXED_AT in checkpoints_item(recorder)
+
+
+def test_reindex_by_hand_appends_nothing_already_indexed(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> None:
+    saves = random_saves(recorder, 10, seed=14)
+    indexer = Indexer(recorder)
+    index_until(indexer, recorder, every_event(saves))
+
+    appended = Indexer(recorder).reindex(timeout=60)
+    more = random_saves(recorder, 3, seed=15)
+    index_until(indexer, recorder, every_event(more))
+    indexer.catch_up()
+
+    assert appended == 0
+    assert_indexed_once_in_order(recorder, saves + more)
+
+
+def test_each_round_reports_appended_lag_and_oldest_age_and_alarms(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> None:
+    metrics = MemoryMetrics()
+    alarms: list[IndexRound] = []
+    indexer = Indexer(recorder, batch_size=100, metrics=metrics, alarm=alarms.append)
+    aggregate = uuid.uuid4()
+    for version in range(1, 151):
+        recorder.insert_events([stored(aggregate, version)])
+    deadline = time.monotonic() + 20
+    while indexer.status().behind < 150:  # every record in the stream first
+        assert time.monotonic() < deadline
+    indexer.alarm_age_ms = 0.0  # any unindexed record is too old
+
+    index_until(indexer, recorder, [stored(aggregate, 150)])
+
+    assert metrics.values(INDEX_RECORDS_APPENDED)[:2] == [100, 50]
+    assert metrics.values(INDEX_LAG_RECORDS)[:2] == [100, 50]
+    ages = metrics.values(INDEX_OLDEST_UNINDEXED_AGE)
+    assert len(ages) == 2
+    assert ages[0] >= ages[1] - 1000  # the first round read the oldest record
+    assert [round.appended for round in alarms] == [100, 50]
+
+
+def test_status_says_when_a_reindex_is_due_and_under_way(
+    recorder: DynamoDBIndexedApplicationRecorder, small_pages: None
+) -> None:
+    saves, streams = offline_past_retention(recorder)
+    back = Indexer(recorder, streams_client=streams)
+
+    due = back.status()
+    back.poll()  # starts the re-index
+    under_way = back.status()
+    index_until(back, recorder, every_event(saves))
+    back.catch_up()
+    done = back.status()
+
+    assert (due.trimmed, due.reindexing) == (True, False)
+    assert under_way.reindexing is True
+    assert (done.trimmed, done.reindexing, done.behind) == (False, False, 0)

@@ -21,7 +21,8 @@ from eventsourcing.persistence import ProgrammingError, StoredEvent
 from aggregates.application import Orders
 from ledger.dynamodb import DynamoDBFactory, DynamoDBIndexedApplicationRecorder, schema
 from ledger.dynamodb.batches import BatchEntry
-from ledger.indexer import Indexer, IndexOrderError, _Record, _units
+from ledger.index_rounds import _Record
+from ledger.indexer import Indexer, IndexOrderError, _units
 from ledger.projections import event_loader
 from ledger.projections.dynamodb import open_view
 from ledger.projections.rebuild import status

@@ -52,7 +52,7 @@ def recorder(factory: DynamoDBFactory) -> DynamoDBIndexedApplicationRecorder:
 @pytest.fixture
 def small_pages(monkeypatch: pytest.MonkeyPatch) -> None:
     """Scan pages of 7 items, so a re-index takes many rounds and holds saves."""
-    monkeypatch.setattr("ledger.indexer._SCAN_LIMIT", 7)
+    monkeypatch.setattr("ledger.reindexing._SCAN_LIMIT", 7)
 
 
 def checkpoints_item(recorder: DynamoDBIndexedApplicationRecorder) -> dict[str, Any]:
@@ -201,7 +201,7 @@ def test_writes_during_a_reindex_are_indexed_once(
 def test_a_reindex_defers_what_one_transaction_cannot_take(
     recorder: DynamoDBIndexedApplicationRecorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("ledger.indexer._MAX_BATCHES", 1)  # 98 events a round
+    monkeypatch.setattr("ledger.reindexing._MAX_BATCHES", 1)  # 98 events a round
     aggregate = uuid.uuid4()
     saves = [[stored(aggregate, version)] for version in range(1, 251)]
     for save in saves:

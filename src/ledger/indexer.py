@@ -1,10 +1,11 @@
 """The indexer of the ``indexed`` ordering: the events stream, appended to the sequence.
 
-(Over 1,000 lines as one concept: reading the shards, regrouping saves,
-writing one round and re-indexing from the table all serve the one
-exactly-once append stated here, and share its checkpoints item. It sits
-above ``ledger.dynamodb``, beside the projections, since it reads the stream
-with the stream feed's poller.)
+(Over 400 lines as one concept: reading the shards, regrouping their
+records into whole saves and writing them in one transaction are the steps
+of one round, and share its state and checkpoints item. The re-index from
+the events table is :mod:`ledger.reindexing`; what both use,
+:mod:`ledger.index_rounds`. It sits above ``ledger.dynamodb``, beside the
+projections, since it reads the stream with the stream feed's poller.)
 
 The indexer is the one reader of the events table's DynamoDB stream. Each
 round (:meth:`Indexer.poll`) it reads every shard after its checkpoint
@@ -39,35 +40,32 @@ Falling behind: when an iterator after a checkpoint is refused as trimmed
 (past the stream's 24 hours), or on a first run whose stream may not hold
 every event in the table (it is older than 23 hours, or younger than the
 table), the indexer re-indexes from the events table (see :meth:`Indexer.reindex`
-and ``_reindex_round``), then goes on from the stream's TRIM_HORIZON, dropping
-the records of events the index holds already.
+and :mod:`ledger.reindexing`), then goes on from the stream's TRIM_HORIZON,
+dropping the records of events the index holds already.
 
 Costs per round: a GetItem of the head and one of the checkpoints, a
 DescribeStream, per shard a GetShardIterator and a GetRecords per 1,000
 records, and when anything is new one transaction (2 WCU per KB of batch
 items, plus the head and checkpoints items). Until its first commit, a
 Scan of one item, a DescribeTable and a DescribeStream more (the first-run
-check above). A round of a re-index: a strongly consistent Scan page (up to 500 items)
-and one transaction; the first round of each process reads the whole
-sequence once.
+check above). A round of a re-index: see :mod:`ledger.reindexing`.
 """
 
 from __future__ import annotations
 
 import itertools
-import logging
 import time
 import types
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import botocore.exceptions
 from eventsourcing.persistence import DataError, ProgrammingError
 
 from ledger.dynamodb import schema
-from ledger.dynamodb.batches import BatchEntry, batch_item
+from ledger.dynamodb.batches import BatchEntry
 from ledger.dynamodb.client import TransactionCancelledError, TransactionConflictError
 from ledger.dynamodb.indexed_recorders import DynamoDBIndexedApplicationRecorder
 from ledger.dynamodb.limits import (
@@ -75,7 +73,19 @@ from ledger.dynamodb.limits import (
     MAX_TRANSACTION_BYTES,
     item_size,
 )
-from ledger.dynamodb.recorders import NOT_EXISTS, encode_id
+from ledger.dynamodb.recorders import NOT_EXISTS
+from ledger.index_rounds import (
+    _BYTES_MARGIN,
+    _MAX_BATCHES,
+    BATCH_EVENTS,
+    IndexOrderError,
+    IndexRound,
+    _batch_items,
+    _Record,
+    _record,
+    _Round,
+    logger,
+)
 from ledger.projections.metrics import (
     COUNT,
     INDEX_LAG_RECORDS,
@@ -85,85 +95,32 @@ from ledger.projections.metrics import (
     NO_METRICS,
     Metrics,
 )
-from ledger.projections.streams import INSERT, StreamPoller, sequence_number
+from ledger.projections.streams import StreamPoller
+from ledger.reindexing import RETENTION, Reindexing
 
 if TYPE_CHECKING:  # the stubs are a development dependency only
     from mypy_boto3_dynamodb.type_defs import TransactWriteItemTypeDef
 
     from ledger.dynamodb.recorders import Item
 
-logger = logging.getLogger("ledger.indexer")
-"""Structured records (``extra=``): positions, counts, shard ids; never state."""
+__all__ = [
+    "BATCH_EVENTS",
+    "RETENTION",
+    "IndexOrderError",
+    "IndexRound",
+    "IndexStatus",
+    "Indexer",
+]
 
-BATCH_EVENTS: Final = MAX_TRANSACTION_ACTIONS - 2
-"""Events per batch item: as in ``sequence`` ordering, so its readers' reach holds."""
-_MAX_BATCHES: Final = MAX_TRANSACTION_ACTIONS - 2  # plus the head and checkpoints
-_BYTES_MARGIN: Final = 64 * 1024  # for the head and checkpoints items
 _VERSIONS_KEPT: Final = 100_000
-RETENTION: Final = 24 * 3600.0
-"""Seconds DynamoDB Streams keeps a record."""
-_YOUNG_STREAM: Final = RETENTION - 3600.0  # a stream younger holds all it had
-_STREAM_WITH_TABLE: Final = 60.0  # a stream made this soon after its table
-_CLOCK_MARGIN: Final = 300.0  # between this host's clock and DynamoDB's
-_SCAN_LIMIT: Final = 500
-_HELD_MAX: Final = 5_000  # keys of held events: well within one item's 400 KB
 _CHECKPOINTS_KEY: Item = {
     schema.PAGE: {"N": str(schema.SEQUENCE_PAGE)},
     schema.POSITION: {"N": str(schema.INDEX_CHECKPOINTS_POSITION)},
 }
 
 
-class IndexOrderError(DataError):
-    """An aggregate's events reached the indexer out of version order."""
-
-
 class _TrimmedError(Exception):
     """An iterator after a shard's checkpoint was refused as trimmed."""
-
-
-@dataclass(frozen=True)
-class _Record:
-    """One stream record as the indexer needs it."""
-
-    shard_id: str
-    number: int
-    text: str  # the sequence number as DynamoDB gave it (zero-padded)
-    entry: BatchEntry | None  # None: no new event (passed over)
-    save: tuple[str, int, int] | None  # (save id, index, size) of a multi-event save
-    created: float | None = None  # ApproximateCreationDateTime (epoch seconds)
-
-
-@dataclass
-class _Round:
-    """What a round read: the head, the checkpoints and their revision."""
-
-    head: int
-    checkpoints: dict[str, str]
-    revision: int | None
-    read: dict[str, list[_Record]] = field(default_factory=dict)
-    ended: dict[str, str] = field(default_factory=dict)
-    """Closed shards read to their end this round: their last sequence number."""
-    scan: dict[str, Item | None] | None = None
-    """While re-indexing: per Scan segment, its LastEvaluatedKey (None: start)."""
-    segments: int = 1
-    held: list[Item] = field(default_factory=list)
-    reindexed_at: float | None = None
-
-
-@dataclass(frozen=True)
-class IndexRound:
-    """What one round of the indexer did, as its metrics report it."""
-
-    appended: int
-    """Events appended to the sequence."""
-    lag_records: int
-    """Stream records after the checkpoints when the round began, as far as
-    it read (at most ``batch_size`` per shard: a lower bound of the lag)."""
-    oldest_age_ms: float | None
-    """Age of the oldest record read, unindexed when the round began (None: none)."""
-    reindexing: bool = False
-    """Whether the round was one of a re-index from the events table (which
-    reads no stream: its lag is reported as 0 and its age as None)."""
 
 
 @dataclass(frozen=True)
@@ -201,7 +158,7 @@ class _Checkpoints:
         raise NotImplementedError  # the indexer reads shards itself
 
 
-class Indexer(StreamPoller):
+class Indexer(Reindexing, StreamPoller):
     """Appends the events table's stream to the notifications table, exactly once.
 
     Use in process (:meth:`poll` for one round, :meth:`catch_up`), as a
@@ -314,26 +271,6 @@ class Indexer(StreamPoller):
         self._write(state, events, new_checkpoints)
         self._report(IndexRound(len(events), len(read), _oldest_age_ms(read)))
         return len(consumed)
-
-    def _not_indexed(self, state: _Round, records: list[_Record]) -> list[_Record]:
-        """Drop the records of events a re-index appended already.
-
-        Only records written before the last re-index finished (plus a margin
-        for clocks) can be; for them the index's versions are read once.
-        """
-        if state.reindexed_at is None:
-            return records
-        until = state.reindexed_at + _CLOCK_MARGIN
-        if all(r.created is not None and r.created > until for r in records):
-            if records:
-                self._indexed = None  # past the re-index: free the memory
-            return records
-        indexed = self._indexed_versions(state)
-        return [
-            r
-            for r in records
-            if r.entry is None or r.entry.version > indexed.get(r.entry.aggregate_id, 0)
-        ]
 
     def _report(self, done: IndexRound) -> None:
         dimension = self.recorder.events_table_name
@@ -576,243 +513,6 @@ class Indexer(StreamPoller):
             }
         }
 
-    # Re-indexing from the events table ---------------------------------------
-
-    def reindex(
-        self,
-        timeout: float = 3600.0,
-        progress: Callable[[int, int], None] | None = None,
-    ) -> int:
-        """Re-index from the events table now, to its end; return events appended.
-
-        For ``ledger index reindex``; the indexer starts one itself when the
-        stream lost records it had not indexed. A re-index under way (after a
-        crash, say) is resumed rather than restarted. ``progress`` is called
-        after each round with the rounds run and the events appended so far.
-        """
-        state = self._read_state()
-        if state.scan is None:
-            self._start_reindex(state, "asked for")
-        head = self.recorder.max_notification_id() or 0
-        deadline = time.monotonic() + timeout
-        rounds = 0
-        while self._read_state().scan is not None:
-            self.poll()
-            rounds += 1
-            if progress is not None:
-                progress(rounds, (self.recorder.max_notification_id() or 0) - head)
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"The re-index of {self.recorder.events_table_name!r} was "
-                    f"still scanning after {timeout} s; run it again to resume."
-                )
-        return (self.recorder.max_notification_id() or 0) - head
-
-    def _start_reindex(self, state: _Round, reason: str) -> None:
-        """Begin a re-index: the Scan at its start, the shard checkpoints cleared.
-
-        The stream is read again from its TRIM_HORIZON once the Scan is done.
-        """
-        logger.warning(
-            "re-indexing %s from the events table: %s",
-            self.recorder.events_table_name,
-            reason,
-            extra={"reason": reason, "segments": self.scan_segments},
-        )
-        scan = {str(segment): {"NULL": True} for segment in range(self.scan_segments)}
-        self._write(
-            state,
-            [],
-            {},
-            {
-                schema.REINDEX_SCAN: {"M": scan},
-                schema.REINDEX_SEGMENTS: {"N": str(self.scan_segments)},
-                schema.REINDEX_HELD: {"L": []},
-            },
-        )
-        self._held = []
-
-    def _stream_may_lack_events(self) -> bool:
-        """Whether, on a first run, the stream may miss events of the table.
-
-        It may when the table holds an event and the stream is old enough to
-        have trimmed records, or was enabled after the table was made. (A
-        Scan of one item, a DescribeTable and a DescribeStream.)
-        """
-        connection = self.recorder.connection
-        table_name = self.recorder.events_table_name
-        if not connection.call("scan", TableName=table_name, Limit=1).get("Items"):
-            return False
-        table = connection.call("describe_table", TableName=table_name)["Table"]
-        description = self.client.describe_stream(StreamArn=self.stream_arn)[
-            "StreamDescription"
-        ]
-        created = description.get("CreationRequestDateTime")
-        if created is None:
-            return True
-        return bool(
-            time.time() - created.timestamp() > _YOUNG_STREAM
-            or created.timestamp()
-            > table["CreationDateTime"].timestamp() + _STREAM_WITH_TABLE
-        )
-
-    def _reindex_round(self, state: _Round) -> int:
-        """Scan one page of the events table and append what is not indexed.
-
-        The page's events not in the index yet (by each aggregate's last
-        indexed version) are appended with the Scan's new LastEvaluatedKey in
-        one transaction, so a crash resumes where the last commit left off.
-        A save not wholly scanned yet is held back (its keys kept on the
-        checkpoints item), with what follows it of its aggregates.
-        """
-        indexed = self._indexed_versions(state)
-        held = self._held_records(state)
-        scan = dict(state.scan or {})
-        scanned: list[_Record] = []
-        if scan:  # else: the Scan is done, and only deferred events are left
-            segment = min(scan, key=int)
-            params: dict[str, Any] = {
-                "TableName": self.recorder.events_table_name,
-                "Limit": _SCAN_LIMIT,
-                "ConsistentRead": True,
-            }
-            if state.segments > 1:
-                params.update(Segment=int(segment), TotalSegments=state.segments)
-            if scan[segment] is not None:
-                params["ExclusiveStartKey"] = scan[segment]
-            page = self.recorder.connection.call("scan", **params)
-            scanned = [_scanned(item) for item in page.get("Items", [])]
-            following = page.get("LastEvaluatedKey")
-            if following is None:
-                scan.pop(segment)
-            else:
-                scan[segment] = following
-        fresh = [
-            r
-            for r in scanned
-            if r.entry is not None
-            and r.entry.version > indexed.get(r.entry.aggregate_id, 0)
-        ]
-        units, incomplete = _released(held + fresh)
-        taken, deferred = self._fitting_units(state.head, units)
-        events = [r.entry for unit in taken for r in unit if r.entry is not None]
-        self._check_reindexed(events, indexed)
-        still_held = [r for unit in deferred for r in unit] + incomplete
-        extra: dict[str, Any]
-        if scan or deferred:
-            if len(still_held) > _HELD_MAX:
-                raise DataError(
-                    f"The re-index of {self.recorder.events_table_name!r} holds "
-                    f"back {len(still_held)} events of saves not wholly found "
-                    "in the events table: check what writes to it."
-                )
-            extra = {
-                schema.REINDEX_SCAN: {"M": {k: _key(v) for k, v in scan.items()}},
-                schema.REINDEX_HELD: {"L": [{"M": _event_key(r)} for r in still_held]},
-            }
-        else:
-            # Saves still incomplete at the end were written during the
-            # re-index (another of their events was saved after the Scan
-            # passed it): the stream, read next, holds them whole.
-            extra = {
-                schema.REINDEX_SCAN: None,
-                schema.REINDEX_SEGMENTS: None,
-                schema.REINDEX_HELD: None,
-                schema.REINDEXED_AT: {"N": str(time.time())},
-            }
-            still_held = []
-        if self._write(state, events, {}, extra):
-            self._held = still_held
-        self._report(IndexRound(len(events), 0, None, reindexing=True))
-        return max(1, len(scanned), len(events))
-
-    def _fitting_units(
-        self, head: int, units: list[list[_Record]]
-    ) -> tuple[list[list[_Record]], list[list[_Record]]]:
-        """Split units into those one transaction takes, and those deferred.
-
-        A prefix is taken, so each aggregate's events stay in version order.
-        """
-        taken = list(units)
-        while taken:
-            events = [r.entry for unit in taken for r in unit if r.entry is not None]
-            if len(events) <= _MAX_BATCHES * BATCH_EVENTS and sum(
-                item_size(item) for item in _batch_items(head, events)
-            ) <= (MAX_TRANSACTION_BYTES - _BYTES_MARGIN):
-                break
-            taken = taken[: len(taken) // 2] if len(taken) > 1 else []
-        if not taken and units:
-            raise DataError(
-                f"A save of {sum(1 for r in units[0] if r.entry)} events found by "
-                f"the re-index of {self.recorder.events_table_name!r} does not "
-                "fit one transaction of the indexer: nothing was indexed."
-            )
-        return taken, units[len(taken) :]
-
-    def _check_reindexed(
-        self, events: list[BatchEntry], indexed: dict[str, int]
-    ) -> None:
-        last = dict(indexed)
-        for entry in events:
-            previous = last.get(entry.aggregate_id)
-            if previous is not None and entry.version != previous + 1:
-                raise IndexOrderError(
-                    f"Aggregate {entry.aggregate_id} version {entry.version} was "
-                    f"found by the re-index of {self.recorder.events_table_name!r} "
-                    f"after version {previous}: not next, so nothing was indexed. "
-                    "Check what writes to the events table, then run it again."
-                )
-            last[entry.aggregate_id] = entry.version
-
-    def _indexed_versions(self, state: _Round) -> dict[str, int]:
-        """Return each aggregate's last version in the index, read once.
-
-        Reads the whole sequence (a Query per page; RCUs as for reading the
-        index once) and keeps one entry per aggregate in memory: about 150
-        bytes each, so 1 GB for some 7 million aggregates.
-        """
-        if self._indexed is None:
-            indexed: dict[str, int] = {}
-            start = 1
-            while start <= state.head:
-                page = self.recorder.select_notifications(start, 1000, stop=state.head)
-                if not page:
-                    break
-                for notification in page:
-                    indexed[encode_id(notification.originator_id)] = (
-                        notification.originator_version
-                    )
-                start = page[-1].id + 1
-            self._indexed = indexed
-        return self._indexed
-
-    def _held_records(self, state: _Round) -> list[_Record]:
-        """Return the events held back, re-read by their keys after a restart."""
-        if self._held is not None:
-            return list(self._held)
-        found: dict[tuple[str, int], _Record] = {}
-        keys = list(state.held)
-        table = self.recorder.events_table_name
-        while keys:
-            chunk, keys = keys[:100], keys[100:]
-            request: dict[str, Any] = {table: {"Keys": chunk, "ConsistentRead": True}}
-            while request:
-                response = self.recorder.connection.call(
-                    "batch_get_item", RequestItems=request
-                )
-                for item in response.get("Responses", {}).get(table, []):
-                    record = _scanned(item)
-                    if record.entry is not None:
-                        key = (record.entry.aggregate_id, record.entry.version)
-                        found[key] = record
-                request = response.get("UnprocessedKeys") or {}
-        ordered = [
-            found[key[schema.AGGREGATE_ID]["S"], int(key[schema.VERSION]["N"])]
-            for key in state.held
-        ]
-        self._held = ordered
-        return list(ordered)
-
     # Status ------------------------------------------------------------------
 
     def status(self, cap: int = 10_000) -> IndexStatus:
@@ -865,123 +565,9 @@ class Indexer(StreamPoller):
         )
 
 
-def _record(shard_id: str, raw: Mapping[str, Any]) -> _Record:
-    text = sequence_number(raw)
-    number = int(text)
-    if raw.get("eventName") != INSERT:
-        return _Record(shard_id, number, text, None, None)
-    image = raw["dynamodb"].get("NewImage", {})
-    try:
-        state = image[schema.STATE]["B"]
-        entry = BatchEntry(
-            image[schema.AGGREGATE_ID]["S"],
-            int(image[schema.VERSION]["N"]),
-            image[schema.TOPIC]["S"],
-            bytes(state),
-        )
-    except (KeyError, TypeError, ValueError) as error:
-        raise DataError(
-            f"Stream record {number} of shard {shard_id} is not an event of "
-            f"ledger's events table ({type(error).__name__}: {error}). Is the "
-            "indexer reading the right table's stream (NEW_IMAGE view)?"
-        ) from error
-    save = None
-    if schema.SAVE_ID in image:
-        save = (
-            image[schema.SAVE_ID]["S"],
-            int(image[schema.SAVE_INDEX]["N"]),
-            int(image[schema.SAVE_SIZE]["N"]),
-        )
-    created = raw["dynamodb"].get("ApproximateCreationDateTime")
-    return _Record(
-        shard_id,
-        number,
-        text,
-        entry,
-        save,
-        None if created is None else created.timestamp(),
-    )
-
-
-def _scanned(item: Mapping[str, Any]) -> _Record:
-    """Return an events table item as a record of the re-index."""
-    raw = {"eventName": INSERT, "dynamodb": {"NewImage": item, "SequenceNumber": "0"}}
-    return _record("events table", raw)
-
-
-def _event_key(record: _Record) -> Item:
-    return {
-        schema.AGGREGATE_ID: {"S": _aggregate(record)},
-        schema.VERSION: {"N": str(_version(record))},
-    }
-
-
-def _aggregate(record: _Record) -> str:
-    return "" if record.entry is None else record.entry.aggregate_id
-
-
-def _version(record: _Record) -> int:
-    return 0 if record.entry is None else record.entry.version
-
-
-def _key(value: Item | None) -> Any:
-    return {"NULL": True} if value is None else {"M": value}
-
-
 def _oldest_age_ms(records: list[_Record]) -> float | None:
     created = [r.created for r in records if r.created is not None]
     return None if not created else max(0.0, time.time() - min(created)) * 1000
-
-
-def _released(pending: list[_Record]) -> tuple[list[list[_Record]], list[_Record]]:
-    """Split scanned events into units to append now, and events held back.
-
-    A unit is a single event, or a whole save in its own order. Each
-    aggregate's events go in version order: an aggregate's next event waits
-    while its event before is held (a save of which some events are not
-    scanned yet).
-    """
-    queues: dict[str, list[_Record]] = defaultdict(list)
-    members: dict[str, list[_Record]] = defaultdict(list)
-    for record in pending:
-        queues[_aggregate(record)].append(record)
-        if record.save is not None:
-            members[record.save[0]].append(record)
-    for queue in queues.values():
-        queue.sort(key=_version)
-    units: list[list[_Record]] = []
-    progress = True
-    while progress:
-        progress = False
-        for queue in queues.values():
-            if not queue:
-                continue
-            first = queue[0]
-            if first.save is None:
-                units.append([queue.pop(0)])
-                progress = True
-                continue
-            save = sorted(
-                members[first.save[0]], key=lambda r: r.save[1] if r.save else 0
-            )
-            if len(save) < first.save[2] or not _at_fronts(save, queues):
-                continue
-            for record in save:
-                queues[_aggregate(record)].remove(record)
-            units.append(save)
-            progress = True
-    return units, [r for queue in queues.values() for r in queue]
-
-
-def _at_fronts(save: list[_Record], queues: dict[str, list[_Record]]) -> bool:
-    """Whether each aggregate's events of a save are the first of its queue."""
-    mine: dict[str, list[_Record]] = defaultdict(list)
-    for record in save:
-        mine[_aggregate(record)].append(record)
-    return all(
-        queues[aggregate][: len(records)] == sorted(records, key=_version)
-        for aggregate, records in mine.items()
-    )
 
 
 def _units(read: dict[str, list[_Record]], cap: int | None) -> list[list[_Record]]:
@@ -1067,10 +653,3 @@ def _in_version_order(records: list[_Record]) -> list[BatchEntry]:
                     "events table, then run the indexer again."
                 )
     return ordered
-
-
-def _batch_items(head: int, events: list[BatchEntry]) -> list[Item]:
-    return [
-        batch_item(head + 1 + offset, events[offset : offset + BATCH_EVENTS])
-        for offset in range(0, len(events), BATCH_EVENTS)
-    ]

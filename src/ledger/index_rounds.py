@@ -1,0 +1,136 @@
+"""What the indexer's stream rounds and its re-index share.
+
+A record as the indexer reads it (:class:`_Record`, from a stream record or
+an events table item), what a round read (:class:`_Round`), what a round
+did (:class:`IndexRound`), the refusal of events out of version order
+(:class:`IndexOrderError`), and the batch items of the sequence that both
+append in one transaction. :mod:`ledger.indexer` (the rounds) and
+:mod:`ledger.reindexing` (the re-index from the events table) import it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+from eventsourcing.persistence import DataError
+
+from ledger.dynamodb import schema
+from ledger.dynamodb.batches import BatchEntry, batch_item
+from ledger.dynamodb.limits import MAX_TRANSACTION_ACTIONS
+from ledger.projections.streams import INSERT, sequence_number
+
+if TYPE_CHECKING:  # the stubs are a development dependency only
+    from ledger.dynamodb.recorders import Item
+
+logger = logging.getLogger("ledger.indexer")
+"""Structured records (``extra=``): positions, counts, shard ids; never state."""
+
+BATCH_EVENTS: Final = MAX_TRANSACTION_ACTIONS - 2
+"""Events per batch item: as in ``sequence`` ordering, so its readers' reach holds."""
+_MAX_BATCHES: Final = MAX_TRANSACTION_ACTIONS - 2  # plus the head and checkpoints
+_BYTES_MARGIN: Final = 64 * 1024  # for the head and checkpoints items
+
+
+class IndexOrderError(DataError):
+    """An aggregate's events reached the indexer out of version order."""
+
+
+@dataclass(frozen=True)
+class _Record:
+    """One stream record as the indexer needs it."""
+
+    shard_id: str
+    number: int
+    text: str  # the sequence number as DynamoDB gave it (zero-padded)
+    entry: BatchEntry | None  # None: no new event (passed over)
+    save: tuple[str, int, int] | None  # (save id, index, size) of a multi-event save
+    created: float | None = None  # ApproximateCreationDateTime (epoch seconds)
+
+
+@dataclass
+class _Round:
+    """What a round read: the head, the checkpoints and their revision."""
+
+    head: int
+    checkpoints: dict[str, str]
+    revision: int | None
+    read: dict[str, list[_Record]] = field(default_factory=dict)
+    ended: dict[str, str] = field(default_factory=dict)
+    """Closed shards read to their end this round: their last sequence number."""
+    scan: dict[str, Item | None] | None = None
+    """While re-indexing: per Scan segment, its LastEvaluatedKey (None: start)."""
+    segments: int = 1
+    held: list[Item] = field(default_factory=list)
+    reindexed_at: float | None = None
+
+
+@dataclass(frozen=True)
+class IndexRound:
+    """What one round of the indexer did, as its metrics report it."""
+
+    appended: int
+    """Events appended to the sequence."""
+    lag_records: int
+    """Stream records after the checkpoints when the round began, as far as
+    it read (at most ``batch_size`` per shard: a lower bound of the lag)."""
+    oldest_age_ms: float | None
+    """Age of the oldest record read, unindexed when the round began (None: none)."""
+    reindexing: bool = False
+    """Whether the round was one of a re-index from the events table (which
+    reads no stream: its lag is reported as 0 and its age as None)."""
+
+
+def _record(shard_id: str, raw: Mapping[str, Any]) -> _Record:
+    text = sequence_number(raw)
+    number = int(text)
+    if raw.get("eventName") != INSERT:
+        return _Record(shard_id, number, text, None, None)
+    image = raw["dynamodb"].get("NewImage", {})
+    try:
+        state = image[schema.STATE]["B"]
+        entry = BatchEntry(
+            image[schema.AGGREGATE_ID]["S"],
+            int(image[schema.VERSION]["N"]),
+            image[schema.TOPIC]["S"],
+            bytes(state),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise DataError(
+            f"Stream record {number} of shard {shard_id} is not an event of "
+            f"ledger's events table ({type(error).__name__}: {error}). Is the "
+            "indexer reading the right table's stream (NEW_IMAGE view)?"
+        ) from error
+    save = None
+    if schema.SAVE_ID in image:
+        save = (
+            image[schema.SAVE_ID]["S"],
+            int(image[schema.SAVE_INDEX]["N"]),
+            int(image[schema.SAVE_SIZE]["N"]),
+        )
+    created = raw["dynamodb"].get("ApproximateCreationDateTime")
+    return _Record(
+        shard_id,
+        number,
+        text,
+        entry,
+        save,
+        None if created is None else created.timestamp(),
+    )
+
+
+def _aggregate(record: _Record) -> str:
+    return "" if record.entry is None else record.entry.aggregate_id
+
+
+def _version(record: _Record) -> int:
+    return 0 if record.entry is None else record.entry.version
+
+
+def _batch_items(head: int, events: list[BatchEntry]) -> list[Item]:
+    return [
+        batch_item(head + 1 + offset, events[offset : offset + BATCH_EVENTS])
+        for offset in range(0, len(events), BATCH_EVENTS)
+    ]

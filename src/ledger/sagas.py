@@ -992,8 +992,8 @@ class SagaRunner:
     it (none when it keeps a ``sequence``). Pass ``()`` when ``ledger index
     run`` indexes it elsewhere (its steps are then sent at the first poll
     after they are indexed), or every application's indexer to run the
-    whole system in one process. More indexers of one table than one are
-    safe: one commits each round.
+    whole system in one process. Several indexers of one table are safe:
+    one commits each round.
     """
 
     def __init__(
@@ -1021,7 +1021,9 @@ class SagaRunner:
         """Process every event available now, from every leader; return how many.
 
         Goes round the indexers and the leaders until a round indexes and
-        processes nothing, so steps decided in this poll are sent in it too.
+        processes nothing, so steps decided in this poll are sent in it too
+        (on an indexed saga application, if its stream shows them by the
+        next round, as DynamoDB Local's does at once; else at the next poll).
         """
         app = self.application
         before = app.processed

@@ -47,9 +47,10 @@ lint: install
 	rm -rf .lint && $(BIN)/python tests/readme_blocks.py .lint/readme
 	$(BIN)/mypy --strict --cache-dir .lint/mypy-cache .lint/readme
 
+# Both stories run with every application on the indexed ordering.
 demo: install
-	$(BIN)/python demo.py --local
-	$(BIN)/python -m aggregates.fulfilment_demo --local
+	DYNAMODB_ORDERING=indexed $(BIN)/python demo.py --local
+	DYNAMODB_ORDERING=indexed $(BIN)/python -m aggregates.fulfilment_demo --local
 
 local: install
 	$(BIN)/ledger local

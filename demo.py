@@ -4,7 +4,10 @@ Run it from a checkout with ``make demo`` (``python demo.py --local``: starts
 DynamoDB Local for it) or ``python demo.py`` against ``DYNAMODB_ENDPOINT_URL``.
 It uses the example domain in ``aggregates/`` (the Order aggregate and the
 ``Orders`` application) and ``projections/`` (its read models), and writes to
-tables under a fresh prefix of its own.
+tables under a fresh prefix of its own. It runs on the ``indexed`` ordering
+unless ``DYNAMODB_ORDERING`` says otherwise: its read models then follow the
+index, which an indexer in this process appends from the events table's
+stream (in ``sequence`` or ``stream`` ordering they follow the stream).
 """
 
 from __future__ import annotations
@@ -52,11 +55,15 @@ class Story:
         for part in parts:
             meter.add(part)
         self.total.add(meter)
+        # Two lines, so that neither wraps at 80 columns.
         self.console.print(
             f"   [dim]cost: {meter.round_trips} round trips; "
             f"{meter.estimated_read_units:g} RCU, {meter.estimated_write_units:g} WCU "
-            f"by DynamoDB's pricing rules ({meter.read_units:g} / "
-            f"{meter.write_units:g} as the server reported)[/dim]"
+            "by DynamoDB's pricing rules[/dim]"
+        )
+        self.console.print(
+            f"   [dim]({meter.read_units:g} RCU / {meter.write_units:g} WCU as the "
+            "server reported)[/dim]"
         )
 
     def say(self, text: str) -> None:
@@ -82,15 +89,16 @@ def run_demo(env: Environment, console: Console) -> None:
 
     settings = dict(env)
     settings.setdefault("DYNAMODB_TABLE_PREFIX", f"demo{uuid.uuid4().hex[:6]}_")
+    settings.setdefault("DYNAMODB_ORDERING", "indexed")
     settings["DYNAMODB_EVENTS_STREAM"] = "yes"  # the story reads the stream
     app = Orders(env=settings, snapshot_strategies={Order: EveryNEvents(5)})
     story = Story(app, console)
     factory: Any = app.factory
     console.print(
         f"Tables: {factory.table_name('events')} and friends "
-        f"at {factory.connection.endpoint_url or 'AWS'}; "
-        f"ordering: {factory.ordering} (DYNAMODB_ORDERING)"
+        f"at {factory.connection.endpoint_url or 'AWS'}"
     )
+    console.print(f"ordering: {factory.ordering} (DYNAMODB_ORDERING)")
     customer = uuid.uuid4()
     order_id = place_and_change(story, customer)
     race(story, order_id)
@@ -204,15 +212,44 @@ def rejected(story: Story, order_id: uuid.UUID) -> None:
         story.say(f"still version {app.get_order(order_id).version}")
 
 
+def feed_of(app: Any, projector: Any) -> tuple[str, Callable[[], int]]:
+    """Return what feeds the projector and a call that applies what is new.
+
+    The index on the indexed ordering (its indexer, the one reader of the
+    events table's stream, catches up first), else the stream.
+    """
+    from ledger.dynamodb import DynamoDBIndexedApplicationRecorder  # noqa: PLC0415
+    from ledger.indexer import Indexer  # noqa: PLC0415
+    from ledger.projections.sequence import SequenceFeed  # noqa: PLC0415
+    from ledger.projections.streams import StreamPoller  # noqa: PLC0415
+
+    if not isinstance(app.recorder, DynamoDBIndexedApplicationRecorder):
+        return "the events table's stream", StreamPoller(projector, app).poll
+    indexer, feed = Indexer(app.recorder), SequenceFeed(projector, app)
+
+    def apply() -> int:
+        indexer.catch_up()
+        applied = 0
+        while page := feed.poll():
+            applied += page
+        return applied
+
+    return "the index", apply
+
+
 def project(
     story: Story, settings: dict[str, str], customer: uuid.UUID, order_id: uuid.UUID
 ) -> None:
-    """Build read models from the stream, park and redrive a poison event, rebuild."""
+    """Build read models, park and redrive a poison event, rebuild.
+
+    On the indexed ordering the read models follow the index (an indexer
+    catches up, then a sequence feed applies it), since the indexer is the
+    one reader of the events table's stream; otherwise they follow the stream.
+    """
     from aggregates.order import Order  # noqa: PLC0415
     from ledger.projections import Session, event_loader, handles  # noqa: PLC0415
     from ledger.projections.dynamodb import open_view  # noqa: PLC0415
     from ledger.projections.rebuild import rebuild  # noqa: PLC0415
-    from ledger.projections.streams import StreamPoller  # noqa: PLC0415
     from projections.orders import (  # noqa: PLC0415
         OrderProjector,
         get_order_summary,
@@ -235,11 +272,10 @@ def project(
     app = story.app
     view = open_view(FussyOrderProjector, settings)
     projector = FussyOrderProjector(view, event_loader(app))
-    poller = StreamPoller(projector, app)
     story.metered.append(view)
-
-    with story.chapter("Project the events table's stream into read models"):
-        story.say(f"applied {poller.poll()} stream records")
+    source, apply = feed_of(app, projector)
+    with story.chapter(f"Project {source} into read models"):
+        story.say(f"applied {apply()} events")
         summary = get_order_summary(view, order_id)
         assert summary is not None  # noqa: S101 - the order was projected above
         story.say(
@@ -256,12 +292,13 @@ def project(
         app.add_item(poisoned, "sku-poison", 1, Decimal("1.00"))
         app.confirm(poisoned)
         healthy = app.place_order(uuid.uuid4(), [])
-        story.say(f"applied {poller.poll()} new stream records")
+        story.say(f"applied {apply()} new events")
         for parked in projector.parked():
             story.say(
                 f"[red]parked[/red] {parked.aggregate_id} v{parked.version} after "
-                f"{parked.attempts} attempts: {parked.error}"
+                f"{parked.attempts} attempts:"
             )
+            story.say(f"   {parked.error}")
         waiting = get_order_summary(view, poisoned)
         story.say(
             f"its order waits at {waiting.status if waiting else None}; another "

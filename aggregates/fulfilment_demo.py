@@ -3,9 +3,13 @@
 Run it from a checkout with ``python -m aggregates.fulfilment_demo --local``
 (starts DynamoDB Local for it) or without ``--local`` against
 ``DYNAMODB_ENDPOINT_URL``. ``run_story`` tells it, printing what each
-chapter cost; it writes to tables under a fresh prefix of its own, with the
-saga on the sequence feed (a :class:`~ledger.sagas.SagaRunner`) and the
-story playing the payment gateway and the clock of the timeout poller.
+chapter cost; it writes to tables under a fresh prefix of its own, with
+every application (Orders, Warehouse, Payments and the saga's) in
+``indexed`` ordering, the saga fed by a :class:`~ledger.sagas.SagaRunner`
+that runs an indexer per application in process (``DYNAMODB_ORDERING=sequence``
+tells it on the ``sequence`` ordering instead), and the story playing the
+payment gateway and the clock of the timeout poller. Each chapter's cost
+includes the indexers' work.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from aggregates.application import Orders
 from aggregates.fulfilment import OrderFulfilment
 from aggregates.payments import Payments
 from aggregates.warehouse import Warehouse
-from ledger.dynamodb import Meter, measure
+from ledger.dynamodb import DynamoDBIndexedApplicationRecorder, Meter, measure
+from ledger.indexer import Indexer
 from ledger.sagas import Saga, SagaRunner, TimeoutPoller
 
 __all__ = ["main", "run_story"]
@@ -58,11 +63,19 @@ class _Shop:
 
     def __post_init__(self) -> None:
         self.fulfilment.connect(self.orders, self.warehouse, self.payments)
-        self.runner = SagaRunner(
-            self.fulfilment, [self.orders, self.warehouse, self.payments]
-        )
+        self.runner = self.runner_of(self.fulfilment)
         self.timeouts = TimeoutPoller(self.fulfilment)
         self.total = Meter()
+
+    def runner_of(self, fulfilment: OrderFulfilment) -> SagaRunner:
+        """Feed ``fulfilment``, indexing every indexed application in this process."""
+        leaders = [self.orders, self.warehouse, self.payments]
+        indexers = [
+            Indexer(app.recorder)
+            for app in (*leaders, fulfilment)
+            if isinstance(app.recorder, DynamoDBIndexedApplicationRecorder)
+        ]
+        return SagaRunner(fulfilment, leaders, indexers=indexers)
 
     @contextmanager
     def chapter(self, title: str) -> Iterator[None]:
@@ -105,11 +118,12 @@ class _Shop:
         reservation = self.warehouse.get_reservation(order_id)
         payment = self.payments.get_payment(order_id)
         detail = order.tracking_number or order.cancel_reason
+        # Two lines, so that neither wraps at 80 columns.
+        self.say(f"order {order.status} ({detail})")
         self.say(
-            f"order {order.status} ({detail}); stock "
-            f"{reservation.status if reservation else 'never reserved'}; payment "
-            f"{payment.status if payment else 'never requested'}; saga "
-            f"{saga.outcome if saga else '-'}"
+            f"stock {reservation.status if reservation else 'never reserved'}; "
+            f"payment {payment.status if payment else 'never requested'}; "
+            f"saga {saga.outcome if saga else '-'}"
         )
 
     def stock(self) -> str:
@@ -122,14 +136,25 @@ class _Shop:
 
 def run_story(env: Mapping[str, str], console: Console) -> None:
     """Tell the fulfilment story against the DynamoDB that ``env`` points at."""
+    ordering = env.get("DYNAMODB_ORDERING", "indexed")
+    if ordering not in ("indexed", "sequence"):
+        raise SystemExit(
+            f"The fulfilment story runs on DYNAMODB_ORDERING=indexed (the default) "
+            f"or sequence, not {ordering!r}: its saga runner pulls sequences."
+        )
     settings: dict[str, str] = {
         **env,
         "PERSISTENCE_MODULE": "ledger.dynamodb",
         "DYNAMODB_TABLE_PREFIX": env.get(
             "DYNAMODB_TABLE_PREFIX", f"saga{uuid.uuid4().hex[:6]}_"
         ),
-        "DYNAMODB_EVENTS_STREAM": "no",
+        "DYNAMODB_ORDERING": ordering,
+        # The saga application's own: it keeps a sequence unless told.
+        "ORDERFULFILMENT_DYNAMODB_ORDERING": ordering,
+        # An indexer reads each events table's stream; nothing else does.
+        "DYNAMODB_EVENTS_STREAM": "yes" if ordering == "indexed" else "no",
     }
+    console.print(f"Every application in {ordering} ordering")
     shop = _Shop(
         Orders(env=settings),
         Warehouse(env=settings),
@@ -147,7 +172,7 @@ def run_story(env: Mapping[str, str], console: Console) -> None:
     _timed_out(shop)
     _crashed(shop, settings)
     console.print(f"\non hand at the end: {shop.stock()} (3 tea shipped)")
-    console.print(f"[bold]Whole story:[/bold] {shop.total.summary()}")
+    console.print(f"[bold]Whole story:[/bold]\n   {shop.total.summary()}")
     for app in (shop.orders, shop.warehouse, shop.payments, shop.fulfilment):
         app.close()
 
@@ -201,7 +226,7 @@ def _crashed(shop: _Shop, settings: Mapping[str, str]) -> None:
         crashing.connect(shop.orders, shop.warehouse, shop.payments)
         crashed = shop.order({"tea": 1})
         try:
-            SagaRunner(crashing, [shop.orders, shop.warehouse, shop.payments]).poll()
+            shop.runner_of(crashing).poll()
         except _Crash as crash:
             shop.say(f"died after sending {crash}, before recording that it did")
         crashing.close()

@@ -1,20 +1,24 @@
 """The Order fulfilment saga on the sequence feed: happy and failing paths.
 
 Orders, Warehouse and Payments are separate applications (on DynamoDB
-Local, ``sequence`` ordering); :class:`OrderFulfilment` follows them with a
+Local); :class:`OrderFulfilment` follows them with a
 :class:`~ledger.sagas.SagaRunner` and fires timeouts with a
-:class:`~ledger.sagas.TimeoutPoller`. Tests play the payment gateway.
+:class:`~ledger.sagas.TimeoutPoller`. Tests play the payment gateway. Most
+run twice (``shop_env``): every application in ``sequence`` ordering, then
+every one, the saga application included, in ``indexed`` ordering with an
+in-process indexer per application run by the saga's runner.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
 import pytest
 from eventsourcing.persistence import IntegrityError, ProgrammingError
@@ -30,6 +34,8 @@ from aggregates.order import OrderStatus
 from aggregates.payment import PaymentStatus
 from aggregates.payments import Payments
 from aggregates.warehouse import Warehouse
+from ledger.dynamodb import DynamoDBIndexedApplicationRecorder
+from ledger.indexer import Indexer
 from ledger.metadata import event_id, metadata
 from ledger.sagas import Saga, SagaRunner, TimeoutPoller, step_key
 
@@ -60,8 +66,15 @@ class Shop:
 
     def __post_init__(self) -> None:
         self.fulfilment.connect(self.orders, self.warehouse, self.payments)
+        leaders = [self.orders, self.warehouse, self.payments]
         self.runner = SagaRunner(
-            self.fulfilment, [self.orders, self.warehouse, self.payments]
+            self.fulfilment,
+            leaders,
+            indexers=[
+                Indexer(app.recorder)
+                for app in (*leaders, self.fulfilment)
+                if isinstance(app.recorder, DynamoDBIndexedApplicationRecorder)
+            ],
         )
         self.poller = TimeoutPoller(self.fulfilment)
 
@@ -79,6 +92,11 @@ class Shop:
     def run(self) -> int:
         """Let the saga process everything there is; return how many events."""
         return self.runner.poll()
+
+    def index(self) -> None:
+        """Let every indexed application's index catch up (none: nothing to do)."""
+        for indexer in self.runner.indexers:
+            indexer.catch_up()
 
     def answer(self, order_id: uuid.UUID, *, approved: bool) -> None:
         """Play the gateway: answer an order's payment request."""
@@ -134,9 +152,31 @@ def open_shop(
     return shop
 
 
+INDEXED: Final = {
+    "DYNAMODB_ORDERING": "indexed",
+    "ORDERFULFILMENT_DYNAMODB_ORDERING": "indexed",
+    "DYNAMODB_EVENTS_STREAM": "yes",
+}
+"""Every application of the shop indexed, the saga application included."""
+
+
+@pytest.fixture(params=["sequence", "indexed"])
+def shop_env(
+    request: pytest.FixtureRequest,
+    dynamodb_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> dict[str, str]:
+    """The shop's environment: every application on one ordering, then the other."""
+    if request.param == "sequence":
+        return dynamodb_env
+    for key, value in INDEXED.items():
+        monkeypatch.setenv(key, value)
+    return {**dynamodb_env, **INDEXED}
+
+
 @pytest.fixture
-def shop(dynamodb_env: dict[str, str]) -> Iterator[Shop]:
-    made = open_shop(dynamodb_env)
+def shop(shop_env: dict[str, str]) -> Iterator[Shop]:
+    made = open_shop(shop_env)
     yield made
     made.close()
 
@@ -292,6 +332,7 @@ def test_a_shipment_refused_because_the_customer_cancelled_first_is_compensated(
     order_id = shop.place({TEA: 1})
     shop.run()
     shop.answer(order_id, approved=True)
+    shop.index()
     shop.fulfilment.pull_and_process(shop.payments.name)  # decides to ship
     assert shop.saga(order_id).has_decided(Fulfilment.ShipOrder)
 
@@ -357,11 +398,12 @@ class CrashAfterSending(OrderFulfilment):
     name = "OrderFulfilment"  # the same application, only failing
 
     crashes = 1
+    """Crashes left in this instance (a restarted process crashes no more)."""
 
     def dispatch(self, step: Saga.Step, idempotency_key: str) -> None:
         super().dispatch(step, idempotency_key)
-        if type(self).crashes:
-            type(self).crashes -= 1
+        if self.crashes:
+            self.crashes -= 1
             raise Crash(type(step).__name__)
 
 
@@ -374,14 +416,14 @@ class CrashBeforeDeciding(OrderFulfilment):
 
     def react(self, domain_event: Any) -> Saga | None:
         saga = super().react(domain_event)
-        if saga is not None and type(self).crashes:
-            type(self).crashes -= 1
+        if saga is not None and self.crashes:
+            self.crashes -= 1
             raise Crash(type(domain_event).__name__)
         return saga
 
 
-def test_a_step_sent_then_a_crash_before_tracking_is_applied_once(dynamodb_env):
-    shop = open_shop(dynamodb_env)
+def test_a_step_sent_then_a_crash_before_tracking_is_applied_once(shop_env):
+    shop = open_shop(shop_env)
     crashing = shop.restarted(CrashAfterSending)
     order_id = crashing.place({TEA: 2})
 
@@ -401,8 +443,8 @@ def test_a_step_sent_then_a_crash_before_tracking_is_applied_once(dynamodb_env):
     again.close()
 
 
-def test_a_crash_before_a_decision_is_committed_leaves_no_trace(dynamodb_env):
-    shop = open_shop(dynamodb_env).restarted(CrashBeforeDeciding)
+def test_a_crash_before_a_decision_is_committed_leaves_no_trace(shop_env):
+    shop = open_shop(shop_env).restarted(CrashBeforeDeciding)
     order_id = shop.place({TEA: 2})
 
     with pytest.raises(Crash, match="OrderConfirmed"):
@@ -474,9 +516,9 @@ class FiresTheTimeoutMeanwhile(OrderFulfilment):
 
 
 def test_a_timeout_firing_while_a_charge_is_decided_on_lets_one_decision_win(
-    dynamodb_env,
+    shop_env,
 ):
-    shop = open_shop(dynamodb_env).restarted(FiresTheTimeoutMeanwhile)
+    shop = open_shop(shop_env).restarted(FiresTheTimeoutMeanwhile)
     order_id = shop.place({TEA: 2})
     shop.run()
     shop.answer(order_id, approved=True)
@@ -541,11 +583,23 @@ def test_a_timeout_that_is_not_due_does_not_fire(shop):
 # Running it --------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("leaders", ["stream", "indexed"])
 def test_a_saga_application_keeps_its_own_sequence_whatever_its_leaders_use(
+    dynamodb_env, leaders
+):
+    streamed = {"DYNAMODB_EVENTS_STREAM": "yes"}
+    app = OrderFulfilment(
+        env={**dynamodb_env, **streamed, "DYNAMODB_ORDERING": leaders}
+    )
+    assert app.recorder.ordering == "sequence"
+    app.close()
+
+
+def test_a_saga_application_may_be_indexed_but_never_on_the_stream_alone(
     dynamodb_env,
 ):
-    app = OrderFulfilment(env={**dynamodb_env, "DYNAMODB_ORDERING": "stream"})
-    assert app.recorder.ordering == "sequence"
+    app = OrderFulfilment(env={**dynamodb_env, **INDEXED})
+    assert app.recorder.ordering == "indexed"
     app.close()
 
     with pytest.raises(ProgrammingError, match="reads its own sequence"):
@@ -607,15 +661,22 @@ def test_the_saga_runs_in_an_eventsourcing_system_too(dynamodb_env):
         runner.stop()
 
 
-def test_the_fulfilment_story_tells_every_path(dynamodb_env):
-    console = Console(record=True, width=200)
+@pytest.mark.parametrize("ordering", ["indexed", "sequence"])
+def test_the_fulfilment_story_tells_every_path(dynamodb_env, ordering, caplog):
+    console = Console(record=True, width=200)  # wide: lines keep their length
 
-    run_story(dynamodb_env, console)
+    with caplog.at_level(logging.WARNING):
+        run_story({**dynamodb_env, "DYNAMODB_ORDERING": ordering}, console)
 
     told = console.export_text()
+    assert f"Every application in {ordering} ordering" in told
     assert "order shipped (TRK-" in told
     assert "out of stock: fig (2 short)" in told
-    assert "payment declined: card expired); stock released" in told
-    assert "payment timed out after 0:05:00); stock released; payment refunded" in told
+    assert "order cancelled (payment declined: card expired)" in told
+    assert "stock released; payment declined; saga cancelled" in told
+    assert "order cancelled (payment timed out after 0:05:00)" in told
+    assert "stock released; payment refunded; saga cancelled" in told
     assert "the reservation has 1 event" in told
     assert "on hand at the end: tea 2, fig 1" in told
+    assert [r.getMessage() for r in caplog.records] == []  # no WARNING in it
+    assert max(len(line) for line in told.splitlines()) <= 80  # none would wrap

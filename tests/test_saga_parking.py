@@ -35,7 +35,15 @@ from ledger.projections.metrics import (
 )
 from ledger.sagas import WAITING, Saga
 from tests.faults import SERVER_ERROR, FaultProxy
-from tests.test_saga_fulfilment import FIG, TEA, Crash, Shop, events_of, on_hand
+from tests.test_saga_fulfilment import (  # noqa: F401 - shop_env is a fixture
+    FIG,
+    TEA,
+    Crash,
+    Shop,
+    events_of,
+    on_hand,
+    shop_env,
+)
 
 DEADLINE = 30.0
 """Seconds a test waits for another thread before it fails."""
@@ -123,8 +131,9 @@ def open_failing_shop(
 
 
 @pytest.fixture
-def shop(dynamodb_env: dict[str, str]) -> Iterator[Shop]:
-    made = open_failing_shop(dynamodb_env)
+def shop(shop_env: dict[str, str]) -> Iterator[Shop]:  # noqa: F811 - the fixture
+    """The failing shop, every application on ``sequence``, then on ``indexed``."""
+    made = open_failing_shop(shop_env)
     yield made
     made.close()
 
@@ -462,7 +471,18 @@ def this_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root / "src"), str(root)]))
 
 
-def test_the_cli_lists_redrives_and_drops_parked_sagas(shop, ledger, this_checkout):
+@pytest.fixture
+def sequence_shop(dynamodb_env: dict[str, str]) -> Iterator[Shop]:
+    """The failing shop on ``sequence`` (the CLI's ordering is not under test)."""
+    made = open_failing_shop(dynamodb_env)
+    yield made
+    made.close()
+
+
+def test_the_cli_lists_redrives_and_drops_parked_sagas(
+    sequence_shop, ledger, this_checkout
+):
+    shop = sequence_shop
     redriven, dropped = shop.place({TEA: 1}), shop.place({FIG: 1})
     warehouse(shop).refuse.update({redriven, dropped})
     shop.run()

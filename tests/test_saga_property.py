@@ -37,7 +37,7 @@ from aggregates.inventory import Inventory, ReservationStatus
 from aggregates.order import OrderError, OrderStatus
 from aggregates.payment import PaymentError, PaymentStatus
 from ledger.sagas import Saga
-from tests.test_saga_fulfilment import LATER, PRICE, Crash, Shop, open_shop
+from tests.test_saga_fulfilment import INDEXED, LATER, PRICE, Crash, Shop, open_shop
 
 PRODUCTS = 2
 ORDERS = 3
@@ -70,13 +70,18 @@ class FlakyFulfilment(OrderFulfilment):
         return saga
 
 
-@pytest.fixture(scope="module")
-def world_env(dynamodb_endpoint: str) -> dict[str, str]:
+@pytest.fixture(
+    scope="module",
+    params=["sequence", pytest.param("indexed", marks=pytest.mark.slow)],
+)
+def world_env(request: pytest.FixtureRequest, dynamodb_endpoint: str) -> dict[str, str]:
     """One store for every example (tables take long to make on DynamoDB Local).
 
     Each example has products and orders of its own, and lets the saga run
-    to its end, so what one example leaves does not touch the next.
+    to its end, so what one example leaves does not touch the next. Every
+    application on ``sequence``, then every one ``indexed``.
     """
+    indexed = INDEXED if request.param == "indexed" else {}
     return {
         "PERSISTENCE_MODULE": "ledger.dynamodb",
         "DYNAMODB_ENDPOINT_URL": dynamodb_endpoint,
@@ -85,6 +90,7 @@ def world_env(dynamodb_endpoint: str) -> dict[str, str]:
         "AWS_ACCESS_KEY_ID": "local",
         "AWS_SECRET_ACCESS_KEY": "local",
         "AWS_DEFAULT_REGION": "us-east-1",
+        **indexed,
     }
 
 
@@ -157,6 +163,7 @@ class World:
         The first leader, from ``leader_name`` on in :data:`LEADERS`' order,
         with events the saga has not processed.
         """
+        self.shop.index()  # what the leaders saved, in their sequences
         start = LEADERS.index(leader_name)
         for name in LEADERS[start:] + LEADERS[:start]:
             leader = self.leaders[name]
@@ -183,6 +190,7 @@ class World:
 
     def redeliver(self, leader_name: str, back: int) -> None:
         """Deliver again an event the saga processed already."""
+        self.shop.index()
         done = self.app.recorder.max_tracking_id(leader_name) or 0
         if done - back < 1:
             return

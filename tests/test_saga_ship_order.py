@@ -15,14 +15,20 @@ import pytest
 
 from aggregates.fulfilment import Fulfilment
 from aggregates.order import OrderError, OrderStatus
-from tests.test_saga_fulfilment import TEA, Shop, open_shop
+from tests.test_saga_fulfilment import (  # noqa: F401 - shop_env is a fixture
+    TEA,
+    Shop,
+    open_shop,
+    shop_env,
+)
 
 LOGGER = "aggregates.fulfilment"
 
 
 @pytest.fixture
-def shop(dynamodb_env: dict[str, str]) -> Iterator[Shop]:
-    made = open_shop(dynamodb_env)
+def shop(shop_env: dict[str, str]) -> Iterator[Shop]:  # noqa: F811 - the fixture
+    """The shop, every application on ``sequence``, then on ``indexed``."""
+    made = open_shop(shop_env)
     yield made
     made.close()
 

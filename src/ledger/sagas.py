@@ -66,14 +66,19 @@ failing (any other ``PersistenceError`` but ``DataError``: every saga would
 fail alike) parks a saga: they stop the poll, as before. Nor does a failure
 of a step a twin already applied (:meth:`SagaApplication.step_applied`).
 
-Feeds. The saga application keeps a gap-free sequence of its own
-(``DYNAMODB_ORDERING=sequence``, set for it whatever the leaders use): the
-dispatcher and the timeout poller read it. Its leaders may use either
-ordering:
+Feeds. The saga application keeps a gap-free sequence of its own: the
+dispatcher and the timeout poller read it. ``DYNAMODB_ORDERING=sequence`` is
+set for it whatever its leaders use; ``{NAME}_DYNAMODB_ORDERING=indexed``
+(its events table then needs its stream) makes its saves touch no hot item:
+an indexer appends its sequence. :class:`SagaRunner` runs that indexer in
+process by default, or ``ledger index run`` does, beside it. Its leaders may
+use any ordering:
 
-* ``sequence``: :class:`SagaRunner` pulls each leader's notification log and
-  the saga's own, a poll at a time (``eventsourcing``'s ``System`` and
-  ``SingleThreadedRunner`` work too, with the saga following itself);
+* ``sequence`` or ``indexed``: :class:`SagaRunner` pulls each leader's
+  notification log and the saga's own, a poll at a time (``eventsourcing``'s
+  ``System`` and ``SingleThreadedRunner`` work too on ``sequence``, with the
+  saga following itself). An indexed leader's index is kept by its own
+  indexer (``ledger index run``, or one given to the runner);
 * ``stream``: one :class:`~ledger.projections.followers.StreamFollower` per
   leader (in Lambda, or a ``StreamPoller``), tracking each upstream
   aggregate, plus a :class:`SagaRunner` with no leaders for the saga's own
@@ -118,7 +123,9 @@ from pydantic import AwareDatetime
 from ledger.domain import Aggregate
 from ledger.dynamodb import connection_of
 from ledger.dynamodb.factory import DynamoDBFactory
+from ledger.dynamodb.indexed_recorders import DynamoDBIndexedApplicationRecorder
 from ledger.dynamodb.tables import ensure_table
+from ledger.indexer import Indexer
 from ledger.metadata import caused_by
 from ledger.persistence import PydanticMapper
 from ledger.projections.deadletters import error_summary
@@ -542,13 +549,14 @@ class SagaApplication(ProcessApplication[uuid.UUID]):
     def __init__(self, env: EnvType | None = None) -> None:
         super().__init__(env)
         ordering = getattr(self.recorder, "ordering", "sequence")
-        if ordering != "sequence":
+        if ordering not in ("sequence", "indexed"):
             raise ProgrammingError(
                 f"{self.name} has {DynamoDBFactory.DYNAMODB_ORDERING}={ordering}, "
                 "but a saga application reads its own sequence (its steps are "
-                "sent, and its timeouts fired, from it): leave "
-                f"{self.name.upper()}_{DynamoDBFactory.DYNAMODB_ORDERING} unset "
-                "or 'sequence'. Its leaders may use either ordering."
+                "sent, and its timeouts fired, from it): set "
+                f"{self.name.upper()}_{DynamoDBFactory.DYNAMODB_ORDERING} to "
+                "'indexed' (an indexer appends the sequence), or leave it unset "
+                "for 'sequence'. Its leaders may use any ordering."
             )
         self.processed = 0
         """Events this instance processed (upstream events and its own steps)."""
@@ -569,7 +577,12 @@ class SagaApplication(ProcessApplication[uuid.UUID]):
             raise OSError(f"Invalid {LEDGER_METRICS} {choice!r}: use 'emf' or 'none'.")
 
     def construct_env(self, name: str, env: EnvType | None = None) -> Environment:
-        """Give the saga application a sequence of its own, whatever its leaders use."""
+        """Give the saga application a sequence of its own, whatever its leaders use.
+
+        ``sequence`` unless its own (prefixed) ``DYNAMODB_ORDERING`` says
+        ``indexed``: an unprefixed ``indexed`` is its leaders', and the saga
+        application's events table may have no stream for an indexer.
+        """
         environment = super().construct_env(name, env)
         environment.setdefault(
             f"{name.upper()}_{DynamoDBFactory.DYNAMODB_ORDERING}", "sequence"
@@ -971,29 +984,55 @@ class SagaRunner:
     dispatcher beside stream followers. Several runners may run at once:
     each event is processed once (tracking is conditional), and a runner
     that loses a race reads again.
+
+    ``indexers`` (:class:`~ledger.indexer.Indexer`) are run here, a round
+    each before each round of pulls, so an indexed application's sequence
+    holds what was saved before. By default: the saga application's own
+    indexer when it is indexed, so a step is sent in the poll that decided
+    it (none when it keeps a ``sequence``). Pass ``()`` when ``ledger index
+    run`` indexes it elsewhere (its steps are then sent at the first poll
+    after they are indexed), or every application's indexer to run the
+    whole system in one process. Several indexers of one table are safe:
+    one commits each round.
     """
 
     def __init__(
-        self, saga_application: SagaApplication, leaders: Iterable[Application[Any]]
+        self,
+        saga_application: SagaApplication,
+        leaders: Iterable[Application[Any]],
+        *,
+        indexers: Iterable[Indexer] | None = None,
     ) -> None:
         self.application = saga_application
         self.leaders = [*leaders, saga_application]
         for leader in self.leaders:
             saga_application.follow(leader.name, leader.notification_log)
+        if indexers is None:
+            recorder = saga_application.recorder
+            indexers = (
+                [Indexer(recorder)]
+                if isinstance(recorder, DynamoDBIndexedApplicationRecorder)
+                else []
+            )
+        self.indexers = list(indexers)
+        """The indexers this runner runs before each round of pulls."""
 
     def poll(self) -> int:
         """Process every event available now, from every leader; return how many.
 
-        Goes round the leaders until a round finds nothing, so steps decided
-        in this poll are sent in it too.
+        Goes round the indexers and the leaders until a round indexes and
+        processes nothing, so steps decided in this poll are sent in it too
+        (on an indexed saga application, if its stream shows them by the
+        next round, as DynamoDB Local's does at once; else at the next poll).
         """
         app = self.application
         before = app.processed
         while True:
             start = app.processed
+            indexed = sum(indexer.poll() for indexer in self.indexers)
             for leader in self.leaders:
                 self._pull(leader.name)
-            if app.processed == start:
+            if app.processed == start and not indexed:
                 return app.processed - before
 
     def run(self, stop: threading.Event, interval: float = 1.0) -> None:
@@ -1028,7 +1067,9 @@ class TimeoutPoller:
     loop here, an EventBridge schedule invoking a Lambda in AWS): more are
     safe, since a timeout fires once, but each reads the same events.
     Timeouts fire at the first poll after they are due: their lateness is at
-    most the poll interval plus the time to read.
+    most the poll interval plus the time to read. On an indexed saga
+    application it reads what the index holds: a timeout is seen once its
+    scheduling is indexed (by a :class:`SagaRunner`, or ``ledger index run``).
     """
 
     def __init__(

@@ -268,17 +268,7 @@ class DynamoDBFactory(InfrastructureFactory[DynamoDBTrackingRecorder]):
     def application_recorder(self) -> ApplicationRecorder:
         """Return a recorder for events, and the sequence in ``sequence`` ordering."""
         recorder: DynamoDBApplicationRecorder | DynamoDBStreamApplicationRecorder
-        if self.ordering == "indexed":
-            recorder = self._recorder_class(
-                self.APPLICATION_RECORDER_TOPIC, DynamoDBIndexedApplicationRecorder
-            )(
-                self.connection,
-                self.table_name(schema.EVENTS_TABLE),
-                self.table_name(schema.NOTIFICATIONS_TABLE),
-                originator_id_type=self.originator_id_type,
-                poll_interval=self.poll_interval,
-            )
-        elif self.ordering == "stream":
+        if self.ordering == "stream":
             stream_class = self._recorder_class(
                 self.APPLICATION_RECORDER_TOPIC, DynamoDBStreamApplicationRecorder
             )
@@ -288,9 +278,12 @@ class DynamoDBFactory(InfrastructureFactory[DynamoDBTrackingRecorder]):
                 originator_id_type=self.originator_id_type,
                 with_stream=self.events_stream,
             )
-        else:
+        else:  # both read the sequence; indexed saves as stream does
             sequence_class = self._recorder_class(
-                self.APPLICATION_RECORDER_TOPIC, DynamoDBApplicationRecorder
+                self.APPLICATION_RECORDER_TOPIC,
+                DynamoDBIndexedApplicationRecorder
+                if self.ordering == "indexed"
+                else DynamoDBApplicationRecorder,
             )
             recorder = sequence_class(
                 self.connection,
@@ -348,18 +341,7 @@ class DynamoDBFactory(InfrastructureFactory[DynamoDBTrackingRecorder]):
             | DynamoDBStreamProcessRecorder
             | DynamoDBIndexedProcessRecorder
         )
-        if self.ordering == "indexed":
-            recorder = self._recorder_class(
-                self.PROCESS_RECORDER_TOPIC, DynamoDBIndexedProcessRecorder
-            )(
-                self.connection,
-                self.table_name(schema.EVENTS_TABLE),
-                self.table_name(schema.NOTIFICATIONS_TABLE),
-                self.table_name(schema.TRACKING_TABLE),
-                originator_id_type=self.originator_id_type,
-                poll_interval=self.poll_interval,
-            )
-        elif self.ordering == "stream":
+        if self.ordering == "stream":
             stream_class = self._recorder_class(
                 self.PROCESS_RECORDER_TOPIC, DynamoDBStreamProcessRecorder
             )
@@ -370,10 +352,13 @@ class DynamoDBFactory(InfrastructureFactory[DynamoDBTrackingRecorder]):
                 originator_id_type=self.originator_id_type,
                 with_stream=self.events_stream,
             )
-        else:
-            sequence_class = self._recorder_class(
-                self.PROCESS_RECORDER_TOPIC, DynamoDBProcessRecorder
+        else:  # both read the sequence; indexed saves as stream does
+            default: type[DynamoDBProcessRecorder | DynamoDBIndexedProcessRecorder] = (
+                DynamoDBIndexedProcessRecorder
+                if self.ordering == "indexed"
+                else DynamoDBProcessRecorder
             )
+            sequence_class = self._recorder_class(self.PROCESS_RECORDER_TOPIC, default)
             recorder = sequence_class(
                 self.connection,
                 self.table_name(schema.EVENTS_TABLE),

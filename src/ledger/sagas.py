@@ -787,10 +787,12 @@ class SagaApplication(ProcessApplication[uuid.UUID]):
                 break
             if self.parked_steps.wait(step, behind=earlier[-1]):
                 logger.info(
-                    "%s: step %s of parked saga %s waits behind version %d",
+                    "%s: step %s of saga %s waits behind version %d "
+                    "(the saga parked at version %d)",
                     self.name,
                     type(step).__name__,
                     step.originator_id,
+                    earlier[-1].version,
                     earlier[0].version,
                     extra=self._about(step),
                 )

@@ -31,8 +31,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from aggregates.application import Orders
 from aggregates.order import DEFAULT_CURRENCY, OrderError
 from ledger.inbox import InboundMessage, Inbox, S3ObjectCreated
+from ledger.publishing import Publisher
 
-__all__ = ["AddItem", "OrderRow", "PlaceOrder", "orders_inbox", "row_key"]
+__all__ = [
+    "AddItem",
+    "OrderRow",
+    "PlaceOrder",
+    "make_inbox",
+    "make_publisher",
+    "orders_inbox",
+    "row_key",
+]
 
 
 class PlaceOrder(InboundMessage):
@@ -143,3 +152,21 @@ def orders_inbox(
             )
 
     return inbox
+
+
+def make_inbox(env: Mapping[str, str]) -> Inbox:
+    """Return the Orders inbox on its own Orders application (for ``ledger inbox``).
+
+    ``ledger inbox dead-letters list --inbox aggregates.inbox_example:make_inbox``
+    """
+    return orders_inbox(Orders(env=dict(env)), env=env)
+
+
+def make_publisher(env: Mapping[str, str]) -> Publisher:
+    """Return the Orders publisher (for ``ledger publisher``).
+
+    Used as ``--publisher aggregates.inbox_example:make_publisher``.
+    """
+    from projections.integration import OrderEvents  # noqa: PLC0415
+
+    return Publisher(OrderEvents(), Orders(env=dict(env)), env=env)

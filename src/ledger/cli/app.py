@@ -9,6 +9,7 @@ import typer
 from ledger import DISTRIBUTION, __version__
 from ledger.cli.bench import bench_cli, checkout_root
 from ledger.cli.events import events_cli
+from ledger.cli.inbox import inbox_cli, publisher_cli
 from ledger.cli.index import index_cli
 from ledger.cli.local import local
 from ledger.cli.options import run_with_one_line_errors, settings
@@ -34,6 +35,8 @@ cli.add_typer(events_cli, name="events")
 cli.add_typer(index_cli, name="index")
 cli.add_typer(projections_cli, name="projections")
 cli.add_typer(sagas_cli, name="sagas")
+cli.add_typer(inbox_cli, name="inbox")
+cli.add_typer(publisher_cli, name="publisher")
 # Listed only in a checkout: the benchmarks are not in the wheel.
 cli.add_typer(bench_cli, name="bench", hidden=checkout_root() is None)
 

@@ -395,19 +395,20 @@ class Inbox:
         return outcome
 
     def purge(self, keys: Iterable[str] | None = None) -> list[str]:
-        """Delete dead letters (all, or those of ``keys``); return the keys deleted."""
-        chosen = (
-            [letter.key for letter in self.dead_letters()] if keys is None else keys
-        )
-        deleted = []
+        """Delete dead letters (all, or those of ``keys``); return the keys deleted.
+
+        A key with no dead letter is skipped. One Query, then one DeleteItem
+        per letter.
+        """
+        stored = [letter.key for letter in self.dead_letters()]
+        chosen = stored if keys is None else [key for key in keys if key in stored]
         for key in chosen:
             self.connection.call(
                 "delete_item",
                 TableName=self.table_name,
                 Key={schema.KIND: {"S": schema.DEAD_LETTER}, schema.KEY: {"S": key}},
             )
-            deleted.append(key)
-        return deleted
+        return chosen
 
     # Step Functions tasks ----------------------------------------------------------
 

@@ -19,13 +19,14 @@ from ledger.dynamodb.client import DynamoDBConnection
 from ledger.publishing import schema
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
 
 __all__ = [
     "DeadLetter",
     "dead_letter_item",
     "dead_letter_of",
     "delete_dead_letter",
+    "purge_dead_letters",
     "read_dead_letters",
     "store_dead_letter",
 ]
@@ -115,6 +116,23 @@ def delete_dead_letter(
             schema.KEY: {"S": letter.key},
         },
     )
+
+
+def purge_dead_letters(
+    connection: DynamoDBConnection, table_name: str, keys: Iterable[str] | None = None
+) -> list[str]:
+    """Delete dead letters (all, or those of ``keys``); return the keys deleted.
+
+    Their events are never published (unless republished by hand). A key
+    with no dead letter is skipped. One Query, then one DeleteItem per letter.
+    """
+    letters = {
+        letter.key: letter for letter in read_dead_letters(connection, table_name)
+    }
+    chosen = list(letters) if keys is None else [key for key in keys if key in letters]
+    for key in chosen:
+        delete_dead_letter(connection, table_name, letters[key])
+    return chosen
 
 
 def dead_letter_of(item: Mapping[str, Any]) -> DeadLetter:

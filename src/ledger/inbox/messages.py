@@ -13,7 +13,8 @@ key, and the keyed command a handler calls with it is applied once:
   is new at each ``PutEvents`` and is not used;
 * **S3 object events** (a notification to SQS, or ``Object Created`` through
   EventBridge): ``s3:{bucket}/{key}@{version id or etag}#{sequencer}``,
-  one per change of the object;
+  one per change of the object (S3 always sends a sequencer; a record
+  without one is keyed by the content alone);
 * **Step Functions tasks** (a ``.waitForTaskToken`` message whose body holds
   ``taskToken``, ``type`` and ``input``): ``task:{execution}#{state}`` when
   the body names them (a task retried by the state machine gets a new token
@@ -83,7 +84,7 @@ class S3ObjectCreated(InboundMessage):
     object_key: str
     version_id: str | None = None
     etag: str
-    sequencer: str
+    sequencer: str = ""
     size: int | None = None
 
     @property
@@ -268,11 +269,9 @@ def _s3_object(
         "sequencer": sequencer,
         "size": obj.get("size"),
     }
-    problem = (
-        ""
-        if bucket and object_key and sequencer
-        else "an S3 record without bucket, key or sequencer"
-    )
+    # A sequencer orders writes of one key; without one (moto's
+    # notifications carry none) a write of the same content is the same key.
+    problem = "" if bucket and object_key else "an S3 record without bucket or key"
     return Envelope(
         key=bounded(f"s3:{bucket}/{object_key}@{version or etag}#{sequencer}"),
         type=S3_OBJECT_CREATED,

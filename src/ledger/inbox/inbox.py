@@ -45,6 +45,7 @@ A Step Functions task (:attr:`Envelope.task_token`) is answered instead:
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -53,6 +54,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, ClassVar, Final, TypeVar
 
 import pydantic
@@ -66,6 +68,7 @@ from eventsourcing.persistence import (
 from eventsourcing.utils import Environment, strtobool
 
 from ledger.commands import IdempotencyKeyReusedError
+from ledger.domain import upcasters
 from ledger.dynamodb import connection_of
 from ledger.dynamodb.tables import ensure_table
 from ledger.inbox import schema
@@ -129,6 +132,8 @@ class DeadLetter:
 class _Route:
     model: type[pydantic.BaseModel]
     handler: Handler
+    version: int
+    """The model's version of messages of this type (their ``class_version``)."""
 
 
 class RefusedError(Exception):
@@ -177,6 +182,7 @@ class Inbox:
         env: Mapping[str, str] | None = None,
         retry_delays: Sequence[float] | None = None,
         stepfunctions_client: Any = None,
+        schemas: Path | None = None,
     ) -> None:
         if not name:
             raise TypeError("An inbox needs a name (its table is named after it)")
@@ -201,6 +207,12 @@ class Inbox:
             self.retry_delays if retry_delays is None else tuple(retry_delays)
         )
         self._stepfunctions = stepfunctions_client
+        self.schemas = schemas
+        """The folder of the publishers' JSON Schema files
+        (``{source}/{detail-type}.json``): an EventBridge event is validated
+        against its file, if there is one, before upcasting. None: no
+        validation but the models'. Needs ``jsonschema``."""
+        self._validators: dict[Path, Any] = {}
         self.routes: dict[str, _Route] = {}
         self.sleep: Callable[[float], None] = time.sleep
 
@@ -218,11 +230,28 @@ class Inbox:
         return register
 
     def route(self, model: type[M], handler: Callable[[M, str], Any]) -> None:
-        """Send messages of ``model``'s type to ``handler(message, key)``."""
-        message_type = message_type_of(model)
-        if message_type in self.routes:
-            raise TypeError(f"Inbox {self.name!r} already routes {message_type!r}")
-        self.routes[message_type] = _Route(model, handler)
+        """Send messages of ``model``'s type(s) to ``handler(message, key)``.
+
+        A model with ``versions`` (a mapping of message types to the
+        ``class_version`` of their shape, ``{"OrderPlaced.v1": 1,
+        "OrderPlaced.v2": 2}``) takes each of those types; a message of an
+        older shape is upcast by the model's ``upcast_vN_vN+1`` static
+        methods (:func:`ledger.domain.upcasters`, as stored domain events
+        are) before it is validated.
+        """
+        versions = getattr(model, "versions", None) or {
+            message_type_of(model): getattr(model, "class_version", 1)
+        }
+        chain = upcasters(model)  # refuses a model whose chain has a gap now
+        for message_type, version in versions.items():
+            if not 1 <= version <= len(chain) + 1:
+                raise TypeError(
+                    f"{model.__qualname__} takes {message_type!r} as version "
+                    f"{version}, outside its class_version 1..{len(chain) + 1}"
+                )
+            if message_type in self.routes:
+                raise TypeError(f"Inbox {self.name!r} already routes {message_type!r}")
+            self.routes[message_type] = _Route(model, handler, version)
 
     # Handling --------------------------------------------------------------------
 
@@ -262,8 +291,15 @@ class Inbox:
                 f"no handler for type {envelope.type!r} in inbox {self.name!r}",
                 "UnknownMessageType",
             )
+        body = envelope.body
+        self._check_schema(envelope)
+        chain = upcasters(route.model)[route.version - 1 :]
+        if chain and isinstance(body, dict):
+            body = copy.deepcopy(body)
+            for upcast in chain:
+                upcast(body)
         try:
-            message = route.model.model_validate(envelope.body)
+            message = route.model.model_validate(body)
         except pydantic.ValidationError as invalid:
             raise RefusedError(validation_reason(invalid), "ValidationError") from None
         for delay in (*self.delays, None):
@@ -287,6 +323,38 @@ class Inbox:
                 )
                 self.sleep(delay)
         raise AssertionError  # pragma: no cover - the loop returns or raises
+
+    def _check_schema(self, envelope: Envelope) -> None:
+        if self.schemas is None or not envelope.event_source:
+            return
+        path = self.schemas / envelope.event_source / f"{envelope.type}.json"
+        validator = self._validators.get(path)
+        if validator is None:
+            if not path.is_file():
+                return
+            try:
+                import jsonschema  # type: ignore[import-untyped]  # noqa: PLC0415
+            except ImportError as missing:
+                raise ImportError(
+                    "Validating inbound events against schema files needs "
+                    "jsonschema: pip install jsonschema (or make the inbox "
+                    "without schemas=)."
+                ) from missing
+            document = json.loads(path.read_text())
+            validator = jsonschema.Draft202012Validator(
+                document, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+            )
+            self._validators[path] = validator
+        problems = [
+            f"{'.'.join(str(p) for p in error.absolute_path) or '(detail)'}: "
+            f"{error.validator}"
+            for error in validator.iter_errors(envelope.body)
+        ]
+        if problems:
+            raise RefusedError(
+                f"not {envelope.type} as its schema file says: " + "; ".join(problems),
+                "SchemaValidationError",
+            )
 
     def handle_batch(self, envelopes: Sequence[Sequence[Envelope]]) -> list[str]:
         """Handle the messages of a batch in order; return the ids not done.

@@ -72,7 +72,15 @@ class InboundMessage(BaseModel):
 
     message_type: ClassVar[str]
     """The type this message is routed by: the ``type`` message attribute
-    (or body field) of a raw SQS message, a Step Functions task's ``type``."""
+    (or body field) of a raw SQS message, a Step Functions task's ``type``,
+    an EventBridge event's ``detail-type``."""
+    class_version: ClassVar[int] = 1
+    """The version of this model's shape; older shapes are upcast by static
+    methods ``upcast_v1_v2(state)`` and so on, as domain events are."""
+    versions: ClassVar[dict[str, int]] = {}
+    """The message types this model takes, each with the version of its
+    shape (``{"OrderPlaced.v1": 1, "OrderPlaced.v2": 2}``). Empty: only
+    ``message_type``, at ``class_version``."""
 
 
 class S3ObjectCreated(InboundMessage):
@@ -129,6 +137,8 @@ class Envelope:
     """The SQS FIFO message group ('' for a standard queue)."""
     task_token: str = ""
     """A Step Functions task's token ('' for other messages)."""
+    event_source: str = ""
+    """An EventBridge event's ``source`` ('' for other messages)."""
     problem: str = ""
     """Why the delivery could not be read ('' when it could): such an
     envelope is dead-lettered without a handler."""
@@ -237,6 +247,7 @@ def _eventbridge(event: dict[str, Any], common: dict[str, Any]) -> Envelope:
         type=detail_type,
         body=detail,
         source=Source.EVENTBRIDGE,
+        event_source=source,
         **common,
     )
 

@@ -25,7 +25,14 @@ from hypothesis import strategies as st
 
 from aggregates.application import Orders
 from aggregates.inbox_example import PlaceOrder, orders_inbox
-from ledger.inbox import Envelope, Inbox, Outcome, SqsRunner, handle_sqs_event
+from ledger.inbox import (
+    Envelope,
+    Inbox,
+    Outcome,
+    SqsRunner,
+    handle_sqs_event,
+    lambda_handler,
+)
 from ledger.inbox.messages import envelopes_of
 from tests.test_publisher import local_eventbridge
 
@@ -477,3 +484,22 @@ def test_an_applied_message_is_an_outcome_of_applied(
     assert inbox.handle(envelope) is Outcome.APPLIED
     (order_id,) = set(crashing.answers[customer])
     assert crashing.get_order(order_id).total == Decimal(PRICE)
+
+
+def test_the_lambda_handler_makes_its_inbox_once_and_answers_a_partial_batch(
+    crashing: CrashingOrders, dynamodb_env: dict[str, str]
+) -> None:
+    made: list[Inbox] = []
+
+    def make() -> Inbox:
+        made.append(orders_inbox(crashing, env=dynamodb_env, retry_delays=()))
+        return made[-1]
+
+    handler = lambda_handler(make)
+    customer = uuid.uuid4()
+    event = {"Records": [record("m1", place_body(customer), "PlaceOrder")]}
+
+    assert handler(event, None) == {"batchItemFailures": []}
+    assert handler(event, None) == {"batchItemFailures": []}
+    assert len(made) == 1
+    assert len(set(crashing.answers[customer])) == 1

@@ -140,3 +140,18 @@ def test_a_model_taking_a_version_it_cannot_upcast_is_refused(
     inbox = Inbox("Warehouse", orders, env=dynamodb_env)
     with pytest.raises(TypeError, match=r"outside its class_version 1\.\.2"):
         inbox.route(Broken, lambda message, key: None)
+
+
+def test_a_redriven_event_is_checked_against_its_schema_file_again(
+    orders: Orders, dynamodb_env: dict[str, str]
+) -> None:
+    inbox = Inbox(
+        "Warehouse", orders, env=dynamodb_env, schemas=SCHEMAS, store_bodies=True
+    )
+    got: list[OrderPlaced] = []
+    inbox.route(OrderPlaced, lambda message, key: got.append(message))
+    detail = {**placed_v1(), "card_number": "4111-1111-1111-1111"}
+    inbox.handle(delivered("OrderPlaced.v1", detail))
+
+    assert inbox.redrive() == {f"event:{SOURCE}:{detail['id']}": "parked"}
+    assert got == []

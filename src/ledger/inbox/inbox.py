@@ -126,6 +126,8 @@ class DeadLetter:
     dead_lettered_at: str
     body: str | None = None
     """The payload as JSON, when the inbox stores bodies (None otherwise)."""
+    event_source: str = ""
+    """An EventBridge event's ``source`` ('' for other messages)."""
 
 
 @dataclass(frozen=True)
@@ -400,6 +402,7 @@ class Inbox:
             schema.KEY: {"S": envelope.key},
             schema.MESSAGE_TYPE: {"S": envelope.type},
             schema.SOURCE: {"S": envelope.source.value},
+            schema.EVENT_SOURCE: {"S": envelope.event_source},
             schema.MESSAGE_ID: {"S": envelope.message_id},
             schema.GROUP_ID: {"S": envelope.group_id},
             schema.REASON: {"S": reason},
@@ -456,6 +459,7 @@ class Inbox:
             source=Source(letter.source),
             message_id=letter.message_id,
             group_id=letter.group_id,
+            event_source=letter.event_source,
         )
         outcome = self.handle(envelope)
         if outcome is Outcome.APPLIED:
@@ -588,6 +592,7 @@ def dead_letter_of(item: Mapping[str, Any]) -> DeadLetter:
         body_sha256=item[schema.BODY_SHA256]["S"],
         dead_lettered_at=item[schema.DEAD_LETTERED_AT]["S"],
         body=None if body is None else body["S"],
+        event_source=item.get(schema.EVENT_SOURCE, {}).get("S", ""),
     )
 
 

@@ -31,6 +31,7 @@ import json
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, Final
+from urllib.parse import unquote_plus
 
 from pydantic import BaseModel, ConfigDict
 
@@ -265,8 +266,6 @@ def _s3(record: Any, common: dict[str, Any]) -> Envelope:
 def _s3_object(
     bucket: Any, obj: dict[str, Any], version_field: str, common: dict[str, Any]
 ) -> Envelope:
-    from urllib.parse import unquote_plus  # noqa: PLC0415 - S3 only
-
     # S3 notifications URL-encode object keys (spaces as '+').
     object_key = unquote_plus(str(obj.get("key", "")))
     etag = str(obj.get("eTag") or obj.get("etag") or "")

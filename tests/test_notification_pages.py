@@ -266,3 +266,23 @@ def test_a_page_size_that_is_not_a_positive_number_is_refused_naming_it(
 
     with pytest.raises(DataError, match=r"positions_per_page = .* not a positive"):
         sequence_recorder(factory).select_notifications(start=1, limit=3)
+
+
+def test_a_writer_that_assumed_another_page_size_files_by_the_tables(
+    factory: DynamoDBFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stale = sequence_recorder(factory)
+    save_in_batches(stale, 5)  # the table records 1,000, and so does ``stale``
+    for page, position in [(0, 5), (schema.SEQUENCE_PAGE, 0)]:  # emptied...
+        stale.connection.call(
+            "delete_item",
+            TableName=stale.notifications_table_name,
+            Key={schema.PAGE: {"N": str(page)}, schema.POSITION: {"N": str(position)}},
+        )
+    monkeypatch.setattr(schema, "PAGE_SIZE", 10)
+    save_in_batches(sequence_recorder(factory), 5)  # ...and written again: 10
+
+    save_in_batches(stale, 10)  # positions 6 to 15, expected by ``stale``
+
+    assert batch_keys(stale) == [(0, 5), (1, 15)]
+    assert sequence_item(stale)[schema.POSITIONS_PER_PAGE] == {"N": "10"}

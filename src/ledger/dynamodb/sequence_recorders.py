@@ -279,8 +279,10 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
     def page_size(self) -> int:
         """Positions per page of the notifications table, as its sequence item says.
 
-        Read once (with the first ``max_notification_id``, or here). A table
-        not written yet has none: its first write records ``schema.PAGE_SIZE``,
+        Taken from the sequence item whenever that is read anyway (each
+        ``max_notification_id``, a lost race), so it costs no request of its
+        own, except here when nothing has read the item yet. A table not
+        written yet has none: its first write records ``schema.PAGE_SIZE``,
         which is returned until then.
         """
         if self._page_size is None:

@@ -106,6 +106,27 @@ def test_every_changed_byte_of_a_batch_is_detected(
             read_batch_item(item, TABLE)
 
 
+@pytest.mark.parametrize(
+    ("first", "page_size", "page"),
+    [
+        (1, 1_000, 0),
+        (995, 1_000, 1),
+        (990, 1_000, 0),
+        (991, 1_000, 1),
+        (995, 100_000, 0),
+    ],
+)
+def test_a_batch_is_filed_on_the_page_of_its_last_position(
+    first: int, page_size: int, page: int
+) -> None:
+    entries = [GOLDEN_ENTRIES[0]._replace(version=v) for v in range(1, 11)]
+
+    item = batch_item(first, entries, page_size)
+
+    assert item[schema.PAGE] == {"N": str(page)}
+    assert item[schema.POSITION] == {"N": str(first + 9)}
+
+
 @given(entries.filter(bool), positions, positions, st.sampled_from(["first", "last"]))
 def test_a_changed_position_of_a_batch_is_detected(
     batch: list[BatchEntry], first: int, other: int, attribute: str

@@ -555,10 +555,15 @@ def ledger_read(app: Orders) -> int:
         position = page[-1].id
 
 
-def raw_read(client: Any, table: str, last_position: int) -> tuple[int, int]:
-    """A plain Query loop over the batch items, each decoded; (events, requests)."""
+def raw_read(
+    client: Any, table: str, last_position: int, page_size: int
+) -> tuple[int, int]:
+    """A plain Query loop over the batch items, each decoded; (events, requests).
+
+    ``page_size``: the table's positions per page (``recorder.page_size``).
+    """
     count = requests = 0
-    for page in range(schema.page_of(last_position) + 1):
+    for page in range(schema.page_of(last_position, page_size) + 1):
         params: dict[str, Any] = {
             "TableName": table,
             "KeyConditionExpression": "page = :p",
@@ -617,7 +622,9 @@ def run_history(
             for contender in order:
                 begun = time.perf_counter()
                 if contender == RAW:
-                    count, raw_requests = raw_read(client, table, head)
+                    count, raw_requests = raw_read(
+                        client, table, head, app.recorder.page_size
+                    )
                     raw_rates.append(count / (time.perf_counter() - begun))
                 else:
                     count = ledger_read(app)

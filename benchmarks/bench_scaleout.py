@@ -709,10 +709,13 @@ def ledger_read(app: Orders) -> int:
         position = batch[-1].id
 
 
-def raw_read(raw: RawTable, last_position: int) -> int:
-    """Query every notification batch item (Limit as ledger's), decode each."""
+def raw_read(raw: RawTable, last_position: int, page_size: int) -> int:
+    """Query every notification batch item (Limit as ledger's), decode each.
+
+    ``page_size``: the table's positions per page (``recorder.page_size``).
+    """
     notifications = []
-    for page in range(schema.page_of(last_position) + 1):
+    for page in range(schema.page_of(last_position, page_size) + 1):
         params: dict[str, Any] = {
             "TableName": raw.table_name,
             "KeyConditionExpression": f"{schema.PAGE} = :p",
@@ -767,7 +770,11 @@ def run_reads(
             order = ("ledger", RAW) if round_number % 2 == 0 else (RAW, "ledger")
             for contender in order:
                 begun = time.perf_counter()
-                count = raw_read(raw, events) if contender == RAW else ledger_read(app)
+                count = (
+                    raw_read(raw, events, app.recorder.page_size)
+                    if contender == RAW
+                    else ledger_read(app)
+                )
                 rate = count / (time.perf_counter() - begun)
                 (raw_rates if contender == RAW else ledger_rates).append(rate)
                 if count != events:
@@ -775,7 +782,7 @@ def run_reads(
         with measure(app) as meter:
             ledger_read(app)
         counted = RawTable(client, raw.table_name, ledger_shaped=True)
-        raw_read(counted, events)
+        raw_read(counted, events, app.recorder.page_size)
         raw_counts = (counted.round_trips, counted.read_units)
         raw_estimate = counted.estimated_read_units
         ledger_rate = statistics.median(ledger_rates)

@@ -21,9 +21,10 @@ from projections.orders import OrderProjector, get_order_summary
 from tests.test_projections_core import ITEM
 
 
-def batch_key(last_position: int) -> dict:
+def batch_key(app: Orders, last_position: int) -> dict:
+    page_size = app.recorder.page_size
     return {
-        schema.PAGE: {"N": str(schema.page_of(last_position))},
+        schema.PAGE: {"N": str(schema.page_of(last_position, page_size))},
         schema.POSITION: {"N": str(last_position)},
     }
 
@@ -35,7 +36,7 @@ def damage_batch(app: Orders, last_position: int, **attributes: dict) -> None:
     app.recorder.connection.call(
         "update_item",
         TableName=app.recorder.notifications_table_name,
-        Key=batch_key(last_position),
+        Key=batch_key(app, last_position),
         UpdateExpression="SET "
         + ", ".join(f"{name} = :v{i}" for i, name in enumerate(names)),
         ExpressionAttributeNames=names,
@@ -49,7 +50,10 @@ def change_inside_batch(
     """Replace ``old`` by ``new`` inside the batch ending at ``last_position``."""
     table = app.recorder.notifications_table_name
     item = app.recorder.connection.call(
-        "get_item", TableName=table, Key=batch_key(last_position), ConsistentRead=True
+        "get_item",
+        TableName=table,
+        Key=batch_key(app, last_position),
+        ConsistentRead=True,
     )["Item"]
     events = item[schema.EVENTS]["B"]
     assert events.count(old) == 1
@@ -60,7 +64,7 @@ def delete_batch(app: Orders, last_position: int) -> None:
     app.recorder.connection.call(
         "delete_item",
         TableName=app.recorder.notifications_table_name,
-        Key=batch_key(last_position),
+        Key=batch_key(app, last_position),
     )
 
 
@@ -68,7 +72,7 @@ def remove_first_position(app: Orders, last_position: int) -> None:
     app.recorder.connection.call(
         "update_item",
         TableName=app.recorder.notifications_table_name,
-        Key=batch_key(last_position),
+        Key=batch_key(app, last_position),
         UpdateExpression="REMOVE #f",
         ExpressionAttributeNames={"#f": schema.FIRST_POSITION},
     )

@@ -71,7 +71,10 @@ def test_batches_round_trip(batch: list[BatchEntry], first: int) -> None:
 
 @given(entries.filter(bool), positions)
 def test_batch_items_round_trip(batch: list[BatchEntry], first: int) -> None:
-    assert read_batch_item(batch_item(first, batch), TABLE) == (first, batch)
+    assert read_batch_item(batch_item(first, batch, schema.PAGE_SIZE), TABLE) == (
+        first,
+        batch,
+    )
 
 
 @given(
@@ -92,7 +95,7 @@ def test_batch_items_round_trip(batch: list[BatchEntry], first: int) -> None:
 def test_every_changed_byte_of_a_batch_is_detected(
     batch: list[BatchEntry], first: int, change: int
 ) -> None:
-    item = batch_item(first, batch)
+    item = batch_item(first, batch, schema.PAGE_SIZE)
     blob = item[schema.EVENTS]["B"]
 
     for index in range(len(blob)):
@@ -103,11 +106,32 @@ def test_every_changed_byte_of_a_batch_is_detected(
             read_batch_item(item, TABLE)
 
 
+@pytest.mark.parametrize(
+    ("first", "page_size", "page"),
+    [
+        (1, 1_000, 0),
+        (995, 1_000, 1),
+        (990, 1_000, 0),
+        (991, 1_000, 1),
+        (995, 100_000, 0),
+    ],
+)
+def test_a_batch_is_filed_on_the_page_of_its_last_position(
+    first: int, page_size: int, page: int
+) -> None:
+    entries = [GOLDEN_ENTRIES[0]._replace(version=v) for v in range(1, 11)]
+
+    item = batch_item(first, entries, page_size)
+
+    assert item[schema.PAGE] == {"N": str(page)}
+    assert item[schema.POSITION] == {"N": str(first + 9)}
+
+
 @given(entries.filter(bool), positions, positions, st.sampled_from(["first", "last"]))
 def test_a_changed_position_of_a_batch_is_detected(
     batch: list[BatchEntry], first: int, other: int, attribute: str
 ) -> None:
-    item = batch_item(first, batch)
+    item = batch_item(first, batch, schema.PAGE_SIZE)
     name = schema.FIRST_POSITION if attribute == "first" else schema.POSITION
     assume(int(item[name]["N"]) != other)
     item[name] = {"N": str(other)}
@@ -119,7 +143,7 @@ def test_a_changed_position_of_a_batch_is_detected(
 def test_a_checksum_mismatch_says_what_changed() -> None:
     blob = bytearray(encode_batch(3, GOLDEN_ENTRIES))
     blob[blob.index(b'"quantity":3') + 11] = ord("7")
-    item = batch_item(3, GOLDEN_ENTRIES)
+    item = batch_item(3, GOLDEN_ENTRIES, schema.PAGE_SIZE)
     item[schema.EVENTS] = {"B": bytes(blob)}
 
     with pytest.raises(CorruptNotificationBatchError) as raised:

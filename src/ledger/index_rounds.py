@@ -129,8 +129,8 @@ def _version(record: _Record) -> int:
     return 0 if record.entry is None else record.entry.version
 
 
-def _batch_items(head: int, events: list[BatchEntry]) -> list[Item]:
+def _batch_items(head: int, events: list[BatchEntry], page_size: int) -> list[Item]:
     return [
-        batch_item(head + 1 + offset, events[offset : offset + BATCH_EVENTS])
+        batch_item(head + 1 + offset, events[offset : offset + BATCH_EVENTS], page_size)
         for offset in range(0, len(events), BATCH_EVENTS)
     ]

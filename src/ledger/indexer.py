@@ -394,7 +394,10 @@ class Indexer(Reindexing, StreamPoller):
             units = _units(read, cap)
             events = [r.entry for unit in units for r in unit if r.entry]
             if len(events) <= _MAX_BATCHES * BATCH_EVENTS and sum(
-                item_size(item) for item in _batch_items(head, events)
+                item_size(item)
+                for item in _batch_items(
+                    head, events, self.recorder.page_size_to_write()
+                )
             ) <= (MAX_TRANSACTION_BYTES - _BYTES_MARGIN):
                 return units
             if cap == 1:
@@ -435,6 +438,9 @@ class Indexer(Reindexing, StreamPoller):
         ``extra``: more attributes of the checkpoints item to set (None
         values: to remove), in the same transaction.
         """
+        # The head was read this round, with the table's page size (a table
+        # not written yet gets schema.PAGE_SIZE, recorded by this write).
+        page_size = self.recorder.page_size_to_write()
         actions: list[TransactWriteItemTypeDef] = [
             {
                 "Put": {
@@ -444,11 +450,11 @@ class Indexer(Reindexing, StreamPoller):
                     "ExpressionAttributeNames": {"#key": schema.POSITION},
                 }
             }
-            for item in _batch_items(state.head, events)
+            for item in _batch_items(state.head, events, page_size)
         ]
         last = state.head + len(events)
         if events:
-            actions.append(self.recorder._sequence_action(state.head, last))
+            actions.append(self.recorder._sequence_action(state.head, last, page_size))
         actions.append(self._checkpoints_action(state.revision, checkpoints, extra))
         try:
             self.recorder.connection.call("transact_write_items", TransactItems=actions)

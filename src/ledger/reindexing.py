@@ -254,7 +254,10 @@ class Reindexing:
         while taken:
             events = [r.entry for unit in taken for r in unit if r.entry is not None]
             if len(events) <= _MAX_BATCHES * BATCH_EVENTS and sum(
-                item_size(item) for item in _batch_items(head, events)
+                item_size(item)
+                for item in _batch_items(
+                    head, events, self.recorder.page_size_to_write()
+                )
             ) <= (MAX_TRANSACTION_BYTES - _BYTES_MARGIN):
                 break
             taken = taken[: len(taken) // 2] if len(taken) > 1 else []

@@ -107,16 +107,19 @@ class CorruptNotificationBatchError(DataError):
         )
 
 
-def batch_item(first_position: int, entries: Sequence[BatchEntry]) -> Item:
+def batch_item(
+    first_position: int, entries: Sequence[BatchEntry], page_size: int
+) -> Item:
     """Return the notifications-table item of events from ``first_position`` on.
 
-    ``entries`` carry their states. When the item with the states would pass
+    ``entries`` carry their states; ``page_size`` is the table's
+    (``schema.POSITIONS_PER_PAGE``). When the item with the states would pass
     DynamoDB's item limit, it holds pointers instead (readers fetch those
     states from the events table), so DynamoDB's own limits stay the only ones.
     """
     last_position = first_position + len(entries) - 1
     item: Item = {
-        schema.PAGE: {"N": str(schema.page_of(last_position))},
+        schema.PAGE: {"N": str(schema.page_of(last_position, page_size))},
         schema.POSITION: {"N": str(last_position)},
         schema.FIRST_POSITION: {"N": str(first_position)},
         schema.EVENTS: {"B": encode_batch(first_position, entries)},

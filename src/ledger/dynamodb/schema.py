@@ -13,7 +13,7 @@ Tables (``{prefix}{application}_{kind}``):
 
 ``notifications`` (only with ``DYNAMODB_ORDERING=sequence``, the default)
     The application sequence. One *batch* item per save, keyed by
-    ``page`` (N) = ``last_position // PAGE_SIZE`` and ``position`` (N) = the
+    ``page`` (N) = ``last_position // page size`` and ``position`` (N) = the
     save's last position, holding the save's events in order (with their state
     inline when the batch fits in one item, otherwise as pointers to the
     events table). Plus one *sequence* item (``page = SEQUENCE_PAGE``) holding
@@ -22,7 +22,15 @@ Tables (``{prefix}{application}_{kind}``):
     sequence gap-free and its commits totally ordered. A batch holds at most
     ``MAX_TRANSACTION_ACTIONS - 2`` events, so the batch holding position
     ``p`` is filed under a position from ``p`` to ``p + 97``: readers query
-    that bounded range.
+    that bounded range, in the page of ``p`` and, when the range crosses
+    into it, the next one.
+
+    The page size is the table's: the first write records it on the
+    sequence item (``POSITIONS_PER_PAGE``, ``PAGE_SIZE`` for a new table),
+    and every later write is conditional on it, so one table never mixes
+    sizes. A sequence item without it is a table written before pages
+    shrank: its pages hold ``LEGACY_PAGE_SIZE`` positions, and it is read
+    and appended to as such.
 
     With ``DYNAMODB_ORDERING=indexed`` the same table, in the same format,
     is written by the indexer (:mod:`.indexer`), not by saves; it also holds
@@ -75,7 +83,8 @@ SAVE_SIZE: Final = "save_size"
 
 # --- notifications table ----------------------------------------------------
 PAGE: Final = "page"
-"""Partition key (N) of the notifications table: ``position // PAGE_SIZE``."""
+"""Partition key (N) of the notifications table: ``position // page size``
+(the table's, ``POSITIONS_PER_PAGE``)."""
 FIRST_POSITION: Final = "first_position"
 """(N) the position of a batch's first event."""
 EVENTS: Final = "events"
@@ -83,10 +92,21 @@ EVENTS: Final = "events"
 state when stored inline, in the binary layout of :mod:`ledger.dynamodb.batches`."""
 LAST_POSITION: Final = "last_position"
 """(N) on the sequence item: the highest committed position."""
+POSITIONS_PER_PAGE: Final = "positions_per_page"
+"""(N) on the sequence item: the table's page size, set by its first write
+(absent: ``LEGACY_PAGE_SIZE``)."""
 
-PAGE_SIZE: Final = 100_000
-"""Positions per notifications partition key. Larger than any batch (at most
-100 events), so every page holds the end of at least one batch."""
+PAGE_SIZE: Final = 1_000
+"""Positions per notifications partition key in a table first written now.
+Small enough that no key takes one partition's limits in its whole life (at
+about 0.54 WCU per indexed event, a page takes 540 WCU, and 20 readers of
+each event 1,000 RCU, against 1,000 WCU and 3,000 RCU a second), so the
+current page's key never binds the sequence's rate; larger than any batch
+(at most 98 events), so the batch holding a position ends in its page or the
+next."""
+LEGACY_PAGE_SIZE: Final = 100_000
+"""Positions per page of a table whose sequence item has no
+``POSITIONS_PER_PAGE``: the size every table had before it was recorded."""
 SEQUENCE_PAGE: Final = -1
 """The ``page`` of the sequence item (position 0); real pages start at 0."""
 INDEX_CHECKPOINTS_POSITION: Final = 1
@@ -150,9 +170,12 @@ TRACKING_TABLE: Final = "tracking"
 IDEMPOTENCY_TABLE: Final = "idempotency"
 
 
-def page_of(position: int) -> int:
-    """Return the notifications page that holds a batch ending at ``position``."""
-    return position // PAGE_SIZE
+def page_of(position: int, page_size: int) -> int:
+    """Return the notifications page that holds a batch ending at ``position``.
+
+    ``page_size`` is the table's (see ``POSITIONS_PER_PAGE``).
+    """
+    return position // page_size
 
 
 def table_definition(

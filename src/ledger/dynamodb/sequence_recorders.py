@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from eventsourcing.persistence import (
     ApplicationRecorder,
+    DataError,
     ListenNotifySubscription,
     Notification,
     OperationalError,
@@ -119,6 +120,9 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
         self._committed_seen = 0
         """The highest last position seen committed: every position up to it is
         readable for good (a batch ends there)."""
+        self._page_size: int | None = None
+        """The table's page size, from its sequence item (None: not read yet,
+        or the table has none yet)."""
         self._listeners: set[threading.Event] = set()
 
     def create_table(self) -> None:
@@ -164,6 +168,8 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
                     ),
                 )
                 if conflict is None:
+                    # The batch was filed by this size, and the table holds it.
+                    self._page_size = self.page_size_to_write()
                     self._last_position = expected + len(stored_events)
                     self._committed_seen = max(
                         self._committed_seen, self._last_position
@@ -205,6 +211,7 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
     ) -> list[TransactWriteItemTypeDef]:
         first = expected + 1
         last = expected + len(stored_events)
+        page_size = self.page_size_to_write()
         actions = [
             self._put_action(self._event_item(event, first + offset))
             for offset, event in enumerate(stored_events)
@@ -219,36 +226,97 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
             {
                 "Put": {
                     "TableName": self.notifications_table_name,
-                    "Item": batch_item(first, entries),
+                    "Item": batch_item(first, entries, page_size),
                     "ConditionExpression": NOT_EXISTS,
                     "ExpressionAttributeNames": _BATCH_KEY_NAME,
                 }
             }
         )
-        actions.append(self._sequence_action(expected, last))
+        actions.append(self._sequence_action(expected, last, page_size))
         tracking_action = self._tracking_action(tracking) if tracking else None
         if tracking_action is not None:
             actions.append(tracking_action)
         return actions
 
-    def _sequence_action(self, expected: int, last: int) -> TransactWriteItemTypeDef:
-        values: Item = {":new": {"N": str(last)}}
+    def _sequence_action(
+        self, expected: int, last: int, page_size: int
+    ) -> TransactWriteItemTypeDef:
+        """Update the sequence item from ``expected`` to ``last``, if it holds them.
+
+        The first write (``expected`` 0) records ``page_size``; later ones
+        are conditional on it, so batches filed by another page size than
+        the table's never commit (the writer re-reads it and retries).
+        """
+        values: Item = {":new": {"N": str(last)}, ":size": {"N": str(page_size)}}
+        update = "SET #last = :new"
         if expected == 0:
             condition = "attribute_not_exists(#last)"
+            update += ", #size = :size"
         else:
-            condition = "#last = :expected"
+            condition = "#last = :expected AND "
+            if page_size == schema.LEGACY_PAGE_SIZE:
+                # Tables written before the size was recorded have none.
+                condition += "(attribute_not_exists(#size) OR #size = :size)"
+            else:
+                condition += "#size = :size"
             values[":expected"] = {"N": str(expected)}
         return {
             "Update": {
                 "TableName": self.notifications_table_name,
                 "Key": _SEQUENCE_KEY,
-                "UpdateExpression": "SET #last = :new",
+                "UpdateExpression": update,
                 "ConditionExpression": condition,
-                "ExpressionAttributeNames": {"#last": schema.LAST_POSITION},
+                "ExpressionAttributeNames": {
+                    "#last": schema.LAST_POSITION,
+                    "#size": schema.POSITIONS_PER_PAGE,
+                },
                 "ExpressionAttributeValues": values,
                 "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
             }
         }
+
+    @property
+    def page_size(self) -> int:
+        """Positions per page of the notifications table, as its sequence item says.
+
+        Taken from the sequence item whenever that is read anyway (each
+        ``max_notification_id``, a lost race), so it costs no request of its
+        own, except here when nothing has read the item yet. A table not
+        written yet has none: its first write records ``schema.PAGE_SIZE``,
+        which is returned until then.
+        """
+        if self._page_size is None:
+            self.max_notification_id()
+        return self.page_size_to_write()
+
+    def page_size_to_write(self) -> int:
+        """Return the page size a write files its batches by, without reading.
+
+        The table's, once read; before that ``schema.PAGE_SIZE``, which the
+        write's condition on the sequence item checks (a first write records
+        it; any other fails on a table written already, and the writer learns
+        the table's size from the item returned).
+        """
+        return self._page_size or schema.PAGE_SIZE
+
+    def _learn_page_size(self, sequence_item: Item) -> None:
+        """Take the table's page size from its sequence item."""
+        value = sequence_item.get(schema.POSITIONS_PER_PAGE)
+        if value is None:
+            self._page_size = schema.LEGACY_PAGE_SIZE
+            return
+        try:
+            size = int(value["N"])
+        except (KeyError, TypeError, ValueError):
+            size = 0
+        if size < 1:
+            raise DataError(
+                f"The sequence item of {self.notifications_table_name!r} holds "
+                f"{schema.POSITIONS_PER_PAGE} = {value!r}, not a positive whole "
+                "number, so its notification batches cannot be found. Restore it "
+                "(its batch items' keys say the size: page = position // size)."
+            )
+        self._page_size = size
 
     def _position_from(
         self, conflict: TransactionConflictError, sequence_index: int
@@ -258,6 +326,7 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
         reason = reasons[sequence_index] if len(reasons) > sequence_index else {}
         item = reason.get("Item")
         if item and schema.LAST_POSITION in item:
+            self._learn_page_size(item)
             return int(item[schema.LAST_POSITION]["N"])
         return self.max_notification_id() or 0
 
@@ -274,6 +343,7 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
         item = response.get("Item")
         if item is None:
             return None
+        self._learn_page_size(item)
         last = int(item[schema.LAST_POSITION]["N"])
         self._committed_seen = max(self._committed_seen, last)
         return last
@@ -359,7 +429,8 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
             window_high = min(high, low + span - 1)
             upper = min(last, window_high + BATCH_REACH)
             end = low - 1
-            for page in range(schema.page_of(low), schema.page_of(upper) + 1):
+            first_page = schema.page_of(low, self.page_size)
+            for page in range(first_page, schema.page_of(upper, self.page_size) + 1):
                 for batch in self.connection.items(
                     "query",
                     TableName=self.notifications_table_name,
@@ -447,7 +518,10 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
         committed position.
         """
         upper = position + BATCH_REACH
-        for page in range(schema.page_of(position), schema.page_of(upper) + 1):
+        size = self.page_size
+        for page in range(
+            schema.page_of(position, size), schema.page_of(upper, size) + 1
+        ):
             for batch in self.connection.items(
                 "query",
                 TableName=self.notifications_table_name,

@@ -13,9 +13,11 @@ import types
 from pathlib import Path
 
 import pytest
+from eventsourcing import utils
 
 from ledger.dynamodb.local import find_jar
 from tests.readme_blocks import DOCS, README, ROOT, Block, blocks, page_name, pages
+from tests.test_wheel_install import installed  # noqa: F401 - a fixture
 
 RUNNABLE = {"python", "sh"}
 """The languages of blocks a test runs; a block of another must have a title
@@ -38,29 +40,47 @@ def runnable_pages() -> list[object]:
             marks=[pytest.mark.slow] if page_name(page) in SLOW_PAGES else [],
         )
         for page in pages()
-        if any(runs(block) for block in blocks(page))
+        if any(runs(block) and block.language in RUNNABLE for block in blocks(page))
     ]
 
 
-def shell_environment(project: Path, env: dict[str, str]) -> dict[str, str]:
-    """Return the environment a reader's shell has: the tests' virtualenv."""
-    return {
-        **os.environ,
-        **env,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        # this checkout's ledger (the shared virtualenv may hold another's),
-        # and the reader's own modules
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(project)]),
-        "DYNAMODB_LOCAL_JAR": str(find_jar(ROOT)),
-        "COLUMNS": "200",
-        "NO_COLOR": "1",
+def shell_environment(env: dict[str, str], virtualenv: Path | None) -> dict[str, str]:
+    """Return the environment of a reader's shell in ``virtualenv``.
+
+    Without one, the tests' own, with this checkout's ledger first (the
+    shared virtualenv may hold another checkout's).
+    """
+    environment = {
+        key: value
+        for key, value in {**os.environ, **env}.items()
+        if key not in ("PYTHONPATH", "VIRTUAL_ENV")
     }
+    bin_dir = virtualenv / "bin" if virtualenv else Path(sys.executable).parent
+    environment["PATH"] = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+    if virtualenv is None:
+        environment["PYTHONPATH"] = str(ROOT / "src")
+    environment.update(
+        {
+            "DYNAMODB_LOCAL_JAR": str(find_jar(ROOT)),
+            "COLUMNS": "200",
+            "NO_COLOR": "1",
+        }
+    )
+    return environment
 
 
 def run_page(
-    page: Path, project: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    page: Path,
+    project: Path,
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    virtualenv: Path | None = None,
 ) -> None:
-    """Run a page's blocks in order, in the reader's folder ``project``."""
+    """Run a page's blocks in order, in the reader's folder ``project``.
+
+    Commands run in ``virtualenv`` (default: the tests' own); Python blocks
+    run in this process.
+    """
     monkeypatch.chdir(project)
     monkeypatch.syspath_prepend(str(project))
     # eventsourcing finds event classes by module topic: give the examples a
@@ -76,11 +96,11 @@ def run_page(
             path.write_text(block.code)
         elif block.language == "python":
             exec(compile(block.code, block.where, "exec"), module.__dict__)  # noqa: S102 - our own docs
-        else:
+        elif block.language == "sh":
             ran = subprocess.run(  # noqa: S603 - our own docs' commands
                 ["bash", "-euo", "pipefail", "-c", block.code],  # noqa: S607
                 cwd=project,
-                env=shell_environment(project, env),
+                env=shell_environment(env, virtualenv),
                 capture_output=True,
                 text=True,
                 timeout=600,
@@ -91,11 +111,26 @@ def run_page(
 
 @pytest.fixture
 def reader_modules(tmp_path: Path):
-    """Forget the modules a page's reader wrote, so no other test imports them."""
+    """Forget the modules a page's reader wrote, so no other test imports them.
+
+    eventsourcing keeps each class's topic for the whole process, and refuses
+    another class for it: so the topics of those modules are forgotten too,
+    for another test of the same page (eventsourcing has no public way to
+    forget one topic).
+    """
     yield
-    for name, module in list(sys.modules.items()):
-        if str(getattr(module, "__file__", None) or "").startswith(str(tmp_path)):
-            del sys.modules[name]
+    forgotten = {
+        name
+        for name, module in sys.modules.items()
+        if str(getattr(module, "__file__", None) or "").startswith(str(tmp_path))
+    }
+    for name in forgotten:
+        del sys.modules[name]
+    with utils._topic_cache_lock:
+        for topic, obj in list(utils._topic_cache.items()):
+            if topic.partition(":")[0] in forgotten:
+                del utils._topic_cache[topic]
+                utils._type_cache.pop(obj, None)
 
 
 @pytest.mark.parametrize("page", runnable_pages())
@@ -137,3 +172,16 @@ def test_the_readmes_links_to_pages_of_the_site_name_pages_that_exist() -> None:
 
     assert links, "the README links to no page of the site"
     assert [link for link in links if not (ROOT / link).is_file()] == []
+
+
+@pytest.mark.slow
+def test_the_tutorial_runs_with_the_wheel_installed_as_it_says(
+    installed: Path,  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
+    dynamodb_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    reader_modules: None,
+) -> None:
+    # its commands (the ledger command, pytest with the plugin, the
+    # benchmark) in a fresh virtualenv holding the wheel and its extras only
+    run_page(DOCS / "tutorial.md", tmp_path, dynamodb_env, monkeypatch, installed)

@@ -42,10 +42,12 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict src aggregates projections demo.py
-	@# The README's Python examples, a module per section, checked with a
-	@# cold cache of their own (as a user's first run of mypy would be).
+	@# The Python examples of the README and of every page of docs/, checked
+	@# with a cold cache of their own (as a user's first run of mypy would be).
 	rm -rf .lint && $(BIN)/python tests/readme_blocks.py .lint/readme
 	$(BIN)/mypy --strict --cache-dir .lint/mypy-cache .lint/readme
+	@# The documentation site: a broken link, anchor or docstring fails.
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir .lint/site
 
 # Both stories run with every application on the indexed ordering.
 demo: install

@@ -1,4 +1,4 @@
-"""The README's domain example runs as written, read from README.md itself."""
+"""The aggregates guide's domain example runs as written, read from its page."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).parent.parent / "README.md"
+PAGE = Path(__file__).parent.parent / "docs" / "guide" / "aggregates.md"
 SNIPPET = next(
     block
-    for block in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    for block in re.findall(r"```python\n(.*?)```", PAGE.read_text(), flags=re.DOTALL)
     if "class AccountState" in block
 )
 
@@ -26,7 +26,7 @@ def example() -> Iterator[types.ModuleType]:
     # A real module, so eventsourcing can resolve the example's topics.
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(sys.modules, module.__name__, module)
-        exec(compile(SNIPPET, "README.md", "exec"), module.__dict__)  # noqa: S102 - our own README code
+        exec(compile(SNIPPET, str(PAGE), "exec"), module.__dict__)  # noqa: S102 - our own docs' code
         yield module
 
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -288,12 +288,22 @@ def _stream_readers(resources: dict[str, Any], table: str) -> set[str]:
         documents += (
             [properties["PolicyDocument"]] if "PolicyDocument" in properties else []
         )
-        for statement in (s for d in documents for s in d["Statement"]):
+        for statement in _either_branch(s for d in documents for s in d["Statement"]):
             actions = set(_as_list(statement["Action"]))
             granted = _as_list(statement["Resource"])
             if actions & STREAM_READS and (stream in granted or "*" in granted):
                 readers.add(_function_of_role(resources, name))
     return readers
+
+
+def _either_branch(statements: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Return the statements, a conditional one's both branches (either may hold)."""
+    for statement in statements:
+        if "Fn::If" in statement:
+            _, *branches = statement["Fn::If"]
+            yield from (b for b in branches if "Action" in b)
+        else:
+            yield statement
 
 
 def _function_of_role(resources: dict[str, Any], role: str) -> str:

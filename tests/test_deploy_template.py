@@ -1624,6 +1624,7 @@ def _run_the_saga_as_lambda_does(
     return calls
 
 
+@pytest.mark.slow  # about 40 s: a saga shipped, one timed out, all indexed
 def test_the_saga_roles_allow_every_call_the_saga_handlers_make(
     saga_stack, template, recorded_requests, dynamodb_env
 ):
@@ -1653,6 +1654,7 @@ def test_the_saga_roles_allow_every_call_the_saga_handlers_make(
         assert refused == [], function
 
 
+@pytest.mark.slow  # about 40 s: a saga shipped, one timed out, all indexed
 def test_the_saga_check_fails_without_a_permission_the_commands_need(
     saga_stack, template, recorded_requests, dynamodb_env
 ):

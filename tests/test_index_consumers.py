@@ -33,6 +33,7 @@ from ledger.projections.dynamodb import open_view
 from ledger.publishing import Publisher
 from projections.integration import OrderEvents
 from projections.orders import OrderProjector, get_order_summary
+from tests.faults import SERVER_ERROR, FaultProxy
 from tests.test_projections_core import ITEM
 from tests.test_publisher import Bus, local_eventbridge
 from tests.test_saga_fulfilment import FIG, INDEXED, TEA, Shop, open_shop
@@ -251,6 +252,30 @@ def test_the_indexer_handler_starts_no_round_without_time_left(
     result = handler(SCHEDULED, LambdaContext(STOP_MARGIN_MS - 1))
 
     assert result == {"consumed": 0, "rounds": 0, "wake_ups": 0, "head": 0}
+
+
+def test_the_indexer_handler_waits_out_dynamodb_being_unavailable_while_time_allows(
+    indexed_orders, indexed_env, dynamodb_endpoint
+):
+    place_orders(indexed_orders, 1)
+    with FaultProxy(dynamodb_endpoint) as proxy:
+        # Both attempts of the first round's DescribeStream fail: the round
+        # raises OperationalError, and the handler waits and polls again.
+        outage = proxy.on("DescribeStream", fault=SERVER_ERROR, times=2)
+        env = {
+            **indexed_env,
+            "DYNAMODB_ENDPOINT_URL": proxy.endpoint_url,
+            "DYNAMODB_MAX_ATTEMPTS": "2",
+        }
+        handler = indexer_handler(Orders, env, idle_wait=0.05, round_interval=0.05)
+        deadline = time.monotonic() + DEADLINE
+        results = [handler(SCHEDULED, with_time_to_work(1.0))]
+        while results[-1]["head"] < 3:
+            assert time.monotonic() < deadline
+            results.append(handler(SCHEDULED, with_time_to_work(1.0)))
+
+    assert outage.fired == 2
+    assert sum(r["consumed"] for r in results) == 3
 
 
 def test_ledger_indexer_lambda_handler_indexes_the_application_ledger_app_names(

@@ -16,6 +16,7 @@ from typing import Any
 
 import boto3
 import pytest
+from eventsourcing.persistence import OperationalError
 
 from aggregates import fulfilment_lambda
 from aggregates.application import Orders
@@ -402,6 +403,22 @@ def test_the_index_cursor_stays_before_what_eventbridge_did_not_take(
     assert refused.position() == 0
     published = Publisher(OrderEvents(), indexed_orders, env=publisher_env)
     assert published.follow_index() == 3
+    assert len(bus.received()) == 3
+
+
+def test_a_publication_invocation_that_left_events_unpublished_fails(
+    indexed_orders, publisher_env, bus
+):
+    place_orders(indexed_orders, 1)
+    index_everything(indexed_orders, 3)
+    missing_bus = {**publisher_env, "PUBLISHER_EVENT_BUS": "no-such-bus"}
+    handler = publication_handler(OrderEvents, Orders, missing_bus)
+
+    with pytest.raises(OperationalError, match="the cursor stays at 0"):
+        handler(SCHEDULED, with_time_to_work(5))
+
+    fixed = publication_handler(OrderEvents, Orders, publisher_env)
+    assert fixed(SCHEDULED, with_time_to_work(5)) == {"published": 3, "position": 3}
     assert len(bus.received()) == 3
 
 

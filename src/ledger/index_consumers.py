@@ -369,7 +369,11 @@ def publication_handler(
 
     Each invocation runs :meth:`~ledger.publishing.Publisher.follow_index`
     until the end of the sequence, a position not done, or the context's
-    deadline. Returns the positions done and the cursor.
+    deadline. Returns the positions done and the cursor. An invocation that
+    leaves events not done (a ``PutEvents`` request failed as a whole, or a
+    dead letter could not be stored) raises ``OperationalError`` after
+    moving the cursor as far as it could, so the function's errors alarm
+    reports what would otherwise only hold the cursor still.
     """
     from ledger.publishing import Publisher  # noqa: PLC0415
 
@@ -379,8 +383,19 @@ def publication_handler(
 
     def handler(event: Any, context: Any) -> dict[str, int]:
         del event
+        failed_before = publisher().report.failed_records
         done = publisher().follow_index(deadline=deadline_of(context))
-        return {"published": done, "position": publisher().position()}
+        position = publisher().position()
+        failed = publisher().report.failed_records - failed_before
+        if failed:
+            raise OperationalError(
+                f"{failed} events of {publication_class.__name__}'s index were not "
+                f"published (PutEvents failed as a whole, or a dead letter could "
+                f"not be stored; the log says which): the cursor stays at "
+                f"{position}, before them, and the next invocation sends them "
+                "again. Fix the bus, its permission or the table named in the log."
+            )
+        return {"published": done, "position": position}
 
     return handler
 

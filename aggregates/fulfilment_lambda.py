@@ -11,7 +11,14 @@ One function per feed, all in the projector's package:
   own events stream, which sends each decided step to its application (in
   this process, with the step's idempotency key);
 * ``fire_timeouts``: :meth:`~ledger.sagas.TimeoutPoller.poll`, invoked by an
-  EventBridge Scheduler schedule.
+  EventBridge Scheduler schedule;
+* ``follow_index``: the saga on every application's index
+  (``DYNAMODB_ORDERING=indexed``, the saga application's own included): it
+  decides on the leaders' events and sends its steps, reading each index
+  from its tracking position (:func:`ledger.index_consumers.follow_leaders`),
+  woken by the indexers' wake-ups and a schedule. This is how
+  ``deploy/template.yaml`` runs the saga: the streams are the indexers'.
+  The stream followers above serve stacks in ``stream`` ordering.
 
 The applications are built at the first invocation, not at import, from the
 function's environment (``PERSISTENCE_MODULE``, ``DYNAMODB_TABLE_PREFIX``,
@@ -36,6 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "fire_timeouts",
+    "follow_index",
     "follow_orders",
     "follow_payments",
     "follow_warehouse",
@@ -86,6 +94,30 @@ def _poller() -> TimeoutPoller:
     return TimeoutPoller(_apps().fulfilment)
 
 
+@functools.cache
+def _following() -> FulfilmentApps:
+    apps = _apps()
+    # The saga reads each leader's notification log, and its own (its steps).
+    for app in (apps.orders, apps.warehouse, apps.payments, apps.fulfilment):
+        apps.fulfilment.follow(app.name, app.notification_log)
+    return apps
+
+
+def follow_index(event: Any, context: Any) -> dict[str, int]:
+    """Let the sagas decide on, and send the steps of, what the indexes hold now.
+
+    Invoked by an indexer's wake-up or the schedule; works until every index
+    is read or the invocation's time is nearly up. Returns how many events
+    it processed. The indexers run in their own functions, not here.
+    """
+    from ledger.index_consumers import deadline_of, follow_leaders  # noqa: PLC0415
+
+    apps = _following()
+    leaders = (apps.orders, apps.warehouse, apps.payments)
+    processed = follow_leaders(apps.fulfilment, leaders, deadline_of(context))
+    return {"processed": processed}
+
+
 def follow_orders(event: Mapping[str, Any], context: Any) -> BatchResponse:
     """Let the sagas decide on a batch of the Orders events stream."""
     return _follower("orders").handle(event)
@@ -113,5 +145,5 @@ def fire_timeouts(event: Any, context: Any) -> dict[str, int]:
 
 def reset() -> None:
     """Forget the applications built so far (tests; a new environment)."""
-    for cached in (_poller, _follower, _apps):
+    for cached in (_poller, _follower, _following, _apps):
         cached.cache_clear()

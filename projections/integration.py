@@ -188,7 +188,9 @@ def _handler() -> Any:
 def lambda_handler(event: Any, context: Any) -> Any:
     """Publish a Lambda batch of stream records as Order integration events.
 
-    The publisher's entry point in ``deploy/template.yaml``. Builds its
-    application and publisher at the first invocation, not at import.
+    For an event source mapping on the events stream (``stream`` ordering;
+    ``deploy/template.yaml``, indexed, runs ``ledger.index_consumers.publish``
+    instead). Builds its application and publisher at the first invocation,
+    not at import.
     """
     return _handler()(event, context)

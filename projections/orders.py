@@ -216,7 +216,9 @@ def _handler() -> Any:
 def lambda_handler(event: Any, context: Any) -> Any:
     """Apply a Lambda batch of stream records to the Order read models.
 
-    The entry point of ``deploy/template.yaml``. Builds its application and
-    view at the first invocation, not at import.
+    For an event source mapping on the events stream (``stream`` ordering;
+    ``deploy/template.yaml``, indexed, runs ``ledger.index_consumers.project``
+    instead). Builds its application and view at the first invocation, not
+    at import.
     """
     return _handler()(event, context)

@@ -8,48 +8,62 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
+import boto3
 import botocore.client
 import pytest
 from cfnlint.api import lint_file
 from cfnlint.decode import decode
+from eventsourcing.utils import resolve_topic
 
 from aggregates import fulfilment_lambda
 from aggregates.application import Orders
-from aggregates.fulfilment import Fact, OrderFulfilment
+from aggregates.fulfilment import OrderFulfilment
 from aggregates.order import Order
 from aggregates.payments import Payments
 from aggregates.warehouse import Warehouse
+from ledger import index_consumers
 from ledger.cli.app import cli
+from ledger.index_consumers import (
+    INDEX_DIMENSION,
+    STOP_MARGIN_MS,
+    WakeUp,
+    indexer_handler,
+    projection_handler,
+    publication_handler,
+)
+from ledger.indexer import Indexer
+from ledger.indexer import lambda_handler as indexer_lambda_handler
 from ledger.projections.dynamodb import DynamoDBView, open_view
 from ledger.projections.metrics import (
+    INDEX_OLDEST_UNINDEXED_AGE,
     LEDGER_METRICS,
     NAMESPACE,
     SAGA_DIMENSION,
     SAGAS_PARKED,
 )
 from ledger.projections.rebuild import drop_version
-from ledger.projections.streams import lambda_handler, stream_arn_of
 from ledger.publishing import Publisher
-from ledger.publishing import lambda_handler as publisher_handler
 from ledger.publishing import schema as publishing_schema
 from ledger.publishing.publisher import logger as publisher_logger
 from ledger.sagas import PARKED_TABLE
 from projections.integration import SOURCE, OrderEvents
 from projections.orders import OrderProjector
+from tests.test_index_consumers import SCHEDULED, with_time_to_work
 from tests.test_projections_core import ITEM
 from tests.test_projections_dynamodb import (
     store_an_undecodable_event,
     stream_records,
 )
 from tests.test_publisher import Bus, RefusingClient, local_eventbridge
-from tests.test_saga_fulfilment import FIG, TEA, Shop, open_shop
+from tests.test_saga_fulfilment import FIG, INDEXED, TEA, Shop, open_shop
 
 ROOT = Path(__file__).parent.parent
 DEPLOY = ROOT / "deploy"
@@ -213,7 +227,7 @@ def test_every_function_name_fits_lambda_whatever_the_parameters_allow(
 
 
 @pytest.mark.parametrize(
-    "parameter", ["TablePrefix", "ProjectionName", "PublicationName"]
+    "parameter", ["TablePrefix", "ApplicationName", "ProjectionName", "PublicationName"]
 )
 def test_names_lambda_would_refuse_are_refused_by_the_template(template, parameter):
     pattern = template["Parameters"][parameter]["AllowedPattern"]
@@ -226,54 +240,274 @@ def test_names_lambda_would_refuse_are_refused_by_the_template(template, paramet
     assert re.fullmatch(pattern, "orders/eu") is None
 
 
-STREAM_MAPPINGS = (
-    "ProjectorStreamMapping",
-    "PublisherStreamMapping",
-    "FulfilmentFollowOrdersMapping",
-    "FulfilmentFollowWarehouseMapping",
-    "FulfilmentFollowPaymentsMapping",
-    "FulfilmentSendStepsMapping",
+# --- one reader per stream: the indexer ----------------------------------------------
+
+INDEXERS = {
+    "OrdersIndexer": "EventsTable",
+    "WarehouseIndexer": "WarehouseEventsTable",
+    "PaymentsIndexer": "PaymentsEventsTable",
+    "FulfilmentIndexer": "FulfilmentEventsTable",
+}
+"""Each indexer function and the events table whose stream it reads."""
+INDEXER_HANDLER = (
+    f"{indexer_lambda_handler.__module__}.{indexer_lambda_handler.__name__}"
 )
-"""Every event source mapping on an events table's stream."""
+FOLLOWERS = {
+    "Projector": f"{index_consumers.__name__}.{index_consumers.project.__name__}",
+    "Publisher": f"{index_consumers.__name__}.{index_consumers.publish.__name__}",
+    "FulfilmentFollowIndex": f"{fulfilment_lambda.__name__}.follow_index",
+}
+"""Each function following an index, and its handler."""
+STREAM_READS = {"dynamodb:GetRecords", "dynamodb:GetShardIterator"}
+"""The actions that read a stream's records (a reader, as DynamoDB Streams counts)."""
 
 
-def test_every_stream_mapping_is_checked(resources):
-    mappings = [
+def _streams(resources: dict[str, Any]) -> list[str]:
+    return [
+        name
+        for name, resource in resources.items()
+        if resource["Type"] == "AWS::DynamoDB::Table"
+        and "StreamSpecification" in resource["Properties"]
+    ]
+
+
+def _stream_readers(resources: dict[str, Any], table: str) -> set[str]:
+    """Return what reads a table's stream: mappings' functions, roles that may."""
+    stream = {"Fn::GetAtt": [table, "StreamArn"]}
+    readers = {
+        str(resource["Properties"]["FunctionName"]["Ref"])
+        for resource in resources.values()
+        if resource["Type"] == "AWS::Lambda::EventSourceMapping"
+        and resource["Properties"]["EventSourceArn"] == stream
+    }
+    for name, resource in resources.items():
+        if resource["Type"] not in ("AWS::IAM::Role", "AWS::IAM::ManagedPolicy"):
+            continue
+        properties = resource["Properties"]
+        documents = [p["PolicyDocument"] for p in properties.get("Policies", [])]
+        documents += (
+            [properties["PolicyDocument"]] if "PolicyDocument" in properties else []
+        )
+        for statement in _either_branch(s for d in documents for s in d["Statement"]):
+            actions = set(_as_list(statement["Action"]))
+            granted = _as_list(statement["Resource"])
+            if actions & STREAM_READS and (stream in granted or "*" in granted):
+                readers.add(_function_of_role(resources, name))
+    return readers
+
+
+def _either_branch(statements: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Return the statements, a conditional one's both branches (either may hold)."""
+    for statement in statements:
+        if "Fn::If" in statement:
+            _, *branches = statement["Fn::If"]
+            yield from (b for b in branches if "Action" in b)
+        else:
+            yield statement
+
+
+def _function_of_role(resources: dict[str, Any], role: str) -> str:
+    users = [
+        name
+        for name, resource in resources.items()
+        if resource["Type"] == "AWS::Lambda::Function"
+        and resource["Properties"]["Role"] == {"Fn::GetAtt": [role, "Arn"]}
+    ]
+    return users[0] if len(users) == 1 else role
+
+
+def test_no_stream_has_more_than_one_reader_and_it_is_its_tables_indexer(resources):
+    streams = _streams(resources)
+
+    assert sorted(streams) == sorted(INDEXERS.values())
+    for table in streams:
+        readers = _stream_readers(resources, table)
+        assert len(readers) <= 1, f"{table}'s stream has readers {sorted(readers)}"
+        [indexer] = readers
+        assert INDEXERS[indexer] == table
+        assert resources[indexer]["Properties"]["Handler"] == INDEXER_HANDLER
+
+
+def test_the_stream_check_fails_when_a_second_function_reads_a_stream(resources):
+    # Yesterday's template: a projector mapped onto the Orders events stream.
+    with_a_mapping = {
+        **resources,
+        "ProjectorStreamMapping": {
+            "Type": "AWS::Lambda::EventSourceMapping",
+            "Properties": {
+                "FunctionName": {"Ref": "Projector"},
+                "EventSourceArn": {"Fn::GetAtt": ["EventsTable", "StreamArn"]},
+            },
+        },
+    }
+
+    assert _stream_readers(with_a_mapping, "EventsTable") == {
+        "OrdersIndexer",
+        "Projector",
+    }
+
+
+def test_no_event_source_mapping_reads_any_stream(resources):
+    # The indexers drain their streams themselves (their checkpoints commit
+    # with what they append); nothing else reads a stream.
+    assert [
         name
         for name, resource in resources.items()
         if resource["Type"] == "AWS::Lambda::EventSourceMapping"
+    ] == []
+
+
+def test_every_application_runs_indexed(resources):
+    for function in _functions(resources):
+        variables = resources[function]["Properties"]["Environment"]["Variables"]
+        assert variables["DYNAMODB_ORDERING"] == "indexed", function
+        assert variables["CREATE_TABLE"] == "no", function
+        if "OrderFulfilment" in str(variables.get("LEDGER_APP", "")) or (
+            function in SAGA_HANDLERS
+        ):
+            # the saga application's own ordering, which it reads prefixed
+            assert variables["ORDERFULFILMENT_DYNAMODB_ORDERING"] == "indexed"
+
+
+def _schedules_of(resources: dict[str, Any], function: str) -> list[dict[str, Any]]:
+    return [
+        resource["Properties"]
+        for resource in resources.values()
+        if resource["Type"] == "AWS::Scheduler::Schedule"
+        and resource["Properties"]["Target"]["Arn"] == {"Fn::GetAtt": [function, "Arn"]}
     ]
 
-    assert sorted(mappings) == sorted(STREAM_MAPPINGS)
+
+def _invoke_config_of(resources: dict[str, Any], function: str) -> dict[str, Any]:
+    [config] = [
+        resource["Properties"]
+        for resource in resources.values()
+        if resource["Type"] == "AWS::Lambda::EventInvokeConfig"
+        and resource["Properties"]["FunctionName"] == {"Ref": function}
+    ]
+    return dict(config)
 
 
-@pytest.mark.parametrize("name", STREAM_MAPPINGS)
-def test_stream_mapping_bisects_reports_partial_failures_and_parks_the_rest(
-    resources, name
+def _scheduler_may_invoke(resources: dict[str, Any], schedule: dict[str, Any]) -> bool:
+    role = resources[schedule["Target"]["RoleArn"]["Fn::GetAtt"][0]]["Properties"]
+    [trust] = role["AssumeRolePolicyDocument"]["Statement"]
+    target = schedule["Target"]["Arn"]
+    return trust["Principal"] == {"Service": "scheduler.amazonaws.com"} and any(
+        statement["Action"] == "lambda:InvokeFunction"
+        and target in _as_list(statement["Resource"])
+        for policy in role["Policies"]
+        for statement in policy["PolicyDocument"]["Statement"]
+    )
+
+
+@pytest.mark.parametrize("function", [*INDEXERS, *FOLLOWERS, "FulfilmentTimeouts"])
+def test_every_index_function_runs_every_minute_and_late_runs_are_dropped(
+    resources, function
 ):
-    mapping = resources[name]["Properties"]
-    assert mapping["BisectBatchOnFunctionError"] is True
-    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
-    assert "OnFailure" in mapping["DestinationConfig"]
+    [schedule] = _schedules_of(resources, function)
+    config = _invoke_config_of(resources, function)
+
+    assert schedule["ScheduleExpression"] == "rate(1 minute)"
+    assert schedule["FlexibleTimeWindow"] == {"Mode": "OFF"}
+    assert schedule["Target"]["RetryPolicy"]["MaximumRetryAttempts"] == 0
+    assert _scheduler_may_invoke(resources, schedule)
+    # a late run only does the next one's work: Lambda neither retries nor keeps it
+    assert (config["MaximumRetryAttempts"], config["MaximumEventAgeInSeconds"]) == (
+        0,
+        60,
+    )
+    # overlapping runs are safe; a reservation may not deploy (low quotas)
+    assert "ReservedConcurrentExecutions" not in resources[function]["Properties"]
 
 
-STREAM_RETENTION_SECONDS = 24 * 60 * 60
-"""How long a DynamoDB stream keeps a record."""
-
-
-@pytest.mark.parametrize("name", STREAM_MAPPINGS)
-def test_stream_mappings_give_up_on_records_hours_before_the_stream_trims_them(
-    resources, name
+@pytest.mark.parametrize("indexer", INDEXERS)
+def test_each_indexer_runs_for_about_the_minute_until_the_next_takes_over(
+    resources, indexer
 ):
-    age = resources[name]["Properties"]["MaximumRecordAgeInSeconds"]
-    hours_left = (STREAM_RETENTION_SECONDS - age) // 3600
+    properties = resources[indexer]["Properties"]
+    variables = properties["Environment"]["Variables"]
+    runs_for_seconds = properties["Timeout"] - STOP_MARGIN_MS / 1000
 
-    # the failure message must leave time to read the records it names
-    assert hours_left >= 6
-    assert f"at least {hours_left} hours" in README.read_text()
+    assert 50 <= runs_for_seconds <= 60
+    assert variables["LEDGER_INDEX_TOPIC_ARN"] == {"Ref": "IndexWakeUpTopic"}
+    assert variables["LEDGER_APP"]
 
 
-@pytest.mark.parametrize("role", ["ProjectorRole", "PublisherRole"])
+def _subscribed_tables(resources: dict[str, Any], function: str) -> list[str]:
+    """Return the events tables whose wake-ups invoke ``function`` (name patterns)."""
+    [subscription] = [
+        resource["Properties"]
+        for resource in resources.values()
+        if resource["Type"] == "AWS::SNS::Subscription"
+        and resource["Properties"]["Endpoint"] == {"Fn::GetAtt": [function, "Arn"]}
+    ]
+    [permission] = [
+        resource["Properties"]
+        for resource in resources.values()
+        if resource["Type"] == "AWS::Lambda::Permission"
+        and resource["Properties"]["FunctionName"] == {"Ref": function}
+    ]
+    assert subscription["TopicArn"] == {"Ref": "IndexWakeUpTopic"}
+    assert subscription["Protocol"] == "lambda"
+    assert subscription["FilterPolicyScope"] == "MessageAttributes"
+    assert permission["Principal"] == "sns.amazonaws.com"
+    assert permission["SourceArn"] == {"Ref": "IndexWakeUpTopic"}
+    return [t["Fn::Sub"] for t in subscription["FilterPolicy"]["events_table"]]
+
+
+FOLLOWED = {
+    "Projector": ["EventsTable"],
+    "Publisher": ["EventsTable"],
+    "FulfilmentFollowIndex": list(INDEXERS.values()),
+}
+"""The events tables whose index each follower reads."""
+
+
+@pytest.mark.parametrize("function", FOLLOWERS)
+def test_every_follower_is_woken_by_the_indexers_of_what_it_follows(
+    resources, function
+):
+    tables = _subscribed_tables(resources, function)
+
+    assert resources[function]["Properties"]["Handler"] == FOLLOWERS[function]
+    assert sorted(tables) == sorted(
+        _table_name(resources[t]) for t in FOLLOWED[function]
+    )
+
+
+def test_wake_ups_are_filtered_on_the_attribute_the_indexer_sends(resources):
+    [subscription] = [
+        r["Properties"]
+        for r in resources.values()
+        if r["Type"] == "AWS::SNS::Subscription"
+        and r["Properties"]["Endpoint"] == {"Fn::GetAtt": ["Projector", "Arn"]}
+    ]
+    sent = WakeUp("topic", "Orders_events", None)
+
+    assert list(subscription["FilterPolicy"]) == ["events_table"]
+    assert sent.events_table == "Orders_events"
+
+
+@pytest.mark.parametrize("function", [*INDEXERS, *FOLLOWERS])
+def test_only_the_indexers_may_read_a_stream(template, resources, function):
+    stack = _stack(template, "", "indexed")
+    statements = _role_statements(stack, resources, function)
+    reads = [
+        s
+        for s in statements
+        if set(_as_list(s["Action"])) & {*STREAM_READS, "dynamodb:DescribeStream"}
+    ]
+
+    if function in INDEXERS:
+        [read] = reads
+        assert read["Resource"] == {"Fn::GetAtt": [INDEXERS[function], "StreamArn"]}
+    else:
+        assert reads == []
+
+
+@pytest.mark.parametrize(
+    "role", ["ProjectorRole", "PublisherRole", *(f"{i}Role" for i in INDEXERS)]
+)
 def test_function_roles_grant_no_wildcard_actions(resources, role):
     statements = [
         statement
@@ -283,22 +517,56 @@ def test_function_roles_grant_no_wildcard_actions(resources, role):
     actions = [a for s in statements for a in _as_list(s["Action"])]
     assert all("*" not in action for action in actions)
     wildcard_resources = [s["Action"] for s in statements if s["Resource"] == "*"]
-    assert wildcard_resources == ["dynamodb:ListStreams"]
+    assert wildcard_resources == []
 
 
 def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
-@pytest.mark.parametrize("parameter", ["ProjectorHandler", "PublisherHandler"])
-def test_handler_named_by_the_template_exists(parameter: str) -> None:
-    template, _ = decode(str(TEMPLATE))
-    handler = template["Parameters"][parameter]["Default"]
-    module_name, _, function_name = handler.rpartition(".")
+def test_every_handler_named_by_the_template_exists(resources) -> None:
+    for function in _functions(resources):
+        handler = resources[function]["Properties"]["Handler"]
+        module_name, _, function_name = handler.rpartition(".")
 
-    module = importlib.import_module(module_name)
+        module = importlib.import_module(module_name)
 
-    assert callable(getattr(module, function_name))
+        assert callable(getattr(module, function_name)), handler
+
+
+@pytest.mark.parametrize(
+    ("parameter", "default"),
+    [
+        ("ApplicationClass", Orders),
+        ("ProjectorClass", OrderProjector),
+        ("PublicationClass", OrderEvents),
+    ],
+)
+def test_class_parameters_default_to_the_example(template, parameter, default):
+    topic = template["Parameters"][parameter]["Default"]
+
+    assert resolve_topic(topic) is default
+    assert re.fullmatch(template["Parameters"][parameter]["AllowedPattern"], topic)
+
+
+@pytest.mark.parametrize(
+    ("function", "application"),
+    [
+        ("WarehouseIndexer", Warehouse),
+        ("PaymentsIndexer", Payments),
+        ("FulfilmentIndexer", OrderFulfilment),
+    ],
+)
+def test_each_saga_tables_indexer_builds_the_application_of_its_table(
+    resources, function, application
+):
+    variables = resources[function]["Properties"]["Environment"]["Variables"]
+    events = INDEXERS[function]
+
+    assert resolve_topic(variables["LEDGER_APP"]) is application
+    assert (
+        _table_name(resources[events]) == f"${{TablePrefix}}{application.name}_events"
+    )
 
 
 def test_projection_name_defaults_to_the_projector_the_handler_feeds(template):
@@ -390,32 +658,18 @@ def _functions(resources: dict[str, Any]) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize(
-    ("metric", "statistic"), [("Errors", "Sum"), ("IteratorAge", "Maximum")]
-)
-def test_every_function_has_an_alarm_on_its_lambda_metric(resources, metric, statistic):
+def test_every_function_has_an_alarm_on_its_errors(resources):
     watched = [
         alarm["Dimensions"]
-        for alarm in _alarms_on(resources, "AWS/Lambda", metric)
-        if alarm["Statistic"] == statistic
+        for alarm in _alarms_on(resources, "AWS/Lambda", "Errors")
+        if alarm["Statistic"] == "Sum"
         and alarm["ComparisonOperator"] == "GreaterThanThreshold"
     ]
 
-    # Every function has an errors alarm; only stream-fed ones an iterator age.
-    functions = _functions(resources)
-    if metric == "IteratorAge":
-        functions = _stream_fed_functions(resources)
     assert sorted(map(str, watched)) == sorted(
-        str([{"Name": "FunctionName", "Value": {"Ref": name}}]) for name in functions
+        str([{"Name": "FunctionName", "Value": {"Ref": name}}])
+        for name in _functions(resources)
     )
-
-
-def _stream_fed_functions(resources: dict[str, Any]) -> list[str]:
-    return [
-        resource["Properties"]["FunctionName"]["Ref"]
-        for resource in resources.values()
-        if resource["Type"] == "AWS::Lambda::EventSourceMapping"
-    ]
 
 
 def test_errors_alarms_fire_on_the_first_error(resources):
@@ -427,23 +681,46 @@ def test_errors_alarms_fire_on_the_first_error(resources):
         assert alarm["Period"] * alarm["EvaluationPeriods"] <= 300
 
 
-def test_iterator_age_alarms_fire_long_before_stream_records_expire(
+STREAM_RETENTION_MS = 24 * 60 * 60 * 1000
+"""How long a DynamoDB stream keeps a record."""
+
+
+def test_each_indexer_alarms_on_its_lag_long_before_the_stream_trims_records(
     template, resources
 ):
-    alarms = _alarms_on(resources, "AWS/Lambda", "IteratorAge")
-    threshold = template["Parameters"]["IteratorAgeAlarmMilliseconds"]
-    day_ms = 24 * 60 * 60 * 1000
+    alarms = _alarms_on(resources, NAMESPACE, INDEX_OLDEST_UNINDEXED_AGE)
+    threshold = template["Parameters"]["IndexLagAlarmMilliseconds"]
 
-    given_up_at_ms = 1000 * min(
-        resources[name]["Properties"]["MaximumRecordAgeInSeconds"]
-        for name in STREAM_MAPPINGS
+    # the dimension the indexer's metrics carry, valued the table's name
+    assert sorted(str(a["Dimensions"]) for a in alarms) == sorted(
+        str(
+            [{"Name": INDEX_DIMENSION, "Value": {"Fn::Sub": _table_name(resources[t])}}]
+        )
+        for t in INDEXERS.values()
     )
-
-    assert alarms
     for alarm in alarms:
-        assert alarm["Threshold"] == {"Ref": "IteratorAgeAlarmMilliseconds"}
-    assert threshold["Default"] == 600_000
-    assert threshold["MaxValue"] < given_up_at_ms < day_ms
+        assert alarm["Threshold"] == {"Ref": "IndexLagAlarmMilliseconds"}
+        assert alarm["Statistic"] == "Maximum"
+    assert threshold["Default"] == 60_000
+    assert threshold["MaxValue"] < STREAM_RETENTION_MS - 6 * 3600 * 1000
+
+
+@pytest.mark.parametrize("function", [*INDEXERS, "FulfilmentTimeouts"])
+def test_an_alarm_fires_when_nothing_invokes_a_scheduled_function(resources, function):
+    [alarm] = [
+        alarm
+        for alarm in _alarms_on(resources, "AWS/Lambda", "Invocations")
+        if alarm["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": function}}]
+    ]
+
+    assert alarm["Statistic"] == "Sum"
+    assert alarm["Period"] * alarm["EvaluationPeriods"] <= 300
+    assert (alarm["ComparisonOperator"], alarm["Threshold"]) == (
+        "LessThanThreshold",
+        1,
+    )
+    # no invocation publishes no data point: that is the failure
+    assert alarm["TreatMissingData"] == "breaching"
 
 
 def test_parked_events_alarm_counts_this_stacks_projector_log_lines(resources):
@@ -467,19 +744,17 @@ def test_parked_events_alarm_counts_this_stacks_projector_log_lines(resources):
 
 
 def test_the_parked_events_filter_matches_each_park_the_projector_logs(
-    streamed_tables, confirmations_fail, dynamodb_env, resources, caplog
+    indexed_tables, confirmations_fail, dynamodb_env, resources, caplog
 ):
     filter_properties = resources["ParkedEventsMetricFilter"]["Properties"]
     [phrase] = re.findall(r'"([^"]+)"', filter_properties["FilterPattern"])
-    orders, view = streamed_tables
-    stream_arn = stream_arn_of(orders)
-    records = [{**r, "eventSourceARN": stream_arn} for r in stream_records(orders)]
-    handler = lambda_handler(
-        OrderProjector, Orders, {**dynamodb_env, "CREATE_TABLE": "no"}
+    _, view = indexed_tables
+    handler = projection_handler(
+        OrderProjector, Orders, {**_indexed(dynamodb_env), "CREATE_TABLE": "no"}
     )
 
     with caplog.at_level("ERROR", logger="ledger"):
-        assert handler({"Records": records}, None) == {"batchItemFailures": []}
+        assert handler(SCHEDULED, with_time_to_work(5))["applied"] == 6
 
     # both orders' confirmations were parked
     assert len(view.parked_events()) == 2
@@ -487,9 +762,9 @@ def test_the_parked_events_filter_matches_each_park_the_projector_logs(
     assert len(matched) == 2
 
 
-def test_sagas_parked_alarm_watches_what_the_send_steps_function_reports(resources):
+def test_sagas_parked_alarm_watches_what_the_saga_function_reports(resources):
     [alarm] = _alarms_on(resources, NAMESPACE, SAGAS_PARKED)
-    sender = resources["FulfilmentSendSteps"]["Properties"]["Environment"]
+    sender = resources["FulfilmentFollowIndex"]["Properties"]["Environment"]
     parked = resources["FulfilmentParkedTable"]["Properties"]
     made = publishing_schema.table_definition("")
 
@@ -508,48 +783,6 @@ def test_sagas_parked_alarm_watches_what_the_send_steps_function_reports(resourc
     assert parked["AttributeDefinitions"] == made["AttributeDefinitions"]
 
 
-@pytest.mark.parametrize("mapping", STREAM_MAPPINGS)
-def test_failure_queue_alarm_watches_the_stream_mappings_on_failure_queue(
-    resources, mapping
-):
-    destination = resources[mapping]["Properties"]["DestinationConfig"]["OnFailure"][
-        "Destination"
-    ]
-    [queue] = [
-        name
-        for name, resource in resources.items()
-        if resource["Type"] == "AWS::SQS::Queue"
-        and destination == {"Fn::GetAtt": [name, "Arn"]}
-    ]
-
-    dimensions = [{"Name": "QueueName", "Value": {"Fn::GetAtt": [queue, "QueueName"]}}]
-    [alarm] = [
-        alarm
-        for alarm in _alarms_on(
-            resources, "AWS/SQS", "ApproximateNumberOfMessagesVisible"
-        )
-        if alarm["Dimensions"] == dimensions
-    ]
-
-    assert alarm["Threshold"] == 0
-    assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
-
-
-def test_every_stream_fed_function_alarms_when_its_failure_message_is_lost(
-    resources,
-):
-    alarms = _alarms_on(resources, "AWS/Lambda", "DestinationDeliveryFailures")
-    watched = [alarm["Dimensions"] for alarm in alarms]
-
-    assert sorted(map(str, watched)) == sorted(
-        str([{"Name": "FunctionName", "Value": {"Ref": name}}])
-        for name in _stream_fed_functions(resources)
-    )
-    for alarm in alarms:
-        assert (alarm["Statistic"], alarm["Threshold"]) == ("Sum", 0)
-        assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
-
-
 def test_alarms_notify_the_topic_only_when_one_is_given(template, resources):
     notify = {
         "Fn::If": [
@@ -564,10 +797,11 @@ def test_alarms_notify_the_topic_only_when_one_is_given(template, resources):
         "Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmTopicArn"}, ""]}]
     }
     alarms = _alarms(resources)
-    # 5 of the projector, 6 of publishing, 16 of the saga (5 on errors, 4 on
-    # iterator ages, 4 on undelivered failure messages, 1 on its failure
-    # queue, 1 on parked sagas, 1 on the poller not being invoked)
-    assert len(alarms) == 27
+    # 3 per indexer (errors, not invoked, lag), 2 of the projector (errors,
+    # parked events), 3 of publishing (errors, dead letters, the rule's dead
+    # letters), 4 of the saga (2 on errors, parked sagas, the timeout poller
+    # not being invoked)
+    assert len(alarms) == 3 * len(INDEXERS) + 2 + 3 + 4
     for alarm in alarms.values():
         assert alarm["AlarmActions"] == notify
         assert alarm["OKActions"] == notify
@@ -620,6 +854,8 @@ def _iam_requests(
             ("events:PutEvents", _bus_arn(entry.get("EventBusName", "default")))
             for entry in params["Entries"]
         ]
+    if service == "sns" and operation == "Publish":
+        return [("sns:Publish", params["TopicArn"])]
     if service not in ("dynamodb", "dynamodbstreams"):
         return []
     if operation == "TransactWriteItems":
@@ -649,10 +885,22 @@ def recorded_requests(monkeypatch: pytest.MonkeyPatch) -> list[Request]:
     requests: list[Request] = []
     original = botocore.client.BaseClient._make_api_call
 
+    streams_of: dict[str, str] = {}
+    """Each shard iterator handed out, and its stream (GetRecords names only it)."""
+
     def recording(client: Any, operation: str, params: dict[str, Any]) -> Any:
         service = client.meta.service_model.service_name
-        requests.extend(_iam_requests(service, operation, params))
-        return original(client, operation, params)
+        if operation == "GetRecords":
+            stream = streams_of[params["ShardIterator"]]
+            requests.extend(_iam_requests(service, operation, {"StreamArn": stream}))
+        else:
+            requests.extend(_iam_requests(service, operation, params))
+        answer = original(client, operation, params)
+        stream = params.get("StreamArn") or streams_of.get(params.get("ShardIterator"))
+        for key in ("ShardIterator", "NextShardIterator"):
+            if stream and answer.get(key):
+                streams_of[answer[key]] = stream
+        return answer
 
     monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", recording)
     return requests
@@ -702,6 +950,11 @@ class _Stack:
         [(function, argument)] = node.items()
         if function == "Ref" and argument == "AWS::NoValue":
             return []
+        if function == "Ref":
+            resource = self.template["Resources"][argument]
+            assert resource["Type"] == "AWS::SNS::Topic", argument
+            topic = self.sub(resource["Properties"]["TopicName"]["Fn::Sub"])
+            return [f"arn:{PARTITION}:sns:{REGION}:{ACCOUNT}:{topic}"]
         if function == "Fn::Sub":
             return [self.sub(argument)]
         if function == "Fn::If":
@@ -766,7 +1019,6 @@ def _stack(template: dict[str, Any], table_prefix: str, ordering: str) -> _Stack
             "IntegrationEventSource": template["Parameters"]["IntegrationEventSource"][
                 "Default"
             ],
-            "Ordering": ordering,
         },
     )
 
@@ -777,14 +1029,40 @@ def _place_and_confirm(orders: Orders) -> uuid.UUID:
     return order_id
 
 
+def _indexed(env: dict[str, str]) -> dict[str, str]:
+    """The stack's functions' environment: every application indexed."""
+    return {**env, **INDEXED}
+
+
+def _index(*apps: Any) -> None:
+    """Play the indexer functions: index until each index holds its events table."""
+    for app in apps:
+        recorder = app.recorder
+        indexer = Indexer(recorder)
+        saved = recorder.connection.call(
+            "scan", TableName=recorder.events_table_name, Select="COUNT"
+        )["Count"]
+        deadline = time.monotonic() + 30
+        while (recorder.max_notification_id() or 0) < saved:
+            assert time.monotonic() < deadline, "the stream did not show the saves"
+            indexer.poll()
+
+
 @pytest.fixture
-def streamed_tables(
-    streamed: None, orders: Orders, view: DynamoDBView
-) -> tuple[Orders, DynamoDBView]:
-    """The stack's tables, the events table with its stream, and two orders."""
+def indexed_tables(
+    dynamodb_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Orders, DynamoDBView]]:
+    """The stack's tables, indexed, and two orders in the index."""
+    env = _indexed(dynamodb_env)
+    for key, value in INDEXED.items():
+        monkeypatch.setenv(key, value)
+    orders = Orders(env=env)
+    view = open_view(OrderProjector, env)
     _place_and_confirm(orders)
     _place_and_confirm(orders)
-    return orders, view
+    _index(orders)
+    yield orders, view
+    orders.close()
 
 
 @pytest.fixture
@@ -800,33 +1078,100 @@ def confirmations_fail(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
+def _role_of(
+    template: dict[str, Any], stack: _Stack, function: str
+) -> list[dict[str, Any]]:
+    return _role_statements(stack, template["Resources"], function)
+
+
 def test_the_projector_role_allows_every_call_the_lambda_handler_makes(
-    streamed_tables, confirmations_fail, dynamodb_env, template, recorded_requests
+    indexed_tables, confirmations_fail, dynamodb_env, template, recorded_requests
 ):
-    # One order's first event is missing from the batch, so its gap is read
-    # from the events table; every confirmation fails, so each is parked.
-    orders, view = streamed_tables
-    stream_arn = stream_arn_of(orders)
-    records = [{**r, "eventSourceARN": stream_arn} for r in stream_records(orders)]
-    batch = records[1:]
-    handler = lambda_handler(
-        OrderProjector, Orders, {**dynamodb_env, "CREATE_TABLE": "no"}
+    # Every confirmation fails, so each is parked.
+    orders, view = indexed_tables
+    handler = projection_handler(
+        OrderProjector, Orders, {**_indexed(dynamodb_env), "CREATE_TABLE": "no"}
     )
     recorded_requests.clear()
 
-    assert handler({"Records": batch}, None) == {"batchItemFailures": []}
+    assert handler(SCHEDULED, with_time_to_work(5))["position"] == 6
 
-    stack = _stack(template, dynamodb_env["DYNAMODB_TABLE_PREFIX"], "sequence")
-    events_table = _table_arn(orders.recorder.events_table_name)
+    stack = _stack(template, dynamodb_env["DYNAMODB_TABLE_PREFIX"], "indexed")
+    notifications = _table_arn(orders.recorder.notifications_table_name)
     parked_table = _table_arn(view.parked_table_name)
-    assert ("dynamodb:Query", events_table) in recorded_requests
+    assert ("dynamodb:Query", notifications) in recorded_requests
     assert ("dynamodb:PutItem", parked_table) in recorded_requests
-    statements = [
-        statement
-        for policy in template["Resources"]["ProjectorRole"]["Properties"]["Policies"]
-        for statement in policy["PolicyDocument"]["Statement"]
-    ]
+    assert not any(":stream/" in resource for _, resource in recorded_requests)
+    statements = _role_of(template, stack, "Projector")
     assert stack.refused(statements, recorded_requests) == []
+
+
+@pytest.fixture(scope="module")
+def aws_endpoint() -> Iterator[str]:
+    """A local SNS, SQS and EventBridge (moto's server) for this module."""
+    with local_eventbridge() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def wake_up_topic(aws_endpoint: str, dynamodb_env: dict[str, str]) -> str:
+    """The stack's wake-up topic, named as the template names it; its ARN."""
+    sns = boto3.client(
+        "sns",
+        endpoint_url=aws_endpoint,
+        region_name=REGION,
+        aws_access_key_id="local",
+        aws_secret_access_key="local",  # noqa: S106 - the local server's placeholder
+    )
+    prefix = dynamodb_env["DYNAMODB_TABLE_PREFIX"]
+    arn: str = sns.create_topic(Name=f"{prefix}{Orders.name}-index-advanced")[
+        "TopicArn"
+    ]
+    return arn
+
+
+def test_the_indexer_role_allows_every_call_the_indexer_handler_makes(  # noqa: PLR0917
+    dynamodb_env, template, recorded_requests, wake_up_topic, aws_endpoint, monkeypatch
+):
+    env = _indexed(dynamodb_env)
+    for key, value in INDEXED.items():
+        monkeypatch.setenv(key, value)
+    orders = Orders(env=env)
+    _place_and_confirm(orders)
+    handler = indexer_handler(
+        Orders,
+        {
+            **env,
+            "CREATE_TABLE": "no",
+            "LEDGER_INDEX_TOPIC_ARN": wake_up_topic,
+            "SNS_ENDPOINT_URL": aws_endpoint,
+        },
+        idle_wait=0.05,
+    )
+    recorded_requests.clear()
+
+    deadline = time.monotonic() + 30
+    while handler(SCHEDULED, with_time_to_work(1))["head"] < 3:
+        assert time.monotonic() < deadline
+
+    stack = _stack(template, dynamodb_env["DYNAMODB_TABLE_PREFIX"], "indexed")
+    events_stream = _table_arn(orders.recorder.events_table_name) + "/stream/"
+    assert any(
+        action == "dynamodb:GetRecords" and resource.startswith(events_stream)
+        for action, resource in recorded_requests
+    )
+    assert ("sns:Publish", wake_up_topic) in recorded_requests
+    assert wake_up_topic.endswith(":" + _role_topic_name(template, stack))
+    refused = stack.refused(
+        _role_of(template, stack, "OrdersIndexer"), recorded_requests
+    )
+    assert refused == []
+    orders.close()
+
+
+def _role_topic_name(template: dict[str, Any], stack: _Stack) -> str:
+    topic = template["Resources"]["IndexWakeUpTopic"]["Properties"]["TopicName"]
+    return stack.sub(topic["Fn::Sub"])
 
 
 @pytest.fixture
@@ -842,24 +1187,22 @@ def operator_commands(
     return run
 
 
-@pytest.fixture(params=["sequence", "stream"])
+@pytest.fixture
 def deployed(
-    request: pytest.FixtureRequest,
-    streamed: None,
-    dynamodb_env: dict[str, str],
-    monkeypatch: pytest.MonkeyPatch,
+    dynamodb_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Orders]:
-    """The tables the stack makes, in either ordering, with orders.
+    """The tables the stack makes, indexed, with orders in the index.
 
     One order has an event no code can decode: a rebuild parks it, and a
     redrive tries it again.
     """
-    ordering = request.param
-    env = {**dynamodb_env, "DYNAMODB_ORDERING": ordering}
-    monkeypatch.setenv("DYNAMODB_ORDERING", ordering)
+    env = _indexed(dynamodb_env)
+    for key, value in INDEXED.items():
+        monkeypatch.setenv(key, value)
     app = Orders(env=env)
     open_view(OrderProjector, env)
     store_an_undecodable_event(app)
+    _index(app)
     yield app
     app.close()
 
@@ -873,7 +1216,7 @@ def test_the_operator_policy_allows_rebuild_status_dlq_and_dropping_versions(
     operator_commands("projections", "dlq", "list", name)
     operator_commands("projections", "dlq", "redrive", name)
     operator_commands("projections", "rebuild", name)
-    view = open_view(OrderProjector, {**dynamodb_env, "CREATE_TABLE": "no"})
+    view = open_view(OrderProjector, {**_indexed(dynamodb_env), "CREATE_TABLE": "no"})
     drop_version(view, 2)
 
     ordering = deployed.recorder.ordering
@@ -911,13 +1254,6 @@ def test_the_publisher_publishes_to_the_stacks_bus_and_the_rule_forwards_its_sou
     assert statement["Condition"] == {
         "ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": ["IntegrationEventsRule", "Arn"]}}
     }
-
-
-def test_the_publisher_mapping_retries_until_records_are_18_hours_old(resources):
-    mapping = resources["PublisherStreamMapping"]["Properties"]
-
-    assert mapping["MaximumRetryAttempts"] == -1
-    assert mapping["MaximumRecordAgeInSeconds"] == 18 * 60 * 60
 
 
 ONLY_THE_PUBLICATIONS_SOURCE = {
@@ -966,9 +1302,8 @@ class PublishingStack:
 
 
 @pytest.fixture(scope="module")
-def eventbridge_endpoint() -> Iterator[str]:
-    with local_eventbridge() as endpoint:
-        yield endpoint
+def eventbridge_endpoint(aws_endpoint: str) -> str:
+    return aws_endpoint
 
 
 @pytest.fixture
@@ -1011,36 +1346,59 @@ def test_the_dead_letter_metric_filter_matches_what_the_publisher_logs(
 
 
 def test_the_publisher_role_allows_every_call_the_lambda_handler_makes(
-    publishing_stack, template, recorded_requests
+    indexed_publishing_stack, template, recorded_requests
 ):
-    orders, bus, prefix = (
-        publishing_stack.orders,
-        publishing_stack.bus,
-        publishing_stack.prefix,
-    )
+    stack_ = indexed_publishing_stack
+    orders, bus, prefix = stack_.orders, stack_.bus, stack_.prefix
     _place_and_confirm(orders)
-    store_an_undecodable_event(orders)  # one record is dead-lettered
-    Publisher(OrderEvents(), orders, env=publishing_stack.env)  # the stack's table
-    stream_arn = stream_arn_of(orders)
-    records = [{**r, "eventSourceARN": stream_arn} for r in stream_records(orders)]
-    env = {**publishing_stack.env, "CREATE_TABLE": "no"}
-    handler = publisher_handler(OrderEvents, Orders, env)
+    store_an_undecodable_event(orders)  # one event is dead-lettered
+    _index(orders)
+    Publisher(OrderEvents(), orders, env=stack_.env)  # the stack's table
+    handler = publication_handler(
+        OrderEvents, Orders, {**stack_.env, "CREATE_TABLE": "no"}
+    )
     recorded_requests.clear()
 
-    assert handler({"Records": records}, None) == {"batchItemFailures": []}
+    done = handler(SCHEDULED, with_time_to_work(5))
 
-    stack = _stack(template, prefix, "sequence")
+    assert done["position"] == orders.recorder.max_notification_id()
+    stack = _stack(template, prefix, "indexed")
     stack.context["events:source"] = {e["source"] for e in bus.received()}
     publisher_table = _table_arn(f"{prefix}{OrderEvents.name}_publishing")
     assert ("dynamodb:PutItem", publisher_table) in recorded_requests
+    assert ("dynamodb:GetItem", publisher_table) in recorded_requests  # the cursor
     assert ("events:PutEvents", _bus_arn(bus.name)) in recorded_requests
-    statements = [
-        statement
-        for policy in template["Resources"]["PublisherRole"]["Properties"]["Policies"]
-        for statement in policy["PolicyDocument"]["Statement"]
-    ]
-    assert stack.refused(statements, recorded_requests) == []
+    assert not any(":stream/" in resource for _, resource in recorded_requests)
+    assert (
+        stack.refused(_role_of(template, stack, "Publisher"), recorded_requests) == []
+    )
     assert stack.context["events:source"] == {SOURCE}
+
+
+@pytest.fixture
+def indexed_publishing_stack(
+    dynamodb_env: dict[str, str],
+    eventbridge_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[PublishingStack]:
+    """The publishing stack's tables, indexed, and its bus."""
+    for key, value in INDEXED.items():
+        monkeypatch.setenv(key, value)
+    env = _indexed(dynamodb_env)
+    orders = Orders(env=env)
+    prefix = dynamodb_env["DYNAMODB_TABLE_PREFIX"]
+    bus = Bus(f"{prefix}{orders.name}-integration", eventbridge_endpoint).create()
+    yield PublishingStack(
+        orders,
+        {
+            **env,
+            "PUBLISHER_EVENT_BUS": bus.name,
+            "EVENTBRIDGE_ENDPOINT_URL": eventbridge_endpoint,
+        },
+        bus,
+        prefix,
+    )
+    orders.close()
 
 
 def test_the_publisher_operator_policy_allows_listing_and_redriving_dead_letters(
@@ -1074,21 +1432,10 @@ def test_the_publisher_operator_policy_allows_listing_and_redriving_dead_letters
 # --- the Order fulfilment saga ------------------------------------------------------
 
 SAGA_HANDLERS = {
-    "FulfilmentFollowOrders": "follow_orders",
-    "FulfilmentFollowWarehouse": "follow_warehouse",
-    "FulfilmentFollowPayments": "follow_payments",
-    "FulfilmentSendSteps": "send_steps",
+    "FulfilmentFollowIndex": "follow_index",
     "FulfilmentTimeouts": "fire_timeouts",
 }
 """Each saga function of the template: its handler in aggregates.fulfilment_lambda."""
-
-SAGA_STREAMS = {
-    "FulfilmentFollowOrders": "EventsTable",
-    "FulfilmentFollowWarehouse": "WarehouseEventsTable",
-    "FulfilmentFollowPayments": "PaymentsEventsTable",
-    "FulfilmentSendSteps": "FulfilmentEventsTable",
-}
-"""Each stream-fed saga function and the table whose stream feeds it."""
 
 
 def _saga_functions(resources: dict[str, Any]) -> list[str]:
@@ -1171,30 +1518,13 @@ def test_the_saga_tables_are_named_after_its_applications(resources):
         stem("FulfilmentNotificationsTable")
         == f"${{TablePrefix}}{OrderFulfilment.name}_notifications"
     )
-    # The saga reads its own sequence whatever the leaders' ordering.
-    assert "Condition" not in resources["FulfilmentNotificationsTable"]
-    for events in SAGA_STREAMS.values():
+    for events in INDEXERS.values():
         assert resources[events]["DeletionPolicy"] == "Retain"
         assert resources[events]["Properties"]["StreamSpecification"] == {
             "StreamViewType": "NEW_IMAGE"
         }
-
-
-@pytest.mark.parametrize(("function", "table"), SAGA_STREAMS.items())
-def test_each_saga_stream_function_is_fed_by_its_tables_stream(
-    resources, function, table
-):
-    [mapping] = [
-        resource["Properties"]
-        for resource in resources.values()
-        if resource["Type"] == "AWS::Lambda::EventSourceMapping"
-        and resource["Properties"]["FunctionName"] == {"Ref": function}
-    ]
-
-    assert mapping["EventSourceArn"] == {"Fn::GetAtt": [table, "StreamArn"]}
-    assert mapping["DestinationConfig"]["OnFailure"]["Destination"] == {
-        "Fn::GetAtt": ["FulfilmentFailureQueue", "Arn"]
-    }
+    for table in ("Notifications", "WarehouseNotifications", "PaymentsNotifications"):
+        assert "Condition" not in resources[f"{table}Table"]  # every one is indexed
 
 
 def test_the_saga_functions_get_the_payment_timeout_parameter(template, resources):
@@ -1206,105 +1536,51 @@ def test_the_saga_functions_get_the_payment_timeout_parameter(template, resource
         assert variables[OrderFulfilment.PAYMENT_TIMEOUT_SECONDS] == {
             "Ref": "PaymentTimeoutSeconds"
         }
-        assert variables["CREATE_TABLE"] == "no"
-        assert variables["DYNAMODB_ORDERING"] == {"Ref": "Ordering"}
 
 
-def test_the_schedule_invokes_the_timeout_poller_every_minute(resources):
-    [schedule] = [
-        resource["Properties"]
-        for resource in resources.values()
-        if resource["Type"] == "AWS::Scheduler::Schedule"
-    ]
-    target = schedule["Target"]
-    role = resources[target["RoleArn"]["Fn::GetAtt"][0]]["Properties"]
-    [trust] = role["AssumeRolePolicyDocument"]["Statement"]
+def test_the_timeout_pollers_schedule_may_only_invoke_it(resources):
+    [schedule] = _schedules_of(resources, "FulfilmentTimeouts")
+    role = resources[schedule["Target"]["RoleArn"]["Fn::GetAtt"][0]]["Properties"]
     [allowed] = [
         statement
         for policy in role["Policies"]
         for statement in policy["PolicyDocument"]["Statement"]
     ]
-    timeouts = resources["FulfilmentTimeouts"]["Properties"]
 
-    assert schedule["ScheduleExpression"] == "rate(1 minute)"
-    assert schedule["FlexibleTimeWindow"] == {"Mode": "OFF"}
-    assert target["Arn"] == {"Fn::GetAtt": ["FulfilmentTimeouts", "Arn"]}
-    assert trust["Principal"] == {"Service": "scheduler.amazonaws.com"}
     assert allowed["Action"] == "lambda:InvokeFunction"
     assert allowed["Resource"] == {"Fn::GetAtt": ["FulfilmentTimeouts", "Arn"]}
-    # overlapping polls are safe; a reservation may not deploy (low quotas)
-    assert "ReservedConcurrentExecutions" not in timeouts
-    assert timeouts["Handler"].endswith(".fire_timeouts")
-    assert "FulfilmentTimeouts" not in _stream_fed_functions(resources)
-
-
-def test_lambda_neither_retries_nor_keeps_a_scheduled_poll_it_could_not_run(
-    resources,
-):
-    # The Scheduler invokes asynchronously: without this, Lambda itself
-    # retries a failed poll twice and a throttled one for up to 6 hours.
-    [config] = [
-        resource["Properties"]
-        for resource in resources.values()
-        if resource["Type"] == "AWS::Lambda::EventInvokeConfig"
-        and resource["Properties"]["FunctionName"] == {"Ref": "FulfilmentTimeouts"}
-    ]
-
-    assert config["Qualifier"] == "$LATEST"
-    assert config["MaximumRetryAttempts"] == 0
-    assert config["MaximumEventAgeInSeconds"] == 60  # Lambda's least
-
-
-def test_an_alarm_fires_when_nothing_invokes_the_timeout_poller(resources):
-    [alarm] = _alarms_on(resources, "AWS/Lambda", "Invocations")
-
-    assert alarm["Dimensions"] == [
-        {"Name": "FunctionName", "Value": {"Ref": "FulfilmentTimeouts"}}
-    ]
-    assert alarm["Statistic"] == "Sum"
-    assert alarm["Period"] * alarm["EvaluationPeriods"] <= 300
-    assert (alarm["ComparisonOperator"], alarm["Threshold"]) == (
-        "LessThanThreshold",
-        1,
+    assert resources["FulfilmentTimeouts"]["Properties"]["Handler"].endswith(
+        ".fire_timeouts"
     )
-    # no invocation publishes no data point: that is the failure
-    assert alarm["TreatMissingData"] == "breaching"
 
 
-@pytest.mark.parametrize("ordering", ["sequence", "stream"])
-def test_the_saga_roles_grant_no_wildcard_actions(template, resources, ordering):
-    stack = _stack(template, "", ordering)
+def test_the_saga_roles_grant_no_wildcard_actions(template, resources):
+    stack = _stack(template, "", "indexed")
     for function in SAGA_HANDLERS:
         statements = _role_statements(stack, resources, function)
         actions = [a for s in statements for a in _as_list(s["Action"])]
         assert all("*" not in action for action in actions)
-        wildcard = [s["Action"] for s in statements if s["Resource"] == "*"]
-        expected = ["dynamodb:ListStreams"] if function in SAGA_STREAMS else []
-        assert wildcard == expected, function
+        assert [s["Action"] for s in statements if s["Resource"] == "*"] == []
 
 
-@pytest.fixture(params=["sequence", "stream"])
+@pytest.fixture
 def saga_stack(
-    request: pytest.FixtureRequest,
-    streamed: None,
-    dynamodb_env: dict[str, str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[tuple[str, Shop]]:
-    """The saga's stack: its tables and the leaders' (made), in either ordering.
+    dynamodb_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Shop]:
+    """The saga's stack: its tables and the leaders' (made), every one indexed.
 
     The handlers then build their applications from the environment, as in
     Lambda: ``CREATE_TABLE=no``, and timeouts due at once.
     """
-    ordering = request.param
-    env = {**dynamodb_env, "DYNAMODB_ORDERING": ordering}
-    monkeypatch.setenv("DYNAMODB_ORDERING", ordering)
-    shop = open_shop(env)
+    for key, value in INDEXED.items():
+        monkeypatch.setenv(key, value)
+    shop = open_shop(_indexed(dynamodb_env))
     for app in (shop.orders, shop.warehouse, shop.payments):
         app.recorder.idempotency.create_table()  # made at a first key otherwise
     fulfilment_lambda.reset()
     monkeypatch.setenv("CREATE_TABLE", "no")
     monkeypatch.setenv(OrderFulfilment.PAYMENT_TIMEOUT_SECONDS, "0")
-    yield ordering, shop
+    yield shop
     fulfilment_lambda.reset()
     shop.close()
 
@@ -1315,154 +1591,114 @@ def _run_the_saga_as_lambda_does(
     """Drive the saga's handlers: an order shipped, one timed out then charged late.
 
     Returns what each function asked IAM for. Between invocations the test
-    plays the streams (a scan of each events table, as Lambda would deliver
-    it) and the payment gateway. Each stream's first record is held back
-    (``_with_a_gap``), so a gap is filled from the events table.
+    plays the indexer functions (each index catches up with its table) and
+    the payment gateway.
     """
     calls: dict[str, list[Request]] = {function: [] for function in SAGA_HANDLERS}
-    leaders: dict[str, Any] = {
-        "FulfilmentFollowOrders": shop.orders,
-        "FulfilmentFollowWarehouse": shop.warehouse,
-        "FulfilmentFollowPayments": shop.payments,
-        "FulfilmentSendSteps": shop.fulfilment,
-    }
-    arns = {function: stream_arn_of(app) for function, app in leaders.items()}
-    needs_a_gap: dict[str, Any] = dict.fromkeys(leaders)
+    apps = (shop.orders, shop.warehouse, shop.payments, shop.fulfilment)
 
     def invoke(function: str) -> Any:
+        _index(*apps)
         handler = getattr(fulfilment_lambda, SAGA_HANDLERS[function])
-        event: dict[str, Any] = {}
-        if function in leaders:
-            records = [
-                {**r, "eventSourceARN": arns[function]}
-                for r in stream_records(leaders[function])
-            ]
-            if function in needs_a_gap:
-                records = _with_a_gap(records, function, needs_a_gap)
-            event = {"Records": records}
         start = len(recorded)
-        response = handler(event, None)
+        response = handler(SCHEDULED, with_time_to_work(20))
         calls[function].extend(recorded[start:])
-        if function in leaders:
-            assert response == {"batchItemFailures": []}, function
         return response
 
-    def every_stream() -> None:
-        for function in leaders:
-            invoke(function)
+    def follow_until(done: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 60
+        while not done():
+            assert time.monotonic() < deadline
+            invoke("FulfilmentFollowIndex")
 
     shipped, late = shop.place({TEA: 1}), shop.place({FIG: 1})
-    every_stream()  # sagas begin; stock reserved
-    every_stream()  # payments requested
+    follow_until(
+        lambda: None not in (shop.payments.get_payment(o) for o in (shipped, late))
+    )
     shop.answer(shipped, approved=True)
-    invoke("FulfilmentFollowPayments")  # charged: its timeout is cancelled
-    assert invoke("FulfilmentTimeouts") == {"fired": 1}  # the other's
+    follow_until(lambda: shop.saga(shipped).outcome == "shipped")
+    fired = invoke("FulfilmentTimeouts")["fired"]
+    assert fired == 1  # the other's
     shop.answer(late, approved=True)  # charged after the timeout: refunded
-    for _ in range(3):
-        every_stream()
-    invoke("FulfilmentTimeouts")
-    assert shop.saga(shipped).outcome == "shipped"
-    assert shop.saga(late).outcome == "cancelled"
+    follow_until(lambda: shop.saga(late).outcome == "cancelled")
     return calls
 
 
-def _with_a_gap(
-    records: list[dict[str, Any]], function: str, needs_a_gap: dict[str, Any]
-) -> list[dict[str, Any]]:
-    """Hold back the stream's first record until a later one of its aggregate comes.
-
-    That later record then arrives after a gap, which the follower fills
-    from the events table; from then on ``function``'s batches are whole.
-    """
-
-    def key(record: dict[str, Any]) -> tuple[str, int]:
-        keys = record["dynamodb"]["Keys"]
-        return keys["aggregate_id"]["S"], int(keys["version"]["N"])
-
-    if not records:
-        return records
-    held = needs_a_gap[function] or key(records[0])
-    needs_a_gap[function] = held
-    if any(key(r)[0] == held[0] and key(r)[1] > held[1] for r in records):
-        del needs_a_gap[function]
-    return [r for r in records if key(r) != held]
-
-
+@pytest.mark.slow  # about 40 s: a saga shipped, one timed out, all indexed
 def test_the_saga_roles_allow_every_call_the_saga_handlers_make(
     saga_stack, template, recorded_requests, dynamodb_env
 ):
-    ordering, shop = saga_stack
+    shop = saga_stack
     calls = _run_the_saga_as_lambda_does(shop, recorded_requests)
 
-    stack = _stack(template, dynamodb_env["DYNAMODB_TABLE_PREFIX"], ordering)
+    stack = _stack(template, dynamodb_env["DYNAMODB_TABLE_PREFIX"], "indexed")
     resources = template["Resources"]
-    # What the run must have exercised: deciding, gaps, commands, timeouts.
+    # What the run must have exercised: deciding, reading indexes, commands, timeouts.
     decided = (
         "dynamodb:PutItem",
         _table_arn(shop.fulfilment.recorder.events_table_name),
     )
-    assert decided in calls["FulfilmentFollowWarehouse"]
+    assert decided in calls["FulfilmentFollowIndex"]
     assert decided in calls["FulfilmentTimeouts"]
+    for app in (shop.orders, shop.warehouse, shop.payments, shop.fulfilment):
+        index = _table_arn(app.recorder.notifications_table_name)
+        assert ("dynamodb:Query", index) in calls["FulfilmentFollowIndex"]
     for app in (shop.orders, shop.warehouse, shop.payments):
         events = _table_arn(app.recorder.events_table_name)
         keys = _table_arn(app.recorder.idempotency.table_name)
-        assert ("dynamodb:PutItem", events) in calls["FulfilmentSendSteps"]
-        assert ("dynamodb:PutItem", keys) in calls["FulfilmentSendSteps"]
-    streamed_apps = (shop.orders, shop.warehouse, shop.payments, shop.fulfilment)
-    for function, app in zip(SAGA_STREAMS, streamed_apps, strict=True):
-        # the first record of its first batch, read from the table
-        gap = ("dynamodb:Query", _table_arn(app.recorder.events_table_name))
-        assert gap in calls[function], function
+        assert ("dynamodb:PutItem", events) in calls["FulfilmentFollowIndex"]
+        assert ("dynamodb:PutItem", keys) in calls["FulfilmentFollowIndex"]
     for function, requests in calls.items():
+        assert not any(":stream/" in resource for _, resource in requests), function
         refused = stack.refused(_role_statements(stack, resources, function), requests)
         assert refused == [], function
 
 
+@pytest.mark.slow  # about 40 s: a saga shipped, one timed out, all indexed
 def test_the_saga_check_fails_without_a_permission_the_commands_need(
     saga_stack, template, recorded_requests, dynamodb_env
 ):
-    ordering, shop = saga_stack
+    shop = saga_stack
     calls = _run_the_saga_as_lambda_does(shop, recorded_requests)
     resources = copy.deepcopy(template["Resources"])
-    role = resources["FulfilmentSendStepsRole"]["Properties"]
+    role = resources["FulfilmentFollowIndexRole"]["Properties"]
     role["Policies"] = [
         policy for policy in role["Policies"] if policy["PolicyName"] != "send-commands"
     ]
 
-    stack = _stack(template, dynamodb_env["DYNAMODB_TABLE_PREFIX"], ordering)
+    stack = _stack(template, dynamodb_env["DYNAMODB_TABLE_PREFIX"], "indexed")
     refused = stack.refused(
-        _role_statements(stack, resources, "FulfilmentSendSteps"),
-        calls["FulfilmentSendSteps"],
+        _role_statements(stack, resources, "FulfilmentFollowIndex"),
+        calls["FulfilmentFollowIndex"],
     )
 
     keys = _table_arn(shop.warehouse.recorder.idempotency.table_name)
     assert ("dynamodb:PutItem", keys) in refused
 
 
-def test_the_readmes_catch_up_command_processes_what_a_saga_missed(
-    saga_stack, capsys, monkeypatch
+@pytest.mark.parametrize(
+    ("function", "application"),
+    [
+        ("WarehouseIndexer", "warehouse"),
+        ("PaymentsIndexer", "payments"),
+        ("FulfilmentIndexer", "fulfilment"),
+    ],
+)
+def test_the_saga_tables_indexer_roles_allow_what_their_indexers_call(  # noqa: PLR0917
+    saga_stack, template, recorded_requests, dynamodb_env, function, application
 ):
-    _, shop = saga_stack
-    section = README.read_text().split("## The Order fulfilment saga")[1]
-    [code] = re.findall(r"```sh\npython -c '\n(.*?)\n' warehouse ", section, re.DOTALL)
-    order_id = shop.place({TEA: 2})
-    orders = stream_records(shop.orders)
-    arn = stream_arn_of(shop.orders)
-    fulfilment_lambda.follow_orders(
-        {"Records": [{**r, "eventSourceARN": arn} for r in orders]}, None
+    shop = saga_stack
+    shop.place({TEA: 1})
+    shop.run()  # every application has events to index
+    app = getattr(shop, application)
+    handler = indexer_handler(
+        type(app), {**_indexed(dynamodb_env), "CREATE_TABLE": "no"}
     )
-    own = stream_records(shop.fulfilment)
-    arn = stream_arn_of(shop.fulfilment)
-    fulfilment_lambda.send_steps(
-        {"Records": [{**r, "eventSourceARN": arn} for r in own]}, None
-    )
-    reservation = shop.warehouse.get_reservation(order_id)
-    assert reservation is not None
-    # The warehouse's records were given up on: the saga never learned them.
-    assert Fact.STOCK_RESERVED not in shop.saga(order_id).facts
+    recorded_requests.clear()
 
-    monkeypatch.setattr(sys, "argv", ["-c", "warehouse", str(reservation.id)])
-    exec(code, {})  # noqa: S102 - the README's own command
+    handler(SCHEDULED, with_time_to_work(1))
 
-    assert capsys.readouterr().out == "True\n"
-    assert Fact.STOCK_RESERVED in shop.saga(order_id).facts
+    stack = _stack(template, dynamodb_env["DYNAMODB_TABLE_PREFIX"], "indexed")
+    assert recorded_requests
+    refused = stack.refused(_role_of(template, stack, function), recorded_requests)
+    assert refused == []

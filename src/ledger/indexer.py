@@ -659,3 +659,18 @@ def _in_version_order(records: list[_Record]) -> list[BatchEntry]:
                     "events table, then run the indexer again."
                 )
     return ordered
+
+
+# --- AWS Lambda --------------------------------------------------------------------
+
+
+def lambda_handler(event: Any, context: Any) -> dict[str, int]:
+    """Index ``LEDGER_APP``'s events stream for the invocation's time (Lambda).
+
+    The indexer function of ``deploy/template.yaml``, invoked every minute
+    by a schedule; wake-ups go to ``LEDGER_INDEX_TOPIC_ARN``. See
+    :func:`ledger.index_consumers.indexer_handler`.
+    """
+    from ledger.index_consumers import indexer_from_env  # noqa: PLC0415
+
+    return indexer_from_env()(event, context)

@@ -11,7 +11,10 @@ integration events (:class:`~ledger.publishing.events.Publication`) and
 sends them with ``PutEvents``. It runs in Lambda (:func:`lambda_handler`,
 an event source mapping on the stream reporting ``batchItemFailures``) or
 locally (a :class:`~ledger.projections.streams.StreamPoller` fed with a
-:class:`Publisher`, which keeps shard checkpoints in its table).
+:class:`Publisher`, which keeps shard checkpoints in its table). In
+``indexed`` ordering it follows the application sequence instead
+(:meth:`Publisher.follow_index`, a cursor in its table), leaving the stream
+to the indexer: how ``deploy/template.yaml`` runs it.
 
 Delivery is **at least once**:
 
@@ -23,7 +26,8 @@ Delivery is **at least once**:
   never dropped;
 * a stream record is done when each of its entries was accepted or
   dead-lettered; only then does the position move past it (the poller's
-  checkpoint, or Lambda's, since the record is not reported failed);
+  checkpoint, Lambda's, since the record is not reported failed, or the
+  index cursor);
 * when a request fails as a whole (EventBridge unavailable after botocore's
   retries, the bus missing, access denied) or a dead letter cannot be
   stored, the records not done are reported failed and read again later;
@@ -51,7 +55,7 @@ from uuid import UUID
 import boto3
 import botocore.config
 import botocore.exceptions
-from eventsourcing.persistence import PersistenceError
+from eventsourcing.persistence import IntegrityError, PersistenceError
 from eventsourcing.utils import Environment, strtobool
 
 from ledger.dynamodb import connection_of
@@ -299,6 +303,106 @@ class Publisher:
                 schema.SEQUENCE_NUMBER: {"S": number},
             },
         )
+
+    # Following the index ---------------------------------------------------------
+
+    def position(self) -> int:
+        """Return the last sequence position :meth:`follow_index` finished (0: none)."""
+        item = self.connection.call(
+            "get_item",
+            TableName=self.table_name,
+            Key=self._cursor_key(),
+            ConsistentRead=True,
+        ).get("Item")
+        return 0 if item is None else int(item[schema.POSITION]["N"])
+
+    def follow_index(
+        self, *, page_size: int = 100, deadline: float | None = None
+    ) -> int:
+        """Publish the application sequence after the cursor; return positions done.
+
+        The index-following mode, for ``DYNAMODB_ORDERING=indexed`` (or
+        ``sequence``), where the events stream has one reader, the indexer.
+        Each page of ``select_notifications`` after the cursor is published
+        as :meth:`process` publishes a stream batch (retries, dead letters,
+        the same event ids), then the cursor moves past the page's positions
+        up to the first one not done, in one conditional write: on the
+        position it read, so of two followers racing, one moves it and the
+        other stops (what it sent again carries the same ids: consumers
+        drop it). Stops at the sequence's end, at a position not done (read
+        again at the next call), or once ``time.monotonic()`` passes
+        ``deadline``. Costs per page: one Query of the sequence (and of the
+        events table for batches too big to hold their events), the
+        PutEvents requests, and one PutItem (1 WCU); plus one GetItem per call.
+        """
+        recorder = self.application.recorder
+        position = self.position()
+        done_total = 0
+        while deadline is None or time.monotonic() < deadline:
+            notifications = recorder.select_notifications(
+                start=position + 1, limit=page_size
+            )
+            if not notifications:
+                break
+            report = PublishReport(records=len(notifications))
+            batch = [self._sequence_record(n, report) for n in notifications]
+            entries = [entry for record in batch for entry in record.entries]
+            report.entries = len(entries)
+            self._deliver(entries, report)
+            failed = [record.number for record in batch if record.failed]
+            report.failed_records = len(failed)
+            self.report.add(report)
+            _log_batch(self.publication.name, report, failed)
+            done = 0
+            while done < len(batch) and not batch[done].failed:
+                done += 1
+            if done:
+                last = int(notifications[done - 1].id)
+                if not self._move_cursor(position, last):
+                    break
+                done_total += last - position
+                position = last
+            if failed or len(notifications) < page_size:
+                break
+        return done_total
+
+    def _cursor_key(self) -> dict[str, Any]:
+        return {
+            schema.KIND: {"S": schema.CURSOR},
+            schema.KEY: {"S": str(self.application.name)},
+        }
+
+    def _move_cursor(self, expected: int, position: int) -> bool:
+        """Move the cursor from ``expected`` to ``position``; False if raced."""
+        try:
+            self.connection.call(
+                "put_item",
+                TableName=self.table_name,
+                Item={**self._cursor_key(), schema.POSITION: {"N": str(position)}},
+                ConditionExpression="attribute_not_exists(#position) OR "
+                "#position = :expected",
+                ExpressionAttributeNames={"#position": schema.POSITION},
+                ExpressionAttributeValues={":expected": {"N": str(expected)}},
+            )
+        except IntegrityError:
+            logger.info(
+                "another publisher moved the cursor first; stopping",
+                extra={"publication": self.publication.name, "position": expected},
+            )
+            return False
+        return True
+
+    def _sequence_record(self, notification: Any, report: PublishReport) -> _Record:
+        record = _Record(
+            number=str(notification.id),
+            aggregate_id=str(notification.originator_id),
+            version=int(notification.originator_version),
+            topic=str(notification.topic),
+        )
+        self._prepare(
+            record, partial(self.mapper.to_domain_event, notification), report
+        )
+        return record
 
     def republish(
         self, aggregate_id: Any, *, after: int = 0, up_to: int | None = None

@@ -9,6 +9,12 @@ A publication named ``P`` (its ``name``) owns one table,
     entries were all accepted by EventBridge or dead-lettered. (In Lambda
     the event source mapping keeps the position; these items stay unused.)
 
+``kind = "cursor"``, ``key`` = the application's name
+    The index-following mode's position (:meth:`Publisher.follow_index`):
+    the last position of the application sequence whose entries were all
+    accepted or dead-lettered. Moved only on condition that it still holds
+    the position read, so of two followers racing one moves it.
+
 ``kind = "dead_letter"``, ``key`` = ``{aggregate id}#{version}#{detail-type}``
     (the version in 10 digits, so keys sort by it). An integration event
     that could not be published (EventBridge kept refusing its entry, or it
@@ -30,12 +36,15 @@ if TYPE_CHECKING:  # the stubs are a development dependency only
     from mypy_boto3_dynamodb.type_defs import CreateTableInputTypeDef
 
 KIND: Final = "kind"
-"""Partition key (S): ``shard`` or ``dead_letter``."""
+"""Partition key (S): ``shard``, ``cursor`` or ``dead_letter``."""
 KEY: Final = "key"
-"""Sort key (S): the shard id, or the dead letter's key (see the module)."""
+"""Sort key (S): the shard id, the application's name, or the dead letter's key
+(see the module)."""
 
 SHARD: Final = "shard"
 """``kind`` of a shard checkpoint."""
+CURSOR: Final = "cursor"
+"""``kind`` of the index-following mode's position in the sequence."""
 DEAD_LETTER: Final = "dead_letter"
 """``kind`` of a dead letter."""
 NO_DETAIL_TYPE: Final = "-"
@@ -43,7 +52,11 @@ NO_DETAIL_TYPE: Final = "-"
 
 SEQUENCE_NUMBER: Final = "sequence_number"
 """(S) on a checkpoint: the last record done in the shard. On a dead letter:
-the stream record it came from (empty for a redrive's)."""
+the stream record it came from (from the index: the sequence position;
+empty for a redrive's)."""
+
+POSITION: Final = "position"
+"""(N) on a cursor: the last position of the sequence done (see the module)."""
 
 AGGREGATE_ID: Final = "aggregate_id"
 """(S) on a dead letter: the aggregate whose event it is."""

@@ -1,0 +1,478 @@
+"""Lambda entry points of the ``indexed`` ordering: the indexer and its followers.
+
+In ``DYNAMODB_ORDERING=indexed`` one function per events table reads the
+table's stream, the indexer; every other consumer reads the index (the
+application sequence in the notifications table), never the stream, so a
+stream keeps one reader however many consumers there are (DynamoDB Streams
+throttles past two per shard). ``deploy/template.yaml`` runs:
+
+* the indexer (:func:`indexer_handler`; ``ledger.indexer.lambda_handler``):
+  invoked every minute by a schedule, it runs indexer rounds until its
+  invocation's time is nearly up, so one invocation follows the stream at a
+  time and the next takes over; after each round that committed it sends a
+  **wake-up**, one small SNS message (at most one a second while rounds
+  commit back to back, and one after the last), naming the events table and
+  the head;
+* the consumers (:func:`projection_handler`, :func:`publication_handler`,
+  :func:`follow_leaders` for sagas): invoked by each wake-up (their SNS
+  subscriptions) and by a schedule every minute (a lost wake-up is made up
+  within a minute), each drains the index from its own position to the end,
+  or until its invocation's time is nearly up. Their positions are committed
+  conditionally, so concurrent invocations are safe: one commits each
+  position, the other stops or reads again.
+
+Why a wake-up rather than polling or the notifications table's own stream:
+see ``deploy/README.md``, "Following the index".
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+import boto3
+import botocore.exceptions
+from eventsourcing.persistence import IntegrityError, OperationalError
+from eventsourcing.utils import resolve_topic
+
+from ledger.projections.metrics import EmbeddedMetrics
+
+if TYPE_CHECKING:
+    from ledger.indexer import Indexer
+    from ledger.projections.projector import Projector
+    from ledger.publishing import Publication
+    from ledger.sagas import SagaApplication
+
+__all__ = [
+    "INDEX_DIMENSION",
+    "LEDGER_APP",
+    "LEDGER_INDEX_TOPIC_ARN",
+    "LEDGER_PROJECTORS",
+    "LEDGER_PUBLICATION",
+    "STOP_MARGIN_MS",
+    "WakeUp",
+    "deadline_of",
+    "follow_leaders",
+    "indexer_from_env",
+    "indexer_handler",
+    "project",
+    "projection_handler",
+    "publication_handler",
+    "publish",
+]
+
+logger = logging.getLogger(__name__)
+
+LEDGER_APP: Final = "LEDGER_APP"
+"""The application class, as ``module:Class`` (the key the ``ledger`` command
+reads too): whose events table the indexer reads, whose index a consumer follows."""
+LEDGER_PROJECTORS: Final = "LEDGER_PROJECTORS"
+"""The projector class :func:`project` feeds, as ``module:Class``."""
+LEDGER_PUBLICATION: Final = "LEDGER_PUBLICATION"
+"""The publication class :func:`publish` publishes, as ``module:Class``."""
+LEDGER_INDEX_TOPIC_ARN: Final = "LEDGER_INDEX_TOPIC_ARN"
+"""The SNS topic the indexer sends its wake-ups to. Unset: it sends none (the
+consumers then follow on their schedule only)."""
+SNS_ENDPOINT_URL: Final = "SNS_ENDPOINT_URL"
+"""The SNS endpoint (a local one in tests). Default: ``AWS_ENDPOINT_URL_SNS``,
+else boto3's own resolution."""
+INDEX_DIMENSION: Final = "EventsTable"
+"""The dimension of the indexer's metrics (its value: the events table's name)."""
+STOP_MARGIN_MS: Final = 10_000
+"""Time left at which a handler starts no more work: one more round or page
+must end before Lambda's timeout stops the invocation."""
+WAKE_UP_INTERVAL: Final = 1.0
+"""Seconds between two wake-ups while rounds commit back to back."""
+MAX_CONFLICTS: Final = 3
+"""Conflicts after which a saga invocation leaves the work to the one it races."""
+IDLE_WAIT: Final = 1.0
+"""Seconds the indexer waits after a round that found nothing."""
+ROUND_INTERVAL: Final = 0.5
+"""Seconds from one round's start to the next's, at least. Each round makes
+one DescribeStream, which the DynamoDB Streams API allows at most 10 times a
+second: at one round per 0.5 s, four indexers stay under it however busy."""
+
+
+def deadline_of(context: Any, margin_ms: float = STOP_MARGIN_MS) -> float | None:
+    """Return when (``time.monotonic()``) a handler must stop starting work.
+
+    From the Lambda context's ``get_remaining_time_in_millis()``, less
+    ``margin_ms``; None without a context (no limit).
+    """
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    if remaining is None:
+        return None
+    return time.monotonic() + (float(remaining()) - margin_ms) / 1000
+
+
+def _before(deadline: float | None) -> bool:
+    return deadline is None or time.monotonic() < deadline
+
+
+def _class(env: Mapping[str, str], key: str) -> Any:
+    topic = env.get(key) or os.environ.get(key)
+    if not topic:
+        raise OSError(f"{key} is not set: give the class as module:Class.")
+    return resolve_topic(topic.split(",")[0].strip())
+
+
+# The wake-up ---------------------------------------------------------------------
+
+
+class WakeUp:
+    """Tells the consumers that an index advanced: one SNS message, not one per event.
+
+    Called by the indexer after each committed round (its ``after_write``);
+    sends at most one message per ``interval`` seconds and keeps the latest
+    head meanwhile, to be sent by :meth:`flush` (called when a round finds
+    nothing, and before the invocation ends). A message that cannot be sent
+    is logged and dropped: the consumers' schedule makes it up.
+    """
+
+    def __init__(
+        self,
+        topic_arn: str,
+        events_table: str,
+        client: Any,
+        *,
+        interval: float = WAKE_UP_INTERVAL,
+    ) -> None:
+        self.topic_arn = topic_arn
+        self.events_table = events_table
+        self.client = client
+        self.interval = interval
+        self.sent = 0
+        """Messages sent so far."""
+        self._head: int | None = None
+        self._last_sent = -float("inf")
+
+    def __call__(self, positions: range) -> None:
+        """Note a commit of ``positions``; send a wake-up if none was sent lately."""
+        if positions:
+            self._head = positions[-1]
+        if time.monotonic() - self._last_sent >= self.interval:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the wake-up held back, if any."""
+        if self._head is None:
+            return
+        head, self._head = self._head, None
+        self._last_sent = time.monotonic()
+        try:
+            self.client.publish(
+                TopicArn=self.topic_arn,
+                Message=json.dumps({"events_table": self.events_table, "head": head}),
+                # Subscriptions filter on it: a consumer is woken by its tables only.
+                MessageAttributes={
+                    "events_table": {
+                        "DataType": "String",
+                        "StringValue": self.events_table,
+                    }
+                },
+            )
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+            logger.warning(
+                "could not send the index wake-up; consumers follow on their schedule",
+                exc_info=True,
+                extra={"events_table": self.events_table, "head": head},
+            )
+            return
+        self.sent += 1
+
+
+def _sns_client(env: Mapping[str, str], region: str) -> Any:
+    endpoint = (
+        env.get(SNS_ENDPOINT_URL)
+        or os.environ.get(SNS_ENDPOINT_URL)
+        or os.environ.get("AWS_ENDPOINT_URL_SNS")
+        or None
+    )
+    return boto3.session.Session().client(
+        "sns", endpoint_url=endpoint, region_name=region
+    )
+
+
+# The indexer ---------------------------------------------------------------------
+
+
+def indexer_handler(
+    application_class: type[Any],
+    env: Mapping[str, str] | None = None,
+    *,
+    idle_wait: float = IDLE_WAIT,
+    round_interval: float = ROUND_INTERVAL,
+    sns_client: Any = None,
+) -> Callable[[Any, Any], dict[str, int]]:
+    """Return the Lambda handler of an application's indexer.
+
+    Each invocation runs rounds (:meth:`~ledger.indexer.Indexer.poll`) until
+    the context's remaining time is under :data:`STOP_MARGIN_MS`, starting
+    one at most every ``round_interval`` seconds, waiting ``idle_wait``
+    after a round that found nothing, and riding out DynamoDB
+    being unavailable (waits doubling up to 30 s) while time allows. Without
+    a context it catches up once. Metrics go to the log in embedded metric
+    format (dimension :data:`INDEX_DIMENSION`). Returns the records consumed,
+    the rounds run, the wake-ups sent and the head. The application and
+    indexer are made at the first invocation, and kept.
+    """
+    made: dict[str, Any] = {}
+    environment = dict(env or {})
+
+    def handler(event: Any, context: Any) -> dict[str, int]:
+        del event  # a schedule's: nothing in it
+        if not made:
+            made["indexer"], made["wake_up"] = _indexer(
+                application_class, environment, sns_client
+            )
+        indexer: Indexer = made["indexer"]
+        wake_up: WakeUp | None = made["wake_up"]
+        deadline = deadline_of(context)
+        consumed = rounds = 0
+        try:
+            if deadline is None:
+                consumed = indexer.catch_up()
+                rounds = 1
+            else:
+                consumed, rounds = _index_until(
+                    indexer, wake_up, deadline, idle_wait, round_interval
+                )
+        finally:
+            if wake_up is not None:
+                wake_up.flush()
+        return {
+            "consumed": consumed,
+            "rounds": rounds,
+            "wake_ups": 0 if wake_up is None else wake_up.sent,
+            "head": indexer.recorder.max_notification_id() or 0,
+        }
+
+    return handler
+
+
+def _indexer(
+    application_class: type[Any], env: dict[str, str], sns_client: Any
+) -> tuple[Indexer, WakeUp | None]:
+    from ledger.indexer import Indexer  # noqa: PLC0415 - built at the first call
+
+    application = application_class(env=env or None)
+    recorder = application.recorder
+    topic = env.get(LEDGER_INDEX_TOPIC_ARN) or os.environ.get(LEDGER_INDEX_TOPIC_ARN)
+    wake_up = None
+    if topic:
+        client = sns_client or _sns_client(env, recorder.connection.region_name)
+        wake_up = WakeUp(topic, recorder.events_table_name, client)
+    indexer = Indexer(
+        recorder,
+        after_write=wake_up,
+        metrics=EmbeddedMetrics(dimension=INDEX_DIMENSION),
+    )
+    return indexer, wake_up
+
+
+def _index_until(
+    indexer: Indexer,
+    wake_up: WakeUp | None,
+    deadline: float,
+    idle_wait: float,
+    round_interval: float,
+) -> tuple[int, int]:
+    from ledger.dynamodb.client import Outage  # noqa: PLC0415
+
+    outage = Outage("indexing", idle_wait)
+    consumed = rounds = 0
+    while _before(deadline):
+        started = time.monotonic()
+        try:
+            found = indexer.poll()
+        except OperationalError as error:
+            outage.patience = outage.waited + max(0.0, deadline - time.monotonic())
+            wait = outage.failed(error)
+            if wait is None:
+                raise
+            time.sleep(wait)
+            continue
+        outage.recovered()
+        rounds += 1
+        consumed += found
+        wait = round_interval - (time.monotonic() - started)
+        if not found:
+            if wake_up is not None:
+                wake_up.flush()
+            wait = max(wait, idle_wait)  # the index's lag when idle
+        # Only while time is left for another round.
+        time.sleep(max(0.0, min(wait, deadline - time.monotonic())))
+    return consumed, rounds
+
+
+# The consumers -------------------------------------------------------------------
+
+
+def projection_handler(
+    projector_class: type[Projector],
+    application_class: type[Any],
+    env: Mapping[str, str] | None = None,
+) -> Callable[[Any, Any], dict[str, int]]:
+    """Return a Lambda handler feeding a projector from its application's index.
+
+    Each invocation (a wake-up or the schedule) applies pages of the
+    sequence after the view's tracking position with a
+    :class:`~ledger.projections.sequence.SequenceFeed`, until the end of the
+    sequence or the context's deadline (:func:`deadline_of`). Returns the
+    events applied, the position reached, and whether the feed is stopped at
+    an unreadable batch (``ledger projections skip-batch``).
+    """
+    from ledger.projections.dynamodb import open_view  # noqa: PLC0415
+    from ledger.projections.metrics import metrics_from_env  # noqa: PLC0415
+    from ledger.projections.projector import event_loader  # noqa: PLC0415
+    from ledger.projections.sequence import SequenceFeed  # noqa: PLC0415
+
+    @functools.cache
+    def feed() -> SequenceFeed:
+        application = application_class(env=env)
+        projector = projector_class(
+            open_view(projector_class, env),
+            event_loader(application),
+            metrics=metrics_from_env(projector_class, env),
+        )
+        return SequenceFeed(projector, application)
+
+    def handler(event: Any, context: Any) -> dict[str, int]:
+        del event  # a wake-up or a schedule's: either way, read to the end
+        deadline = deadline_of(context)
+        applied = 0
+        while _before(deadline):
+            done = feed().poll()
+            applied += done
+            if not done:
+                break
+        return {
+            "applied": applied,
+            "position": feed().position,
+            "blocked": int(feed().blocked is not None),
+        }
+
+    return handler
+
+
+def publication_handler(
+    publication_class: type[Publication],
+    application_class: type[Any],
+    env: Mapping[str, str] | None = None,
+) -> Callable[[Any, Any], dict[str, int]]:
+    """Return a Lambda handler publishing a publication from its application's index.
+
+    Each invocation runs :meth:`~ledger.publishing.Publisher.follow_index`
+    until the end of the sequence, a position not done, or the context's
+    deadline. Returns the positions done and the cursor. An invocation that
+    leaves events not done (a ``PutEvents`` request failed as a whole, or a
+    dead letter could not be stored) raises ``OperationalError`` after
+    moving the cursor as far as it could, so the function's errors alarm
+    reports what would otherwise only hold the cursor still.
+    """
+    from ledger.publishing import Publisher  # noqa: PLC0415
+
+    @functools.cache
+    def publisher() -> Publisher:
+        return Publisher(publication_class(), application_class(env=env), env=env)
+
+    def handler(event: Any, context: Any) -> dict[str, int]:
+        del event
+        failed_before = publisher().report.failed_records
+        done = publisher().follow_index(deadline=deadline_of(context))
+        position = publisher().position()
+        failed = publisher().report.failed_records - failed_before
+        if failed:
+            raise OperationalError(
+                f"{failed} events of {publication_class.__name__}'s index were not "
+                f"published (PutEvents failed as a whole, or a dead letter could "
+                f"not be stored; the log says which): the cursor stays at "
+                f"{position}, before them, and the next invocation sends them "
+                "again. Fix the bus, its permission or the table named in the log."
+            )
+        return {"published": done, "position": position}
+
+    return handler
+
+
+def follow_leaders(
+    saga_application: SagaApplication,
+    leaders: Iterable[Any],
+    deadline: float | None,
+    *,
+    page_size: int = 500,
+) -> int:
+    """Let a saga application process its leaders' and its own indexes; return events.
+
+    Rounds over the leaders (then the saga application itself, to send its
+    steps) pull at most ``page_size`` positions of each, until a round
+    processes nothing or ``deadline`` passes. Another invocation deciding
+    meanwhile (a conflict on a saga or a tracking position) makes it read
+    the positions again; after :data:`MAX_CONFLICTS` it stops (the other
+    goes on, and the next wake-up or the schedule reads again).
+    """
+    app = saga_application
+    names = [leader.name for leader in leaders] + [app.name]
+    before = app.processed
+    conflicts = 0
+    while _before(deadline):
+        start = app.processed
+        try:
+            for name in names:
+                position = app.recorder.max_tracking_id(name) or 0
+                app.pull_and_process(name, start=position, stop=position + page_size)
+        except IntegrityError:
+            # A saga or a position changed meanwhile (another invocation, the
+            # timeout poller): read the positions again, a few times only.
+            conflicts += 1
+            if conflicts == MAX_CONFLICTS:
+                logger.info(
+                    "other invocations kept deciding first; stopping",
+                    extra={"saga_application": app.name, "conflicts": conflicts},
+                )
+                break
+            continue
+        if app.processed == start:
+            break
+    return app.processed - before
+
+
+# Handlers configured by the environment --------------------------------------------
+
+
+@functools.cache
+def indexer_from_env() -> Callable[[Any, Any], dict[str, int]]:
+    """Return the indexer handler of ``LEDGER_APP`` (made once per process)."""
+    return indexer_handler(_class({}, LEDGER_APP))
+
+
+@functools.cache
+def _project_from_env() -> Callable[[Any, Any], dict[str, int]]:
+    return projection_handler(_class({}, LEDGER_PROJECTORS), _class({}, LEDGER_APP))
+
+
+@functools.cache
+def _publish_from_env() -> Callable[[Any, Any], dict[str, int]]:
+    return publication_handler(_class({}, LEDGER_PUBLICATION), _class({}, LEDGER_APP))
+
+
+def project(event: Any, context: Any) -> dict[str, int]:
+    """Feed ``LEDGER_PROJECTORS``' projector from ``LEDGER_APP``'s index (Lambda)."""
+    return _project_from_env()(event, context)
+
+
+def publish(event: Any, context: Any) -> dict[str, int]:
+    """Publish ``LEDGER_PUBLICATION`` from ``LEDGER_APP``'s index (Lambda)."""
+    return _publish_from_env()(event, context)
+
+
+def reset() -> None:
+    """Forget the handlers made from the environment (tests; a new environment)."""
+    indexer_from_env.cache_clear()
+    _project_from_env.cache_clear()
+    _publish_from_env.cache_clear()

@@ -36,6 +36,7 @@ from aggregates.services import (
     PAYMENTS,
     WAREHOUSE,
     event_pattern,
+    make_payments_inbox,
     payments_inbox,
     service_env,
     warehouse_inbox,
@@ -480,3 +481,30 @@ def test_an_order_out_of_stock_charged_at_confirmation_is_refunded_by_the_saga(
     payment = payments.get_payment(order_id)
     assert payment is not None
     assert payment.status is PaymentStatus.REFUNDED
+
+
+def test_a_services_dead_letters_are_listed_by_the_cli_under_its_own_prefix(
+    ledger: Callable[..., Any], dynamodb_env: dict[str, str], table_prefix: str
+) -> None:
+    prefix = f"{table_prefix}payments-"
+    inbox = make_payments_inbox(service_env(PAYMENTS, prefix, dynamodb_env))
+    detail = {"id": str(uuid.uuid4()), "order_id": "not an id"}
+    body = json.dumps(
+        {"source": SOURCE, "detail-type": "OrderConfirmed.v2", "detail": detail}
+    )
+    event = {"Records": [{"messageId": "m1", "body": body, "attributes": {}}]}
+    assert handle_sqs_event(event, inbox) == {"batchItemFailures": []}
+
+    listed = ledger(
+        "inbox",
+        "dead-letters",
+        "list",
+        "--inbox=aggregates.services:make_payments_inbox",
+        "--json",
+        PAYMENTS_DYNAMODB_TABLE_PREFIX=prefix,
+    )
+
+    assert listed.returncode == 0, listed.stderr
+    (letter,) = json.loads(listed.stdout)
+    assert letter["key"] == f"event:{SOURCE}:{detail['id']}"
+    assert "not an id" not in listed.stdout

@@ -7,8 +7,9 @@ types its inbox handles (:func:`event_pattern`), an SQS queue the rule
 targets, and an inbox (:func:`warehouse_inbox`, :func:`payments_inbox`)
 that calls its application's keyed commands, keyed by the integration
 event's ``id``. Neither reads Orders' tables: each owns its tables, under a
-table prefix of its own (:func:`service_env`), which is also what its IAM
-policy grants (``table/{prefix}*``).
+table prefix of its own (:func:`service_env`), so a policy granting
+``table/{prefix}*`` gives it its tables and no other (``deploy/template.yaml``
+does not wire these services yet).
 
 What crosses the bus
     ``OrderConfirmed.v2`` (the order's lines, currency and total, fixed at

@@ -483,6 +483,26 @@ def test_an_order_out_of_stock_charged_at_confirmation_is_refunded_by_the_saga(
     assert payment.status is PaymentStatus.REFUNDED
 
 
+def test_a_cancellation_not_routed_to_warehouse_is_released_by_the_saga(
+    system: System, saga: SagaRunner
+) -> None:
+    """The bus carries no OrderCancelled to Warehouse: the saga gives the stock back."""
+    order_id = system.confirmed_order(quantity=2)
+    received_by_both(system)
+    system.orders.cancel(order_id, "changed my mind")
+
+    saga.poll()
+
+    warehouse: Warehouse = system.warehouse.application
+    inventory = warehouse.get_inventory("apple")
+    assert inventory is not None
+    assert inventory.on_hand == STOCK
+    reservation = warehouse.get_reservation(order_id)
+    assert reservation is not None
+    assert reservation.status is ReservationStatus.RELEASED
+    assert system.orders.get_order(order_id).status is OrderStatus.CANCELLED
+
+
 def test_a_services_dead_letters_are_listed_by_the_cli_under_its_own_prefix(
     ledger: Callable[..., Any], dynamodb_env: dict[str, str], table_prefix: str
 ) -> None:

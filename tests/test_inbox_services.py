@@ -14,6 +14,7 @@ the same message id.
 
 from __future__ import annotations
 
+import io
 import json
 import time
 import uuid
@@ -25,6 +26,7 @@ from typing import Any
 
 import boto3
 import pytest
+from rich.console import Console
 
 from aggregates.application import Orders
 from aggregates.fulfilment import OrderFulfilment
@@ -41,6 +43,7 @@ from aggregates.services import (
     service_env,
     warehouse_inbox,
 )
+from aggregates.services_demo import run_story
 from aggregates.warehouse import Warehouse
 from ledger.inbox import Inbox, handle_sqs_event
 from ledger.projections.streams import StreamPoller
@@ -528,3 +531,19 @@ def test_a_services_dead_letters_are_listed_by_the_cli_under_its_own_prefix(
     (letter,) = json.loads(listed.stdout)
     assert letter["key"] == f"event:{SOURCE}:{detail['id']}"
     assert "not an id" not in listed.stdout
+
+
+def test_the_services_story_tells_of_one_reservation_and_one_payment_published_twice(
+    dynamodb_env: dict[str, str], moto_endpoint: str
+) -> None:
+    output = io.StringIO()
+
+    run_story(dynamodb_env, moto_endpoint, Console(file=output, width=400))
+
+    told = output.getvalue()
+    assert told.count("Warehouse: received 1, done and deleted 1") == 2
+    assert told.count("Payments: received 1, done and deleted 1") == 2
+    assert told.count("reservation reserved, 8 apples on hand") == 2
+    assert told.count("payment requested (3.00), 1 event(s)") == 2
+    assert "warehouse-Warehouse_inbox" in told
+    assert "payments-Payments_inbox" in told

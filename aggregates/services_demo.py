@@ -49,7 +49,7 @@ DEADLINE = 30.0
 
 
 def _client(service: str, endpoint: str) -> Any:
-    # The stubs type each service by its literal name; this helper takes any.
+    # The stubs type each service by its literal name; this function takes any.
     return boto3.client(  # type: ignore[call-overload]
         service,
         endpoint_url=endpoint,

@@ -155,3 +155,12 @@ def test_a_redriven_event_is_checked_against_its_schema_file_again(
 
     assert inbox.redrive() == {f"event:{SOURCE}:{detail['id']}": "parked"}
     assert got == []
+
+
+def test_an_inbox_given_a_missing_schemas_folder_refuses_to_start(
+    orders: Orders, dynamodb_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A package built without its schema files fails loudly, not by skipping checks."""
+    missing = tmp_path / "schemas-not-shipped"
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        Inbox("Warehouse", orders, env=dynamodb_env, schemas=missing)

@@ -188,6 +188,14 @@ class Inbox:
     ) -> None:
         if not name:
             raise TypeError("An inbox needs a name (its table is named after it)")
+        if schemas is not None and not Path(schemas).is_dir():
+            # A missing folder would otherwise skip every check without a
+            # word, as in a deployment package built without it.
+            raise FileNotFoundError(
+                f"The inbox {name!r} was given schemas={str(schemas)!r}, which is "
+                "not a folder. Ship the publishers' schema files with the code "
+                "(deploy/README.md, step 1), or make the inbox without schemas=."
+            )
         self.name = name
         self.application = application
         self.connection = connection_of(application)

@@ -36,7 +36,12 @@ from ledger.projections.views import ConcurrentChangeError, ItemWrite, tracking_
 from projections.orders import OrderProjector, get_order_summary
 from tests.indexed_support import index_until
 from tests.test_projections_core import ITEM, FlakyOrderProjector
-from tests.test_projections_dynamodb import read_model
+from tests.test_projections_dynamodb import Crash, read_model
+from tests.test_projections_gaps import (
+    AuditProjector,
+    lines_of,
+    long_order,
+)
 
 ORDERS = 40
 """Distinct orders fed in the cost tests: two events each, one page."""
@@ -292,3 +297,29 @@ def test_a_stream_built_view_fed_by_the_sequence_skips_what_it_applied(
     assert not view.keeps_one_position(app.name)
     assert read_model(view) == before  # nothing applied twice
     assert ParkedEvent.storage_key(order_id) not in stored_keys(view)
+
+
+def test_a_redrive_on_a_total_order_stopped_part_way_goes_on_later(
+    orders: Orders, dynamodb_env: dict[str, str]
+) -> None:
+    audit_view = open_view(AuditProjector, dynamodb_env)
+    order_id = long_order(orders, 200)
+    projector = AuditProjector(audit_view, event_loader(orders))
+    projector.broken_at = 2
+    feed_all(SequenceFeed(projector, orders))
+    [parked] = projector.parked()
+    assert (parked.version, parked.passed_version) == (2, 200)
+    projector.broken_at = None
+    projector.crash_at = 180  # after the redrive committed its first parts
+
+    with pytest.raises(Crash):
+        projector.redrive()
+
+    [still_parked] = projector.parked()
+    assert 2 < still_parked.version < 180
+    assert still_parked.passed_version == 200
+    assert "redrive" in still_parked.error
+    assert projector.redrive() == {str(order_id): Outcome.APPLIED}
+    assert lines_of(audit_view, order_id) == dict.fromkeys(range(1, 201), 1)
+    assert projector.parked() == []
+    assert positions_per_aggregate(audit_view) == []

@@ -2,12 +2,17 @@
 
 An event whose handler still fails after its retries, or that cannot even be
 decoded, is *parked*: a :class:`~ledger.projections.models.ParkedEvent` holds
-it with its error, position and attempts, and its aggregate's
+it with its error, position and attempts, and its aggregate's later events
+wait behind it. Fed per aggregate, the aggregate's
 :class:`~ledger.projections.models.AggregatePosition` records the parked
-version, behind which the aggregate's later events wait. A version that a
-gap fill could not read from the events table is parked the same way. A
-redrive, after the fix, reads the parked event and those behind it from the
-events table and applies them, in as many commits as they need. A
+version too; fed by a total order, the dead letter is all there is, and it
+records the last version the feed went past (``passed_version``). A version
+that a gap fill could not read from the events table is parked the same way.
+A redrive, after the fix, reads the parked event and those behind it from the
+events table and applies them, in as many commits as they need: fed per
+aggregate, all of them (the feed skips those it meets later); fed by a total
+order, those up to ``passed_version`` (the feed applies the later ones when
+it reaches them). A
 :class:`~ledger.projections.projector.Projector` has :func:`park_record`,
 :func:`parked` and :func:`redrive` as its methods.
 
@@ -68,6 +73,11 @@ def park(
     Parking the version already parked adds to its attempts.
     """
     earlier = session.get(ParkedEvent, current.aggregate_id)
+    passed = None
+    if session.total_order:
+        # The feed has gone past this version, and past what waited behind
+        # an earlier dead letter of the aggregate.
+        passed = max(version, (earlier.passed_version or 0) if earlier else 0)
     if earlier is not None and earlier.version == version:
         attempts += earlier.attempts
         position = earlier.position if position is None else position
@@ -80,9 +90,11 @@ def park(
             error=error,
             attempts=attempts,
             parked_at=datetime.now(UTC),
+            passed_version=passed,
         )
     )
-    session.put(current.model_copy(update={"parked_version": version}))
+    if not session.total_order:
+        session.put(current.model_copy(update={"parked_version": version}))
 
 
 def park_record(
@@ -172,7 +184,18 @@ def redrive(
 def _redrive_one(projector: Projector, aggregate_id: str) -> Outcome:
     for _ in range(MAX_COMMIT_ATTEMPTS):
         session = Session(projector.view)
-        current = session.get(AggregatePosition, aggregate_id)
+        parked = session.get(ParkedEvent, aggregate_id)
+        current = None
+        if parked is not None and parked.passed_version is not None:
+            # Parked on a total order: no position per aggregate is kept.
+            session.total_order = True
+            current = AggregatePosition(
+                aggregate_id=aggregate_id,
+                version=parked.version - 1,
+                parked_version=parked.version,
+            )
+        else:
+            current = session.get(AggregatePosition, aggregate_id)
         if current is None or current.parked_version is None:
             return Outcome.APPLIED
         try:
@@ -199,8 +222,10 @@ def _redrive_in_parts(
     aggregate_id = current.aggregate_id
     assert current.parked_version is not None  # noqa: S101 - checked by the caller
     parked = session.get(ParkedEvent, aggregate_id)
+    # On a total order, later events are the feed's to apply when it gets there.
+    up_to = parked.passed_version if parked and session.total_order else None
     try:
-        events = projector.load_in_order(aggregate_id, current.version)
+        events = projector.load_in_order(aggregate_id, current.version, up_to)
     except PersistenceError:
         raise
     except GapError as error:
@@ -243,9 +268,10 @@ def _hold(
 ) -> None:
     """Keep an aggregate parked at ``event`` while a redrive commits in parts."""
     version = event.originator_version
-    at = session.get(AggregatePosition, aggregate_id)
-    assert at is not None  # noqa: S101 - the redrive applied events before
-    session.put(at.model_copy(update={"parked_version": version}))
+    if not session.total_order:
+        at = session.get(AggregatePosition, aggregate_id)
+        assert at is not None  # noqa: S101 - the redrive applied events before
+        session.put(at.model_copy(update={"parked_version": version}))
     session.put(
         ParkedEvent(
             aggregate_id=aggregate_id,
@@ -253,11 +279,12 @@ def _hold(
             position=None,
             topic=get_topic(type(event)),
             error=(
-                f"redrive in progress: versions up to {at.version} applied; "
+                f"redrive in progress: versions up to {version - 1} applied; "
                 "if no redrive is running, it stopped part way: redrive again"
             ),
             attempts=parked.attempts if parked else 1,
             parked_at=parked.parked_at if parked else datetime.now(UTC),
+            passed_version=parked.passed_version if parked else None,
         )
     )
 

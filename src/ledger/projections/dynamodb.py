@@ -7,7 +7,9 @@ control table is :mod:`ledger.projections.control`.)
 Costs: a commit is one ``TransactWriteItems`` holding each item written (2 WCU
 per KB), the tracking update (2 WCU) and a check that this table version is
 still the active one (2 RCU); a read is one strongly consistent ``GetItem``
-(1 RCU per 4 KB). See :mod:`ledger.projections.schema` for the tables.
+(1 RCU per 4 KB), and the revisions of items a commit writes without having
+read them are read first in one ``BatchGetItem`` per 100 items. See
+:mod:`ledger.projections.schema` for the tables.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ if TYPE_CHECKING:
 
 _MAX_CANCELLED_ATTEMPTS = 10
 """Attempts at a commit cancelled by a concurrent transaction on its items."""
+_MAX_BATCH_GET_KEYS = 100
+"""Keys one BatchGetItem may ask for (DynamoDB's limit)."""
 
 
 class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
@@ -154,6 +158,7 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
     def follow_active(self) -> None:
         """Write into the active version from now on (after a switch)."""
         self._table_version = None
+        self.forget_positioning()  # the active version decided its own
 
     def existing_versions(self) -> list[int]:
         """Return the table versions whose tables exist, oldest first."""
@@ -218,6 +223,38 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
         # An item without a body is a rebuild's tombstone: absent.
         return None if item is None or schema.BODY not in item else _stored(item)
 
+    def load_many(self, keys: Sequence[str]) -> dict[str, StoredItem | None]:
+        """Return the items under ``keys`` (strongly consistent BatchGetItems of 100).
+
+        Keys not returned are absent; unprocessed keys are asked again,
+        after a jittered wait.
+        """
+        found: dict[str, StoredItem | None] = dict.fromkeys(keys)
+        located = {key: self.item_key(key) for key in keys}
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), _MAX_BATCH_GET_KEYS):
+            chunk = unique[start : start + _MAX_BATCH_GET_KEYS]
+            by_item: dict[tuple[str, str], str] = {}
+            request: dict[str, Any] = {}
+            for key in chunk:
+                table, item_key = located[key]
+                by_item[table, _identity(item_key)] = key
+                entry = request.setdefault(table, {"Keys": [], "ConsistentRead": True})
+                entry["Keys"].append(item_key)
+            attempt = 0
+            while request:
+                response = self.connection.call("batch_get_item", RequestItems=request)
+                for table, items in response.get("Responses", {}).items():
+                    for item in items:
+                        key = by_item[table, _identity(item)]
+                        # An item without a body is a rebuild's tombstone: absent.
+                        found[key] = _stored(item) if schema.BODY in item else None
+                request = response.get("UnprocessedKeys") or {}
+                if request:
+                    attempt += 1
+                    _backoff(attempt)
+        return found
+
     def load_all(self) -> dict[str, StoredItem]:
         """Return every item of this version (a Scan, plus a Query of dead letters)."""
         return {
@@ -273,6 +310,28 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
         )
         item = response.get("Item")
         return None if item is None else int(item[schema.NOTIFICATION_ID]["N"])
+
+    def recorded_one_position(self, application_name: str) -> bool:
+        """Return True if this version keeps one position for the application.
+
+        As its tracking item records (one strongly consistent GetItem); a
+        version with no tracking of the application keeps one only if it
+        holds nothing yet (a Scan of at most one item): one that holds items
+        was built by a feed per aggregate.
+        """
+        response = self.connection.call(
+            "get_item",
+            TableName=self.table_name,
+            Key={schema.KEY: {"S": tracking_key(application_name)}},
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        if item is not None:
+            return bool(item.get(schema.ONE_POSITION, {}).get("BOOL", False))
+        response = self.connection.call(
+            "scan", TableName=self.table_name, Limit=1, ConsistentRead=True
+        )
+        return not response.get("Items")
 
     # Writing --------------------------------------------------------------------------
 
@@ -397,18 +456,27 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
         return {"Put": {**common, "Item": item}}
 
     def tracking_action(self, tracking: Tracking) -> dict[str, Any]:
-        """Return the action moving this version's tracking forward to ``tracking``."""
+        """Return the action moving this version's tracking forward to ``tracking``.
+
+        It also records, if so, that the version keeps one position for the
+        application (:meth:`keeps_one_position`).
+        """
+        update = "SET #n = :n"
+        names = {"#n": schema.NOTIFICATION_ID}
+        values: dict[str, Any] = {":n": {"N": str(tracking.notification_id)}}
+        if self.records_one_position(tracking):
+            update += ", #o = :o"
+            names["#o"] = schema.ONE_POSITION
+            values[":o"] = {"BOOL": True}
         return {
             "Update": {
                 "TableName": self.table_name,
                 "Key": {schema.KEY: {"S": tracking_key(tracking.application_name)}},
-                "UpdateExpression": "SET #n = :n",
+                "UpdateExpression": update,
                 # Only forward: an event at or below the position was applied.
                 "ConditionExpression": "attribute_not_exists(#n) OR #n < :n",
-                "ExpressionAttributeNames": {"#n": schema.NOTIFICATION_ID},
-                "ExpressionAttributeValues": {
-                    ":n": {"N": str(tracking.notification_id)}
-                },
+                "ExpressionAttributeNames": names,
+                "ExpressionAttributeValues": values,
             }
         }
 
@@ -477,6 +545,13 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
 
 def _stored(item: dict[str, Any]) -> StoredItem:
     return StoredItem(item[schema.BODY]["S"], int(item[schema.REVISION]["N"]))
+
+
+def _identity(item: Mapping[str, Any]) -> str:
+    """Return what tells an item of a version or parked table from the others."""
+    if schema.KEY in item:
+        return str(item[schema.KEY]["S"])
+    return f"{item[schema.TABLE_VERSION]['N']}#{item[schema.AGGREGATE_ID]['S']}"
 
 
 TView = TypeVar("TView", bound=ReadModelView)

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 from eventsourcing.utils import Environment
 
 from ledger.projections.deadletters import error_summary
-from ledger.projections.models import AggregatePosition, Outcome, ParkedEvent
+from ledger.projections.models import Outcome, ParkedEvent
 from ledger.projections.views import parked_aggregate
 
 if TYPE_CHECKING:
@@ -280,16 +280,14 @@ class CommitReport:
     @classmethod
     def of(cls, session: Session) -> CommitReport:
         """Measure the session's pending commit."""
-        applied = 0
-        parked = []
-        for key, model in session.writes.items():
-            if isinstance(model, AggregatePosition):
-                before = session.models.get(key)
-                done = before.version if isinstance(before, AggregatePosition) else 0
-                applied += model.version - done
-            elif isinstance(model, ParkedEvent):
-                parked.append(model)
-        return cls(session.pending_actions(), session.pending_bytes(), applied, parked)
+        parked = [
+            model
+            for model in session.writes.values()
+            if isinstance(model, ParkedEvent) and not _waited_behind(session, model)
+        ]
+        return cls(
+            session.pending_actions(), session.pending_bytes(), session.applied, parked
+        )
 
     def report(self, projector: Projector, logger: logging.Logger) -> None:
         """Log and record the commit, once it is done."""
@@ -313,6 +311,20 @@ class CommitReport:
         if self.events_applied:
             projector.metrics.record(EVENTS_APPLIED, self.events_applied, COUNT, name)
         report_parked(projector, logger, self.parked)
+
+
+def _waited_behind(session: Session, parked: ParkedEvent) -> bool:
+    """Return True if ``parked`` was rewritten by an event waiting behind it.
+
+    On a total order, each such event records on the dead letter how far the
+    feed went past; that parks nothing new.
+    """
+    before = session.models.get(parked.own_key())
+    return (
+        isinstance(before, ParkedEvent)
+        and before.version == parked.version
+        and before.parked_at == parked.parked_at
+    )
 
 
 def report_parked(

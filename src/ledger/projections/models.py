@@ -1,9 +1,11 @@
 """Read models: the base class, and what a projector records of its own progress.
 
 Every read model is a :class:`ReadModel`. Beside a projector's own models,
-each view holds an :class:`AggregatePosition` per aggregate (how far it is
-applied) and a :class:`ParkedEvent` per aggregate that waits behind a dead
-letter. :class:`Outcome` says what became of one event offered to a projector.
+a view fed per aggregate (the stream feed) holds an :class:`AggregatePosition`
+per aggregate (how far it is applied); a view fed by a total order (the
+application sequence or the index) keeps only its tracking position. Either
+holds a :class:`ParkedEvent` per aggregate that waits behind a dead letter.
+:class:`Outcome` says what became of one event offered to a projector.
 """
 
 from __future__ import annotations
@@ -81,7 +83,12 @@ class ReadModel(BaseModel):
 
 
 class AggregatePosition(ReadModel):
-    """How far a projection has applied one aggregate, and whether it waits."""
+    """How far a projection has applied one aggregate, and whether it waits.
+
+    Kept by views fed per aggregate (the stream feed, a rebuild from a Scan,
+    and views built so before they kept one position: see
+    :meth:`~ledger.projections.views.ReadModelView.keeps_one_position`).
+    """
 
     key_field: ClassVar[str] = "aggregate_id"
     type_name: ClassVar[str] = "AggregatePosition"
@@ -111,6 +118,12 @@ class ParkedEvent(ReadModel):
     error: str
     attempts: int
     parked_at: datetime
+    passed_version: int | None = None
+    """Parked by a feed of a total order: the last version of the aggregate
+    the feed has gone past (the parked one, or a later one that waits behind
+    it). A redrive applies the aggregate's events up to it and leaves the
+    later ones to the feed. None: parked by a feed that keeps a position per
+    aggregate (:class:`AggregatePosition`)."""
 
 
 _RESERVED_TYPE_NAMES.update((AggregatePosition.type_name, ParkedEvent.type_name))

@@ -7,14 +7,21 @@ gap in version order is :mod:`ledger.projections.gaps`.)
 A projector is an ``eventsourcing`` :class:`~eventsourcing.projection.Projection`
 whose view is a :class:`~ledger.projections.views.ReadModelView`. Handlers read
 and write read models through a :class:`~ledger.projections.session.Session`
-(a unit of work); the session's writes, the aggregate's last applied version
-and the tracking position are committed together, so an event applied twice
-changes nothing.
+(a unit of work); the session's writes and the feed's checkpoint are
+committed together, so an event applied twice changes nothing. Fed by a
+total order (the application sequence or the index: a session with
+``total_order``), the checkpoint is the tracking position alone: the commit
+refuses an event at or below it, and the order has no gaps. Fed per
+aggregate (the stream feed), it is also the aggregate's last applied version
+(an :class:`~ledger.projections.models.AggregatePosition` item per
+aggregate), which tells duplicates and gaps.
 
 Failure policy: a handler that raises is retried with exponential backoff
 (``retry_delays``); an event that still fails is *parked* (a dead letter with
 its error, position and attempts) and its aggregate waits: its later events
-are not applied until the parked one is redriven. Other aggregates go on.
+are not applied until the parked one is redriven. Other aggregates go on. On
+a total order the dead letter also records the last version the feed went
+past (``passed_version``), so a redrive applies exactly those.
 Parking, listing and redriving live in :mod:`ledger.projections.deadletters`.
 An event whose own writes cannot fit in one commit is parked too. Missing
 earlier events of an aggregate (a gap) are read from the events table and
@@ -52,7 +59,7 @@ from ledger.projections.gaps import gap_reason, in_version_order, leading_run
 from ledger.projections.history import Undecodable
 from ledger.projections.metrics import NO_METRICS, CommitReport, Metrics, report_retry
 from ledger.projections.models import AggregatePosition, GapError, Outcome, ParkedEvent
-from ledger.projections.session import MAX_COMMIT_ATTEMPTS, Session
+from ledger.projections.session import MAX_COMMIT_ATTEMPTS, Savepoint, Session
 from ledger.projections.views import (
     ActiveVersionChangedError,
     ConcurrentChangeError,
@@ -133,6 +140,10 @@ class Projector(Projection[ReadModelView]):
     def _process_event(self, domain_event: Any, tracking: Tracking) -> None:
         if len(self.session.loaded) > _MAX_CACHED_ITEMS:
             self.session.forget()
+        # Decided once per view version (read again after a rebuild's switch).
+        self.session.total_order = self.view.keeps_one_position(
+            tracking.application_name
+        )
         for _ in range(MAX_COMMIT_ATTEMPTS):
             try:
                 self._apply_and_commit(domain_event, tracking)
@@ -275,6 +286,10 @@ class Projector(Projection[ReadModelView]):
         returned is the one after them. ``redriving`` lets the parked version
         itself through.
         """
+        if session.total_order:
+            return self._position_in_total_order(
+                session, aggregate_id, version, redriving=redriving
+            )
         current = session.get(AggregatePosition, aggregate_id) or AggregatePosition(
             aggregate_id=aggregate_id
         )
@@ -294,6 +309,34 @@ class Projector(Projection[ReadModelView]):
                 return Outcome.WAITING
             current = session.get(AggregatePosition, aggregate_id) or current
         return current
+
+    @staticmethod
+    def _position_in_total_order(
+        session: Session, aggregate_id: str, version: int, *, redriving: bool
+    ) -> AggregatePosition | Outcome:
+        """Return where an aggregate stands on a total order, or ``WAITING``.
+
+        In a total order an aggregate's events come in version order with
+        none missing, and the tracking refuses an event applied before: the
+        version before this one is the last applied, unless the aggregate
+        is parked. Nothing is read but the dead letters (once per session).
+        """
+        parked = session.parked_event(aggregate_id)
+        if parked is None:
+            return AggregatePosition(aggregate_id=aggregate_id, version=version - 1)
+        if redriving and version == parked.version:
+            return AggregatePosition(
+                aggregate_id=aggregate_id,
+                version=version - 1,
+                parked_version=parked.version,
+            )
+        # Recorded even when unchanged, so the commit checks the dead letter's
+        # revision: a redrive (maybe in another process) that released the
+        # aggregate meanwhile makes the commit fail, and the event is applied
+        # afresh instead of being passed over as waiting.
+        passed = max(parked.passed_version or parked.version, version)
+        session.put(parked.model_copy(update={"passed_version": passed}))
+        return Outcome.WAITING
 
     def _fill_gap(
         self,
@@ -476,17 +519,20 @@ class Projector(Projection[ReadModelView]):
                 return Outcome.PARKED
         if current.parked_version is not None:
             session.delete(ParkedEvent, current.aggregate_id)
-        session.put(
-            AggregatePosition(
-                aggregate_id=current.aggregate_id, version=event.originator_version
+        if not session.total_order:
+            session.put(
+                AggregatePosition(
+                    aggregate_id=current.aggregate_id,
+                    version=event.originator_version,
+                )
             )
-        )
+        session.applied += 1
         return Outcome.APPLIED
 
     def _too_large(
         self,
         session: Session,
-        savepoint: tuple[dict[str, Any], Tracking | None],
+        savepoint: Savepoint,
         current: AggregatePosition,
         handler: Handler,
     ) -> str | None:
@@ -508,7 +554,8 @@ class Projector(Projection[ReadModelView]):
                 "items (one per entry rather than one growing map), then redrive."
             )
         keys, size = set(sizes), sum(sizes.values())
-        keys.add(AggregatePosition.storage_key(current.aggregate_id))
+        if not session.total_order:
+            keys.add(AggregatePosition.storage_key(current.aggregate_id))
         if current.parked_version is not None:
             keys.add(ParkedEvent.storage_key(current.aggregate_id))
         items = len(keys) + 1

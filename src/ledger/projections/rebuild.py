@@ -30,6 +30,10 @@ position; from the Scan (no global position), every aggregate the old
 version had applied further than the new one is brought up to date from the
 events table; later events reach the new version through the live feed.
 
+A version rebuilt from the sequence keeps one position (its tracking), no
+position per aggregate: the sequence feed goes on from it. A version rebuilt
+from a Scan keeps a position per aggregate, which the stream feed needs.
+
 Each flush, once committed, is logged (at DEBUG) on
 ``ledger.projections.rebuild`` with the events parked in it (at ERROR), which
 are recorded to the projector's ``metrics`` (:mod:`ledger.projections.metrics`).
@@ -240,6 +244,11 @@ def _rebuild_once(
     checkpoint = None if checkpoint_text is None else json.loads(checkpoint_text)
     writer = EpochWriter(target_view, owner)
     session = RebuildSession(target_view, set(), cache_bytes)
+    if source.kind == "sequence":
+        # Built in the sequence's total order: the version keeps one position,
+        # recorded with every flush's tracking.
+        target_view.keep_one_position(application.name)
+        session.total_order = True
     writer.restore(committed, session)
     run = _Run(
         application,
@@ -568,7 +577,8 @@ def _catch_up_after_switch(
 
     Other writers may now write the version, so this reads before it writes.
     """
-    session = Session(projector.view)
+    view = projector.view
+    session = Session(view, total_order=view.keeps_one_position(application.name))
     while True:
         notifications = application.recorder.select_notifications(
             start=position + 1, limit=page_size

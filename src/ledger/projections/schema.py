@@ -39,6 +39,10 @@ REVISION: Final = "revision"
 """(N) how many times the item was written; each write expects the one it read."""
 NOTIFICATION_ID: Final = "notification_id"
 """(N) on ``Tracking#{application}`` items: the last position applied."""
+ONE_POSITION: Final = "one_position"
+"""(BOOL) on ``Tracking#{application}`` items: true if the version keeps this
+one position for the application's sequence and no position per aggregate
+(absent: it keeps one per aggregate, as versions built before it existed)."""
 
 EPOCH: Final = "epoch"
 """(N) on items a rebuild wrote: the flush that wrote them. On the ``rebuild``

@@ -16,6 +16,13 @@ which applies the batch's events from the events table instead.
 After each page it applied, the feed reads the sequence's head (one
 strongly consistent GetItem, 1 RCU) and logs and records its lag
 (:mod:`ledger.projections.metrics`).
+
+The sequence is a total order, so a view that keeps one position
+(:meth:`~ledger.projections.views.ReadModelView.keeps_one_position`: a new
+view, or a version rebuilt from the sequence) keeps only its tracking
+position: per page, one GetItem of the position, one Query of the dead
+letters, the page's Query, the reads its handlers make, and per commit one
+BatchGetItem of the items written unread and one TransactWriteItems.
 """
 
 from __future__ import annotations
@@ -143,9 +150,9 @@ class SequenceFeed:
         if events:
             # The batch's last position is recorded with its last event found.
             events[-1] = (events[-1][0], Tracking(app.name, last))
-            applied = self.projector.apply_batch(Session(self.projector.view), events)
+            applied = self.projector.apply_batch(self._session(), events)
         else:
-            session = Session(self.projector.view)
+            session = self._session()
             session.tracking = Tracking(app.name, last)
             self.projector.commit(session)
             applied = 0
@@ -163,10 +170,15 @@ class SequenceFeed:
         self.blocked = None
         return applied
 
+    def _session(self) -> Session:
+        """Return a session for the next events, in total order if the view allows."""
+        view = self.projector.view
+        return Session(view, total_order=view.keeps_one_position(self.application.name))
+
     def _apply(self, events: list[tuple[Any, Tracking]]) -> int:
         view = self.projector.view
         try:
-            return self.projector.apply_batch(Session(view), events)
+            return self.projector.apply_batch(self._session(), events)
         except ActiveVersionChangedError:
             view.follow_active()  # a rebuild switched: go on from its position
         except ConcurrentChangeError:

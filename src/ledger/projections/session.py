@@ -1,7 +1,10 @@
 """The unit of work through which handlers read and write read models.
 
 A :class:`Session` caches what it reads, holds what handlers write, and
-commits the writes and the tracking position to its view together.
+commits the writes and the tracking position to its view together. Items it
+writes without having read them are read in one request before the commit
+(:meth:`ReadModelView.load_many`: a BatchGetItem on DynamoDB), for their
+revisions.
 """
 
 from __future__ import annotations
@@ -11,10 +14,13 @@ from typing import ClassVar, TypeVar, cast
 
 from eventsourcing.persistence import Tracking
 
-from ledger.projections.models import ReadModel
+from ledger.projections.models import ParkedEvent, ReadModel
 from ledger.projections.views import ItemWrite, ReadModelView, StoredItem
 
 TModel = TypeVar("TModel", bound=ReadModel)
+
+Savepoint = tuple[dict[str, ReadModel | None], Tracking | None, int]
+"""A session's pending state: its writes, its tracking and the events applied."""
 
 MAX_COMMIT_ATTEMPTS = 20
 """Attempts at one event whose commit keeps meeting concurrent writers."""
@@ -32,19 +38,57 @@ class Session:
     held nothing pending before. A session whose writes reach the view some
     other way (a rebuild's flushes) says False."""
 
-    def __init__(self, view: ReadModelView) -> None:
+    def __init__(self, view: ReadModelView, *, total_order: bool = False) -> None:
         self.view = view
+        self.total_order = total_order
+        """True if the events come in a total order (the application sequence,
+        the index) to a view that keeps one position
+        (:meth:`ReadModelView.keeps_one_position`): no position per aggregate
+        is read or written, and parked aggregates are known from one Query of
+        the dead letters (:meth:`parked_event`)."""
+        self._parked_keys: set[str] | None = None
+        """Keys of the dead letters read by :meth:`parked_event` (None: not yet)."""
         self.loaded: dict[str, StoredItem | None] = {}
         self.models: dict[str, ReadModel | None] = {}
         self.writes: dict[str, ReadModel | None] = {}
         self.tracking: Tracking | None = None
+        self.applied = 0
+        """Events applied since the last commit (for its report)."""
         self._bodies: dict[str, tuple[ReadModel, str]] = {}
         """JSON of written models, kept while the model under the key is the same."""
 
     def _stored(self, key: str) -> StoredItem | None:
         if key not in self.loaded:
+            if self._known_absent(key):
+                return None
             self.loaded[key] = self.view.load(key)
         return self.loaded[key]
+
+    def _known_absent(self, key: str) -> bool:
+        """Return True if ``key`` is a dead letter's known not to exist (no read)."""
+        # Every dead letter was read: one not among them is absent.
+        return (
+            self._parked_keys is not None
+            and ParkedEvent.key_of(key) is not None
+            and key not in self._parked_keys
+        )
+
+    def parked_event(self, aggregate_id: str) -> ParkedEvent | None:
+        """Return the dead letter an aggregate waits behind, or None.
+
+        The first call reads every dead letter of the view (one Query on
+        DynamoDB) and caches them; later calls read nothing, and see what
+        this session parks or releases.
+        """
+        if self._parked_keys is None:
+            keys: set[str] = set()
+            for stored in self.view.parked_items():
+                parked = ParkedEvent.model_validate_json(stored.body)
+                key = ParkedEvent.storage_key(parked.aggregate_id)
+                keys.add(key)
+                self.loaded.setdefault(key, stored)
+            self._parked_keys = keys
+        return self.get(ParkedEvent, aggregate_id)
 
     def _key(self, model_type: type[ReadModel], key: object) -> str:
         self.view.claim(model_type)
@@ -86,9 +130,7 @@ class Session:
             for key, model in self.writes.items()
         )
 
-    def sizes_written_since(
-        self, savepoint: tuple[dict[str, ReadModel | None], Tracking | None]
-    ) -> dict[str, int]:
+    def sizes_written_since(self, savepoint: Savepoint) -> dict[str, int]:
         """Return each key written since ``savepoint`` with its bytes and body's."""
         before = savepoint[0]
         return {
@@ -135,18 +177,18 @@ class Session:
         self._bodies[key] = (model, body)
         return body
 
-    def savepoint(self) -> tuple[dict[str, ReadModel | None], Tracking | None]:
+    def savepoint(self) -> Savepoint:
         """Return the session's pending state, to restore after a failed handler."""
-        return dict(self.writes), self.tracking
+        return dict(self.writes), self.tracking, self.applied
 
-    def restore(
-        self, savepoint: tuple[dict[str, ReadModel | None], Tracking | None]
-    ) -> None:
+    def restore(self, savepoint: Savepoint) -> None:
         """Undo everything done since ``savepoint``."""
         self.writes, self.tracking = dict(savepoint[0]), savepoint[1]
+        self.applied = savepoint[2]
 
     def commit(self) -> None:
         """Write the pending writes and tracking in one commit, then clear them."""
+        self._load_unread()
         writes: list[ItemWrite] = []
         for key, model in self.writes.items():
             stored = self._stored(key)
@@ -168,14 +210,27 @@ class Session:
         self.writes.clear()
         self._bodies.clear()
         self.tracking = None
+        self.applied = 0
+
+    def _load_unread(self) -> None:
+        """Read, in one request, the items to be written that were never read."""
+        unread = [
+            key
+            for key in self.writes
+            if key not in self.loaded and not self._known_absent(key)
+        ]
+        if len(unread) > 1:
+            self.loaded.update(self.view.load_many(unread))
 
     def forget(self) -> None:
         """Drop the cache and pending work (after another writer got in first)."""
+        self._parked_keys = None
         self.loaded.clear()
         self.models.clear()
         self.writes.clear()
         self._bodies.clear()
         self.tracking = None
+        self.applied = 0
 
 
-__all__ = ["MAX_COMMIT_ATTEMPTS", "Session"]
+__all__ = ["MAX_COMMIT_ATTEMPTS", "Savepoint", "Session"]

@@ -83,10 +83,21 @@ class ReadModelView(TrackingRecorder, ABC):
     it, so an item that would not fit in DynamoDB fails in tests too."""
     _claimed_types: dict[str, type[ReadModel]]
     """Read-model classes used with this view, by type name (see :meth:`claim`)."""
+    _one_position: dict[str, bool]
+    """Per application: True if this view keeps one position for it (see
+    :meth:`keeps_one_position`), as decided."""
 
     @abstractmethod
     def load(self, key: str) -> StoredItem | None:
         """Return the item stored under ``key`` (strongly consistent), or None."""
+
+    def load_many(self, keys: Sequence[str]) -> dict[str, StoredItem | None]:
+        """Return the items stored under ``keys`` (strongly consistent; None: absent).
+
+        Here one :meth:`load` per key; a view that can read several items in
+        one request (DynamoDB's BatchGetItem) does.
+        """
+        return {key: self.load(key) for key in keys}
 
     @abstractmethod
     def load_all(self) -> dict[str, StoredItem]:
@@ -158,6 +169,58 @@ class ReadModelView(TrackingRecorder, ABC):
         """Record a position with no read-model change (events with no handler)."""
         self.commit((), tracking)
 
+    # One position or one per aggregate -------------------------------------------
+
+    def keeps_one_position(self, application_name: str) -> bool:
+        """Return True if this view keeps one position for an application's sequence.
+
+        Fed by a total order (the application sequence, or the index), the
+        tracking position committed with the effects is all a projector
+        needs: an event at or below it is refused at commit, and the order
+        has no gaps. Such a view keeps no
+        :class:`~ledger.projections.models.AggregatePosition` items. It is
+        decided once per view (and table version): a view whose tracking
+        says so (every commit of such a view records it), or a new one (no
+        tracking, nothing stored), keeps one position; a view built before,
+        or by a feed per aggregate (the stream feed), keeps one position per
+        aggregate as it always did, until a rebuild from the sequence makes
+        a new version that keeps one.
+        """
+        try:
+            decided = self._one_position
+        except AttributeError:
+            decided = self._one_position = {}
+        if application_name not in decided:
+            decided[application_name] = self.recorded_one_position(application_name)
+        return decided[application_name]
+
+    def keep_one_position(self, application_name: str) -> None:
+        """Make this view keep one position for an application (a new version).
+
+        Its commits of that application's tracking record it from now on.
+        """
+        self.keeps_one_position(application_name)
+        self._one_position[application_name] = True
+
+    def forget_positioning(self) -> None:
+        """Decide again, at the next use, how this view keeps positions."""
+        self._one_position = {}
+
+    def recorded_one_position(self, application_name: str) -> bool:
+        """Return True if the stored view keeps one position, or is new.
+
+        Here False (one position per aggregate, correct on every feed);
+        :class:`InMemoryView` and the DynamoDB view read what they stored.
+        """
+        return False
+
+    def records_one_position(self, tracking: Tracking) -> bool:
+        """Return True if committing ``tracking`` records that one position is kept."""
+        try:
+            return self._one_position.get(tracking.application_name, False)
+        except AttributeError:
+            return False
+
 
 class InMemoryView(POPOTrackingRecorder, ReadModelView):
     """A view in a dict, for unit tests and ``eventsourcing.popo`` applications."""
@@ -165,6 +228,8 @@ class InMemoryView(POPOTrackingRecorder, ReadModelView):
     def __init__(self) -> None:
         super().__init__()
         self.items: dict[str, StoredItem] = {}
+        self.one_position_recorded: set[str] = set()
+        """Applications whose tracking records that one position is kept."""
 
     def load(self, key: str) -> StoredItem | None:
         """Return the item stored under ``key``, or None."""
@@ -202,6 +267,15 @@ class InMemoryView(POPOTrackingRecorder, ReadModelView):
                     )
             if tracking is not None:
                 self._insert_tracking(tracking)
+                if self.records_one_position(tracking):
+                    self.one_position_recorded.add(tracking.application_name)
+
+    def recorded_one_position(self, application_name: str) -> bool:
+        """Return True if the tracking says so, or the view holds nothing yet."""
+        with self._database_lock:
+            if application_name in self.one_position_recorded:
+                return True
+            return self._max_tracking_ids[application_name] is None and not self.items
 
 
 def parked_aggregate(key: str) -> str | None:

@@ -81,3 +81,39 @@ def test_saving_an_event_of_default_metadata_does_not_build_it() -> None:
     assert given_metadata(event) is None
     assert b"_meta" not in stored.state
     assert mapper.to_domain_event(stored).metadata == event.metadata
+
+
+def sent_params(app: Orders) -> list[tuple[str, dict[str, Any]]]:
+    """Record the operation and parameters of every call the app's client sends."""
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    def record(params: dict[str, Any], model: Any, **_: Any) -> None:
+        sent.append((model.name, dict(params)))
+
+    connection = app.recorder.connection  # type: ignore[attr-defined]
+    connection.client.meta.events.register("provide-client-params.dynamodb", record)
+    return sent
+
+
+def test_loads_and_saves_name_the_key_attributes_in_place(
+    dynamodb_env: dict[str, str],
+) -> None:
+    with Orders(env={**dynamodb_env, "DYNAMODB_ORDERING": "stream"}) as orders:
+        order_id = orders.place_order(uuid.uuid4(), [], "EUR")
+        sent = sent_params(orders)
+
+        orders.add_item(order_id, "p1", 1, PRICE)
+
+    assert [operation for operation, _ in sent] == ["Query", "PutItem"]
+    for _, params in sent:
+        assert "ExpressionAttributeNames" not in params
+    assert "ScanIndexForward" not in sent[0][1]
+
+
+def test_a_descending_load_still_reads_newest_first(orders: Orders) -> None:
+    order = an_order()
+    orders.save(order)
+
+    newest = orders.recorder.select_events(order.id, desc=True, limit=2)
+
+    assert [e.originator_version for e in newest] == [3, 2]

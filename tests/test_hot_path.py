@@ -6,7 +6,9 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from eventsourcing.application import project_aggregate as eventsourcing_projector
+from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import JSONTranscoder
 
 from aggregates.application import Orders
@@ -117,3 +119,41 @@ def test_a_descending_load_still_reads_newest_first(orders: Orders) -> None:
     newest = orders.recorder.select_events(order.id, desc=True, limit=2)
 
     assert [e.originator_version for e in newest] == [3, 2]
+
+
+def test_a_command_makes_no_runtime_protocol_check(
+    orders: Orders, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    order_id = orders.place_order(uuid.uuid4(), [], "EUR")
+    checked: list[type] = []
+    protocol_meta: Any = type(DomainEventProtocol)
+    check = protocol_meta.__instancecheck__
+
+    def counted(cls: type, instance: object) -> bool:
+        checked.append(cls)
+        return bool(check(cls, instance))
+
+    monkeypatch.setattr(protocol_meta, "__instancecheck__", counted)
+
+    orders.add_item(order_id, "p1", 1, PRICE)
+
+    assert checked == []
+    assert orders.get_order(order_id).lines["p1"].quantity == 1
+
+
+def test_a_save_still_takes_events_and_skips_none(orders: Orders) -> None:
+    order = an_order()
+    first, *others = order.collect_events()
+
+    orders.save(first, None)
+    orders.save(*others)
+
+    assert orders.get_order(order.id).version == order.version
+
+
+def test_an_application_without_strategies_remembers_no_load(orders: Orders) -> None:
+    order_id = orders.place_order(uuid.uuid4(), [], "EUR")
+
+    orders.get_order(order_id)
+
+    assert orders.repository.pop_last_load(order_id) is None

@@ -13,6 +13,7 @@ from eventsourcing.persistence import JSONTranscoder
 
 from aggregates.application import Orders
 from aggregates.order import Order
+from ledger import persistence
 from ledger.domain import Aggregate, DomainEvent, given_metadata, project_aggregate
 from ledger.metadata import metadata
 from ledger.persistence import PydanticMapper
@@ -157,3 +158,27 @@ def test_an_application_without_strategies_remembers_no_load(orders: Orders) -> 
     orders.get_order(order_id)
 
     assert orders.repository.pop_last_load(order_id) is None
+
+
+def test_the_mapper_resolves_a_stored_topic_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    mapper = PydanticMapper(transcoder=JSONTranscoder())
+    order = Order.place(uuid.uuid4(), [], "EUR")
+    for product in ("p1", "p2", "p3"):
+        order.add_item(product, 1, PRICE)
+    pending = order.collect_events()
+    stored = [mapper.to_stored_event(e) for e in pending]
+    resolved: list[str] = []
+    resolve = persistence.resolve_stored_topic
+
+    def counted(topic: str) -> type[Any]:
+        resolved.append(topic)
+        return resolve(topic)
+
+    monkeypatch.setattr(persistence, "resolve_stored_topic", counted)
+
+    events = [mapper.to_domain_event(s) for s in stored * 2]
+
+    assert sorted(resolved) == sorted({s.topic for s in stored})
+    assert events == pending * 2

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from decimal import Decimal
 from typing import Any
 
+import boto3
 import pytest
 from eventsourcing.application import project_aggregate as eventsourcing_projector
 from eventsourcing.domain import DomainEventProtocol
@@ -15,6 +17,7 @@ from aggregates.application import Orders
 from aggregates.order import Order
 from ledger import persistence
 from ledger.domain import Aggregate, DomainEvent, given_metadata, project_aggregate
+from ledger.dynamodb.client import DynamoDBConnection
 from ledger.metadata import metadata
 from ledger.persistence import PydanticMapper
 from ledger.snapshots import MeteredRepository
@@ -182,3 +185,36 @@ def test_the_mapper_resolves_a_stored_topic_once(
 
     assert sorted(resolved) == sorted({s.topic for s in stored})
     assert events == pending * 2
+
+
+def handlers_called(client: Any, caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Return the event handlers botocore calls for one ListTables call."""
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="botocore.hooks"):
+        client.list_tables(Limit=1)
+    return [r.getMessage() for r in caplog.records if "calling handler" in r.msg]
+
+
+def test_ledger_adds_three_handlers_to_a_call(
+    dynamodb_endpoint: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    connection = DynamoDBConnection(endpoint_url=dynamodb_endpoint)
+    session = boto3.session.Session()
+    placeholder = "local" if session.get_credentials() is None else None
+    plain = session.client(
+        "dynamodb",
+        endpoint_url=dynamodb_endpoint,
+        region_name=connection.region_name,
+        aws_access_key_id=placeholder,
+        aws_secret_access_key=placeholder,
+    )
+
+    added = len(handlers_called(connection.client, caplog)) - len(
+        handlers_called(plain, caplog)
+    )
+
+    # Calls counted, capacity read while metered, and one handler after each
+    # attempt (round trips, incomplete answers, lost answers).
+    assert added == 3
+    connection.close()
+    plain.close()

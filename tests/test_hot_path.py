@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from decimal import Decimal
 from typing import Any
 
+import boto3
+import pytest
 from eventsourcing.application import project_aggregate as eventsourcing_projector
+from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import JSONTranscoder
 
 from aggregates.application import Orders
 from aggregates.order import Order
+from ledger import persistence
 from ledger.domain import Aggregate, DomainEvent, given_metadata, project_aggregate
+from ledger.dynamodb.client import DynamoDBConnection
 from ledger.metadata import metadata
 from ledger.persistence import PydanticMapper
 from ledger.snapshots import MeteredRepository
@@ -81,3 +87,134 @@ def test_saving_an_event_of_default_metadata_does_not_build_it() -> None:
     assert given_metadata(event) is None
     assert b"_meta" not in stored.state
     assert mapper.to_domain_event(stored).metadata == event.metadata
+
+
+def sent_params(app: Orders) -> list[tuple[str, dict[str, Any]]]:
+    """Record the operation and parameters of every call the app's client sends."""
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    def record(params: dict[str, Any], model: Any, **_: Any) -> None:
+        sent.append((model.name, dict(params)))
+
+    connection = app.recorder.connection  # type: ignore[attr-defined]
+    connection.client.meta.events.register("provide-client-params.dynamodb", record)
+    return sent
+
+
+def test_loads_and_saves_name_the_key_attributes_in_place(
+    dynamodb_env: dict[str, str],
+) -> None:
+    with Orders(env={**dynamodb_env, "DYNAMODB_ORDERING": "stream"}) as orders:
+        order_id = orders.place_order(uuid.uuid4(), [], "EUR")
+        sent = sent_params(orders)
+
+        orders.add_item(order_id, "p1", 1, PRICE)
+
+    assert [operation for operation, _ in sent] == ["Query", "PutItem"]
+    for _, params in sent:
+        assert "ExpressionAttributeNames" not in params
+    assert "ScanIndexForward" not in sent[0][1]
+
+
+def test_a_descending_load_still_reads_newest_first(orders: Orders) -> None:
+    order = an_order()
+    orders.save(order)
+
+    newest = orders.recorder.select_events(order.id, desc=True, limit=2)
+
+    assert [e.originator_version for e in newest] == [3, 2]
+
+
+def test_a_command_makes_no_runtime_protocol_check(
+    orders: Orders, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    order_id = orders.place_order(uuid.uuid4(), [], "EUR")
+    checked: list[type] = []
+    protocol_meta: Any = type(DomainEventProtocol)
+    check = protocol_meta.__instancecheck__
+
+    def counted(cls: type, instance: object) -> bool:
+        checked.append(cls)
+        return bool(check(cls, instance))
+
+    monkeypatch.setattr(protocol_meta, "__instancecheck__", counted)
+
+    orders.add_item(order_id, "p1", 1, PRICE)
+
+    assert checked == []
+    assert orders.get_order(order_id).lines["p1"].quantity == 1
+
+
+def test_a_save_still_takes_events_and_skips_none(orders: Orders) -> None:
+    order = an_order()
+    first, *others = order.collect_events()
+
+    orders.save(first, None)
+    orders.save(*others)
+
+    assert orders.get_order(order.id).version == order.version
+
+
+def test_an_application_without_strategies_remembers_no_load(orders: Orders) -> None:
+    order_id = orders.place_order(uuid.uuid4(), [], "EUR")
+
+    orders.get_order(order_id)
+
+    assert orders.repository.pop_last_load(order_id) is None
+
+
+def test_the_mapper_resolves_a_stored_topic_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    mapper = PydanticMapper(transcoder=JSONTranscoder())
+    order = Order.place(uuid.uuid4(), [], "EUR")
+    for product in ("p1", "p2", "p3"):
+        order.add_item(product, 1, PRICE)
+    pending = order.collect_events()
+    stored = [mapper.to_stored_event(e) for e in pending]
+    resolved: list[str] = []
+    resolve = persistence.resolve_stored_topic
+
+    def counted(topic: str) -> type[Any]:
+        resolved.append(topic)
+        return resolve(topic)
+
+    monkeypatch.setattr(persistence, "resolve_stored_topic", counted)
+
+    events = [mapper.to_domain_event(s) for s in stored * 2]
+
+    assert sorted(resolved) == sorted({s.topic for s in stored})
+    assert events == pending * 2
+
+
+def handlers_called(client: Any, caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Return the event handlers botocore calls for one ListTables call."""
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="botocore.hooks"):
+        client.list_tables(Limit=1)
+    return [r.getMessage() for r in caplog.records if "calling handler" in r.msg]
+
+
+def test_ledger_adds_three_handlers_to_a_call(
+    dynamodb_endpoint: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    connection = DynamoDBConnection(endpoint_url=dynamodb_endpoint)
+    session = boto3.session.Session()
+    placeholder = "local" if session.get_credentials() is None else None
+    plain = session.client(
+        "dynamodb",
+        endpoint_url=dynamodb_endpoint,
+        region_name=connection.region_name,
+        aws_access_key_id=placeholder,
+        aws_secret_access_key=placeholder,
+    )
+
+    added = len(handlers_called(connection.client, caplog)) - len(
+        handlers_called(plain, caplog)
+    )
+
+    # Calls counted, capacity read while metered, and one handler after each
+    # attempt (round trips, incomplete answers, lost answers).
+    assert added == 3
+    connection.close()
+    plain.close()

@@ -40,6 +40,7 @@ its class declares the field, while events made by code do not.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import Any, Final, cast
 
 import pydantic_core
@@ -49,7 +50,14 @@ from eventsourcing.domain import (
     CanSnapshotAggregate,
     DomainEventProtocol,
 )
-from eventsourcing.persistence import Mapper, MapperDeserialisationError, StoredEvent
+from eventsourcing.persistence import (
+    Cipher,
+    Compressor,
+    Mapper,
+    MapperDeserialisationError,
+    StoredEvent,
+    Transcoder,
+)
 from eventsourcing.utils import TopicError, get_topic, resolve_topic
 from pydantic import BaseModel
 
@@ -89,6 +97,19 @@ class PydanticMapper(Mapper[Any]):
     upcasting happens, for events and snapshots alike.
     """
 
+    def __init__(
+        self,
+        transcoder: Transcoder,
+        compressor: Compressor | None = None,
+        cipher: Cipher | None = None,
+    ) -> None:
+        """Construct the mapper as eventsourcing's (see ``Mapper``)."""
+        super().__init__(transcoder, compressor, cipher)
+        self._readers: dict[str, _Reader] = {}
+        """How to read each stored topic seen so far, once it passed the
+        allow-list: a load of n events resolves and inspects its few event
+        classes once each, not n times."""
+
     def to_stored_event(self, domain_event: DomainEventProtocol[Any]) -> StoredEvent:
         """Serialise ``domain_event`` into a stored event."""
         if not isinstance(domain_event, BaseModel):
@@ -124,12 +145,16 @@ class PydanticMapper(Mapper[Any]):
         (``originator_topic``) or of a snapshot (``topic``), which must name
         an aggregate class. Reading data never imports code.
         """
-        event_class = resolve_stored_topic(stored_event.topic)
-        if isinstance(event_class, type) and issubclass(event_class, BaseModel):
-            event = self._to_pydantic_event(event_class, stored_event)
+        reader = self._readers.get(stored_event.topic)
+        if reader is None:
+            reader = _Reader.of(resolve_stored_topic(stored_event.topic))
+            self._readers[stored_event.topic] = reader
+        if reader.model is not None:
+            event = self._to_pydantic_event(reader.model, stored_event)
         else:
             event = super().to_domain_event(stored_event)
-        _check_aggregate_topic(event, stored_event)
+        if reader.aggregate_topic is not None:
+            _check_aggregate_topic(event, stored_event, reader.aggregate_topic)
         return event
 
     def _to_pydantic_event(
@@ -138,7 +163,8 @@ class PydanticMapper(Mapper[Any]):
         try:
             state = self._decode_state(stored_event.state)
             restored = _restored_metadata(state.pop(METADATA, None))
-            self._upcast(event_class, state)
+            if CLASS_VERSION in state or getattr(event_class, CLASS_VERSION, 1) > 1:
+                self._upcast(event_class, state)
             state["originator_id"] = stored_event.originator_id
             state["originator_version"] = stored_event.originator_version
             return cast(
@@ -180,6 +206,29 @@ class PydanticMapper(Mapper[Any]):
         if stored_version < class_version:
             for upcast in upcasters(event_class)[stored_version - 1 :]:
                 upcast(state)
+
+
+@dataclass(frozen=True)
+class _Reader:
+    """How the mapper reads the stored events of one topic."""
+
+    model: type[BaseModel] | None
+    """The pydantic event class, or None: eventsourcing's mapper reads it."""
+    aggregate_topic: str | None
+    """The field holding an aggregate topic to check (a Created event's
+    ``originator_topic``, a snapshot's ``topic``), or None."""
+
+    @classmethod
+    def of(cls, event_class: type[Any]) -> _Reader:
+        """Return how to read events of a class the allow-list let through."""
+        if issubclass(event_class, CanInitAggregate):
+            aggregate_topic: str | None = "originator_topic"
+        elif issubclass(event_class, CanSnapshotAggregate):
+            aggregate_topic = "topic"
+        else:
+            aggregate_topic = None
+        model = event_class if issubclass(event_class, BaseModel) else None
+        return cls(model, aggregate_topic)
 
 
 def _stored_metadata(event: BaseModel) -> dict[str, Any]:
@@ -255,21 +304,15 @@ def _resolve_known(topic: str, subject: str, kind: str) -> type[Any]:
 
 
 def _check_aggregate_topic(
-    event: DomainEventProtocol[Any], stored_event: StoredEvent
+    event: DomainEventProtocol[Any], stored_event: StoredEvent, name: str
 ) -> None:
     """Check the aggregate topic a Created event or a snapshot holds in its state.
 
     ``eventsourcing`` resolves it (``CanInitAggregate.mutate``,
     ``Snapshot.mutate``) without a check of its own, for pydantic and
     dataclass events alike: so it passes the allow-list here, before the
-    event leaves the mapper.
+    event leaves the mapper. ``name``: the field that holds it.
     """
-    if isinstance(event, CanInitAggregate):
-        name = "originator_topic"
-    elif isinstance(event, CanSnapshotAggregate):
-        name = "topic"
-    else:
-        return
     topic = getattr(event, name, None)
     subject = f"Reading the {_describe(stored_event)}: its {name} {topic!r}"
     if not isinstance(topic, str):

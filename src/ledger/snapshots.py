@@ -43,7 +43,11 @@ from eventsourcing.application import (
     ProjectorFunction,
     Repository,
 )
-from eventsourcing.domain import BaseAggregate, DomainEventProtocol
+from eventsourcing.domain import (
+    BaseAggregate,
+    DomainEventProtocol,
+    MutableOrImmutableAggregate,
+)
 from eventsourcing.persistence import (
     EventStore,
     IntegrityError,
@@ -115,6 +119,10 @@ class Never(SnapshotStrategy):
 
     def __repr__(self) -> str:
         return "Never()"
+
+
+_NEVER: Final = Never()
+"""What ``strategy_for`` answers for a class without a strategy."""
 
 
 @dataclass(frozen=True)
@@ -226,10 +234,14 @@ class MeteredRepository(Repository[UUID]):
         event_store: MeteredEventStore,
         *,
         on_load: LoadCallback | None = None,
+        metered: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(event_store, **kwargs)
         self.on_load = on_load
+        self.metered = metered
+        """False: loads are neither measured nor remembered (the application
+        has no snapshot strategy to tell), so ``pop_last_load`` finds none."""
         self._last_loads: OrderedDict[UUID, LoadStats] = OrderedDict()
         self._last_loads_lock = Lock()
 
@@ -244,6 +256,14 @@ class MeteredRepository(Repository[UUID]):
         deepcopy_from_cache: bool = True,
     ) -> Any:
         """Reconstruct an aggregate, measuring what the load read."""
+        if not self.metered:
+            return super().get(
+                aggregate_id,
+                version=version,
+                projector_func=projector_func,
+                fastforward_skipping=fastforward_skipping,
+                deepcopy_from_cache=deepcopy_from_cache,
+            )
         meter = _LoadMeter()
         token = _current_load.set(meter)
         try:
@@ -336,6 +356,8 @@ class SnapshottingApplication(Application[UUID]):
         return MeteredRepository(
             self.events,
             on_load=self._after_load,
+            # Without strategies nothing reads what a load read: no bookkeeping.
+            metered=bool(self.strategies),
             snapshot_store=self.snapshots,
             cache_maxsize=int(cache_maxsize) if cache_maxsize else None,
             fastforward=strtobool(self.env.get(self.AGGREGATE_CACHE_FASTFORWARD, "y")),
@@ -359,10 +381,39 @@ class SnapshottingApplication(Application[UUID]):
             strategy = self.strategies.get(cls)
             if strategy is not None:
                 return strategy
-        return Never()
+        return _NEVER
+
+    def save(
+        self,
+        *objs: MutableOrImmutableAggregate[UUID] | DomainEventProtocol[UUID] | None,
+        **kwargs: Any,
+    ) -> list[Recording[UUID]]:
+        """Save the pending events of aggregates (and events), as ``Application.save``.
+
+        Only the collecting differs: eventsourcing's tells an aggregate from
+        an event by two runtime protocol checks, which cost about 11
+        microseconds a saved aggregate on Python 3.11 here; an
+        ``eventsourcing`` aggregate is known by its class instead. Anything
+        else is collected as eventsourcing collects it.
+        """
+        processing_event: ProcessingEvent[UUID] = ProcessingEvent()
+        for obj in objs:
+            if isinstance(obj, BaseAggregate):
+                processing_event.events.extend(obj.collect_events())
+                processing_event.aggregates[obj.id] = obj
+            else:
+                processing_event.collect_events(obj)
+        processing_event.saved_kwargs.update(kwargs)
+        recordings = self._record(processing_event)
+        self._take_snapshots(processing_event)
+        self._notify(recordings)
+        self.notify(processing_event.events)  # eventsourcing's deprecated hook
+        return recordings
 
     def _record(self, processing_event: ProcessingEvent[UUID]) -> list[Recording[UUID]]:
         recordings = super()._record(processing_event)
+        if not self.strategies:  # nothing to decide: no bookkeeping
+            return recordings
         # The events are saved: nothing below may fail the command.
         try:
             self._snapshot_after_save(processing_event, recordings)

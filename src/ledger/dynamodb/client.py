@@ -374,7 +374,8 @@ def _is_refused(response: tuple[AWSResponse, dict[str, Any]] | None) -> bool:
 def refuse_incomplete_answers(client: BaseClient) -> None:
     """Make a DynamoDB or DynamoDB Streams client retry, then raise, incomplete answers.
 
-    Every client ledger makes has this (:class:`DynamoDBConnection`).
+    Every client ledger makes refuses them: a Streams client through this,
+    :class:`DynamoDBConnection`'s client in its own handler of every attempt.
     """
     service = client.meta.service_model.service_id.hyphenize()
     # First, so botocore's retry handler sees the refusal.
@@ -424,15 +425,15 @@ class DynamoDBConnection:
         self.client: DynamoDBClient = session.client(
             "dynamodb", **self._client_settings()
         )
-        refuse_incomplete_answers(self.client)
         self.metering = Metering()
         self.metering.install(self.client)
         self._call_state = threading.local()
         """Per thread: whether an attempt of the current call lost its answer."""
-        # First (after the refusal of incomplete answers), so it sees every
-        # attempt before the retry handler decides.
+        # First, so it sees every attempt before botocore's retry handler
+        # decides. One handler does all ledger's work after an attempt: each
+        # handler costs every attempt a call and a debug record in botocore.
         self.client.meta.events.register_first(
-            "needs-retry.dynamodb", self._note_lost_answer
+            "needs-retry.dynamodb", self._after_attempt
         )
         self.known_tables: set[str] = set()
         """Tables seen to exist and be active, so they are checked only once."""
@@ -495,17 +496,23 @@ class DynamoDBConnection:
                 ) from error
             raise
 
-    def _note_lost_answer(
+    def _after_attempt(
         self,
         caught_exception: BaseException | None = None,
         response: tuple[AWSResponse, dict[str, Any]] | None = None,
+        operation: OperationModel | None = None,
+        attempts: int = 0,
         **_: Any,
     ) -> None:
-        """Remember that an attempt of this thread's call lost its answer.
+        """Count an attempt, refuse its answer if incomplete, note a lost answer.
 
-        An answer refused as incomplete counts as lost: for a write, that
-        attempt was applied but its answer is unknown, as when it was lost.
+        botocore emits ``needs-retry`` once per request sent, so the meters
+        count round trips here. An answer refused as incomplete counts as
+        lost: for a write, that attempt was applied but its answer is
+        unknown, as when it was lost.
         """
+        self.metering.count_round_trip()
+        _refuse_incomplete_answer(response, operation, attempts)
         if isinstance(caught_exception, _LOST_ANSWER) or _is_refused(response):
             self._call_state.lost_answer = True
 

@@ -127,7 +127,15 @@ class Metering:
         self._meters.append(self.total)
 
     def install(self, client: DynamoDBClient) -> None:
-        """Register the metering hooks on a botocore DynamoDB client."""
+        """Register the metering hooks on a botocore DynamoDB client.
+
+        Round trips are not counted by a hook of its own: the client's owner
+        calls :meth:`count_round_trip` from the handler it already runs after
+        every attempt (``needs-retry``, emitted once per request sent, as
+        ``before-send`` is), since every handler costs each attempt a call
+        and a debug record in botocore (see
+        :class:`ledger.dynamodb.client.DynamoDBConnection`).
+        """
         events = client.meta.events
         # botocore sends the params this handler returns; its stubs type every
         # handler as returning None.
@@ -135,7 +143,6 @@ class Metering:
             "provide-client-params.dynamodb",
             self._on_params,  # type: ignore[arg-type]
         )
-        events.register("before-send.dynamodb", self._on_send)
         events.register("after-call.dynamodb", self._on_response)
 
     @contextmanager
@@ -178,8 +185,8 @@ class Metering:
             return {**params, "ReturnConsumedCapacity": "TOTAL"}
         return None
 
-    def _on_send(self, **_: Any) -> None:
-        # Must return None: a value returned from before-send replaces the response.
+    def count_round_trip(self) -> None:
+        """Count one HTTP request sent (an attempt) in every meter open."""
         with self._lock:
             for meter in self._meters:
                 meter.round_trips += 1

@@ -28,7 +28,7 @@ calls made.
 
     python benchmarks/bench_projection_cost.py [--quick | --orders N] [--endpoint URL]
 
-Target (issue 17): fed by the index, <= 3.0 WCU and <= 1.5 round trips per
+Target: fed by the index, <= 3.0 WCU and <= 1.5 round trips per
 event on distinct orders.
 """
 

@@ -182,12 +182,13 @@ class MemoryMetrics:
 #   by itself prints a line to stdout, not to ``stream``, when a metric reaches
 #   100 values; it adds a ``service`` dimension whenever POWERTOOLS_SERVICE_NAME
 #   is set (another metric, which the template's alarms would not see), and its
-#   ``flush_metrics`` writes nothing when POWERTOOLS_DEV is set. Its package is
-#   7.6 MB for the one module ledger would use.
+#   ``flush_metrics`` writes nothing when POWERTOOLS_DEV is set. Importing it
+#   hooks every botocore session (ledger's DynamoDB clients too) to add its user
+#   agent. Its package is 7.6 MB for the one module ledger would use.
 # - aws-embedded-metrics writes the shape this writes, but imports aiohttp: it
-#   adds 113 ms to the 255 ms that importing ledger's Lambda handler takes
-#   (``python -X importtime -c "import ledger.projections.streams, ..."``, best
-#   of 7) and 12 MB of dependencies. It reads its settings once, at import.
+#   adds about 115 ms to the 260 ms that importing the deployed projector's
+#   handler takes (``python -X importtime``: ``benchmarks/bench_libraries.py``)
+#   and 12 MB of dependencies. It reads its settings once, at import.
 #   Outside Lambda it probes the EC2 metadata endpoint, then sends to a
 #   CloudWatch agent on TCP port 25888, so the stream poller, the sequence feed
 #   and the CLI would lose their metrics where no agent listens, where this

@@ -14,7 +14,8 @@
     python benchmarks/bench_libraries.py [--imports 7]
 
 No DynamoDB: nothing here makes a request. Wall times on a shared 2-core
-machine vary from run to run: compare rows of one run.
+machine vary from run to run (the load average is printed and kept): compare
+rows of one run.
 """
 
 from __future__ import annotations
@@ -127,6 +128,8 @@ def main() -> None:
         shown = "not installed" if added is None else f"+{added / 1000:.0f} ms"
         print(f"  then {module} ({name}): {shown}")
 
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"(load average {load}: compare rows of this run only)")
     costs = attribute_map_costs()
     print("\nattribute map of a 4-attribute event item, µs per item (best of 5):")
     for name, us in costs.items():
@@ -135,6 +138,7 @@ def main() -> None:
     results = {
         "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
         "python": platform.python_version(),
+        "load_average_1_5_15_min": [round(x, 1) for x in os.getloadavg()],
         "import_us": imports,
         "attribute_map_us": costs,
     }

@@ -3,7 +3,7 @@
 For control-plane items (a projection's control table, idempotency keys read
 back, a rebuild's resume): ``{"version": 3}`` instead of
 ``{"version": {"N": "3"}}``. The save and load paths, and other code run once
-per event, write and read their maps by hand: boto3's serializers take 6 to 15
+per event, write and read their maps by hand: boto3's serializers take 8 to 13
 times as long per item (a few µs; ``benchmarks/bench_libraries.py``).
 Numbers come back as ``Decimal`` (boto3's choice: DynamoDB numbers are
 decimal), so readers of an ``N`` attribute still convert it with ``int``.

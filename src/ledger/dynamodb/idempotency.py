@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Final
 from eventsourcing.persistence import DataError, IntegrityError, StoredEvent
 
 from ledger.dynamodb import schema
+from ledger.dynamodb.attributes import from_attributes, to_attributes
 from ledger.dynamodb.client import DynamoDBConnection
 from ledger.dynamodb.tables import ensure_table
 
@@ -181,6 +182,7 @@ class IdempotencyKeys:
             "positions": None if positions is None else list(positions),
         }
         cutoff = expiry_cutoff(self.clock())
+        # By hand, not ``to_attributes``: this map is built in every keyed save.
         item: dict[str, AttributeValueTypeDef] = {
             schema.IDEMPOTENCY_KEY: {"S": key},
             schema.OUTCOME: {"S": json.dumps(outcome)},
@@ -227,20 +229,19 @@ class IdempotencyKeys:
         response = self.connection.call(
             "get_item",
             TableName=self.table_name,
-            Key={schema.IDEMPOTENCY_KEY: {"S": key}},
+            Key=to_attributes({schema.IDEMPOTENCY_KEY: key}),
             ConsistentRead=True,
         )
-        item = response.get("Item")
-        if item is None:
+        if "Item" not in response:
             return None
-        if live_only and expired(int(item[schema.EXPIRES_AT]["N"]), self.clock()):
+        item = from_attributes(response["Item"])
+        if live_only and expired(int(item[schema.EXPIRES_AT]), self.clock()):
             return None
-        outcome = json.loads(item[schema.OUTCOME]["S"])
+        outcome = json.loads(item[schema.OUTCOME])
         positions = outcome.get("positions")
-        fingerprint = item.get(schema.FINGERPRINT)
         return SavedOutcome(
             key=key,
             events=tuple((str(a), int(v)) for a, v in outcome["events"]),
             positions=None if positions is None else tuple(positions),
-            fingerprint=None if fingerprint is None else fingerprint["S"],
+            fingerprint=item.get(schema.FINGERPRINT),
         )

@@ -18,6 +18,7 @@ from typing import Any
 
 from eventsourcing.persistence import IntegrityError
 
+from ledger.dynamodb.attributes import to_attributes
 from ledger.dynamodb.schema import table_definition
 from ledger.dynamodb.tables import ensure_table
 from ledger.projections import schema
@@ -44,10 +45,12 @@ class ControlTable:
             self.connection.call(
                 "put_item",
                 TableName=self.table_name,
-                Item={
-                    schema.NAME: {"S": schema.ACTIVE},
-                    schema.TABLE_VERSION: {"N": str(schema.FIRST_VERSION)},
-                },
+                Item=to_attributes(
+                    {
+                        schema.NAME: schema.ACTIVE,
+                        schema.TABLE_VERSION: schema.FIRST_VERSION,
+                    }
+                ),
                 ConditionExpression="attribute_not_exists(#n)",
                 ExpressionAttributeNames={"#n": schema.NAME},
             )
@@ -64,7 +67,7 @@ class ControlTable:
         response = self.connection.call(
             "get_item",
             TableName=self.table_name,
-            Key={schema.NAME: {"S": name}},
+            Key=to_attributes({schema.NAME: name}),
             ConsistentRead=True,
         )
         item: dict[str, Any] | None = response.get("Item")
@@ -78,11 +81,13 @@ class ControlTable:
         self.connection.call(
             "put_item",
             TableName=self.table_name,
-            Item={
-                schema.NAME: {"S": schema.REBUILD},
-                schema.TABLE_VERSION: {"N": str(version)},
-                schema.STARTED_AT: {"S": datetime.now(UTC).isoformat()},
-            },
+            Item=to_attributes(
+                {
+                    schema.NAME: schema.REBUILD,
+                    schema.TABLE_VERSION: version,
+                    schema.STARTED_AT: datetime.now(UTC).isoformat(),
+                }
+            ),
             ConditionExpression="attribute_not_exists(#n)",
             ExpressionAttributeNames={"#n": schema.NAME},
         )
@@ -99,7 +104,7 @@ class ControlTable:
                 "SET #o = :o",
                 "#v = :v",
                 {"#o": schema.OWNER, "#v": schema.TABLE_VERSION},
-                {":o": {"S": owner}, ":v": {"N": str(version)}},
+                {":o": owner, ":v": version},
             ),
         )
 
@@ -115,7 +120,7 @@ class ControlTable:
                 "SET #h = :h",
                 "attribute_exists(#n) AND attribute_not_exists(#h)",
                 {"#h": schema.SEQUENCE_HEAD, "#n": schema.NAME},
-                {":h": {"N": str(head)}},
+                {":h": head},
             ),
         )
 
@@ -143,7 +148,7 @@ class ControlTable:
             "SET #s = :old",
             "#o = :o",
             {"#s": schema.SWITCHED_FROM, "#o": schema.OWNER},
-            {":old": {"N": str(active)}, ":o": {"S": owner}},
+            {":old": active, ":o": owner},
         )
         self.connection.call(
             "transact_write_items",
@@ -156,10 +161,10 @@ class ControlTable:
         self.connection.call(
             "delete_item",
             TableName=self.table_name,
-            Key={schema.NAME: {"S": schema.REBUILD}},
+            Key=to_attributes({schema.NAME: schema.REBUILD}),
             ConditionExpression="#o = :o",
             ExpressionAttributeNames={"#o": schema.OWNER},
-            ExpressionAttributeValues={":o": {"S": owner}},
+            ExpressionAttributeValues=to_attributes({":o": owner}),
         )
 
     def shard_checkpoint(self, shard_id: str) -> str | None:
@@ -172,10 +177,12 @@ class ControlTable:
         self.connection.call(
             "put_item",
             TableName=self.table_name,
-            Item={
-                schema.NAME: {"S": f"{schema.SHARD_PREFIX}{shard_id}"},
-                schema.SEQUENCE_NUMBER: {"S": number},
-            },
+            Item=to_attributes(
+                {
+                    schema.NAME: f"{schema.SHARD_PREFIX}{shard_id}",
+                    schema.SEQUENCE_NUMBER: number,
+                }
+            ),
         )
 
     def clear_shard_checkpoints(self) -> None:
@@ -189,7 +196,7 @@ class ControlTable:
             TableName=self.table_name,
             FilterExpression="begins_with(#n, :p)",
             ExpressionAttributeNames={"#n": schema.NAME},
-            ExpressionAttributeValues={":p": {"S": schema.SHARD_PREFIX}},
+            ExpressionAttributeValues=to_attributes({":p": schema.SHARD_PREFIX}),
         )
         for item in list(found):
             self.connection.call(
@@ -202,7 +209,7 @@ class ControlTable:
 
     def rebuild_owner_check(self, owner: str) -> dict[str, Any]:
         """Return a transaction action that fails unless ``owner`` owns the rebuild."""
-        return self._control_check(schema.REBUILD, schema.OWNER, {"S": owner})
+        return self._control_check(schema.REBUILD, schema.OWNER, owner)
 
     def rebuild_commit_action(
         self, owner: str, epoch: int, checkpoint: dict[str, Any]
@@ -213,15 +220,15 @@ class ControlTable:
         the last committed.
         """
         values: dict[str, Any] = {
-            ":o": {"S": owner},
-            ":e": {"N": str(epoch)},
-            ":cp": {"S": json.dumps(checkpoint, sort_keys=True)},
+            ":o": owner,
+            ":e": epoch,
+            ":cp": json.dumps(checkpoint, sort_keys=True),
         }
         if epoch == 1:
             expected = "attribute_not_exists(#e)"
         else:
             expected = "#e = :was"
-            values[":was"] = {"N": str(epoch - 1)}
+            values[":was"] = epoch - 1
         names = {"#o": schema.OWNER, "#e": schema.EPOCH, "#cp": schema.CHECKPOINT}
         return {
             "Update": self._rebuild_update(
@@ -236,14 +243,17 @@ class ControlTable:
         names: dict[str, str],
         values: dict[str, Any],
     ) -> dict[str, Any]:
-        """Return the parameters of a conditional update of the ``rebuild`` item."""
+        """Return the parameters of a conditional update of the ``rebuild`` item.
+
+        ``values`` are the expression's Python values (``{":o": owner}``).
+        """
         return {
             "TableName": self.table_name,
-            "Key": {schema.NAME: {"S": schema.REBUILD}},
+            "Key": to_attributes({schema.NAME: schema.REBUILD}),
             "UpdateExpression": update,
             "ConditionExpression": condition,
             "ExpressionAttributeNames": names,
-            "ExpressionAttributeValues": values,
+            "ExpressionAttributeValues": to_attributes(values),
         }
 
     def _activate(self, version: int, active: int) -> dict[str, Any]:
@@ -251,33 +261,31 @@ class ControlTable:
         return {
             "Update": {
                 "TableName": self.table_name,
-                "Key": {schema.NAME: {"S": schema.ACTIVE}},
+                "Key": to_attributes({schema.NAME: schema.ACTIVE}),
                 "UpdateExpression": "SET #v = :new",
                 "ConditionExpression": "#v = :old",
                 "ExpressionAttributeNames": {"#v": schema.TABLE_VERSION},
-                "ExpressionAttributeValues": {
-                    ":new": {"N": str(version)},
-                    ":old": {"N": str(active)},
-                },
+                "ExpressionAttributeValues": to_attributes(
+                    {":new": version, ":old": active}
+                ),
             }
         }
 
     def active_check(self, version: int) -> dict[str, Any]:
         """Return a transaction action that fails unless ``version`` is active."""
-        value = {"N": str(version)}
-        return self._control_check(schema.ACTIVE, schema.TABLE_VERSION, value)
+        return self._control_check(schema.ACTIVE, schema.TABLE_VERSION, version)
 
     def _control_check(
-        self, name: str, attribute: str, value: dict[str, str]
+        self, name: str, attribute: str, value: str | int
     ) -> dict[str, Any]:
         """Return a ConditionCheck that control item ``name`` holds ``value``."""
         return {
             "ConditionCheck": {
                 "TableName": self.table_name,
-                "Key": {schema.NAME: {"S": name}},
+                "Key": to_attributes({schema.NAME: name}),
                 "ConditionExpression": "#a = :a",
                 "ExpressionAttributeNames": {"#a": attribute},
-                "ExpressionAttributeValues": {":a": value},
+                "ExpressionAttributeValues": to_attributes({":a": value}),
             }
         }
 

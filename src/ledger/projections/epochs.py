@@ -47,6 +47,7 @@ from typing import Any
 
 from eventsourcing.persistence import Tracking
 
+from ledger.dynamodb.attributes import from_attributes
 from ledger.dynamodb.client import CONDITION_FAILED, TransactionConflictError
 from ledger.dynamodb.limits import (
     MAX_TRANSACTION_ACTIONS,
@@ -273,15 +274,16 @@ class EpochWriter:
         (deleting those that had none), and tells ``session`` which keys exist.
         """
         undo: list[dict[str, Any]] = []
-        for key, item in self.view.stored_items():
-            epoch = int(item[schema.EPOCH]["N"]) if schema.EPOCH in item else 0
-            revision = int(item.get(schema.REVISION, {"N": "0"})["N"])
+        for key, stored in self.view.stored_items():
+            item = from_attributes(stored)
+            epoch = int(item.get(schema.EPOCH, 0))
+            revision = int(item.get(schema.REVISION, 0))
             if epoch > committed_epoch:
-                previous = item.get(schema.PREVIOUS, {}).get("S")
+                previous = item.get(schema.PREVIOUS)
                 undo.append(self.view.put_back_action(key, previous, revision))
                 body = previous
             else:
-                body = item.get(schema.BODY, {}).get("S")
+                body = item.get(schema.BODY)
                 if body is None and schema.EPOCH in item:
                     self.tombstones.add(key)
             if body is not None:

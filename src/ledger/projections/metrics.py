@@ -174,6 +174,28 @@ class MemoryMetrics:
         return sum(self.values(name))
 
 
+# ledger writes the embedded metric format itself (this class and
+# ``embedded_metric_lines``, some 75 lines) instead of through Powertools
+# Metrics (aws-lambda-powertools 3.37) or aws-embedded-metrics (3.5), because
+# each would change what reaches CloudWatch or cost more than it saves:
+# - Powertools writes every value as a float array (``[1.0]``, not ``1``), and
+#   by itself prints a line to stdout, not to ``stream``, when a metric reaches
+#   100 values; it adds a ``service`` dimension whenever POWERTOOLS_SERVICE_NAME
+#   is set (another metric, which the template's alarms would not see), and its
+#   ``flush_metrics`` writes nothing when POWERTOOLS_DEV is set. Importing it
+#   hooks every botocore session (ledger's DynamoDB clients too) to add its user
+#   agent. Its package is 7.6 MB for the one module ledger would use.
+# - aws-embedded-metrics writes the shape this writes, but imports aiohttp: it
+#   adds about 115 ms to the 260 ms that importing the deployed projector's
+#   handler takes (``python -X importtime``: ``benchmarks/bench_libraries.py``)
+#   and 12 MB of dependencies. It reads its settings once, at import.
+#   Outside Lambda it probes the EC2 metadata endpoint, then sends to a
+#   CloudWatch agent on TCP port 25888, so the stream poller, the sequence feed
+#   and the CLI would lose their metrics where no agent listens, where this
+#   prints them to stdout.
+# Neither writes to a given stream, which is how tests read the lines back, and
+# each holds one set of dimension values, so the grouping by projection and the
+# lock below would stay all the same.
 class EmbeddedMetrics:
     """CloudWatch embedded metric format: a JSON line per projection per flush.
 

@@ -174,6 +174,11 @@ def _process_records(
     *,
     park_undecodable: bool,
 ) -> list[str]:
+    # ledger's own partial-batch logic, not Powertools' BatchProcessor: that
+    # handles each stream record on its own (only its SQS FIFO processor skips
+    # a failed group), so it would apply an aggregate's later event after an
+    # earlier one failed. Here a failed record fails every later record of its
+    # aggregate in the batch, and the others commit together.
     failed: list[str] = []
     failed_aggregates: set[str] = set()
     pending: list[tuple[str, str | None, Action]] = []

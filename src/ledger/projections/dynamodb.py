@@ -319,19 +319,37 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
         holds nothing yet (a Scan of at most one item): one that holds items
         was built by a feed per aggregate.
         """
+        item = self._tracking_item(application_name)
+        if item is not None:
+            return _records_one_position(item)
+        response = self.connection.call(
+            "scan", TableName=self.table_name, Limit=1, ConsistentRead=True
+        )
+        return not response.get("Items")
+
+    def tracked_one_position(self, application_name: str) -> bool:
+        """Return True if this version's tracking item records one position.
+
+        One strongly consistent GetItem (1 RCU); False if there is no
+        tracking item (a new version, or one fed only by the stream).
+        """
+        item = self._tracking_item(application_name)
+        return item is not None and _records_one_position(item)
+
+    def _tracking_item(self, application_name: str) -> dict[str, Any] | None:
+        """Return this version's tracking item of an application (None: none)."""
         response = self.connection.call(
             "get_item",
             TableName=self.table_name,
             Key={schema.KEY: {"S": tracking_key(application_name)}},
             ConsistentRead=True,
         )
-        item = response.get("Item")
-        if item is not None:
-            return bool(item.get(schema.ONE_POSITION, {}).get("BOOL", False))
-        response = self.connection.call(
-            "scan", TableName=self.table_name, Limit=1, ConsistentRead=True
-        )
-        return not response.get("Items")
+        item: dict[str, Any] | None = response.get("Item")
+        return item
+
+    def version_description(self) -> str:
+        """Return how errors name this view: its projection and table version."""
+        return f"Table version {self.table_version} of projection {self.base_name}"
 
     # Writing --------------------------------------------------------------------------
 
@@ -541,6 +559,11 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
         """Return the unconditional Delete of the item under ``key`` (a tombstone)."""
         table, item_key = self.item_key(key)
         return {"Delete": {"TableName": table, "Key": item_key}}
+
+
+def _records_one_position(tracking_item: Mapping[str, Any]) -> bool:
+    """Return True if a tracking item records that one position is kept."""
+    return bool(tracking_item.get(schema.ONE_POSITION, {}).get("BOOL", False))
 
 
 def _stored(item: dict[str, Any]) -> StoredItem:

@@ -12,6 +12,11 @@ global sequence, so it scales with the table's partitions (stream shards) and
 Lambda's concurrency: records of different aggregates may be processed in any
 interleaving, by any number of workers, and the read model comes out the same.
 
+So it refuses (``OnePositionViewError``, before applying anything) a view
+that keeps one position for the application, one fed by its sequence: such a
+view holds no version per aggregate, and every earlier event would look
+missing and be applied again (see :func:`process_records`).
+
 A batch reports the records it could not process (a record whose commit
 failed, or whose missing earlier events a projector without ``load_events``
 cannot read) as ``batchItemFailures``; later records of the same aggregate in
@@ -135,6 +140,7 @@ def process_records(
     mapper: Mapper[Any],
     *,
     park_undecodable: bool = True,
+    application_name: str | None = None,
 ) -> list[str]:
     """Apply a batch of stream records; return the sequence numbers that failed.
 
@@ -146,12 +152,28 @@ def process_records(
     later records. Parking is the default on Lambda too: a failed record
     would be retried until the mapping gives up, then reach the on-failure
     destination as metadata only, and expire from the stream in 24 hours.
+
+    ``application_name`` names the application whose events table the
+    records come from (:func:`lambda_handler` and :class:`StreamPoller` give
+    it). With it, a view that keeps one position for that application (fed
+    by its sequence) is refused before anything is applied
+    (:meth:`~ledger.projections.views.ReadModelView.refuse_feed_per_aggregate`,
+    ``OnePositionViewError``; one GetItem per view and table version), and
+    again after a rebuild switched versions mid-batch. Without it the view
+    is not checked.
     """
+    if application_name is not None:
+        projector.view.refuse_feed_per_aggregate(application_name)
     received = time.time()
     outcomes: dict[str, Outcome] = {}
     try:
         failed = _process_records(
-            projector, records, mapper, outcomes, park_undecodable=park_undecodable
+            projector,
+            records,
+            mapper,
+            outcomes,
+            park_undecodable=park_undecodable,
+            application_name=application_name,
         )
         report_batch(
             projector,
@@ -173,6 +195,7 @@ def _process_records(
     outcomes: dict[str, Outcome],
     *,
     park_undecodable: bool,
+    application_name: str | None,
 ) -> list[str]:
     # ledger's own partial-batch logic, not Powertools' BatchProcessor: that
     # handles each stream record on its own (only its SQS FIFO processor skips
@@ -196,11 +219,11 @@ def _process_records(
         try:
             projector.commit(session)
         except (ConcurrentChangeError, ActiveVersionChangedError) as error:
-            _after_conflict(projector, session, error)
+            _after_conflict(projector, session, error, application_name)
             for number, aggregate_id, action in pending:
                 if aggregate_id in failed_aggregates:
                     failed.append(number)
-                elif not _apply_alone(projector, action):
+                elif not _apply_alone(projector, action, application_name):
                     fail(number, aggregate_id)
         except PersistenceError as error:
             session.forget()
@@ -291,13 +314,23 @@ def _position(record: Mapping[str, Any]) -> int | None:
     return None if position is None else int(position["N"])
 
 
-def _after_conflict(projector: Projector, session: Session, error: Exception) -> None:
+def _after_conflict(
+    projector: Projector,
+    session: Session,
+    error: Exception,
+    application_name: str | None,
+) -> None:
     session.forget()
     if isinstance(error, ActiveVersionChangedError):
         projector.view.follow_active()
+        # The version switched to may be one rebuilt from the sequence.
+        if application_name is not None:
+            projector.view.refuse_feed_per_aggregate(application_name)
 
 
-def _apply_alone(projector: Projector, action: Action) -> bool:
+def _apply_alone(
+    projector: Projector, action: Action, application_name: str | None
+) -> bool:
     """Apply one record in its own commit, retrying conflicts; False if it failed."""
     for _ in range(_MAX_RECORD_ATTEMPTS):
         session = Session(projector.view)
@@ -305,7 +338,7 @@ def _apply_alone(projector: Projector, action: Action) -> bool:
             action(session)
             projector.commit(session)
         except (ConcurrentChangeError, ActiveVersionChangedError) as error:
-            _after_conflict(projector, session, error)
+            _after_conflict(projector, session, error, application_name)
         except PersistenceError:
             return False
         else:
@@ -320,17 +353,22 @@ def handle_stream_event(
     *,
     events_table: str | None = None,
     stream_arn: str | None = None,
+    application_name: str | None = None,
 ) -> dict[str, list[dict[str, str]]]:
     """Process a Lambda DynamoDB Streams event; return its partial-batch response.
 
     Configure the event source mapping with ``ReportBatchItemFailures``. With
     ``events_table`` (and its ``stream_arn``), only records from that
-    table's stream are applied (:func:`from_table`).
+    table's stream are applied (:func:`from_table`). With
+    ``application_name``, a view fed by that application's sequence is
+    refused (see :func:`process_records`).
     """
     records = event.get("Records", [])
     if events_table is not None:
         records = from_table(records, events_table, stream_arn)
-    failed = process_records(projector, records, mapper)
+    failed = process_records(
+        projector, records, mapper, application_name=application_name
+    )
     return {"batchItemFailures": [{"itemIdentifier": number} for number in failed]}
 
 
@@ -406,6 +444,7 @@ def lambda_handler(
             application = application_class(env=env)
             view = open_view(projector_class, env)
             made["mapper"] = application.mapper
+            made["application_name"] = application.name
             made["events_table"] = application.recorder.events_table_name
             made["stream_arn"] = stream_arn_of(application)
             made["projector"] = projector_class(
@@ -420,6 +459,7 @@ def lambda_handler(
                 made["mapper"],
                 events_table=made["events_table"],
                 stream_arn=made["stream_arn"],
+                application_name=made["application_name"],
             ),
             event,
             context,
@@ -524,16 +564,30 @@ class ProjectionConsumer(ViewCheckpoints):
 
     A record that cannot be decoded is parked as a dead letter (its aggregate
     waits for a redrive), since a poller cannot hand it back to its source.
+    With ``application_name`` (the :class:`StreamPoller` gives its
+    application's), a view fed by that application's sequence is refused.
     """
 
-    def __init__(self, projector: Projector, mapper: Mapper[Any]) -> None:
+    def __init__(
+        self,
+        projector: Projector,
+        mapper: Mapper[Any],
+        *,
+        application_name: str | None = None,
+    ) -> None:
         super().__init__(projector.view)
         self.projector = projector
         self.mapper = mapper
+        self.application_name = application_name
 
     def process(self, records: Sequence[Mapping[str, Any]]) -> list[str]:
         """Apply records to the projector (see :func:`process_records`)."""
-        return process_records(self.projector, records, self.mapper)
+        return process_records(
+            self.projector,
+            records,
+            self.mapper,
+            application_name=self.application_name,
+        )
 
 
 class StreamPoller:
@@ -556,7 +610,9 @@ class StreamPoller:
         streams_client: Any = None,
     ) -> None:
         if isinstance(consumer, Projector):
-            consumer = ProjectionConsumer(consumer, application.mapper)
+            consumer = ProjectionConsumer(
+                consumer, application.mapper, application_name=application.name
+            )
         self.consumer: StreamConsumer = consumer
         self.application = application
         self.batch_size = batch_size

@@ -36,6 +36,15 @@ class ConcurrentChangeError(IntegrityError):
     """
 
 
+class OnePositionViewError(ProgrammingError):
+    """A feed per aggregate (the stream feed) met a view that keeps one position.
+
+    Nothing was applied. Such a view is fed by the application sequence and
+    keeps no position per aggregate, which the stream feed relies on to tell
+    duplicates from gaps.
+    """
+
+
 class ActiveVersionChangedError(IntegrityError):
     """The view's table version stopped being the active one (a rebuild switched).
 
@@ -214,6 +223,55 @@ class ReadModelView(TrackingRecorder, ABC):
         """
         return False
 
+    def tracked_one_position(self, application_name: str) -> bool:
+        """Return True if the stored tracking of an application records one position.
+
+        Unlike :meth:`recorded_one_position`, a new view (nothing stored)
+        answers False. Here False; :class:`InMemoryView` and the DynamoDB
+        view read what they stored.
+        """
+        return False
+
+    def refuse_feed_per_aggregate(self, application_name: str) -> None:
+        """Refuse to be fed per aggregate (the stream feed) if one position is kept.
+
+        A view that keeps one position for an application's sequence
+        (:meth:`keeps_one_position`) holds no
+        :class:`~ledger.projections.models.AggregatePosition` items: a feed
+        per aggregate would take every aggregate's earlier events as missing,
+        read them from the events table and apply them a second time. Raises
+        :class:`OnePositionViewError` before anything is applied.
+
+        Decided once per view and table version, as :meth:`keeps_one_position`
+        is (the same answer, cached alike; :meth:`forget_positioning` asks
+        again): from that answer if this process made it, else from the
+        stored tracking alone (:meth:`tracked_one_position`, one GetItem on
+        DynamoDB). So a new view fed per aggregate first is decided to keep
+        one position per aggregate, and its commits never record one.
+        """
+        try:
+            decided = self._one_position
+        except AttributeError:
+            decided = self._one_position = {}
+        if application_name not in decided:
+            decided[application_name] = self.tracked_one_position(application_name)
+        if decided[application_name]:
+            raise OnePositionViewError(
+                f"{self.version_description()} keeps one position for "
+                f"{application_name!r}, not one per aggregate: it is fed by the "
+                "application sequence (DYNAMODB_ORDERING sequence or indexed), so "
+                "the stream feed would apply aggregates' earlier events a second "
+                "time. Nothing was applied. Keep feeding it with the sequence feed "
+                "(`ledger projections run NAME` follows DYNAMODB_ORDERING), or, to "
+                "feed it from the stream, rebuild a new version from the events "
+                "table (`ledger projections rebuild NAME --source scan`) and feed "
+                "that one."
+            )
+
+    def version_description(self) -> str:
+        """Return how errors name this view (and its table version)."""
+        return f"View {type(self).__name__}"
+
     def records_one_position(self, tracking: Tracking) -> bool:
         """Return True if committing ``tracking`` records that one position is kept."""
         try:
@@ -276,6 +334,11 @@ class InMemoryView(POPOTrackingRecorder, ReadModelView):
             if application_name in self.one_position_recorded:
                 return True
             return self._max_tracking_ids[application_name] is None and not self.items
+
+    def tracked_one_position(self, application_name: str) -> bool:
+        """Return True if the application's tracking records one position."""
+        with self._database_lock:
+            return application_name in self.one_position_recorded
 
 
 def parked_aggregate(key: str) -> str | None:

@@ -24,6 +24,7 @@ from ledger.projections.views import (
     ActiveVersionChangedError,
     ConcurrentChangeError,
     InMemoryView,
+    OnePositionViewError,
     ReadModelView,
 )
 
@@ -34,6 +35,7 @@ __all__ = [
     "DynamoDBView",
     "GapError",
     "InMemoryView",
+    "OnePositionViewError",
     "Outcome",
     "ParkedEvent",
     "Projector",

@@ -83,6 +83,10 @@ class StreamFollower:
         later records of its aggregate in the batch (never out of order).
         """
         failed: list[str] = []
+        # ledger's own partial-batch logic, not Powertools' BatchProcessor: that
+        # handles each stream record on its own, so it would run a command for an
+        # aggregate's later event after an earlier one failed. Here a failed
+        # record fails every later record of its aggregate in the batch.
         failed_aggregates: set[str | None] = set()
         for record in records:
             number = sequence_number(record)

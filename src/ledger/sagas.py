@@ -106,6 +106,7 @@ from eventsourcing.application import (
     LocalNotificationLog,
     NotificationLog,
     ProcessingEvent,
+    Repository,
 )
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import (
@@ -124,6 +125,7 @@ from ledger.domain import Aggregate
 from ledger.dynamodb import connection_of
 from ledger.dynamodb.factory import DynamoDBFactory
 from ledger.dynamodb.indexed_recorders import DynamoDBIndexedApplicationRecorder
+from ledger.dynamodb.limits import MAX_TRANSACTION_ACTIONS, TransactionTooLargeError
 from ledger.dynamodb.tables import ensure_table
 from ledger.indexer import Indexer
 from ledger.metadata import caused_by
@@ -154,6 +156,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
 
     from eventsourcing.application import Application
+    from eventsourcing.domain import MutableOrImmutableAggregate
 
     from ledger.dynamodb.client import DynamoDBConnection
 
@@ -450,6 +453,26 @@ class ParkedSteps:
         """Return every letter, by saga, then version (one Query per 1 MB)."""
         return read_dead_letters(self.connection, self.table_name)
 
+    def saga_ids(self) -> set[str]:
+        """Return the ids of the sagas that have letters (parked, or waiting).
+
+        One strongly consistent Query per 1 MB of letters, reading their
+        saga ids only (0.5 read units while there are none).
+        """
+        items = self.connection.items(
+            "query",
+            TableName=self.table_name,
+            KeyConditionExpression="#kind = :kind",
+            ProjectionExpression="#saga",
+            ExpressionAttributeNames={
+                "#kind": letters_schema.KIND,
+                "#saga": letters_schema.AGGREGATE_ID,
+            },
+            ExpressionAttributeValues={":kind": {"S": letters_schema.DEAD_LETTER}},
+            ConsistentRead=True,
+        )
+        return {item[letters_schema.AGGREGATE_ID]["S"] for item in items}
+
     def park(self, step: Saga.Step, error: str, attempts: int) -> DeadLetter:
         """Store (or replace) the letter of a step that kept failing."""
         letter = _letter_of(step, error, attempts)
@@ -508,6 +531,67 @@ def _letter_of(step: Saga.Step, error: str, attempts: int) -> DeadLetter:
     )
 
 
+class _PageRepository(Repository[uuid.UUID]):
+    """A saga application's repository, which serves a page's undecided sagas.
+
+    While a page of upstream events is decided (``SagaApplication``'s
+    ``pull_and_process``), the sagas its earlier events changed are not saved
+    yet: the page is committed once, at its end. A later event of the page
+    that reads one of them gets it as changed (the same object), so it
+    decides as if each event had been committed alone: a saga begun earlier
+    in the page is found, a fact noted earlier is known. Only the thread
+    deciding the page is served so: any other reader (a timeout fired
+    meanwhile) reads what is stored.
+    """
+
+    def __init__(self, base: Repository[uuid.UUID]) -> None:
+        super().__init__(
+            base.event_store,
+            snapshot_store=base.snapshot_store,
+            fastforward=base.fastforward,
+            fastforward_skipping=base.fastforward_skipping,
+            deepcopy_from_cache=base.deepcopy_from_cache,
+        )
+        self.cache = base.cache
+        self._deciding = threading.local()
+
+    def serve(
+        self, pending: dict[uuid.UUID, MutableOrImmutableAggregate[uuid.UUID]] | None
+    ) -> None:
+        """Serve these aggregates to this thread's reads (None: stop)."""
+        self._deciding.pending = pending
+
+    def get(self, aggregate_id: uuid.UUID, **kwargs: Any) -> Any:
+        """Return the aggregate: this thread's pending one, else as stored."""
+        pending = getattr(self._deciding, "pending", None)
+        if pending and kwargs.get("version") is None and aggregate_id in pending:
+            return pending[aggregate_id]
+        return super().get(aggregate_id, **kwargs)
+
+
+@dataclass
+class _Page:
+    """Upstream events decided, not yet committed: their sagas' new events."""
+
+    jobs: list[tuple[DomainEventProtocol[uuid.UUID], Tracking]] = field(
+        default_factory=list
+    )
+    decided: ProcessingEvent[uuid.UUID] = field(default_factory=ProcessingEvent)
+
+    def add(
+        self,
+        domain_event: DomainEventProtocol[uuid.UUID],
+        tracking: Tracking,
+        decided: ProcessingEvent[uuid.UUID],
+    ) -> None:
+        """Add an event's decision; the page's tracking becomes the event's."""
+        self.jobs.append((domain_event, tracking))
+        self.decided.tracking = tracking
+        self.decided.events.extend(decided.events)
+        self.decided.aggregates.update(decided.aggregates)
+        self.decided.saved_kwargs.update(decided.saved_kwargs)
+
+
 class SagaApplication(ProcessApplication[uuid.UUID]):
     """A process application that keeps sagas, decides, and sends their steps.
 
@@ -560,6 +644,9 @@ class SagaApplication(ProcessApplication[uuid.UUID]):
             )
         self.processed = 0
         """Events this instance processed (upstream events and its own steps)."""
+        self._parked_now: set[str] | None = None
+        """While a page is processed, once a step asked: the sagas with letters."""
+        self._in_page = False
         self._step_topics = self.step_topics()
         factory: Any = self.factory
         self.parked_steps = ParkedSteps(
@@ -589,12 +676,111 @@ class SagaApplication(ProcessApplication[uuid.UUID]):
         )
         return environment
 
+    def construct_repository(self) -> Repository[uuid.UUID]:
+        """Make the repository that serves a page's undecided sagas to its decider."""
+        return _PageRepository(super().construct_repository())
+
     def process_event(
         self, domain_event: DomainEventProtocol[uuid.UUID], tracking: Tracking
     ) -> None:
         """Process one event exactly once (its effects and tracking in one commit)."""
         super().process_event(domain_event, tracking)
         self.processed += 1
+
+    def pull_and_process(
+        self, leader_name: str, start: int | None = None, stop: int | None = None
+    ) -> None:
+        """Process a leader's new events a page at a time, one commit per page.
+
+        A page is a section of the leader's log (:attr:`pull_section_size`
+        notifications read at once). Its events are decided one by one, in
+        order, then committed together: every saga event decided for the
+        page and one tracking position, the page's last, in one transaction
+        (1 round trip and 2 WCU for the tracking per page, not per event).
+        When the events would pass a transaction's 100 actions, the page is
+        committed in as few parts as fit, each with its own last position, an
+        event's decision never split. A later event of the page reads the
+        sagas earlier ones changed as changed (:class:`_PageRepository`).
+
+        If a part's commit is refused (another decider saved one of its
+        sagas meanwhile, another runner committed the page, or it is over 4
+        MB), nothing of it was written: its events are decided again, each
+        committed alone as :meth:`process_event` does, and a conflict then
+        raises ``IntegrityError`` as before. Exactly once either way: a
+        decision is committed with the position of the event it answers, or
+        not at all. Steps read from its own sequence are sent in order, then
+        the page's position is committed once: a crash before that commit
+        sends the page's steps again, under the same keys (so their targets
+        store nothing twice), as a crash before each step's commit did.
+        """
+        if start is None:
+            start = self.recorder.max_tracking_id(leader_name)
+        for notifications in self.pull_notifications(
+            leader_name, start=start, stop=stop, inclusive_of_start=False
+        ):
+            jobs = self.convert_notifications(
+                leader_name, self.filter_received_notifications(notifications)
+            )
+            with self.processing_lock:
+                self._process_page(jobs)
+
+    def _process_page(
+        self, jobs: Sequence[tuple[DomainEventProtocol[uuid.UUID], Tracking]]
+    ) -> None:
+        repository = self.repository
+        assert isinstance(repository, _PageRepository)  # noqa: S101 - ours
+        # Events one commit holds beside its tracking: an indexed save is the
+        # events and the tracking; a sequenced one adds its batch and head items.
+        capacity = MAX_TRANSACTION_ACTIONS - (
+            1 if getattr(self.recorder, "ordering", "") == "indexed" else 3
+        )
+        page = _Page()
+        self._in_page, self._parked_now = True, None
+        try:
+            for domain_event, tracking in jobs:
+                decided = ProcessingEvent[uuid.UUID](tracking)
+                repository.serve(page.decided.aggregates)
+                try:
+                    self.policy(domain_event, decided)
+                finally:
+                    repository.serve(None)
+                if page.jobs and (
+                    len(page.decided.events) + len(decided.events) > capacity
+                ):
+                    self._commit_page(page)
+                    page = _Page()
+                page.add(domain_event, tracking, decided)
+            self._commit_page(page)
+        finally:
+            self._in_page, self._parked_now = False, None
+
+    def _commit_page(self, page: _Page) -> None:
+        """Commit a page's decisions and last position; one per commit if refused."""
+        if not page.jobs:
+            return
+        try:
+            self._commit(page.decided, len(page.jobs))
+        except (IntegrityError, TransactionTooLargeError):
+            if len(page.jobs) == 1 or not page.decided.events:
+                raise  # nothing to split: as one event's commit would
+            logger.info(
+                "%s: a page of %d events was refused; deciding them one per commit",
+                self.name,
+                len(page.jobs),
+                extra={"saga_application": self.name, "events": len(page.jobs)},
+            )
+            for domain_event, tracking in page.jobs:
+                decided = ProcessingEvent[uuid.UUID](tracking)
+                self.policy(domain_event, decided)
+                self._commit(decided, 1)
+
+    def _commit(self, decided: ProcessingEvent[uuid.UUID], events: int) -> None:
+        """Record decisions with their tracking, as ``process_event`` does."""
+        recordings = self._record(decided)
+        self._take_snapshots(decided)
+        self.notify(decided.events)
+        self._notify(recordings)
+        self.processed += events
 
     def pull_notifications(
         self,
@@ -778,7 +964,7 @@ class SagaApplication(ProcessApplication[uuid.UUID]):
     def _send(self, step: Saga.Step, tracking: Tracking | None) -> None:
         """Send a step, unless its saga is parked (then it waits); park on failure."""
         while True:
-            letters = self.parked_steps.of_saga(step.originator_id)
+            letters = self._letters_of(step.originator_id)
             version = step.originator_version
             if any(letter.version == version for letter in letters):
                 return  # delivered again: it is parked, or waits, already
@@ -786,6 +972,7 @@ class SagaApplication(ProcessApplication[uuid.UUID]):
             if not earlier:
                 break
             if self.parked_steps.wait(step, behind=earlier[-1]):
+                self._note_parked(step)
                 logger.info(
                     "%s: step %s of saga %s waits behind version %d "
                     "(the saga parked at version %d)",
@@ -798,12 +985,36 @@ class SagaApplication(ProcessApplication[uuid.UUID]):
                 )
                 return
             # What it would wait behind was redriven or dropped meanwhile.
+            self._parked_now = None
         failure = self._send_with_retries(step, tracking)
         if failure is not None:
             error, attempts = failure
             self._report_parked(
                 self.parked_steps.park(step, error_summary(error), attempts)
             )
+            self._note_parked(step)
+
+    def _letters_of(self, saga_id: uuid.UUID) -> list[DeadLetter]:
+        """Return a saga's letters; in a page, no Query for a saga with none.
+
+        A page reads which sagas have letters once, at its first step, and
+        adds those it parks. That set cannot miss a saga parked meanwhile:
+        a saga is parked only when one of its steps fails, and its steps are
+        sent in order from one sequence, by this runner (which notes it) or a
+        twin sending the same step (which a Query per step could miss just
+        as well). Redrives and drops only remove letters: a saga the set
+        names is read again, and waiting is conditional on the letter.
+        """
+        if self._in_page:
+            if self._parked_now is None:
+                self._parked_now = self.parked_steps.saga_ids()
+            if str(saga_id) not in self._parked_now:
+                return []
+        return self.parked_steps.of_saga(saga_id)
+
+    def _note_parked(self, step: Saga.Step) -> None:
+        if self._parked_now is not None:
+            self._parked_now.add(str(step.originator_id))
 
     def _send_with_retries(
         self, step: Saga.Step, tracking: Tracking | None

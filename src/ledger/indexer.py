@@ -9,7 +9,8 @@ projections, since it reads the stream with the stream feed's poller.)
 
 The indexer is the one reader of the events table's DynamoDB stream. Each
 round (:meth:`Indexer.poll`) it reads every shard after its checkpoint
-(parents read to their end and checkpointed before their children are read),
+(a child only after its parent: checkpointed to its end, or read to its end
+in the same round, so that a save a shard split put in both is read whole),
 and appends what it read to the notifications table in the ``sequence``
 ordering's format (:mod:`.batches`), in ONE ``TransactWriteItems``:
 
@@ -28,13 +29,15 @@ A save of several events (its items carry ``schema.SAVE_ID``, ``SAVE_INDEX``,
 ``SAVE_SIZE``) is appended whole and contiguous, in its own order: until all
 its records have been read (they may sit in other shards, or come later), it
 and everything after it in its shard are held back, that shard's checkpoint
-staying before it. Each aggregate's events are appended in version order
-(sorted within a round). Checked, and refused with :class:`IndexOrderError`:
-versions of an aggregate not consecutive within a round, and a first version
-in a round that does not follow the last this indexer appended for that
-aggregate (remembered for the last 100,000 aggregates, and forgotten when
-another indexer has written meanwhile). Not checked: an aggregate's first
-event ever (whether earlier versions exist unindexed is not read).
+staying before it, and a child shard read in the same round as its parent is
+held back whole while anything of its parent is. Each aggregate's events are
+appended in version order (sorted within a round). Checked, and refused
+with :class:`IndexOrderError`: versions of an aggregate not consecutive
+within a round, and a first version in a round that does not follow the last
+this indexer appended for that aggregate (remembered for the last 100,000
+aggregates, and forgotten when another indexer has written meanwhile). Not
+checked: an aggregate's first event ever (whether earlier versions exist
+unindexed is not read).
 
 Falling behind: when an iterator after a checkpoint is refused as trimmed
 (past the stream's 24 hours), or on a first run whose stream may not hold

@@ -21,14 +21,18 @@ schedules timeouts and, when something fails, compensates. Three parts:
       handed to :meth:`SagaApplication.react`, which loads the saga and lets
       it decide; the saga's new events are saved **in one transaction with
       the tracking** of the upstream event (``DynamoDBProcessRecorder``). A
-      decision is committed once, or not at all.
+      decision is committed once, or not at all. Pulled from a leader's
+      sequence, a page of events is decided, then committed at once: every
+      decision of the page and its last position (see
+      :meth:`SagaApplication.pull_and_process`).
     * *dispatching*: each decided step is an event of the saga
       (:class:`Saga.Step`), so the saga application's own sequence is its
       outbox. The application follows itself and, for each step, calls the
       target application with an idempotency key derived from the step (the
       saga's id and the step's version: :func:`step_key`), then commits the
-      tracking. A crash after the call and before that commit redelivers the
-      step, and the key makes the second call store nothing.
+      tracking (once per page of steps read from the sequence). A crash after
+      the call and before that commit redelivers the step, and the key makes
+      the second call store nothing.
 
     Why decide first and call afterwards, rather than call inside the
     policy: two deciders may run at once for one saga (the stream feed

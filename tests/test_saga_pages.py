@@ -161,13 +161,13 @@ def test_a_page_refused_by_a_conflict_is_decided_again_one_per_commit(shop, capl
     for order_id in order_ids:
         shop.answer(order_id, approved=True)
     shop.index()
+    noted_before = events_of(shop.fulfilment, shop.saga(order_ids[1]).id).count("Noted")
     racing = shop.restarted(Raced)
     assert isinstance(racing.fulfilment, Raced)
     racing.fulfilment.raced = order_ids[1]
     racing.fulfilment.at = order_ids[2]
     racing.fulfilment.other = OrderFulfilment(env=shop.env)
 
-    noted_before = events_of(shop.fulfilment, shop.saga(order_ids[1]).id).count("Noted")
     with caplog.at_level(logging.INFO, logger="ledger.sagas"):
         racing.fulfilment.pull_and_process(racing.payments.name)  # does not raise
 

@@ -96,6 +96,7 @@ under any such interleaving.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import random
 import threading
@@ -386,11 +387,12 @@ class _PageRepository(Repository[uuid.UUID]):
     While a page of upstream events is decided (``SagaApplication``'s
     ``pull_and_process``), the sagas its earlier events changed are not saved
     yet: the page is committed once, at its end. A later event of the page
-    that reads one of them gets it as changed (the same object), so it
-    decides as if each event had been committed alone: a saga begun earlier
-    in the page is found, a fact noted earlier is known. Only the thread
-    deciding the page is served so: any other reader (a timeout fired
-    meanwhile) reads what is stored.
+    that reads one of them gets it as changed (a copy, so that what the page
+    will commit is never changed by a later decision), and decides as if each
+    event had been committed alone: a saga begun earlier in the page is
+    found, a fact noted earlier is known. Only the thread deciding the page
+    is served so: any other reader (a timeout fired meanwhile) reads what is
+    stored.
     """
 
     def __init__(self, base: Repository[uuid.UUID]) -> None:
@@ -414,7 +416,7 @@ class _PageRepository(Repository[uuid.UUID]):
         """Return the aggregate: this thread's pending one, else as stored."""
         pending = getattr(self._deciding, "pending", None)
         if pending and kwargs.get("version") is None and aggregate_id in pending:
-            return pending[aggregate_id]
+            return copy.deepcopy(pending[aggregate_id])
         return super().get(aggregate_id, **kwargs)
 
 
@@ -587,21 +589,36 @@ class SagaApplication(ProcessApplication[uuid.UUID]):
         self._in_page, self._parked_now = True, None
         try:
             for domain_event, tracking in jobs:
-                decided = ProcessingEvent[uuid.UUID](tracking)
-                repository.serve(page.decided.aggregates)
-                try:
-                    self.policy(domain_event, decided)
-                finally:
-                    repository.serve(None)
+                decided = self._decide(domain_event, tracking, page, repository)
                 if page.jobs and (
                     len(page.decided.events) + len(decided.events) > capacity
                 ):
                     self._commit_page(page)
                     page = _Page()
+                    # Decide again, from what is stored: the first decision
+                    # read sagas as the page left them, which its commit may
+                    # not have kept (refused, then decided one by one).
+                    decided = self._decide(domain_event, tracking, page, repository)
                 page.add(domain_event, tracking, decided)
             self._commit_page(page)
         finally:
             self._in_page, self._parked_now = False, None
+
+    def _decide(
+        self,
+        domain_event: DomainEventProtocol[uuid.UUID],
+        tracking: Tracking,
+        page: _Page,
+        repository: _PageRepository,
+    ) -> ProcessingEvent[uuid.UUID]:
+        """Let the policy decide an event, reading the page's sagas as it left them."""
+        decided = ProcessingEvent[uuid.UUID](tracking)
+        repository.serve(page.decided.aggregates)
+        try:
+            self.policy(domain_event, decided)
+        finally:
+            repository.serve(None)
+        return decided
 
     def _commit_page(self, page: _Page) -> None:
         """Commit a page's decisions and last position; one per commit if refused."""

@@ -337,3 +337,127 @@ def test_a_damaged_index_batch_is_never_skipped_past_its_events(
 
     assert feed.position == 0  # not moved past events it never applied
     app.close()
+
+
+class SplitStreams(ReorderingStreams):
+    """The real streams client, as if the stream's one shard had split at ``split``.
+
+    DynamoDB Local never splits a shard, so the split is told here: the real
+    shard is shown as a closed parent ending at sequence number ``split``
+    and a child holding the records after it, each handed only its own.
+    """
+
+    def __init__(self, client: Any, split: int) -> None:
+        super().__init__(client, lambda records: records)
+        self.split = split
+        self.parent: str | None = None
+
+    def describe_stream(self, **params: Any) -> dict[str, Any]:
+        response: dict[str, Any] = self.client.describe_stream(**params)
+        description = response["StreamDescription"]
+        [shard] = description["Shards"]
+        self.parent = shard["ShardId"]
+        start = shard["SequenceNumberRange"]["StartingSequenceNumber"]
+        description["Shards"] = [
+            {
+                "ShardId": self.parent,
+                "SequenceNumberRange": {
+                    "StartingSequenceNumber": start,
+                    "EndingSequenceNumber": str(self.split),
+                },
+            },
+            {
+                "ShardId": f"{self.parent}-child",
+                "ParentShardId": self.parent,
+                "SequenceNumberRange": {"StartingSequenceNumber": str(self.split + 1)},
+            },
+        ]
+        return response
+
+    def get_shard_iterator(self, **params: Any) -> dict[str, Any]:
+        shard_id = params["ShardId"]
+        side = "child" if shard_id.endswith("-child") else "parent"
+        params["ShardId"] = self.parent
+        response = self.client.get_shard_iterator(**params)
+        response["ShardIterator"] = f"{side}|{response['ShardIterator']}"
+        return response
+
+    def get_records(self, **params: Any) -> dict[str, Any]:
+        side, _, iterator = params["ShardIterator"].partition("|")
+        response: dict[str, Any] = self.client.get_records(
+            **{**params, "ShardIterator": iterator}
+        )
+        records = response.get("Records", [])
+        number = [int(r["dynamodb"]["SequenceNumber"]) for r in records]
+        if side == "parent":
+            response["Records"] = [
+                r for r, n in zip(records, number, strict=True) if n <= self.split
+            ]
+            if any(n >= self.split for n in number) or not records:
+                response.pop("NextShardIterator", None)  # the parent is closed
+                return response
+        else:
+            response["Records"] = [
+                r for r, n in zip(records, number, strict=True) if n > self.split
+            ]
+        if response.get("NextShardIterator"):
+            response["NextShardIterator"] = f"{side}|{response['NextShardIterator']}"
+        return response
+
+
+def stream_numbers(recorder: DynamoDBIndexedApplicationRecorder) -> dict[Any, int]:
+    """Return each event's stream sequence number, by (aggregate id, version)."""
+    client = recorder.connection.streams_client()
+    arn = recorder.connection.call(
+        "describe_table", TableName=recorder.events_table_name
+    )["Table"]["LatestStreamArn"]
+    [shard] = client.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]
+    iterator = client.get_shard_iterator(
+        StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+    )["ShardIterator"]
+    numbers: dict[Any, int] = {}
+    while iterator:
+        page = client.get_records(ShardIterator=iterator)
+        for record in page["Records"]:
+            keys = record["dynamodb"]["Keys"]
+            key = (keys[schema.AGGREGATE_ID]["S"], int(keys[schema.VERSION]["N"]))
+            numbers[key] = int(record["dynamodb"]["SequenceNumber"])
+        if not page["Records"]:
+            break
+        iterator = page.get("NextShardIterator")
+    return numbers
+
+
+def test_a_save_straddling_a_shard_split_is_indexed_whole(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> None:
+    first, second, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    before = [stored(other, 1)]
+    straddling = [stored(first, 1), stored(second, 1)]
+    after = [stored(other, 2)]
+    for save in (before, straddling, after):
+        recorder.insert_events(save)
+    # The shard splits after the save's first record: its second is the child's.
+    split = stream_numbers(recorder)[str(first), 1]
+    streams = SplitStreams(recorder.connection.streams_client(), split)
+    indexer = Indexer(recorder, streams_client=streams)
+
+    index_until(indexer, recorder, before + straddling + after, timeout=5.0)
+
+    assert_indexed_once_in_order(recorder, [before, straddling, after])
+    [parent, child] = streams.describe_stream(StreamArn=indexer.stream_arn)[
+        "StreamDescription"
+    ]["Shards"]
+    checkpoints = indexer._read_state().checkpoints
+    assert checkpoints[parent["ShardId"]] == str(split)  # read to its end
+    assert int(checkpoints[child["ShardId"]]) > split
+    indexer.poll()  # and nothing is indexed twice after
+    assert_indexed_once_in_order(recorder, [before, straddling, after])
+
+
+def test_a_child_shard_waits_whole_while_its_parent_holds_a_save_back() -> None:
+    before = _Record("parent", 1, "1", BatchEntry("a", 1, "t", b""), None)
+    held = _Record("parent", 2, "2", BatchEntry("b", 1, "t", b""), ("B", 0, 2))
+    later = _Record("child", 3, "3", BatchEntry("a", 2, "t", b""), None)
+    read = {"parent": [before, held], "child": [later]}
+    assert _units(read, None, {"child": "parent"}) == [[before]]

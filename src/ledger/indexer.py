@@ -9,7 +9,8 @@ projections, since it reads the stream with the stream feed's poller.)
 
 The indexer is the one reader of the events table's DynamoDB stream. Each
 round (:meth:`Indexer.poll`) it reads every shard after its checkpoint
-(parents read to their end and checkpointed before their children are read),
+(a child only after its parent: checkpointed to its end, or read to its end
+in the same round, so that a save a shard split put in both is read whole),
 and appends what it read to the notifications table in the ``sequence``
 ordering's format (:mod:`.batches`), in ONE ``TransactWriteItems``:
 
@@ -28,13 +29,15 @@ A save of several events (its items carry ``schema.SAVE_ID``, ``SAVE_INDEX``,
 ``SAVE_SIZE``) is appended whole and contiguous, in its own order: until all
 its records have been read (they may sit in other shards, or come later), it
 and everything after it in its shard are held back, that shard's checkpoint
-staying before it. Each aggregate's events are appended in version order
-(sorted within a round). Checked, and refused with :class:`IndexOrderError`:
-versions of an aggregate not consecutive within a round, and a first version
-in a round that does not follow the last this indexer appended for that
-aggregate (remembered for the last 100,000 aggregates, and forgotten when
-another indexer has written meanwhile). Not checked: an aggregate's first
-event ever (whether earlier versions exist unindexed is not read).
+staying before it, and a child shard read in the same round as its parent is
+held back whole while anything of its parent is. Each aggregate's events are
+appended in version order (sorted within a round). Checked, and refused
+with :class:`IndexOrderError`: versions of an aggregate not consecutive
+within a round, and a first version in a round that does not follow the last
+this indexer appended for that aggregate (remembered for the last 100,000
+aggregates, and forgotten when another indexer has written meanwhile). Not
+checked: an aggregate's first event ever (whether earlier versions exist
+unindexed is not read).
 
 Falling behind: when an iterator after a checkpoint is refused as trimmed
 (past the stream's 24 hours), or on a first run whose stream may not hold
@@ -238,17 +241,11 @@ class Indexer(Reindexing, StreamPoller):
         self.checkpoints.numbers = dict(state.checkpoints)
         listed = {shard["ShardId"]: shard for shard in shards}
         try:
-            for shard in shards:
-                parent = listed.get(shard.get("ParentShardId") or "")
-                if parent is not None and not self._read_to_its_end(parent):
-                    continue  # parents first: the child waits for its parent's end
-                if self._read_to_its_end(shard):
-                    continue
-                state.read[shard["ShardId"]] = self._read_shard(shard, state)
+            parents = self._read_shards(shards, state)
         except _TrimmedError as trimmed:
             self._start_reindex(state, str(trimmed))
             return 1
-        taken = self._fitting(state.read, state.head)
+        taken = self._fitting(state.read, state.head, parents)
         consumed = {record for unit in taken for record in unit}
         new_checkpoints = {
             shard_id: number
@@ -271,6 +268,34 @@ class Indexer(Reindexing, StreamPoller):
         self._write(state, events, new_checkpoints)
         self._report(IndexRound(len(events), len(read), _oldest_age_ms(read)))
         return len(consumed)
+
+    def _read_shards(
+        self, shards: Sequence[Mapping[str, Any]], state: _Round
+    ) -> dict[str, str]:
+        """Read every shard after its checkpoint, parents first, into ``state.read``.
+
+        A child is read once its parent is checkpointed to its end, or was
+        read to its end in this round, after it: then a save whose records a
+        split put in both is read whole, and regrouped. Returns those children
+        read with their parent, to their parent.
+        """
+        listed = {shard["ShardId"]: shard for shard in shards}
+        parents: dict[str, str] = {}
+        for shard in shards:
+            parent = listed.get(shard.get("ParentShardId") or "")
+            with_parent = parent is not None and parent["ShardId"] in state.read
+            if (
+                parent is not None
+                and not self._read_to_its_end(parent)
+                and parent["ShardId"] not in state.ended
+            ):
+                continue  # parents first: the child waits for its parent's end
+            if self._read_to_its_end(shard):
+                continue
+            state.read[shard["ShardId"]] = self._read_shard(shard, state)
+            if parent is not None and with_parent:
+                parents[shard["ShardId"]] = parent["ShardId"]
+        return parents
 
     def _report(self, done: IndexRound) -> None:
         dimension = self.recorder.events_table_name
@@ -386,12 +411,15 @@ class Indexer(Reindexing, StreamPoller):
     # Fitting one transaction -------------------------------------------------
 
     def _fitting(
-        self, read: dict[str, list[_Record]], head: int
+        self,
+        read: dict[str, list[_Record]],
+        head: int,
+        parents: Mapping[str, str] | None = None,
     ) -> list[list[_Record]]:
         """Return the units to append: as many as fit one transaction."""
         cap: int | None = None
         while True:
-            units = _units(read, cap)
+            units = _units(read, cap, parents)
             events = [r.entry for unit in units for r in unit if r.entry]
             if len(events) <= _MAX_BATCHES * BATCH_EVENTS and sum(
                 item_size(item)
@@ -576,23 +604,30 @@ def _oldest_age_ms(records: list[_Record]) -> float | None:
     return None if not created else max(0.0, time.time() - min(created)) * 1000
 
 
-def _units(read: dict[str, list[_Record]], cap: int | None) -> list[list[_Record]]:
+def _units(
+    read: dict[str, list[_Record]],
+    cap: int | None,
+    parents: Mapping[str, str] | None = None,
+) -> list[list[_Record]]:
     """Return what may be appended, as units; each shard's part is a prefix of it.
 
     A unit is one record, or the records of one whole save in its own order.
     Each shard is cut at its first record of a save not wholly read (and at
     ``cap`` records); then, until nothing changes, every save with a record
-    past a cut is cut out too, with what follows it in each of its shards. So
-    what remains of each shard is a prefix of it (its checkpoint can move to
-    the prefix's end) and holds only whole saves. Units come in shard order,
-    a save where its first record read comes.
+    past a cut is cut out too, with what follows it in each of its shards,
+    and a child shard (``parents``: child to parent, both read, the parent
+    first) is cut whole while its parent is cut at all, since the child's
+    records come after all of the parent's. So what remains of each shard is
+    a prefix of it (its checkpoint can move to the prefix's end) and holds
+    only whole saves, a save split by a shard split included. Units come in
+    shard order, a save where its first record read comes.
     """
     members: dict[str, list[_Record]] = defaultdict(list)
     for records in read.values():
         for record in records:
             if record.save is not None:
                 members[record.save[0]].append(record)
-    cut = _cuts(read, members, cap)
+    cut = _cuts(read, members, cap, parents or {})
     units: list[list[_Record]] = []
     emitted: set[str] = set()
     for shard_id, records in read.items():
@@ -607,7 +642,10 @@ def _units(read: dict[str, list[_Record]], cap: int | None) -> list[list[_Record
 
 
 def _cuts(
-    read: dict[str, list[_Record]], members: dict[str, list[_Record]], cap: int | None
+    read: dict[str, list[_Record]],
+    members: dict[str, list[_Record]],
+    cap: int | None,
+    parents: Mapping[str, str],
 ) -> dict[str, int]:
     """Return, per shard, how many of its records may be appended (see ``_units``)."""
     place = {r: index for records in read.values() for index, r in enumerate(records)}
@@ -622,6 +660,10 @@ def _cuts(
     changed = True
     while changed:
         changed = False
+        for child, parent in parents.items():
+            if cut[child] and cut[parent] < len(read[parent]):
+                cut[child] = 0  # the parent's held records come first
+                changed = True
         for shard_id, records in read.items():
             for record in records[: cut[shard_id]]:
                 save = members[record.save[0]] if record.save else []

@@ -21,14 +21,18 @@ schedules timeouts and, when something fails, compensates. Three parts:
       handed to :meth:`SagaApplication.react`, which loads the saga and lets
       it decide; the saga's new events are saved **in one transaction with
       the tracking** of the upstream event (``DynamoDBProcessRecorder``). A
-      decision is committed once, or not at all.
+      decision is committed once, or not at all. Pulled from a leader's
+      sequence, a page of events is decided, then committed at once: every
+      decision of the page and its last position (see
+      :meth:`SagaApplication.pull_and_process`).
     * *dispatching*: each decided step is an event of the saga
       (:class:`Saga.Step`), so the saga application's own sequence is its
       outbox. The application follows itself and, for each step, calls the
       target application with an idempotency key derived from the step (the
       saga's id and the step's version: :func:`step_key`), then commits the
-      tracking. A crash after the call and before that commit redelivers the
-      step, and the key makes the second call store nothing.
+      tracking (once per page of steps read from the sequence). A crash after
+      the call and before that commit redelivers the step, and the key makes
+      the second call store nothing.
 
     Why decide first and call afterwards, rather than call inside the
     policy: two deciders may run at once for one saga (the stream feed
@@ -92,6 +96,7 @@ under any such interleaving.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import random
 import threading
@@ -106,6 +111,7 @@ from eventsourcing.application import (
     LocalNotificationLog,
     NotificationLog,
     ProcessingEvent,
+    Repository,
 )
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import (
@@ -124,7 +130,7 @@ from ledger.domain import Aggregate
 from ledger.dynamodb import connection_of
 from ledger.dynamodb.factory import DynamoDBFactory
 from ledger.dynamodb.indexed_recorders import DynamoDBIndexedApplicationRecorder
-from ledger.dynamodb.tables import ensure_table
+from ledger.dynamodb.limits import MAX_TRANSACTION_ACTIONS, TransactionTooLargeError
 from ledger.indexer import Indexer
 from ledger.metadata import caused_by
 from ledger.persistence import PydanticMapper
@@ -140,22 +146,16 @@ from ledger.projections.metrics import (
     Metrics,
 )
 from ledger.projections.streams import run_polls
-from ledger.publishing import schema as letters_schema
-from ledger.publishing.deadletters import (
-    DeadLetter,
-    dead_letter_item,
-    dead_letter_of,
-    delete_dead_letter,
-    read_dead_letters,
-    store_dead_letter,
-)
+from ledger.saga_parking import PARKED_TABLE, WAITING, ParkedSaga, ParkedSteps
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
 
     from eventsourcing.application import Application
+    from eventsourcing.domain import MutableOrImmutableAggregate
 
-    from ledger.dynamodb.client import DynamoDBConnection
+    from ledger.publishing.deadletters import DeadLetter
+
 
 __all__ = [
     "PARKED_TABLE",
@@ -179,12 +179,6 @@ every saga stored so far is found by an id derived from it."""
 MAX_DECISION_ATTEMPTS: Final = 20
 """Attempts at a decision that loses the saga's version race (another
 decider saved the saga meanwhile): reload, decide again."""
-
-PARKED_TABLE: Final = "parked"
-"""The kind of a saga application's dead-letter table: ``{prefix}{name}_parked``."""
-WAITING: Final = "waiting"
-"""The ``error`` of a dead letter whose step never failed: it waits behind an
-earlier step of its saga that was parked."""
 
 TSaga = TypeVar("TSaga", bound="Saga")
 
@@ -387,125 +381,66 @@ class Saga(Aggregate):
         """
 
 
-@dataclass(frozen=True)
-class ParkedSaga:
-    """A saga whose step kept failing: the step, why, and the steps waiting behind."""
+class _PageRepository(Repository[uuid.UUID]):
+    """A saga application's repository, which serves a page's undecided sagas.
 
-    saga_id: str
-    version: int
-    """The parked step's version in its saga."""
-    step: str
-    """The parked step's class name (``ReserveStock``)."""
-    error: str
-    """The error's type and where it was raised (never its message)."""
-    attempts: int
-    """Attempts at sending it, redrives included."""
-    parked_at: str
-    """When it was (last) parked, ISO 8601 in UTC."""
-    waiting: list[int] = field(default_factory=list)
-    """Versions of the saga's later steps waiting behind it, in order."""
-
-
-class ParkedSteps:
-    """A saga application's dead letters: its parked steps, and those waiting.
-
-    Stored as the publisher's dead letters are (the same table layout, item
-    and functions: :mod:`ledger.publishing.deadletters`), in
-    ``{prefix}{application}_parked``, one item per step: ``aggregate_id``
-    the saga, ``version`` the step's, ``detail_type`` the step's class
-    name, ``topic`` its topic, ``error`` the error's type and place
-    (:data:`WAITING` for a step that never failed) and ``attempts``. Keys
-    sort a saga's letters by version: its first is the parked step.
-    Checking a saga costs one strongly consistent Query (0.5 read units
-    while it has no letters).
+    While a page of upstream events is decided (``SagaApplication``'s
+    ``pull_and_process``), the sagas its earlier events changed are not saved
+    yet: the page is committed once, at its end. A later event of the page
+    that reads one of them gets it as changed (a copy, so that what the page
+    will commit is never changed by a later decision), and decides as if each
+    event had been committed alone: a saga begun earlier in the page is
+    found, a fact noted earlier is known. Only the thread deciding the page
+    is served so: any other reader (a timeout fired meanwhile) reads what is
+    stored.
     """
 
-    def __init__(
-        self, connection: DynamoDBConnection, table_name: str, *, create: bool
-    ) -> None:
-        self.connection = connection
-        self.table_name = table_name
-        if create:
-            ensure_table(connection, letters_schema.table_definition(table_name))
-
-    def of_saga(self, saga_id: object) -> list[DeadLetter]:
-        """Return a saga's letters, by version (none: it is not parked)."""
-        items = self.connection.items(
-            "query",
-            TableName=self.table_name,
-            KeyConditionExpression="#kind = :kind AND begins_with(#key, :saga)",
-            ExpressionAttributeNames={
-                "#kind": letters_schema.KIND,
-                "#key": letters_schema.KEY,
-            },
-            ExpressionAttributeValues={
-                ":kind": {"S": letters_schema.DEAD_LETTER},
-                ":saga": {"S": f"{saga_id}#"},
-            },
-            ConsistentRead=True,
+    def __init__(self, base: Repository[uuid.UUID]) -> None:
+        super().__init__(
+            base.event_store,
+            snapshot_store=base.snapshot_store,
+            fastforward=base.fastforward,
+            fastforward_skipping=base.fastforward_skipping,
+            deepcopy_from_cache=base.deepcopy_from_cache,
         )
-        return [dead_letter_of(item) for item in items]
+        self.cache = base.cache
+        self._deciding = threading.local()
 
-    def every(self) -> list[DeadLetter]:
-        """Return every letter, by saga, then version (one Query per 1 MB)."""
-        return read_dead_letters(self.connection, self.table_name)
+    def serve(
+        self, pending: dict[uuid.UUID, MutableOrImmutableAggregate[uuid.UUID]] | None
+    ) -> None:
+        """Serve these aggregates to this thread's reads (None: stop)."""
+        self._deciding.pending = pending
 
-    def park(self, step: Saga.Step, error: str, attempts: int) -> DeadLetter:
-        """Store (or replace) the letter of a step that kept failing."""
-        letter = _letter_of(step, error, attempts)
-        store_dead_letter(self.connection, self.table_name, letter)
-        return letter
-
-    def wait(self, step: Saga.Step, behind: DeadLetter) -> bool:
-        """Store a step as waiting behind a letter; False if that letter is gone.
-
-        One transaction: the letter ``behind`` must still exist, so a step
-        never waits behind a letter a redrive has finished with (it would
-        wait for nothing, unsent).
-        """
-        waiting = _letter_of(step, WAITING, 0)
-        try:
-            self.connection.call(
-                "transact_write_items",
-                TransactItems=[
-                    {
-                        "ConditionCheck": {
-                            "TableName": self.table_name,
-                            "Key": {
-                                letters_schema.KIND: {"S": letters_schema.DEAD_LETTER},
-                                letters_schema.KEY: {"S": behind.key},
-                            },
-                            "ConditionExpression": "attribute_exists(#key)",
-                            "ExpressionAttributeNames": {"#key": letters_schema.KEY},
-                        }
-                    },
-                    {
-                        "Put": {
-                            "TableName": self.table_name,
-                            "Item": dead_letter_item(waiting),
-                        }
-                    },
-                ],
-            )
-        except IntegrityError:
-            return False
-        return True
-
-    def delete(self, letter: DeadLetter) -> None:
-        """Delete a letter (its step was sent, or given up on)."""
-        delete_dead_letter(self.connection, self.table_name, letter)
+    def get(self, aggregate_id: uuid.UUID, **kwargs: Any) -> Any:
+        """Return the aggregate: this thread's pending one, else as stored."""
+        pending = getattr(self._deciding, "pending", None)
+        if pending and kwargs.get("version") is None and aggregate_id in pending:
+            return copy.deepcopy(pending[aggregate_id])
+        return super().get(aggregate_id, **kwargs)
 
 
-def _letter_of(step: Saga.Step, error: str, attempts: int) -> DeadLetter:
-    return DeadLetter(
-        aggregate_id=str(step.originator_id),
-        version=step.originator_version,
-        detail_type=type(step).__name__,
-        event_id="",
-        topic=get_topic(type(step)),
-        error=error,
-        attempts=attempts,
+@dataclass
+class _Page:
+    """Upstream events decided, not yet committed: their sagas' new events."""
+
+    jobs: list[tuple[DomainEventProtocol[uuid.UUID], Tracking]] = field(
+        default_factory=list
     )
+    decided: ProcessingEvent[uuid.UUID] = field(default_factory=ProcessingEvent)
+
+    def add(
+        self,
+        domain_event: DomainEventProtocol[uuid.UUID],
+        tracking: Tracking,
+        decided: ProcessingEvent[uuid.UUID],
+    ) -> None:
+        """Add an event's decision; the page's tracking becomes the event's."""
+        self.jobs.append((domain_event, tracking))
+        self.decided.tracking = tracking
+        self.decided.events.extend(decided.events)
+        self.decided.aggregates.update(decided.aggregates)
+        self.decided.saved_kwargs.update(decided.saved_kwargs)
 
 
 class SagaApplication(ProcessApplication[uuid.UUID]):
@@ -560,6 +495,9 @@ class SagaApplication(ProcessApplication[uuid.UUID]):
             )
         self.processed = 0
         """Events this instance processed (upstream events and its own steps)."""
+        self._parked_now: set[str] | None = None
+        """While a page is processed, once a step asked: the sagas with letters."""
+        self._in_page = False
         self._step_topics = self.step_topics()
         factory: Any = self.factory
         self.parked_steps = ParkedSteps(
@@ -589,12 +527,126 @@ class SagaApplication(ProcessApplication[uuid.UUID]):
         )
         return environment
 
+    def construct_repository(self) -> Repository[uuid.UUID]:
+        """Make the repository that serves a page's undecided sagas to its decider."""
+        return _PageRepository(super().construct_repository())
+
     def process_event(
         self, domain_event: DomainEventProtocol[uuid.UUID], tracking: Tracking
     ) -> None:
         """Process one event exactly once (its effects and tracking in one commit)."""
         super().process_event(domain_event, tracking)
         self.processed += 1
+
+    def pull_and_process(
+        self, leader_name: str, start: int | None = None, stop: int | None = None
+    ) -> None:
+        """Process a leader's new events a page at a time, one commit per page.
+
+        A page is a section of the leader's log (:attr:`pull_section_size`
+        notifications read at once). Its events are decided one by one, in
+        order, then committed together: every saga event decided for the
+        page and one tracking position, the page's last, in one transaction
+        (1 round trip and 2 WCU for the tracking per page, not per event).
+        When the events would pass a transaction's 100 actions, the page is
+        committed in as few parts as fit, each with its own last position, an
+        event's decision never split. A later event of the page reads the
+        sagas earlier ones changed as changed (:class:`_PageRepository`).
+
+        If a part's commit is refused (another decider saved one of its
+        sagas meanwhile, another runner committed the page, or it is over 4
+        MB), nothing of it was written: its events are decided again, each
+        committed alone as :meth:`process_event` does, and a conflict then
+        raises ``IntegrityError`` as before. Exactly once either way: a
+        decision is committed with the position of the event it answers, or
+        not at all. Steps read from its own sequence are sent in order, then
+        the page's position is committed once: a crash before that commit
+        sends the page's steps again, under the same keys (so their targets
+        store nothing twice), as a crash before each step's commit did.
+        """
+        if start is None:
+            start = self.recorder.max_tracking_id(leader_name)
+        for notifications in self.pull_notifications(
+            leader_name, start=start, stop=stop, inclusive_of_start=False
+        ):
+            jobs = self.convert_notifications(
+                leader_name, self.filter_received_notifications(notifications)
+            )
+            with self.processing_lock:
+                self._process_page(jobs)
+
+    def _process_page(
+        self, jobs: Sequence[tuple[DomainEventProtocol[uuid.UUID], Tracking]]
+    ) -> None:
+        repository = self.repository
+        assert isinstance(repository, _PageRepository)  # noqa: S101 - ours
+        # Events one commit holds beside its tracking: an indexed save is the
+        # events and the tracking; a sequenced one adds its batch and head items.
+        capacity = MAX_TRANSACTION_ACTIONS - (
+            1 if getattr(self.recorder, "ordering", "") == "indexed" else 3
+        )
+        page = _Page()
+        self._in_page, self._parked_now = True, None
+        try:
+            for domain_event, tracking in jobs:
+                decided = self._decide(domain_event, tracking, page, repository)
+                if page.jobs and (
+                    len(page.decided.events) + len(decided.events) > capacity
+                ):
+                    self._commit_page(page)
+                    page = _Page()
+                    # Decide again, from what is stored: the first decision
+                    # read sagas as the page left them, which its commit may
+                    # not have kept (refused, then decided one by one).
+                    decided = self._decide(domain_event, tracking, page, repository)
+                page.add(domain_event, tracking, decided)
+            self._commit_page(page)
+        finally:
+            self._in_page, self._parked_now = False, None
+
+    def _decide(
+        self,
+        domain_event: DomainEventProtocol[uuid.UUID],
+        tracking: Tracking,
+        page: _Page,
+        repository: _PageRepository,
+    ) -> ProcessingEvent[uuid.UUID]:
+        """Let the policy decide an event, reading the page's sagas as it left them."""
+        decided = ProcessingEvent[uuid.UUID](tracking)
+        repository.serve(page.decided.aggregates)
+        try:
+            self.policy(domain_event, decided)
+        finally:
+            repository.serve(None)
+        return decided
+
+    def _commit_page(self, page: _Page) -> None:
+        """Commit a page's decisions and last position; one per commit if refused."""
+        if not page.jobs:
+            return
+        try:
+            self._commit(page.decided, len(page.jobs))
+        except (IntegrityError, TransactionTooLargeError):
+            if len(page.jobs) == 1 or not page.decided.events:
+                raise  # nothing to split: as one event's commit would
+            logger.info(
+                "%s: a page of %d events was refused; deciding them one per commit",
+                self.name,
+                len(page.jobs),
+                extra={"saga_application": self.name, "events": len(page.jobs)},
+            )
+            for domain_event, tracking in page.jobs:
+                decided = ProcessingEvent[uuid.UUID](tracking)
+                self.policy(domain_event, decided)
+                self._commit(decided, 1)
+
+    def _commit(self, decided: ProcessingEvent[uuid.UUID], events: int) -> None:
+        """Record decisions with their tracking, as ``process_event`` does."""
+        recordings = self._record(decided)
+        self._take_snapshots(decided)
+        self.notify(decided.events)
+        self._notify(recordings)
+        self.processed += events
 
     def pull_notifications(
         self,
@@ -778,7 +830,7 @@ class SagaApplication(ProcessApplication[uuid.UUID]):
     def _send(self, step: Saga.Step, tracking: Tracking | None) -> None:
         """Send a step, unless its saga is parked (then it waits); park on failure."""
         while True:
-            letters = self.parked_steps.of_saga(step.originator_id)
+            letters = self._letters_of(step.originator_id)
             version = step.originator_version
             if any(letter.version == version for letter in letters):
                 return  # delivered again: it is parked, or waits, already
@@ -786,6 +838,7 @@ class SagaApplication(ProcessApplication[uuid.UUID]):
             if not earlier:
                 break
             if self.parked_steps.wait(step, behind=earlier[-1]):
+                self._note_parked(step)
                 logger.info(
                     "%s: step %s of saga %s waits behind version %d "
                     "(the saga parked at version %d)",
@@ -798,12 +851,36 @@ class SagaApplication(ProcessApplication[uuid.UUID]):
                 )
                 return
             # What it would wait behind was redriven or dropped meanwhile.
+            self._parked_now = None
         failure = self._send_with_retries(step, tracking)
         if failure is not None:
             error, attempts = failure
             self._report_parked(
                 self.parked_steps.park(step, error_summary(error), attempts)
             )
+            self._note_parked(step)
+
+    def _letters_of(self, saga_id: uuid.UUID) -> list[DeadLetter]:
+        """Return a saga's letters; in a page, no Query for a saga with none.
+
+        A page reads which sagas have letters once, at its first step, and
+        adds those it parks. That set cannot miss a saga parked meanwhile:
+        a saga is parked only when one of its steps fails, and its steps are
+        sent in order from one sequence, by this runner (which notes it) or a
+        twin sending the same step (which a Query per step could miss just
+        as well). Redrives and drops only remove letters: a saga the set
+        names is read again, and waiting is conditional on the letter.
+        """
+        if self._in_page:
+            if self._parked_now is None:
+                self._parked_now = self.parked_steps.saga_ids()
+            if str(saga_id) not in self._parked_now:
+                return []
+        return self.parked_steps.of_saga(saga_id)
+
+    def _note_parked(self, step: Saga.Step) -> None:
+        if self._parked_now is not None:
+            self._parked_now.add(str(step.originator_id))
 
     def _send_with_retries(
         self, step: Saga.Step, tracking: Tracking | None

@@ -276,3 +276,11 @@ def test_local_install_keeps_an_installed_server(tmp_path):
 
     assert done.returncode == 0, done.stderr
     assert f"already installed: {jar}" in done.stdout
+
+
+def test_local_help_says_where_dynamodb_local_is_found_and_how_to_install_it():
+    done = run_ledger("local", "--help")
+
+    assert done.returncode == 0, done.stderr
+    assert "DYNAMODB_LOCAL_JAR" in done.stdout
+    assert "ledger local --install" in " ".join(done.stdout.split())

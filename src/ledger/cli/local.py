@@ -68,7 +68,12 @@ def local(
         ),
     ] = False,
 ) -> None:
-    """Run DynamoDB Local in memory until Ctrl-C (for development only)."""
+    """Run DynamoDB Local in memory until Ctrl-C (for development only).
+
+    It runs the DynamoDBLocal.jar that DYNAMODB_LOCAL_JAR names, else one in
+    a .local/dynamodb folder here or above, else the one `ledger local
+    --install` put in ledger's cache folder: run that once first.
+    """
     if install_only:
         _install()
         return

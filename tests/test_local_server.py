@@ -169,6 +169,20 @@ def test_stop_signal_stops_dynamodb_local_and_exits_cleanly(ledger_local, stop_s
     assert port_is_free(port)
 
 
+def test_ledger_local_prints_both_exports_an_application_needs(ledger_local):
+    port = free_port()
+    process = ledger_local(port)
+    wait_until_answering(process, port)
+
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=STOP_DEADLINE)
+
+    assert process.returncode == 0, err
+    lines = out.splitlines()
+    assert "export PERSISTENCE_MODULE=ledger.dynamodb" in lines
+    assert f"export DYNAMODB_ENDPOINT_URL=http://127.0.0.1:{port}" in lines
+
+
 def test_taken_port_is_refused_with_exit_code_1(ledger_local, taken_port):
     started = time.monotonic()
     process = ledger_local(taken_port)
@@ -276,3 +290,11 @@ def test_local_install_keeps_an_installed_server(tmp_path):
 
     assert done.returncode == 0, done.stderr
     assert f"already installed: {jar}" in done.stdout
+
+
+def test_local_help_says_where_dynamodb_local_is_found_and_how_to_install_it():
+    done = run_ledger("local", "--help")
+
+    assert done.returncode == 0, done.stderr
+    assert "DYNAMODB_LOCAL_JAR" in done.stdout
+    assert "ledger local --install" in " ".join(done.stdout.split())

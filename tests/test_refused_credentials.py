@@ -51,3 +51,16 @@ def test_run_polls_does_not_wait_out_refused_credentials(refused):
         run_polls(poll, stop, interval=0.05, on_unavailable=unavailable)
 
     assert waited == []
+
+
+def test_no_region_and_no_endpoint_says_to_set_either(monkeypatch, tmp_path):
+    # A new shell without the exports for DynamoDB Local: the error must point
+    # at the endpoint too, not only at a region that would lead to AWS.
+    for name in ("AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+
+    with pytest.raises(
+        InterfaceError, match=r"AWS_DEFAULT_REGION.*DYNAMODB_ENDPOINT_URL"
+    ):
+        DynamoDBConnection(endpoint_url=None)

@@ -68,7 +68,12 @@ def local(
         ),
     ] = False,
 ) -> None:
-    """Run DynamoDB Local in memory until Ctrl-C (for development only)."""
+    """Run DynamoDB Local in memory until Ctrl-C (for development only).
+
+    It runs the DynamoDBLocal.jar that DYNAMODB_LOCAL_JAR names, else one in
+    a .local/dynamodb folder here or above, else the one `ledger local
+    --install` put in ledger's cache folder: run that once first.
+    """
     if install_only:
         _install()
         return
@@ -88,8 +93,13 @@ def local(
                 f"DynamoDB Local (pid {server.pid}) is running at "
                 f"{server.endpoint_url} (in memory; data is lost on exit).\nIt "
                 "listens on every network interface: run it only on a machine you "
-                "trust.\nUse it with: export DYNAMODB_ENDPOINT_URL="
-                f"{server.endpoint_url}\nPress Ctrl-C to stop."
+                # Without PERSISTENCE_MODULE, an application stores in memory
+                # and says nothing: both lines are needed.
+                "trust.\nUse it, in each shell of your application or the "
+                "`ledger` command, with:\n"
+                "export PERSISTENCE_MODULE=ledger.dynamodb\n"
+                f"export DYNAMODB_ENDPOINT_URL={server.endpoint_url}\n"
+                "Press Ctrl-C to stop."
             )
             while stop.signal is None and server.exit_code() is None:
                 time.sleep(_POLL_INTERVAL)

@@ -404,7 +404,9 @@ class DynamoDBConnection:
             if not local:
                 raise InterfaceError(
                     "No AWS region is configured for DynamoDB. Set DYNAMODB_REGION "
-                    "or AWS_DEFAULT_REGION (for example us-east-1)."
+                    "or AWS_DEFAULT_REGION (for example us-east-1) for AWS; for "
+                    "DynamoDB Local, set DYNAMODB_ENDPOINT_URL instead (for "
+                    "example http://127.0.0.1:8000, as `ledger local` prints)."
                 )
             region = "us-east-1"
         self._placeholder_credentials = local and session.get_credentials() is None

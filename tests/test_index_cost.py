@@ -1,4 +1,5 @@
-"""What the index costs: write units per indexed event, by ledger's own metering."""
+"""What the index costs (write units per indexed event, by ledger's own metering),
+and the batch format it is written in."""
 
 from __future__ import annotations
 
@@ -8,10 +9,16 @@ from collections.abc import Iterator
 
 import pytest
 from eventsourcing.persistence import StoredEvent
+from eventsourcing.utils import Environment
 
 from aggregates.application import Orders
 from aggregates.order import Order
-from ledger.dynamodb import DynamoDBIndexedApplicationRecorder, measure, schema
+from ledger.dynamodb import (
+    DynamoDBFactory,
+    DynamoDBIndexedApplicationRecorder,
+    measure,
+    schema,
+)
 from ledger.dynamodb.batches import FORMAT, ROWS_FORMAT
 from ledger.index_rounds import BATCH_EVENTS
 from ledger.indexer import Indexer
@@ -109,3 +116,24 @@ def test_the_indexer_writes_batches_in_the_format_its_recorder_names(
 
     assert formats == [FORMAT, ROWS_FORMAT]
     assert [n.id for n in recorder.select_notifications(1, 10)] == [1, 2]
+
+
+def test_the_batch_format_written_is_chosen_by_dynamodb_batch_format(
+    dynamodb_endpoint: str, table_prefix: str
+) -> None:
+    env = indexed_env(dynamodb_endpoint, table_prefix)
+    older_readers = DynamoDBFactory(
+        Environment("ledger_test", env | {"DYNAMODB_BATCH_FORMAT": "2"})
+    )
+    default = DynamoDBFactory(Environment("ledger_test", env))
+    try:
+        assert older_readers.application_recorder().batch_format == ROWS_FORMAT  # type: ignore[attr-defined]
+        assert older_readers.process_recorder().batch_format == ROWS_FORMAT  # type: ignore[attr-defined]
+        assert default.application_recorder().batch_format == FORMAT  # type: ignore[attr-defined]
+    finally:
+        older_readers.close()
+        default.close()
+    with pytest.raises(OSError, match="DYNAMODB_BATCH_FORMAT 1: use 2 or 3"):
+        DynamoDBFactory(
+            Environment("ledger_test", env | {"DYNAMODB_BATCH_FORMAT": "1"})
+        )

@@ -32,11 +32,13 @@ batch's events in columns, every topic and aggregate id written once::
         the inline states, one after the other
     u32 CRC-32 of the batch's first position (i64) followed by every byte above
 
-Format 3 stores what format 2 stores, in fewer bytes: about 30 bytes less per
-event for uncompressed states (the topic and the id's text once per batch,
-not once per event), and far less where states compress (the mapper's JSON:
-the keys repeat from event to event). An item's format is its first byte, so
-one table can hold items of every format.
+Format 3 stores what format 2 stores, in fewer bytes: about 50 bytes less per
+event whose state does not compress (a topic once per batch, a UUID id in 16
+bytes and once per batch), and far less where states compress (the mapper's
+JSON, whose keys repeat from event to event: about a fifth of format 2's
+bytes for the example's Order events; ``benchmarks/bench_indexed.py`` part
+5). An item's format is its first byte, so one table holds items of every
+format.
 
 Format 2, written before::
 

@@ -25,6 +25,11 @@ the same kind.
    (no Limit) over the same notifications table; then
    rebuilding ``OrderProjector`` from the index (``SequenceHistory``) against
    a rebuild from a parallel Scan of the events table (``ScanHistory``).
+5. Notification batch formats, in process: bytes per event of a batch of 98
+   events in format 2 and format 3 (as written: compressed when smaller, and
+   both ways), and the CPU per event to encode and decode it (``timeit``,
+   best of 5), on Order events (5 per Order), new Orders (one event each)
+   and random 200-byte states (which do not compress).
 
     python benchmarks/bench_indexed.py [--seconds 5] [--rounds 2] [--events 10000]
 
@@ -38,10 +43,12 @@ import argparse
 import json
 import multiprocessing
 import os
+import random
 import statistics
 import sys
 import threading
 import time
+import timeit
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
@@ -59,7 +66,13 @@ from eventsourcing.persistence import StoredEvent
 from aggregates.application import Orders
 from aggregates.order import Order
 from ledger.dynamodb import measure, schema
-from ledger.dynamodb.batches import decode_batch
+from ledger.dynamodb.batches import (
+    FORMAT,
+    ROWS_FORMAT,
+    BatchEntry,
+    decode_batch,
+    encode_batch,
+)
 from ledger.dynamodb.limits import item_size
 from ledger.dynamodb.local import DynamoDBLocal
 from ledger.indexer import Indexer
@@ -692,6 +705,90 @@ def run_history(
     }
 
 
+# --- batch formats ---------------------------------------------------------------
+
+BATCH = 98
+"""Events per batch item, as the indexer and the sequence ordering write them."""
+
+
+def order_events(app: Orders) -> list[BatchEntry]:
+    """A batch of Order events as the history saves them: 5 per Order."""
+    entries: list[BatchEntry] = []
+    while len(entries) < BATCH:
+        order = Order.place(uuid.uuid4(), [], CURRENCY)
+        for n in range(EVENTS_PER_ORDER - 2):
+            order.add_item(f"p{n}", 1, PRICE)
+        order.confirm()
+        for event in order.collect_events():
+            stored = app.mapper.to_stored_event(event)
+            entries.append(
+                BatchEntry(
+                    str(stored.originator_id),
+                    stored.originator_version,
+                    stored.topic,
+                    stored.state,
+                )
+            )
+    return entries[:BATCH]
+
+
+def run_formats(app: Orders) -> list[dict[str, Any]]:
+    """Part 5: bytes and CPU per event of each batch format, on three mixes."""
+    draw = random.Random(5)
+    placed = [placed_event(app) for _ in range(BATCH)]
+    mixes = {
+        "Order events (5 per Order)": order_events(app),
+        "new Orders (1 event each)": [
+            BatchEntry(str(e.originator_id), 1, e.topic, e.state) for e in placed
+        ],
+        "random 200 B states": [
+            BatchEntry(
+                str(uuid.UUID(int=draw.getrandbits(128), version=4)),
+                1,
+                placed[0].topic,
+                draw.randbytes(200),
+            )
+            for _ in range(BATCH)
+        ],
+    }
+    layouts: dict[str, dict[str, Any]] = {
+        "2": {"batch_format": ROWS_FORMAT},
+        "3 (as written)": {"batch_format": FORMAT},
+        "3 uncompressed": {"batch_format": FORMAT, "compress": False},
+        "3 compressed": {"batch_format": FORMAT, "compress": True},
+    }
+    rows = []
+    for mix, entries in mixes.items():
+        for layout, options in layouts.items():
+            blob = encode_batch(1, entries, **options)
+            number = 200
+            encode = min(
+                timeit.repeat(
+                    lambda e=entries, o=options: encode_batch(1, e, **o),
+                    number=number,
+                    repeat=5,
+                )
+            )
+            decode = min(
+                timeit.repeat(
+                    lambda b=blob: decode_batch(b, 1), number=number, repeat=5
+                )
+            )
+            rows.append(
+                {
+                    "events": mix,
+                    "format": layout,
+                    "state_bytes_per_event": round(
+                        sum(len(e.state or b"") for e in entries) / BATCH
+                    ),
+                    "bytes_per_event": round(len(blob) / BATCH),
+                    "encode_us_per_event": round(encode / number / BATCH * 1e6, 2),
+                    "decode_us_per_event": round(decode / number / BATCH * 1e6, 2),
+                }
+            )
+    return rows
+
+
 # --- targets and tables --------------------------------------------------------
 
 
@@ -846,6 +943,18 @@ def print_results(results: dict[str, Any]) -> None:
         ],
     )
     print_table(
+        f"5. Notification batch formats ({BATCH} events a batch, in process)",
+        [
+            ("events", "events"),
+            ("format", "format"),
+            ("state B/event", "state_bytes_per_event"),
+            ("batch B/event", "bytes_per_event"),
+            ("encode µs/event", "encode_us_per_event"),
+            ("decode µs/event", "decode_us_per_event"),
+        ],
+        results["formats"],
+    )
+    print_table(
         "Targets",
         [("target", "target"), ("measured", "measured"), ("result", "result")],
         results["targets"],
@@ -909,6 +1018,8 @@ def main() -> None:
         results["history"] = run_history(
             endpoint, args.events, args.read_rounds, args.rebuild_rounds, started
         )
+    formats_app = Orders(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    results["formats"] = run_formats(formats_app)
     results["load_after"] = load_average()
     results["targets"] = check_targets(results)
     results["wall_seconds"] = round(time.perf_counter() - started, 1)

@@ -11,7 +11,7 @@ from eventsourcing.projection import ProjectionRunner
 from aggregates.application import Orders
 from aggregates.order import Order, OrderStatus
 from ledger.dynamodb import CorruptNotificationBatchError, schema
-from ledger.dynamodb.batches import BatchEntry, encode_batch
+from ledger.dynamodb.batches import BatchEntry, decode_batch, encode_batch
 from ledger.projections import DynamoDBView, event_loader
 from ledger.projections.dynamodb import open_view
 from ledger.projections.history import ScanHistory
@@ -47,7 +47,11 @@ def damage_batch(app: Orders, last_position: int, **attributes: dict) -> None:
 def change_inside_batch(
     app: Orders, last_position: int, old: bytes, new: bytes
 ) -> None:
-    """Replace ``old`` by ``new`` inside the batch ending at ``last_position``."""
+    """Replace ``old`` by ``new`` inside the batch ending at ``last_position``.
+
+    The batch is first stored again uncompressed (still valid), so that a
+    state's bytes can be found in it.
+    """
     table = app.recorder.notifications_table_name
     item = app.recorder.connection.call(
         "get_item",
@@ -55,7 +59,9 @@ def change_inside_batch(
         Key=batch_key(app, last_position),
         ConsistentRead=True,
     )["Item"]
-    events = item[schema.EVENTS]["B"]
+    first = int(item[schema.FIRST_POSITION]["N"])
+    entries = decode_batch(item[schema.EVENTS]["B"], first)
+    events = encode_batch(first, entries, compress=False)
     assert events.count(old) == 1
     damage_batch(app, last_position, **{schema.EVENTS: {"B": events.replace(old, new)}})
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 from eventsourcing.persistence import DataError
 
 from ledger.dynamodb import schema
-from ledger.dynamodb.batches import BatchEntry, batch_item
+from ledger.dynamodb.batches import FORMAT, BatchEntry, batch_item
 from ledger.dynamodb.limits import MAX_TRANSACTION_ACTIONS
 from ledger.projections.streams import INSERT, sequence_number
 
@@ -129,8 +129,15 @@ def _version(record: _Record) -> int:
     return 0 if record.entry is None else record.entry.version
 
 
-def _batch_items(head: int, events: list[BatchEntry], page_size: int) -> list[Item]:
+def _batch_items(
+    head: int, events: list[BatchEntry], page_size: int, batch_format: int = FORMAT
+) -> list[Item]:
     return [
-        batch_item(head + 1 + offset, events[offset : offset + BATCH_EVENTS], page_size)
+        batch_item(
+            head + 1 + offset,
+            events[offset : offset + BATCH_EVENTS],
+            page_size,
+            batch_format,
+        )
         for offset in range(0, len(events), BATCH_EVENTS)
     ]

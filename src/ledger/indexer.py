@@ -424,7 +424,10 @@ class Indexer(Reindexing, StreamPoller):
             if len(events) <= _MAX_BATCHES * BATCH_EVENTS and sum(
                 item_size(item)
                 for item in _batch_items(
-                    head, events, self.recorder.page_size_to_write()
+                    head,
+                    events,
+                    self.recorder.page_size_to_write(),
+                    self.recorder.batch_format,
                 )
             ) <= (MAX_TRANSACTION_BYTES - _BYTES_MARGIN):
                 return units
@@ -478,7 +481,9 @@ class Indexer(Reindexing, StreamPoller):
                     "ExpressionAttributeNames": {"#key": schema.POSITION},
                 }
             }
-            for item in _batch_items(state.head, events, page_size)
+            for item in _batch_items(
+                state.head, events, page_size, self.recorder.batch_format
+            )
         ]
         last = state.head + len(events)
         if events:

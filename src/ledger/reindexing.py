@@ -256,7 +256,10 @@ class Reindexing:
             if len(events) <= _MAX_BATCHES * BATCH_EVENTS and sum(
                 item_size(item)
                 for item in _batch_items(
-                    head, events, self.recorder.page_size_to_write()
+                    head,
+                    events,
+                    self.recorder.page_size_to_write(),
+                    self.recorder.batch_format,
                 )
             ) <= (MAX_TRANSACTION_BYTES - _BYTES_MARGIN):
                 break

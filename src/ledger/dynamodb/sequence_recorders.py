@@ -30,6 +30,7 @@ from eventsourcing.persistence import (
 
 from ledger.dynamodb import schema
 from ledger.dynamodb.batches import (
+    FORMAT,
     BatchEntry,
     CorruptNotificationBatchError,
     batch_item,
@@ -95,6 +96,10 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
     """
 
     ordering: ClassVar[Ordering] = "sequence"
+    batch_format: int = FORMAT
+    """The layout of the notification batches this recorder (and an indexer
+    appending for it) writes, one of ``batches.WRITTEN_FORMATS``: set it to 2
+    while a reader of the table is a ledger older than format 3."""
 
     def __init__(
         self,
@@ -226,7 +231,7 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
             {
                 "Put": {
                     "TableName": self.notifications_table_name,
-                    "Item": batch_item(first, entries, page_size),
+                    "Item": batch_item(first, entries, page_size, self.batch_format),
                     "ConditionExpression": NOT_EXISTS,
                     "ExpressionAttributeNames": _BATCH_KEY_NAME,
                 }

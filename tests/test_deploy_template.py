@@ -2084,3 +2084,26 @@ def test_the_projector_writes_the_lag_its_alarm_watches(
     assert metrics["Dimensions"] == [[d["Name"] for d in alarm["Dimensions"]]]
     assert written[DIMENSION] == OrderProjector.name
     assert written[LAG] == 0  # the index read to its head
+
+
+def _package_install_command() -> list[str]:
+    """Return the arguments of the README's ``pip install --target`` command."""
+    [command] = re.findall(
+        r"^python -m pip install --target .*?(?<!\\)$", README.read_text(), re.M | re.S
+    )
+    return shlex.split(command.replace("\\\n", " "))
+
+
+def test_the_package_holds_what_the_inboxes_check_events_with(
+    service_tables, monkeypatch
+):
+    installed = _package_install_command()
+    # The inboxes check each event against its schema file with jsonschema,
+    # which ledger's wheel does not require: without it every event fails.
+    monkeypatch.setitem(sys.modules, "jsonschema", None)
+    handler = lambda_handler(functools.partial(_inbox_of, WAREHOUSE, service_tables))
+
+    assert handler(_sqs_event(_confirmed()), None) == {
+        "batchItemFailures": [{"itemIdentifier": "m0"}]
+    }
+    assert "jsonschema" in installed

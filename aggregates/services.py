@@ -9,7 +9,8 @@ that calls its application's keyed commands, keyed by the integration
 event's ``id``. Neither reads Orders' tables: each owns its tables, under a
 table prefix of its own (:func:`service_env`), so a policy granting
 ``table/{prefix}*`` gives it its tables and no other (``deploy/template.yaml``
-does not wire these services yet).
+wires both, each role naming its service's tables: ``deploy/README.md``, "The
+services").
 
 What crosses the bus
     ``OrderConfirmed.v2`` (the order's lines, currency and total, fixed at

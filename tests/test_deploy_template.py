@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
+import json
 import re
 import shlex
 import subprocess
@@ -23,14 +25,17 @@ from cfnlint.api import lint_file
 from cfnlint.decode import decode
 from eventsourcing.utils import resolve_topic
 
-from aggregates import fulfilment_lambda
+from aggregates import fulfilment_lambda, services
 from aggregates.application import Orders
 from aggregates.fulfilment import OrderFulfilment
 from aggregates.order import Order
 from aggregates.payments import Payments
+from aggregates.services import PAYMENTS, WAREHOUSE
 from aggregates.warehouse import Warehouse
 from ledger import index_consumers
 from ledger.cli.app import cli
+from ledger.inbox import Inbox
+from ledger.inbox.sqs import MAX_MESSAGES_PER_RECEIVE, lambda_handler
 from ledger.index_consumers import (
     INDEX_DIMENSION,
     STOP_MARGIN_MS,
@@ -43,7 +48,9 @@ from ledger.indexer import Indexer
 from ledger.indexer import lambda_handler as indexer_lambda_handler
 from ledger.projections.dynamodb import DynamoDBView, open_view
 from ledger.projections.metrics import (
+    DIMENSION,
     INDEX_OLDEST_UNINDEXED_AGE,
+    LAG,
     LEDGER_METRICS,
     NAMESPACE,
     SAGA_DIMENSION,
@@ -188,6 +195,8 @@ def test_event_store_tables_are_retained_and_protected_from_deletion(resources):
         "ParkedEventsTable",
         "PublisherTable",
         "FulfilmentParkedTable",
+        "WarehouseInboxTable",
+        "PaymentsInboxTable",
     ],
 )
 def test_records_of_what_was_parked_outlive_the_stack_and_a_rename(resources, table):
@@ -349,12 +358,18 @@ def test_the_stream_check_fails_when_a_second_function_reads_a_stream(resources)
 
 def test_no_event_source_mapping_reads_any_stream(resources):
     # The indexers drain their streams themselves (their checkpoints commit
-    # with what they append); nothing else reads a stream.
-    assert [
-        name
+    # with what they append); nothing else reads a stream. The only mappings
+    # are the services' inboxes, on their own queues.
+    sources = {
+        name: resource["Properties"]["EventSourceArn"]
         for name, resource in resources.items()
         if resource["Type"] == "AWS::Lambda::EventSourceMapping"
-    ] == []
+    }
+
+    assert sources == {
+        f"{service}InboxMapping": {"Fn::GetAtt": [f"{service}Queue", "Arn"]}
+        for service in SERVICES
+    }
 
 
 def test_every_application_runs_indexed(resources):
@@ -797,11 +812,12 @@ def test_alarms_notify_the_topic_only_when_one_is_given(template, resources):
         "Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmTopicArn"}, ""]}]
     }
     alarms = _alarms(resources)
-    # 3 per indexer (errors, not invoked, lag), 2 of the projector (errors,
-    # parked events), 3 of publishing (errors, dead letters, the rule's dead
-    # letters), 4 of the saga (2 on errors, parked sagas, the timeout poller
-    # not being invoked)
-    assert len(alarms) == 3 * len(INDEXERS) + 2 + 3 + 4
+    # 3 per indexer (errors, not invoked, lag), 3 of the projector (errors,
+    # parked events, lag), 3 of publishing (errors, dead letters, the rule's
+    # dead letters), 4 of the saga (2 on errors, parked sagas, the timeout
+    # poller not being invoked), 4 per service (errors, its queue's and its
+    # rule's dead letters, parked events)
+    assert len(alarms) == 3 * len(INDEXERS) + 3 + 3 + 4 + 4 * len(SERVICES)
     for alarm in alarms.values():
         assert alarm["AlarmActions"] == notify
         assert alarm["OKActions"] == notify
@@ -1702,3 +1718,392 @@ def test_the_saga_tables_indexer_roles_allow_what_their_indexers_call(  # noqa: 
     assert recorded_requests
     refused = stack.refused(_role_of(template, stack, function), recorded_requests)
     assert refused == []
+
+
+# The services: Warehouse and Payments receive over the bus --------------------------
+
+SERVICES = {
+    WAREHOUSE: (services.warehouse_inbox, Warehouse),
+    PAYMENTS: (services.payments_inbox, Payments),
+}
+"""Each receiving service: how its inbox is made, and its application class."""
+
+
+def _inbox_of(service: str, env: dict[str, str]) -> Inbox:
+    make_inbox, application_class = SERVICES[service]
+    return make_inbox(application_class(env=env), env=env, retry_delays=())
+
+
+def _queue_of_mapping(resources: dict[str, Any], function: str) -> str:
+    [queue] = [
+        resource["Properties"]["EventSourceArn"]["Fn::GetAtt"][0]
+        for resource in resources.values()
+        if resource["Type"] == "AWS::Lambda::EventSourceMapping"
+        and resource["Properties"]["FunctionName"] == {"Ref": function}
+    ]
+    return str(queue)
+
+
+def _queues(resources: dict[str, Any]) -> list[str]:
+    return [n for n, r in resources.items() if r["Type"] == "AWS::SQS::Queue"]
+
+
+def test_every_inbox_queue_sends_what_its_function_kept_failing_to_a_dead_letter_queue(
+    resources,
+):
+    mapped = [
+        resource["Properties"]
+        for resource in resources.values()
+        if resource["Type"] == "AWS::Lambda::EventSourceMapping"
+    ]
+
+    assert len(mapped) == len(SERVICES)
+    for mapping in mapped:
+        queue = mapping["EventSourceArn"]["Fn::GetAtt"][0]
+        function = resources[mapping["FunctionName"]["Ref"]]["Properties"]
+        redrive = resources[queue]["Properties"]["RedrivePolicy"]
+        [dead_letters, _] = redrive["deadLetterTargetArn"]["Fn::GetAtt"]
+        assert dead_letters in _queues(resources)
+        assert dead_letters != queue
+        assert 1 < redrive["maxReceiveCount"] <= 10, queue  # retried, then kept
+        # a batch still in the function is not delivered again meanwhile
+        timeout = resources[queue]["Properties"]["VisibilityTimeout"]
+        assert timeout >= 6 * function["Timeout"], queue
+        assert resources[dead_letters]["Properties"]["MessageRetentionPeriod"] == (
+            14 * 24 * 3600
+        )
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_services_rule_sends_its_inboxs_event_types_to_its_queue_only(
+    template, resources, dynamodb_env, service
+):
+    pattern = services.event_pattern(_inbox_of(service, dynamodb_env))
+    rule = resources[f"{service}Rule"]["Properties"]
+    stack = _stack(template, "", "indexed")
+    [target] = rule["Targets"]
+
+    assert rule["EventBusName"] == {"Ref": "IntegrationEventBus"}
+    assert rule["State"] == "ENABLED"
+    written = rule["EventPattern"]
+    assert {
+        "source": [stack.value(each) for each in written["source"]],
+        "detail-type": sorted(written["detail-type"]),
+    } == pattern
+    assert set(written) == set(pattern)
+    assert target["Arn"] == {"Fn::GetAtt": [f"{service}Queue", "Arn"]}
+    # EventBridge's own retries, then the rule's dead-letter queue, not the inbox's
+    assert target["RetryPolicy"]["MaximumEventAgeInSeconds"] == 86400
+    [rule_dlq, _] = target["DeadLetterConfig"]["Arn"]["Fn::GetAtt"]
+    assert rule_dlq in _queues(resources)
+    assert rule_dlq not in (f"{service}Queue", f"{service}QueueDeadLetterQueue")
+    # no other rule feeds the service's queue
+    feeding = [
+        name
+        for name, r in resources.items()
+        if r["Type"] == "AWS::Events::Rule"
+        and {"Fn::GetAtt": [f"{service}Queue", "Arn"]}
+        in [t["Arn"] for t in r["Properties"]["Targets"]]
+    ]
+    assert feeding == [f"{service}Rule"]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_only_the_services_rule_may_send_to_its_queues(resources, service):
+    queue, rule_dlq = f"{service}Queue", f"{service}RuleDeadLetterQueue"
+    policies = [
+        r["Properties"]
+        for r in resources.values()
+        if r["Type"] == "AWS::SQS::QueuePolicy"
+        and {"Ref": queue} in r["Properties"]["Queues"]
+    ]
+
+    [policy] = policies
+    assert policy["Queues"] == [{"Ref": queue}, {"Ref": rule_dlq}]
+    [statement] = policy["PolicyDocument"]["Statement"]
+    assert statement["Effect"] == "Allow"
+    assert statement["Action"] == "sqs:SendMessage"
+    assert statement["Principal"] == {"Service": "events.amazonaws.com"}
+    assert statement["Condition"] == {
+        "ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": [f"{service}Rule", "Arn"]}}
+    }
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_inbox_function_reports_its_failed_messages_alone(resources, service):
+    function = f"{service}Inbox"
+    handler = resources[function]["Properties"]["Handler"]
+    module, _, name = handler.rpartition(".")
+    [mapping] = [
+        r["Properties"]
+        for r in resources.values()
+        if r["Type"] == "AWS::Lambda::EventSourceMapping"
+        and r["Properties"]["FunctionName"] == {"Ref": function}
+    ]
+
+    assert (module, name) == (services.__name__, f"{service.lower()}_handler")
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert mapping["BatchSize"] <= MAX_MESSAGES_PER_RECEIVE
+    assert _queue_of_mapping(resources, function) == f"{service}Queue"
+
+
+def _service_tables(resources: dict[str, Any], service: str) -> set[str]:
+    """The tables of a service, by name: ``{prefix}{Service}_*``."""
+    return {
+        name
+        for name, r in resources.items()
+        if r["Type"] == "AWS::DynamoDB::Table"
+        and _table_name(r).startswith(f"${{TablePrefix}}{service}_")
+    }
+
+
+def _granted(
+    stack: _Stack, resources: dict[str, Any], function: str, service: str
+) -> set[str]:
+    """The resources a function's role grants any action of ``service`` on."""
+    return {
+        arn
+        for statement in _role_statements(stack, resources, function)
+        if statement["Effect"] == "Allow"
+        and any(a.startswith(f"{service}:") for a in _as_list(statement["Action"]))
+        for arn in stack.resources_of(statement["Resource"])
+    }
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_services_role_reaches_only_its_own_tables_and_queue(
+    template, resources, service
+):
+    function = f"{service}Inbox"
+    stack = _stack(template, "", "indexed")
+    own = {
+        _table_arn(stack.sub(_table_name(resources[t])))
+        for t in _service_tables(resources, service)
+    }
+    statements = _role_statements(stack, resources, function)
+    services_reached = {
+        a.split(":")[0] for s in statements for a in _as_list(s["Action"])
+    }
+
+    assert _granted(stack, resources, function, "dynamodb") <= own
+    assert not any(
+        Orders.name in arn for arn in _granted(stack, resources, function, "dynamodb")
+    )
+    assert _granted(stack, resources, function, "sqs") == {f"{service}Queue.Arn"}
+    assert services_reached == {"dynamodb", "sqs", "logs"}
+    assert all("*" not in a for s in statements for a in _as_list(s["Action"]))
+
+
+def _confirmed(total: str = "3.00", lines: list[dict[str, Any]] | None = None) -> str:
+    """An EventBridge event of OrderConfirmed.v2, as its SQS target delivers it."""
+    detail = {
+        "id": str(uuid.uuid4()),
+        "aggregate_version": 2,
+        "occurred_at": "2026-01-01T00:00:00+00:00",
+        "order_id": str(uuid.uuid4()),
+        "customer_id": str(uuid.uuid4()),
+        "currency": "EUR",
+        "lines": [
+            {"product_id": TEA, "quantity": 2, "unit_price": "1.50", "subtotal": "3.00"}
+        ]
+        if lines is None
+        else lines,
+        "total": total,
+    }
+    return json.dumps(
+        {
+            "version": "0",
+            "id": str(uuid.uuid4()),
+            "detail-type": "OrderConfirmed.v2",
+            "source": SOURCE,
+            "account": ACCOUNT,
+            "time": "2026-01-01T00:00:00Z",
+            "region": REGION,
+            "resources": [],
+            "detail": detail,
+        }
+    )
+
+
+def _sqs_event(*bodies: str) -> dict[str, Any]:
+    return {
+        "Records": [
+            {"messageId": f"m{n}", "body": body, "attributes": {}}
+            for n, body in enumerate(bodies)
+        ]
+    }
+
+
+POISON = {
+    # Warehouse reads the lines: none is refused by the schema and its model
+    WAREHOUSE: _confirmed(lines=[]),
+    # Payments checks the total against the lines
+    PAYMENTS: _confirmed(total="9.99"),
+}
+"""An event each service parks."""
+
+
+@pytest.fixture
+def service_tables(
+    dynamodb_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    """The services' tables (made), and the functions' environment."""
+    env = _indexed(dynamodb_env)
+    for service in SERVICES:
+        inbox = _inbox_of(service, env)
+        inbox.application.recorder.idempotency.create_table()
+        if service == WAREHOUSE:
+            inbox.application.stock(TEA, 10)
+    for key, value in INDEXED.items():
+        monkeypatch.setenv(key, value)
+    return {**env, "CREATE_TABLE": "no"}
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_services_role_allows_every_call_its_handler_makes(  # noqa: PLR0917
+    service_tables, template, recorded_requests, dynamodb_env, service, caplog
+):
+    handler = lambda_handler(functools.partial(_inbox_of, service, service_tables))
+    recorded_requests.clear()
+
+    with caplog.at_level("WARNING", logger="ledger.inbox"):
+        response = handler(_sqs_event(_confirmed(), POISON[service]), None)
+
+    assert response == {"batchItemFailures": []}
+    parked = [r for r in caplog.records if getattr(r, "outcome", "") == "parked"]
+    assert len(parked) == 1  # the poison only
+    stack = _stack(template, dynamodb_env["DYNAMODB_TABLE_PREFIX"], "indexed")
+    prefix = dynamodb_env["DYNAMODB_TABLE_PREFIX"]
+    # What the run must have exercised: a keyed save, and a dead letter.
+    assert ("dynamodb:PutItem", _table_arn(f"{prefix}{service}_events")) in (
+        recorded_requests
+    )
+    assert ("dynamodb:PutItem", _table_arn(f"{prefix}{service}_idempotency")) in (
+        recorded_requests
+    )
+    assert ("dynamodb:PutItem", _table_arn(f"{prefix}{service}_inbox")) in (
+        recorded_requests
+    )
+    refused = stack.refused(
+        _role_statements(stack, template["Resources"], f"{service}Inbox"),
+        recorded_requests,
+    )
+    assert refused == []
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_inbox_parked_filter_matches_what_the_inbox_logs_when_it_parks(
+    service_tables, resources, service, caplog
+):
+    filter_properties = resources[f"{service}InboxParkedMetricFilter"]["Properties"]
+    [phrase] = re.findall(r'"([^"]+)"', filter_properties["FilterPattern"])
+    handler = lambda_handler(functools.partial(_inbox_of, service, service_tables))
+
+    with caplog.at_level("DEBUG", logger="ledger.inbox"):
+        handler(_sqs_event(_confirmed(), POISON[service], POISON[service]), None)
+
+    matched = [r for r in caplog.records if phrase in r.getMessage()]
+    assert len(matched) == 2  # each park, not the event applied
+    assert filter_properties["LogGroupName"] == {"Ref": f"{service}InboxLogGroup"}
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_service_alarms_on_its_dead_letters_and_parked_events(resources, service):
+    depth = {
+        str(alarm["Dimensions"])
+        for alarm in _alarms_on(
+            resources, "AWS/SQS", "ApproximateNumberOfMessagesVisible"
+        )
+        if alarm["Threshold"] == 0
+        and alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    }
+    parked_metric = resources[f"{service}InboxParkedMetricFilter"]["Properties"][
+        "MetricTransformations"
+    ][0]
+    parked = _alarms_on(resources, NAMESPACE, parked_metric["MetricName"])
+
+    for queue in (f"{service}QueueDeadLetterQueue", f"{service}RuleDeadLetterQueue"):
+        dimension = [
+            {"Name": "QueueName", "Value": {"Fn::GetAtt": [queue, "QueueName"]}}
+        ]
+        assert str(dimension) in depth, queue
+    assert parked_metric["MetricNamespace"] == NAMESPACE
+    [alarm] = parked
+    assert (alarm["Statistic"], alarm["Threshold"]) == ("Sum", 0)
+
+
+def test_the_projector_alarms_on_its_lag(template, resources):
+    [alarm] = _alarms_on(resources, NAMESPACE, LAG)
+
+    # the metric's one dimension, valued the projector's name
+    assert alarm["Dimensions"] == [
+        {"Name": DIMENSION, "Value": {"Ref": "ProjectionName"}}
+    ]
+    assert template["Parameters"]["ProjectionName"]["Default"] == OrderProjector.name
+    assert alarm["Statistic"] == "Maximum"
+    assert alarm["Threshold"] == {"Ref": "FollowerLagAlarmEvents"}
+    assert alarm["TreatMissingData"] == "notBreaching"
+
+
+def test_the_replay_into_a_services_rule_names_the_archive_and_the_rule(template):
+    outputs = template["Outputs"]
+    text = README.read_text()
+
+    assert outputs["IntegrationEventArchiveArn"]["Value"] == {
+        "Fn::GetAtt": ["IntegrationEventArchive", "Arn"]
+    }
+    for service in SERVICES:
+        assert outputs[f"{service}InboxRuleArn"]["Value"] == {
+            "Fn::GetAtt": [f"{service}Rule", "Arn"]
+        }
+    [replay] = re.findall(r"^aws events start-replay .*?(?<!\\)$", text, re.M | re.S)
+    assert "--event-source-arn" in replay
+    assert "IntegrationEventArchiveArn" in text
+    assert "FilterArns=" in replay
+
+
+def test_the_projector_writes_the_lag_its_alarm_watches(
+    indexed_tables, dynamodb_env, resources, capsys
+):
+    [alarm] = _alarms_on(resources, NAMESPACE, LAG)
+    handler = projection_handler(
+        OrderProjector, Orders, {**_indexed(dynamodb_env), "CREATE_TABLE": "no"}
+    )
+    capsys.readouterr()
+
+    handler(SCHEDULED, with_time_to_work(5))
+
+    documents = [
+        json.loads(line)
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith('{"_aws"')
+    ]
+    [written] = [d for d in documents if LAG in d]
+    [metrics] = written["_aws"]["CloudWatchMetrics"]
+    assert metrics["Namespace"] == alarm["Namespace"]
+    assert metrics["Dimensions"] == [[d["Name"] for d in alarm["Dimensions"]]]
+    assert written[DIMENSION] == OrderProjector.name
+    assert written[LAG] == 0  # the index read to its head
+
+
+def _package_install_command() -> list[str]:
+    """Return the arguments of the README's ``pip install --target`` command."""
+    [command] = re.findall(
+        r"^python -m pip install --target .*?(?<!\\)$", README.read_text(), re.M | re.S
+    )
+    return shlex.split(command.replace("\\\n", " "))
+
+
+def test_the_package_holds_what_the_inboxes_check_events_with(
+    service_tables, monkeypatch
+):
+    installed = _package_install_command()
+    # The inboxes check each event against its schema file with jsonschema,
+    # which ledger's wheel does not require: without it every event fails.
+    monkeypatch.setitem(sys.modules, "jsonschema", None)
+    handler = lambda_handler(functools.partial(_inbox_of, WAREHOUSE, service_tables))
+
+    assert handler(_sqs_event(_confirmed()), None) == {
+        "batchItemFailures": [{"itemIdentifier": "m0"}]
+    }
+    assert "jsonschema" in installed

@@ -798,12 +798,25 @@ def test_sagas_parked_alarm_watches_what_the_saga_function_reports(resources):
     assert parked["AttributeDefinitions"] == made["AttributeDefinitions"]
 
 
-def test_alarms_notify_the_topic_only_when_one_is_given(template, resources):
+def test_alarms_notify_the_topic_given_or_the_one_the_stack_makes(template, resources):
     notify = {
         "Fn::If": [
             "NotifiesAlarmTopic",
             [{"Ref": "AlarmTopicArn"}],
-            {"Ref": "AWS::NoValue"},
+            [{"Ref": "AlarmTopic"}],
+        ]
+    }
+    made = resources["AlarmTopic"]
+    assert made["Type"] == "AWS::SNS::Topic"
+    assert made["Condition"] == "MakesAlarmTopic"
+    assert template["Conditions"]["MakesAlarmTopic"] == {
+        "Fn::Equals": [{"Ref": "AlarmTopicArn"}, ""]
+    }
+    assert template["Outputs"]["AlarmTopic"]["Value"] == {
+        "Fn::If": [
+            "NotifiesAlarmTopic",
+            {"Ref": "AlarmTopicArn"},
+            {"Ref": "AlarmTopic"},
         ]
     }
 

@@ -99,8 +99,9 @@ POSITIONS_PER_PAGE: Final = "positions_per_page"
 PAGE_SIZE: Final = 1_000
 """Positions per notifications partition key in a table first written now.
 Small enough that no key takes one partition's limits in its whole life (at
-about 0.54 WCU per indexed event, a page takes 540 WCU, and 20 readers of
-each event 1,000 RCU, against 1,000 WCU and 3,000 RCU a second), so the
+about 0.14 WCU per indexed event, 0.46 for states that do not compress, a
+page takes 140 to 460 WCU, and 20 readers of each event 280 to 1,100 RCU,
+against 1,000 WCU and 3,000 RCU a second), so the
 current page's key never binds the sequence's rate; larger than any batch
 (at most 98 events), so the batch holding a position ends in its page or the
 next."""

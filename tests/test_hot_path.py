@@ -11,16 +11,20 @@ import boto3
 import pytest
 from eventsourcing.application import project_aggregate as eventsourcing_projector
 from eventsourcing.domain import DomainEventProtocol
-from eventsourcing.persistence import JSONTranscoder
+from eventsourcing.persistence import JSONTranscoder, StoredEvent
+from eventsourcing.utils import get_topic
+from faults import SERVER_ERROR, FaultProxy
 
 from aggregates.application import Orders
 from aggregates.order import Order
 from ledger import persistence
 from ledger.domain import Aggregate, DomainEvent, given_metadata, project_aggregate
+from ledger.dynamodb import recorders
 from ledger.dynamodb.client import DynamoDBConnection
+from ledger.dynamodb.limits import ItemTooLargeError
 from ledger.metadata import metadata
 from ledger.persistence import PydanticMapper
-from ledger.snapshots import MeteredRepository
+from ledger.snapshots import MeteredEventStore, MeteredRepository
 
 PRICE = Decimal("2.50")
 
@@ -195,26 +199,192 @@ def handlers_called(client: Any, caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if "calling handler" in r.msg]
 
 
-def test_ledger_adds_three_handlers_to_a_call(
-    dynamodb_endpoint: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    connection = DynamoDBConnection(endpoint_url=dynamodb_endpoint)
+def plain_client(connection: DynamoDBConnection) -> Any:
+    """Return a boto3 client of the connection's endpoint without ledger's handlers."""
     session = boto3.session.Session()
     placeholder = "local" if session.get_credentials() is None else None
-    plain = session.client(
+    return session.client(
         "dynamodb",
-        endpoint_url=dynamodb_endpoint,
+        endpoint_url=connection.endpoint_url,
         region_name=connection.region_name,
         aws_access_key_id=placeholder,
         aws_secret_access_key=placeholder,
     )
 
+
+def test_ledger_adds_one_handler_to_a_call_outside_meters(
+    dynamodb_endpoint: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    connection = DynamoDBConnection(endpoint_url=dynamodb_endpoint)
+    plain = plain_client(connection)
+
     added = len(handlers_called(connection.client, caplog)) - len(
         handlers_called(plain, caplog)
     )
+    with connection.measure():
+        added_metered = len(handlers_called(connection.client, caplog)) - len(
+            handlers_called(plain, caplog)
+        )
+    added_after = len(handlers_called(connection.client, caplog)) - len(
+        handlers_called(plain, caplog)
+    )
 
-    # Calls counted, capacity read while metered, and one handler after each
-    # attempt (round trips, incomplete answers, lost answers).
-    assert added == 3
+    # One handler after each attempt (round trips, calls, incomplete and
+    # lost answers); sizes and capacity only while a meter is open.
+    assert (added, added_metered, added_after) == (1, 3, 1)
     connection.close()
     plain.close()
+
+
+def test_calls_outside_meters_count_once_in_the_total(
+    dynamodb_endpoint: str,
+) -> None:
+    connection = DynamoDBConnection(endpoint_url=dynamodb_endpoint)
+
+    connection.call("list_tables", Limit=1)
+    with connection.measure() as meter:
+        connection.call("list_tables", Limit=1)
+    connection.call("describe_limits")
+
+    assert connection.total.calls == {"ListTables": 2, "DescribeLimits": 1}
+    assert connection.total.round_trips == 3
+    assert meter.calls == {"ListTables": 1}
+    assert meter.round_trips == 1
+    connection.close()
+
+
+def test_a_retried_call_outside_meters_counts_once_in_the_total(
+    dynamodb_endpoint: str,
+) -> None:
+    with FaultProxy(dynamodb_endpoint) as proxy:
+        proxy.on("ListTables", fault=SERVER_ERROR)
+        connection = DynamoDBConnection(endpoint_url=proxy.endpoint_url)
+
+        connection.call("list_tables", Limit=1)
+
+        assert connection.total.calls == {"ListTables": 1}
+        assert connection.total.round_trips == 2
+        connection.close()
+
+
+def test_a_load_makes_no_stored_event(
+    orders: Orders, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    order = an_order()
+    orders.save(order)
+    orders.get_order(order.id)  # the first load checks the aggregate's topic
+    made: list[StoredEvent] = []
+    init = StoredEvent.__init__
+
+    def counted(self: StoredEvent, *args: Any, **kwargs: Any) -> None:
+        made.append(self)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(StoredEvent, "__init__", counted)
+
+    loaded = orders.get_order(order.id)
+
+    assert made == []
+    assert vars(loaded) == vars(order)
+
+
+class NotingMapper(PydanticMapper):
+    """A mapper whose own ``to_domain_event`` notes each event it reads."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.read: list[int] = []
+
+    def to_domain_event(self, stored_event: StoredEvent) -> Any:
+        self.read.append(stored_event.originator_version)
+        return super().to_domain_event(stored_event)
+
+
+def test_a_mapper_overriding_to_domain_event_still_reads_every_event(
+    orders: Orders,
+) -> None:
+    order = an_order()
+    orders.save(order)
+    mapper = NotingMapper(transcoder=JSONTranscoder())
+    store = MeteredEventStore(mapper=mapper, recorder=orders.recorder)
+
+    events = list(store.get(order.id))
+
+    assert mapper.read == [1, 2, 3]
+    assert [e.originator_version for e in events] == [1, 2, 3]
+
+
+def test_the_mapper_checks_an_aggregate_topic_once(
+    orders: Orders, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = an_order(), an_order()
+    orders.save(first, second)
+    checked: list[str] = []
+    check = persistence._resolve_aggregate_class
+
+    def counted(topic: str, subject: str) -> type[Any]:
+        checked.append(topic)
+        return check(topic, subject)
+
+    monkeypatch.setattr(persistence, "_resolve_aggregate_class", counted)
+
+    orders.get_order(first.id)
+    orders.get_order(second.id)
+    orders.get_order(first.id)
+
+    assert checked == [get_topic(Order)]
+
+
+def test_a_save_describes_an_event_only_when_it_is_too_large(
+    orders: Orders, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    described: list[str] = []
+    check = recorders.check_item_size
+
+    def counted(size: int, what: str, *args: Any) -> None:
+        described.append(what)
+        check(size, what, *args)
+
+    monkeypatch.setattr(recorders, "check_item_size", counted)
+    order = an_order()
+    orders.save(order)
+    too_large = StoredEvent(
+        originator_id=order.id,
+        originator_version=4,
+        topic=get_topic(Order.OrderConfirmed),
+        state=b"x" * 410_000,
+    )
+
+    with pytest.raises(ItemTooLargeError):
+        orders.recorder.insert_events([too_large])
+
+    assert len(described) == 1
+    assert f"of aggregate {order.id} at version 4" in described[0]
+
+
+def test_events_read_without_metadata_share_one_validation_context(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    mapper = PydanticMapper(transcoder=JSONTranscoder())
+    order = Order.place(uuid.uuid4(), [], "EUR")
+    order.add_item("p1", 1, PRICE)
+    order.add_item("p2", 1, PRICE)
+    with metadata(correlation_id="request-1"):
+        order.add_item("p3", 1, PRICE)
+    stored = [mapper.to_stored_event(e) for e in order.collect_events()]
+    contexts: list[Any] = []
+    post_init = DomainEvent.model_post_init
+
+    def noted(self: DomainEvent, context: Any, /) -> None:
+        contexts.append(context)
+        post_init(self, context)
+
+    monkeypatch.setattr(Order.ItemAdded, "model_post_init", noted)
+
+    events = [mapper.to_domain_event(s) for s in stored]
+
+    first, second, third = contexts
+    assert first is second
+    assert third is not first
+    assert events[3].metadata.correlation_id == "request-1"
+    assert events[1].metadata.correlation_id == f"{order.id}/2"

@@ -80,6 +80,10 @@ METADATA: Final = "_meta"
 beyond the default: an object of ``correlation_id``, ``causation_id`` and
 ``headers``, each present only when not the default."""
 
+_NO_METADATA: Final = {RESTORED_METADATA: None}
+"""The validation context of an event stored without metadata (most are):
+one shared, read-only dict rather than one made per event read."""
+
 # The stored event holds these itself; repeating them in the state would only
 # make every item bigger (DynamoDB charges by size).
 _ENVELOPE_FIELDS: Final = {"originator_id", "originator_version"}
@@ -109,6 +113,10 @@ class PydanticMapper(Mapper[Any]):
         """How to read each stored topic seen so far, once it passed the
         allow-list: a load of n events resolves and inspects its few event
         classes once each, not n times."""
+        self._aggregate_topics: set[str] = set()
+        """Aggregate topics (a Created event's ``originator_topic``, a
+        snapshot's ``topic``) that passed the allow-list: every load of an
+        aggregate reads one, so each is checked once, not on every load."""
 
     def to_stored_event(self, domain_event: DomainEventProtocol[Any]) -> StoredEvent:
         """Serialise ``domain_event`` into a stored event."""
@@ -145,40 +153,76 @@ class PydanticMapper(Mapper[Any]):
         (``originator_topic``) or of a snapshot (``topic``), which must name
         an aggregate class. Reading data never imports code.
         """
-        reader = self._readers.get(stored_event.topic)
+        return self.event_from_parts(
+            stored_event.originator_id,
+            stored_event.originator_version,
+            stored_event.topic,
+            stored_event.state,
+        )
+
+    def event_from_parts(
+        self, originator_id: Any, originator_version: int, topic: str, state: bytes
+    ) -> DomainEventProtocol[Any]:
+        """Deserialise a stored event given as its four parts, as ``to_domain_event``.
+
+        For a recorder that reads the parts itself (ledger's): a load of n
+        events then makes no ``StoredEvent`` for them, a frozen dataclass
+        that costs more to build than the event's JSON costs to parse.
+        """
+        reader = self._readers.get(topic)
         if reader is None:
-            reader = _Reader.of(resolve_stored_topic(stored_event.topic))
-            self._readers[stored_event.topic] = reader
+            reader = _Reader.of(resolve_stored_topic(topic))
+            self._readers[topic] = reader
         if reader.model is not None:
-            event = self._to_pydantic_event(reader.model, stored_event)
+            event = self._to_pydantic_event(
+                reader, originator_id, originator_version, topic, state
+            )
         else:
-            event = super().to_domain_event(stored_event)
+            event = super().to_domain_event(
+                StoredEvent(originator_id, originator_version, topic, state)
+            )
         if reader.aggregate_topic is not None:
-            _check_aggregate_topic(event, stored_event, reader.aggregate_topic)
+            aggregate_topic = getattr(event, reader.aggregate_topic, None)
+            if aggregate_topic not in self._aggregate_topics:
+                _check_aggregate_topic(
+                    event,
+                    StoredEvent(originator_id, originator_version, topic, state),
+                    reader.aggregate_topic,
+                )
+                self._aggregate_topics.add(cast("str", aggregate_topic))
         return event
 
     def _to_pydantic_event(
-        self, event_class: type[BaseModel], stored_event: StoredEvent
+        self,
+        reader: _Reader,
+        originator_id: Any,
+        originator_version: int,
+        topic: str,
+        stored_state: bytes,
     ) -> DomainEventProtocol[Any]:
+        event_class = cast("type[BaseModel]", reader.model)
         try:
-            state = self._decode_state(stored_event.state)
-            restored = _restored_metadata(state.pop(METADATA, None))
-            if CLASS_VERSION in state or getattr(event_class, CLASS_VERSION, 1) > 1:
+            state = self._decode_state(stored_state)
+            stored_metadata = state.pop(METADATA, None)
+            if CLASS_VERSION in state or reader.upcasts:
                 self._upcast(event_class, state)
-            state["originator_id"] = stored_event.originator_id
-            state["originator_version"] = stored_event.originator_version
+            state["originator_id"] = originator_id
+            state["originator_version"] = originator_version
             return cast(
                 "DomainEventProtocol[Any]",
-                event_class.model_validate(
-                    state, context={RESTORED_METADATA: restored}
+                event_class.__pydantic_validator__.validate_python(
+                    state,
+                    context=_NO_METADATA
+                    if stored_metadata is None
+                    else {RESTORED_METADATA: _restored_metadata(stored_metadata)},
                 ),
             )
         except StoredVersionTooNewError as error:
-            raise StoredVersionTooNewError(
-                f"{_describe(stored_event)}: {error}"
-            ) from None
+            stored = StoredEvent(originator_id, originator_version, topic, stored_state)
+            raise StoredVersionTooNewError(f"{_describe(stored)}: {error}") from None
         except Exception as error:
-            msg = f"Failed to deserialise {_describe(stored_event)}: {error}"
+            stored = StoredEvent(originator_id, originator_version, topic, stored_state)
+            msg = f"Failed to deserialise {_describe(stored)}: {error}"
             raise MapperDeserialisationError(msg) from error
 
     def _decode_state(self, stored_state: bytes) -> dict[str, Any]:
@@ -217,6 +261,9 @@ class _Reader:
     aggregate_topic: str | None
     """The field holding an aggregate topic to check (a Created event's
     ``originator_topic``, a snapshot's ``topic``), or None."""
+    upcasts: bool = False
+    """Whether the class is past version 1 (so a stored state without a
+    version is upcast from version 1)."""
 
     @classmethod
     def of(cls, event_class: type[Any]) -> _Reader:
@@ -228,7 +275,8 @@ class _Reader:
         else:
             aggregate_topic = None
         model = event_class if issubclass(event_class, BaseModel) else None
-        return cls(model, aggregate_topic)
+        upcasts = getattr(event_class, CLASS_VERSION, 1) > 1
+        return cls(model, aggregate_topic, upcasts)
 
 
 def _stored_metadata(event: BaseModel) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import cached_property
 from threading import Lock
 from typing import Any, ClassVar, Final
 from uuid import UUID
@@ -202,16 +203,55 @@ class MeteredEventStore(EventStore[UUID]):
         desc: bool = False,
         limit: int | None = None,
     ) -> Iterator[DomainEventProtocol[UUID]]:
-        """Retrieve an aggregate's events, counting them for the load in progress."""
+        """Retrieve an aggregate's events, counting them for the load in progress.
+
+        With a recorder and a mapper that pass events as their parts
+        (ledger's DynamoDB recorders and :class:`PydanticMapper`), no
+        ``StoredEvent`` is made for the events read.
+        """
+        meter = _current_load.get()
+        if self._by_parts:
+            parts = self.recorder.select_event_parts(  # type: ignore[attr-defined]
+                originator_id, gt=gt, lte=lte, desc=desc, limit=limit
+            )
+            if meter is not None:
+                meter.events += len(parts)
+                meter.stored_bytes += sum(len(state) for _, _, state in parts)
+            event_from_parts = self.mapper.event_from_parts  # type: ignore[attr-defined]
+            return (
+                event_from_parts(originator_id, version, topic, state)
+                for version, topic, state in parts
+            )
         stored_events: Sequence[StoredEvent] = self.recorder.select_events(
             originator_id=originator_id, gt=gt, lte=lte, desc=desc, limit=limit
         )
-        meter = _current_load.get()
         if meter is not None:
             stored_events = list(stored_events)
             meter.events += len(stored_events)
             meter.stored_bytes += sum(len(stored.state) for stored in stored_events)
         return map(self.mapper.to_domain_event, stored_events)
+
+    @cached_property
+    def _by_parts(self) -> bool:
+        """Whether the recorder and the mapper pass events as their parts."""
+        return _passes_parts(
+            self.recorder, "select_event_parts", "select_events"
+        ) and _passes_parts(self.mapper, "event_from_parts", "to_domain_event")
+
+
+def _passes_parts(obj: object, by_parts: str, plain: str) -> bool:
+    """Whether ``obj`` has the method ``by_parts`` and no override of ``plain`` past it.
+
+    A subclass that overrides the plain method (``select_events``,
+    ``to_domain_event``) but not the one by parts is read the plain way, so
+    its override still runs.
+    """
+    for cls in type(obj).__mro__:
+        if by_parts in cls.__dict__:
+            return True
+        if plain in cls.__dict__:
+            return False
+    return False
 
 
 LoadCallback = Callable[[Any, LoadStats], None]

@@ -504,16 +504,19 @@ class DynamoDBConnection:
         response: tuple[AWSResponse, dict[str, Any]] | None = None,
         operation: OperationModel | None = None,
         attempts: int = 0,
+        request_dict: Mapping[str, Any] | None = None,
         **_: Any,
     ) -> None:
         """Count an attempt, refuse its answer if incomplete, note a lost answer.
 
         botocore emits ``needs-retry`` once per request sent, so the meters
-        count round trips here. An answer refused as incomplete counts as
-        lost: for a write, that attempt was applied but its answer is
-        unknown, as when it was lost.
+        count round trips (and the total, calls) here. An answer refused as
+        incomplete counts as lost: for a write, that attempt was applied but
+        its answer is unknown, as when it was lost.
         """
-        self.metering.count_round_trip()
+        if operation is not None:
+            context = request_dict.get("context", {}) if request_dict else {}
+            self.metering.count_attempt(operation.name, context, first=attempts == 1)
         _refuse_incomplete_answer(response, operation, attempts)
         if isinstance(caught_exception, _LOST_ANSWER) or _is_refused(response):
             self._call_state.lost_answer = True

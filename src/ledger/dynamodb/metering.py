@@ -125,25 +125,37 @@ class Metering:
         trip and call; capacity and sizes of the calls made while a meter was
         open (the others do not ask for them)."""
         self._meters.append(self.total)
+        self._events: Any = None
+        """The metered client's event hooks (set by :meth:`install`)."""
 
     def install(self, client: DynamoDBClient) -> None:
-        """Register the metering hooks on a botocore DynamoDB client.
+        """Meter a botocore DynamoDB client.
 
-        Round trips are not counted by a hook of its own: the client's owner
-        calls :meth:`count_round_trip` from the handler it already runs after
-        every attempt (``needs-retry``, emitted once per request sent, as
-        ``before-send`` is), since every handler costs each attempt a call
-        and a debug record in botocore (see
-        :class:`ledger.dynamodb.client.DynamoDBConnection`).
+        No hook of its own runs while no meter is open: the client's owner
+        calls :meth:`count_attempt` from the handler it already runs after
+        every attempt (``needs-retry``, emitted once per request sent), which
+        counts round trips and, in the total, calls. The hooks that size
+        items and ask for consumed capacity (``provide-client-params``,
+        ``after-call``) are registered while a meter is open, and only then:
+        every handler costs each call a dispatch and a debug record in
+        botocore (see :class:`ledger.dynamodb.client.DynamoDBConnection`).
         """
-        events = client.meta.events
+        self._events = client.meta.events
+
+    def _hook(self, *, register: bool) -> None:
+        """Register (or unregister) the hooks only an open meter needs."""
+        events = self._events
+        if events is None:
+            return
         # botocore sends the params this handler returns; its stubs type every
         # handler as returning None.
-        events.register(
-            "provide-client-params.dynamodb",
-            self._on_params,  # type: ignore[arg-type]
-        )
-        events.register("after-call.dynamodb", self._on_response)
+        on_params: Any = self._on_params
+        if register:
+            events.register("provide-client-params.dynamodb", on_params)
+            events.register("after-call.dynamodb", self._on_response)
+        else:
+            events.unregister("provide-client-params.dynamodb", on_params)
+            events.unregister("after-call.dynamodb", self._on_response)
 
     @contextmanager
     def measure(self) -> Iterator[Meter]:
@@ -151,11 +163,15 @@ class Metering:
         meter = Meter()
         with self._lock:
             self._meters.append(meter)
+            if len(self._meters) == 2:  # the first meter beside the total
+                self._hook(register=True)
         try:
             yield meter
         finally:
             with self._lock:
                 self._meters.remove(meter)
+                if len(self._meters) == 1:
+                    self._hook(register=False)
 
     # botocore event handlers -------------------------------------------------
 
@@ -167,10 +183,6 @@ class Metering:
         **_: Any,
     ) -> dict[str, Any] | None:
         operation = model.name
-        if len(self._meters) == 1:  # only the total: no sizes, no capacity
-            with self._lock:
-                self.total.calls[operation] += 1
-            return None
         context[_METERED] = True
         written = _written_item_sizes(operation, params)
         transactional = operation == "TransactWriteItems"
@@ -185,11 +197,21 @@ class Metering:
             return {**params, "ReturnConsumedCapacity": "TOTAL"}
         return None
 
-    def count_round_trip(self) -> None:
-        """Count one HTTP request sent (an attempt) in every meter open."""
+    def count_attempt(
+        self, operation: str, context: Mapping[str, Any], *, first: bool
+    ) -> None:
+        """Count one HTTP request sent (an attempt) in every meter open.
+
+        ``context``: the call's request context; ``first``: this was the
+        call's first attempt. A call that started while no meter was open
+        is counted here, in the total, once (retries count as round trips,
+        not calls); one that started metered was counted by its params.
+        """
         with self._lock:
             for meter in self._meters:
                 meter.round_trips += 1
+            if first and not context.get(_METERED):
+                self.total.calls[operation] += 1
 
     def _on_response(
         self,

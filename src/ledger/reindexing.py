@@ -32,16 +32,13 @@ from eventsourcing.persistence import DataError
 from ledger.dynamodb import schema
 from ledger.dynamodb.batches import BatchEntry
 from ledger.dynamodb.indexed_recorders import DynamoDBIndexedApplicationRecorder
-from ledger.dynamodb.limits import MAX_TRANSACTION_BYTES, item_size
 from ledger.dynamodb.recorders import encode_id
 from ledger.index_rounds import (
-    _BYTES_MARGIN,
     _MAX_BATCHES,
-    BATCH_EVENTS,
     IndexOrderError,
     IndexRound,
     _aggregate,
-    _batch_items,
+    _fits_one_commit,
     _Record,
     _record,
     _Round,
@@ -253,15 +250,13 @@ class Reindexing:
         taken = list(units)
         while taken:
             events = [r.entry for unit in taken for r in unit if r.entry is not None]
-            if len(events) <= _MAX_BATCHES * BATCH_EVENTS and sum(
-                item_size(item)
-                for item in _batch_items(
-                    head,
-                    events,
-                    self.recorder.page_size_to_write(),
-                    self.recorder.batch_format,
-                )
-            ) <= (MAX_TRANSACTION_BYTES - _BYTES_MARGIN):
+            if _fits_one_commit(
+                head,
+                events,
+                self.recorder.page_size_to_write(),
+                self.recorder.batch_format,
+                _MAX_BATCHES,
+            ):
                 break
             taken = taken[: len(taken) // 2] if len(taken) > 1 else []
         if not taken and units:

@@ -272,7 +272,10 @@ class Publisher:
         dead-lettered itself). Records not done are read again later.
         """
         report = PublishReport(records=len(records))
-        batch = [self._record(raw, report) for raw in records]
+        return self._publish([self._record(raw, report) for raw in records], report)
+
+    def _publish(self, batch: list[_Record], report: PublishReport) -> list[str]:
+        """Deliver a batch's entries, report it; return its records not done."""
         entries = [entry for record in batch for entry in record.entries]
         report.entries = len(entries)
         self._deliver(entries, report)
@@ -346,13 +349,7 @@ class Publisher:
                 break
             report = PublishReport(records=len(notifications))
             batch = [self._sequence_record(n, report) for n in notifications]
-            entries = [entry for record in batch for entry in record.entries]
-            report.entries = len(entries)
-            self._deliver(entries, report)
-            failed = [record.number for record in batch if record.failed]
-            report.failed_records = len(failed)
-            self.report.add(report)
-            _log_batch(self.publication.name, report, failed)
+            failed = self._publish(batch, report)
             done = 0
             while done < len(batch) and not batch[done].failed:
                 done += 1

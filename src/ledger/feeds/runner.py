@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from eventsourcing.persistence import OperationalError
@@ -34,6 +35,10 @@ class Runner:
     there), when the consumer :class:`Raced` (the next poll loads the
     checkpoint again), or at a batch it cannot read (:attr:`blocked`; nothing
     may be skipped silently in a total order).
+
+    A consumer with a ``tick(now) -> int`` method has it called at the end of
+    every poll, for work that comes due with time rather than with events
+    (timeouts); what it returns counts as events handled.
 
     One runner per consumer is the rule; a second one is safe (each position
     is committed once) but reads every page twice.
@@ -95,6 +100,10 @@ class Runner:
             self.blocked = None
         finally:
             self.metrics.flush()
+        tick = getattr(self.consumer, "tick", None)
+        if tick is not None:
+            # Time-driven work (timeouts coming due), after the events read.
+            handled += int(tick(datetime.now(UTC)))
         with self._polled:
             self._polled.notify_all()
         return handled

@@ -320,44 +320,30 @@ def projection_handler(
 ) -> Callable[[Any, Any], dict[str, int]]:
     """Return a Lambda handler feeding a projector from its application's index.
 
-    Each invocation (a wake-up or the schedule) applies pages of the
-    sequence after the view's tracking position with a
-    :class:`~ledger.projections.sequence.SequenceFeed`, until the end of the
-    sequence or the context's deadline (:func:`deadline_of`). Returns the
-    events applied, the position reached, and whether the feed is stopped at
-    an unreadable batch (``ledger projections skip-batch``).
+    Each invocation (a wake-up or the schedule) drains the sequence after the
+    view's tracking position (:func:`ledger.feeds.drain_handler` over a
+    :class:`~ledger.projections.sequence.SequenceFeed`'s runner), until the
+    end of the sequence or the context's deadline (:func:`deadline_of`).
+    Returns the events applied, the position reached, and whether the feed
+    is stopped at an unreadable batch (``ledger projections skip-batch``);
+    the lag behind the head goes to the projector's metrics.
     """
+    from ledger.feeds import Runner, drain_handler  # noqa: PLC0415
     from ledger.projections.dynamodb import open_view  # noqa: PLC0415
     from ledger.projections.metrics import metrics_from_env  # noqa: PLC0415
     from ledger.projections.projector import event_loader  # noqa: PLC0415
     from ledger.projections.sequence import SequenceFeed  # noqa: PLC0415
 
-    @functools.cache
-    def feed() -> SequenceFeed:
+    def runner() -> Runner:
         application = application_class(env=env)
         projector = projector_class(
             open_view(projector_class, env),
             event_loader(application),
             metrics=metrics_from_env(projector_class, env),
         )
-        return SequenceFeed(projector, application)
+        return SequenceFeed(projector, application).runner
 
-    def handler(event: Any, context: Any) -> dict[str, int]:
-        del event  # a wake-up or a schedule's: either way, read to the end
-        deadline = deadline_of(context)
-        applied = 0
-        while _before(deadline):
-            done = feed().poll()
-            applied += done
-            if not done:
-                break
-        return {
-            "applied": applied,
-            "position": feed().position,
-            "blocked": int(feed().blocked is not None),
-        }
-
-    return handler
+    return drain_handler(runner, margin_ms=STOP_MARGIN_MS)
 
 
 def publication_handler(

@@ -95,15 +95,30 @@ class Checkpoint(Protocol):
 
 
 class Consumer(Protocol):
-    """What a feed does with events: a class, run by :class:`~ledger.feeds.Runner`."""
+    """What a feed does with events: a class, run by :class:`~ledger.feeds.Runner`.
 
-    name: str
-    """For logs and metrics (the dimension's value)."""
-    topics: Sequence[str]
-    """The topics it reads (empty: all); the source filters on them."""
-    atomic: bool
-    """True if :meth:`process` commits the checkpoint with its effects."""
-    checkpoint: Checkpoint
+    Its attributes are read only by the runner (plain attributes do).
+    """
+
+    @property
+    def name(self) -> str:
+        """For logs and metrics (the dimension's value)."""
+        ...  # pragma: no cover
+
+    @property
+    def topics(self) -> Sequence[str]:
+        """The topics it reads (empty: all); the source filters on them."""
+        ...  # pragma: no cover
+
+    @property
+    def atomic(self) -> bool:
+        """True if :meth:`process` commits the checkpoint with its effects."""
+        ...  # pragma: no cover
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        """Where it keeps its position."""
+        ...  # pragma: no cover
 
     def process(self, batch: Batch) -> Progress:
         """Handle a batch and (if atomic) commit its checkpoint; say how far it got.

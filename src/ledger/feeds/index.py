@@ -5,8 +5,11 @@ That is the index of an ``indexed`` application, or the sequence a
 
 Both are total orders without gaps, committed with their head item in one
 transaction, so every position up to the head is readable once the head
-says so: a page shorter than asked ends at the head, even when a topic
-filter left out the events after its last one.
+says so. ``select_notifications`` returns a page that ends early when a
+damaged batch item follows it, and raises when the first position it reads
+is in one; so a batch's checkpoint is its last event's position, and only
+an empty page (nothing of the consumer's topics up to the head) moves the
+checkpoint on to the head.
 """
 
 from __future__ import annotations
@@ -64,9 +67,15 @@ class IndexSource:
             upcoming = reader.submit(read, after + 1)
             while True:
                 page = upcoming.result()
-                full = len(page) == self.page_size
-                checkpoint = int(page[-1].id) if full else head
-                if full and checkpoint < head:
+                if not page:
+                    # Nothing (of these topics) up to the head: had a damaged
+                    # batch been in the way, the read would have raised.
+                    yield Batch([], head, head)
+                    return
+                checkpoint = int(page[-1].id)
+                if checkpoint < head:
+                    # A page may end early, before a damaged batch: only an
+                    # empty page says the rest up to the head holds nothing.
                     upcoming = reader.submit(read, checkpoint + 1)
                 yield Batch(
                     [Item(notification, to_event) for notification in page],

@@ -76,6 +76,15 @@ class Runner:
             self._position = self.consumer.checkpoint.load()
         return self._position
 
+    def reload(self) -> None:
+        """Forget the position and the stop: the next poll loads the checkpoint.
+
+        For after something else moved the checkpoint (an operator skipping
+        a batch, a redrive).
+        """
+        self._position = None
+        self.blocked = None
+
     def poll(self, deadline: float | None = None) -> int:
         """Go to the tail once; return the events handled.
 
@@ -277,8 +286,8 @@ def drain_handler(
 
     Each invocation (a wake-up, or a schedule) polls to the tail or until the
     context's remaining time is under ``margin_ms``. Returns the events
-    handled, the position, the lag, and whether the runner is stopped at an
-    unreadable batch.
+    handled, the position, and whether the runner is stopped at an unreadable
+    batch (the lag goes to the runner's metrics).
     """
     made: list[Runner] = []
 
@@ -297,7 +306,6 @@ def drain_handler(
         return {
             "applied": handled,
             "position": runner.position,
-            "lag": runner.lag or 0,
             "blocked": int(runner.blocked is not None),
         }
 

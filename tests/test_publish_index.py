@@ -21,10 +21,12 @@ from faults import CUT, DELAY, FaultProxy
 
 from aggregates.application import Orders
 from ledger.dynamodb import CorruptNotificationBatchError
+from ledger.index_consumers import publication_handler
 from ledger.projections.metrics import LAG, MemoryMetrics
 from ledger.publishing import Publisher
 from projections.integration import OrderEvents
 from tests.test_corrupt_batches import DAMAGE, damage_batch, three_orders
+from tests.test_index_consumers import SCHEDULED, with_time_to_work
 from tests.test_publisher import (
     NO_WAITING,
     PUBLISHED,
@@ -279,4 +281,19 @@ def test_follow_index_raises_at_a_batch_of_the_sequence_it_cannot_read(
 
     assert raised.value.last_position == 4
     assert publisher.position() == 2  # the batch before it was published
+    assert [e["detail-type"] for e in bus.received()] == ["OrderPlaced.v1"]
+
+
+def test_a_publication_invocation_stopped_at_an_unreadable_batch_fails(
+    orders, publisher_env, bus
+):
+    three_orders(orders)
+    damage_batch(orders, 4, **DAMAGE["truncated bytes"])
+    handler = publication_handler(OrderEvents, Orders, publisher_env)
+
+    with pytest.raises(CorruptNotificationBatchError):
+        handler(SCHEDULED, with_time_to_work(5))
+
+    # the batch before it was published, and the cursor stays after it
+    assert Publisher(OrderEvents(), orders, env=publisher_env).position() == 2
     assert [e["detail-type"] for e in bus.received()] == ["OrderPlaced.v1"]

@@ -5,8 +5,11 @@ That is the index of an ``indexed`` application, or the sequence a
 
 Both are total orders without gaps, committed with their head item in one
 transaction, so every position up to the head is readable once the head
-says so: a page shorter than asked ends at the head, even when a topic
-filter left out the events after its last one.
+says so. A page still does not say where it ends: the recorder returns a
+short page when a topic filter left out the events after its last one, and
+also when the batch item after it cannot be read (the read that starts
+there raises). So a batch's checkpoint is its last event's position, and
+only an empty page (nothing of the topics up to the head) reaches the head.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ class IndexSource:
     (filtered on ``topics`` by the recorder), reading the next page in a
     thread while the consumer handles the current one. An unreadable batch
     item raises :class:`~ledger.dynamodb.batches.CorruptNotificationBatchError`
-    when the page reaches it.
+    when a read starts at it, after the batch before it was yielded; a page
+    that ends short of the head is followed by a read from its end, so
+    nothing after it is passed over.
     """
 
     def __init__(self, application: Any, *, page_size: int = DEFAULT_PAGE_SIZE) -> None:
@@ -64,9 +69,8 @@ class IndexSource:
             upcoming = reader.submit(read, after + 1)
             while True:
                 page = upcoming.result()
-                full = len(page) == self.page_size
-                checkpoint = int(page[-1].id) if full else head
-                if full and checkpoint < head:
+                checkpoint = int(page[-1].id) if page else head
+                if checkpoint < head:
                     upcoming = reader.submit(read, checkpoint + 1)
                 yield Batch(
                     [Item(notification, to_event) for notification in page],

@@ -64,7 +64,7 @@ from ledger.dynamodb import connection_of
 from ledger.dynamodb import schema as store_schema
 from ledger.dynamodb.client import is_loopback
 from ledger.dynamodb.tables import ensure_table
-from ledger.feeds import Batch, Checkpoint, IndexSource, Progress, Runner
+from ledger.feeds import Batch, Checkpoint, IndexSource, Item, Progress, Runner
 from ledger.projections.deadletters import error_summary
 from ledger.projections.history import Undecodable
 from ledger.projections.metrics import Metrics
@@ -384,7 +384,7 @@ class Publisher:
             raise runner.blocked
         return done
 
-    def _index_record(self, item: Any, report: PublishReport) -> _Record:
+    def _index_record(self, item: Item, report: PublishReport) -> _Record:
         """Make the record of one event of the sequence (a feed's ``Item``)."""
         notification = item.notification
         record = _Record(

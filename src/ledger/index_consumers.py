@@ -353,35 +353,53 @@ def publication_handler(
 ) -> Callable[[Any, Any], dict[str, int]]:
     """Return a Lambda handler publishing a publication from its application's index.
 
-    Each invocation runs :meth:`~ledger.publishing.Publisher.follow_index`
-    until the end of the sequence, a position not done, or the context's
-    deadline. Returns the positions done and the cursor. An invocation that
-    leaves events not done (a ``PutEvents`` request failed as a whole, or a
-    dead letter could not be stored) raises ``OperationalError`` after
-    moving the cursor as far as it could, so the function's errors alarm
-    reports what would otherwise only hold the cursor still.
+    Each invocation drains the publisher's runner
+    (:meth:`~ledger.publishing.Publisher.runner`, through
+    :func:`~ledger.feeds.drain_handler`) until the end of the sequence, a
+    position not done, or the context's deadline, riding out DynamoDB being
+    unavailable meanwhile; the runner records the publisher's ``Lag`` behind
+    the head in embedded metric format (dimension ``Publication``, the
+    publication's name). Returns the positions done and the cursor. An
+    invocation that leaves events not done (a ``PutEvents`` request failed
+    as a whole, or a dead letter could not be stored) raises
+    ``OperationalError`` after moving the cursor as far as it could, and one
+    stopped at an unreadable batch of the index raises
+    :class:`~ledger.dynamodb.batches.CorruptNotificationBatchError`, so the
+    function's errors alarm reports what would otherwise only hold the
+    cursor still.
     """
+    from ledger.feeds import Runner, drain_handler  # noqa: PLC0415
+    from ledger.projections.metrics import PUBLICATION_DIMENSION  # noqa: PLC0415
     from ledger.publishing import Publisher  # noqa: PLC0415
 
     @functools.cache
     def publisher() -> Publisher:
         return Publisher(publication_class(), application_class(env=env), env=env)
 
+    @functools.cache
+    def runner() -> Runner:
+        return publisher().runner(
+            metrics=EmbeddedMetrics(dimension=PUBLICATION_DIMENSION)
+        )
+
+    drain = drain_handler(runner)
+
     def handler(event: Any, context: Any) -> dict[str, int]:
-        del event
-        failed_before = publisher().report.failed_records
-        done = publisher().follow_index(deadline=deadline_of(context))
-        position = publisher().position()
-        failed = publisher().report.failed_records - failed_before
+        result = drain(event, context)
+        blocked = runner().blocked
+        if blocked is not None:
+            raise blocked
+        failed = publisher().consumer.not_done
         if failed:
             raise OperationalError(
                 f"{failed} events of {publication_class.__name__}'s index were not "
                 f"published (PutEvents failed as a whole, or a dead letter could "
                 f"not be stored; the log says which): the cursor stays at "
-                f"{position}, before them, and the next invocation sends them "
-                "again. Fix the bus, its permission or the table named in the log."
+                f"{result['position']}, before them, and the next invocation sends "
+                "them again. Fix the bus, its permission or the table named in the "
+                "log."
             )
-        return {"published": done, "position": position}
+        return {"published": result["applied"], "position": result["position"]}
 
     return handler
 

@@ -15,7 +15,7 @@ from rich.table import Table
 from ledger.cli.options import JsonOutput, console, metered, print_json, settings
 
 if TYPE_CHECKING:
-    from ledger.indexer import Indexer
+    from ledger.indexer import Indexer, IndexStatus
 
 index_cli = typer.Typer(
     help="Run and inspect the indexer of an application in DYNAMODB_ORDERING=indexed "
@@ -135,8 +135,11 @@ def index_status(as_json: JsonOutput = False) -> None:
     ``behind``: stream records after the indexer's checkpoints (counted up to
     10,000); ``oldest_age``: seconds since the oldest of them was written;
     ``reindexing``: a re-index from the events table is under way;
-    ``trimmed``: a checkpoint is past the stream's retention (the indexer
-    will re-index). Bounded cost: two GetItems, a DescribeStream, per shard
+    ``reindex_pass``: which pass of it (a pass that began more than the
+    stream's 24 hours before the indexer is back on the stream is followed by
+    another; 0 once stream checkpoints are committed again); ``trimmed``: a
+    checkpoint is past the stream's retention (the indexer will re-index).
+    Bounded cost: two GetItems, a DescribeStream, per shard
     a GetShardIterator, and at most 10 GetRecords plus one per shard.
     """
     indexer = open_indexer()
@@ -153,6 +156,17 @@ def index_status(as_json: JsonOutput = False) -> None:
         str(found.behind),
         "-" if found.oldest_age is None else f"{found.oldest_age:.1f}",
         str(found.shards),
-        "under way" if found.reindexing else "due" if found.trimmed else "-",
+        _reindex_state(found),
     )
     console.print(table)
+
+
+def _reindex_state(found: IndexStatus) -> str:
+    """Say where a re-index stands, for the status table."""
+    if found.reindexing:
+        return f"pass {found.reindex_pass} under way"
+    if found.trimmed:
+        return "due"
+    if found.reindex_pass:
+        return f"pass {found.reindex_pass} done; stream next"
+    return "-"

@@ -130,6 +130,13 @@ REINDEX_HELD: Final = "reindex_held"
 """(L of M) on the indexer's checkpoints item while it re-indexes: keys of
 scanned events held back (a save not wholly scanned yet, and what follows it
 of its aggregates)."""
+REINDEX_STARTED: Final = "reindex_started"
+"""(N) on the indexer's checkpoints item, from the start of a re-index's pass
+until the indexer's first commit of stream checkpoints after it: when that
+pass began (epoch seconds, the indexer's clock). The stream holds every save
+made since only until this moment plus its retention; past that, another pass."""
+REINDEX_PASS: Final = "reindex_pass"  # noqa: S105 - an attribute name
+"""(N) with ``reindex_started``: which pass of the re-index that is (from 1)."""
 REINDEXED_AT: Final = "reindexed_at"
 """(N) on the indexer's checkpoints item: when its last re-index finished
 (epoch seconds); stream records older than that may be indexed already."""

@@ -128,6 +128,85 @@ def index_reindex(
     )
 
 
+@index_cli.command("repage")
+def index_repage(
+    as_json: JsonOutput = False,
+    remove_old: Annotated[
+        bool,
+        typer.Option(
+            "--remove-old-pages",
+            help="Then delete the batches' items under their old keys, halving "
+            "the table's storage. Only once every process that read the table "
+            "before the move has been restarted (or has read its head since): "
+            "one still holding the old page size would find batches missing.",
+        ),
+    ] = False,
+) -> None:
+    """Move a notifications table from pages of 100,000 positions onto pages of 1,000.
+
+    For tables first written before page sizes were recorded (`sequence`
+    and `indexed` orderings): their batches share one partition key per
+    100,000 positions. Positions do not change. Each batch item is copied
+    under its new key, then the table's page size is switched, on condition
+    that nothing was appended since the last copy (else the new batches are
+    copied and it tries again). Writers and readers need not stop: until the
+    switch they use the old keys, which keep every batch; from it, every
+    writer files by the new size (a writer holding the old one fails its
+    condition and re-reads it). Killed, it resumes where it stopped; a table
+    moved already is left as it is. Costs: reads of the whole table, a write
+    of each batch item again (the table's bytes, in write units), a
+    progress write per 250 items; the table holds twice its bytes until
+    --remove-old-pages. With --json: the summary on stdout.
+    """
+    from ledger.dynamodb.repaging import remove_old_pages, repage  # noqa: PLC0415
+    from ledger.dynamodb.sequence_recorders import (  # noqa: PLC0415
+        DynamoDBApplicationRecorder,
+    )
+
+    application = settings.application()
+    recorder = application.recorder
+    if not isinstance(recorder, DynamoDBApplicationRecorder):
+        raise typer.BadParameter(
+            f"{type(recorder).__name__} has no notifications table (stream "
+            "ordering): there are no pages to move."
+        )
+    with (
+        metered(recorder, to_stderr=as_json),
+        console.status("moving onto pages of 1,000 positions") as line,
+    ):
+        moved = repage(
+            recorder,
+            progress=lambda through, last: line.update(
+                f"moving: batches copied through position {through} of {last}"
+            ),
+        )
+        removed = (
+            remove_old_pages(
+                recorder,
+                progress=lambda count: line.update(
+                    f"removing old keys: {count} items deleted"
+                ),
+            )
+            if remove_old
+            else 0
+        )
+    summary = dataclasses.asdict(moved) | {"removed": removed}
+    if as_json:
+        print_json(summary)
+        return
+    if moved.already:
+        console.print(
+            f"already on pages of {moved.page_size} positions; nothing copied"
+        )
+    else:
+        console.print(
+            f"moved onto pages of {moved.page_size} positions: {moved.copied} "
+            f"batch items copied; switched at position {moved.last_position}"
+        )
+    if remove_old:
+        console.print(f"removed {removed} items under old keys")
+
+
 @index_cli.command("status")
 def index_status(as_json: JsonOutput = False) -> None:
     """Show the head of the sequence and how far the index is behind the stream.

@@ -113,6 +113,14 @@ SEQUENCE_PAGE: Final = -1
 INDEX_CHECKPOINTS_POSITION: Final = 1
 """In ``indexed`` ordering, the ``position`` (on ``SEQUENCE_PAGE``) of the item
 holding the indexer's stream shard checkpoints."""
+REPAGE_POSITION: Final = 2
+"""The ``position`` (on ``SEQUENCE_PAGE``) of the item that records how far a
+move of a table's batches onto smaller pages has copied (``ledger.dynamodb.repaging``);
+there only while one is under way."""
+REPAGED_THROUGH: Final = "repaged_through"
+"""(N) on that item: every batch ending at or before this position has been
+copied to its key on the smaller pages (whose size it holds in
+``POSITIONS_PER_PAGE``)."""
 SHARD_CHECKPOINTS: Final = "shard_checkpoints"
 """(M) on the indexer's checkpoints item: shard id -> sequence number (S) of
 the last stream record of that shard indexed (or passed over)."""

@@ -30,7 +30,11 @@ Tables (``{prefix}{application}_{kind}``):
     and every later write is conditional on it, so one table never mixes
     sizes. A sequence item without it is a table written before pages
     shrank: its pages hold ``LEGACY_PAGE_SIZE`` positions, and it is read
-    and appended to as such.
+    and appended to as such, until moved onto smaller pages
+    (:mod:`.repaging`: its batches copied under their new keys, then the
+    size recorded under a condition). Readers ask each page only for the
+    positions that page holds, so a moved table's old keys, kept until
+    removed, never meet its new ones in one Query.
 
     With ``DYNAMODB_ORDERING=indexed`` the same table, in the same format,
     is written by the indexer (:mod:`.indexer`), not by saves; it also holds

@@ -434,8 +434,16 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
             window_high = min(high, low + span - 1)
             upper = min(last, window_high + BATCH_REACH)
             end = low - 1
-            first_page = schema.page_of(low, self.page_size)
-            for page in range(first_page, schema.page_of(upper, self.page_size) + 1):
+            size = self.page_size
+            for page in range(
+                schema.page_of(low, size), schema.page_of(upper, size) + 1
+            ):
+                # Only the page's own positions: a table moved onto smaller
+                # pages keeps other batches under the same page number.
+                page_low, page_up = (
+                    max(low, page * size),
+                    min(upper, page * size + size - 1),
+                )
                 for batch in self.connection.items(
                     "query",
                     TableName=self.notifications_table_name,
@@ -446,8 +454,8 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
                     },
                     ExpressionAttributeValues={
                         ":p": {"N": str(page)},
-                        ":low": {"N": str(low)},
-                        ":up": {"N": str(upper)},
+                        ":low": {"N": str(page_low)},
+                        ":up": {"N": str(page_up)},
                     },
                     ConsistentRead=True,
                     # Each batch holds at least one position of the window,
@@ -534,8 +542,8 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
                 ExpressionAttributeNames={"#p": schema.PAGE, "#pos": schema.POSITION},
                 ExpressionAttributeValues={
                     ":p": {"N": str(page)},
-                    ":low": {"N": str(position)},
-                    ":up": {"N": str(upper)},
+                    ":low": {"N": str(max(position, page * size))},
+                    ":up": {"N": str(min(upper, page * size + size - 1))},
                 },
                 ProjectionExpression="#pos",
                 ConsistentRead=True,

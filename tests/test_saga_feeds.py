@@ -24,11 +24,13 @@ from aggregates import fulfilment_lambda
 from aggregates.fulfilment import OrderFulfilment
 from aggregates.order import OrderStatus
 from ledger.dynamodb import measure
+from ledger.dynamodb.batches import CorruptNotificationBatchError
 from ledger.feeds import Runner
 from ledger.index_consumers import STOP_MARGIN_MS, follow_leaders
 from ledger.projections.metrics import LAG, SAGA_DIMENSION, MemoryMetrics
 from ledger.sagas import PARKED_TABLE, LowWaterMark, SagaRunner, TimeoutPoller
 from tests.faults import FaultProxy
+from tests.test_corrupt_batches import DAMAGE, damage_batch
 from tests.test_saga_fulfilment import (
     INDEXED,
     LATER,
@@ -177,6 +179,29 @@ def test_loading_the_timeout_mark_starts_the_pending_timeouts_from_it(shop):
     assert mark.load() == position + 10
     assert mark.save(position, position + 10)  # never back: no race either
     assert mark.load() == position + 10
+
+
+def test_a_feed_stopped_at_an_unreadable_batch_raises_once_the_others_went_on(
+    dynamodb_env,
+):
+    shop = open_shop(dynamodb_env, {TEA: STOCK})
+    first = shop.place({TEA: 1})
+    runner = runner_of(shop)
+    runner.poll()
+    second = shop.place({TEA: 1})
+    head = shop.orders.recorder.max_notification_id()
+    damage_batch(shop.orders, head, **DAMAGE["truncated bytes"])
+    shop.answer(first, approved=True)
+
+    with pytest.raises(CorruptNotificationBatchError):
+        runner.poll()
+
+    assert set(runner.blocked) == {f"{SAGA}/Orders"}
+    assert feed_of(runner, "Orders").position < head  # nothing skipped
+    assert shop.fulfilment.fulfilment(second) is None
+    # The payment's feed and the steps went on: the first order shipped.
+    assert shop.orders.get_order(first).status is OrderStatus.SHIPPED
+    shop.close()
 
 
 # What the runner gives them ------------------------------------------------------

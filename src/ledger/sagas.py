@@ -1405,7 +1405,9 @@ class SagaRunner:
         next round, as DynamoDB Local's does at once; else at the next poll).
         A round in which a feed lost a race to another decider is gone round
         again; after :data:`MAX_DECISION_ATTEMPTS` such rounds in a row,
-        ``IntegrityError``.
+        ``IntegrityError``. A feed stopped at an unreadable notification batch
+        raises its :class:`~ledger.dynamodb.batches.CorruptNotificationBatchError`
+        once the other feeds did their work.
         """
         app = self.application
         before, races = app.processed, 0
@@ -1425,6 +1427,7 @@ class SagaRunner:
                 continue
             races = 0
             if app.processed == start and not indexed:
+                self._raise_if_blocked()
                 return app.processed - before
 
     def drain(self, deadline: float | None, *, max_races: int = 3) -> int:
@@ -1434,7 +1437,8 @@ class SagaRunner:
         (``time.monotonic()``), and each rides out DynamoDB being unavailable
         until then. After ``max_races`` rounds in which a feed lost a race to
         another decider (another invocation, the timeout firer) it stops: the
-        other goes on, and the next invocation reads again.
+        other goes on, and the next invocation reads again. A feed stopped at
+        an unreadable batch raises as :meth:`poll` does.
         """
         app = self.application
         before, races = app.processed, 0
@@ -1454,6 +1458,7 @@ class SagaRunner:
                 continue
             if app.processed == start and not indexed:
                 break
+        self._raise_if_blocked()
         return app.processed - before
 
     def run(self, stop: threading.Event, interval: float = 1.0) -> None:
@@ -1465,6 +1470,15 @@ class SagaRunner:
 
     def _races(self) -> int:
         return sum(consumer.races for consumer in self.consumers)
+
+    def _raise_if_blocked(self) -> None:
+        """Raise what stops a feed at an unreadable batch, once the others went on.
+
+        A saga feed cannot skip events, so its failure must be seen (in
+        Lambda: the function's errors alarm), not only logged.
+        """
+        for error in self.blocked.values():
+            raise error
 
 
 class TimeoutPoller:

@@ -1099,8 +1099,9 @@ class ProcessConsumer:
 
     Atomic: a batch (a page of the leader's sequence, :attr:`upstream_topics`
     only) is decided in order, then committed with the tracking of its last
-    event by :meth:`SagaApplication._process_page`, in as few parts as fit a
-    transaction, one event per commit if a part is refused. A conflict it
+    event, in as few parts as fit a transaction, one event per commit if a
+    part is refused: the page logic :meth:`SagaApplication.pull_and_process`
+    runs too. A conflict it
     cannot commit past (another decider saved a saga, another runner
     committed the page) is :class:`~ledger.feeds.Raced`: what was committed
     stays, and the runner reads again from the tracking.

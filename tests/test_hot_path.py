@@ -17,6 +17,7 @@ from faults import SERVER_ERROR, FaultProxy
 
 from aggregates.application import Orders
 from aggregates.order import Order
+from aggregates.payments import Payments
 from ledger import persistence
 from ledger.domain import Aggregate, DomainEvent, given_metadata, project_aggregate
 from ledger.dynamodb import recorders
@@ -147,6 +148,39 @@ def test_a_command_makes_no_runtime_protocol_check(
 
     assert checked == []
     assert orders.get_order(order_id).lines["p1"].quantity == 1
+
+
+def counted_protocol_checks(monkeypatch: pytest.MonkeyPatch) -> list[type]:
+    """Record every runtime protocol ``isinstance`` check made from now on."""
+    checked: list[type] = []
+    protocol_meta: Any = type(DomainEventProtocol)
+    check = protocol_meta.__instancecheck__
+
+    def counted(cls: type, instance: object) -> bool:
+        checked.append(cls)
+        return bool(check(cls, instance))
+
+    monkeypatch.setattr(protocol_meta, "__instancecheck__", counted)
+    return checked
+
+
+@pytest.mark.parametrize("idempotency_key", [None, "settle-1"])
+def test_a_payments_command_makes_no_runtime_protocol_check(
+    dynamodb_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    idempotency_key: str | None,
+) -> None:
+    order_id = uuid.uuid4()
+    with Payments(env=dynamodb_env) as payments:
+        payments.request(order_id, PRICE, "EUR")
+        checked = counted_protocol_checks(monkeypatch)
+
+        payments.settle(order_id, approved=True, idempotency_key=idempotency_key)
+
+        assert checked == []
+        payment = payments.get_payment(order_id)
+        assert payment is not None
+        assert payment.version == 2
 
 
 def test_a_save_still_takes_events_and_skips_none(orders: Orders) -> None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 import uuid
+import zlib
 from decimal import Decimal
 from typing import Any
 
 import boto3
 import pytest
+from botocore.awsrequest import HeadersDict
+from botocore.session import get_session
 from eventsourcing.application import project_aggregate as eventsourcing_projector
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import JSONTranscoder, StoredEvent
@@ -21,7 +24,7 @@ from aggregates.payments import Payments
 from ledger import persistence
 from ledger.domain import Aggregate, DomainEvent, given_metadata, project_aggregate
 from ledger.dynamodb import recorders
-from ledger.dynamodb.client import DynamoDBConnection
+from ledger.dynamodb.client import DynamoDBConnection, incomplete_answer
 from ledger.dynamodb.limits import ItemTooLargeError
 from ledger.metadata import metadata
 from ledger.persistence import PydanticMapper
@@ -422,3 +425,43 @@ def test_events_read_without_metadata_share_one_validation_context(
     assert third is not first
     assert events[3].metadata.correlation_id == "request-1"
     assert events[1].metadata.correlation_id == f"{order.id}/2"
+
+
+class NotedHeaders(HeadersDict):
+    """botocore's headers of an answer, noting each header looked up."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self.looked_up: list[str] = []
+        super().__init__(headers)
+
+    def __getitem__(self, name: str) -> str:
+        self.looked_up.append(name.lower())
+        value: str = super().__getitem__(name)
+        return value
+
+
+def query_model() -> Any:
+    return get_session().get_service_model("dynamodb").operation_model("Query")
+
+
+def test_an_answer_matching_its_checksum_is_whole_after_one_header() -> None:
+    body = b'{"Items":[],"Count":0,"ScannedCount":0}'
+    headers = NotedHeaders(
+        {"Content-Length": str(len(body)), "x-amz-crc32": str(zlib.crc32(body))}
+    )
+
+    found = incomplete_answer(query_model(), headers, body)
+
+    assert found is None
+    assert headers.looked_up == ["x-amz-crc32"]
+
+
+def test_an_answer_cut_short_still_says_how_much_of_it_arrived() -> None:
+    body = b'{"Items":[],"Count":0,"ScannedCount":0}'
+    headers = NotedHeaders(
+        {"Content-Length": str(len(body)), "x-amz-crc32": str(zlib.crc32(body))}
+    )
+
+    found = incomplete_answer(query_model(), headers, body[:10])
+
+    assert found == f"10 of its {len(body)} bytes arrived"

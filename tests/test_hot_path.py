@@ -17,6 +17,8 @@ from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import JSONTranscoder, StoredEvent
 from eventsourcing.utils import get_topic
 from faults import SERVER_ERROR, FaultProxy
+from pydantic import PrivateAttr
+from pydantic._internal import _model_construction as model_construction
 
 from aggregates.application import Orders
 from aggregates.order import Order
@@ -465,3 +467,55 @@ def test_an_answer_cut_short_still_says_how_much_of_it_arrived() -> None:
     found = incomplete_answer(query_model(), headers, body[:10])
 
     assert found == f"10 of its {len(body)} bytes arrived"
+
+
+def test_an_event_read_without_metadata_skips_pydantics_private_attribute_setup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    mapper = PydanticMapper(transcoder=JSONTranscoder())
+    order = an_order()
+    pending = order.collect_events()
+    stored = [mapper.to_stored_event(e) for e in pending]
+    set_up: list[object] = []
+    init = model_construction.init_private_attributes
+
+    def counted(self: Any, context: Any, /) -> None:
+        set_up.append(self)
+        init(self, context)
+
+    monkeypatch.setattr(model_construction, "init_private_attributes", counted)
+
+    events = [mapper.to_domain_event(s) for s in stored]
+
+    assert set_up == []
+    assert events == pending
+    assert [e.metadata for e in events] == [e.metadata for e in pending]
+
+
+class Annotated(Aggregate.Event):
+    """An event class with a private attribute of its own beside the metadata."""
+
+    _note: str = PrivateAttr(default="unread")
+
+
+def test_private_attributes_of_an_event_class_get_their_defaults_when_read() -> None:
+    mapper = PydanticMapper(transcoder=JSONTranscoder())
+    with metadata(correlation_id="request-1"):
+        annotated = Annotated(
+            originator_id=uuid.uuid4(),
+            originator_version=2,
+            timestamp=Annotated.create_timestamp(),
+        )
+    plain = Annotated(
+        originator_id=uuid.uuid4(),
+        originator_version=2,
+        timestamp=Annotated.create_timestamp(),
+    )
+
+    read = [
+        mapper.to_domain_event(mapper.to_stored_event(e)) for e in (annotated, plain)
+    ]
+
+    assert [e._note for e in read] == ["unread", "unread"]
+    assert read[0].metadata.correlation_id == "request-1"
+    assert read[1].metadata == plain.metadata

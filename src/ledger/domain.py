@@ -270,7 +270,7 @@ def _drop_inherited_post_init_wrapper(cls: type[BaseModel]) -> None:
         "_metadata"
     }:
         # Private attributes of its own: pydantic sets them all up first.
-        cls.model_post_init = _init_private_and_post_init  # type: ignore[method-assign]
+        cls.model_post_init = _init_private_and_post_init  # type: ignore[method-assign,assignment]
 
 
 class Aggregate(BaseAggregate[UUID]):

@@ -292,8 +292,7 @@ def _index_until(
         try:
             found = indexer.poll()
         except OperationalError as error:
-            outage.patience = outage.waited + max(0.0, deadline - time.monotonic())
-            wait = outage.failed(error)
+            wait = outage.failed_before(error, deadline)
             if wait is None:
                 raise
             time.sleep(wait)

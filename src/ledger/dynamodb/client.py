@@ -42,6 +42,7 @@ import ipaddress
 import json
 import logging
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
@@ -251,6 +252,16 @@ class Outage:
         if self.on_unavailable is not None:
             self.on_unavailable(error, wait)
         return wait
+
+    def failed_before(self, error: Exception, deadline: float | None) -> float | None:
+        """Return :meth:`failed`'s wait, or None if waiting would pass ``deadline``.
+
+        ``deadline`` is a ``time.monotonic()`` (None: give up at once), for a
+        caller whose time is bounded: a Lambda invocation, a drain.
+        """
+        left = 0.0 if deadline is None else max(0.0, deadline - time.monotonic())
+        self.patience = self.waited + left
+        return self.failed(error)
 
     def recovered(self) -> None:
         """Note a try that worked: the next failure waits ``first`` again."""

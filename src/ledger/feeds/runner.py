@@ -184,11 +184,7 @@ class Runner:
             try:
                 done = self.poll(deadline)
             except OperationalError as error:
-                left = None if deadline is None else deadline - time.monotonic()
-                outage.patience = (
-                    0.0 if left is None else outage.waited + max(0.0, left)
-                )
-                wait = outage.failed(error)
+                wait = outage.failed_before(error, deadline)
                 if wait is None:
                     raise
                 time.sleep(wait)

@@ -329,3 +329,24 @@ def test_a_damaged_batch_read_ahead_is_reported_when_reached(
         table_reader.select_notifications(start=first, limit=10)
 
     assert raised.value.last_position == end
+
+
+def test_a_batch_damaged_after_it_was_returned_is_reported_when_read_again(
+    small_sequence: Sequence,
+) -> None:
+    table_reader = reader(small_sequence.factory)
+    end = second_batch_of_page_1(table_reader)
+    table = table_reader.notifications_table_name
+    intact = table_reader.connection.call(
+        "get_item", TableName=table, Key=batch_key(end), ConsistentRead=True
+    )["Item"]
+    first = int(intact[schema.FIRST_POSITION]["N"])
+    table_reader.select_notifications(start=1, limit=end)  # returns the batch whole
+    table_reader.connection.call(
+        "put_item", TableName=table, Item={**intact, schema.EVENTS: {"B": b"\x03"}}
+    )
+
+    with pytest.raises(CorruptNotificationBatchError) as raised:
+        table_reader.select_notifications(start=first, limit=10)
+
+    assert raised.value.last_position == end

@@ -76,8 +76,10 @@ BATCH_REACH: Final = MAX_TRANSACTION_ACTIONS - 1
 sequence item), so the batch holding ``p`` ends by ``p + 97``; readers look
 up to ``p + BATCH_REACH``, a margin of two."""
 _READ_AHEAD_KEPT: Final = 4
-"""Answers to batch Queries a recorder keeps for its next reads (each at most
-DynamoDB's 1 MB page): one per reader paging through the sequence at once."""
+"""Answers to batch Queries a recorder keeps for its next reads: room for a few
+readers paging through the sequence at once. Each holds at most one
+notifications page's positions and DynamoDB's 1 MB of an answer, plus the
+batches of it decoded so far."""
 
 
 class _ReadBatch:
@@ -401,8 +403,11 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
 
         Reads the sequence item first, so it never returns position ``n + 1``
         before ``n`` is readable, unless every position wanted is at or below
-        a last position this recorder already saw committed (readers paging
-        through history then make one request per page, not two).
+        a last position this recorder already saw committed. Batches are read
+        by one Query per notifications page, which reads on to the end of
+        the page (at most ``limit`` positions further, never past ``stop``)
+        and is kept for the next call: a reader paging through history makes
+        about one request per page of the table (see ``_batches``).
 
         A batch item that cannot be read, or is missing, raises
         :class:`CorruptNotificationBatchError` when it holds the first
@@ -474,6 +479,8 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
                 raise
             # Return what precedes the damaged batch: the next read starts
             # there and reports it.
+        if notifications:
+            self._returned(notifications[-1].id)
         if pointers:
             self._fill_states(notifications, pointers)
         return notifications
@@ -588,6 +595,24 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
     def _forget_read_ahead(self) -> None:
         with self._read_ahead_lock:
             self._read_ahead = ()
+
+    def _returned(self, position: int) -> None:
+        """Drop the batches kept that end at or before a position just returned.
+
+        Only what no call has returned yet is served from what was read
+        ahead: a reader that asks again for positions it was given reads the
+        table again (and finds a batch damaged since, as it would have).
+        """
+        with self._read_ahead_lock:
+            self._read_ahead = tuple(
+                _ReadAhead(
+                    max(ahead.low, position + 1),
+                    ahead.high,
+                    tuple(b for b in ahead.batches if b.last > position),
+                )
+                for ahead in self._read_ahead
+                if ahead.high > position
+            )
 
     def _missing_batch(self, low: int, high: int) -> CorruptNotificationBatchError:
         """Say that no batch item holds positions ``low`` to ``high``, committed."""

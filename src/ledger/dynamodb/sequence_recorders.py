@@ -841,12 +841,17 @@ class DynamoDBSubscription(ListenNotifySubscription[DynamoDBApplicationRecorder]
         self._recorder.unlisten(self._has_been_notified)
 
 
-class DynamoDBProcessRecorder(
+class SequenceProcessRecorder(
     DynamoDBTrackingRecorder, DynamoDBApplicationRecorder, ProcessRecorder
 ):
-    """An application recorder that also records tracking, in the same transaction."""
+    """The constructor and tables of a process recorder with an application sequence.
 
-    ordering: ClassVar[Ordering] = "sequence"
+    The base of the ``sequence`` and ``indexed`` orderings' process recorders:
+    each is its ordering's application recorder plus a tracking table. The
+    application recorder is whichever comes after ``DynamoDBTrackingRecorder``
+    in a subclass's MRO (``DynamoDBApplicationRecorder``, or a subclass of it
+    that the subclass lists after this class).
+    """
 
     def __init__(
         self,
@@ -859,8 +864,10 @@ class DynamoDBProcessRecorder(
         poll_interval: float = 0.1,
         with_stream: bool = True,
     ) -> None:
-        DynamoDBApplicationRecorder.__init__(
-            self,
+        # Past the tracking recorder's constructor (it takes other arguments)
+        # to the application recorder's, which sets up the connection and
+        # id type that the tracking recorder's would.
+        super(DynamoDBTrackingRecorder, self).__init__(
             connection,
             events_table_name,
             notifications_table_name,
@@ -872,8 +879,14 @@ class DynamoDBProcessRecorder(
 
     def create_table(self) -> None:
         """Create the events, notifications and tracking tables if missing."""
-        DynamoDBApplicationRecorder.create_table(self)
+        super(DynamoDBTrackingRecorder, self).create_table()
         DynamoDBTrackingRecorder.create_table(self)
+
+
+class DynamoDBProcessRecorder(SequenceProcessRecorder):
+    """An application recorder that also records tracking, in the same transaction."""
+
+    ordering: ClassVar[Ordering] = "sequence"
 
     def _insert_tracking_only(self, tracking: Tracking) -> None:
         self.insert_tracking(tracking)

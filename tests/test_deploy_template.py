@@ -53,6 +53,7 @@ from ledger.projections.metrics import (
     LAG,
     LEDGER_METRICS,
     NAMESPACE,
+    PUBLICATION_DIMENSION,
     SAGA_DIMENSION,
     SAGAS_PARKED,
 )
@@ -665,6 +666,16 @@ def _alarms_on(
     ]
 
 
+def _lag_alarm(resources: dict[str, Any], dimension: str) -> dict[str, Any]:
+    """Return the one alarm on ``Lag`` whose dimension is ``dimension``."""
+    [alarm] = [
+        alarm
+        for alarm in _alarms_on(resources, NAMESPACE, LAG)
+        if [d["Name"] for d in alarm["Dimensions"]] == [dimension]
+    ]
+    return alarm
+
+
 def _functions(resources: dict[str, Any]) -> list[str]:
     return [
         name
@@ -826,11 +837,11 @@ def test_alarms_notify_the_topic_given_or_the_one_the_stack_makes(template, reso
     }
     alarms = _alarms(resources)
     # 3 per indexer (errors, not invoked, lag), 3 of the projector (errors,
-    # parked events, lag), 3 of publishing (errors, dead letters, the rule's
-    # dead letters), 4 of the saga (2 on errors, parked sagas, the timeout
-    # poller not being invoked), 4 per service (errors, its queue's and its
-    # rule's dead letters, parked events)
-    assert len(alarms) == 3 * len(INDEXERS) + 3 + 3 + 4 + 4 * len(SERVICES)
+    # parked events, lag), 4 of publishing (errors, dead letters, the rule's
+    # dead letters, lag), 5 of the saga (2 on errors, parked sagas, the
+    # timeout poller not being invoked, lag), 4 per service (errors, its
+    # queue's and its rule's dead letters, parked events)
+    assert len(alarms) == 3 * len(INDEXERS) + 3 + 4 + 5 + 4 * len(SERVICES)
     for alarm in alarms.values():
         assert alarm["AlarmActions"] == notify
         assert alarm["OKActions"] == notify
@@ -2046,7 +2057,7 @@ def test_each_service_alarms_on_its_dead_letters_and_parked_events(resources, se
 
 
 def test_the_projector_alarms_on_its_lag(template, resources):
-    [alarm] = _alarms_on(resources, NAMESPACE, LAG)
+    alarm = _lag_alarm(resources, DIMENSION)
 
     # the metric's one dimension, valued the projector's name
     assert alarm["Dimensions"] == [
@@ -2056,6 +2067,54 @@ def test_the_projector_alarms_on_its_lag(template, resources):
     assert alarm["Statistic"] == "Maximum"
     assert alarm["Threshold"] == {"Ref": "FollowerLagAlarmEvents"}
     assert alarm["TreatMissingData"] == "notBreaching"
+
+
+def test_the_publisher_and_the_saga_alarm_on_their_lag_as_the_projector_does(
+    template, resources
+):
+    projector = _lag_alarm(resources, DIMENSION)
+    publisher = _lag_alarm(resources, PUBLICATION_DIMENSION)
+    saga = _lag_alarm(resources, SAGA_DIMENSION)
+
+    # each metric's one dimension, valued the follower's name
+    assert publisher["Dimensions"] == [
+        {"Name": PUBLICATION_DIMENSION, "Value": {"Ref": "PublicationName"}}
+    ]
+    assert saga["Dimensions"] == [
+        {"Name": SAGA_DIMENSION, "Value": OrderFulfilment.name}
+    ]
+    assert template["Parameters"]["PublicationName"]["Default"] == OrderEvents.name
+    same = ("Statistic", "Period", "EvaluationPeriods", "DatapointsToAlarm")
+    for alarm in (publisher, saga):
+        assert {k: alarm[k] for k in same} == {k: projector[k] for k in same}
+        assert alarm["Threshold"] == {"Ref": "FollowerLagAlarmEvents"}
+        assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
+        assert alarm["TreatMissingData"] == "notBreaching"
+
+
+def test_the_publisher_writes_the_lag_its_alarm_watches(
+    indexed_publishing_stack, resources, capsys
+):
+    alarm = _lag_alarm(resources, PUBLICATION_DIMENSION)
+    orders = indexed_publishing_stack.orders
+    _place_and_confirm(orders)
+    _index(orders)
+    handler = publication_handler(OrderEvents, Orders, indexed_publishing_stack.env)
+    capsys.readouterr()
+
+    handler(SCHEDULED, with_time_to_work(5))
+
+    documents = [
+        json.loads(line)
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith('{"_aws"')
+    ]
+    [written] = [d for d in documents if LAG in d]
+    [metrics] = written["_aws"]["CloudWatchMetrics"]
+    assert metrics["Namespace"] == alarm["Namespace"]
+    assert metrics["Dimensions"] == [[d["Name"] for d in alarm["Dimensions"]]]
+    assert written[PUBLICATION_DIMENSION] == OrderEvents.name
+    assert written[LAG] == 0  # the index published to its head
 
 
 def test_the_replay_into_a_services_rule_names_the_archive_and_the_rule(template):
@@ -2078,7 +2137,7 @@ def test_the_replay_into_a_services_rule_names_the_archive_and_the_rule(template
 def test_the_projector_writes_the_lag_its_alarm_watches(
     indexed_tables, dynamodb_env, resources, capsys
 ):
-    [alarm] = _alarms_on(resources, NAMESPACE, LAG)
+    alarm = _lag_alarm(resources, DIMENSION)
     handler = projection_handler(
         OrderProjector, Orders, {**_indexed(dynamodb_env), "CREATE_TABLE": "no"}
     )

@@ -320,44 +320,30 @@ def projection_handler(
 ) -> Callable[[Any, Any], dict[str, int]]:
     """Return a Lambda handler feeding a projector from its application's index.
 
-    Each invocation (a wake-up or the schedule) applies pages of the
-    sequence after the view's tracking position with a
-    :class:`~ledger.projections.sequence.SequenceFeed`, until the end of the
-    sequence or the context's deadline (:func:`deadline_of`). Returns the
-    events applied, the position reached, and whether the feed is stopped at
-    an unreadable batch (``ledger projections skip-batch``).
+    Each invocation (a wake-up or the schedule) drains the sequence after the
+    view's tracking position (:func:`ledger.feeds.drain_handler` over a
+    :class:`~ledger.projections.sequence.SequenceFeed`'s runner), until the
+    end of the sequence or the context's deadline (:func:`deadline_of`).
+    Returns the events applied, the position reached, and whether the feed
+    is stopped at an unreadable batch (``ledger projections skip-batch``);
+    the lag behind the head goes to the projector's metrics.
     """
+    from ledger.feeds import Runner, drain_handler  # noqa: PLC0415
     from ledger.projections.dynamodb import open_view  # noqa: PLC0415
     from ledger.projections.metrics import metrics_from_env  # noqa: PLC0415
     from ledger.projections.projector import event_loader  # noqa: PLC0415
     from ledger.projections.sequence import SequenceFeed  # noqa: PLC0415
 
-    @functools.cache
-    def feed() -> SequenceFeed:
+    def runner() -> Runner:
         application = application_class(env=env)
         projector = projector_class(
             open_view(projector_class, env),
             event_loader(application),
             metrics=metrics_from_env(projector_class, env),
         )
-        return SequenceFeed(projector, application)
+        return SequenceFeed(projector, application).runner
 
-    def handler(event: Any, context: Any) -> dict[str, int]:
-        del event  # a wake-up or a schedule's: either way, read to the end
-        deadline = deadline_of(context)
-        applied = 0
-        while _before(deadline):
-            done = feed().poll()
-            applied += done
-            if not done:
-                break
-        return {
-            "applied": applied,
-            "position": feed().position,
-            "blocked": int(feed().blocked is not None),
-        }
-
-    return handler
+    return drain_handler(runner, margin_ms=STOP_MARGIN_MS)
 
 
 def publication_handler(
@@ -367,35 +353,53 @@ def publication_handler(
 ) -> Callable[[Any, Any], dict[str, int]]:
     """Return a Lambda handler publishing a publication from its application's index.
 
-    Each invocation runs :meth:`~ledger.publishing.Publisher.follow_index`
-    until the end of the sequence, a position not done, or the context's
-    deadline. Returns the positions done and the cursor. An invocation that
-    leaves events not done (a ``PutEvents`` request failed as a whole, or a
-    dead letter could not be stored) raises ``OperationalError`` after
-    moving the cursor as far as it could, so the function's errors alarm
-    reports what would otherwise only hold the cursor still.
+    Each invocation drains the publisher's runner
+    (:meth:`~ledger.publishing.Publisher.runner`, through
+    :func:`~ledger.feeds.drain_handler`) until the end of the sequence, a
+    position not done, or the context's deadline, riding out DynamoDB being
+    unavailable meanwhile; the runner records the publisher's ``Lag`` behind
+    the head in embedded metric format (dimension ``Publication``, the
+    publication's name). Returns the positions done and the cursor. An
+    invocation that leaves events not done (a ``PutEvents`` request failed
+    as a whole, or a dead letter could not be stored) raises
+    ``OperationalError`` after moving the cursor as far as it could, and one
+    stopped at an unreadable batch of the index raises
+    :class:`~ledger.dynamodb.batches.CorruptNotificationBatchError`, so the
+    function's errors alarm reports what would otherwise only hold the
+    cursor still.
     """
+    from ledger.feeds import Runner, drain_handler  # noqa: PLC0415
+    from ledger.projections.metrics import PUBLICATION_DIMENSION  # noqa: PLC0415
     from ledger.publishing import Publisher  # noqa: PLC0415
 
     @functools.cache
     def publisher() -> Publisher:
         return Publisher(publication_class(), application_class(env=env), env=env)
 
+    @functools.cache
+    def runner() -> Runner:
+        return publisher().runner(
+            metrics=EmbeddedMetrics(dimension=PUBLICATION_DIMENSION)
+        )
+
+    drain = drain_handler(runner)
+
     def handler(event: Any, context: Any) -> dict[str, int]:
-        del event
-        failed_before = publisher().report.failed_records
-        done = publisher().follow_index(deadline=deadline_of(context))
-        position = publisher().position()
-        failed = publisher().report.failed_records - failed_before
+        result = drain(event, context)
+        blocked = runner().blocked
+        if blocked is not None:
+            raise blocked
+        failed = publisher().consumer.not_done
         if failed:
             raise OperationalError(
                 f"{failed} events of {publication_class.__name__}'s index were not "
                 f"published (PutEvents failed as a whole, or a dead letter could "
                 f"not be stored; the log says which): the cursor stays at "
-                f"{position}, before them, and the next invocation sends them "
-                "again. Fix the bus, its permission or the table named in the log."
+                f"{result['position']}, before them, and the next invocation sends "
+                "them again. Fix the bus, its permission or the table named in the "
+                "log."
             )
-        return {"published": done, "position": position}
+        return {"published": result["applied"], "position": result["position"]}
 
     return handler
 

@@ -94,6 +94,9 @@ SAGA_DIMENSION = "SagaApplication"
 """The one dimension of a saga application's metrics: its ``name``
 (:class:`ledger.sagas.SagaApplication` reports through these same classes,
 with ``EmbeddedMetrics(dimension=SAGA_DIMENSION)``)."""
+PUBLICATION_DIMENSION = "Publication"
+"""The one dimension of a publisher's metrics (its ``Lag`` behind the index):
+its publication's ``name``."""
 SAGAS_PARKED = "SagasParked"
 """Count: sagas parked because a step kept failing (a redrive that failed
 again parks its saga again). ``deploy/template.yaml`` alarms on its Sum."""
@@ -551,6 +554,7 @@ __all__ = [
     "LEDGER_METRICS",
     "NAMESPACE",
     "NO_METRICS",
+    "PUBLICATION_DIMENSION",
     "SAGAS_PARKED",
     "SAGA_DIMENSION",
     "SAGA_STEP_RETRIES",

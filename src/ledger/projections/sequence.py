@@ -1,8 +1,12 @@
 """The sequence feed: a projector kept up to date from its application's sequence.
 
-Reads the application sequence (``DYNAMODB_ORDERING=sequence``) after the
-view's tracking position, a page at a time, and applies each page in full
-commits (:meth:`Projector.apply_batch`). Unlike ``eventsourcing``'s
+A projector is one consumer of the reader interface (:mod:`ledger.feeds`):
+:class:`ProjectorConsumer`, run by a :class:`~ledger.feeds.Runner` over an
+:class:`~ledger.feeds.IndexSource`. It reads the application sequence
+(``DYNAMODB_ORDERING=sequence``, or the index of an ``indexed`` application)
+after the view's tracking position, a page at a time (the next page read
+while one is applied), and applies each page in full commits
+(:meth:`Projector.apply_batch`). Unlike ``eventsourcing``'s
 ``ProjectionRunner``, which decodes each event before the projector sees it
 and so stops at one it cannot decode, this feed parks such an event (its
 aggregate waits, the others go on).
@@ -13,15 +17,15 @@ silently: :attr:`SequenceFeed.blocked` says where, and an operator goes past
 it with :meth:`SequenceFeed.skip_batch` (``ledger projections skip-batch``),
 which applies the batch's events from the events table instead.
 
-After each page it applied, the feed reads the sequence's head (one
-strongly consistent GetItem, 1 RCU) and logs and records its lag
-(:mod:`ledger.projections.metrics`).
+Each poll reads the sequence's head once (one strongly consistent GetItem,
+1 RCU); after each page it applied, the runner logs and records the
+projection's lag behind that head (metric ``Lag``).
 
 The sequence is a total order, so a view that keeps one position
 (:meth:`~ledger.projections.views.ReadModelView.keeps_one_position`: a new
 view, or a version rebuilt from the sequence) keeps only its tracking
-position: per page, one GetItem of the position, one Query of the dead
-letters, the page's Query, the reads its handlers make, and per commit one
+position: per poll, one GetItem of the position; per page, one Query of
+the dead letters, the page's Query, the reads its handlers make, and per commit one
 BatchGetItem of the items written unread and one TransactWriteItems.
 """
 
@@ -33,8 +37,8 @@ from typing import Any
 from eventsourcing.persistence import Tracking
 
 from ledger.dynamodb.batches import CorruptNotificationBatchError
+from ledger.feeds import Batch, IndexSource, Progress, Raced, Runner
 from ledger.projections.history import DEFAULT_PAGE_SIZE, decode
-from ledger.projections.metrics import report_lag
 from ledger.projections.projector import Projector
 from ledger.projections.session import Session
 from ledger.projections.views import ActiveVersionChangedError, ConcurrentChangeError
@@ -42,12 +46,78 @@ from ledger.projections.views import ActiveVersionChangedError, ConcurrentChange
 logger = logging.getLogger(__name__)
 
 
+class ViewCheckpoint:
+    """A projection's position: the tracking item in its view's table."""
+
+    def __init__(self, projector: Projector, application_name: str) -> None:
+        """Keep ``projector``'s position in ``application_name``'s sequence."""
+        self.projector = projector
+        self.application_name = application_name
+
+    def load(self) -> int:
+        """Return the last position the view applied (0: none)."""
+        return int(self.projector.view.max_tracking_id(self.application_name) or 0)
+
+    def save(self, position: int, expected: int) -> bool:
+        """Move the position alone, with no read-model write; False if raced."""
+        del expected  # the view's tracking condition is "only forward"
+        session = session_for(self.projector, self.application_name)
+        session.tracking = Tracking(self.application_name, position)
+        try:
+            self.projector.commit(session)
+        except ConcurrentChangeError:
+            return False
+        return True
+
+
+class ProjectorConsumer:
+    """A projector as a consumer of its application's sequence.
+
+    Atomic: each commit holds the read-model writes and the tracking
+    position of its last event (:meth:`Projector.apply_batch`). Events that
+    cannot be decoded, and events whose handler keeps failing, are parked;
+    their aggregate's later events wait (the projector's rules).
+    """
+
+    atomic = True
+    topics: tuple[str, ...] = ()
+
+    def __init__(self, projector: Projector, application_name: str) -> None:
+        """Apply ``application_name``'s sequence to ``projector``."""
+        self.projector = projector
+        self.application_name = application_name
+        self.name = projector.name
+        self.metrics = projector.metrics
+        self.checkpoint = ViewCheckpoint(projector, application_name)
+
+    def process(self, batch: Batch) -> Progress:
+        """Apply a page in as few commits as fit; raise ``Raced`` if refused."""
+        name = self.application_name
+        events = [(item.event, Tracking(name, item.position)) for item in batch.items]
+        try:
+            applied = self.projector.apply_batch(
+                session_for(self.projector, name), events
+            )
+        except ActiveVersionChangedError:
+            self.projector.view.follow_active()  # a rebuild switched: go on from it
+            raise Raced from None
+        except ConcurrentChangeError:
+            raise Raced from None  # another writer got in first
+        return Progress(applied, batch.checkpoint)
+
+
+def session_for(projector: Projector, application_name: str) -> Session:
+    """Return a session for the next events, in total order if the view allows."""
+    view = projector.view
+    return Session(view, total_order=view.keeps_one_position(application_name))
+
+
 class SequenceFeed:
-    """Applies an application's sequence to a projector, a page per :meth:`poll`.
+    """Applies an application's sequence to a projector (a runner and its consumer).
 
     Exactly once: each commit carries the tracking position of its last
-    event. Run it with :func:`ledger.projections.streams.run_polls`, which
-    rides out DynamoDB being unavailable.
+    event. :meth:`poll` goes to the sequence's end as of the poll; run it
+    with :meth:`run`, which rides out DynamoDB being unavailable.
     """
 
     def __init__(
@@ -61,53 +131,33 @@ class SequenceFeed:
         self.projector = projector
         self.application = application
         self.page_size = page_size
-        self.blocked: CorruptNotificationBatchError | None = None
+        self.consumer = ProjectorConsumer(projector, application.name)
+        self.runner = Runner(
+            IndexSource(application, page_size=page_size), self.consumer
+        )
+
+    @property
+    def blocked(self) -> CorruptNotificationBatchError | None:
         """The unreadable batch this feed is stopped at, if it is."""
+        return self.runner.blocked
 
     @property
     def position(self) -> int:
         """The last position the projector's view has applied (0: none)."""
-        return self.projector.view.max_tracking_id(self.application.name) or 0
+        return self.consumer.checkpoint.load()
 
     def poll(self) -> int:
-        """Apply the next page of the sequence; return how many events it applied.
+        """Apply the sequence up to its end as of now; return the events applied.
 
-        Returns 0 while stopped at an unreadable batch (logged once, and kept
-        in :attr:`blocked`) until an operator skips it.
+        Stops at an unreadable batch (logged once, and kept in
+        :attr:`blocked`) until an operator skips it.
         """
-        app = self.application
-        start = self.position + 1
-        try:
-            notifications = app.recorder.select_notifications(
-                start=start, limit=self.page_size
-            )
-        except CorruptNotificationBatchError as error:
-            if self.blocked is None or self.blocked.last_position != (
-                error.last_position
-            ):
-                logger.error(  # noqa: TRY400 - the message says it all; no trace
-                    "Sequence feed stopped at an unreadable notification batch",
-                    extra={
-                        "projection": self.projector.name,
-                        "position": start,
-                        "batch_last_position": error.last_position,
-                        "reason": error.reason,
-                    },
-                )
-            self.blocked = error
-            return 0
-        self.blocked = None
-        events = [
-            (decode(app.mapper, n), Tracking(app.name, n.id)) for n in notifications
-        ]
-        try:
-            applied = self._apply(events)
-            if applied:
-                head = app.recorder.max_notification_id() or 0
-                report_lag(self.projector, logger, events[-1][1].notification_id, head)
-        finally:
-            self.projector.metrics.flush()
-        return applied
+        return self.runner.poll()
+
+    def run(self, stop: Any, interval: float = 1.0) -> None:
+        """Poll until ``stop`` (a ``threading.Event``) is set; ride out outages."""
+        self.runner.interval = interval
+        self.runner.run(stop)
 
     def skip_batch(self, position: int) -> int:
         """Go past the unreadable batch holding ``position``; return events applied.
@@ -150,9 +200,11 @@ class SequenceFeed:
         if events:
             # The batch's last position is recorded with its last event found.
             events[-1] = (events[-1][0], Tracking(app.name, last))
-            applied = self.projector.apply_batch(self._session(), events)
+            applied = self.projector.apply_batch(
+                session_for(self.projector, app.name), events
+            )
         else:
-            session = self._session()
+            session = session_for(self.projector, app.name)
             session.tracking = Tracking(app.name, last)
             self.projector.commit(session)
             applied = 0
@@ -167,20 +219,5 @@ class SequenceFeed:
                 "events": applied,
             },
         )
-        self.blocked = None
+        self.runner.reload()
         return applied
-
-    def _session(self) -> Session:
-        """Return a session for the next events, in total order if the view allows."""
-        view = self.projector.view
-        return Session(view, total_order=view.keeps_one_position(self.application.name))
-
-    def _apply(self, events: list[tuple[Any, Tracking]]) -> int:
-        view = self.projector.view
-        try:
-            return self.projector.apply_batch(self._session(), events)
-        except ActiveVersionChangedError:
-            view.follow_active()  # a rebuild switched: go on from its position
-        except ConcurrentChangeError:
-            pass  # another writer got in first: read again from the position
-        return 0

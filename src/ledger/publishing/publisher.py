@@ -12,9 +12,11 @@ sends them with ``PutEvents``. It runs in Lambda (:func:`lambda_handler`,
 an event source mapping on the stream reporting ``batchItemFailures``) or
 locally (a :class:`~ledger.projections.streams.StreamPoller` fed with a
 :class:`Publisher`, which keeps shard checkpoints in its table). In
-``indexed`` ordering it follows the application sequence instead
-(:meth:`Publisher.follow_index`, a cursor in its table), leaving the stream
-to the indexer: how ``deploy/template.yaml`` runs it.
+``indexed`` ordering it follows the application sequence instead, leaving
+the stream to the indexer: :class:`PublisherConsumer`, run by a
+:class:`~ledger.feeds.Runner` (:meth:`Publisher.runner`,
+:meth:`Publisher.follow_index`), keeps its position in a cursor in its
+table (:class:`IndexCursor`); that is how ``deploy/template.yaml`` runs it.
 
 Delivery is **at least once**:
 
@@ -27,7 +29,7 @@ Delivery is **at least once**:
 * a stream record is done when each of its entries was accepted or
   dead-lettered; only then does the position move past it (the poller's
   checkpoint, Lambda's, since the record is not reported failed, or the
-  index cursor);
+  index cursor, which the runner saves after the batch's effects);
 * when a request fails as a whole (EventBridge unavailable after botocore's
   retries, the bus missing, access denied) or a dead letter cannot be
   stored, the records not done are reported failed and read again later;
@@ -62,7 +64,10 @@ from ledger.dynamodb import connection_of
 from ledger.dynamodb import schema as store_schema
 from ledger.dynamodb.client import is_loopback
 from ledger.dynamodb.tables import ensure_table
+from ledger.feeds import Batch, Checkpoint, IndexSource, Item, Progress, Runner
 from ledger.projections.deadletters import error_summary
+from ledger.projections.history import Undecodable
+from ledger.projections.metrics import Metrics
 from ledger.projections.streams import (
     decode_record,
     from_table,
@@ -79,11 +84,14 @@ from ledger.publishing.deadletters import (
 from ledger.publishing.events import IntegrationEvent, Publication
 
 __all__ = [
+    "INDEX_PAGE_SIZE",
     "MAX_ENTRIES_PER_REQUEST",
     "MAX_REQUEST_BYTES",
     "PERMANENT_ENTRY_ERRORS",
+    "IndexCursor",
     "PublishReport",
     "Publisher",
+    "PublisherConsumer",
     "entry_size",
     "handle_stream_event",
     "lambda_handler",
@@ -99,6 +107,10 @@ MAX_REQUEST_BYTES: Final = 256 * 1024
 counted by :func:`entry_size`."""
 TIME_BYTES: Final = 14
 """What an entry's ``Time`` counts towards its size, whatever its value."""
+INDEX_PAGE_SIZE: Final = 100
+"""Positions of the application sequence the index mode publishes per batch:
+at most 10 ``PutEvents`` requests, so a batch, its resends included, ends
+within seconds of the deadline a Lambda invocation checks between batches."""
 
 PERMANENT_ENTRY_ERRORS: Final = frozenset(
     {
@@ -261,6 +273,10 @@ class Publisher:
         self.report = PublishReport()
         """Counts of everything this publisher did (see :class:`PublishReport`)."""
         self.sleep: Callable[[float], None] = time.sleep
+        self.cursor = IndexCursor(self.connection, self.table_name, application.name)
+        """The index mode's position in the application sequence."""
+        self.consumer = PublisherConsumer(self)
+        """This publisher as a consumer of the application sequence (index mode)."""
 
     # The stream consumer ---------------------------------------------------------
 
@@ -310,95 +326,74 @@ class Publisher:
     # Following the index ---------------------------------------------------------
 
     def position(self) -> int:
-        """Return the last sequence position :meth:`follow_index` finished (0: none)."""
-        item = self.connection.call(
-            "get_item",
-            TableName=self.table_name,
-            Key=self._cursor_key(),
-            ConsistentRead=True,
-        ).get("Item")
-        return 0 if item is None else int(item[schema.POSITION]["N"])
+        """Return the last sequence position the index mode finished (0: none)."""
+        return self.cursor.load()
+
+    def runner(
+        self,
+        *,
+        page_size: int = INDEX_PAGE_SIZE,
+        metrics: Metrics | None = None,
+        interval: float = 1.0,
+    ) -> Runner:
+        """Return a runner publishing the application sequence after the cursor.
+
+        The index mode, for ``DYNAMODB_ORDERING=indexed`` (or ``sequence``),
+        where the events stream has one reader, the indexer: the runner
+        reads the sequence ``page_size`` positions at a time
+        (:class:`~ledger.feeds.IndexSource`), :attr:`consumer` publishes each
+        batch, and the runner then moves the cursor and records the lag
+        behind the head (metric ``Lag``, the publication's name as the
+        dimension's value) in ``metrics``. ``drain(deadline)`` for a call
+        or a Lambda invocation, ``run(stop)`` or ``start()`` to follow the
+        sequence as it grows, ``wait(position, timeout)`` for a position.
+        """
+        return Runner(
+            IndexSource(self.application, page_size=page_size),
+            self.consumer,
+            metrics=metrics,
+            interval=interval,
+        )
 
     def follow_index(
-        self, *, page_size: int = 100, deadline: float | None = None
+        self, *, page_size: int = INDEX_PAGE_SIZE, deadline: float | None = None
     ) -> int:
         """Publish the application sequence after the cursor; return positions done.
 
-        The index-following mode, for ``DYNAMODB_ORDERING=indexed`` (or
-        ``sequence``), where the events stream has one reader, the indexer.
-        Each page of ``select_notifications`` after the cursor is published
-        as :meth:`process` publishes a stream batch (retries, dead letters,
-        the same event ids), then the cursor moves past the page's positions
-        up to the first one not done, in one conditional write: on the
-        position it read, so of two followers racing, one moves it and the
-        other stops (what it sent again carries the same ids: consumers
-        drop it). Stops at the sequence's end, at a position not done (read
-        again at the next call), or once ``time.monotonic()`` passes
-        ``deadline``. Costs per page: one Query of the sequence (and of the
-        events table for batches too big to hold their events), the
-        PutEvents requests, and one PutItem (1 WCU); plus one GetItem per call.
+        Drains :meth:`runner`: each batch of the sequence after the cursor
+        is published as :meth:`process` publishes a stream batch (retries,
+        dead letters, the same event ids), then the cursor moves past the
+        batch up to the first event not done, on condition that it still
+        holds the position read (of two publishers racing, one moves it;
+        the other reads the cursor again, and what it sent again carries
+        the same ids: consumers drop it). Stops at the sequence's end, at an
+        event not done (sent again at the next call), or once
+        ``time.monotonic()`` passes ``deadline``; while a deadline is given,
+        rides out DynamoDB being unavailable. Raises
+        :class:`~ledger.dynamodb.batches.CorruptNotificationBatchError` at a
+        batch of the sequence it cannot read (the cursor stays before it).
+        Costs per batch: one Query of the sequence (and of the events table
+        for batch items too big to hold their events), the ``PutEvents``
+        requests, and one PutItem (1 WCU); per call, a GetItem of the cursor
+        and one of the sequence's head per pass to the end (two when
+        nothing is left).
         """
-        recorder = self.application.recorder
-        position = self.position()
-        done_total = 0
-        while deadline is None or time.monotonic() < deadline:
-            notifications = recorder.select_notifications(
-                start=position + 1, limit=page_size
-            )
-            if not notifications:
-                break
-            report = PublishReport(records=len(notifications))
-            batch = [self._sequence_record(n, report) for n in notifications]
-            failed = self._publish(batch, report)
-            done = 0
-            while done < len(batch) and not batch[done].failed:
-                done += 1
-            if done:
-                last = int(notifications[done - 1].id)
-                if not self._move_cursor(position, last):
-                    break
-                done_total += last - position
-                position = last
-            if failed or len(notifications) < page_size:
-                break
-        return done_total
+        runner = self.runner(page_size=page_size)
+        done = runner.drain(deadline)
+        if runner.blocked is not None:
+            raise runner.blocked
+        return done
 
-    def _cursor_key(self) -> dict[str, Any]:
-        return {
-            schema.KIND: {"S": schema.CURSOR},
-            schema.KEY: {"S": str(self.application.name)},
-        }
-
-    def _move_cursor(self, expected: int, position: int) -> bool:
-        """Move the cursor from ``expected`` to ``position``; False if raced."""
-        try:
-            self.connection.call(
-                "put_item",
-                TableName=self.table_name,
-                Item={**self._cursor_key(), schema.POSITION: {"N": str(position)}},
-                ConditionExpression="attribute_not_exists(#position) OR "
-                "#position = :expected",
-                ExpressionAttributeNames={"#position": schema.POSITION},
-                ExpressionAttributeValues={":expected": {"N": str(expected)}},
-            )
-        except IntegrityError:
-            logger.info(
-                "another publisher moved the cursor first; stopping",
-                extra={"publication": self.publication.name, "position": expected},
-            )
-            return False
-        return True
-
-    def _sequence_record(self, notification: Any, report: PublishReport) -> _Record:
+    def _index_record(self, item: Item, report: PublishReport) -> _Record:
+        """Make the record of one event of the sequence (a feed's ``Item``)."""
+        notification = item.notification
         record = _Record(
-            number=str(notification.id),
+            number=str(item.position),
             aggregate_id=str(notification.originator_id),
             version=int(notification.originator_version),
-            topic=str(notification.topic),
+            topic=item.topic,
         )
-        self._prepare(
-            record, partial(self.mapper.to_domain_event, notification), report
-        )
+        self._prepare(record, lambda: item.event, report)
         return record
 
     def republish(
@@ -510,16 +505,24 @@ class Publisher:
     def _prepare(
         self, record: _Record, decode: Callable[[], Any], report: PublishReport
     ) -> None:
-        """Make a record's entries, or dead-letter it: undecodable, untranslatable."""
+        """Make a record's entries, or dead-letter it: undecodable, untranslatable.
+
+        ``decode`` returns the domain event (None: nothing to publish), or an
+        :class:`~ledger.projections.history.Undecodable`, or raises.
+        """
         try:
             domain_event = decode()
-            if domain_event is not None:
+            if domain_event is not None and not isinstance(domain_event, Undecodable):
                 self._add_entries(record, domain_event)
         except Exception as error:  # noqa: BLE001 - dead-lettered, never dropped
-            record.entries = []
             reason = error_summary(error, " while decoding or translating")
-            if self._store(record, schema.NO_DETAIL_TYPE, "", reason, 0):
-                report.dead_lettered += 1
+        else:
+            if not isinstance(domain_event, Undecodable):
+                return
+            reason = domain_event.error
+        record.entries = []
+        if self._store(record, schema.NO_DETAIL_TYPE, "", reason, 0):
+            report.dead_lettered += 1
 
     def entries_for(self, domain_event: Any) -> list[dict[str, Any]]:
         """Return the PutEvents entries this publisher makes of one domain event."""
@@ -696,6 +699,86 @@ class Publisher:
             },
         )
         return True
+
+
+class IndexCursor:
+    """The index mode's position: the cursor item in the publisher's table.
+
+    A :class:`~ledger.feeds.Checkpoint`: the last position of the
+    application sequence whose entries were all accepted or dead-lettered,
+    under ``kind = cursor``, ``key`` = the application's name. Saved on
+    condition that it still holds the position read, so of two publishers
+    racing one moves it, and the other is told it raced.
+    """
+
+    def __init__(self, connection: Any, table_name: str, application_name: str) -> None:
+        """Keep the cursor of ``application_name``'s sequence in ``table_name``."""
+        self.connection = connection
+        self.table_name = table_name
+        self.key = {
+            schema.KIND: {"S": schema.CURSOR},
+            schema.KEY: {"S": str(application_name)},
+        }
+
+    def load(self) -> int:
+        """Return the cursor (0: none), read strongly consistently (one GetItem)."""
+        item = self.connection.call(
+            "get_item", TableName=self.table_name, Key=self.key, ConsistentRead=True
+        ).get("Item")
+        return 0 if item is None else int(item[schema.POSITION]["N"])
+
+    def save(self, position: int, expected: int) -> bool:
+        """Move the cursor from ``expected`` to ``position``; False if raced (1 WCU)."""
+        try:
+            self.connection.call(
+                "put_item",
+                TableName=self.table_name,
+                Item={**self.key, schema.POSITION: {"N": str(position)}},
+                ConditionExpression="attribute_not_exists(#position) OR "
+                "#position = :expected",
+                ExpressionAttributeNames={"#position": schema.POSITION},
+                ExpressionAttributeValues={":expected": {"N": str(expected)}},
+            )
+        except IntegrityError:
+            return False
+        return True
+
+
+class PublisherConsumer:
+    """A publisher as a consumer of its application's sequence, for a feed's runner.
+
+    Not atomic: :meth:`process` publishes a batch (retries, dead letters),
+    then the runner saves the cursor, so a crash between the two publishes
+    the batch again, with the same ids (at least once: consumers dedupe on
+    ``detail.id``). It reads every topic; an event no translator takes is
+    done at once.
+    """
+
+    atomic = False
+    topics: Sequence[str] = ()
+
+    def __init__(self, publisher: Publisher) -> None:
+        """Publish ``publisher``'s publication, keeping its position in its cursor."""
+        self.publisher = publisher
+        self.name: str = publisher.publication.name
+        self.checkpoint: Checkpoint = publisher.cursor
+        self.not_done = 0
+        """Events of the last batch neither published nor dead-lettered (a
+        ``PutEvents`` request failed as a whole, or a dead letter could not
+        be stored): the position stopped before the first of them."""
+
+    def process(self, batch: Batch) -> Progress:
+        """Publish a batch; return the position up to the first event not done."""
+        publisher = self.publisher
+        report = PublishReport(records=len(batch.items))
+        records = [publisher._index_record(item, report) for item in batch.items]
+        publisher._publish(records, report)
+        self.not_done = report.failed_records
+        done = next((i for i, r in enumerate(records) if r.failed), len(records))
+        if done == len(records):
+            return Progress(done, batch.checkpoint)
+        # Everything before the first event not done is done (or of no topic read).
+        return Progress(done, batch.items[done].position - 1)
 
 
 class _RequestFailedError(Exception):

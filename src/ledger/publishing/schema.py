@@ -10,7 +10,9 @@ A publication named ``P`` (its ``name``) owns one table,
     the event source mapping keeps the position; these items stay unused.)
 
 ``kind = "cursor"``, ``key`` = the application's name
-    The index-following mode's position (:meth:`Publisher.follow_index`):
+    The index-following mode's position
+    (:class:`~ledger.publishing.publisher.IndexCursor`, moved by the
+    publisher's runner: :meth:`Publisher.follow_index`, the Lambda handler):
     the last position of the application sequence whose entries were all
     accepted or dead-lettered. Moved only on condition that it still holds
     the position read, so of two followers racing one moves it.

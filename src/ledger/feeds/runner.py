@@ -1,0 +1,312 @@
+"""The one loop every feed runs: poll, run, drain, and wait for a position."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from eventsourcing.persistence import OperationalError
+
+from ledger.dynamodb.batches import CorruptNotificationBatchError
+from ledger.dynamodb.client import Outage
+from ledger.feeds.base import Batch, Consumer, Progress, Raced, Source
+from ledger.projections.metrics import COUNT, LAG, NO_METRICS, Metrics
+
+logger = logging.getLogger(__name__)
+
+STOP_MARGIN_MS: Final = 10_000
+"""Time left in a Lambda invocation at which :func:`drain_handler` starts no
+more batches: the one being handled must end before Lambda's timeout."""
+
+
+class Runner:
+    """Runs a consumer over a source: the only loop a feed needs.
+
+    Each :meth:`poll` goes from the consumer's position to the source's tail
+    as of the poll: it hands each batch to the consumer, saves the
+    checkpoint after the effects when the consumer is not atomic, and
+    records the consumer's lag behind the source's head (metric ``Lag``, the
+    consumer's name as the dimension's value). It stops early when the
+    consumer stops short (something not done: the next poll goes on from
+    there), when the consumer :class:`Raced` (the next poll loads the
+    checkpoint again), or at a batch it cannot read (:attr:`blocked`; nothing
+    may be skipped silently in a total order).
+
+    A consumer with a ``tick(now) -> int`` method has it called at the end of
+    every poll, for work that comes due with time rather than with events
+    (timeouts); what it returns counts as events handled.
+
+    One runner per consumer is the rule; a second one is safe (each position
+    is committed once) but reads every page twice.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        consumer: Consumer,
+        *,
+        metrics: Metrics | None = None,
+        interval: float = 1.0,
+    ) -> None:
+        """Run ``consumer`` over ``source``, waiting ``interval`` when idle."""
+        self.source = source
+        self.consumer = consumer
+        self.metrics: Metrics = (
+            metrics if metrics is not None else getattr(consumer, "metrics", NO_METRICS)
+        )
+        self.interval = interval
+        self.blocked: CorruptNotificationBatchError | None = None
+        """The unreadable batch this runner is stopped at, if it is."""
+        self.lag: int | None = None
+        """Positions between the consumer's position and the head, at the last batch."""
+        self._position: int | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._polled = threading.Condition()
+
+    @property
+    def position(self) -> int:
+        """The consumer's position as this runner last knew it (loaded if unknown)."""
+        if self._position is None:
+            self._position = self.consumer.checkpoint.load()
+        return self._position
+
+    def reload(self) -> None:
+        """Forget the position and the stop: the next poll loads the checkpoint.
+
+        For after something else moved the checkpoint (an operator skipping
+        a batch, a redrive).
+        """
+        self._position = None
+        self.blocked = None
+
+    def poll(self, deadline: float | None = None) -> int:
+        """Go to the tail once; return the events handled.
+
+        Starts no batch after ``deadline`` (``time.monotonic()``), if given.
+        """
+        after = self.position
+        handled = 0
+        try:
+            for batch in self.source.batches(after, self.consumer.topics):
+                progress = self._process(batch, after)
+                if progress is None:
+                    break
+                handled += progress.applied
+                after = progress.position
+                if progress.position < batch.checkpoint or (
+                    deadline is not None and time.monotonic() >= deadline
+                ):
+                    break
+        except CorruptNotificationBatchError as error:
+            self._note_blocked(error, after)
+        else:
+            self.blocked = None
+        finally:
+            self.metrics.flush()
+        tick = getattr(self.consumer, "tick", None)
+        if tick is not None:
+            # Time-driven work (timeouts coming due), after the events read.
+            handled += int(tick(datetime.now(UTC)))
+        with self._polled:
+            self._polled.notify_all()
+        return handled
+
+    def _process(self, batch: Batch, after: int) -> Progress | None:
+        consumer = self.consumer
+        try:
+            progress = consumer.process(batch)
+            saved = (
+                consumer.atomic
+                or progress.position <= after
+                or consumer.checkpoint.save(progress.position, after)
+            )
+        except Raced:
+            saved = False
+        if not saved:
+            logger.info(
+                "%s: another runner got in first; reading from the checkpoint again",
+                consumer.name,
+                extra={"consumer": consumer.name, "position": after},
+            )
+            self._position = None
+            return None
+        self._position = progress.position
+        self.lag = max(0, batch.head - progress.position)
+        self.metrics.record(LAG, self.lag, COUNT, consumer.name)
+        logger.debug(
+            "%s handled up to %d of %d",
+            consumer.name,
+            progress.position,
+            batch.head,
+            extra={
+                "consumer": consumer.name,
+                "position": progress.position,
+                "head": batch.head,
+                "lag": self.lag,
+            },
+        )
+        return progress
+
+    def _note_blocked(self, error: CorruptNotificationBatchError, after: int) -> None:
+        if self.blocked is None or self.blocked.last_position != error.last_position:
+            logger.error(
+                "%s stopped at an unreadable notification batch",
+                self.consumer.name,
+                extra={
+                    "consumer": self.consumer.name,
+                    "position": after + 1,
+                    "batch_last_position": error.last_position,
+                    "reason": error.reason,
+                },
+            )
+        self.blocked = error
+
+    def drain(self, deadline: float | None = None) -> int:
+        """Poll until a poll finds nothing or ``deadline`` passes; return events done.
+
+        For a Lambda invocation or ``--once``. Rides out DynamoDB being
+        unavailable while the deadline allows (without one: not at all, the
+        error is raised).
+        """
+        outage = Outage(f"feeding {self.consumer.name}", self.interval)
+        handled = 0
+        while deadline is None or time.monotonic() < deadline:
+            try:
+                done = self.poll(deadline)
+            except OperationalError as error:
+                left = None if deadline is None else deadline - time.monotonic()
+                outage.patience = (
+                    0.0 if left is None else outage.waited + max(0.0, left)
+                )
+                wait = outage.failed(error)
+                if wait is None:
+                    raise
+                time.sleep(wait)
+                continue
+            outage.recovered()
+            handled += done
+            if not done:
+                break
+        return handled
+
+    def run(self, stop: threading.Event) -> None:
+        """Poll until ``stop`` is set, waiting :attr:`interval` when idle.
+
+        Rides out DynamoDB being unavailable for as long as it takes (waits
+        doubling up to 30 s): nothing is lost, since a poll checkpoints only
+        what the consumer handled.
+        """
+        outage = Outage(f"feeding {self.consumer.name}", self.interval)
+        while not stop.is_set():
+            try:
+                done = self.poll()
+            except OperationalError as error:
+                stop.wait(outage.failed(error))
+                continue
+            outage.recovered()
+            if not done:
+                stop.wait(self.interval)
+
+    def start(self) -> Runner:
+        """Run in a daemon thread until :meth:`stop` (in-process: tests, the demo)."""
+        if self._thread is not None:
+            raise RuntimeError(f"{self.consumer.name}'s runner is running already.")
+        self._stop.clear()
+        self._error = None
+
+        def run() -> None:
+            try:
+                self.run(self._stop)
+            except BaseException as error:
+                self._error = error
+                with self._polled:
+                    self._polled.notify_all()
+                raise
+
+        self._thread = threading.Thread(
+            target=run, name=f"feed-{self.consumer.name}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread :meth:`start` began, and wait for it to end."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def wait(self, position: int, timeout: float) -> None:
+        """Wait until the consumer's position reaches ``position`` (read-your-writes).
+
+        Polls here when no thread runs this runner; else waits for its polls.
+        Raises ``TimeoutError`` after ``timeout`` seconds, and re-raises what
+        stopped the runner's thread.
+        """
+        deadline = time.monotonic() + timeout
+        while self.position < position:
+            if self._error is not None:
+                raise self._error
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(
+                    f"{self.consumer.name} is at position {self.position}, not yet "
+                    f"{position}, after {timeout:g}s"
+                    + (
+                        f": it is stopped at an unreadable batch ({self.blocked})"
+                        if self.blocked is not None
+                        else ""
+                    )
+                    + "."
+                )
+            if self._thread is None:
+                if not self.poll() and self.position < position:
+                    time.sleep(min(left, 0.01))
+            else:
+                with self._polled:
+                    self._polled.wait(min(left, self.interval))
+
+    def __enter__(self) -> Runner:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def drain_handler(
+    make_runner: Callable[[], Runner], *, margin_ms: float = STOP_MARGIN_MS
+) -> Callable[[Any, Any], dict[str, int]]:
+    """Return a Lambda handler draining the runner ``make_runner`` makes (once).
+
+    Each invocation (a wake-up, or a schedule) polls to the tail or until the
+    context's remaining time is under ``margin_ms``. Returns the events
+    handled, the position, and whether the runner is stopped at an unreadable
+    batch (the lag goes to the runner's metrics).
+    """
+    made: list[Runner] = []
+
+    def handler(event: Mapping[str, Any] | None, context: Any) -> dict[str, int]:
+        del event  # a wake-up or a schedule's: either way, read to the tail
+        if not made:
+            made.append(make_runner())
+        runner = made[0]
+        remaining = getattr(context, "get_remaining_time_in_millis", None)
+        deadline = (
+            None
+            if remaining is None
+            else time.monotonic() + (float(remaining()) - margin_ms) / 1000
+        )
+        handled = runner.drain(deadline)
+        return {
+            "applied": handled,
+            "position": runner.position,
+            "blocked": int(runner.blocked is not None),
+        }
+
+    return handler

@@ -20,9 +20,11 @@ the same kind.
    indexer process (the estimate by AWS's rules, transactions doubled, and
    what DynamoDB Local reported: it under-reports transactions).
 4. A history of ``--events`` Order events (5 per Order, in saves of 95
-   events from 4 threads), indexed; then reading it with
-   ``select_notifications`` (1,000 per call) against a plain boto3 Query loop
-   (no Limit) over the same notifications table; then
+   events from 4 threads), indexed; then reading it whole with
+   ``select_notifications`` (1,000 per call), with ``ledger.feeds.IndexSource``
+   (pages of 1,000, the next read in a thread meanwhile) and with a plain
+   boto3 Query loop (no Limit) over the same notifications table, each first
+   in turn (rates, round trips, and this process's CPU per event); then
    rebuilding ``OrderProjector`` from the index (``SequenceHistory``) against
    a rebuild from a parallel Scan of the events table (``ScanHistory``).
 5. Notification batch formats, in process: bytes per event of a batch of 98
@@ -75,6 +77,7 @@ from ledger.dynamodb.batches import (
 )
 from ledger.dynamodb.limits import item_size
 from ledger.dynamodb.local import DynamoDBLocal
+from ledger.feeds import IndexSource
 from ledger.indexer import Indexer
 from ledger.projections.dynamodb import DynamoDBView, open_view
 from ledger.projections.history import History, ScanHistory, SequenceHistory
@@ -568,6 +571,14 @@ def ledger_read(app: Orders) -> int:
         position = page[-1].id
 
 
+def feed_read(app: Orders) -> int:
+    """Read the whole index as a consumer does: ``IndexSource``, a page read ahead.
+
+    Counts the items without decoding their events, as the other readers do.
+    """
+    return sum(len(batch.items) for batch in IndexSource(app).batches(0))
+
+
 def raw_read(
     client: Any, table: str, last_position: int, page_size: int
 ) -> tuple[int, int]:
@@ -627,23 +638,31 @@ def run_history(
     stage("history: indexed", started)
     client = plain_client(endpoint)
     table = app.recorder.notifications_table_name
-    ledger_rates, raw_rates = [], []
-    raw_requests = 0
-    with measure(app) as read_meter:
-        for round_number in range(read_rounds):
-            order = ("ledger", RAW) if round_number % 2 == 0 else (RAW, "ledger")
-            for contender in order:
-                begun = time.perf_counter()
-                if contender == RAW:
-                    count, raw_requests = raw_read(
-                        client, table, head, app.recorder.page_size
-                    )
-                    raw_rates.append(count / (time.perf_counter() - begun))
-                else:
-                    count = ledger_read(app)
-                    ledger_rates.append(count / (time.perf_counter() - begun))
-                if count != events:
-                    raise RuntimeError(f"{contender} read {count} of {events} events")
+    readers: dict[str, Callable[[], tuple[int, int | None]]] = {
+        "ledger": lambda: (ledger_read(app), None),
+        RAW: lambda: raw_read(client, table, head, app.recorder.page_size),
+        "feed": lambda: (feed_read(app), None),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in readers}
+    cpu: dict[str, list[float]] = {name: [] for name in readers}
+    round_trips: dict[str, int] = {}
+    for round_number in range(read_rounds):
+        # Each contender first in turn: none always reads a cache warmed by another.
+        names = list(readers)
+        shift = round_number % len(names)
+        for contender in names[shift:] + names[:shift]:
+            with measure(app) as read_meter:
+                begun, cpu_begun = time.perf_counter(), time.process_time()
+                count, requests = readers[contender]()
+                elapsed = time.perf_counter() - begun
+                cpu_spent = time.process_time() - cpu_begun
+            if count != events:
+                raise RuntimeError(f"{contender} read {count} of {events} events")
+            rates[contender].append(count / elapsed)
+            cpu[contender].append(cpu_spent / count * 1e6)
+            round_trips[contender] = (
+                read_meter.round_trips if requests is None else requests
+            )
     stage("history: read", started)
     rebuilds: dict[str, list[dict[str, Any]]] = {"index": [], "scan": []}
     for round_number in range(rebuild_rounds):
@@ -667,8 +686,8 @@ def run_history(
             )
         stage(f"history: rebuild round {round_number + 1} done", started)
     app.close()
-    ledger_rate = statistics.median(ledger_rates)
-    raw_rate = statistics.median(raw_rates)
+    ledger_rate = statistics.median(rates["ledger"])
+    raw_rate = statistics.median(rates[RAW])
     index_rate = round(statistics.median(r["events_per_s"] for r in rebuilds["index"]))
     scan_rate = round(statistics.median(r["events_per_s"] for r in rebuilds["scan"]))
     return {
@@ -691,10 +710,21 @@ def run_history(
             "ledger_events_per_s": round(ledger_rate),
             "raw_events_per_s": round(raw_rate),
             "ratio": round(ledger_rate / raw_rate, 2),
-            "ledger_rates": [round(r) for r in ledger_rates],
-            "raw_rates": [round(r) for r in raw_rates],
-            "ledger_round_trips_per_read": read_meter.round_trips / read_rounds,
-            "raw_round_trips_per_read": raw_requests,
+            "ledger_rates": [round(r) for r in rates["ledger"]],
+            "raw_rates": [round(r) for r in rates[RAW]],
+            "feed_events_per_s": round(statistics.median(rates["feed"])),
+            "feed_ratio": round(statistics.median(rates["feed"]) / raw_rate, 2),
+            "feed_rates": [round(r) for r in rates["feed"]],
+            "feed_round_trips_per_read": round_trips["feed"],
+            "ledger_round_trips_per_read": round_trips["ledger"],
+            "raw_round_trips_per_read": round_trips[RAW],
+            "cpu_us_per_event": {
+                name: round(statistics.median(spent), 2) for name, spent in cpu.items()
+            },
+            "round_ratios": [
+                round(ledger / raw, 2)
+                for ledger, raw in zip(rates["ledger"], rates[RAW], strict=True)
+            ],
         },
         "rebuild": {
             "index_events_per_s": index_rate,
@@ -929,9 +959,33 @@ def print_results(results: dict[str, Any]) -> None:
                 "ratio": history["reads"]["ratio"],
             },
             {
-                "figure": "round trips per full read",
+                "figure": "read events/s (IndexSource vs raw Query)",
+                "index": history["reads"]["feed_events_per_s"],
+                "baseline": history["reads"]["raw_events_per_s"],
+                "ratio": history["reads"]["feed_ratio"],
+            },
+            {
+                "figure": "round trips per full read (select_notifications)",
                 "index": history["reads"]["ledger_round_trips_per_read"],
                 "baseline": history["reads"]["raw_round_trips_per_read"],
+                "ratio": None,
+            },
+            {
+                "figure": "round trips per full read (IndexSource)",
+                "index": history["reads"]["feed_round_trips_per_read"],
+                "baseline": history["reads"]["raw_round_trips_per_read"],
+                "ratio": None,
+            },
+            {
+                "figure": "CPU µs/event, this process (select_notifications)",
+                "index": history["reads"]["cpu_us_per_event"]["ledger"],
+                "baseline": history["reads"]["cpu_us_per_event"][RAW],
+                "ratio": None,
+            },
+            {
+                "figure": "CPU µs/event, this process (IndexSource)",
+                "index": history["reads"]["cpu_us_per_event"]["feed"],
+                "baseline": history["reads"]["cpu_us_per_event"][RAW],
                 "ratio": None,
             },
             {

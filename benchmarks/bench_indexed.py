@@ -606,6 +606,68 @@ def raw_read(
     return count, requests
 
 
+def compare_reads(
+    app: Orders, client: Any, events: int, read_rounds: int
+) -> dict[str, Any]:
+    """Read the whole index ``read_rounds`` times with each reader, in turns.
+
+    Returns each reader's rates, CPU per event and round trips per read.
+    """
+    head = events
+    table = app.recorder.notifications_table_name
+    readers: dict[str, Callable[[], tuple[int, int | None]]] = {
+        "ledger": lambda: (ledger_read(app), None),
+        RAW: lambda: raw_read(client, table, head, app.recorder.page_size),
+        "feed": lambda: (feed_read(app), None),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in readers}
+    cpu: dict[str, list[float]] = {name: [] for name in readers}
+    round_trips: dict[str, int] = {}
+    for round_number in range(read_rounds):
+        # Each contender first in turn: none always reads a cache warmed by another.
+        names = list(readers)
+        shift = round_number % len(names)
+        for contender in names[shift:] + names[:shift]:
+            # Unmetered, as users read: a meter asks DynamoDB for capacity.
+            begun, cpu_begun = time.perf_counter(), time.process_time()
+            count, requests = readers[contender]()
+            elapsed = time.perf_counter() - begun
+            cpu_spent = time.process_time() - cpu_begun
+            if count != events:
+                raise RuntimeError(f"{contender} read {count} of {events} events")
+            rates[contender].append(count / elapsed)
+            cpu[contender].append(cpu_spent / count * 1e6)
+            if requests is not None:
+                round_trips[contender] = requests
+    for contender, read in readers.items():
+        if contender not in round_trips:
+            with measure(app) as read_meter:
+                read()
+            round_trips[contender] = read_meter.round_trips
+    ledger_rate = statistics.median(rates["ledger"])
+    raw_rate = statistics.median(rates[RAW])
+    return {
+        "ledger_events_per_s": round(ledger_rate),
+        "raw_events_per_s": round(raw_rate),
+        "ratio": round(ledger_rate / raw_rate, 2),
+        "ledger_rates": [round(r) for r in rates["ledger"]],
+        "raw_rates": [round(r) for r in rates[RAW]],
+        "feed_events_per_s": round(statistics.median(rates["feed"])),
+        "feed_ratio": round(statistics.median(rates["feed"]) / raw_rate, 2),
+        "feed_rates": [round(r) for r in rates["feed"]],
+        "feed_round_trips_per_read": round_trips["feed"],
+        "ledger_round_trips_per_read": round_trips["ledger"],
+        "raw_round_trips_per_read": round_trips[RAW],
+        "cpu_us_per_event": {
+            name: round(statistics.median(spent), 2) for name, spent in cpu.items()
+        },
+        "round_ratios": [
+            round(ledger / raw, 2)
+            for ledger, raw in zip(rates["ledger"], rates[RAW], strict=True)
+        ],
+    }
+
+
 def fresh_view(endpoint: str, prefix: str) -> DynamoDBView:
     """Open OrderProjector's view under its own prefix: each rebuild starts empty."""
     env = {
@@ -636,33 +698,7 @@ def run_history(
     if head != events:
         raise RuntimeError(f"the index holds {head} of {events} events")
     stage("history: indexed", started)
-    client = plain_client(endpoint)
-    table = app.recorder.notifications_table_name
-    readers: dict[str, Callable[[], tuple[int, int | None]]] = {
-        "ledger": lambda: (ledger_read(app), None),
-        RAW: lambda: raw_read(client, table, head, app.recorder.page_size),
-        "feed": lambda: (feed_read(app), None),
-    }
-    rates: dict[str, list[float]] = {name: [] for name in readers}
-    cpu: dict[str, list[float]] = {name: [] for name in readers}
-    round_trips: dict[str, int] = {}
-    for round_number in range(read_rounds):
-        # Each contender first in turn: none always reads a cache warmed by another.
-        names = list(readers)
-        shift = round_number % len(names)
-        for contender in names[shift:] + names[:shift]:
-            with measure(app) as read_meter:
-                begun, cpu_begun = time.perf_counter(), time.process_time()
-                count, requests = readers[contender]()
-                elapsed = time.perf_counter() - begun
-                cpu_spent = time.process_time() - cpu_begun
-            if count != events:
-                raise RuntimeError(f"{contender} read {count} of {events} events")
-            rates[contender].append(count / elapsed)
-            cpu[contender].append(cpu_spent / count * 1e6)
-            round_trips[contender] = (
-                read_meter.round_trips if requests is None else requests
-            )
+    read_figures = compare_reads(app, plain_client(endpoint), events, read_rounds)
     stage("history: read", started)
     rebuilds: dict[str, list[dict[str, Any]]] = {"index": [], "scan": []}
     for round_number in range(rebuild_rounds):
@@ -686,8 +722,6 @@ def run_history(
             )
         stage(f"history: rebuild round {round_number + 1} done", started)
     app.close()
-    ledger_rate = statistics.median(rates["ledger"])
-    raw_rate = statistics.median(rates[RAW])
     index_rate = round(statistics.median(r["events_per_s"] for r in rebuilds["index"]))
     scan_rate = round(statistics.median(r["events_per_s"] for r in rebuilds["scan"]))
     return {
@@ -706,26 +740,7 @@ def run_history(
             "round_trips_per_event": round(meter.round_trips / events, 3),
             "bytes_written_per_event": round(meter.bytes_written / events),
         },
-        "reads": {
-            "ledger_events_per_s": round(ledger_rate),
-            "raw_events_per_s": round(raw_rate),
-            "ratio": round(ledger_rate / raw_rate, 2),
-            "ledger_rates": [round(r) for r in rates["ledger"]],
-            "raw_rates": [round(r) for r in rates[RAW]],
-            "feed_events_per_s": round(statistics.median(rates["feed"])),
-            "feed_ratio": round(statistics.median(rates["feed"]) / raw_rate, 2),
-            "feed_rates": [round(r) for r in rates["feed"]],
-            "feed_round_trips_per_read": round_trips["feed"],
-            "ledger_round_trips_per_read": round_trips["ledger"],
-            "raw_round_trips_per_read": round_trips[RAW],
-            "cpu_us_per_event": {
-                name: round(statistics.median(spent), 2) for name, spent in cpu.items()
-            },
-            "round_ratios": [
-                round(ledger / raw, 2)
-                for ledger, raw in zip(rates["ledger"], rates[RAW], strict=True)
-            ],
-        },
+        "reads": read_figures,
         "rebuild": {
             "index_events_per_s": index_rate,
             "scan_events_per_s": scan_rate,
@@ -1042,7 +1057,7 @@ def main() -> None:
         help="indexer's wait when a round found nothing (ledger index run's default)",
     )
     parser.add_argument("--events", type=int, default=10_000, help="history size")
-    parser.add_argument("--read-rounds", type=int, default=5)
+    parser.add_argument("--read-rounds", type=int, default=15)
     parser.add_argument("--rebuild-rounds", type=int, default=2)
     parser.add_argument("--endpoint", help="a running DynamoDB (default: start Local)")
     parser.add_argument("--output", default="indexed.json", help="under results/")

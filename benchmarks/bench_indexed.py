@@ -96,6 +96,18 @@ CURRENCY = "EUR"
 PRICE = Decimal("2.50")
 
 
+def cpu_seconds(pid: int | None) -> float | None:
+    """Return the CPU seconds (user + system) a process has used, from /proc."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # utime and stime: fields 14 and 15 of stat(5), counted from the state (3).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def load_average() -> list[float]:
     """Return the 1, 5 and 15-minute load averages: how shared the machine was."""
     return [round(value, 2) for value in os.getloadavg()]
@@ -294,8 +306,12 @@ def processes(
     prefixes: dict[str, str],
     placed: StoredEvent,
     interval: float,
-) -> Iterator[tuple[list[Connection], Connection]]:
-    """Start the writers and the indexer, each process with its own clients."""
+) -> Iterator[tuple[list[Connection], Connection, list[int]]]:
+    """Start the writers and the indexer, each process with its own clients.
+
+    Yields the writers' pipes, the indexer's, and every process id (the
+    indexer's last).
+    """
     context = multiprocessing.get_context("fork")
     pipes, started = [], []
     targets: list[tuple[Callable[..., None], tuple[Any, ...]]] = [
@@ -313,7 +329,7 @@ def processes(
             status, detail = pipe.recv()
             if status == "error":
                 raise RuntimeError(f"a process failed to start:\n{detail}")
-        yield pipes[:-1], pipes[-1]
+        yield pipes[:-1], pipes[-1], [p.pid for p in started if p.pid is not None]
     finally:
         for pipe in pipes[:-1]:
             with suppress(OSError):
@@ -324,6 +340,16 @@ def processes(
             process.join(timeout=10)
             if process.is_alive():
                 process.terminate()
+
+
+def turn_cpu(server_pid: int | None, pids: list[int]) -> dict[str, float]:
+    """Return the CPU seconds used so far by the server, the writers and the indexer."""
+    writers = [cpu_seconds(pid) for pid in pids[:-1]]
+    return {
+        "server": cpu_seconds(server_pid) or 0.0,
+        "writers": sum(spent or 0.0 for spent in writers),
+        "indexer": cpu_seconds(pids[-1]) or 0.0,
+    }
 
 
 def run_turn(
@@ -358,16 +384,21 @@ def positions_of(app: Orders) -> dict[str, int]:
         position = page[-1].id
 
 
-def run_writers(
+def run_writers(  # noqa: PLR0915 - one sequence of turns, read top to bottom
     endpoint: str,
     *,
+    server_pid: int | None,
     seconds: float,
     rounds: int,
     backlog_seconds: float,
     interval: float,
     started: float,
 ) -> dict[str, Any]:
-    """Parts 1 to 3: the writers' turns, the indexer's lag, a backlog, the cost."""
+    """Parts 1 to 3: the writers' turns, the indexer's lag, a backlog, the cost.
+
+    ``server_pid``: DynamoDB Local's process, whose CPU each turn is charged
+    with (None: not known, as with ``--endpoint``).
+    """
     run_id = uuid.uuid4().hex[:6]
     modes = ["indexed", "stream"]
     prefixes = {mode: f"{mode}{run_id}_" for mode in modes}
@@ -383,7 +414,8 @@ def run_writers(
     contenders = [*modes, RAW]
     turns: dict[str, list[list[Any]]] = {c: [] for c in contenders}
     windows: list[tuple[float, float]] = []
-    with processes(endpoint, prefixes, placed, interval) as (pipes, indexer):
+    cpu = {c: {"server": 0.0, "writers": 0.0, "indexer": 0.0} for c in contenders}
+    with processes(endpoint, prefixes, placed, interval) as (pipes, indexer, pids):
         ask(indexer, "start")
         # Each writer saved 3 indexed Orders when it started.
         indexed_total = 3 * len(pipes)
@@ -395,7 +427,10 @@ def run_writers(
         for round_number in range(rounds):
             order = contenders if round_number % 2 == 0 else contenders[::-1]
             for contender in order:
+                before = turn_cpu(server_pid, pids)
                 start_at, reports = run_turn(pipes, contender, seconds)
+                for part, spent in turn_cpu(server_pid, pids).items():
+                    cpu[contender][part] += spent - before[part]
                 turns[contender].append(reports)
                 if contender == "indexed":
                     windows.append((start_at, start_at + seconds))
@@ -415,6 +450,13 @@ def run_writers(
     positions = positions_of(indexed_app)
     indexed_app.close()
     rows = throughput_rows(turns, contenders)
+    for row in rows:
+        saves = sum(r["saves"] for reports in turns[row["contender"]] for r in reports)
+        for part, spent in cpu[row["contender"]].items():
+            known = server_pid is not None or part != "server"
+            row[f"{part}_cpu_ms_per_save"] = (
+                round(spent / saves * 1e3, 3) if known and saves else None
+            )
     lag, during = lag_figures(turns["indexed"], live["commits"], positions, windows)
     backlog_saves = sum(r["saves"] for r in backlog_reports)
     backlog_rate = backlog_saves / max(r["elapsed"] for r in backlog_reports)
@@ -903,6 +945,9 @@ def print_results(results: dict[str, Any]) -> None:
             ("p50 ms", "p50_ms"),
             ("p99 ms", "p99_ms"),
             ("errors", "errors"),
+            ("server CPU ms/save", "server_cpu_ms_per_save"),
+            ("writers CPU ms/save", "writers_cpu_ms_per_save"),
+            ("indexer CPU ms/save", "indexer_cpu_ms_per_save"),
         ],
         results["throughput"],
     )
@@ -1031,13 +1076,13 @@ def print_results(results: dict[str, Any]) -> None:
 
 
 @contextmanager
-def server(endpoint: str | None) -> Iterator[str]:
-    """Yield the given endpoint, or a fresh DynamoDB Local's."""
+def server(endpoint: str | None) -> Iterator[tuple[str, int | None]]:
+    """Yield the given endpoint, or a fresh DynamoDB Local's, and its process id."""
     if endpoint:
-        yield endpoint
+        yield endpoint, None
         return
     with DynamoDBLocal() as local:
-        yield local.endpoint_url
+        yield local.endpoint_url, local.pid
 
 
 def main() -> None:
@@ -1074,16 +1119,17 @@ def main() -> None:
         "index_interval": args.index_interval,
         "load_before": load_average(),
     }
-    with server(args.endpoint) as endpoint:
+    with server(args.endpoint) as (endpoint, server_pid):
         results |= run_writers(
             endpoint,
+            server_pid=server_pid,
             seconds=args.seconds,
             rounds=args.rounds,
             backlog_seconds=args.backlog_seconds,
             interval=args.index_interval,
             started=started,
         )
-    with server(args.endpoint) as endpoint:
+    with server(args.endpoint) as (endpoint, _):
         results["history"] = run_history(
             endpoint, args.events, args.read_rounds, args.rebuild_rounds, started
         )

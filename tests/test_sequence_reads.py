@@ -14,7 +14,7 @@ import random
 import threading
 import uuid
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 from eventsourcing.persistence import Notification, StoredEvent
@@ -30,6 +30,7 @@ from ledger.dynamodb import (
     schema,
 )
 
+Item = dict[str, Any]
 PAGE_SIZE = 100
 TOPICS = ("tests:Placed", "tests:Added", "tests:Confirmed")
 EVENTS = 1_000
@@ -272,11 +273,27 @@ def batch_key(last_position: int) -> dict[str, dict[str, str]]:
     }
 
 
-def second_batch_of_page_1(recorder: DynamoDBApplicationRecorder) -> int:
-    """Return the last position of a batch that a read of page 1 reads ahead."""
+def batch_of_page_1(recorder: DynamoDBApplicationRecorder) -> Item:
+    """Return the item of a batch that a read of page 1 reads ahead, as stored."""
     on_page_1 = [end for end in ends(recorder) if end // PAGE_SIZE == 1]
     assert len(on_page_1) >= 2
-    return on_page_1[1]
+    item: Item = recorder.connection.call(
+        "get_item",
+        TableName=recorder.notifications_table_name,
+        Key=batch_key(on_page_1[1]),
+        ConsistentRead=True,
+    )["Item"]
+    return item
+
+
+def put(recorder: DynamoDBApplicationRecorder, item: Item) -> None:
+    recorder.connection.call(
+        "put_item", TableName=recorder.notifications_table_name, Item=item
+    )
+
+
+def first_and_last(item: Item) -> tuple[int, int]:
+    return int(item[schema.FIRST_POSITION]["N"]), int(item[schema.POSITION]["N"])
 
 
 @pytest.mark.parametrize("damage", ["changed", "deleted"])
@@ -284,26 +301,21 @@ def test_a_batch_repaired_after_it_was_read_ahead_is_read_as_repaired(
     small_sequence: Sequence, damage: str
 ) -> None:
     table_reader = reader(small_sequence.factory)
-    end = second_batch_of_page_1(table_reader)
-    table = table_reader.notifications_table_name
-    key = batch_key(end)
-    intact = table_reader.connection.call(
-        "get_item", TableName=table, Key=key, ConsistentRead=True
-    )["Item"]
+    intact = batch_of_page_1(table_reader)
+    first, end = first_and_last(intact)
     if damage == "deleted":
-        table_reader.connection.call("delete_item", TableName=table, Key=key)
-    else:
         table_reader.connection.call(
-            "put_item",
-            TableName=table,
-            Item={**intact, schema.EVENTS: {"B": b"\x03damaged"}},
+            "delete_item",
+            TableName=table_reader.notifications_table_name,
+            Key=batch_key(end),
         )
-    first = int(intact[schema.FIRST_POSITION]["N"])
+    else:
+        put(table_reader, {**intact, schema.EVENTS: {"B": b"\x03damaged"}})
     # Reads up to the damaged batch, having read ahead past it on page 1.
     before = table_reader.select_notifications(start=1, limit=first - 1)
     assert [n.id for n in before] == list(range(1, first))
 
-    table_reader.connection.call("put_item", TableName=table, Item=intact)
+    put(table_reader, intact)
     after = table_reader.select_notifications(start=first, limit=PAGE_SIZE)
 
     wanted = small_sequence.notifications[first - 1 : first - 1 + PAGE_SIZE]
@@ -314,15 +326,9 @@ def test_a_damaged_batch_read_ahead_is_reported_when_reached(
     small_sequence: Sequence,
 ) -> None:
     table_reader = reader(small_sequence.factory)
-    end = second_batch_of_page_1(table_reader)
-    table = table_reader.notifications_table_name
-    intact = table_reader.connection.call(
-        "get_item", TableName=table, Key=batch_key(end), ConsistentRead=True
-    )["Item"]
-    table_reader.connection.call(
-        "put_item", TableName=table, Item={**intact, schema.EVENTS: {"B": b"\x03"}}
-    )
-    first = int(intact[schema.FIRST_POSITION]["N"])
+    intact = batch_of_page_1(table_reader)
+    first, end = first_and_last(intact)
+    put(table_reader, {**intact, schema.EVENTS: {"B": b"\x03"}})
     table_reader.select_notifications(start=1, limit=first - 1)
 
     with pytest.raises(CorruptNotificationBatchError) as raised:
@@ -335,16 +341,10 @@ def test_a_batch_damaged_after_it_was_returned_is_reported_when_read_again(
     small_sequence: Sequence,
 ) -> None:
     table_reader = reader(small_sequence.factory)
-    end = second_batch_of_page_1(table_reader)
-    table = table_reader.notifications_table_name
-    intact = table_reader.connection.call(
-        "get_item", TableName=table, Key=batch_key(end), ConsistentRead=True
-    )["Item"]
-    first = int(intact[schema.FIRST_POSITION]["N"])
+    intact = batch_of_page_1(table_reader)
+    first, end = first_and_last(intact)
     table_reader.select_notifications(start=1, limit=end)  # returns the batch whole
-    table_reader.connection.call(
-        "put_item", TableName=table, Item={**intact, schema.EVENTS: {"B": b"\x03"}}
-    )
+    put(table_reader, {**intact, schema.EVENTS: {"B": b"\x03"}})
 
     with pytest.raises(CorruptNotificationBatchError) as raised:
         table_reader.select_notifications(start=first, limit=10)

@@ -10,7 +10,7 @@ One function per feed, all in the projector's package:
 * ``send_steps``: a ``StreamFollower(fulfilment, fulfilment)`` on the saga's
   own events stream, which sends each decided step to its application (in
   this process, with the step's idempotency key);
-* ``fire_timeouts``: :meth:`~ledger.sagas.TimeoutPoller.poll`, invoked by an
+* ``fire_timeouts``: :meth:`~ledger.sagas.TimeoutPoller.drain`, invoked by an
   EventBridge Scheduler schedule;
 * ``follow_index``: the saga on every application's index
   (``DYNAMODB_ORDERING=indexed``, the saga application's own included): it
@@ -24,6 +24,11 @@ The applications are built at the first invocation, not at import, from the
 function's environment (``PERSISTENCE_MODULE``, ``DYNAMODB_TABLE_PREFIX``,
 ``DYNAMODB_ORDERING`` of the leaders, ``CREATE_TABLE=no``,
 ``PAYMENT_TIMEOUT_SECONDS``), and kept for the invocations that follow.
+``follow_index`` and ``fire_timeouts`` record each feed's ``Lag`` behind its
+index's head (namespace ``ledger``, dimension ``SagaApplication``: the values
+``OrderFulfilment/Orders``, ``/Warehouse``, ``/Payments``, ``/steps`` and
+``/timeouts``) in CloudWatch embedded metric format on their logs
+(:func:`ledger.sagas.metrics_in_lambda`).
 """
 
 from __future__ import annotations
@@ -89,9 +94,10 @@ def _follower(leader: str) -> StreamFollower:
 
 @functools.cache
 def _poller() -> TimeoutPoller:
-    from ledger.sagas import TimeoutPoller  # noqa: PLC0415
+    from ledger.sagas import TimeoutPoller, metrics_in_lambda  # noqa: PLC0415
 
-    return TimeoutPoller(_apps().fulfilment)
+    fulfilment = _apps().fulfilment
+    return TimeoutPoller(fulfilment, metrics=metrics_in_lambda(fulfilment))
 
 
 @functools.cache
@@ -139,8 +145,15 @@ def send_steps(event: Mapping[str, Any], context: Any) -> BatchResponse:
 
 
 def fire_timeouts(event: Any, context: Any) -> dict[str, int]:
-    """Fire the sagas' due timeouts (a scheduled invocation); return how many fired."""
-    return {"fired": _poller().poll()}
+    """Fire the sagas' due timeouts (a scheduled invocation); return how many fired.
+
+    Reads the timeout events to the end of the index, or until the
+    invocation's time is nearly up, riding out DynamoDB being unavailable
+    until then.
+    """
+    from ledger.index_consumers import deadline_of  # noqa: PLC0415
+
+    return {"fired": _poller().drain(deadline_of(context))}
 
 
 def reset() -> None:

@@ -662,7 +662,7 @@ def _alarms_on(
     return [
         alarm
         for alarm in _alarms(resources).values()
-        if alarm["Namespace"] == namespace and alarm["MetricName"] == metric
+        if alarm.get("Namespace") == namespace and alarm.get("MetricName") == metric
     ]
 
 
@@ -2074,22 +2074,42 @@ def test_the_publisher_and_the_saga_alarm_on_their_lag_as_the_projector_does(
 ):
     projector = _lag_alarm(resources, DIMENSION)
     publisher = _lag_alarm(resources, PUBLICATION_DIMENSION)
-    saga = _lag_alarm(resources, SAGA_DIMENSION)
+    saga = _alarms(resources)["FulfilmentLagAlarm"]
 
-    # each metric's one dimension, valued the follower's name
+    # the publisher's one dimension, valued the publication's name
     assert publisher["Dimensions"] == [
         {"Name": PUBLICATION_DIMENSION, "Value": {"Ref": "PublicationName"}}
     ]
-    assert saga["Dimensions"] == [
-        {"Name": SAGA_DIMENSION, "Value": OrderFulfilment.name}
-    ]
     assert template["Parameters"]["PublicationName"]["Default"] == OrderEvents.name
-    same = ("Statistic", "Period", "EvaluationPeriods", "DatapointsToAlarm")
+    # the saga: the largest Lag of every feed its runners record, by the names
+    # they record it under (a leader's, its steps', its timeouts')
+    [watched] = [query for query in saga["Metrics"] if query["ReturnData"]]
+    stats = [query for query in saga["Metrics"] if "MetricStat" in query]
+    assert watched["Expression"] == (
+        "MAX([" + ", ".join(query["Id"] for query in stats) + "])"
+    )
+    application = template["Parameters"]["ApplicationName"]["Default"]
+    values = set()
+    for query in stats:
+        metric = query["MetricStat"]["Metric"]
+        assert (metric["Namespace"], metric["MetricName"]) == (NAMESPACE, LAG)
+        [dimension] = metric["Dimensions"]
+        assert dimension["Name"] == SAGA_DIMENSION
+        value = dimension["Value"]
+        if isinstance(value, dict):
+            value = value["Fn::Sub"].replace("${ApplicationName}", application)
+        values.add(value)
+        assert query["MetricStat"]["Stat"] == projector["Statistic"]
+        assert query["MetricStat"]["Period"] == projector["Period"]
+    feeds = [Orders.name, Warehouse.name, Payments.name, "steps", "timeouts"]
+    assert values == {f"{OrderFulfilment.name}/{feed}" for feed in feeds}
+    same = ("EvaluationPeriods", "DatapointsToAlarm")
     for alarm in (publisher, saga):
         assert {k: alarm[k] for k in same} == {k: projector[k] for k in same}
         assert alarm["Threshold"] == {"Ref": "FollowerLagAlarmEvents"}
         assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
         assert alarm["TreatMissingData"] == "notBreaching"
+    assert publisher["Statistic"] == projector["Statistic"]
 
 
 def test_the_publisher_writes_the_lag_its_alarm_watches(

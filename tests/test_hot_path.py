@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import logging
 import uuid
+import zlib
 from decimal import Decimal
 from typing import Any
 
 import boto3
 import pytest
+from botocore.awsrequest import HeadersDict
+from botocore.session import get_session
 from eventsourcing.application import project_aggregate as eventsourcing_projector
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import JSONTranscoder, StoredEvent
 from eventsourcing.utils import get_topic
 from faults import SERVER_ERROR, FaultProxy
+from pydantic import PrivateAttr
+from pydantic._internal import _model_construction as model_construction
 
 from aggregates.application import Orders
 from aggregates.order import Order
+from aggregates.payments import Payments
 from ledger import persistence
 from ledger.domain import Aggregate, DomainEvent, given_metadata, project_aggregate
 from ledger.dynamodb import recorders
-from ledger.dynamodb.client import DynamoDBConnection
+from ledger.dynamodb.client import DynamoDBConnection, incomplete_answer
 from ledger.dynamodb.limits import ItemTooLargeError
 from ledger.metadata import metadata
 from ledger.persistence import PydanticMapper
@@ -147,6 +153,39 @@ def test_a_command_makes_no_runtime_protocol_check(
 
     assert checked == []
     assert orders.get_order(order_id).lines["p1"].quantity == 1
+
+
+def counted_protocol_checks(monkeypatch: pytest.MonkeyPatch) -> list[type]:
+    """Record every runtime protocol ``isinstance`` check made from now on."""
+    checked: list[type] = []
+    protocol_meta: Any = type(DomainEventProtocol)
+    check = protocol_meta.__instancecheck__
+
+    def counted(cls: type, instance: object) -> bool:
+        checked.append(cls)
+        return bool(check(cls, instance))
+
+    monkeypatch.setattr(protocol_meta, "__instancecheck__", counted)
+    return checked
+
+
+@pytest.mark.parametrize("idempotency_key", [None, "settle-1"])
+def test_a_payments_command_makes_no_runtime_protocol_check(
+    dynamodb_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    idempotency_key: str | None,
+) -> None:
+    order_id = uuid.uuid4()
+    with Payments(env=dynamodb_env) as payments:
+        payments.request(order_id, PRICE, "EUR")
+        checked = counted_protocol_checks(monkeypatch)
+
+        payments.settle(order_id, approved=True, idempotency_key=idempotency_key)
+
+        assert checked == []
+        payment = payments.get_payment(order_id)
+        assert payment is not None
+        assert payment.version == 2
 
 
 def test_a_save_still_takes_events_and_skips_none(orders: Orders) -> None:
@@ -388,3 +427,95 @@ def test_events_read_without_metadata_share_one_validation_context(
     assert third is not first
     assert events[3].metadata.correlation_id == "request-1"
     assert events[1].metadata.correlation_id == f"{order.id}/2"
+
+
+class NotedHeaders(HeadersDict):
+    """botocore's headers of an answer, noting each header looked up."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self.looked_up: list[str] = []
+        super().__init__(headers)
+
+    def __getitem__(self, name: str) -> str:
+        self.looked_up.append(name.lower())
+        value: str = super().__getitem__(name)
+        return value
+
+
+def query_model() -> Any:
+    return get_session().get_service_model("dynamodb").operation_model("Query")
+
+
+def test_an_answer_matching_its_checksum_is_whole_after_one_header() -> None:
+    body = b'{"Items":[],"Count":0,"ScannedCount":0}'
+    headers = NotedHeaders(
+        {"Content-Length": str(len(body)), "x-amz-crc32": str(zlib.crc32(body))}
+    )
+
+    found = incomplete_answer(query_model(), headers, body)
+
+    assert found is None
+    assert headers.looked_up == ["x-amz-crc32"]
+
+
+def test_an_answer_cut_short_still_says_how_much_of_it_arrived() -> None:
+    body = b'{"Items":[],"Count":0,"ScannedCount":0}'
+    headers = NotedHeaders(
+        {"Content-Length": str(len(body)), "x-amz-crc32": str(zlib.crc32(body))}
+    )
+
+    found = incomplete_answer(query_model(), headers, body[:10])
+
+    assert found == f"10 of its {len(body)} bytes arrived"
+
+
+def test_an_event_read_without_metadata_skips_pydantics_private_attribute_setup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    mapper = PydanticMapper(transcoder=JSONTranscoder())
+    order = an_order()
+    pending = order.collect_events()
+    stored = [mapper.to_stored_event(e) for e in pending]
+    set_up: list[object] = []
+    init = model_construction.init_private_attributes
+
+    def counted(self: Any, context: Any, /) -> None:
+        set_up.append(self)
+        init(self, context)
+
+    monkeypatch.setattr(model_construction, "init_private_attributes", counted)
+
+    events = [mapper.to_domain_event(s) for s in stored]
+
+    assert set_up == []
+    assert events == pending
+    assert [e.metadata for e in events] == [e.metadata for e in pending]
+
+
+class Annotated(Aggregate.Event):
+    """An event class with a private attribute of its own beside the metadata."""
+
+    _note: str = PrivateAttr(default="unread")
+
+
+def test_private_attributes_of_an_event_class_get_their_defaults_when_read() -> None:
+    mapper = PydanticMapper(transcoder=JSONTranscoder())
+    with metadata(correlation_id="request-1"):
+        annotated = Annotated(
+            originator_id=uuid.uuid4(),
+            originator_version=2,
+            timestamp=Annotated.create_timestamp(),
+        )
+    plain = Annotated(
+        originator_id=uuid.uuid4(),
+        originator_version=2,
+        timestamp=Annotated.create_timestamp(),
+    )
+
+    read = [
+        mapper.to_domain_event(mapper.to_stored_event(e)) for e in (annotated, plain)
+    ]
+
+    assert [e._note for e in read] == ["unread", "unread"]
+    assert read[0].metadata.correlation_id == "request-1"
+    assert read[1].metadata == plain.metadata

@@ -54,6 +54,7 @@ def test_index_run_once_indexes_what_status_shows_behind(indexed, ledger):
         "shards": 1,
         "reindexing": False,
         "trimmed": False,
+        "reindex_pass": 0,
     }
     assert orders.recorder.max_notification_id() == saved
 

@@ -288,3 +288,151 @@ def test_status_says_when_a_reindex_is_due_and_under_way(
     assert (due.trimmed, due.reindexing) == (True, False)
     assert under_way.reindexing is True
     assert (done.trimmed, done.reindexing, done.behind) == (False, False, 0)
+
+
+def expire_once_written(
+    streams: TrimmedStreams, stream_arn: str, written: list[StoredEvent]
+) -> None:
+    """Expire the whole stream once it holds a record of every event written.
+
+    The stream gets a save's records a moment after the save: poll for them.
+    """
+    deadline = time.monotonic() + 20
+    records = 0
+    while records < len(written):
+        assert time.monotonic() < deadline, f"{records} of {len(written)} records"
+        records = 0
+        description = streams.client.describe_stream(StreamArn=stream_arn)
+        for shard in description["StreamDescription"]["Shards"]:
+            iterator = streams.client.get_shard_iterator(
+                StreamArn=stream_arn,
+                ShardId=shard["ShardId"],
+                ShardIteratorType="TRIM_HORIZON",
+            )["ShardIterator"]
+            while iterator:
+                page = streams.client.get_records(ShardIterator=iterator)
+                records += len(page["Records"])
+                if not page["Records"]:
+                    break
+                iterator = page.get("NextShardIterator")
+    streams.trim(stream_arn, keep=0)
+
+
+def test_a_reindex_longer_than_the_streams_retention_scans_again(
+    recorder: DynamoDBIndexedApplicationRecorder, small_pages: None
+) -> None:
+    """Saves into ranges the Scan passed, then 25 hours, are indexed once, in order.
+
+    DynamoDB Local can neither age a stream nor make a Scan take hours, so
+    the indexer's clock jumps 25 hours in the middle of the first pass, and
+    the stream (``TrimmedStreams``) expires every record written until then.
+    """
+    saves, streams = offline_past_retention(recorder)
+    saved_versions: dict[Any, int] = {}
+    for event in every_event(saves):
+        saved_versions[event.originator_id] = event.originator_version
+    hours = 0.0
+    during: list[list[StoredEvent]] = []
+    passes: set[int] = set()
+    # A Scan reads the table in one order, each partition once: the order
+    # says which aggregates a Scan standing at a key has passed for good.
+    scan_order = [
+        (item[schema.AGGREGATE_ID]["S"], int(item[schema.VERSION]["N"]))
+        for item in recorder.connection.items(
+            "scan", TableName=recorder.events_table_name, ConsistentRead=True
+        )
+    ]
+
+    def clock() -> float:
+        return time.time() + hours * 3600
+
+    def save_into_scanned_ranges(positions: range) -> None:
+        nonlocal hours
+        item = checkpoints_item(recorder)
+        if schema.REINDEX_PASS in item:
+            passes.add(int(item[schema.REINDEX_PASS]["N"]))
+        if during or schema.REINDEX_SCAN not in item:
+            return
+        scanning = item[schema.REINDEX_SCAN]["M"]["0"].get("M")
+        if scanning is None:
+            return
+        at = scan_order.index(
+            (scanning[schema.AGGREGATE_ID]["S"], int(scanning[schema.VERSION]["N"]))
+        )
+        passed = [
+            aggregate
+            for aggregate in saved_versions
+            if max(i for i, key in enumerate(scan_order) if key[0] == str(aggregate))
+            < at
+        ]
+        if not passed:
+            return
+        # The Scan has read these aggregates' partitions whole: it will not
+        # come back to them, so their new events are only in the stream.
+        aggregate = passed[0]
+        version = saved_versions[aggregate]
+        during.append([stored(aggregate, version + 1)])
+        during.append([stored(aggregate, version + 2), stored(aggregate, version + 3)])
+        for save in during:
+            recorder.insert_events(save)
+        hours = 25.0
+        expire_once_written(streams, indexer.stream_arn, every_event(saves + during))
+
+    indexer = Indexer(
+        recorder,
+        streams_client=streams,
+        after_write=save_into_scanned_ranges,
+        clock=clock,
+    )
+    index_until(indexer, recorder, every_event(saves))
+    assert len(during) == 2
+    index_until(indexer, recorder, every_event(during))
+    later = [[stored(uuid.uuid4(), 1)]]
+    recorder.insert_events(later[0])
+    index_until(indexer, recorder, every_event(later))
+    indexer.catch_up()
+
+    assert passes == {1, 2}
+    assert schema.REINDEX_STARTED not in checkpoints_item(recorder)
+    assert_indexed_once_in_order(recorder, saves + during + later)
+
+
+def test_an_indexer_back_25_hours_after_a_pass_ended_scans_again(
+    recorder: DynamoDBIndexedApplicationRecorder, small_pages: None
+) -> None:
+    """A pass ends, its process dies, and the next indexer starts 25 hours later.
+
+    The pass's start is on the checkpoints item, so the new process knows
+    the stream no longer holds what was saved since. DynamoDB Local cannot
+    age a stream: the new indexer's clock is 25 hours ahead, and the stream
+    (``TrimmedStreams``) expires every record written until then.
+    """
+    saves, streams = offline_past_retention(recorder)
+
+    def die_when_the_pass_ends(positions: range) -> None:
+        if schema.REINDEX_SCAN not in checkpoints_item(recorder):
+            raise KilledError
+
+    dying = Indexer(
+        recorder, streams_client=streams, after_write=die_when_the_pass_ends
+    )
+    with pytest.raises(KilledError):
+        dying.catch_up()
+    assert schema.REINDEX_STARTED in checkpoints_item(recorder)
+    meanwhile = random_saves(recorder, 6, seed=18)
+    expire_once_written(streams, dying.stream_arn, every_event(saves + meanwhile))
+
+    back = Indexer(
+        recorder, streams_client=streams, clock=lambda: time.time() + 25 * 3600
+    )
+    index_until(back, recorder, every_event(saves + meanwhile))
+    back.catch_up()
+    after_the_pass = back.status()
+    later = random_saves(recorder, 2, seed=19)
+    index_until(back, recorder, every_event(later))
+    back.catch_up()
+
+    # Until stream checkpoints are committed again, the pass is remembered.
+    assert (after_the_pass.reindexing, after_the_pass.reindex_pass) == (False, 2)
+    assert back.status().reindex_pass == 0
+    assert_indexed_once_in_order(recorder, saves + meanwhile + later)

@@ -47,7 +47,6 @@ from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, cast, overload
 from uuid import UUID
 
 import pydantic_core
-from eventsourcing.application import Application
 from eventsourcing.persistence import (
     IntegrityError,
     PersistenceError,
@@ -56,6 +55,7 @@ from eventsourcing.persistence import (
 )
 
 from ledger.dynamodb.idempotency import RepeatedSaveError, SavedOutcome
+from ledger.snapshots import SnapshottingApplication
 
 __all__ = [
     "Decision",
@@ -210,8 +210,15 @@ def keyed_command(
     return decorate
 
 
-class IdempotentApplication(Application[UUID]):
-    """An application whose saves may carry an idempotency key."""
+class IdempotentApplication(SnapshottingApplication):
+    """An application whose saves may carry an idempotency key.
+
+    A :class:`~ledger.snapshots.SnapshottingApplication` (with no snapshot
+    strategy unless given one), so its loads and saves take ledger's path
+    rather than ``eventsourcing``'s: a load replays without a runtime
+    protocol check per event and reads events without a ``StoredEvent``
+    each, a save collects without two runtime protocol checks per aggregate.
+    """
 
     def save_decision(self, decision: Decision[R]) -> R:
         """Save a decision's aggregates plainly (no key); return its answer."""
@@ -298,7 +305,7 @@ class IdempotentApplication(Application[UUID]):
         self, aggregates: Iterable[Any], idempotency_key: str, fingerprint: str
     ) -> None:
         self._check_store()
-        # Application.save, not ours: a taken key must raise, not return [].
+        # The base class's save, not ours: a taken key must raise, not return [].
         super().save(
             *aggregates,
             idempotency_key=idempotency_key,

@@ -51,6 +51,7 @@ from ledger.metadata import (
 )
 
 __all__ = [
+    "RESTORED_WITHOUT_METADATA",
     "Aggregate",
     "AggregateState",
     "DomainEvent",
@@ -201,6 +202,40 @@ class DomainEvent(BaseModel):
         return hash((type(self), tuple(self.__dict__.values())))
 
 
+RESTORED_WITHOUT_METADATA: Final[dict[str, None]] = {RESTORED_METADATA: None}
+"""The validation context of an event read from storage without metadata
+(most are): one shared dict, never changed, rather than one per event read."""
+
+_init_private_and_post_init = DomainEvent.model_post_init
+"""``DomainEvent.model_post_init`` as pydantic wraps it: its private
+attributes initialised first, then the method as written."""
+_object_setattr = object.__setattr__
+
+
+def _post_init(self: DomainEvent, context: Any, /) -> None:
+    """``DomainEvent.model_post_init``, quicker for an event read without metadata.
+
+    pydantic initialises private attributes before a model's own
+    ``model_post_init`` by looking up each one's default through several
+    functions, for every event made or read; an event read without metadata
+    gets the one private attribute's default here directly
+    (``__pydantic_private__`` is where pydantic keeps an instance's private
+    values). An event class with private attributes of its own goes
+    pydantic's way (see ``_drop_inherited_post_init_wrapper``), as does any
+    event whose private attributes are already set up.
+    """
+    if (
+        context is RESTORED_WITHOUT_METADATA
+        and getattr(self, "__pydantic_private__", None) is None
+    ):
+        _object_setattr(self, "__pydantic_private__", {"_metadata": None})
+        return
+    _init_private_and_post_init(self, context)
+
+
+DomainEvent.model_post_init = _post_init  # type: ignore[method-assign]
+
+
 def given_metadata(event: DomainEvent) -> EventMetadata | None:
     """Return the metadata an event was given, or None: the default, its own chain.
 
@@ -231,6 +266,11 @@ def _drop_inherited_post_init_wrapper(cls: type[BaseModel]) -> None:
     )
     if inherited is not None and getattr(wrapper, "__wrapped__", None) is inherited:
         cls.model_post_init = inherited  # type: ignore[method-assign,assignment]
+    if cls.model_post_init is _post_init and cls.__private_attributes__.keys() != {
+        "_metadata"
+    }:
+        # Private attributes of its own: pydantic sets them all up first.
+        cls.model_post_init = _init_private_and_post_init  # type: ignore[method-assign,assignment]
 
 
 class Aggregate(BaseAggregate[UUID]):

@@ -37,13 +37,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 import boto3
 import botocore.exceptions
-from eventsourcing.persistence import IntegrityError, OperationalError
+from eventsourcing.persistence import OperationalError
 from eventsourcing.utils import resolve_topic
 
 from ledger.projections.metrics import EmbeddedMetrics
 
 if TYPE_CHECKING:
     from ledger.indexer import Indexer
+    from ledger.projections.metrics import Metrics
     from ledger.projections.projector import Projector
     from ledger.publishing import Publication
     from ledger.sagas import SagaApplication
@@ -409,41 +410,32 @@ def follow_leaders(
     leaders: Iterable[Any],
     deadline: float | None,
     *,
-    page_size: int = 500,
+    page_size: int | None = None,
+    metrics: Metrics | None = None,
 ) -> int:
     """Let a saga application process its leaders' and its own indexes; return events.
 
-    Rounds over the leaders (then the saga application itself, to send its
-    steps) pull at most ``page_size`` positions of each, until a round
-    processes nothing or ``deadline`` passes. Another invocation deciding
-    meanwhile (a conflict on a saga or a tracking position) makes it read
-    the positions again; after :data:`MAX_CONFLICTS` it stops (the other
-    goes on, and the next wake-up or the schedule reads again).
+    A :class:`~ledger.sagas.SagaRunner` with no indexers, drained: each
+    leader's feed, then the one sending the saga application's steps, to
+    the end of its index, in rounds until a round processes nothing or
+    ``deadline`` passes, riding out DynamoDB being unavailable until then.
+    Another invocation deciding meanwhile (a conflict on a saga or a
+    tracking position) makes it read the positions again; after
+    :data:`MAX_CONFLICTS` such rounds it stops (the other goes on, and the
+    next wake-up or the schedule reads again). Each feed records its lag
+    behind the head (``Lag``, dimension ``SagaApplication``) through
+    ``metrics``, by default :func:`~ledger.sagas.metrics_in_lambda`'s.
     """
-    app = saga_application
-    names = [leader.name for leader in leaders] + [app.name]
-    before = app.processed
-    conflicts = 0
-    while _before(deadline):
-        start = app.processed
-        try:
-            for name in names:
-                position = app.recorder.max_tracking_id(name) or 0
-                app.pull_and_process(name, start=position, stop=position + page_size)
-        except IntegrityError:
-            # A saga or a position changed meanwhile (another invocation, the
-            # timeout poller): read the positions again, a few times only.
-            conflicts += 1
-            if conflicts == MAX_CONFLICTS:
-                logger.info(
-                    "other invocations kept deciding first; stopping",
-                    extra={"saga_application": app.name, "conflicts": conflicts},
-                )
-                break
-            continue
-        if app.processed == start:
-            break
-    return app.processed - before
+    from ledger.sagas import SagaRunner, metrics_in_lambda  # noqa: PLC0415
+
+    runner = SagaRunner(
+        saga_application,
+        leaders,
+        indexers=(),
+        page_size=page_size,
+        metrics=metrics if metrics is not None else metrics_in_lambda(saga_application),
+    )
+    return runner.drain(deadline, max_races=MAX_CONFLICTS)
 
 
 # Handlers configured by the environment --------------------------------------------

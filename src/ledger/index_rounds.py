@@ -69,6 +69,10 @@ class _Round:
     segments: int = 1
     held: list[Item] = field(default_factory=list)
     reindexed_at: float | None = None
+    reindex_started: float | None = None
+    """When the re-index's last pass began, until the first stream commit after it."""
+    reindex_pass: int = 0
+    """Which pass that is (0: none since the last stream commit)."""
 
 
 @dataclass(frozen=True)

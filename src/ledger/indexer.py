@@ -44,7 +44,9 @@ Falling behind: when an iterator after a checkpoint is refused as trimmed
 every event in the table (it is older than 23 hours, or younger than the
 table), the indexer re-indexes from the events table (see :meth:`Indexer.reindex`
 and :mod:`ledger.reindexing`), then goes on from the stream's TRIM_HORIZON,
-dropping the records of events the index holds already.
+dropping the records of events the index holds already; a pass of the
+re-index that began more than the stream's retention before that return is
+followed by another pass.
 
 Costs per round: a GetItem of the head and one of the checkpoints, a
 DescribeStream, per shard a GetShardIterator and a GetRecords per 1,000
@@ -139,6 +141,10 @@ class IndexStatus:
     """Whether a re-index from the events table is under way."""
     trimmed: bool = False
     """Whether a checkpoint is past the stream's retention (a re-index is due)."""
+    reindex_pass: int = 0
+    """Which pass of the re-index is under way, or was the last (0: none
+    since the indexer last committed stream checkpoints). A pass that began
+    more than the stream's retention ago is followed by another."""
 
 
 class _Checkpoints:
@@ -179,6 +185,7 @@ class Indexer(Reindexing, StreamPoller):
         alarm: Callable[[IndexRound], None] | None = None,
         alarm_age_ms: float = 60_000.0,
         scan_segments: int = 1,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not isinstance(recorder, DynamoDBIndexedApplicationRecorder):
             raise ProgrammingError(
@@ -206,6 +213,7 @@ class Indexer(Reindexing, StreamPoller):
         self.alarm = alarm
         self.alarm_age_ms = alarm_age_ms
         self.scan_segments = scan_segments
+        self.clock = clock
         self._indexed: dict[str, int] | None = None
         """Per aggregate, the last version in the index (read in full for a
         re-index and the stream records after it; None: not read)."""
@@ -232,6 +240,15 @@ class Indexer(Reindexing, StreamPoller):
             self._held = None
         if state.scan is not None:
             return self._reindex_round(state)
+        if self._another_pass_due(state):
+            self._start_reindex(
+                state,
+                f"pass {state.reindex_pass} began more than the stream's "
+                "retention ago: saves made early in it may be gone from the "
+                "stream, so the events table is scanned again",
+                reindex_pass=state.reindex_pass + 1,
+            )
+            return 1
         if state.revision is None and self._stream_may_lack_events():
             self._start_reindex(state, "the stream may not hold every event saved")
             return 1
@@ -262,7 +279,12 @@ class Indexer(Reindexing, StreamPoller):
         fresh = self._not_indexed(state, [r for unit in taken for r in unit if r.entry])
         events = _in_version_order(fresh)
         self._check_versions(events)
-        self._write(state, events, new_checkpoints)
+        back_on_stream = None
+        if state.reindex_started is not None and new_checkpoints:
+            # The stream is read after checkpoints again: a later loss shows
+            # as a trimmed refusal, no longer by the clock.
+            back_on_stream = {schema.REINDEX_STARTED: None, schema.REINDEX_PASS: None}
+        self._write(state, events, new_checkpoints, back_on_stream)
         self._report(IndexRound(len(events), len(read), _oldest_age_ms(read)))
         return len(consumed)
 
@@ -349,6 +371,9 @@ class Indexer(Reindexing, StreamPoller):
             state.held = [key["M"] for key in item[schema.REINDEX_HELD]["L"]]
         if schema.REINDEXED_AT in item:
             state.reindexed_at = float(item[schema.REINDEXED_AT]["N"])
+        if schema.REINDEX_STARTED in item:
+            state.reindex_started = float(item[schema.REINDEX_STARTED]["N"])
+            state.reindex_pass = int(item[schema.REINDEX_PASS]["N"])
         return state
 
     def _read_shard(self, shard: Mapping[str, Any], state: _Round) -> list[_Record]:
@@ -595,6 +620,7 @@ class Indexer(Reindexing, StreamPoller):
             len(shards),
             reindexing=state.scan is not None,
             trimmed=trimmed,
+            reindex_pass=state.reindex_pass,
         )
 
 

@@ -61,7 +61,12 @@ from eventsourcing.persistence import (
 from eventsourcing.utils import TopicError, get_topic, resolve_topic
 from pydantic import BaseModel
 
-from ledger.domain import DomainEvent, given_metadata, upcasters
+from ledger.domain import (
+    RESTORED_WITHOUT_METADATA,
+    DomainEvent,
+    given_metadata,
+    upcasters,
+)
 from ledger.eventsourcing_internals import is_registered_topic
 from ledger.metadata import RESTORED_METADATA, EventMetadata, event_id
 
@@ -79,10 +84,6 @@ METADATA: Final = "_meta"
 """Key of the stored state that holds the event's metadata, when it has any
 beyond the default: an object of ``correlation_id``, ``causation_id`` and
 ``headers``, each present only when not the default."""
-
-_NO_METADATA: Final = {RESTORED_METADATA: None}
-"""The validation context of an event stored without metadata (most are):
-one shared, read-only dict rather than one made per event read."""
 
 # The stored event holds these itself; repeating them in the state would only
 # make every item bigger (DynamoDB charges by size).
@@ -212,7 +213,7 @@ class PydanticMapper(Mapper[Any]):
                 "DomainEventProtocol[Any]",
                 event_class.__pydantic_validator__.validate_python(
                     state,
-                    context=_NO_METADATA
+                    context=RESTORED_WITHOUT_METADATA
                     if stored_metadata is None
                     else {RESTORED_METADATA: _restored_metadata(stored_metadata)},
                 ),

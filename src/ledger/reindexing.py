@@ -15,6 +15,15 @@ item); what the index holds is known by each aggregate's last indexed
 version (the version map). Then the indexer goes on from the stream's
 TRIM_HORIZON, dropping the records of events the index holds already.
 
+That return needs the stream to hold every record written since the pass
+began (a save into a range the Scan had passed is only there), and DynamoDB
+Streams keeps a record 24 hours. So when the pass began is kept on the
+checkpoints item, and if the indexer would go back to the stream more than
+24 hours (less 10 minutes for clocks) after it, it runs another pass
+instead, which appends only what the index lacks; passes follow until one
+ends within the stream's retention. From the first commit of stream
+checkpoints after it, a later loss shows as a trimmed refusal.
+
 Costs of a round of a re-index: a strongly consistent Scan page (up to 500
 items) and one transaction; the first round of each process reads the whole
 sequence once.
@@ -69,6 +78,8 @@ class Reindexing:
     # Set by the indexer this is a part of (and its StreamPoller).
     recorder: DynamoDBIndexedApplicationRecorder
     scan_segments: int
+    clock: Callable[[], float]
+    """Epoch seconds now (``time.time``; tests make hours pass with another)."""
     client: Any
     stream_arn: str
     _indexed: dict[str, int] | None
@@ -110,7 +121,9 @@ class Reindexing:
         head = self.recorder.max_notification_id() or 0
         deadline = time.monotonic() + timeout
         rounds = 0
-        while self._read_state().scan is not None:
+        while (state := self._read_state()).scan is not None or (
+            self._another_pass_due(state)
+        ):
             self.poll()
             rounds += 1
             if progress is not None:
@@ -122,16 +135,22 @@ class Reindexing:
                 )
         return (self.recorder.max_notification_id() or 0) - head
 
-    def _start_reindex(self, state: _Round, reason: str) -> None:
-        """Begin a re-index: the Scan at its start, the shard checkpoints cleared.
+    def _start_reindex(self, state: _Round, reason: str, reindex_pass: int = 1) -> None:
+        """Begin a pass of a re-index: the Scan at its start, checkpoints cleared.
 
-        The stream is read again from its TRIM_HORIZON once the Scan is done.
+        The stream is read again from its TRIM_HORIZON once the Scan is done;
+        when the pass began is kept until then (see :meth:`_another_pass_due`).
         """
         logger.warning(
-            "re-indexing %s from the events table: %s",
+            "re-indexing %s from the events table (pass %d): %s",
             self.recorder.events_table_name,
+            reindex_pass,
             reason,
-            extra={"reason": reason, "segments": self.scan_segments},
+            extra={
+                "reason": reason,
+                "segments": self.scan_segments,
+                "pass": reindex_pass,
+            },
         )
         scan = {str(segment): {"NULL": True} for segment in range(self.scan_segments)}
         self._write(
@@ -142,9 +161,27 @@ class Reindexing:
                 schema.REINDEX_SCAN: {"M": scan},
                 schema.REINDEX_SEGMENTS: {"N": str(self.scan_segments)},
                 schema.REINDEX_HELD: {"L": []},
+                schema.REINDEX_STARTED: {"N": str(self.clock())},
+                schema.REINDEX_PASS: {"N": str(reindex_pass)},
             },
         )
         self._held = []
+
+    def _another_pass_due(self, state: _Round) -> bool:
+        """Whether the stream may have lost saves made since the last pass began.
+
+        After a pass the indexer reads the stream from its TRIM_HORIZON, so it
+        needs every record written since the pass began: a save the Scan had
+        passed already is only there. DynamoDB Streams keeps a record 24
+        hours, so once that much (less a margin for the clocks of the hosts
+        that started the pass and that check it) has gone by before the
+        first stream checkpoints are committed, those records may be gone:
+        the events table is scanned again (appending only what the index
+        lacks), until a pass ends within the stream's retention.
+        """
+        if state.scan is not None or state.reindex_started is None:
+            return False
+        return self.clock() > state.reindex_started + RETENTION - 2 * _CLOCK_MARGIN
 
     def _stream_may_lack_events(self) -> bool:
         """Whether, on a first run, the stream may miss events of the table.
@@ -232,7 +269,7 @@ class Reindexing:
                 schema.REINDEX_SCAN: None,
                 schema.REINDEX_SEGMENTS: None,
                 schema.REINDEX_HELD: None,
-                schema.REINDEXED_AT: {"N": str(time.time())},
+                schema.REINDEXED_AT: {"N": str(self.clock())},
             }
             still_held = []
         if self._write(state, events, {}, extra):

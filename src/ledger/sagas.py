@@ -23,8 +23,8 @@ schedules timeouts and, when something fails, compensates. Three parts:
       the tracking** of the upstream event (``DynamoDBProcessRecorder``). A
       decision is committed once, or not at all. Pulled from a leader's
       sequence, a page of events is decided, then committed at once: every
-      decision of the page and its last position (see
-      :meth:`SagaApplication.pull_and_process`).
+      decision of the page and its last position (see :class:`ProcessConsumer`
+      and :meth:`SagaApplication.pull_and_process`).
     * *dispatching*: each decided step is an event of the saga
       (:class:`Saga.Step`), so the saga application's own sequence is its
       outbox. The application follows itself and, for each step, calls the
@@ -42,7 +42,7 @@ schedules timeouts and, when something fails, compensates. Three parts:
     an order the winner ships. Deciding first lets the saga's version
     condition pick one decision; only committed steps are ever sent.
 
-:class:`TimeoutPoller`
+:class:`TimeoutPoller` (a runner of a :class:`TimeoutFirer`)
     Fires due timeouts. A timeout is part of its saga
     (:meth:`Saga.schedule` records :class:`Saga.TimeoutScheduled` with the
     due time), saved with the decision that schedules it. The poller reads
@@ -52,9 +52,9 @@ schedules timeouts and, when something fails, compensates. Three parts:
     :class:`Saga.TimeoutFired` and the saga's reaction in one conditional
     write: a timeout fires once, however many pollers, and never after it was
     cancelled. No index is needed: its durable position is a low-water mark
-    (the position before the oldest timeout still pending), kept in the saga
-    application's tracking table, so a restarted poller re-reads only the
-    events since then.
+    (the position before the oldest timeout still pending: a
+    :class:`LowWaterMark`), kept in the saga application's tracking table, so
+    a restarted poller re-reads only the events since then.
 
 Failing steps. A step whose command raises is sent again after each of
 :attr:`SagaApplication.step_retry_delays`; if it still fails, its saga is
@@ -78,11 +78,19 @@ an indexer appends its sequence. :class:`SagaRunner` runs that indexer in
 process by default, or ``ledger index run`` does, beside it. Its leaders may
 use any ordering:
 
-* ``sequence`` or ``indexed``: :class:`SagaRunner` pulls each leader's
-  notification log and the saga's own, a poll at a time (``eventsourcing``'s
-  ``System`` and ``SingleThreadedRunner`` work too on ``sequence``, with the
-  saga following itself). An indexed leader's index is kept by its own
-  indexer (``ledger index run``, or one given to the runner);
+* ``sequence`` or ``indexed``: each leader's sequence, and the saga's own,
+  is read by a consumer run by a :class:`~ledger.feeds.Runner` over an
+  :class:`~ledger.feeds.IndexSource`: a :class:`ProcessConsumer` per leader
+  (deciding), a :class:`StepDispatcher` (sending steps) and a
+  :class:`TimeoutFirer`. :class:`SagaRunner` and :class:`TimeoutPoller` make
+  and poll those runners in process, ``ledger.index_consumers.follow_leaders``
+  drains them in Lambda; each runner records its feed's ``Lag`` behind the
+  head (dimension ``SagaApplication``, value ``{saga}/{leader}``,
+  ``{saga}/steps`` or ``{saga}/timeouts``). ``eventsourcing``'s ``System``
+  and ``SingleThreadedRunner`` work too on ``sequence``, with the saga
+  following itself (:meth:`SagaApplication.pull_and_process`). An indexed
+  leader's index is kept by its own indexer (``ledger index run``, or one
+  given to the runner);
 * ``stream``: one :class:`~ledger.projections.followers.StreamFollower` per
   leader (in Lambda, or a ``StreamPoller``), tracking each upstream
   aggregate, plus a :class:`SagaRunner` with no leaders for the saga's own
@@ -128,9 +136,19 @@ from pydantic import AwareDatetime
 
 from ledger.domain import Aggregate
 from ledger.dynamodb import connection_of
+from ledger.dynamodb.batches import CorruptNotificationBatchError
 from ledger.dynamodb.factory import DynamoDBFactory
 from ledger.dynamodb.indexed_recorders import DynamoDBIndexedApplicationRecorder
 from ledger.dynamodb.limits import MAX_TRANSACTION_ACTIONS, TransactionTooLargeError
+from ledger.feeds import (
+    Batch,
+    Checkpoint,
+    IndexSource,
+    Progress,
+    Raced,
+    Runner,
+    TrackingCheckpoint,
+)
 from ledger.indexer import Indexer
 from ledger.metadata import caused_by
 from ledger.persistence import PydanticMapper
@@ -144,6 +162,7 @@ from ledger.projections.metrics import (
     SAGAS_PARKED,
     EmbeddedMetrics,
     Metrics,
+    NoMetrics,
 )
 from ledger.projections.streams import run_polls
 from ledger.saga_parking import PARKED_TABLE, WAITING, ParkedSaga, ParkedSteps
@@ -161,12 +180,17 @@ __all__ = [
     "PARKED_TABLE",
     "SAGA_NAMESPACE",
     "WAITING",
+    "LowWaterMark",
     "ParkedSaga",
     "ParkedSteps",
+    "ProcessConsumer",
     "Saga",
     "SagaApplication",
     "SagaRunner",
+    "StepDispatcher",
+    "TimeoutFirer",
     "TimeoutPoller",
+    "metrics_in_lambda",
     "step_key",
 ]
 
@@ -601,6 +625,18 @@ class SagaApplication(ProcessApplication[uuid.UUID]):
                     decided = self._decide(domain_event, tracking, page, repository)
                 page.add(domain_event, tracking, decided)
             self._commit_page(page)
+        finally:
+            self._in_page, self._parked_now = False, None
+
+    def _send_steps(
+        self, steps: Sequence[tuple[DomainEventProtocol[uuid.UUID], Tracking]]
+    ) -> None:
+        """Send a page of steps in order (:class:`StepDispatcher`'s batch)."""
+        self._in_page, self._parked_now = True, None
+        try:
+            for step, tracking in steps:
+                self.policy(step, ProcessingEvent[uuid.UUID](tracking))
+                self.processed += 1
         finally:
             self._in_page, self._parked_now = False, None
 
@@ -1055,127 +1091,196 @@ class SagaApplication(ProcessApplication[uuid.UUID]):
         )
 
 
-class SagaRunner:
-    """Feeds a saga application from application sequences, a poll at a time.
+# The feeds: each a consumer of an application sequence, run by a Runner -----------
 
-    Follows each leader's notification log and the saga application's own
-    (its steps, to send them). With no leaders it only sends steps: the
-    dispatcher beside stream followers. Several runners may run at once:
-    each event is processed once (tracking is conditional), and a runner
-    that loses a race reads again.
 
-    ``indexers`` (:class:`~ledger.indexer.Indexer`) are run here, a round
-    each before each round of pulls, so an indexed application's sequence
-    holds what was saved before. By default: the saga application's own
-    indexer when it is indexed, so a step is sent in the poll that decided
-    it (none when it keeps a ``sequence``). Pass ``()`` when ``ledger index
-    run`` indexes it elsewhere (its steps are then sent at the first poll
-    after they are indexed), or every application's indexer to run the
-    whole system in one process. Several indexers of one table are safe:
-    one commits each round.
+class ProcessConsumer:
+    """Lets a saga application decide on a leader's events: one commit per page.
+
+    Atomic: a batch (a page of the leader's sequence, :attr:`upstream_topics`
+    only) is decided in order, then committed with the tracking of its last
+    event, in as few parts as fit a transaction, one event per commit if a
+    part is refused: the page logic :meth:`SagaApplication.pull_and_process`
+    runs too. A conflict it
+    cannot commit past (another decider saved a saga, another runner
+    committed the page) is :class:`~ledger.feeds.Raced`: what was committed
+    stays, and the runner reads again from the tracking.
     """
+
+    atomic = True
 
     def __init__(
         self,
         saga_application: SagaApplication,
-        leaders: Iterable[Application[Any]],
+        leader_name: str,
         *,
-        indexers: Iterable[Indexer] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        """Decide on ``leader_name``'s events, tracked under its name."""
         self.application = saga_application
-        self.leaders = [*leaders, saga_application]
-        for leader in self.leaders:
-            saga_application.follow(leader.name, leader.notification_log)
-        if indexers is None:
-            recorder = saga_application.recorder
-            indexers = (
-                [Indexer(recorder)]
-                if isinstance(recorder, DynamoDBIndexedApplicationRecorder)
-                else []
-            )
-        self.indexers = list(indexers)
-        """The indexers this runner runs before each round of pulls."""
-
-    def poll(self) -> int:
-        """Process every event available now, from every leader; return how many.
-
-        Goes round the indexers and the leaders until a round indexes and
-        processes nothing, so steps decided in this poll are sent in it too
-        (on an indexed saga application, if its stream shows them by the
-        next round, as DynamoDB Local's does at once; else at the next poll).
-        """
-        app = self.application
-        before = app.processed
-        while True:
-            start = app.processed
-            indexed = sum(indexer.poll() for indexer in self.indexers)
-            for leader in self.leaders:
-                self._pull(leader.name)
-            if app.processed == start and not indexed:
-                return app.processed - before
-
-    def run(self, stop: threading.Event, interval: float = 1.0) -> None:
-        """Poll until ``stop`` is set, waiting ``interval`` when idle.
-
-        Rides out DynamoDB being unavailable, as every ledger feed does.
-        """
-        run_polls(self.poll, stop, interval=interval)
-
-    def _pull(self, leader_name: str) -> None:
-        for attempt in range(MAX_DECISION_ATTEMPTS):
-            try:
-                self.application.pull_and_process(leader_name)
-            except IntegrityError:
-                # Another decider saved a saga (or another runner processed
-                # the event) meanwhile: read from the tracking again.
-                _backoff(attempt)
-                continue
-            return
-        raise IntegrityError(
-            f"{self.application.name} lost {MAX_DECISION_ATTEMPTS} races in a row "
-            f"processing {leader_name}'s events; poll again later."
+        self.leader_name = leader_name
+        self.name = f"{saga_application.name}/{leader_name}"
+        self.topics: Sequence[str] = saga_application.upstream_topics
+        self.checkpoint: Checkpoint = TrackingCheckpoint(
+            saga_application.recorder, leader_name
         )
+        self.metrics = metrics if metrics is not None else saga_application.metrics
+        self.races = 0
+        """Batches refused because another writer got in first."""
+
+    def process(self, batch: Batch) -> Progress:
+        """Decide the batch's events, then commit them and the last one's position."""
+        app = self.application
+        notifications = [item.notification for item in batch.items]
+        jobs = app.convert_notifications(
+            self.leader_name, app.filter_received_notifications(notifications)
+        )
+        try:
+            with app.processing_lock:
+                app._process_page(jobs)
+        except IntegrityError:
+            self.races += 1
+            raise Raced from None
+        return Progress(len(jobs), batch.checkpoint)
 
 
-class TimeoutPoller:
-    """Fires a saga application's due timeouts, reading its sequence.
+class StepDispatcher:
+    """Sends the steps a saga application decided, from its own sequence.
 
-    Each :meth:`poll` reads the timeout events appended since the last one
-    (one page read per ``page_size`` of them: two round trips each), then
-    fires those due. Run one poller per saga application on a schedule (a
-    loop here, an EventBridge schedule invoking a Lambda in AWS): more are
-    safe, since a timeout fires once, but each reads the same events.
-    Timeouts fire at the first poll after they are due: their lateness is at
-    most the poll interval plus the time to read. On an indexed saga
-    application it reads what the index holds: a timeout is seen once its
-    scheduling is indexed (by a :class:`SagaRunner`, or ``ledger index run``).
+    Not atomic: each step of a batch is sent (under :func:`step_key`, with
+    the retries and parking of the module's "Failing steps"), then the runner
+    moves the tracking under the application's name past the batch. A crash
+    in between sends the batch's steps again under the same keys: their
+    targets store nothing twice. A step whose command conflicts
+    (``IntegrityError``) stops the batch: :class:`~ledger.feeds.Raced`.
     """
 
+    atomic = False
+
     def __init__(
-        self, saga_application: SagaApplication, *, page_size: int = 500
+        self, saga_application: SagaApplication, *, metrics: Metrics | None = None
     ) -> None:
+        """Send ``saga_application``'s steps, tracked under its name."""
         self.application = saga_application
-        self.page_size = page_size
-        self.topics = saga_application.timeout_topics()
+        self.name = f"{saga_application.name}/steps"
+        self.topics: Sequence[str] = saga_application.step_topics()
+        self.checkpoint: Checkpoint = TrackingCheckpoint(
+            saga_application.recorder, saga_application.name
+        )
+        self.metrics = metrics if metrics is not None else saga_application.metrics
+        self.races = 0
+        """Batches stopped by a conflict."""
+
+    def process(self, batch: Batch) -> Progress:
+        """Send the batch's steps, in order."""
+        app = self.application
+        steps = app.convert_notifications(
+            app.name, [item.notification for item in batch.items]
+        )
+        try:
+            with app.processing_lock:
+                app._send_steps(steps)
+        except IntegrityError:
+            self.races += 1
+            raise Raced from None
+        return Progress(len(steps), batch.checkpoint)
+
+
+_Pending = dict[tuple[uuid.UUID, str], tuple["Saga.TimeoutScheduled", int]]
+
+
+class LowWaterMark:
+    """The timeout firer's checkpoint: the position before its oldest pending timeout.
+
+    Kept in the saga application's tracking table. :meth:`load` empties the
+    pending timeouts, to be read again from the mark on; :meth:`save` keeps
+    ``min(position, oldest pending - 1)``. A save refused because another
+    firer moved the mark at least as far is no race: both read the same
+    events, and this one's pending timeouts stay as they are.
+    """
+
+    def __init__(self, recorder: Any, name: str, pending: _Pending) -> None:
+        """Keep the mark named ``name``, below the timeouts in ``pending``."""
+        self.recorder = recorder
+        self.name = name
+        self.pending = pending
+        self.mark: int | None = None
+        """The mark as last loaded or saved."""
+
+    def load(self) -> int:
+        """Return the mark, and start the pending timeouts from it (none yet)."""
+        self.pending.clear()
+        self.mark = int(self.recorder.max_tracking_id(self.name) or 0)
+        return self.mark
+
+    def save(self, position: int, expected: int) -> bool:
+        """Move the mark up to ``position``, not past an oldest pending timeout."""
+        del expected  # the condition is "only forward"
+        mark = min(
+            (scheduled_at - 1 for _, scheduled_at in self.pending.values()),
+            default=position,
+        )
+        mark = min(mark, position)
+        if self.mark is not None and mark <= self.mark:
+            return True
+        # IntegrityError: another firer moved it at least as far.
+        with contextlib.suppress(IntegrityError):
+            self.recorder.insert_tracking(Tracking(self.name, mark))
+        self.mark = mark
+        return True
+
+
+class TimeoutFirer:
+    """Fires a saga application's due timeouts, read from its own sequence.
+
+    Not atomic: a batch (the timeout events only) adds the timeouts scheduled
+    to :attr:`pending` and drops those cancelled or fired; :meth:`tick` fires
+    the due ones with :meth:`SagaApplication.fire_timeout` (a timeout fires
+    once, however many firers, never after it was cancelled) and moves the
+    checkpoint, a :class:`LowWaterMark`, so a restarted firer reads only
+    from before its oldest pending timeout.
+    """
+
+    atomic = False
+
+    def __init__(
+        self, saga_application: SagaApplication, *, metrics: Metrics | None = None
+    ) -> None:
+        """Fire ``saga_application``'s timeouts."""
+        self.application = saga_application
+        self.name = f"{saga_application.name}/timeouts"
+        self.topics: Sequence[str] = saga_application.timeout_topics()
         if not self.topics:
             raise ProgrammingError(
                 f"{type(saga_application).__name__}.saga_classes names no saga "
                 "class: the poller would find no timeouts."
             )
-        self.tracking_name = f"{saga_application.name}/timeouts"
-        """The key of the low-water mark in the saga application's tracking table."""
-        self.pending: dict[
-            tuple[uuid.UUID, str], tuple[Saga.TimeoutScheduled, int]
-        ] = {}
+        self.pending: _Pending = {}
         """Timeouts scheduled and not yet fired or cancelled: (saga id, name)
         to the event that scheduled it and its position."""
-        self._read_up_to: int | None = None
-        self._mark: int | None = None
+        self.mark = LowWaterMark(saga_application.recorder, self.name, self.pending)
+        """The checkpoint, read back by :meth:`tick` after firing."""
+        self.checkpoint: Checkpoint = self.mark
+        self.metrics = metrics if metrics is not None else saga_application.metrics
+        self.fired = 0
+        """Timeouts this firer fired."""
+        self._read_up_to = 0
 
-    def poll(self, now: datetime | None = None) -> int:
-        """Read new timeout events, fire those due at ``now``; return how many fired."""
-        now = now or datetime.now(UTC)
-        self._read()
+    def process(self, batch: Batch) -> Progress:
+        """Note the timeouts the batch schedules, cancels or fires."""
+        mapper = self.application.mapper
+        for item in batch.items:
+            event: Any = mapper.to_domain_event(item.notification)
+            key = (event.originator_id, event.name)
+            if isinstance(event, Saga.TimeoutScheduled):
+                self.pending[key] = (event, item.position)
+            else:
+                self.pending.pop(key, None)
+        self._read_up_to = batch.checkpoint
+        return Progress(len(batch.items), batch.checkpoint)
+
+    def tick(self, now: datetime) -> int:
+        """Fire the timeouts due at ``now``; return how many fired."""
         fired = 0
         due = sorted(
             (scheduled.due_at, key, scheduled)
@@ -1197,59 +1302,250 @@ class TimeoutPoller:
                 )
                 continue
             del self.pending[saga_id, name]
-        self._save_mark()
+        if self.mark.mark is not None:
+            # What fired no longer holds the mark back.
+            self.mark.save(self._read_up_to, self._read_up_to)
+        self.fired += fired
         return fired
+
+
+def metrics_in_lambda(saga_application: SagaApplication) -> Metrics:
+    """Return where a saga application's feeds report in Lambda.
+
+    ``LEDGER_METRICS`` as the application reads it; unset, its class's
+    :attr:`SagaApplication.metrics`, or else CloudWatch's embedded metric
+    format on stdout (dimension ``SagaApplication``), as a projector's do.
+    """
+    if saga_application.env.get(LEDGER_METRICS) is None and isinstance(
+        saga_application.metrics, NoMetrics
+    ):
+        return EmbeddedMetrics(dimension=SAGA_DIMENSION)
+    return saga_application.metrics
+
+
+class SagaRunner:
+    """Feeds a saga application from application sequences: a Runner per feed.
+
+    A :class:`ProcessConsumer` per leader (deciding on its events) and a
+    :class:`StepDispatcher` (sending the saga application's own steps), each
+    run by a :class:`~ledger.feeds.Runner` over an
+    :class:`~ledger.feeds.IndexSource` read a page of
+    :attr:`SagaApplication.pull_section_size` at a time. With no leaders it
+    only sends steps: the dispatcher beside stream followers. Several
+    runners may run at once: each event is processed once (tracking is
+    conditional), and a runner that loses a race reads again.
+
+    ``indexers`` (:class:`~ledger.indexer.Indexer`) are run here, a round
+    each before each round of pulls, so an indexed application's sequence
+    holds what was saved before. By default: the saga application's own
+    indexer when it is indexed, so a step is sent in the poll that decided
+    it (none when it keeps a ``sequence``). Pass ``()`` when ``ledger index
+    run`` indexes it elsewhere (its steps are then sent at the first poll
+    after they are indexed), or every application's indexer to run the
+    whole system in one process. Several indexers of one table are safe:
+    one commits each round.
+
+    Each runner records its consumer's ``Lag`` through ``metrics`` (default:
+    the saga application's :attr:`SagaApplication.metrics`), its consumer's
+    name (``{saga}/{leader}``, ``{saga}/steps``) as the value of the
+    ``SagaApplication`` dimension.
+    """
+
+    def __init__(
+        self,
+        saga_application: SagaApplication,
+        leaders: Iterable[Application[Any]],
+        *,
+        indexers: Iterable[Indexer] | None = None,
+        metrics: Metrics | None = None,
+        page_size: int | None = None,
+    ) -> None:
+        self.application = saga_application
+        self.leaders = [*leaders, saga_application]
+        for leader in self.leaders:
+            # For eventsourcing's pull_and_process, which reads these logs.
+            saga_application.follow(leader.name, leader.notification_log)
+        if indexers is None:
+            recorder = saga_application.recorder
+            indexers = (
+                [Indexer(recorder)]
+                if isinstance(recorder, DynamoDBIndexedApplicationRecorder)
+                else []
+            )
+        self.indexers = list(indexers)
+        """The indexers this runner runs before each round of pulls."""
+        page = page_size or saga_application.pull_section_size
+        self.consumers: list[ProcessConsumer | StepDispatcher] = [
+            *(
+                ProcessConsumer(saga_application, leader.name, metrics=metrics)
+                for leader in self.leaders[:-1]
+            ),
+            StepDispatcher(saga_application, metrics=metrics),
+        ]
+        self.runners = [
+            Runner(IndexSource(leader, page_size=page), consumer)
+            for leader, consumer in zip(self.leaders, self.consumers, strict=True)
+        ]
+        """One per leader, then the step dispatcher's."""
+
+    @property
+    def blocked(self) -> dict[str, CorruptNotificationBatchError]:
+        """The feeds stopped at an unreadable batch, by consumer name."""
+        return {
+            runner.consumer.name: runner.blocked
+            for runner in self.runners
+            if runner.blocked is not None
+        }
+
+    def poll(self) -> int:
+        """Process every event available now, from every leader; return how many.
+
+        Goes round the indexers and the leaders until a round indexes and
+        processes nothing, so steps decided in this poll are sent in it too
+        (on an indexed saga application, if its stream shows them by the
+        next round, as DynamoDB Local's does at once; else at the next poll).
+        A round in which a feed lost a race to another decider is gone round
+        again; after :data:`MAX_DECISION_ATTEMPTS` such rounds in a row,
+        ``IntegrityError``. A feed stopped at an unreadable notification batch
+        raises its :class:`~ledger.dynamodb.batches.CorruptNotificationBatchError`
+        once the other feeds did their work.
+        """
+        app = self.application
+        before, races = app.processed, 0
+        while True:
+            start, raced = app.processed, self._races()
+            indexed = sum(indexer.poll() for indexer in self.indexers)
+            for runner in self.runners:
+                runner.poll()
+            if self._races() > raced:
+                races += 1
+                if races == MAX_DECISION_ATTEMPTS:
+                    raise IntegrityError(
+                        f"{app.name} lost {MAX_DECISION_ATTEMPTS} races in a row "
+                        "deciding on its leaders' events; poll again later."
+                    )
+                _backoff(races)
+                continue
+            races = 0
+            if app.processed == start and not indexed:
+                self._raise_if_blocked()
+                return app.processed - before
+
+    def drain(self, deadline: float | None, *, max_races: int = 3) -> int:
+        """Drain every feed in turn until a round processes nothing; return how many.
+
+        For a Lambda invocation: no feed starts a page after ``deadline``
+        (``time.monotonic()``), and each rides out DynamoDB being unavailable
+        until then. After ``max_races`` rounds in which a feed lost a race to
+        another decider (another invocation, the timeout firer) it stops: the
+        other goes on, and the next invocation reads again. A feed stopped at
+        an unreadable batch raises as :meth:`poll` does.
+        """
+        app = self.application
+        before, races = app.processed, 0
+        while deadline is None or time.monotonic() < deadline:
+            start, raced = app.processed, self._races()
+            indexed = sum(indexer.poll() for indexer in self.indexers)
+            for runner in self.runners:
+                runner.drain(deadline)
+            if self._races() > raced:
+                races += 1
+                if races == max_races:
+                    logger.info(
+                        "other deciders kept committing first; stopping",
+                        extra={"saga_application": app.name, "conflicts": races},
+                    )
+                    break
+                continue
+            if app.processed == start and not indexed:
+                break
+        self._raise_if_blocked()
+        return app.processed - before
+
+    def run(self, stop: threading.Event, interval: float = 1.0) -> None:
+        """Poll until ``stop`` is set, waiting ``interval`` when idle.
+
+        Rides out DynamoDB being unavailable, as every ledger feed does.
+        """
+        run_polls(self.poll, stop, interval=interval)
+
+    def _races(self) -> int:
+        return sum(consumer.races for consumer in self.consumers)
+
+    def _raise_if_blocked(self) -> None:
+        """Raise what stops a feed at an unreadable batch, once the others went on.
+
+        A saga feed cannot skip events, so its failure must be seen (in
+        Lambda: the function's errors alarm), not only logged.
+        """
+        for error in self.blocked.values():
+            raise error
+
+
+class TimeoutPoller:
+    """Fires a saga application's due timeouts: a Runner of a :class:`TimeoutFirer`.
+
+    Each :meth:`poll` reads the timeout events appended since the last one
+    (one page read per ``page_size`` of them), then fires those due. Run
+    one poller per saga application on a schedule (a loop here, an
+    EventBridge schedule invoking a Lambda in AWS): more are safe, since a
+    timeout fires once, but each reads the same events. Timeouts fire at
+    the first poll after they are due: their lateness is at most the poll
+    interval plus the time to read. On an indexed saga application it reads
+    what the index holds: a timeout is seen once its scheduling is indexed
+    (by a :class:`SagaRunner`, or ``ledger index run``). Its runner records
+    ``Lag`` (dimension value ``{saga}/timeouts``) through ``metrics``
+    (default: the application's).
+    """
+
+    def __init__(
+        self,
+        saga_application: SagaApplication,
+        *,
+        page_size: int = 500,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.application = saga_application
+        self.page_size = page_size
+        self.firer = TimeoutFirer(saga_application, metrics=metrics)
+        self.runner = Runner(
+            IndexSource(saga_application, page_size=page_size), self.firer
+        )
+
+    @property
+    def topics(self) -> Sequence[str]:
+        """The timeout events' topics, the only ones read."""
+        return self.firer.topics
+
+    @property
+    def tracking_name(self) -> str:
+        """The key of the low-water mark in the saga application's tracking table."""
+        return self.firer.mark.name
+
+    @property
+    def pending(self) -> _Pending:
+        """The timeouts read and still pending (see :attr:`TimeoutFirer.pending`)."""
+        return self.firer.pending
+
+    def poll(self, now: datetime | None = None) -> int:
+        """Read new timeout events, fire those due at ``now``; return how many fired."""
+        before = self.firer.fired
+        self.runner.poll(now=now)
+        return self.firer.fired - before
+
+    def drain(self, deadline: float | None) -> int:
+        """Poll as a Lambda invocation does, riding out outages until ``deadline``.
+
+        Returns how many timeouts fired.
+        """
+        before = self.firer.fired
+        self.runner.drain(deadline)
+        return self.firer.fired - before
 
     def run(self, stop: threading.Event, interval: float = 1.0) -> None:
         """Poll every ``interval`` seconds until ``stop`` is set (rides out outages)."""
-
-        def poll_then_wait() -> int:
-            self.poll()
-            return 0  # always wait: timeouts come due with time, not events
-
-        run_polls(poll_then_wait, stop, interval=interval)
-
-    def _read(self) -> None:
-        app = self.application
-        if self._read_up_to is None:
-            self._mark = app.recorder.max_tracking_id(self.tracking_name) or 0
-            self._read_up_to = self._mark
-        # The sequence commits in order: everything up to the head is readable.
-        head = app.recorder.max_notification_id() or 0
-        while self._read_up_to < head:
-            notifications: Sequence[Any] = app.recorder.select_notifications(
-                start=self._read_up_to + 1,
-                limit=self.page_size,
-                stop=head,
-                topics=self.topics,
-            )
-            for notification in notifications:
-                event: Any = app.mapper.to_domain_event(notification)
-                key = (event.originator_id, event.name)
-                if isinstance(event, Saga.TimeoutScheduled):
-                    self.pending[key] = (event, notification.id)
-                else:
-                    self.pending.pop(key, None)
-            if len(notifications) < self.page_size:
-                self._read_up_to = head
-            else:
-                self._read_up_to = notifications[-1].id
-
-    def _save_mark(self) -> None:
-        """Keep the position before the oldest pending timeout (all read if none)."""
-        assert self._read_up_to is not None  # noqa: S101 - set by _read
-        mark = min(
-            (position - 1 for _, position in self.pending.values()),
-            default=self._read_up_to,
-        )
-        if self._mark is not None and mark <= self._mark:
-            return
-        # IntegrityError: another poller moved it at least as far.
-        with contextlib.suppress(IntegrityError):
-            self.application.recorder.insert_tracking(
-                Tracking(self.tracking_name, mark)
-            )
-        self._mark = mark
+        self.runner.interval = interval
+        self.runner.run(stop)
 
 
 def _nested_events(saga_class: type[Saga], base: type[Any]) -> list[type[Any]]:

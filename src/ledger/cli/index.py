@@ -15,7 +15,7 @@ from rich.table import Table
 from ledger.cli.options import JsonOutput, console, metered, print_json, settings
 
 if TYPE_CHECKING:
-    from ledger.indexer import Indexer
+    from ledger.indexer import Indexer, IndexStatus
 
 index_cli = typer.Typer(
     help="Run and inspect the indexer of an application in DYNAMODB_ORDERING=indexed "
@@ -128,6 +128,85 @@ def index_reindex(
     )
 
 
+@index_cli.command("repage")
+def index_repage(
+    as_json: JsonOutput = False,
+    remove_old: Annotated[
+        bool,
+        typer.Option(
+            "--remove-old-pages",
+            help="Then delete the batches' items under their old keys, halving "
+            "the table's storage. Only once every process that read the table "
+            "before the move has been restarted (or has read its head since): "
+            "one still holding the old page size would find batches missing.",
+        ),
+    ] = False,
+) -> None:
+    """Move a notifications table from pages of 100,000 positions onto pages of 1,000.
+
+    For tables first written before page sizes were recorded (`sequence`
+    and `indexed` orderings): their batches share one partition key per
+    100,000 positions. Positions do not change. Each batch item is copied
+    under its new key, then the table's page size is switched, on condition
+    that nothing was appended since the last copy (else the new batches are
+    copied and it tries again). Writers and readers need not stop: until the
+    switch they use the old keys, which keep every batch; from it, every
+    writer files by the new size (a writer holding the old one fails its
+    condition and re-reads it). Killed, it resumes where it stopped; a table
+    moved already is left as it is. Costs: reads of the whole table, a write
+    of each batch item again (the table's bytes, in write units), a
+    progress write per 250 items; the table holds twice its bytes until
+    --remove-old-pages. With --json: the summary on stdout.
+    """
+    from ledger.dynamodb.repaging import remove_old_pages, repage  # noqa: PLC0415
+    from ledger.dynamodb.sequence_recorders import (  # noqa: PLC0415
+        DynamoDBApplicationRecorder,
+    )
+
+    application = settings.application()
+    recorder = application.recorder
+    if not isinstance(recorder, DynamoDBApplicationRecorder):
+        raise typer.BadParameter(
+            f"{type(recorder).__name__} has no notifications table (stream "
+            "ordering): there are no pages to move."
+        )
+    with (
+        metered(recorder, to_stderr=as_json),
+        console.status("moving onto pages of 1,000 positions") as line,
+    ):
+        moved = repage(
+            recorder,
+            progress=lambda through, last: line.update(
+                f"moving: batches copied through position {through} of {last}"
+            ),
+        )
+        removed = (
+            remove_old_pages(
+                recorder,
+                progress=lambda count: line.update(
+                    f"removing old keys: {count} items deleted"
+                ),
+            )
+            if remove_old
+            else 0
+        )
+    summary = dataclasses.asdict(moved) | {"removed": removed}
+    if as_json:
+        print_json(summary)
+        return
+    if moved.already:
+        console.print(
+            f"already on pages of {moved.page_size} positions; nothing copied"
+        )
+    else:
+        console.print(
+            f"moved onto pages of {moved.page_size} positions: {moved.copied} "
+            f"batch items copied; switched at position {moved.last_position}"
+        )
+    if remove_old:
+        console.print(f"removed {removed} items under old keys")
+
+
 @index_cli.command("status")
 def index_status(as_json: JsonOutput = False) -> None:
     """Show the head of the sequence and how far the index is behind the stream.
@@ -135,8 +214,11 @@ def index_status(as_json: JsonOutput = False) -> None:
     ``behind``: stream records after the indexer's checkpoints (counted up to
     10,000); ``oldest_age``: seconds since the oldest of them was written;
     ``reindexing``: a re-index from the events table is under way;
-    ``trimmed``: a checkpoint is past the stream's retention (the indexer
-    will re-index). Bounded cost: two GetItems, a DescribeStream, per shard
+    ``reindex_pass``: which pass of it (a pass that began more than the
+    stream's 24 hours before the indexer is back on the stream is followed by
+    another; 0 once stream checkpoints are committed again); ``trimmed``: a
+    checkpoint is past the stream's retention (the indexer will re-index).
+    Bounded cost: two GetItems, a DescribeStream, per shard
     a GetShardIterator, and at most 10 GetRecords plus one per shard.
     """
     indexer = open_indexer()
@@ -153,6 +235,17 @@ def index_status(as_json: JsonOutput = False) -> None:
         str(found.behind),
         "-" if found.oldest_age is None else f"{found.oldest_age:.1f}",
         str(found.shards),
-        "under way" if found.reindexing else "due" if found.trimmed else "-",
+        _reindex_state(found),
     )
     console.print(table)
+
+
+def _reindex_state(found: IndexStatus) -> str:
+    """Say where a re-index stands, for the status table."""
+    if found.reindexing:
+        return f"pass {found.reindex_pass} under way"
+    if found.trimmed:
+        return "due"
+    if found.reindex_pass:
+        return f"pass {found.reindex_pass} done; stream next"
+    return "-"

@@ -303,16 +303,17 @@ def incomplete_answer(
         if isinstance(headers, HeadersDict)
         else {name.lower(): value for name, value in headers.items()}
     )
+    checksum = lowered.get("x-amz-crc32", "")
+    if checksum.isdigit() and zlib.crc32(body) == int(checksum):
+        # Exactly the bytes DynamoDB sent (a body cut short does not match):
+        # its length and its JSON need no second look. Each header looked
+        # up costs botocore a key object; DynamoDB's answers all have this one.
+        return None
     length = lowered.get("content-length", "")
     if length.isdigit() and int(length) != len(body):
         return f"{len(body)} of its {length} bytes arrived"
-    checksum = lowered.get("x-amz-crc32", "")
     if checksum.isdigit():
-        if zlib.crc32(body) != int(checksum):
-            return "its body does not match its x-amz-crc32 checksum"
-        # Exactly the bytes DynamoDB sent: parsing them again here would
-        # only cost every call a second JSON decode.
-        return None
+        return "its body does not match its x-amz-crc32 checksum"
     output = operation.output_shape
     if not body and (output is None or not output.members):
         return None
@@ -340,14 +341,24 @@ def _refuse_incomplete_answer(
     retries it (a 502 is transient) and, after the last attempt, raises it as
     a ``ClientError`` coded ``INCOMPLETE_ANSWER``.
     """
+    # A needs-retry handler's answer is botocore's retry delay: none here.
+    _refused(response, operation, attempts)
+
+
+def _refused(
+    response: tuple[AWSResponse, dict[str, Any]] | None,
+    operation: OperationModel | None,
+    attempts: int,
+) -> bool:
+    """Refuse an attempt's answer if incomplete (see above); return whether it was."""
     if response is None or operation is None:
-        return
+        return False
     http_response, parsed = response
     if http_response.status_code >= 300:  # an error: botocore reads it itself
-        return
+        return False
     reason = incomplete_answer(operation, http_response.headers, http_response.content)
     if reason is None:
-        return
+        return False
     logger.warning(
         "DynamoDB's answer arrived incomplete",
         extra={"operation": operation.name, "attempt": attempts, "reason": reason},
@@ -361,14 +372,7 @@ def _refuse_incomplete_answer(
     }
     parsed["ResponseMetadata"] = metadata
     http_response.status_code = _INCOMPLETE_STATUS
-
-
-def _is_refused(response: tuple[AWSResponse, dict[str, Any]] | None) -> bool:
-    """Whether an attempt's answer was refused as incomplete."""
-    if response is None:
-        return False
-    code: str = response[1].get("Error", {}).get("Code", "")
-    return code == INCOMPLETE_ANSWER
+    return True
 
 
 def refuse_incomplete_answers(client: BaseClient) -> None:
@@ -517,8 +521,8 @@ class DynamoDBConnection:
         if operation is not None:
             context = request_dict.get("context", {}) if request_dict else {}
             self.metering.count_attempt(operation.name, context, first=attempts == 1)
-        _refuse_incomplete_answer(response, operation, attempts)
-        if isinstance(caught_exception, _LOST_ANSWER) or _is_refused(response):
+        refused = _refused(response, operation, attempts)
+        if refused or isinstance(caught_exception, _LOST_ANSWER):
             self._call_state.lost_answer = True
 
     def items(

@@ -30,7 +30,11 @@ Tables (``{prefix}{application}_{kind}``):
     and every later write is conditional on it, so one table never mixes
     sizes. A sequence item without it is a table written before pages
     shrank: its pages hold ``LEGACY_PAGE_SIZE`` positions, and it is read
-    and appended to as such.
+    and appended to as such, until moved onto smaller pages
+    (:mod:`.repaging`: its batches copied under their new keys, then the
+    size recorded under a condition). Readers ask each page only for the
+    positions that page holds, so a moved table's old keys, kept until
+    removed, never meet its new ones in one Query.
 
     With ``DYNAMODB_ORDERING=indexed`` the same table, in the same format,
     is written by the indexer (:mod:`.indexer`), not by saves; it also holds
@@ -113,6 +117,14 @@ SEQUENCE_PAGE: Final = -1
 INDEX_CHECKPOINTS_POSITION: Final = 1
 """In ``indexed`` ordering, the ``position`` (on ``SEQUENCE_PAGE``) of the item
 holding the indexer's stream shard checkpoints."""
+REPAGE_POSITION: Final = 2
+"""The ``position`` (on ``SEQUENCE_PAGE``) of the item that records how far a
+move of a table's batches onto smaller pages has copied (``ledger.dynamodb.repaging``);
+there only while one is under way."""
+REPAGED_THROUGH: Final = "repaged_through"
+"""(N) on that item: every batch ending at or before this position has been
+copied to its key on the smaller pages (whose size it holds in
+``POSITIONS_PER_PAGE``)."""
 SHARD_CHECKPOINTS: Final = "shard_checkpoints"
 """(M) on the indexer's checkpoints item: shard id -> sequence number (S) of
 the last stream record of that shard indexed (or passed over)."""
@@ -130,6 +142,13 @@ REINDEX_HELD: Final = "reindex_held"
 """(L of M) on the indexer's checkpoints item while it re-indexes: keys of
 scanned events held back (a save not wholly scanned yet, and what follows it
 of its aggregates)."""
+REINDEX_STARTED: Final = "reindex_started"
+"""(N) on the indexer's checkpoints item, from the start of a re-index's pass
+until the indexer's first commit of stream checkpoints after it: when that
+pass began (epoch seconds, the indexer's clock). The stream holds every save
+made since only until this moment plus its retention; past that, another pass."""
+REINDEX_PASS: Final = "reindex_pass"  # noqa: S105 - an attribute name
+"""(N) with ``reindex_started``: which pass of the re-index that is (from 1)."""
 REINDEXED_AT: Final = "reindexed_at"
 """(N) on the indexer's checkpoints item: when its last re-index finished
 (epoch seconds); stream records older than that may be indexed already."""

@@ -531,7 +531,9 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
                     next_start = held.high + 1
                 else:
                     # Every page up to the one holding ``upper`` whole (from
-                    # ``start``), that one up to ``through``.
+                    # ``start``), that one up to ``through``: only the page's
+                    # own positions, since a table moved onto smaller pages
+                    # keeps other batches under the same page number.
                     page_high = min(through, self._page_end(start))
                     batches = self._query_batches(start, page_high, span)
                     next_start = page_high + 1
@@ -694,8 +696,8 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
                 ExpressionAttributeNames={"#p": schema.PAGE, "#pos": schema.POSITION},
                 ExpressionAttributeValues={
                     ":p": {"N": str(page)},
-                    ":low": {"N": str(position)},
-                    ":up": {"N": str(upper)},
+                    ":low": {"N": str(max(position, page * size))},
+                    ":up": {"N": str(min(upper, page * size + size - 1))},
                 },
                 ProjectionExpression="#pos",
                 ConsistentRead=True,

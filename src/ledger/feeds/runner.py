@@ -85,10 +85,14 @@ class Runner:
         self._position = None
         self.blocked = None
 
-    def poll(self, deadline: float | None = None) -> int:
+    def poll(
+        self, deadline: float | None = None, *, now: datetime | None = None
+    ) -> int:
         """Go to the tail once; return the events handled.
 
         Starts no batch after ``deadline`` (``time.monotonic()``), if given.
+        ``now`` is the time handed to the consumer's ``tick`` (default: the
+        clock's), for a caller that decides what is due.
         """
         after = self.position
         handled = 0
@@ -112,7 +116,7 @@ class Runner:
         tick = getattr(self.consumer, "tick", None)
         if tick is not None:
             # Time-driven work (timeouts coming due), after the events read.
-            handled += int(tick(datetime.now(UTC)))
+            handled += int(tick(now or datetime.now(UTC)))
         with self._polled:
             self._polled.notify_all()
         return handled

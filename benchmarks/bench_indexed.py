@@ -20,9 +20,11 @@ the same kind.
    indexer process (the estimate by AWS's rules, transactions doubled, and
    what DynamoDB Local reported: it under-reports transactions).
 4. A history of ``--events`` Order events (5 per Order, in saves of 95
-   events from 4 threads), indexed; then reading it with
-   ``select_notifications`` (1,000 per call) against a plain boto3 Query loop
-   (no Limit) over the same notifications table; then
+   events from 4 threads), indexed; then reading it whole with
+   ``select_notifications`` (1,000 per call), with ``ledger.feeds.IndexSource``
+   (pages of 1,000, the next read in a thread meanwhile) and with a plain
+   boto3 Query loop (no Limit) over the same notifications table, each first
+   in turn (rates, round trips, and this process's CPU per event); then
    rebuilding ``OrderProjector`` from the index (``SequenceHistory``) against
    a rebuild from a parallel Scan of the events table (``ScanHistory``).
 5. Notification batch formats, in process: bytes per event of a batch of 98
@@ -75,6 +77,7 @@ from ledger.dynamodb.batches import (
 )
 from ledger.dynamodb.limits import item_size
 from ledger.dynamodb.local import DynamoDBLocal
+from ledger.feeds import IndexSource
 from ledger.indexer import Indexer
 from ledger.projections.dynamodb import DynamoDBView, open_view
 from ledger.projections.history import History, ScanHistory, SequenceHistory
@@ -91,6 +94,18 @@ SEED_SAVE = 95
 """Events per save when seeding a history: 19 whole Orders."""
 CURRENCY = "EUR"
 PRICE = Decimal("2.50")
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """Return the CPU seconds (user + system) a process has used, from /proc."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # utime and stime: fields 14 and 15 of stat(5), counted from the state (3).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def load_average() -> list[float]:
@@ -291,8 +306,12 @@ def processes(
     prefixes: dict[str, str],
     placed: StoredEvent,
     interval: float,
-) -> Iterator[tuple[list[Connection], Connection]]:
-    """Start the writers and the indexer, each process with its own clients."""
+) -> Iterator[tuple[list[Connection], Connection, list[int]]]:
+    """Start the writers and the indexer, each process with its own clients.
+
+    Yields the writers' pipes, the indexer's, and every process id (the
+    indexer's last).
+    """
     context = multiprocessing.get_context("fork")
     pipes, started = [], []
     targets: list[tuple[Callable[..., None], tuple[Any, ...]]] = [
@@ -310,7 +329,7 @@ def processes(
             status, detail = pipe.recv()
             if status == "error":
                 raise RuntimeError(f"a process failed to start:\n{detail}")
-        yield pipes[:-1], pipes[-1]
+        yield pipes[:-1], pipes[-1], [p.pid for p in started if p.pid is not None]
     finally:
         for pipe in pipes[:-1]:
             with suppress(OSError):
@@ -321,6 +340,16 @@ def processes(
             process.join(timeout=10)
             if process.is_alive():
                 process.terminate()
+
+
+def turn_cpu(server_pid: int | None, pids: list[int]) -> dict[str, float]:
+    """Return the CPU seconds used so far by the server, the writers and the indexer."""
+    writers = [cpu_seconds(pid) for pid in pids[:-1]]
+    return {
+        "server": cpu_seconds(server_pid) or 0.0,
+        "writers": sum(spent or 0.0 for spent in writers),
+        "indexer": cpu_seconds(pids[-1]) or 0.0,
+    }
 
 
 def run_turn(
@@ -355,16 +384,21 @@ def positions_of(app: Orders) -> dict[str, int]:
         position = page[-1].id
 
 
-def run_writers(
+def run_writers(  # noqa: PLR0915 - one sequence of turns, read top to bottom
     endpoint: str,
     *,
+    server_pid: int | None,
     seconds: float,
     rounds: int,
     backlog_seconds: float,
     interval: float,
     started: float,
 ) -> dict[str, Any]:
-    """Parts 1 to 3: the writers' turns, the indexer's lag, a backlog, the cost."""
+    """Parts 1 to 3: the writers' turns, the indexer's lag, a backlog, the cost.
+
+    ``server_pid``: DynamoDB Local's process, whose CPU each turn is charged
+    with (None: not known, as with ``--endpoint``).
+    """
     run_id = uuid.uuid4().hex[:6]
     modes = ["indexed", "stream"]
     prefixes = {mode: f"{mode}{run_id}_" for mode in modes}
@@ -380,7 +414,8 @@ def run_writers(
     contenders = [*modes, RAW]
     turns: dict[str, list[list[Any]]] = {c: [] for c in contenders}
     windows: list[tuple[float, float]] = []
-    with processes(endpoint, prefixes, placed, interval) as (pipes, indexer):
+    cpu = {c: {"server": 0.0, "writers": 0.0, "indexer": 0.0} for c in contenders}
+    with processes(endpoint, prefixes, placed, interval) as (pipes, indexer, pids):
         ask(indexer, "start")
         # Each writer saved 3 indexed Orders when it started.
         indexed_total = 3 * len(pipes)
@@ -392,7 +427,10 @@ def run_writers(
         for round_number in range(rounds):
             order = contenders if round_number % 2 == 0 else contenders[::-1]
             for contender in order:
+                before = turn_cpu(server_pid, pids)
                 start_at, reports = run_turn(pipes, contender, seconds)
+                for part, spent in turn_cpu(server_pid, pids).items():
+                    cpu[contender][part] += spent - before[part]
                 turns[contender].append(reports)
                 if contender == "indexed":
                     windows.append((start_at, start_at + seconds))
@@ -412,6 +450,13 @@ def run_writers(
     positions = positions_of(indexed_app)
     indexed_app.close()
     rows = throughput_rows(turns, contenders)
+    for row in rows:
+        saves = sum(r["saves"] for reports in turns[row["contender"]] for r in reports)
+        for part, spent in cpu[row["contender"]].items():
+            known = server_pid is not None or part != "server"
+            row[f"{part}_cpu_ms_per_save"] = (
+                round(spent / saves * 1e3, 3) if known and saves else None
+            )
     lag, during = lag_figures(turns["indexed"], live["commits"], positions, windows)
     backlog_saves = sum(r["saves"] for r in backlog_reports)
     backlog_rate = backlog_saves / max(r["elapsed"] for r in backlog_reports)
@@ -568,6 +613,14 @@ def ledger_read(app: Orders) -> int:
         position = page[-1].id
 
 
+def feed_read(app: Orders) -> int:
+    """Read the whole index as a consumer does: ``IndexSource``, a page read ahead.
+
+    Counts the items without decoding their events, as the other readers do.
+    """
+    return sum(len(batch.items) for batch in IndexSource(app).batches(0))
+
+
 def raw_read(
     client: Any, table: str, last_position: int, page_size: int
 ) -> tuple[int, int]:
@@ -593,6 +646,68 @@ def raw_read(
                 break
             params["ExclusiveStartKey"] = response["LastEvaluatedKey"]
     return count, requests
+
+
+def compare_reads(
+    app: Orders, client: Any, events: int, read_rounds: int
+) -> dict[str, Any]:
+    """Read the whole index ``read_rounds`` times with each reader, in turns.
+
+    Returns each reader's rates, CPU per event and round trips per read.
+    """
+    head = events
+    table = app.recorder.notifications_table_name
+    readers: dict[str, Callable[[], tuple[int, int | None]]] = {
+        "ledger": lambda: (ledger_read(app), None),
+        RAW: lambda: raw_read(client, table, head, app.recorder.page_size),
+        "feed": lambda: (feed_read(app), None),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in readers}
+    cpu: dict[str, list[float]] = {name: [] for name in readers}
+    round_trips: dict[str, int] = {}
+    for round_number in range(read_rounds):
+        # Each contender first in turn: none always reads a cache warmed by another.
+        names = list(readers)
+        shift = round_number % len(names)
+        for contender in names[shift:] + names[:shift]:
+            # Unmetered, as users read: a meter asks DynamoDB for capacity.
+            begun, cpu_begun = time.perf_counter(), time.process_time()
+            count, requests = readers[contender]()
+            elapsed = time.perf_counter() - begun
+            cpu_spent = time.process_time() - cpu_begun
+            if count != events:
+                raise RuntimeError(f"{contender} read {count} of {events} events")
+            rates[contender].append(count / elapsed)
+            cpu[contender].append(cpu_spent / count * 1e6)
+            if requests is not None:
+                round_trips[contender] = requests
+    for contender, read in readers.items():
+        if contender not in round_trips:
+            with measure(app) as read_meter:
+                read()
+            round_trips[contender] = read_meter.round_trips
+    ledger_rate = statistics.median(rates["ledger"])
+    raw_rate = statistics.median(rates[RAW])
+    return {
+        "ledger_events_per_s": round(ledger_rate),
+        "raw_events_per_s": round(raw_rate),
+        "ratio": round(ledger_rate / raw_rate, 2),
+        "ledger_rates": [round(r) for r in rates["ledger"]],
+        "raw_rates": [round(r) for r in rates[RAW]],
+        "feed_events_per_s": round(statistics.median(rates["feed"])),
+        "feed_ratio": round(statistics.median(rates["feed"]) / raw_rate, 2),
+        "feed_rates": [round(r) for r in rates["feed"]],
+        "feed_round_trips_per_read": round_trips["feed"],
+        "ledger_round_trips_per_read": round_trips["ledger"],
+        "raw_round_trips_per_read": round_trips[RAW],
+        "cpu_us_per_event": {
+            name: round(statistics.median(spent), 2) for name, spent in cpu.items()
+        },
+        "round_ratios": [
+            round(ledger / raw, 2)
+            for ledger, raw in zip(rates["ledger"], rates[RAW], strict=True)
+        ],
+    }
 
 
 def fresh_view(endpoint: str, prefix: str) -> DynamoDBView:
@@ -625,25 +740,7 @@ def run_history(
     if head != events:
         raise RuntimeError(f"the index holds {head} of {events} events")
     stage("history: indexed", started)
-    client = plain_client(endpoint)
-    table = app.recorder.notifications_table_name
-    ledger_rates, raw_rates = [], []
-    raw_requests = 0
-    with measure(app) as read_meter:
-        for round_number in range(read_rounds):
-            order = ("ledger", RAW) if round_number % 2 == 0 else (RAW, "ledger")
-            for contender in order:
-                begun = time.perf_counter()
-                if contender == RAW:
-                    count, raw_requests = raw_read(
-                        client, table, head, app.recorder.page_size
-                    )
-                    raw_rates.append(count / (time.perf_counter() - begun))
-                else:
-                    count = ledger_read(app)
-                    ledger_rates.append(count / (time.perf_counter() - begun))
-                if count != events:
-                    raise RuntimeError(f"{contender} read {count} of {events} events")
+    read_figures = compare_reads(app, plain_client(endpoint), events, read_rounds)
     stage("history: read", started)
     rebuilds: dict[str, list[dict[str, Any]]] = {"index": [], "scan": []}
     for round_number in range(rebuild_rounds):
@@ -667,8 +764,6 @@ def run_history(
             )
         stage(f"history: rebuild round {round_number + 1} done", started)
     app.close()
-    ledger_rate = statistics.median(ledger_rates)
-    raw_rate = statistics.median(raw_rates)
     index_rate = round(statistics.median(r["events_per_s"] for r in rebuilds["index"]))
     scan_rate = round(statistics.median(r["events_per_s"] for r in rebuilds["scan"]))
     return {
@@ -687,15 +782,7 @@ def run_history(
             "round_trips_per_event": round(meter.round_trips / events, 3),
             "bytes_written_per_event": round(meter.bytes_written / events),
         },
-        "reads": {
-            "ledger_events_per_s": round(ledger_rate),
-            "raw_events_per_s": round(raw_rate),
-            "ratio": round(ledger_rate / raw_rate, 2),
-            "ledger_rates": [round(r) for r in ledger_rates],
-            "raw_rates": [round(r) for r in raw_rates],
-            "ledger_round_trips_per_read": read_meter.round_trips / read_rounds,
-            "raw_round_trips_per_read": raw_requests,
-        },
+        "reads": read_figures,
         "rebuild": {
             "index_events_per_s": index_rate,
             "scan_events_per_s": scan_rate,
@@ -858,6 +945,9 @@ def print_results(results: dict[str, Any]) -> None:
             ("p50 ms", "p50_ms"),
             ("p99 ms", "p99_ms"),
             ("errors", "errors"),
+            ("server CPU ms/save", "server_cpu_ms_per_save"),
+            ("writers CPU ms/save", "writers_cpu_ms_per_save"),
+            ("indexer CPU ms/save", "indexer_cpu_ms_per_save"),
         ],
         results["throughput"],
     )
@@ -929,9 +1019,33 @@ def print_results(results: dict[str, Any]) -> None:
                 "ratio": history["reads"]["ratio"],
             },
             {
-                "figure": "round trips per full read",
+                "figure": "read events/s (IndexSource vs raw Query)",
+                "index": history["reads"]["feed_events_per_s"],
+                "baseline": history["reads"]["raw_events_per_s"],
+                "ratio": history["reads"]["feed_ratio"],
+            },
+            {
+                "figure": "round trips per full read (select_notifications)",
                 "index": history["reads"]["ledger_round_trips_per_read"],
                 "baseline": history["reads"]["raw_round_trips_per_read"],
+                "ratio": None,
+            },
+            {
+                "figure": "round trips per full read (IndexSource)",
+                "index": history["reads"]["feed_round_trips_per_read"],
+                "baseline": history["reads"]["raw_round_trips_per_read"],
+                "ratio": None,
+            },
+            {
+                "figure": "CPU µs/event, this process (select_notifications)",
+                "index": history["reads"]["cpu_us_per_event"]["ledger"],
+                "baseline": history["reads"]["cpu_us_per_event"][RAW],
+                "ratio": None,
+            },
+            {
+                "figure": "CPU µs/event, this process (IndexSource)",
+                "index": history["reads"]["cpu_us_per_event"]["feed"],
+                "baseline": history["reads"]["cpu_us_per_event"][RAW],
                 "ratio": None,
             },
             {
@@ -962,13 +1076,13 @@ def print_results(results: dict[str, Any]) -> None:
 
 
 @contextmanager
-def server(endpoint: str | None) -> Iterator[str]:
-    """Yield the given endpoint, or a fresh DynamoDB Local's."""
+def server(endpoint: str | None) -> Iterator[tuple[str, int | None]]:
+    """Yield the given endpoint, or a fresh DynamoDB Local's, and its process id."""
     if endpoint:
-        yield endpoint
+        yield endpoint, None
         return
     with DynamoDBLocal() as local:
-        yield local.endpoint_url
+        yield local.endpoint_url, local.pid
 
 
 def main() -> None:
@@ -988,7 +1102,7 @@ def main() -> None:
         help="indexer's wait when a round found nothing (ledger index run's default)",
     )
     parser.add_argument("--events", type=int, default=10_000, help="history size")
-    parser.add_argument("--read-rounds", type=int, default=5)
+    parser.add_argument("--read-rounds", type=int, default=15)
     parser.add_argument("--rebuild-rounds", type=int, default=2)
     parser.add_argument("--endpoint", help="a running DynamoDB (default: start Local)")
     parser.add_argument("--output", default="indexed.json", help="under results/")
@@ -1005,16 +1119,17 @@ def main() -> None:
         "index_interval": args.index_interval,
         "load_before": load_average(),
     }
-    with server(args.endpoint) as endpoint:
+    with server(args.endpoint) as (endpoint, server_pid):
         results |= run_writers(
             endpoint,
+            server_pid=server_pid,
             seconds=args.seconds,
             rounds=args.rounds,
             backlog_seconds=args.backlog_seconds,
             interval=args.index_interval,
             started=started,
         )
-    with server(args.endpoint) as endpoint:
+    with server(args.endpoint) as (endpoint, _):
         results["history"] = run_history(
             endpoint, args.events, args.read_rounds, args.rebuild_rounds, started
         )

@@ -421,23 +421,37 @@ def _columns(body: memoryview) -> list[BatchEntry]:
     offset += columns.size
     topic_of, id_of = values[:n], values[n : 2 * n]
     versions, lengths = values[2 * n : 3 * n], values[3 * n :]
-    entries: list[BatchEntry] = []
-    for index in range(n):
-        length = lengths[index]
-        state: bytes | None = None
-        if length != NOT_INLINE:
-            state = bytes(_take(body, offset, length))
-            offset += length
-        entries.append(
-            BatchEntry(
-                ids[id_of[index]], versions[index], topics[topic_of[index]], state
-            )
-        )
-    if offset != len(body):
+    # The states' bounds are checked once, for all of them, so that each is
+    # then one slice of one copy of the bytes (most of a batch read's work).
+    inline = sum(length for length in lengths if length != NOT_INLINE)
+    if offset + inline > len(body):
         raise ValueError(
-            f"format 3 batch has {len(body) - offset} bytes after its last event"
+            f"format 3 batch is cut short: its states take {inline} bytes from "
+            f"offset {offset}; the events end at {len(body)}"
         )
-    return entries
+    if offset + inline != len(body):
+        raise ValueError(
+            f"format 3 batch has {len(body) - offset - inline} bytes after its "
+            "last event"
+        )
+    data = bytes(body[offset:])
+    states: list[bytes | None] = []
+    offset = 0
+    for length in lengths:
+        if length == NOT_INLINE:
+            states.append(None)
+        else:
+            states.append(data[offset : offset + length])
+            offset += length
+    return list(
+        map(
+            BatchEntry,
+            map(ids.__getitem__, id_of),
+            versions,
+            map(topics.__getitem__, topic_of),
+            states,
+        )
+    )
 
 
 def _checksum(first_position: int, events: bytes | memoryview) -> int:

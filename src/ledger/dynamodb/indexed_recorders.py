@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 from eventsourcing.persistence import (
     Notification,
     OperationalError,
-    ProcessRecorder,
     ProgrammingError,
     StoredEvent,
     Tracking,
@@ -37,12 +36,14 @@ from eventsourcing.persistence import (
 from ledger.dynamodb import schema
 from ledger.dynamodb.client import DynamoDBConnection
 from ledger.dynamodb.recorders import (
-    DynamoDBTrackingRecorder,
     Ordering,
     OriginatorIDType,
     encode_id,
 )
-from ledger.dynamodb.sequence_recorders import DynamoDBApplicationRecorder
+from ledger.dynamodb.sequence_recorders import (
+    DynamoDBApplicationRecorder,
+    SequenceProcessRecorder,
+)
 
 if TYPE_CHECKING:  # the stubs are a development dependency only
     from mypy_boto3_dynamodb.type_defs import TransactWriteItemTypeDef
@@ -203,7 +204,7 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
 
 
 class DynamoDBIndexedProcessRecorder(
-    DynamoDBTrackingRecorder, DynamoDBIndexedApplicationRecorder, ProcessRecorder
+    SequenceProcessRecorder, DynamoDBIndexedApplicationRecorder
 ):
     """Stores events and tracking all or nothing, as ``stream`` ordering does.
 
@@ -221,33 +222,6 @@ class DynamoDBIndexedProcessRecorder(
     """
 
     ordering: ClassVar[Ordering] = "indexed"
-
-    def __init__(
-        self,
-        connection: DynamoDBConnection,
-        events_table_name: str,
-        notifications_table_name: str,
-        tracking_table_name: str,
-        *,
-        originator_id_type: OriginatorIDType = "uuid",
-        poll_interval: float = 0.1,
-        with_stream: bool = True,
-    ) -> None:
-        DynamoDBIndexedApplicationRecorder.__init__(
-            self,
-            connection,
-            events_table_name,
-            notifications_table_name,
-            originator_id_type=originator_id_type,
-            poll_interval=poll_interval,
-            with_stream=with_stream,
-        )
-        self.tracking_table_name = tracking_table_name
-
-    def create_table(self) -> None:
-        """Create the events, notifications and tracking tables if missing."""
-        DynamoDBIndexedApplicationRecorder.create_table(self)
-        DynamoDBTrackingRecorder.create_table(self)
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any

@@ -13,8 +13,9 @@ subscriptions work as ``eventsourcing`` expects. Costs are listed in
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple
+from uuid import UUID
 
 from eventsourcing.persistence import (
     ApplicationRecorder,
@@ -74,6 +75,39 @@ BATCH_REACH: Final = MAX_TRANSACTION_ACTIONS - 1
 ``MAX_TRANSACTION_ACTIONS - 2`` events (its save also writes the batch and the
 sequence item), so the batch holding ``p`` ends by ``p + 97``; readers look
 up to ``p + BATCH_REACH``, a margin of two."""
+_READ_AHEAD_KEPT: Final = 4
+"""Answers to batch Queries a recorder keeps for its next reads: room for a few
+readers paging through the sequence at once. Each holds at most one
+notifications page's positions and DynamoDB's 1 MB of an answer, plus the
+batches of it decoded so far."""
+
+
+class _ReadBatch:
+    """A batch item as a Query returned it, decoded when first wanted."""
+
+    __slots__ = ("_decoded", "item", "last")
+
+    def __init__(self, item: Item) -> None:
+        self.item = item
+        self.last = int(item[schema.POSITION]["N"])
+        self._decoded: tuple[int, list[BatchEntry]] | None = None
+
+    def decoded(self, table_name: str) -> tuple[int, list[BatchEntry]]:
+        """Return the first position and events, or raise (every time) if corrupt."""
+        if self._decoded is None:
+            self._decoded = read_batch_item(self.item, table_name)
+        return self._decoded
+
+
+class _ReadAhead(NamedTuple):
+    """One Query answer: every batch item ending from ``low`` to ``high``, in order.
+
+    All on one notifications page.
+    """
+
+    low: int
+    high: int
+    batches: tuple[_ReadBatch, ...]
 
 
 class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder):
@@ -129,6 +163,9 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
         """The table's page size, from its sequence item (None: not read yet,
         or the table has none yet)."""
         self._listeners: set[threading.Event] = set()
+        self._read_ahead: tuple[_ReadAhead, ...] = ()
+        """The last Query answers of batches, newest first (see ``_batches``)."""
+        self._read_ahead_lock = threading.Lock()
 
     def create_table(self) -> None:
         """Create the events and notifications tables if they do not exist."""
@@ -366,8 +403,11 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
 
         Reads the sequence item first, so it never returns position ``n + 1``
         before ``n`` is readable, unless every position wanted is at or below
-        a last position this recorder already saw committed (readers paging
-        through history then make one request per page, not two).
+        a last position this recorder already saw committed. Batches are read
+        by one Query per notifications page, which reads on to the end of
+        the page (at most ``limit`` positions further, never past ``stop``)
+        and is kept for the next call: a reader paging through history makes
+        about one request per page of the table (see ``_batches``).
 
         A batch item that cannot be read, or is missing, raises
         :class:`CorruptNotificationBatchError` when it holds the first
@@ -386,21 +426,46 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
         high = last if stop is None else min(stop, last)
         if low > high:
             return []  # nothing new: an idle poll costs the GetItem only
+        read_ahead = bool(self._read_ahead)
+        try:
+            return self._read(low, (high, last, stop), limit, topics, read_ahead)
+        except CorruptNotificationBatchError:
+            if not read_ahead:
+                raise
+            # The batches read ahead by an earlier call may predate a repair
+            # of the table (a batch restored): read them again to be sure.
+            self._forget_read_ahead()
+            return self._read(low, (high, last, stop), limit, topics, False)
+
+    def _read(
+        self,
+        low: int,
+        bounds: tuple[int, int, int | None],
+        limit: int,
+        topics: Sequence[str],
+        read_ahead: bool,
+    ) -> list[Notification]:
+        """Return the notifications ``select_notifications`` asked for.
+
+        ``bounds`` is (highest position wanted, last committed, ``stop``);
+        ``read_ahead``: whether batches read ahead by earlier calls may be
+        used.
+        """
+        high, last, stop = bounds
         notifications: list[Notification] = []
         pointers: list[int] = []
+        ids: dict[str, UUID | str] = {}
+        found = (notifications, pointers, ids)
+        wanted_topics = frozenset(topics)
         covered = low - 1  # the batches read so far hold every position to here
         try:
-            for batch in self._batches(low, high, last, limit):
-                first, entries = read_batch_item(batch, self.notifications_table_name)
+            for batch in self._batches(low, (high, last, stop), limit, read_ahead):
+                first, entries = batch.decoded(self.notifications_table_name)
                 if first > covered + 1:
                     raise self._missing_batch(covered + 1, first - 1)
                 covered = first + len(entries) - 1
                 if self._collect(
-                    (first, entries),
-                    (low, high, limit),
-                    topics,
-                    notifications,
-                    pointers,
+                    (first, entries), (low, high, limit), wanted_topics, found
                 ):
                     break
                 if covered >= high:
@@ -414,60 +479,142 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
                 raise
             # Return what precedes the damaged batch: the next read starts
             # there and reports it.
+        if notifications:
+            self._returned(notifications[-1].id)
         if pointers:
             self._fill_states(notifications, pointers)
         return notifications
 
-    def _batches(self, low: int, high: int, last: int, span: int) -> Iterator[Item]:
+    def _batches(
+        self,
+        low: int,
+        bounds: tuple[int, int, int | None],
+        span: int,
+        read_ahead: bool,
+    ) -> Iterator[_ReadBatch]:
         """Yield, in order, the batches holding positions ``low`` to ``high``.
 
-        Reads in windows of ``span`` positions, each one bounded Query (per
-        notifications page) for the batches ending from the window's first
-        position to where the batch holding its last position may end. So a
-        reader that stops within the first window (no topics filter: it wants
-        ``span`` positions) has read the batches it returns from, plus at
-        most ``BATCH_REACH`` positions past the last one it wanted. A reader
-        that goes on (topics filtered some out) gets the next window, twice
-        as wide, starting after the last batch yielded: none is read twice.
+        ``bounds`` is (``high``, the last committed position, ``stop``).
+        Reads in windows of ``span`` positions, each one bounded Query per
+        notifications page for the batches ending from the window's first
+        position to where the batch holding its last position may end
+        (``BATCH_REACH`` further). So a reader that stops within the first
+        window (no topics filter: it wants ``span`` positions) has read the
+        batches it returns from, plus what the last page's Query reads ahead
+        at no extra round trip: on to the end of that page, at most ``span``
+        positions past the window, never past ``stop`` or the last committed
+        position. That answer is kept (``_READ_AHEAD_KEPT`` of them), so the
+        next call of a reader paging through the sequence starts from it: one
+        Query per page of the table, not two per call. A reader that goes on
+        (topics filtered some out) gets the next window, twice as wide,
+        starting after the last batch yielded: none is read twice.
+
+        Batches that are committed never change, so a batch read ahead is
+        as good as one read now (``select_notifications`` reads again if one
+        turns out damaged or missing: the table may have been repaired).
         """
+        high, last, stop = bounds
         while low <= high:
             window_high = min(high, low + span - 1)
             upper = min(last, window_high + BATCH_REACH)
+            reach = (
+                window_high + span if stop is None else min(stop, window_high + span)
+            )
+            through = min(last, max(upper, min(self._page_end(upper), reach)))
             end = low - 1
-            size = self.page_size
-            for page in range(
-                schema.page_of(low, size), schema.page_of(upper, size) + 1
-            ):
-                # Only the page's own positions: a table moved onto smaller
-                # pages keeps other batches under the same page number.
-                page_low, page_up = (
-                    max(low, page * size),
-                    min(upper, page * size + size - 1),
-                )
-                for batch in self.connection.items(
-                    "query",
-                    TableName=self.notifications_table_name,
-                    KeyConditionExpression="#p = :p AND #pos BETWEEN :low AND :up",
-                    ExpressionAttributeNames={
-                        "#p": schema.PAGE,
-                        "#pos": schema.POSITION,
-                    },
-                    ExpressionAttributeValues={
-                        ":p": {"N": str(page)},
-                        ":low": {"N": str(page_low)},
-                        ":up": {"N": str(page_up)},
-                    },
-                    ConsistentRead=True,
-                    # Each batch holds at least one position of the window,
-                    # until the window is covered: no more are needed.
-                    Limit=span,
-                ):
-                    end = int(batch[schema.POSITION]["N"])
+            start = low  # every batch ending before ``start`` has been yielded
+            while start <= upper:
+                held = self._read_ahead_holding(start) if read_ahead else None
+                batches: Iterable[_ReadBatch]
+                if held is not None:
+                    batches = (b for b in held.batches if b.last >= start)
+                    next_start = held.high + 1
+                else:
+                    # Every page up to the one holding ``upper`` whole (from
+                    # ``start``), that one up to ``through``: only the page's
+                    # own positions, since a table moved onto smaller pages
+                    # keeps other batches under the same page number.
+                    page_high = min(through, self._page_end(start))
+                    batches = self._query_batches(start, page_high, span)
+                    next_start = page_high + 1
+                for batch in batches:
+                    end = batch.last
                     yield batch
+                start = next_start
             # The batch holding window_high ends by ``upper``, so every position
             # up to ``end`` (at least window_high) has been yielded.
             low = max(end, window_high) + 1
             span *= 2
+
+    def _page_end(self, position: int) -> int:
+        """Return the last position a batch on the page of ``position`` may end at."""
+        size = self.page_size
+        return (schema.page_of(position, size) + 1) * size - 1
+
+    def _query_batches(self, low: int, high: int, span: int) -> Iterator[_ReadBatch]:
+        """Yield the batches ending from ``low`` to ``high`` (one page).
+
+        Each answer is kept for the next reads (``_READ_AHEAD_KEPT``).
+        """
+        params: dict[str, Any] = {
+            "TableName": self.notifications_table_name,
+            "KeyConditionExpression": "#p = :p AND #pos BETWEEN :low AND :up",
+            "ExpressionAttributeNames": {"#p": schema.PAGE, "#pos": schema.POSITION},
+            "ExpressionAttributeValues": {
+                ":p": {"N": str(schema.page_of(low, self.page_size))},
+                ":low": {"N": str(low)},
+                ":up": {"N": str(high)},
+            },
+            "ConsistentRead": True,
+            # Each batch holds at least one position of the window, until the
+            # window is covered: the first answer covers it (unless DynamoDB
+            # cuts it at 1 MB), and the caller asks for more only if it must.
+            "Limit": span,
+        }
+        while True:
+            response = self.connection.call("query", **params)
+            batches = tuple(_ReadBatch(item) for item in response["Items"])
+            last_key = response.get("LastEvaluatedKey")
+            covered = high if last_key is None else int(last_key[schema.POSITION]["N"])
+            self._keep_read_ahead(_ReadAhead(low, covered, batches))
+            yield from batches
+            if last_key is None:
+                return
+            params["ExclusiveStartKey"] = last_key
+            low = covered + 1
+
+    def _read_ahead_holding(self, position: int) -> _ReadAhead | None:
+        """Return a kept Query answer that holds every batch ending at ``position``."""
+        for ahead in self._read_ahead:
+            if ahead.low <= position <= ahead.high:
+                return ahead
+        return None
+
+    def _keep_read_ahead(self, ahead: _ReadAhead) -> None:
+        with self._read_ahead_lock:
+            self._read_ahead = (ahead, *self._read_ahead[: _READ_AHEAD_KEPT - 1])
+
+    def _forget_read_ahead(self) -> None:
+        with self._read_ahead_lock:
+            self._read_ahead = ()
+
+    def _returned(self, position: int) -> None:
+        """Drop the batches kept that end at or before a position just returned.
+
+        Only what no call has returned yet is served from what was read
+        ahead: a reader that asks again for positions it was given reads the
+        table again (and finds a batch damaged since, as it would have).
+        """
+        with self._read_ahead_lock:
+            self._read_ahead = tuple(
+                _ReadAhead(
+                    max(ahead.low, position + 1),
+                    ahead.high,
+                    tuple(b for b in ahead.batches if b.last > position),
+                )
+                for ahead in self._read_ahead
+                if ahead.high > position
+            )
 
     def _missing_batch(self, low: int, high: int) -> CorruptNotificationBatchError:
         """Say that no batch item holds positions ``low`` to ``high``, committed."""
@@ -481,44 +628,51 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
         self,
         batch: tuple[int, Sequence[BatchEntry]],
         bounds: tuple[int, int, int],
-        topics: Sequence[str],
-        notifications: list[Notification],
-        pointers: list[int],
+        topics: frozenset[str],
+        found: tuple[list[Notification], list[int], dict[str, UUID | str]],
     ) -> bool:
         """Append a batch's wanted notifications; return True when done.
 
         ``batch`` is (first position, events); ``bounds`` is (lowest position,
-        highest position, most notifications).
+        highest position, most notifications); ``found`` is (the
+        notifications, the indices of those whose state is still to fetch,
+        the aggregate ids decoded so far in this read).
         """
         first, entries = batch
         low, high, limit = bounds
-        position = first
-        for aggregate_id, version, topic, state in entries:
-            if position > high:
-                return True
-            if position >= low and (not topics or topic in topics):
+        notifications, pointers, ids = found
+        for offset in range(max(low - first, 0), min(high - first + 1, len(entries))):
+            aggregate_id, version, topic, state = entries[offset]
+            if topics and topic not in topics:
+                continue
+            # An aggregate's events come together: its id is decoded once.
+            originator_id = ids.get(aggregate_id)
+            if originator_id is None:
                 try:
                     originator_id = self._decode_id(aggregate_id)
                 except ValueError as error:
                     raise CorruptNotificationBatchError(
                         self.notifications_table_name,
                         first + len(entries) - 1,
-                        f"position {position}: {error}",
+                        f"position {first + offset}: {error}",
                     ) from error
-                if state is None:
-                    pointers.append(len(notifications))
-                notifications.append(
-                    Notification(
-                        id=position,
-                        originator_id=originator_id,
-                        originator_version=version,
-                        topic=topic,
-                        state=b"" if state is None else state,
-                    )
+                ids[aggregate_id] = originator_id
+            if state is None:
+                pointers.append(len(notifications))
+            # Positional (the dataclass's field order: originator_id,
+            # originator_version, topic, state, id): a quarter faster than
+            # keywords, and this is most of a long read's own work.
+            notifications.append(
+                Notification(
+                    originator_id,
+                    version,
+                    topic,
+                    b"" if state is None else state,
+                    first + offset,
                 )
-                if len(notifications) >= limit:
-                    return True
-            position += 1
+            )
+            if len(notifications) >= limit:
+                return True
         return False
 
     def batch_end(self, position: int) -> int | None:
@@ -689,12 +843,17 @@ class DynamoDBSubscription(ListenNotifySubscription[DynamoDBApplicationRecorder]
         self._recorder.unlisten(self._has_been_notified)
 
 
-class DynamoDBProcessRecorder(
+class SequenceProcessRecorder(
     DynamoDBTrackingRecorder, DynamoDBApplicationRecorder, ProcessRecorder
 ):
-    """An application recorder that also records tracking, in the same transaction."""
+    """The constructor and tables of a process recorder with an application sequence.
 
-    ordering: ClassVar[Ordering] = "sequence"
+    The base of the ``sequence`` and ``indexed`` orderings' process recorders:
+    each is its ordering's application recorder plus a tracking table. The
+    application recorder is whichever comes after ``DynamoDBTrackingRecorder``
+    in a subclass's MRO (``DynamoDBApplicationRecorder``, or a subclass of it
+    that the subclass lists after this class).
+    """
 
     def __init__(
         self,
@@ -707,8 +866,10 @@ class DynamoDBProcessRecorder(
         poll_interval: float = 0.1,
         with_stream: bool = True,
     ) -> None:
-        DynamoDBApplicationRecorder.__init__(
-            self,
+        # Past the tracking recorder's constructor (it takes other arguments)
+        # to the application recorder's, which sets up the connection and
+        # id type that the tracking recorder's would.
+        super(DynamoDBTrackingRecorder, self).__init__(
             connection,
             events_table_name,
             notifications_table_name,
@@ -720,8 +881,14 @@ class DynamoDBProcessRecorder(
 
     def create_table(self) -> None:
         """Create the events, notifications and tracking tables if missing."""
-        DynamoDBApplicationRecorder.create_table(self)
+        super(DynamoDBTrackingRecorder, self).create_table()
         DynamoDBTrackingRecorder.create_table(self)
+
+
+class DynamoDBProcessRecorder(SequenceProcessRecorder):
+    """An application recorder that also records tracking, in the same transaction."""
+
+    ordering: ClassVar[Ordering] = "sequence"
 
     def _insert_tracking_only(self, tracking: Tracking) -> None:
         self.insert_tracking(tracking)

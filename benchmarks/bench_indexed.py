@@ -78,7 +78,8 @@ from ledger.dynamodb.batches import (
 from ledger.dynamodb.limits import item_size
 from ledger.dynamodb.local import DynamoDBLocal
 from ledger.feeds import IndexSource
-from ledger.indexer import Indexer
+from ledger.index_consumers import ROUND_INTERVAL
+from ledger.indexer import Indexer, paced
 from ledger.projections.dynamodb import DynamoDBView, open_view
 from ledger.projections.history import History, ScanHistory, SequenceHistory
 from ledger.projections.rebuild import rebuild
@@ -252,7 +253,8 @@ def indexer_process(
                 stop.clear()
                 thread = threading.Thread(
                     target=run_polls,
-                    args=(indexer.poll, stop),
+                    # As `ledger index run` runs it: rounds paced.
+                    args=(paced(indexer.poll, ROUND_INTERVAL), stop),
                     kwargs={"interval": interval},
                 )
                 thread.start()

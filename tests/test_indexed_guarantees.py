@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from aggregates.application import Orders
 from ledger.dynamodb import DynamoDBFactory, DynamoDBIndexedApplicationRecorder, schema
 from ledger.dynamodb.batches import BatchEntry
 from ledger.index_rounds import _Record
-from ledger.indexer import Indexer, IndexOrderError, _units
+from ledger.indexer import Indexer, IndexOrderError, _units, paced
 from ledger.projections import event_loader
 from ledger.projections.dynamodb import open_view
 from ledger.projections.rebuild import status
@@ -461,3 +462,63 @@ def test_a_child_shard_waits_whole_while_its_parent_holds_a_save_back() -> None:
     later = _Record("child", 3, "3", BatchEntry("a", 2, "t", b""), None)
     read = {"parent": [before, held], "child": [later]}
     assert _units(read, None, {"child": "parent"}) == [[before]]
+
+
+class PageCounting(ReorderingStreams):
+    """The real streams client, noting how many records each GetRecords returned."""
+
+    def __init__(self, client: Any) -> None:
+        super().__init__(client, lambda records: records)
+        self.pages: list[int] = []
+
+    def get_records(self, **params: Any) -> dict[str, Any]:
+        response = super().get_records(**params)
+        self.pages.append(len(response.get("Records", [])))
+        return response
+
+
+def test_a_round_reads_a_shard_up_to_its_first_short_page(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> None:
+    """Under steady writes, reading on after a short page fetched a few records a call.
+
+    A short page is as far as the shard holds now: the next round goes on
+    from there. What a round leaves is indexed by the next, once, in order.
+    (DynamoDB Local gives a table one shard.)
+    """
+    streams = PageCounting(recorder.connection.streams_client())
+    indexer = Indexer(recorder, streams_client=streams)
+    saves: list[list[StoredEvent]] = []
+    rounds: list[list[int]] = []
+    for seed in range(3):
+        saves += random_saves(recorder, 4, seed=seed)
+        wanted = [e for save in saves for e in save]
+        deadline = time.monotonic() + 20
+        while True:
+            streams.pages.clear()
+            indexer.poll()
+            rounds.append(list(streams.pages))
+            try:
+                recorder.wait_indexed(wanted, timeout=0)
+                break
+            except TimeoutError:
+                assert time.monotonic() < deadline
+
+    assert all(len(pages) == 1 for pages in rounds), rounds
+    assert sum(page for pages in rounds for page in pages) == len(wanted)
+    assert_indexed_once_in_order(recorder, saves)
+
+
+def test_paced_rounds_last_their_interval_only_when_they_indexed() -> None:
+    """`ledger index run`'s rounds: a busy one lasts its interval, an idle one not."""
+    busy, idle = paced(lambda: 3, 0.3), paced(lambda: 0, 30.0)
+
+    started = time.monotonic()
+    assert busy() == 3
+    waited = time.monotonic() - started
+    started = time.monotonic()
+    assert idle() == 0
+    idled = time.monotonic() - started
+
+    assert waited >= 0.3
+    assert idled < 30.0

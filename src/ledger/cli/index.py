@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from ledger.cli.options import JsonOutput, console, metered, print_json, settings
+from ledger.index_consumers import ROUND_INTERVAL
 
 if TYPE_CHECKING:
     from ledger.indexer import Indexer, IndexStatus
@@ -39,6 +40,14 @@ def index_run(
     interval: Annotated[
         float, typer.Option(help="Seconds to wait when a round found nothing.")
     ] = 1.0,
+    round_interval: Annotated[
+        float,
+        typer.Option(
+            help="Seconds from a round that indexed something to the next, at "
+            "least: fewer, larger commits under steady writes, for that much "
+            "more lag."
+        ),
+    ] = ROUND_INTERVAL,
 ) -> None:
     """Append the events stream to the sequence until Ctrl-C (or once, with --once).
 
@@ -46,6 +55,7 @@ def index_run(
     rounds racing, one commits and the other reads again). While DynamoDB is
     unavailable it waits and tries again.
     """
+    from ledger.indexer import paced  # noqa: PLC0415
     from ledger.projections.streams import run_polls  # noqa: PLC0415
 
     indexer = open_indexer()
@@ -59,10 +69,11 @@ def index_run(
             return
         total = 0
         with console.status("indexing: following the events stream") as line:
+            poll = paced(indexer.poll, round_interval)
 
             def poll_and_show() -> int:
                 nonlocal total
-                consumed = indexer.poll()
+                consumed = poll()
                 total += consumed
                 line.update(f"indexing: {total} stream records indexed")
                 return consumed

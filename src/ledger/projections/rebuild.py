@@ -61,6 +61,7 @@ from eventsourcing.persistence import (
 )
 
 from ledger.dynamodb.client import Outage, TransactionConflictError
+from ledger.feeds import Batch, Checkpoint, IndexSource, Progress, Raced, Runner
 from ledger.projections import schema
 from ledger.projections.dynamodb import DynamoDBView
 from ledger.projections.epochs import (
@@ -75,12 +76,12 @@ from ledger.projections.history import (
     Page,
     ScanHistory,
     SequenceHistory,
-    decode,
     history_of,
 )
 from ledger.projections.metrics import parked_in, report_parked
 from ledger.projections.models import AggregatePosition
 from ledger.projections.projector import Projector, event_loader
+from ledger.projections.sequence import ProjectorConsumer
 from ledger.projections.session import Session
 from ledger.projections.views import ConcurrentChangeError
 
@@ -337,7 +338,7 @@ def _sequence_head(
     """
     if schema.SEQUENCE_HEAD in control:
         return int(control[schema.SEQUENCE_HEAD]["N"])
-    head = application.recorder.max_notification_id() or 0
+    head = IndexSource(application).head()
     try:
         view.control.record_sequence_head(head)
     except IntegrityError:  # a run starting at the same moment stored its own
@@ -575,25 +576,61 @@ def _catch_up_after_switch(
 ) -> None:
     """Apply events committed while switching, unless a live runner already did.
 
-    Other writers may now write the version, so this reads before it writes.
+    A :class:`~ledger.feeds.Runner` of the projector's consumer, from
+    ``position`` (what the build applied) or from further on if a live runner
+    has moved the new version on since. Polls until a poll finds nothing, so
+    what arrives meanwhile is applied too. Other writers may now write the
+    version, so each commit checks what it read: once one is refused, a live
+    runner is ahead of this pass and owns the version, and the pass ends.
+    An unreadable batch stops it with the error (the rebuild stays switched
+    and unfinished: run it again once the batch is skipped).
     """
-    view = projector.view
-    session = Session(view, total_order=view.keeps_one_position(application.name))
-    while True:
-        notifications = application.recorder.select_notifications(
-            start=position + 1, limit=page_size
-        )
-        if not notifications:
-            return
-        events = [
-            (decode(application.mapper, n), Tracking(application.name, n.id))
-            for n in notifications
-        ]
+    consumer = _CatchUp(projector, application.name, position)
+    runner = Runner(IndexSource(application, page_size=page_size), consumer)
+    while runner.poll() and not consumer.raced:
+        pass
+    if runner.blocked is not None:
+        raise runner.blocked
+
+
+class _From:
+    """A checkpoint that never loads a position before ``floor``."""
+
+    def __init__(self, checkpoint: Checkpoint, floor: int) -> None:
+        self.checkpoint = checkpoint
+        self.floor = floor
+
+    def load(self) -> int:
+        """Return the stored position, or ``floor`` if it is further on."""
+        return max(self.floor, self.checkpoint.load())
+
+    def save(self, position: int, expected: int) -> bool:
+        """Move the stored position (see the wrapped checkpoint)."""
+        return self.checkpoint.save(position, expected)
+
+
+class _CatchUp:
+    """The projector's consumer, from the position a build reached, noting a race."""
+
+    atomic = True
+    topics: tuple[str, ...] = ()
+
+    def __init__(self, projector: Projector, application_name: str, after: int) -> None:
+        self.consumer = ProjectorConsumer(projector, application_name)
+        self.name = self.consumer.name
+        self.metrics = self.consumer.metrics
+        # The build committed ``after`` with its last flush; a version built
+        # by a Scan with nothing to read may hold no position at all.
+        self.checkpoint = _From(self.consumer.checkpoint, after)
+        self.raced = False
+
+    def process(self, batch: Batch) -> Progress:
+        """Apply a page as the feed does; remember a refused commit."""
         try:
-            projector.apply_batch(session, events)
-        except ConcurrentChangeError:
-            return  # a live runner is ahead of this pass: it owns the version now
-        position = notifications[-1].id
+            return self.consumer.process(batch)
+        except Raced:
+            self.raced = True
+            raise
 
 
 def _catch_up_aggregates(projector: Projector, old: DynamoDBView) -> None:

@@ -61,7 +61,7 @@ from eventsourcing.persistence import (
 )
 
 from ledger.dynamodb.client import Outage, TransactionConflictError
-from ledger.feeds import Batch, Checkpoint, IndexSource, Progress, Raced, Runner
+from ledger.feeds import Batch, IndexSource, Progress, Raced, Runner
 from ledger.projections import schema
 from ledger.projections.dynamodb import DynamoDBView
 from ledger.projections.epochs import (
@@ -373,7 +373,7 @@ def _catch_up_and_end(
     otherwise aggregate by aggregate against the old version ``old``.
     """
     if position is not None:
-        _catch_up_after_switch(application, projector, position, page_size)
+        _catch_up_after_switch(application, projector, page_size)
     else:
         _catch_up_aggregates(projector, view.at_version(old))
     _end_rebuild(view, owner)
@@ -572,20 +572,21 @@ def _end_rebuild(view: DynamoDBView, owner: str) -> None:
 
 
 def _catch_up_after_switch(
-    application: Any, projector: Projector, position: int, page_size: int
+    application: Any, projector: Projector, page_size: int
 ) -> None:
     """Apply events committed while switching, unless a live runner already did.
 
-    A :class:`~ledger.feeds.Runner` of the projector's consumer, from
-    ``position`` (what the build applied) or from further on if a live runner
-    has moved the new version on since. Polls until a poll finds nothing, so
-    what arrives meanwhile is applied too. Other writers may now write the
+    A :class:`~ledger.feeds.Runner` of the projector's consumer. It goes on
+    from the new version's tracking position: the position the build reached
+    (committed with its last flush), or further on if a live runner has
+    moved the version on since. Polls until a poll finds nothing, so what
+    arrives meanwhile is applied too. Other writers may now write the
     version, so each commit checks what it read: once one is refused, a live
     runner is ahead of this pass and owns the version, and the pass ends.
     An unreadable batch stops it with the error (the rebuild stays switched
     and unfinished: run it again once the batch is skipped).
     """
-    consumer = _CatchUp(projector, application.name, position)
+    consumer = _CatchUp(projector, application.name)
     runner = Runner(IndexSource(application, page_size=page_size), consumer)
     while runner.poll() and not consumer.raced:
         pass
@@ -593,35 +594,17 @@ def _catch_up_after_switch(
         raise runner.blocked
 
 
-class _From:
-    """A checkpoint that never loads a position before ``floor``."""
-
-    def __init__(self, checkpoint: Checkpoint, floor: int) -> None:
-        self.checkpoint = checkpoint
-        self.floor = floor
-
-    def load(self) -> int:
-        """Return the stored position, or ``floor`` if it is further on."""
-        return max(self.floor, self.checkpoint.load())
-
-    def save(self, position: int, expected: int) -> bool:
-        """Move the stored position (see the wrapped checkpoint)."""
-        return self.checkpoint.save(position, expected)
-
-
 class _CatchUp:
-    """The projector's consumer, from the position a build reached, noting a race."""
+    """The projector's consumer, noting a commit refused (another writer is ahead)."""
 
     atomic = True
     topics: tuple[str, ...] = ()
 
-    def __init__(self, projector: Projector, application_name: str, after: int) -> None:
+    def __init__(self, projector: Projector, application_name: str) -> None:
         self.consumer = ProjectorConsumer(projector, application_name)
         self.name = self.consumer.name
         self.metrics = self.consumer.metrics
-        # The build committed ``after`` with its last flush; a version built
-        # by a Scan with nothing to read may hold no position at all.
-        self.checkpoint = _From(self.consumer.checkpoint, after)
+        self.checkpoint = self.consumer.checkpoint
         self.raced = False
 
     def process(self, batch: Batch) -> Progress:

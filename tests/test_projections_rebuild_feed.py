@@ -9,9 +9,12 @@ import pytest
 
 from aggregates.application import Orders
 from ledger.dynamodb import CorruptNotificationBatchError
-from ledger.projections import DynamoDBView, Session
+from ledger.feeds import Batch, Progress
+from ledger.projections import DynamoDBView, Session, event_loader
 from ledger.projections import rebuild as rebuilding
+from ledger.projections.metrics import LAG, MemoryMetrics
 from ledger.projections.rebuild import RebuildProgress, rebuild, status
+from ledger.projections.sequence import ProjectorConsumer, SequenceFeed
 from projections.orders import OrderProjector, OrderSummary, get_order_summary
 from tests.test_corrupt_batches import DAMAGE, damage_batch
 from tests.test_projections_core import ITEM
@@ -119,3 +122,49 @@ def test_a_damaged_batch_met_after_the_switch_leaves_the_rebuild_unfinished(
     found = status(view, orders)
     assert found.active_version == found.rebuilding_version == 2
     assert found.position == built_to
+
+
+def test_the_catch_up_ends_where_a_live_feed_got_in_first(orders, view, monkeypatch):
+    place_some_orders(orders, 2)
+    late: list[uuid.UUID] = []
+    around_the_switch(monkeypatch, after=lambda *_: late.append(place_order(orders)))
+    live_applied: list[int] = []
+
+    class LiveFeedFirst(ProjectorConsumer):
+        """The catch-up's consumer, with a live feed committing just before it."""
+
+        def process(self, batch: Batch) -> Progress:
+            if not live_applied:
+                live = OrderProjector(self.projector.view, event_loader(orders))
+                live_applied.append(SequenceFeed(live, orders).poll())
+            return super().process(batch)
+
+    monkeypatch.setattr(rebuilding, "ProjectorConsumer", LiveFeedFirst)
+
+    rebuild(orders, OrderProjector, view)
+
+    assert live_applied == [2]  # the catch-up's own commit of them was refused
+    found = status(view, orders)
+    assert found.rebuilding_version is None
+    assert found.position == found.head
+    assert get_order_summary(view, late[0]) is not None
+
+
+def test_the_catch_up_records_the_projections_lag_as_its_feed_does(
+    orders, view, monkeypatch
+):
+    place_some_orders(orders, 2)
+    around_the_switch(monkeypatch, before=lambda _view: place_order(orders))
+
+    class MeteredOrderProjector(OrderProjector):
+        name = OrderProjector.name
+        metrics = MemoryMetrics()
+
+    rebuild(orders, MeteredOrderProjector, view)
+
+    lag = [
+        (m.value, m.projection)
+        for m in MeteredOrderProjector.metrics.measurements
+        if m.name == LAG
+    ]
+    assert lag == [(0, OrderProjector.name)]

@@ -6,9 +6,10 @@ resumes after the last page it flushed. Two kinds, chosen by the
 application's ordering (``DYNAMODB_ORDERING``):
 
 ``SequenceHistory`` (``sequence``)
-    The application sequence in position order, each page one
-    ``select_notifications`` call; the next page is read while the current one
-    is applied. Checkpoint: the last position applied.
+    The application sequence in position order: each page one batch of an
+    :class:`~ledger.feeds.IndexSource` (one ``select_notifications`` call),
+    the next page read while the current one is applied, read until a pass
+    finds nothing new. Checkpoint: the last position applied.
 
 ``ScanHistory`` (``stream``, or any application)
     The events table itself, read by a parallel Scan (``segments`` segments,

@@ -369,8 +369,9 @@ def _catch_up_and_end(
 ) -> None:
     """Apply what the build did not see, now readers use it; end the rebuild.
 
-    From the application sequence after ``position`` when there is one;
-    otherwise aggregate by aggregate against the old version ``old``.
+    From the application sequence when there is one (the new version's
+    tracking holds ``position``, where the build got to); otherwise aggregate
+    by aggregate against the old version ``old``.
     """
     if position is not None:
         _catch_up_after_switch(application, projector, page_size)

@@ -6,9 +6,10 @@ resumes after the last page it flushed. Two kinds, chosen by the
 application's ordering (``DYNAMODB_ORDERING``):
 
 ``SequenceHistory`` (``sequence``)
-    The application sequence in position order, each page one
-    ``select_notifications`` call; the next page is read while the current one
-    is applied. Checkpoint: the last position applied.
+    The application sequence in position order: each page one batch of an
+    :class:`~ledger.feeds.IndexSource` (one ``select_notifications`` call),
+    the next page read while the current one is applied, read until a pass
+    finds nothing new. Checkpoint: the last position applied.
 
 ``ScanHistory`` (``stream``, or any application)
     The events table itself, read by a parallel Scan (``segments`` segments,
@@ -26,7 +27,6 @@ import json
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 from uuid import UUID
@@ -85,7 +85,14 @@ class History(Protocol):
 
 
 class SequenceHistory:
-    """The application sequence, page by page, one page read ahead."""
+    """The application sequence, page by page, one page read ahead.
+
+    Its pages are the batches of an :class:`~ledger.feeds.IndexSource`. A
+    source goes to the head as of the call, so this reads again from where
+    it got to until a read finds nothing new: what was committed while the
+    history was read is read too, and the catch-up after the switch has
+    only what arrived after the last read.
+    """
 
     kind = "sequence"
 
@@ -95,25 +102,23 @@ class SequenceHistory:
 
     def pages(self, checkpoint: Checkpoint | None) -> Iterator[Page]:
         """Yield pages of notifications after the checkpoint's position."""
-        recorder = self.application.recorder
-        mapper = self.application.mapper
+        # ledger.feeds decodes with this module's ``decode``: imported here,
+        # not at the top, so either module can be imported first.
+        from ledger.feeds import IndexSource  # noqa: PLC0415
+
+        source = IndexSource(self.application, page_size=self.page_size)
         position = 0 if checkpoint is None else int(checkpoint["position"])
-        head = recorder.max_notification_id() or 0
-
-        def read_from(start: int) -> Any:
-            return recorder.select_notifications(start=start, limit=self.page_size)
-
-        with ThreadPoolExecutor(max_workers=1) as reader:
-            upcoming = reader.submit(read_from, position + 1)
-            while notifications := upcoming.result():
-                upcoming = reader.submit(read_from, notifications[-1].id + 1)
-                position = notifications[-1].id
-                head = max(head, position)
+        while True:
+            start = position
+            for batch in source.batches(position):
+                position = batch.checkpoint
                 yield Page(
-                    [(decode(mapper, n), n.id) for n in notifications],
+                    [(item.event, item.position) for item in batch.items],
                     {"position": position},
-                    head,
+                    batch.head,
                 )
+            if position == start:
+                return
 
 
 class ScanHistory:

@@ -61,6 +61,7 @@ from eventsourcing.persistence import (
 )
 
 from ledger.dynamodb.client import Outage, TransactionConflictError
+from ledger.feeds import Batch, IndexSource, Progress, Raced, Runner
 from ledger.projections import schema
 from ledger.projections.dynamodb import DynamoDBView
 from ledger.projections.epochs import (
@@ -75,12 +76,12 @@ from ledger.projections.history import (
     Page,
     ScanHistory,
     SequenceHistory,
-    decode,
     history_of,
 )
 from ledger.projections.metrics import parked_in, report_parked
 from ledger.projections.models import AggregatePosition
 from ledger.projections.projector import Projector, event_loader
+from ledger.projections.sequence import ProjectorConsumer
 from ledger.projections.session import Session
 from ledger.projections.views import ConcurrentChangeError
 
@@ -337,7 +338,7 @@ def _sequence_head(
     """
     if schema.SEQUENCE_HEAD in control:
         return int(control[schema.SEQUENCE_HEAD]["N"])
-    head = application.recorder.max_notification_id() or 0
+    head = IndexSource(application).head()
     try:
         view.control.record_sequence_head(head)
     except IntegrityError:  # a run starting at the same moment stored its own
@@ -368,11 +369,12 @@ def _catch_up_and_end(
 ) -> None:
     """Apply what the build did not see, now readers use it; end the rebuild.
 
-    From the application sequence after ``position`` when there is one;
-    otherwise aggregate by aggregate against the old version ``old``.
+    From the application sequence when there is one (the new version's
+    tracking holds ``position``, where the build got to); otherwise aggregate
+    by aggregate against the old version ``old``.
     """
     if position is not None:
-        _catch_up_after_switch(application, projector, position, page_size)
+        _catch_up_after_switch(application, projector, page_size)
     else:
         _catch_up_aggregates(projector, view.at_version(old))
     _end_rebuild(view, owner)
@@ -571,29 +573,48 @@ def _end_rebuild(view: DynamoDBView, owner: str) -> None:
 
 
 def _catch_up_after_switch(
-    application: Any, projector: Projector, position: int, page_size: int
+    application: Any, projector: Projector, page_size: int
 ) -> None:
     """Apply events committed while switching, unless a live runner already did.
 
-    Other writers may now write the version, so this reads before it writes.
+    A :class:`~ledger.feeds.Runner` of the projector's consumer. It goes on
+    from the new version's tracking position: the position the build reached
+    (committed with its last flush), or further on if a live runner has
+    moved the version on since. Polls until a poll finds nothing, so what
+    arrives meanwhile is applied too. Other writers may now write the
+    version, so each commit checks what it read: once one is refused, a live
+    runner is ahead of this pass and owns the version, and the pass ends.
+    An unreadable batch stops it with the error (the rebuild stays switched
+    and unfinished: run it again once the batch is skipped).
     """
-    view = projector.view
-    session = Session(view, total_order=view.keeps_one_position(application.name))
-    while True:
-        notifications = application.recorder.select_notifications(
-            start=position + 1, limit=page_size
-        )
-        if not notifications:
-            return
-        events = [
-            (decode(application.mapper, n), Tracking(application.name, n.id))
-            for n in notifications
-        ]
+    consumer = _CatchUp(projector, application.name)
+    runner = Runner(IndexSource(application, page_size=page_size), consumer)
+    while runner.poll() and not consumer.raced:
+        pass
+    if runner.blocked is not None:
+        raise runner.blocked
+
+
+class _CatchUp:
+    """The projector's consumer, noting a commit refused (another writer is ahead)."""
+
+    atomic = True
+    topics: tuple[str, ...] = ()
+
+    def __init__(self, projector: Projector, application_name: str) -> None:
+        self.consumer = ProjectorConsumer(projector, application_name)
+        self.name = self.consumer.name
+        self.metrics = self.consumer.metrics
+        self.checkpoint = self.consumer.checkpoint
+        self.raced = False
+
+    def process(self, batch: Batch) -> Progress:
+        """Apply a page as the feed does; remember a refused commit."""
         try:
-            projector.apply_batch(session, events)
-        except ConcurrentChangeError:
-            return  # a live runner is ahead of this pass: it owns the version now
-        position = notifications[-1].id
+            return self.consumer.process(batch)
+        except Raced:
+            self.raced = True
+            raise
 
 
 def _catch_up_aggregates(projector: Projector, old: DynamoDBView) -> None:

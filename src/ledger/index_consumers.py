@@ -292,10 +292,7 @@ def _index_until(
         try:
             found = indexer.poll()
         except OperationalError as error:
-            wait = outage.failed_before(error, deadline)
-            if wait is None:
-                raise
-            time.sleep(wait)
+            outage.wait_out(error, deadline)
             continue
         outage.recovered()
         rounds += 1

@@ -263,6 +263,13 @@ class Outage:
         self.patience = self.waited + left
         return self.failed(error)
 
+    def wait_out(self, error: Exception, deadline: float | None) -> None:
+        """Sleep :meth:`failed_before`'s wait; raise ``error`` if none is left."""
+        wait = self.failed_before(error, deadline)
+        if wait is None:
+            raise error
+        time.sleep(wait)
+
     def recovered(self) -> None:
         """Note a try that worked: the next failure waits ``first`` again."""
         self.failures = 0

@@ -184,10 +184,7 @@ class Runner:
             try:
                 done = self.poll(deadline)
             except OperationalError as error:
-                wait = outage.failed_before(error, deadline)
-                if wait is None:
-                    raise
-                time.sleep(wait)
+                outage.wait_out(error, deadline)
                 continue
             outage.recovered()
             handled += done

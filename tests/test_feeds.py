@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -33,7 +34,11 @@ from ledger.feeds import (
     TrackingCheckpoint,
     drain_handler,
 )
+from ledger.projections import event_loader
+from ledger.projections.dynamodb import open_view
 from ledger.projections.metrics import MemoryMetrics
+from ledger.projections.sequence import SequenceFeed
+from projections.orders import OrderProjector, get_order_summary
 from tests.test_corrupt_batches import change_inside_batch, three_orders
 from tests.test_projections_core import ITEM
 
@@ -144,13 +149,59 @@ def test_a_runner_that_raced_reads_from_the_checkpoint_again(orders, tracking):
     place(orders, 2)
     mine, theirs = Collector(tracking), Collector(tracking)
     runner = runner_of(orders, mine, page_size=2)
-    runner_of(orders, theirs, page_size=2).poll()  # the other got there first
+    assert runner.position == 0  # read before the other runner moves it
+    runner_of(orders, theirs, page_size=2).poll()
 
-    assert runner.poll() == 0  # its save was refused: nothing counted as done
-    assert runner.position == 4  # loaded afresh
+    assert runner.poll() == 0  # handed a page, but its save was refused ...
+    assert mine.seen == [1, 2]  # (at least once: not atomic)
+    assert runner.position == 4  # ... so it read the checkpoint again
     place(orders, 1)
     assert runner.poll() == 2
-    assert mine.seen[-2:] == [5, 6]
+    assert mine.seen == [1, 2, 5, 6]
+
+
+def feed_of(orders: Orders, dynamodb_env: dict[str, str]) -> SequenceFeed:
+    view = open_view(OrderProjector, dynamodb_env)
+    return SequenceFeed(OrderProjector(view, event_loader(orders)), orders)
+
+
+def test_a_runner_behind_another_never_commits_a_page_over_part_of_it_done(
+    orders, dynamodb_env
+):
+    """Two runners of one projection: a page lands only over the position it follows.
+
+    Only forward would let the runner whose page ends later apply again the
+    events the other committed (its reads see the other's writes, so no
+    revision check stops it).
+    """
+    ahead, behind = feed_of(orders, dynamodb_env), feed_of(orders, dynamodb_env)
+    order_id = orders.place_order(uuid.uuid4(), [ITEM])  # positions 1-2
+    assert ahead.poll() == 2
+    assert behind.poll() == 0  # it holds position 2
+    orders.add_item(order_id, "apple", 1, Decimal("1.50"))  # position 3
+    assert ahead.poll() == 1
+    orders.add_item(order_id, "apple", 1, Decimal("1.50"))  # position 4
+
+    assert behind.poll() == 0  # its page 3-4 was refused: 3 was applied
+    assert behind.poll() == 1  # from the checkpoint: 4 only
+
+    summary = get_order_summary(ahead.projector.view, order_id)
+    assert summary is not None
+    assert summary.lines["apple"].quantity == 4  # 2 placed + 1 + 1
+
+
+def test_a_running_feed_goes_on_after_an_operator_skips_the_batch(orders, dynamodb_env):
+    three_orders(orders)  # batches 1-2, 3-4, 5-6
+    change_inside_batch(orders, 4, b'"quantity":2', b'"quantity":7')
+    running = feed_of(orders, dynamodb_env)  # `projections run`, or a warm Lambda
+    assert running.poll() == 2
+    assert running.blocked is not None
+
+    operator = feed_of(orders, dynamodb_env)  # `ledger projections skip-batch`
+    assert operator.skip_batch(3) == 2
+
+    assert running.poll() == 2  # positions 5-6: it read the checkpoint again
+    assert running.blocked is None
 
 
 def test_a_crash_between_the_effects_and_the_checkpoint_hands_them_over_again(

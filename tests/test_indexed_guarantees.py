@@ -522,3 +522,42 @@ def test_paced_rounds_last_their_interval_only_when_they_indexed() -> None:
 
     assert waited >= 0.3
     assert idled < 30.0
+
+
+class EndOnEmptyPage(SplitStreams):
+    """A split whose closed parent says so only on an empty page after its last records.
+
+    The Streams API allows it: a null ``NextShardIterator`` is how a closed
+    shard's end is told, and it may come with no records.
+    """
+
+    def get_records(self, **params: Any) -> dict[str, Any]:
+        if params["ShardIterator"].startswith("parent-end|"):
+            return {"Records": []}
+        response = super().get_records(**params)
+        side = params["ShardIterator"].partition("|")[0]
+        if (
+            side == "parent"
+            and "NextShardIterator" not in response
+            and response["Records"]
+        ):
+            response["NextShardIterator"] = "parent-end|x"
+        return response
+
+
+def test_a_closed_parent_is_read_to_an_end_told_on_an_empty_page(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> None:
+    first, second, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    before = [stored(other, 1)]
+    straddling = [stored(first, 1), stored(second, 1)]
+    after = [stored(other, 2)]
+    for save in (before, straddling, after):
+        recorder.insert_events(save)
+    split = stream_numbers(recorder)[str(first), 1]
+    streams = EndOnEmptyPage(recorder.connection.streams_client(), split)
+    indexer = Indexer(recorder, streams_client=streams)
+
+    index_until(indexer, recorder, before + straddling + after, timeout=10.0)
+
+    assert_indexed_once_in_order(recorder, [before, straddling, after])

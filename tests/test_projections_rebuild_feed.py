@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -177,3 +178,38 @@ def test_the_catch_up_records_the_projections_lag_as_its_feed_does(
         if m.name == LAG
     ]
     assert lag == [(0, OrderProjector.name)]
+
+
+def test_the_catch_up_applies_each_event_once_beside_a_live_feed_ending_earlier(
+    orders, view, monkeypatch
+):
+    """A live feed commits part of the catch-up's page first: none of it twice."""
+    first = orders.place_order(uuid.uuid4(), [ITEM])
+    real_switch = rebuilding._switch
+
+    def switch(view: DynamoDBView, version: int, owner: str) -> int:
+        old = real_switch(view, version, owner)
+        # Committed after the switch: an item added to the first order, a new order.
+        orders.add_item(first, "apple", 2, Decimal("1.50"))
+        orders.place_order(uuid.uuid4(), [ITEM])
+        return int(old)
+
+    monkeypatch.setattr(rebuilding, "_switch", switch)
+    live_applied: list[int] = []
+
+    class LiveFeedFirst(ProjectorConsumer):
+        def process(self, batch: Batch) -> Progress:
+            if not live_applied:
+                live = OrderProjector(self.projector.view, event_loader(orders))
+                # A live feed whose one-position page ends before the catch-up's.
+                feed = SequenceFeed(live, orders, page_size=1)
+                live_applied.append(feed.runner.poll(deadline=0.0))
+            return super().process(batch)
+
+    monkeypatch.setattr(rebuilding, "ProjectorConsumer", LiveFeedFirst)
+    rebuild(orders, OrderProjector, view)
+
+    summary = get_order_summary(view, first)
+    assert live_applied == [1]
+    assert summary is not None
+    assert summary.lines["apple"].quantity == 4  # 2 placed + 2 added, once

@@ -382,6 +382,8 @@ def publication_handler(
     drain = drain_handler(runner)
 
     def handler(event: Any, context: Any) -> dict[str, int]:
+        # What this invocation leaves not done, not what an earlier one left.
+        publisher().consumer.not_done = 0
         result = drain(event, context)
         blocked = runner().blocked
         if blocked is not None:

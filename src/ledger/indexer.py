@@ -393,6 +393,9 @@ class Indexer(Reindexing, StreamPoller):
             iterator = self._iterator(shard_id)
         seen: dict[int, _Record] = {}
         read = 0
+        closed = (
+            shard.get("SequenceNumberRange", {}).get("EndingSequenceNumber") is not None
+        )
         while iterator and read < self.batch_size:
             response = self._get_records(shard_id, iterator)
             page = response.get("Records", [])
@@ -402,10 +405,12 @@ class Indexer(Reindexing, StreamPoller):
                 if record.number > checkpoint:
                     seen.setdefault(record.number, record)
             iterator = response.get("NextShardIterator")
-            if len(page) < self.batch_size:
-                # A short page is as far as the shard holds now (or an empty
-                # stretch): the next round goes on from here, with more. Under
-                # steady writes, reading on would fetch a few records a call.
+            if not page or (len(page) < self.batch_size and not closed):
+                # A short page of an open shard is as far as it holds now: the
+                # next round goes on from here, with more (under steady writes,
+                # reading on would fetch a few records a call). A closed shard
+                # is read to its end, which may come on a later, empty page:
+                # its children wait for it.
                 break
         if iterator is not None and not seen:
             self._resume[shard_id] = (state.checkpoints.get(shard_id), iterator)

@@ -140,6 +140,7 @@ from ledger.dynamodb.batches import CorruptNotificationBatchError
 from ledger.dynamodb.factory import DynamoDBFactory
 from ledger.dynamodb.indexed_recorders import DynamoDBIndexedApplicationRecorder
 from ledger.dynamodb.limits import MAX_TRANSACTION_ACTIONS, TransactionTooLargeError
+from ledger.dynamodb.recorders import TrackingAfter
 from ledger.feeds import (
     Batch,
     Checkpoint,
@@ -164,6 +165,7 @@ from ledger.projections.metrics import (
     Metrics,
     NoMetrics,
 )
+from ledger.projections.projector import following
 from ledger.projections.streams import run_polls
 from ledger.saga_parking import PARKED_TABLE, WAITING, ParkedSaga, ParkedSteps
 
@@ -461,7 +463,7 @@ class _Page:
     ) -> None:
         """Add an event's decision; the page's tracking becomes the event's."""
         self.jobs.append((domain_event, tracking))
-        self.decided.tracking = tracking
+        self.decided.tracking = following(self.decided.tracking, tracking)
         self.decided.events.extend(decided.events)
         self.decided.aggregates.update(decided.aggregates)
         self.decided.saved_kwargs.update(decided.saved_kwargs)
@@ -1135,9 +1137,26 @@ class ProcessConsumer:
         jobs = app.convert_notifications(
             self.leader_name, app.filter_received_notifications(notifications)
         )
+        # Each commit lands only over the position its first event follows:
+        # never over part of the page another runner committed.
+        chained: list[tuple[Any, Tracking]] = []
+        after = batch.after
+        for domain_event, tracking in jobs:
+            position = tracking.notification_id
+            chained.append(
+                (domain_event, TrackingAfter(self.leader_name, position, after))
+            )
+            after = position
         try:
             with app.processing_lock:
-                app._process_page(jobs)
+                if chained:
+                    app._process_page(chained)
+                elif batch.checkpoint > batch.after:
+                    # Nothing of its topics up to the head: move past them, so
+                    # the position (and the lag it shows) is where it stands.
+                    app.recorder.insert_tracking(
+                        TrackingAfter(self.leader_name, batch.checkpoint, batch.after)
+                    )
         except IntegrityError:
             self.races += 1
             raise Raced from None

@@ -41,6 +41,7 @@ import logging
 import random
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, cast
 from uuid import UUID
 
@@ -521,6 +522,36 @@ class DynamoDBAggregateRecorder(DynamoDBRecorder, AggregateRecorder):
             params["ExclusiveStartKey"] = last_key
 
 
+@dataclass(frozen=True)
+class TrackingAfter(Tracking):
+    """A position to record only over ``after``, the one recorded before it.
+
+    For a consumer of a total order that commits a page at a time: its
+    commit holds the tracking of the page's last event, and must not land
+    over part of the page committed by another runner (only forward would
+    let a runner whose page ends later apply those events again).
+    """
+
+    after: int = 0
+    """The position the commit's first event follows: what must be recorded."""
+
+
+def tracking_condition(tracking: Tracking) -> tuple[str, dict[str, Any]]:
+    """Return the condition on a tracking item's ``#n`` (and its values).
+
+    A :class:`TrackingAfter` is recorded only over its ``after``; any other
+    tracking only forward (a position at or below the recorded one is a
+    replay, as eventsourcing's process applications expect).
+    """
+    after = getattr(tracking, "after", None)
+    if after is None:
+        return "attribute_not_exists(#n) OR #n < :n", {}
+    values = {":after": {"N": str(after)}}
+    if after == 0:
+        return "attribute_not_exists(#n) OR #n = :after", values
+    return "#n = :after", values
+
+
 class DynamoDBTrackingRecorder(DynamoDBRecorder, TrackingRecorder):
     """Records, per upstream application, the last notification id processed.
 
@@ -548,14 +579,17 @@ class DynamoDBTrackingRecorder(DynamoDBRecorder, TrackingRecorder):
         )
 
     def _tracking_update(self, tracking: Tracking) -> UpdateTypeDef:
+        condition, values = tracking_condition(tracking)
         return {
             "TableName": self.tracking_table_name,
             "Key": {schema.APPLICATION_NAME: {"S": tracking.application_name}},
             "UpdateExpression": "SET #n = :n",
-            # Only forward: a position at or below the recorded one is a replay.
-            "ConditionExpression": "attribute_not_exists(#n) OR #n < :n",
+            "ConditionExpression": condition,
             "ExpressionAttributeNames": {"#n": schema.NOTIFICATION_ID},
-            "ExpressionAttributeValues": {":n": {"N": str(tracking.notification_id)}},
+            "ExpressionAttributeValues": {
+                ":n": {"N": str(tracking.notification_id)},
+                **values,
+            },
         }
 
     def insert_tracking(self, tracking: Tracking) -> None:

@@ -48,6 +48,8 @@ class Batch:
     """Events in position order, and where the source stands after them."""
 
     items: Sequence[Item]
+    after: int
+    """The position the batch follows: its consumer's position before it."""
     checkpoint: int
     """The position past the batch's end: its last event's, or further when
     the positions after it held only events of other topics."""

@@ -70,7 +70,7 @@ class IndexSource:
                 if not page:
                     # Nothing (of these topics) up to the head: had a damaged
                     # batch been in the way, the read would have raised.
-                    yield Batch([], head, head)
+                    yield Batch([], after, head, head)
                     return
                 checkpoint = int(page[-1].id)
                 if checkpoint < head:
@@ -79,8 +79,10 @@ class IndexSource:
                     upcoming = reader.submit(read, checkpoint + 1)
                 yield Batch(
                     [Item(notification, to_event) for notification in page],
+                    after,
                     checkpoint,
                     head,
                 )
                 if checkpoint >= head:
                     return
+                after = checkpoint

@@ -170,6 +170,9 @@ class Runner:
                 },
             )
         self.blocked = error
+        # An operator may move the checkpoint past the batch from another
+        # process (skip-batch): read it again at each poll while stopped.
+        self._position = None
 
     def drain(self, deadline: float | None = None) -> int:
         """Poll until a poll finds nothing or ``deadline`` passes; return events done.

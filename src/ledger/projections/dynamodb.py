@@ -31,7 +31,11 @@ from ledger.dynamodb.limits import (
     check_item_size,
     item_size,
 )
-from ledger.dynamodb.recorders import DynamoDBTrackingRecorder, _backoff
+from ledger.dynamodb.recorders import (
+    DynamoDBTrackingRecorder,
+    _backoff,
+    tracking_condition,
+)
 from ledger.dynamodb.schema import TRACKING_TABLE, table_definition
 from ledger.dynamodb.tables import delete_table, ensure_table
 from ledger.projections import schema
@@ -486,15 +490,17 @@ class DynamoDBView(DynamoDBTrackingRecorder, ReadModelView):
             update += ", #o = :o"
             names["#o"] = schema.ONE_POSITION
             values[":o"] = {"BOOL": True}
+        # Only forward (an event at or below the position was applied), or,
+        # for a page of a total order, only over the position it follows.
+        condition, after = tracking_condition(tracking)
         return {
             "Update": {
                 "TableName": self.table_name,
                 "Key": {schema.KEY: {"S": tracking_key(tracking.application_name)}},
                 "UpdateExpression": update,
-                # Only forward: an event at or below the position was applied.
-                "ConditionExpression": "attribute_not_exists(#n) OR #n < :n",
+                "ConditionExpression": condition,
                 "ExpressionAttributeNames": names,
-                "ExpressionAttributeValues": values,
+                "ExpressionAttributeValues": {**values, **after},
             }
         }
 

@@ -42,6 +42,7 @@ interleaving.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -53,6 +54,7 @@ from eventsourcing.projection import Projection
 from eventsourcing.utils import get_topic
 
 from ledger.dynamodb.client import Outage
+from ledger.dynamodb.recorders import TrackingAfter
 from ledger.projections import deadletters
 from ledger.projections.dispatch import Handler, handlers_of, handles
 from ledger.projections.gaps import gap_reason, in_version_order, leading_run
@@ -620,7 +622,7 @@ class Projector(Projection[ReadModelView]):
         position = None if tracking is None else tracking.notification_id
         self.apply_or_park(session, event, position)
         if tracking is not None:
-            session.tracking = tracking
+            session.tracking = following(session.tracking, tracking)
 
     def apply_or_park(
         self, session: Session, event: Any, position: int | None
@@ -669,3 +671,17 @@ __all__ = [
     "event_loader",
     "handles",
 ]
+
+
+def following(uncommitted: Tracking | None, tracking: Tracking) -> Tracking:
+    """Return the tracking a commit records after ``tracking``'s event.
+
+    A commit holding several events of a page records the last one's
+    position over the position its first one follows: a
+    :class:`~ledger.dynamodb.recorders.TrackingAfter` keeps the ``after`` of
+    the commit's first tracking (``uncommitted``: the session's, None after
+    each commit).
+    """
+    if isinstance(uncommitted, TrackingAfter) and isinstance(tracking, TrackingAfter):
+        return dataclasses.replace(tracking, after=uncommitted.after)
+    return tracking

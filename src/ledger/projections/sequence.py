@@ -37,6 +37,7 @@ from typing import Any
 from eventsourcing.persistence import Tracking
 
 from ledger.dynamodb.batches import CorruptNotificationBatchError
+from ledger.dynamodb.recorders import TrackingAfter
 from ledger.feeds import Batch, IndexSource, Progress, Raced, Runner
 from ledger.projections.history import DEFAULT_PAGE_SIZE, decode
 from ledger.projections.projector import Projector
@@ -93,7 +94,13 @@ class ProjectorConsumer:
     def process(self, batch: Batch) -> Progress:
         """Apply a page in as few commits as fit; raise ``Raced`` if refused."""
         name = self.application_name
-        events = [(item.event, Tracking(name, item.position)) for item in batch.items]
+        # Each commit lands only over the position its first event follows:
+        # never over part of the page another runner committed.
+        events: list[tuple[Any, Tracking]] = []
+        after = batch.after
+        for item in batch.items:
+            events.append((item.event, TrackingAfter(name, item.position, after)))
+            after = item.position
         try:
             applied = self.projector.apply_batch(
                 session_for(self.projector, name), events

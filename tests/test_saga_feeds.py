@@ -408,3 +408,18 @@ def test_deciders_whose_pages_end_apart_decide_an_event_once(dynamodb_env):
     assert mine.recorder.max_tracking_id("Orders") == early.checkpoint
     theirs.close()
     shop.close()
+
+
+def test_a_leader_feed_moves_past_positions_holding_none_of_its_topics(shop):
+    """Its position (and the lag it shows) is where it stands, not at its last match."""
+    shop.place({TEA: 1})  # confirmed: the decider's topic
+    shop.place({TEA: 1}, confirm=False)  # placed only: none of its topics
+    runner = runner_of(shop)
+    feed = feed_of(runner, "Orders")
+
+    runner.poll()  # indexes first, on the indexed ordering
+
+    head = shop.orders.recorder.max_notification_id()
+    assert head == 5  # 3 events of the first order, 2 of the second
+    assert shop.fulfilment.recorder.max_tracking_id("Orders") == head
+    assert feed.lag == 0

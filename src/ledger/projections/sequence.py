@@ -24,7 +24,8 @@ projection's lag behind that head (metric ``Lag``).
 The sequence is a total order, so a view that keeps one position
 (:meth:`~ledger.projections.views.ReadModelView.keeps_one_position`: a new
 view, or a version rebuilt from the sequence) keeps only its tracking
-position: per poll, one GetItem of the position; per page, one Query of
+position: one GetItem of the position when the runner starts (and after a
+race or a stop at an unreadable batch); per page, one Query of
 the dead letters, the page's Query, the reads its handlers make, and per commit one
 BatchGetItem of the items written unread and one TransactWriteItems.
 """

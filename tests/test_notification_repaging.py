@@ -471,3 +471,20 @@ def fresh_reader_of(orders: Orders) -> DynamoDBApplicationRecorder:
     made = Orders(env=dict(orders.env)).recorder
     assert isinstance(made, DynamoDBApplicationRecorder)
     return made
+
+
+def test_ledger_index_repage_keeps_the_old_keys_in_the_run_that_moves_the_table(
+    orders: Orders, ledger: Any
+) -> None:
+    """Readers from before the switch may still use the old keys: not that run."""
+    recorder = orders.recorder
+    assert isinstance(recorder, DynamoDBApplicationRecorder)
+    write_legacy_table(recorder, batches=20)
+    before = read(fresh_reader_of(orders), (1, 3_000, ()))
+
+    moved = ledger("index", "repage", "--remove-old-pages", "--json")
+
+    assert moved.returncode == 1
+    assert json.loads(moved.stdout)["removed"] == 0
+    assert "were not removed" in moved.stderr
+    assert read(fresh_reader_of(orders), (1, 3_000, ())) == before

@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from ledger.cli.options import JsonOutput, console, metered, print_json, settings
+from ledger.cli.options import (
+    JsonOutput,
+    console,
+    errors,
+    metered,
+    print_json,
+    settings,
+)
 from ledger.index_consumers import ROUND_INTERVAL
 
 if TYPE_CHECKING:
@@ -149,7 +156,8 @@ def index_repage(
             help="Then delete the batches' items under their old keys, halving "
             "the table's storage. Only once every process that read the table "
             "before the move has been restarted (or has read its head since): "
-            "one still holding the old page size would find batches missing.",
+            "one still holding the old page size would find batches missing. "
+            "Refused in the run that moves the table.",
         ),
     ] = False,
 ) -> None:
@@ -191,6 +199,9 @@ def index_repage(
                 f"moving: batches copied through position {through} of {last}"
             ),
         )
+        # Not in the run that switched: the processes reading the table
+        # then still hold the old page size.
+        removing = remove_old and moved.already
         removed = (
             remove_old_pages(
                 recorder,
@@ -198,12 +209,13 @@ def index_repage(
                     f"removing old keys: {count} items deleted"
                 ),
             )
-            if remove_old
+            if removing
             else 0
         )
     summary = dataclasses.asdict(moved) | {"removed": removed}
     if as_json:
         print_json(summary)
+        _refused_removal(remove_old and not removing)
         return
     if moved.already:
         console.print(
@@ -214,8 +226,23 @@ def index_repage(
             f"moved onto pages of {moved.page_size} positions: {moved.copied} "
             f"batch items copied; switched at position {moved.last_position}"
         )
-    if remove_old:
+    if removing:
         console.print(f"removed {removed} items under old keys")
+    _refused_removal(remove_old and not removing)
+
+
+def _refused_removal(refused: bool) -> None:
+    """Say why the old keys stay, and exit 1, if the removal was refused."""
+    if not refused:
+        return
+    errors.print(
+        "ledger: the old keys were not removed: this run switched the page "
+        "size, and processes that read the table before it may still use the "
+        "old keys. Once each has restarted (or read the head), run `ledger "
+        "index repage --remove-old-pages` again.",
+        soft_wrap=True,
+    )
+    raise typer.Exit(1)
 
 
 @index_cli.command("status")

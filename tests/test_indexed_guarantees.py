@@ -561,3 +561,52 @@ def test_a_closed_parent_is_read_to_an_end_told_on_an_empty_page(
     index_until(indexer, recorder, before + straddling + after, timeout=10.0)
 
     assert_indexed_once_in_order(recorder, [before, straddling, after])
+
+
+class ParentGone(SplitStreams):
+    """A split whose closed parent, once :attr:`gone`, has aged out of the listing."""
+
+    gone = False
+
+    def describe_stream(self, **params: Any) -> dict[str, Any]:
+        response = super().describe_stream(**params)
+        if self.gone:
+            shards = response["StreamDescription"]["Shards"]
+            response["StreamDescription"]["Shards"] = [
+                shard for shard in shards if shard["ShardId"] != self.parent
+            ]
+        return response
+
+
+def test_a_parent_read_to_its_end_may_leave_the_stream_without_a_reindex(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> None:
+    first, other = uuid.uuid4(), uuid.uuid4()
+    before = [[stored(other, 1)], [stored(first, 1)]]
+    for save in before:
+        recorder.insert_events(save)
+    split = stream_numbers(recorder)[str(first), 1]
+    streams = ParentGone(recorder.connection.streams_client(), split)
+    indexer = Indexer(recorder, streams_client=streams)
+    index_until(indexer, recorder, [e for s in before for e in s])
+    after = [[stored(other, 2)], [stored(first, 2)]]
+    for save in after:
+        recorder.insert_events(save)
+    index_until(indexer, recorder, [e for s in after for e in s])
+
+    streams.gone = True
+    later = [[stored(other, 3)]]
+    recorder.insert_events(later[0])
+    index_until(indexer, recorder, later[0])
+
+    checkpoints = recorder.connection.call(
+        "get_item",
+        TableName=recorder.notifications_table_name,
+        Key={
+            schema.PAGE: {"N": str(schema.SEQUENCE_PAGE)},
+            schema.POSITION: {"N": str(schema.INDEX_CHECKPOINTS_POSITION)},
+        },
+        ConsistentRead=True,
+    )["Item"]
+    assert schema.REINDEXED_AT not in checkpoints  # never re-indexed
+    assert_indexed_once_in_order(recorder, before + after + later)

@@ -436,3 +436,52 @@ def test_an_indexer_back_25_hours_after_a_pass_ended_scans_again(
     assert (after_the_pass.reindexing, after_the_pass.reindex_pass) == (False, 2)
     assert back.status().reindex_pass == 0
     assert_indexed_once_in_order(recorder, saves + meanwhile + later)
+
+
+class ParentAgedOut(TrimmedStreams):
+    """The real streams client, as if the shard holding a checkpoint had aged out.
+
+    DynamoDB Streams lists a closed shard until its records expire, then its
+    child alone (whose ``ParentShardId`` names it). DynamoDB Local never
+    rolls shards over: after :attr:`renamed` is set, its one shard is listed
+    under a new id, as the child of the old, unlisted one.
+    """
+
+    def __init__(self, client: Any) -> None:
+        super().__init__(client)
+        self.renamed: tuple[str, str] | None = None
+
+    def describe_stream(self, **params: Any) -> dict[str, Any]:
+        response = super().describe_stream(**params)
+        if self.renamed is not None:
+            old, new = self.renamed
+            for shard in response["StreamDescription"]["Shards"]:
+                if shard["ShardId"] == old:
+                    shard["ShardId"] = new
+                    shard["ParentShardId"] = old
+        return response
+
+    def get_shard_iterator(self, **params: Any) -> dict[str, Any]:
+        if self.renamed is not None and params.get("ShardId") == self.renamed[1]:
+            params["ShardId"] = self.renamed[0]
+        return super().get_shard_iterator(**params)
+
+
+def test_a_checkpointed_shard_gone_from_the_stream_unfinished_is_reindexed(
+    recorder: DynamoDBIndexedApplicationRecorder, small_pages: None
+) -> None:
+    """An indexer back after a day finds its shard gone: it re-indexes, in full."""
+    streams = ParentAgedOut(recorder.connection.streams_client())
+    before = random_saves(recorder, 10, seed=11)
+    first = Indexer(recorder, streams_client=streams)
+    index_until(first, recorder, every_event(before))
+    offline = random_saves(recorder, 25, seed=12)  # saved while it was away
+    streams.trim(first.stream_arn, keep=5)
+    shards = streams.client.describe_stream(StreamArn=first.stream_arn)
+    shard = shards["StreamDescription"]["Shards"][0]["ShardId"]
+    streams.renamed = (shard, shard + "-child")
+
+    back = Indexer(recorder, streams_client=streams)
+    index_until(back, recorder, every_event(before + offline), timeout=30.0)
+
+    assert_indexed_once_in_order(recorder, before + offline)

@@ -73,6 +73,8 @@ class _Round:
     """When the re-index's last pass began, until the first stream commit after it."""
     reindex_pass: int = 0
     """Which pass that is (0: none since the last stream commit)."""
+    ended_shards: set[str] | None = None
+    """Shards recorded as read to their end (None: none recorded yet)."""
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,9 @@ checked: an aggregate's first event ever (whether earlier versions exist
 unindexed is not read).
 
 Falling behind: when an iterator after a checkpoint is refused as trimmed
-(past the stream's 24 hours), or on a first run whose stream may not hold
+(past the stream's 24 hours), when a checkpointed shard has left the stream
+before the indexer recorded reading it to its end (its records expired, and
+its child's start would never be refused), or on a first run whose stream may not hold
 every event in the table (it is older than 23 hours, or younger than the
 table), the indexer re-indexes from the events table (see :meth:`Indexer.reindex`
 and :mod:`ledger.reindexing`), then goes on from the stream's TRIM_HORIZON,
@@ -254,6 +256,23 @@ class Indexer(Reindexing, StreamPoller):
             return 1
         self.checkpoints.numbers = dict(state.checkpoints)
         listed = {shard["ShardId"]: shard for shard in shards}
+        ended = {s for s in listed if self._read_to_its_end(listed[s])}
+        gone = sorted(
+            shard_id
+            for shard_id in state.checkpoints
+            if shard_id not in listed and shard_id not in (state.ended_shards or ())
+        )
+        if gone:
+            # DynamoDB Streams lists a closed shard until its records expire: a
+            # shard gone before the indexer recorded reading it to its end may
+            # have taken records the index lacks (its children, read from
+            # their start, are never refused as trimmed).
+            self._start_reindex(
+                state,
+                f"shard {gone[0]} left the stream before the indexer recorded "
+                "reading it to its end",
+            )
+            return 1
         try:
             parents = self._read_shards(shards, state)
         except _TrimmedError as trimmed:
@@ -284,7 +303,16 @@ class Indexer(Reindexing, StreamPoller):
             # The stream is read after checkpoints again: a later loss shows
             # as a trimmed refusal, no longer by the clock.
             back_on_stream = {schema.REINDEX_STARTED: None, schema.REINDEX_PASS: None}
-        self._write(state, events, new_checkpoints, back_on_stream)
+        ended |= {
+            shard_id
+            for shard_id, number in new_checkpoints.items()
+            if shard_id in state.ended and number == state.ended[shard_id]
+        }
+        marks = {
+            schema.ENDED_SHARDS: {"SS": sorted(ended)} if ended else None,
+            **(back_on_stream or {}),
+        }
+        self._write(state, events, new_checkpoints, marks)
         self._report(IndexRound(len(events), len(read), _oldest_age_ms(read)))
         return len(consumed)
 
@@ -374,6 +402,8 @@ class Indexer(Reindexing, StreamPoller):
         if schema.REINDEX_STARTED in item:
             state.reindex_started = float(item[schema.REINDEX_STARTED]["N"])
             state.reindex_pass = int(item[schema.REINDEX_PASS]["N"])
+        if schema.ENDED_SHARDS in item:
+            state.ended_shards = set(item[schema.ENDED_SHARDS]["SS"])
         return state
 
     def _read_shard(self, shard: Mapping[str, Any], state: _Round) -> list[_Record]:

@@ -149,6 +149,10 @@ pass began (epoch seconds, the indexer's clock). The stream holds every save
 made since only until this moment plus its retention; past that, another pass."""
 REINDEX_PASS: Final = "reindex_pass"  # noqa: S105 - an attribute name
 """(N) with ``reindex_started``: which pass of the re-index that is (from 1)."""
+ENDED_SHARDS: Final = "ended_shards"
+"""(SS) on the indexer's checkpoints item: listed shards it read to their end.
+A checkpointed shard that leaves ``DescribeStream`` without being among them
+may have lost records the index lacks: the indexer re-indexes."""
 REINDEXED_AT: Final = "reindexed_at"
 """(N) on the indexer's checkpoints item: when its last re-index finished
 (epoch seconds); stream records older than that may be indexed already."""

@@ -35,10 +35,10 @@ from ledger.sagas import (
     SagaRunner,
     TimeoutPoller,
 )
+from tests import test_saga_fulfilment as fulfilment_tests
 from tests.faults import FaultProxy
 from tests.test_corrupt_batches import DAMAGE, damage_batch
 from tests.test_saga_fulfilment import (
-    INDEXED,
     LATER,
     TEA,
     Shop,
@@ -53,17 +53,8 @@ WAIT = 30.0
 STOCK = 1000
 
 
-@pytest.fixture(params=["sequence", "indexed"])
-def shop_env(
-    request: pytest.FixtureRequest,
-    dynamodb_env: dict[str, str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> dict[str, str]:
-    if request.param == "sequence":
-        return dynamodb_env
-    for key, value in INDEXED.items():
-        monkeypatch.setenv(key, value)
-    return {**dynamodb_env, **INDEXED}
+# The fulfilment tests' fixture: every application on one ordering, then the other.
+shop_env = fulfilment_tests.shop_env
 
 
 @pytest.fixture

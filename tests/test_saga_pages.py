@@ -24,9 +24,9 @@ from aggregates.fulfilment import Fact, OrderFulfilment
 from aggregates.order import OrderStatus
 from ledger.dynamodb import Meter, connection_of, measure
 from ledger.sagas import PARKED_TABLE
+from tests import test_saga_fulfilment as fulfilment_tests
 from tests.faults import CUT, LOSE_RESPONSE, FaultProxy
 from tests.test_saga_fulfilment import (
-    INDEXED,
     TEA,
     Crash,
     Shop,
@@ -55,17 +55,8 @@ def requests_by_table(app: Any) -> Iterator[tuple[Meter, list[tuple[str, str]]]]
         events.unregister("provide-client-params.dynamodb", note)
 
 
-@pytest.fixture(params=["sequence", "indexed"])
-def shop_env(
-    request: pytest.FixtureRequest,
-    dynamodb_env: dict[str, str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> dict[str, str]:
-    if request.param == "sequence":
-        return dynamodb_env
-    for key, value in INDEXED.items():
-        monkeypatch.setenv(key, value)
-    return {**dynamodb_env, **INDEXED}
+# The fulfilment tests' fixture: every application on one ordering, then the other.
+shop_env = fulfilment_tests.shop_env
 
 
 @pytest.fixture

@@ -429,17 +429,29 @@ def stream_numbers(recorder: DynamoDBIndexedApplicationRecorder) -> dict[Any, in
     return numbers
 
 
+def straddling_saves(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> tuple[list[list[StoredEvent]], int]:
+    """Save a save between two others; return the three and a split inside it.
+
+    The split is the save's first record's sequence number: a shard split
+    there puts its second record in the child.
+    """
+    first, second, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    saves = [
+        [stored(other, 1)],
+        [stored(first, 1), stored(second, 1)],
+        [stored(other, 2)],
+    ]
+    for save in saves:
+        recorder.insert_events(save)
+    return saves, stream_numbers(recorder)[str(first), 1]
+
+
 def test_a_save_straddling_a_shard_split_is_indexed_whole(
     recorder: DynamoDBIndexedApplicationRecorder,
 ) -> None:
-    first, second, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    before = [stored(other, 1)]
-    straddling = [stored(first, 1), stored(second, 1)]
-    after = [stored(other, 2)]
-    for save in (before, straddling, after):
-        recorder.insert_events(save)
-    # The shard splits after the save's first record: its second is the child's.
-    split = stream_numbers(recorder)[str(first), 1]
+    (before, straddling, after), split = straddling_saves(recorder)
     streams = SplitStreams(recorder.connection.streams_client(), split)
     indexer = Indexer(recorder, streams_client=streams)
 
@@ -548,13 +560,7 @@ class EndOnEmptyPage(SplitStreams):
 def test_a_closed_parent_is_read_to_an_end_told_on_an_empty_page(
     recorder: DynamoDBIndexedApplicationRecorder,
 ) -> None:
-    first, second, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    before = [stored(other, 1)]
-    straddling = [stored(first, 1), stored(second, 1)]
-    after = [stored(other, 2)]
-    for save in (before, straddling, after):
-        recorder.insert_events(save)
-    split = stream_numbers(recorder)[str(first), 1]
+    (before, straddling, after), split = straddling_saves(recorder)
     streams = EndOnEmptyPage(recorder.connection.streams_client(), split)
     indexer = Indexer(recorder, streams_client=streams)
 

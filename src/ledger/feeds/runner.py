@@ -202,16 +202,10 @@ class Runner:
         doubling up to 30 s): nothing is lost, since a poll checkpoints only
         what the consumer handled.
         """
-        outage = Outage(f"feeding {self.consumer.name}", self.interval)
-        while not stop.is_set():
-            try:
-                done = self.poll()
-            except OperationalError as error:
-                stop.wait(outage.failed(error))
-                continue
-            outage.recovered()
-            if not done:
-                stop.wait(self.interval)
+        # Imported here: the stream feed's module imports the projector's.
+        from ledger.projections.streams import run_polls  # noqa: PLC0415
+
+        run_polls(self.poll, stop, interval=self.interval)
 
     def start(self) -> Runner:
         """Run in a daemon thread until :meth:`stop` (in-process: tests, the demo)."""

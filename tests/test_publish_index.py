@@ -12,7 +12,6 @@ go through ``tests/faults.py``'s proxy.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -25,17 +24,16 @@ from ledger.index_consumers import publication_handler
 from ledger.projections.metrics import LAG, MemoryMetrics
 from ledger.publishing import Publisher
 from projections.integration import OrderEvents
+from tests import test_publisher as publisher_tests
 from tests.test_corrupt_batches import DAMAGE, damage_batch, three_orders
 from tests.test_index_consumers import SCHEDULED, with_time_to_work
 from tests.test_publisher import (
     NO_WAITING,
     PUBLISHED,
-    Bus,
     RefusingClient,
     a_life_of_orders,
     expected_ids,
     ids,
-    local_eventbridge,
 )
 
 DEADLINE = 30.0
@@ -43,26 +41,10 @@ EVENTS = 10
 """Events :func:`a_life_of_orders` saves: positions 1 to 10 of the sequence."""
 
 
-@pytest.fixture(scope="module")
-def eventbridge_endpoint() -> Iterator[str]:
-    with local_eventbridge() as endpoint:
-        yield endpoint
-
-
-@pytest.fixture
-def bus(eventbridge_endpoint: str) -> Bus:
-    return Bus(f"bus-{uuid.uuid4().hex[:12]}", eventbridge_endpoint).create()
-
-
-@pytest.fixture
-def publisher_env(
-    dynamodb_env: dict[str, str], bus: Bus, eventbridge_endpoint: str
-) -> dict[str, str]:
-    return {
-        **dynamodb_env,
-        "PUBLISHER_EVENT_BUS": bus.name,
-        "EVENTBRIDGE_ENDPOINT_URL": eventbridge_endpoint,
-    }
+# The publisher tests' fixtures: a local EventBridge, a bus, the environment.
+eventbridge_endpoint = publisher_tests.eventbridge_endpoint
+bus = publisher_tests.bus
+publisher_env = publisher_tests.publisher_env
 
 
 @pytest.fixture

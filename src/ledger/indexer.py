@@ -144,9 +144,9 @@ class IndexStatus:
     trimmed: bool = False
     """Whether a checkpoint is past the stream's retention (a re-index is due)."""
     reindex_pass: int = 0
-    """Which pass of the re-index is under way, or was the last (0: none
-    since the indexer last committed stream checkpoints). A pass that began
-    more than the stream's retention ago is followed by another."""
+    """Which pass of the re-index is under way, or was the last (0: none, or
+    every shard the stream lists has had a stream checkpoint since). A pass
+    that began more than the stream's retention ago is followed by another."""
 
 
 class _Checkpoints:
@@ -292,17 +292,14 @@ class Indexer(Reindexing, StreamPoller):
             if len(done) == len(records) and shard_id in state.ended:
                 new_checkpoints[shard_id] = state.ended[shard_id]
         read = [r for records in state.read.values() for r in records]
-        if new_checkpoints == state.checkpoints:
+        committing = new_checkpoints != state.checkpoints
+        back_on_stream = self._stream_marks(state, listed, new_checkpoints)
+        if not committing and not back_on_stream:
             self._report(IndexRound(0, len(read), _oldest_age_ms(read)))
             return 0
         fresh = self._not_indexed(state, [r for unit in taken for r in unit if r.entry])
         events = _in_version_order(fresh)
         self._check_versions(events)
-        back_on_stream = None
-        if state.reindex_started is not None and new_checkpoints:
-            # The stream is read after checkpoints again: a later loss shows
-            # as a trimmed refusal, no longer by the clock.
-            back_on_stream = {schema.REINDEX_STARTED: None, schema.REINDEX_PASS: None}
         ended |= {
             shard_id
             for shard_id, number in new_checkpoints.items()
@@ -310,7 +307,7 @@ class Indexer(Reindexing, StreamPoller):
         }
         marks = {
             schema.ENDED_SHARDS: {"SS": sorted(ended)} if ended else None,
-            **(back_on_stream or {}),
+            **back_on_stream,
         }
         self._write(state, events, new_checkpoints, marks)
         self._report(IndexRound(len(events), len(read), _oldest_age_ms(read)))

@@ -21,8 +21,11 @@ Streams keeps a record 24 hours. So when the pass began is kept on the
 checkpoints item, and if the indexer would go back to the stream more than
 24 hours (less 10 minutes for clocks) after it, it runs another pass
 instead, which appends only what the index lacks; passes follow until one
-ends within the stream's retention. From the first commit of stream
-checkpoints after it, a later loss shows as a trimmed refusal.
+ends within the stream's retention. Back on the stream, a loss in a shard
+with a checkpoint shows as a trimmed refusal, and a shard read to its end
+has nothing left to lose; but a shard without a checkpoint is read from its
+TRIM_HORIZON, which is never refused. So the pass is remembered until every
+shard the stream lists has a checkpoint (see :meth:`Reindexing._stream_marks`).
 
 Costs of a round of a re-index: a strongly consistent Scan page (up to 500
 items) and one transaction; the first round of each process reads the whole
@@ -33,7 +36,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from eventsourcing.persistence import DataError
@@ -174,14 +177,46 @@ class Reindexing:
         needs every record written since the pass began: a save the Scan had
         passed already is only there. DynamoDB Streams keeps a record 24
         hours, so once that much (less a margin for the clocks of the hosts
-        that started the pass and that check it) has gone by before the
-        first stream checkpoints are committed, those records may be gone:
-        the events table is scanned again (appending only what the index
-        lacks), until a pass ends within the stream's retention.
+        that started the pass and that check it) has gone by since it began,
+        while a listed shard has no checkpoint yet (see
+        :meth:`_stream_marks`), those records may be gone: the events table is
+        scanned again (appending only what the index lacks), until a pass
+        ends within the stream's retention.
         """
         if state.scan is not None or state.reindex_started is None:
             return False
         return self.clock() > state.reindex_started + RETENTION - 2 * _CLOCK_MARGIN
+
+    def _stream_marks(
+        self,
+        state: _Round,
+        listed: Collection[str],
+        checkpoints: Mapping[str, str],
+    ) -> dict[str, Any]:
+        """Return the re-index marks a round back on the stream sets or removes.
+
+        ``listed``: the shards this round's DescribeStream listed;
+        ``checkpoints``: those the round commits.
+
+        A loss in a shard with a checkpoint shows as a trimmed refusal (or,
+        the shard gone unfinished, as a re-index), and a shard read to its
+        end has nothing left to lose; a shard without a checkpoint (a sibling
+        or child holding a save back, a child waiting for its parent, an
+        empty shard) is read from its TRIM_HORIZON, which is never refused.
+        So the pass is kept until every listed shard has a checkpoint. (A
+        shard no longer listed aged out 24 hours after its last record, by
+        when the clock has called for another pass; a shard made since holds
+        only records written since.)
+        """
+        if state.reindex_started is None:
+            return {}
+        without = [shard_id for shard_id in listed if shard_id not in checkpoints]
+        if not without:
+            return {
+                schema.REINDEX_STARTED: None,
+                schema.REINDEX_PASS: None,
+            }
+        return {}
 
     def _stream_may_lack_events(self) -> bool:
         """Whether, on a first run, the stream may miss events of the table.

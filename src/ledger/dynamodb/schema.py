@@ -144,9 +144,10 @@ scanned events held back (a save not wholly scanned yet, and what follows it
 of its aggregates)."""
 REINDEX_STARTED: Final = "reindex_started"
 """(N) on the indexer's checkpoints item, from the start of a re-index's pass
-until the indexer's first commit of stream checkpoints after it: when that
-pass began (epoch seconds, the indexer's clock). The stream holds every save
-made since only until this moment plus its retention; past that, another pass."""
+until a commit of stream checkpoints after it leaves no listed shard without
+one: when that pass began (epoch seconds, the indexer's clock). The stream
+holds every save made since only until this moment plus its retention;
+past that, another pass."""
 REINDEX_PASS: Final = "reindex_pass"  # noqa: S105 - an attribute name
 """(N) with ``reindex_started``: which pass of the re-index that is (from 1)."""
 ENDED_SHARDS: Final = "ended_shards"

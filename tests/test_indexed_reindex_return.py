@@ -33,7 +33,11 @@ from tests.test_indexed_guarantees import (
     random_saves,
     stream_numbers,
 )
-from tests.test_indexed_reindex import every_event, expire_once_written
+from tests.test_indexed_reindex import (
+    checkpoints_item,
+    every_event,
+    expire_once_written,
+)
 
 
 @pytest.fixture
@@ -73,6 +77,11 @@ def numbers_once_in_the_stream(
         if all((str(e.originator_id), e.originator_version) in numbers for e in saved):
             return numbers
         assert time.monotonic() < deadline, "the stream lacks a record of a save"
+
+
+def scans(recorder: DynamoDBIndexedApplicationRecorder) -> int:
+    """Scans of the events table the recorder's connection has made so far."""
+    return recorder.connection.total.calls["Scan"]
 
 
 def test_a_pass_is_kept_while_a_child_shard_without_a_checkpoint_holds_a_save(
@@ -122,3 +131,69 @@ def test_a_pass_is_kept_while_a_child_shard_without_a_checkpoint_holds_a_save(
     assert kept == 1
     assert back.status().reindex_pass == 2
     assert_indexed_once_in_order(recorder, before + after)
+
+
+def idle_after_a_pass(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> tuple[list[list[StoredEvent]], TrimmedStreams, Clock, Indexer]:
+    """Save, expire the whole stream, and re-index: the stream holds nothing after."""
+    saves = random_saves(recorder, 8, seed=22)
+    streams = TrimmedStreams(recorder.connection.streams_client())
+    clock = Clock()
+    indexer = Indexer(recorder, streams_client=streams, clock=clock)
+    expire_once_written(streams, indexer.stream_arn, every_event(saves))
+    indexer.reindex(timeout=60)
+    return saves, streams, clock, indexer
+
+
+def test_an_idle_stream_after_a_pass_is_not_scanned_again_every_day(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> None:
+    """The indexer runs on for two days after a pass; no record arrives.
+
+    Each round reads the shard (which has no checkpoint) to its tip and
+    finds nothing, so nothing written to it can have been trimmed unread:
+    the 24 hours count from the latest such round (written hourly), and
+    no second pass scans the events table. The first record read gives the
+    shard a checkpoint, and the pass is forgotten.
+    """
+    saves, _streams, clock, indexer = idle_after_a_pass(recorder)
+    scans_after_the_pass = scans(recorder)
+    scanned_by: dict[int, int] = {}
+    for hour in range(50):
+        clock.hours = hour
+        indexer.poll()
+        scanned_by[hour] = scans(recorder) - scans_after_the_pass
+    idle = indexer.status()
+    idle_item = checkpoints_item(recorder)
+    later = random_saves(recorder, 2, seed=23)
+    index_until(indexer, recorder, every_event(later))
+
+    assert (scanned_by[25], scanned_by[49]) == (0, 0)
+    assert (idle.reindexing, idle.reindex_pass) == (False, 1)
+    assert schema.REINDEX_CAUGHT_UP in idle_item
+    assert indexer.status().reindex_pass == 0
+    assert schema.REINDEX_CAUGHT_UP not in checkpoints_item(recorder)
+    assert_indexed_once_in_order(recorder, saves + later)
+
+
+def test_an_indexer_stopped_a_day_on_an_idle_stream_after_a_pass_scans_again(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> None:
+    """Idle for 10 hours after a pass, then stopped; saves come, and 26 hours go by.
+
+    The stream looks idle again when the indexer is back (the saves'
+    records expired), but it was not read meanwhile: another pass.
+    """
+    saves, streams, clock, indexer = idle_after_a_pass(recorder)
+    for hour in range(11):
+        clock.hours = hour
+        indexer.poll()
+    later = random_saves(recorder, 4, seed=24)
+    expire_once_written(streams, indexer.stream_arn, every_event(saves + later))
+    clock.hours = 36.0
+
+    index_until(indexer, recorder, every_event(later), timeout=30.0)
+
+    assert indexer.status().reindex_pass == 2
+    assert_indexed_once_in_order(recorder, saves + later)

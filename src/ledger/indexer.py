@@ -146,7 +146,8 @@ class IndexStatus:
     reindex_pass: int = 0
     """Which pass of the re-index is under way, or was the last (0: none, or
     every shard the stream lists has had a stream checkpoint since). A pass
-    that began more than the stream's retention ago is followed by another."""
+    that began more than the stream's retention before the indexer could
+    tell the stream held what the index lacks is followed by another."""
 
 
 class _Checkpoints:
@@ -233,6 +234,7 @@ class Indexer(Reindexing, StreamPoller):
         A round of a re-index (see :meth:`reindex`) scans one page of the
         events table; one that starts a re-index counts as one.
         """
+        began = self.clock()  # before the listing: see Reindexing._stream_marks
         shards = self._shards()
         state = self._read_state()
         if state.revision != self._revision_written:
@@ -245,9 +247,10 @@ class Indexer(Reindexing, StreamPoller):
         if self._another_pass_due(state):
             self._start_reindex(
                 state,
-                f"pass {state.reindex_pass} began more than the stream's "
-                "retention ago: saves made early in it may be gone from the "
-                "stream, so the events table is scanned again",
+                f"pass {state.reindex_pass} began (or the shards without a "
+                "checkpoint were last found empty) more than the stream's "
+                "retention ago: saves made since may be gone from the stream, "
+                "so the events table is scanned again",
                 reindex_pass=state.reindex_pass + 1,
             )
             return 1
@@ -293,7 +296,9 @@ class Indexer(Reindexing, StreamPoller):
                 new_checkpoints[shard_id] = state.ended[shard_id]
         read = [r for records in state.read.values() for r in records]
         committing = new_checkpoints != state.checkpoints
-        back_on_stream = self._stream_marks(state, listed, new_checkpoints)
+        back_on_stream = self._stream_marks(
+            state, listed, new_checkpoints, began, committing=committing
+        )
         if not committing and not back_on_stream:
             self._report(IndexRound(0, len(read), _oldest_age_ms(read)))
             return 0
@@ -399,6 +404,8 @@ class Indexer(Reindexing, StreamPoller):
         if schema.REINDEX_STARTED in item:
             state.reindex_started = float(item[schema.REINDEX_STARTED]["N"])
             state.reindex_pass = int(item[schema.REINDEX_PASS]["N"])
+        if schema.REINDEX_CAUGHT_UP in item:
+            state.reindex_caught_up = float(item[schema.REINDEX_CAUGHT_UP]["N"])
         if schema.ENDED_SHARDS in item:
             state.ended_shards = set(item[schema.ENDED_SHARDS]["SS"])
         return state

@@ -197,3 +197,40 @@ def test_an_indexer_stopped_a_day_on_an_idle_stream_after_a_pass_scans_again(
 
     assert indexer.status().reindex_pass == 2
     assert_indexed_once_in_order(recorder, saves + later)
+
+
+def test_a_child_waiting_for_its_checkpointed_parent_calls_for_no_second_pass(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> None:
+    """A backlog the indexer is still reading when the pass's 24 hours run out.
+
+    The closed parent holds more records than a round reads: checkpointed
+    short of its end, it keeps its child (read after it) waiting. The
+    child's records are younger than the parent's unread ones, whose loss
+    would show as a trimmed refusal, so the child holds no second pass.
+    """
+    aggregate = uuid.uuid4()
+    before = [[stored(aggregate, version)] for version in range(1, 151)]
+    for save in before:
+        recorder.insert_events(save)
+    clock = Clock()
+    split = SplitStreams(recorder.connection.streams_client(), split=0)
+    indexer = Indexer(recorder, batch_size=100, streams_client=split, clock=clock)
+    indexer.reindex(timeout=60)  # pass 1
+    after = random_saves(recorder, 4, seed=25)
+    numbers = numbers_once_in_the_stream(recorder, every_event(before + after))
+    split.split = numbers[str(aggregate), 150]  # the saves after the pass: the child
+    scans_after_the_pass = scans(recorder)
+    clock.hours = 23.0
+    indexer.poll()  # 100 records of the parent
+    parent_only = indexer._read_state().checkpoints
+
+    clock.hours = 23.95  # past the pass's start plus 24 hours less 10 minutes
+    index_until(indexer, recorder, every_event(after))
+    indexer.catch_up()
+
+    assert list(parent_only) == [split.parent]
+    assert int(parent_only[split.parent]) < split.split
+    assert scans(recorder) == scans_after_the_pass
+    assert indexer.status().reindex_pass == 0
+    assert_indexed_once_in_order(recorder, before + after)

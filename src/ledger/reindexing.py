@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from eventsourcing.persistence import DataError
@@ -196,7 +196,7 @@ class Reindexing:
     def _stream_marks(
         self,
         state: _Round,
-        listed: Collection[str],
+        listed: Mapping[str, Mapping[str, Any]],
         checkpoints: Mapping[str, str],
         began: float,
         *,
@@ -204,7 +204,7 @@ class Reindexing:
     ) -> dict[str, Any]:
         """Return the re-index marks a round back on the stream sets or removes.
 
-        ``listed``: the shards this round's DescribeStream listed;
+        ``listed``: the shards this round's DescribeStream listed, by id;
         ``checkpoints``: those the round commits; ``began``: the clock before
         that listing.
 
@@ -219,7 +219,8 @@ class Reindexing:
         only records written since.)
 
         Meanwhile, when a round read each shard without a checkpoint to its
-        tip and found nothing, no record of them written before ``began`` is
+        tip and found nothing (but those :func:`_covered` by an ancestor's
+        checkpoint), no record of them written before ``began`` is
         unread: one trimmed by then was written 24 hours before it, so before
         the stream had to hold records from (the round began within the time
         :meth:`_another_pass_due` allows). So the 24 hours count from
@@ -239,7 +240,8 @@ class Reindexing:
                 schema.REINDEX_PASS: None,
                 schema.REINDEX_CAUGHT_UP: None,
             }
-        if any(state.read.get(shard_id) != [] for shard_id in without):
+        uncovered = [s for s in without if not _covered(s, listed, checkpoints)]
+        if any(state.read.get(shard_id) != [] for shard_id in uncovered):
             return {}  # not read this round, or read and held back
         if not committing and began < since + _CAUGHT_UP_REFRESH:
             return {}
@@ -458,6 +460,37 @@ def _stream_needed_since(state: _Round) -> float | None:
     if state.reindex_started is None:
         return None
     return max(state.reindex_started, state.reindex_caught_up or 0.0)
+
+
+def _covered(
+    shard_id: str,
+    listed: Mapping[str, Mapping[str, Any]],
+    checkpoints: Mapping[str, str],
+) -> bool:
+    """Whether an ancestor's checkpoint covers a shard that has none.
+
+    It does when the nearest listed ancestor with a checkpoint is not read
+    to its end: the shard's records are younger than that ancestor's unread
+    ones (a child's come after its parent's), so a loss of them shows as a
+    trimmed refusal of the ancestor's checkpoint, or the ancestor leaving
+    the stream unfinished, as in steady running. (A child waiting for such
+    a parent, with a backlog to read, holds back no second pass.)
+    """
+    seen = {shard_id}
+    while True:
+        parent_id = listed[shard_id].get("ParentShardId")
+        if parent_id is None or parent_id not in listed or parent_id in seen:
+            return False
+        number = checkpoints.get(parent_id)
+        if number is not None:
+            ending = (
+                listed[parent_id]
+                .get("SequenceNumberRange", {})
+                .get("EndingSequenceNumber")
+            )
+            return ending is None or int(number) < int(ending)
+        seen.add(parent_id)
+        shard_id = parent_id
 
 
 def _scanned(item: Mapping[str, Any]) -> _Record:

@@ -31,7 +31,8 @@ meanwhile a round that finds each such shard empty to its tip moves the
 
 Costs of a round of a re-index: a strongly consistent Scan page (up to 500
 items) and one transaction; the first round of each process reads the whole
-sequence once.
+sequence once. After it, while a listed shard has no checkpoint, rounds that
+find nothing write the checkpoints item once an hour (one transaction).
 """
 
 from __future__ import annotations

@@ -70,9 +70,13 @@ class _Round:
     held: list[Item] = field(default_factory=list)
     reindexed_at: float | None = None
     reindex_started: float | None = None
-    """When the re-index's last pass began, until the first stream commit after it."""
+    """When the re-index's last pass began, until a stream commit leaves no
+    listed shard without a checkpoint."""
     reindex_pass: int = 0
-    """Which pass that is (0: none since the last stream commit)."""
+    """Which pass that is (0: none, or every listed shard checkpointed since)."""
+    reindex_caught_up: float | None = None
+    """When, after that pass, a round last began that found every listed
+    shard without a checkpoint empty to its tip (None: none has)."""
     ended_shards: set[str] | None = None
     """Shards recorded as read to their end (None: none recorded yet)."""
 

@@ -144,9 +144,10 @@ class IndexStatus:
     trimmed: bool = False
     """Whether a checkpoint is past the stream's retention (a re-index is due)."""
     reindex_pass: int = 0
-    """Which pass of the re-index is under way, or was the last (0: none
-    since the indexer last committed stream checkpoints). A pass that began
-    more than the stream's retention ago is followed by another."""
+    """Which pass of the re-index is under way, or was the last (0: none, or
+    every shard the stream lists has had a stream checkpoint since). A pass
+    that began more than the stream's retention before the indexer could
+    tell the stream held what the index lacks is followed by another."""
 
 
 class _Checkpoints:
@@ -233,6 +234,7 @@ class Indexer(Reindexing, StreamPoller):
         A round of a re-index (see :meth:`reindex`) scans one page of the
         events table; one that starts a re-index counts as one.
         """
+        began = self.clock()  # before the listing: see Reindexing._stream_marks
         shards = self._shards()
         state = self._read_state()
         if state.revision != self._revision_written:
@@ -245,9 +247,10 @@ class Indexer(Reindexing, StreamPoller):
         if self._another_pass_due(state):
             self._start_reindex(
                 state,
-                f"pass {state.reindex_pass} began more than the stream's "
-                "retention ago: saves made early in it may be gone from the "
-                "stream, so the events table is scanned again",
+                f"pass {state.reindex_pass} began (or the shards without a "
+                "checkpoint were last found empty) more than the stream's "
+                "retention ago: saves made since may be gone from the stream, "
+                "so the events table is scanned again",
                 reindex_pass=state.reindex_pass + 1,
             )
             return 1
@@ -292,17 +295,16 @@ class Indexer(Reindexing, StreamPoller):
             if len(done) == len(records) and shard_id in state.ended:
                 new_checkpoints[shard_id] = state.ended[shard_id]
         read = [r for records in state.read.values() for r in records]
-        if new_checkpoints == state.checkpoints:
+        committing = new_checkpoints != state.checkpoints
+        back_on_stream = self._stream_marks(
+            state, listed, new_checkpoints, began, committing=committing
+        )
+        if not committing and not back_on_stream:
             self._report(IndexRound(0, len(read), _oldest_age_ms(read)))
             return 0
         fresh = self._not_indexed(state, [r for unit in taken for r in unit if r.entry])
         events = _in_version_order(fresh)
         self._check_versions(events)
-        back_on_stream = None
-        if state.reindex_started is not None and new_checkpoints:
-            # The stream is read after checkpoints again: a later loss shows
-            # as a trimmed refusal, no longer by the clock.
-            back_on_stream = {schema.REINDEX_STARTED: None, schema.REINDEX_PASS: None}
         ended |= {
             shard_id
             for shard_id, number in new_checkpoints.items()
@@ -310,7 +312,7 @@ class Indexer(Reindexing, StreamPoller):
         }
         marks = {
             schema.ENDED_SHARDS: {"SS": sorted(ended)} if ended else None,
-            **(back_on_stream or {}),
+            **back_on_stream,
         }
         self._write(state, events, new_checkpoints, marks)
         self._report(IndexRound(len(events), len(read), _oldest_age_ms(read)))
@@ -402,6 +404,8 @@ class Indexer(Reindexing, StreamPoller):
         if schema.REINDEX_STARTED in item:
             state.reindex_started = float(item[schema.REINDEX_STARTED]["N"])
             state.reindex_pass = int(item[schema.REINDEX_PASS]["N"])
+        if schema.REINDEX_CAUGHT_UP in item:
+            state.reindex_caught_up = float(item[schema.REINDEX_CAUGHT_UP]["N"])
         if schema.ENDED_SHARDS in item:
             state.ended_shards = set(item[schema.ENDED_SHARDS]["SS"])
         return state

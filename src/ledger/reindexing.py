@@ -21,12 +21,18 @@ Streams keeps a record 24 hours. So when the pass began is kept on the
 checkpoints item, and if the indexer would go back to the stream more than
 24 hours (less 10 minutes for clocks) after it, it runs another pass
 instead, which appends only what the index lacks; passes follow until one
-ends within the stream's retention. From the first commit of stream
-checkpoints after it, a later loss shows as a trimmed refusal.
+ends within the stream's retention. Back on the stream, a loss in a shard
+with a checkpoint shows as a trimmed refusal, and a shard read to its end
+has nothing left to lose; but a shard without a checkpoint is read from its
+TRIM_HORIZON, which is never refused. So the pass is remembered until every
+shard the stream lists has a checkpoint (see :meth:`Reindexing._stream_marks`);
+meanwhile a round that finds each such shard empty to its tip moves the
+24 hours on to its own start, so an idle stream is not scanned again daily.
 
 Costs of a round of a re-index: a strongly consistent Scan page (up to 500
 items) and one transaction; the first round of each process reads the whole
-sequence once.
+sequence once. After it, while a listed shard has no checkpoint, rounds that
+find nothing write the checkpoints item once an hour (one transaction).
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ _STREAM_WITH_TABLE: Final = 60.0  # a stream made this soon after its table
 _CLOCK_MARGIN: Final = 300.0  # between this host's clock and DynamoDB's
 _SCAN_LIMIT: Final = 500
 _HELD_MAX: Final = 5_000  # keys of held events: well within one item's 400 KB
+_CAUGHT_UP_REFRESH: Final = 3600.0  # idle: a write an hour keeps the 24 h moving
 
 
 class Reindexing:
@@ -163,6 +170,7 @@ class Reindexing:
                 schema.REINDEX_HELD: {"L": []},
                 schema.REINDEX_STARTED: {"N": str(self.clock())},
                 schema.REINDEX_PASS: {"N": str(reindex_pass)},
+                schema.REINDEX_CAUGHT_UP: None,
             },
         )
         self._held = []
@@ -174,14 +182,71 @@ class Reindexing:
         needs every record written since the pass began: a save the Scan had
         passed already is only there. DynamoDB Streams keeps a record 24
         hours, so once that much (less a margin for the clocks of the hosts
-        that started the pass and that check it) has gone by before the
-        first stream checkpoints are committed, those records may be gone:
-        the events table is scanned again (appending only what the index
-        lacks), until a pass ends within the stream's retention.
+        that started the pass and that check it) has gone by since it began,
+        or since a round last found every shard without a checkpoint empty
+        to its tip (see :meth:`_stream_marks`), while a listed shard has no
+        checkpoint yet, those records may be gone: the events table is
+        scanned again (appending only what the index lacks), until a pass
+        ends within the stream's retention.
         """
-        if state.scan is not None or state.reindex_started is None:
+        since = _stream_needed_since(state)
+        if state.scan is not None or since is None:
             return False
-        return self.clock() > state.reindex_started + RETENTION - 2 * _CLOCK_MARGIN
+        return self.clock() > since + RETENTION - 2 * _CLOCK_MARGIN
+
+    def _stream_marks(
+        self,
+        state: _Round,
+        listed: Mapping[str, Mapping[str, Any]],
+        checkpoints: Mapping[str, str],
+        began: float,
+        *,
+        committing: bool,
+    ) -> dict[str, Any]:
+        """Return the re-index marks a round back on the stream sets or removes.
+
+        ``listed``: the shards this round's DescribeStream listed, by id;
+        ``checkpoints``: those the round commits; ``began``: the clock before
+        that listing.
+
+        A loss in a shard with a checkpoint shows as a trimmed refusal (or,
+        the shard gone unfinished, as a re-index), and a shard read to its
+        end has nothing left to lose; a shard without a checkpoint (a sibling
+        or child holding a save back, a child waiting for its parent, an
+        empty shard) is read from its TRIM_HORIZON, which is never refused.
+        So the pass is kept until every listed shard has a checkpoint. (A
+        shard no longer listed aged out 24 hours after its last record, by
+        when the clock has called for another pass; a shard made since holds
+        only records written since.)
+
+        Meanwhile, when a round read each shard without a checkpoint to its
+        tip and found nothing (but those :func:`_covered` by an ancestor's
+        checkpoint), no record of them written before ``began`` is
+        unread: one trimmed by then was written 24 hours before it, so before
+        the stream had to hold records from (the round began within the time
+        :meth:`_another_pass_due` allows). So the 24 hours count from
+        ``began`` (``reindex_caught_up``), written with the round's commit, or
+        by a round committing nothing once it is an hour newer than the one
+        stored: an idle stream is not scanned again. An empty page is taken
+        for a shard's tip, as the indexer's reads of open shards take a short
+        page.
+        """
+        since = _stream_needed_since(state)
+        if since is None:
+            return {}
+        without = [shard_id for shard_id in listed if shard_id not in checkpoints]
+        if not without:
+            return {
+                schema.REINDEX_STARTED: None,
+                schema.REINDEX_PASS: None,
+                schema.REINDEX_CAUGHT_UP: None,
+            }
+        uncovered = [s for s in without if not _covered(s, listed, checkpoints)]
+        if any(state.read.get(shard_id) != [] for shard_id in uncovered):
+            return {}  # not read this round, or read and held back
+        if not committing and began < since + _CAUGHT_UP_REFRESH:
+            return {}
+        return {schema.REINDEX_CAUGHT_UP: {"N": str(began)}}
 
     def _stream_may_lack_events(self) -> bool:
         """Whether, on a first run, the stream may miss events of the table.
@@ -389,6 +454,44 @@ class Reindexing:
             for r in records
             if r.entry is None or r.entry.version > indexed.get(r.entry.aggregate_id, 0)
         ]
+
+
+def _stream_needed_since(state: _Round) -> float | None:
+    """Since when the stream must hold every record the index lacks (None: no pass)."""
+    if state.reindex_started is None:
+        return None
+    return max(state.reindex_started, state.reindex_caught_up or 0.0)
+
+
+def _covered(
+    shard_id: str,
+    listed: Mapping[str, Mapping[str, Any]],
+    checkpoints: Mapping[str, str],
+) -> bool:
+    """Whether an ancestor's checkpoint covers a shard that has none.
+
+    It does when the nearest listed ancestor with a checkpoint is not read
+    to its end: the shard's records are younger than that ancestor's unread
+    ones (a child's come after its parent's), so a loss of them shows as a
+    trimmed refusal of the ancestor's checkpoint, or the ancestor leaving
+    the stream unfinished, as in steady running. (A child waiting for such
+    a parent, with a backlog to read, holds back no second pass.)
+    """
+    seen = {shard_id}
+    while True:
+        parent_id = listed[shard_id].get("ParentShardId")
+        if parent_id is None or parent_id not in listed or parent_id in seen:
+            return False
+        number = checkpoints.get(parent_id)
+        if number is not None:
+            ending = (
+                listed[parent_id]
+                .get("SequenceNumberRange", {})
+                .get("EndingSequenceNumber")
+            )
+            return ending is None or int(number) < int(ending)
+        seen.add(parent_id)
+        shard_id = parent_id
 
 
 def _scanned(item: Mapping[str, Any]) -> _Record:

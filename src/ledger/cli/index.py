@@ -254,8 +254,9 @@ def index_status(as_json: JsonOutput = False) -> None:
     ``reindexing``: a re-index from the events table is under way;
     ``reindex_pass``: which pass of it (a pass that began more than the
     stream's 24 hours before the indexer is back on the stream is followed by
-    another; 0 once stream checkpoints are committed again); ``trimmed``: a
-    checkpoint is past the stream's retention (the indexer will re-index).
+    another; 0 once every shard the stream lists has a checkpoint);
+    ``trimmed``: a checkpoint is past the stream's retention (the indexer
+    will re-index).
     Bounded cost: two GetItems, a DescribeStream, per shard
     a GetShardIterator, and at most 10 GetRecords plus one per shard.
     """

@@ -144,11 +144,16 @@ scanned events held back (a save not wholly scanned yet, and what follows it
 of its aggregates)."""
 REINDEX_STARTED: Final = "reindex_started"
 """(N) on the indexer's checkpoints item, from the start of a re-index's pass
-until the indexer's first commit of stream checkpoints after it: when that
-pass began (epoch seconds, the indexer's clock). The stream holds every save
-made since only until this moment plus its retention; past that, another pass."""
+until a commit of stream checkpoints after it leaves no listed shard without
+one: when that pass began (epoch seconds, the indexer's clock). The stream
+holds every save made since only until this moment plus its retention
+(or ``reindex_caught_up``'s, if later); past that, another pass."""
 REINDEX_PASS: Final = "reindex_pass"  # noqa: S105 - an attribute name
 """(N) with ``reindex_started``: which pass of the re-index that is (from 1)."""
+REINDEX_CAUGHT_UP: Final = "reindex_caught_up"
+"""(N) with ``reindex_started``, once the indexer is back on the stream: when
+a round last began that read every listed shard without a checkpoint to its
+tip, finding nothing (epoch seconds; rewritten at most hourly while idle)."""
 ENDED_SHARDS: Final = "ended_shards"
 """(SS) on the indexer's checkpoints item: listed shards it read to their end.
 A checkpointed shard that leaves ``DescribeStream`` without being among them

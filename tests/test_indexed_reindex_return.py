@@ -1,0 +1,236 @@
+"""The indexer back on the stream after a re-index pass: when the pass is forgotten.
+
+The stream must hold every record written since the pass began that the
+index lacks, until the indexer has read it or holds a checkpoint whose
+loss DynamoDB Streams refuses as trimmed. DynamoDB Local can neither age a
+stream, split a shard, nor make hours pass: the indexer gets a clock that
+jumps, ``TrimmedStreams`` (tests/indexed_support.py) expires records, and
+``SplitStreams`` (tests/test_indexed_guarantees.py) shows the table's one
+shard as a closed parent and its child.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from eventsourcing.persistence import StoredEvent
+
+from ledger.dynamodb import DynamoDBFactory, DynamoDBIndexedApplicationRecorder, schema
+from ledger.indexer import Indexer
+from tests.indexed_support import (
+    TrimmedStreams,
+    index_until,
+    indexed_factory,
+    stored,
+)
+from tests.test_indexed_guarantees import (
+    SplitStreams,
+    assert_indexed_once_in_order,
+    random_saves,
+    stream_numbers,
+)
+from tests.test_indexed_reindex import (
+    checkpoints_item,
+    every_event,
+    expire_once_written,
+)
+
+
+@pytest.fixture
+def factory(dynamodb_endpoint: str, table_prefix: str) -> Iterator[DynamoDBFactory]:
+    made = indexed_factory(dynamodb_endpoint, table_prefix)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def recorder(factory: DynamoDBFactory) -> DynamoDBIndexedApplicationRecorder:
+    made = factory.application_recorder()
+    assert isinstance(made, DynamoDBIndexedApplicationRecorder)
+    return made
+
+
+class Clock:
+    """The indexer's clock: this host's, ``hours`` ahead."""
+
+    def __init__(self) -> None:
+        self.hours = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.hours * 3600
+
+
+def numbers_once_in_the_stream(
+    recorder: DynamoDBIndexedApplicationRecorder, saved: list[StoredEvent]
+) -> dict[Any, int]:
+    """Return the stream's sequence numbers, once it holds a record of each saved.
+
+    The stream gets a save's records a moment after the save: poll for them.
+    """
+    deadline = time.monotonic() + 20
+    while True:
+        numbers = stream_numbers(recorder)
+        if all((str(e.originator_id), e.originator_version) in numbers for e in saved):
+            return numbers
+        assert time.monotonic() < deadline, "the stream lacks a record of a save"
+
+
+def scans(recorder: DynamoDBIndexedApplicationRecorder) -> int:
+    """Scans of the events table the recorder's connection has made so far."""
+    return recorder.connection.total.calls["Scan"]
+
+
+def test_a_pass_is_kept_while_a_child_shard_without_a_checkpoint_holds_a_save(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> None:
+    """A save made after a pass, in a child shard read from its TRIM_HORIZON.
+
+    Back on the stream, the closed parent is read to its end and
+    checkpointed, while the child holds the save back (one of its records
+    has not arrived). The indexer stops; 25 hours later the stream has
+    expired the save's records. A child without a checkpoint is read from
+    its TRIM_HORIZON, which is never refused: only the pass, still
+    remembered, says the stream may lack what the index lacks.
+    """
+    before = random_saves(recorder, 6, seed=21)
+    split = SplitStreams(recorder.connection.streams_client(), split=0)
+    streams = TrimmedStreams(split)
+    clock = Clock()
+    indexer = Indexer(recorder, streams_client=streams, clock=clock)
+    indexer.reindex(timeout=60)  # pass 1
+    single, first, second = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    after = [[stored(single, 1)], [stored(first, 1), stored(second, 1)]]
+    for save in after:
+        recorder.insert_events(save)
+    split.split = numbers_once_in_the_stream(recorder, every_event(after))[
+        str(single), 1
+    ]  # the parent ends at the single event; the save of two is in the child
+
+    def withhold_second(records: list[Any]) -> list[Any]:
+        return [
+            r
+            for r in records
+            if r["dynamodb"]["Keys"][schema.AGGREGATE_ID]["S"] != str(second)
+        ]
+
+    streams.alter = withhold_second
+    index_until(indexer, recorder, after[0])  # the parent, to its end
+    checkpoints = indexer._read_state().checkpoints
+    assert checkpoints == {split.parent: str(split.split)}  # the child: none
+    kept = indexer.status().reindex_pass
+    clock.hours = 25.0
+    expire_once_written(streams, indexer.stream_arn, every_event(before + after))
+
+    back = Indexer(recorder, streams_client=streams, clock=clock)
+    index_until(back, recorder, after[1], timeout=30.0)
+
+    assert kept == 1
+    assert back.status().reindex_pass == 2
+    assert_indexed_once_in_order(recorder, before + after)
+
+
+def idle_after_a_pass(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> tuple[list[list[StoredEvent]], TrimmedStreams, Clock, Indexer]:
+    """Save, expire the whole stream, and re-index: the stream holds nothing after."""
+    saves = random_saves(recorder, 8, seed=22)
+    streams = TrimmedStreams(recorder.connection.streams_client())
+    clock = Clock()
+    indexer = Indexer(recorder, streams_client=streams, clock=clock)
+    expire_once_written(streams, indexer.stream_arn, every_event(saves))
+    indexer.reindex(timeout=60)
+    return saves, streams, clock, indexer
+
+
+def test_an_idle_stream_after_a_pass_is_not_scanned_again_every_day(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> None:
+    """The indexer runs on for two days after a pass; no record arrives.
+
+    Each round reads the shard (which has no checkpoint) to its tip and
+    finds nothing, so nothing written to it can have been trimmed unread:
+    the 24 hours count from the latest such round (written hourly), and
+    no second pass scans the events table. The first record read gives the
+    shard a checkpoint, and the pass is forgotten.
+    """
+    saves, _streams, clock, indexer = idle_after_a_pass(recorder)
+    scans_after_the_pass = scans(recorder)
+    scanned_by: dict[int, int] = {}
+    for hour in range(50):
+        clock.hours = hour
+        indexer.poll()
+        scanned_by[hour] = scans(recorder) - scans_after_the_pass
+    idle = indexer.status()
+    idle_item = checkpoints_item(recorder)
+    later = random_saves(recorder, 2, seed=23)
+    index_until(indexer, recorder, every_event(later))
+
+    assert (scanned_by[25], scanned_by[49]) == (0, 0)
+    assert (idle.reindexing, idle.reindex_pass) == (False, 1)
+    assert schema.REINDEX_CAUGHT_UP in idle_item
+    assert indexer.status().reindex_pass == 0
+    assert schema.REINDEX_CAUGHT_UP not in checkpoints_item(recorder)
+    assert_indexed_once_in_order(recorder, saves + later)
+
+
+def test_an_indexer_stopped_a_day_on_an_idle_stream_after_a_pass_scans_again(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> None:
+    """Idle for 10 hours after a pass, then stopped; saves come, and 26 hours go by.
+
+    The stream looks idle again when the indexer is back (the saves'
+    records expired), but it was not read meanwhile: another pass.
+    """
+    saves, streams, clock, indexer = idle_after_a_pass(recorder)
+    for hour in range(11):
+        clock.hours = hour
+        indexer.poll()
+    later = random_saves(recorder, 4, seed=24)
+    expire_once_written(streams, indexer.stream_arn, every_event(saves + later))
+    clock.hours = 36.0
+
+    index_until(indexer, recorder, every_event(later), timeout=30.0)
+
+    assert indexer.status().reindex_pass == 2
+    assert_indexed_once_in_order(recorder, saves + later)
+
+
+def test_a_child_waiting_for_its_checkpointed_parent_calls_for_no_second_pass(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> None:
+    """A backlog the indexer is still reading when the pass's 24 hours run out.
+
+    The closed parent holds more records than a round reads: checkpointed
+    short of its end, it keeps its child (read after it) waiting. The
+    child's records are younger than the parent's unread ones, whose loss
+    would show as a trimmed refusal, so the child holds no second pass.
+    """
+    aggregate = uuid.uuid4()
+    before = [[stored(aggregate, version)] for version in range(1, 151)]
+    for save in before:
+        recorder.insert_events(save)
+    clock = Clock()
+    split = SplitStreams(recorder.connection.streams_client(), split=0)
+    indexer = Indexer(recorder, batch_size=100, streams_client=split, clock=clock)
+    indexer.reindex(timeout=60)  # pass 1
+    after = random_saves(recorder, 4, seed=25)
+    numbers = numbers_once_in_the_stream(recorder, every_event(before + after))
+    split.split = numbers[str(aggregate), 150]  # the saves after the pass: the child
+    scans_after_the_pass = scans(recorder)
+    clock.hours = 23.0
+    indexer.poll()  # 100 records of the parent
+    parent_only = indexer._read_state().checkpoints
+
+    clock.hours = 23.95  # past the pass's start plus 24 hours less 10 minutes
+    index_until(indexer, recorder, every_event(after))
+    indexer.catch_up()
+
+    assert list(parent_only) == [split.parent]
+    assert int(parent_only[split.parent]) < split.split
+    assert scans(recorder) == scans_after_the_pass
+    assert indexer.status().reindex_pass == 0
+    assert_indexed_once_in_order(recorder, before + after)

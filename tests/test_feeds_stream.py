@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pytest
+from eventsourcing.persistence import OperationalError
 from faults import CUT, FaultProxy
 
 from aggregates.application import Orders
@@ -28,7 +29,7 @@ from ledger.feeds.stream import sequence_number
 from ledger.projections import event_loader
 from ledger.projections.dynamodb import open_view
 from ledger.projections.followers import StreamFollower
-from ledger.projections.streams import ProjectionConsumer
+from ledger.projections.streams import ProjectionConsumer, lambda_handler
 from ledger.publishing import Publisher
 from projections.integration import OrderEvents
 from projections.orders import OrderProjector, get_order_summary
@@ -208,6 +209,45 @@ def test_a_projectors_stream_handler_reports_a_record_and_its_aggregates_later_o
     readers = open_view(OrderProjector, dynamodb_env)
     assert get_order_summary(readers, first) is None
     assert get_order_summary(readers, second) is not None
+
+
+def test_a_projectors_stream_handler_that_failed_to_make_itself_makes_itself_again(
+    orders, dynamodb_env, dynamodb_endpoint
+):
+    order_id = orders.place_order(uuid.uuid4(), [ITEM])
+    records = lambda_records(orders)
+    readers = open_view(OrderProjector, dynamodb_env)  # the tables exist, as deployed
+    described = f'"{orders.recorder.events_table_name}"'.encode()
+    with FaultProxy(dynamodb_endpoint) as proxy:
+        env = {
+            **dynamodb_env,
+            "DYNAMODB_ENDPOINT_URL": proxy.endpoint_url,
+            "DYNAMODB_MAX_ATTEMPTS": "1",
+        }
+        reads: list[bytes] = []
+
+        def the_stream_arns_read(operation: str, index: int, body: bytes) -> bool:
+            # The handler reads the events table's description once more than
+            # making its application and view does: the stream's ARN, last.
+            if operation == "DescribeTable" and described in body:
+                reads.append(body)
+                return len(reads) == making + 1
+            return False
+
+        making = -1  # counted first: what making the application and view reads
+        cut = proxy.on(the_stream_arns_read, fault=CUT, times=1)
+        Orders(env=env).close()
+        open_view(OrderProjector, env)
+        making, reads[:] = len(reads), []
+        handler = lambda_handler(OrderProjector, Orders, env)
+        with pytest.raises(OperationalError):
+            handler({"Records": records}, LambdaContext(60))
+        assert cut.fired == 1
+
+        response = handler({"Records": records}, LambdaContext(60))
+
+    assert response == {"batchItemFailures": []}
+    assert get_order_summary(readers, order_id) is not None
 
 
 def test_a_followers_stream_handler_reports_a_record_and_its_aggregates_later_ones(

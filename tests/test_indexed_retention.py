@@ -4,8 +4,9 @@ DynamoDB Streams keeps records 24 hours, and allows two readers per shard:
 the indexer is the one reader, and everything else reads its index. So a
 projection created after the stream has dropped every record of the
 history must get all of it from the index: no Scan of the events table, no
-call to DynamoDB Streams. The expiry is injected with ``TrimmedStreams``
-(tests/indexed_support.py), since DynamoDB Local never expires records.
+call to DynamoDB Streams; so must a rebuild of an existing one. The expiry
+is injected with ``TrimmedStreams`` (tests/indexed_support.py), since
+DynamoDB Local never expires records.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ledger.dynamodb.client import DynamoDBConnection
 from ledger.indexer import Indexer
 from ledger.projections import event_loader
 from ledger.projections.dynamodb import open_view
+from ledger.projections.rebuild import rebuild
 from ledger.projections.sequence import SequenceFeed
 from projections.orders import OrderProjector, get_order_summary
 from tests.indexed_support import TrimmedStreams, index_until, stored
@@ -178,4 +180,23 @@ def test_a_projection_made_after_the_streams_retention_is_built_from_the_index(
     # (does this version hold anything yet? see ``recorded_one_position``).
     assert all(table == view.table_name and limit == 1 for table, limit in scans)
     assert writes.calls["Scan"] <= 1
+    assert stream_calls[streamed_before:] == []
+
+
+def test_a_rebuild_after_the_streams_retention_reads_the_index_not_the_events_table(
+    orders: Orders, env: dict[str, str], stream_calls: list[str]
+) -> None:
+    placed, head = indexed_past_the_streams_retention(orders)
+    streamed_before = len(stream_calls)
+    view = open_view(OrderProjector, env)
+
+    with scans_by(orders, view) as scans:
+        result = rebuild(orders, OrderProjector, view)
+
+    assert result.events == head
+    summaries = [get_order_summary(view, order_id) for order_id in placed]
+    assert all(s is not None and s.lines["apple"].quantity == 2 for s in summaries)
+    assert [
+        table for table, _ in scans if table == orders.recorder.events_table_name
+    ] == []
     assert stream_calls[streamed_before:] == []

@@ -35,6 +35,11 @@ the same kind.
 
     python benchmarks/bench_indexed.py [--seconds 5] [--rounds 2] [--events 10000]
 
+``--readers-only`` runs part 4's reads alone (seed, index, the three readers
+in turns; no writers, rebuilds or formats) and writes ``results/readers.json``::
+
+    python benchmarks/bench_indexed.py --readers-only [--read-rounds 15]
+
 Round trips and capacity units are deterministic; wall times on a shared
 2-core machine are not: compare a contender with the baseline of the same run.
 """
@@ -712,6 +717,78 @@ def compare_reads(
     }
 
 
+def run_readers(endpoint: str, events: int, read_rounds: int) -> dict[str, Any]:
+    """Part 4's reads alone: seed a history, index it, read it with each reader."""
+    started = time.perf_counter()
+    app = open_app(endpoint, f"read{uuid.uuid4().hex[:6]}_", "indexed", create=True)
+    seed(app, events)
+    Indexer(app.recorder).catch_up(timeout=3600)  # type: ignore[arg-type]
+    stage(f"readers: {events:,} events saved and indexed", started)
+    load_before = load_average()
+    reads = compare_reads(app, plain_client(endpoint), events, read_rounds)
+    app.close()
+    return {
+        "events": events,
+        "load_before": load_before,
+        "load_after": load_average(),
+        "reads": reads,
+    }
+
+
+def print_readers(results: dict[str, Any]) -> None:
+    """Print the readers' figures of ``--readers-only`` and the target."""
+    reads = results["reads"]
+    print(
+        f"\nload average before the reads: {results['load_before']}, "
+        f"after: {results['load_after']}"
+    )
+    cpu = reads["cpu_us_per_event"]
+    print_table(
+        f"Reading {results['events']:,} indexed events whole "
+        f"({len(reads['raw_rates'])} rounds, each reader first in turn)",
+        [
+            ("reader", "reader"),
+            ("events/s (median)", "rate"),
+            ("vs raw", "ratio"),
+            ("rates", "rates"),
+            ("CPU µs/event", "cpu"),
+            ("round trips", "round_trips"),
+        ],
+        [
+            {
+                "reader": "select_notifications",
+                "rate": reads["ledger_events_per_s"],
+                "ratio": reads["ratio"],
+                "rates": ", ".join(f"{r:,}" for r in reads["ledger_rates"]),
+                "cpu": cpu["ledger"],
+                "round_trips": reads["ledger_round_trips_per_read"],
+            },
+            {
+                "reader": "IndexSource",
+                "rate": reads["feed_events_per_s"],
+                "ratio": reads["feed_ratio"],
+                "rates": ", ".join(f"{r:,}" for r in reads["feed_rates"]),
+                "cpu": cpu["feed"],
+                "round_trips": reads["feed_round_trips_per_read"],
+            },
+            {
+                "reader": "raw boto3 Query",
+                "rate": reads["raw_events_per_s"],
+                "ratio": 1.0,
+                "rates": ", ".join(f"{r:,}" for r in reads["raw_rates"]),
+                "cpu": cpu[RAW],
+                "round_trips": reads["raw_round_trips_per_read"],
+            },
+        ],
+    )
+    met = reads["ratio"] >= 0.5 and reads["feed_ratio"] >= 0.5
+    print(
+        f"\nreaders of the index >= 0.5x raw Query: {'met' if met else 'NOT met'} "
+        f"(select_notifications {reads['ratio']:.2f}x, IndexSource "
+        f"{reads['feed_ratio']:.2f}x)"
+    )
+
+
 def fresh_view(endpoint: str, prefix: str) -> DynamoDBView:
     """Open OrderProjector's view under its own prefix: each rebuild starts empty."""
     env = {
@@ -1107,13 +1184,30 @@ def main() -> None:
     parser.add_argument("--read-rounds", type=int, default=15)
     parser.add_argument("--rebuild-rounds", type=int, default=2)
     parser.add_argument("--endpoint", help="a running DynamoDB (default: start Local)")
-    parser.add_argument("--output", default="indexed.json", help="under results/")
+    parser.add_argument(
+        "--readers-only",
+        action="store_true",
+        help="part 4's reads alone (writes results/readers.json unless --output)",
+    )
+    parser.add_argument("--output", help="under results/ (default: indexed.json)")
     args = parser.parse_args()
     # One set of credentials for every client, ledger's and boto3's alike.
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local")
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     started = time.perf_counter()
+    if args.readers_only:
+        with server(args.endpoint) as (endpoint, _):
+            readers = run_readers(endpoint, args.events, args.read_rounds)
+        readers["command"] = "python benchmarks/bench_indexed.py " + " ".join(
+            sys.argv[1:]
+        )
+        print_readers(readers)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        output = RESULTS / (args.output or "readers.json")
+        output.write_text(json.dumps(readers, indent=2) + "\n")
+        print(f"\nwrote {output}")
+        return
     results: dict[str, Any] = {
         "command": "python benchmarks/bench_indexed.py " + " ".join(sys.argv[1:]),
         "seconds": args.seconds,
@@ -1142,7 +1236,7 @@ def main() -> None:
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
     print_results(results)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    output = RESULTS / args.output
+    output = RESULTS / (args.output or "indexed.json")
     output.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\n{results['wall_seconds']:.0f} s; wrote {output}")
 

@@ -22,7 +22,7 @@ the same kind.
 4. A history of ``--events`` Order events (5 per Order, in saves of 95
    events from 4 threads), indexed; then reading it whole with
    ``select_notifications`` (1,000 per call), with ``ledger.feeds.IndexSource``
-   (pages of 1,000, the next read in a thread meanwhile) and with a plain
+   (pages of 1,000; a consumer this fast gets no read-ahead thread) and with a plain
    boto3 Query loop (no Limit) over the same notifications table, each first
    in turn (rates, round trips, and this process's CPU per event); then
    rebuilding ``OrderProjector`` from the index (``SequenceHistory``) against
@@ -621,9 +621,10 @@ def ledger_read(app: Orders) -> int:
 
 
 def feed_read(app: Orders) -> int:
-    """Read the whole index as a consumer does: ``IndexSource``, a page read ahead.
+    """Read the whole index as a consumer does: ``IndexSource``, a page at a time.
 
-    Counts the items without decoding their events, as the other readers do.
+    Counts the items without decoding their events, as the other readers do:
+    a consumer that keeps up, so the pages are read in its own thread.
     """
     return sum(len(batch.items) for batch in IndexSource(app).batches(0))
 

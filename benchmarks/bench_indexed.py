@@ -36,7 +36,10 @@ the same kind.
     python benchmarks/bench_indexed.py [--seconds 5] [--rounds 2] [--events 10000]
 
 ``--readers-only`` runs part 4's reads alone (seed, index, the three readers
-in turns; no writers, rebuilds or formats) and writes ``results/readers.json``::
+in turns; no writers, rebuilds or formats), then each reader's own CPU per
+event over the answers of one read recorded from DynamoDB (no server, no
+network: what a shared machine's load leaves comparable between runs), and
+writes ``results/readers.json``::
 
     python benchmarks/bench_indexed.py --readers-only [--read-rounds 15]
 
@@ -64,6 +67,7 @@ from contextlib import ExitStack, contextmanager, suppress
 from decimal import Decimal
 from multiprocessing.connection import Connection
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import boto3
@@ -72,7 +76,7 @@ from eventsourcing.persistence import StoredEvent
 
 from aggregates.application import Orders
 from aggregates.order import Order
-from ledger.dynamodb import measure, schema
+from ledger.dynamodb import DynamoDBApplicationRecorder, measure, schema
 from ledger.dynamodb.batches import (
     FORMAT,
     ROWS_FORMAT,
@@ -718,6 +722,90 @@ def compare_reads(
     }
 
 
+class RecordedAnswers:
+    """A recorder's connection that keeps DynamoDB's answer to each request.
+
+    Then answers the same requests from what it kept, without DynamoDB:
+    the readers' own CPU per event, apart from the server's and the
+    network's, which a shared machine's load makes a matter of chance.
+    """
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.answers: dict[str, dict[str, Any]] = {}
+
+    def call(self, operation: str, **params: Any) -> dict[str, Any]:
+        key = repr((operation, sorted(params.items())))
+        if self.connection is None:
+            return self.answers[key]
+        answer: dict[str, Any] = self.connection.call(operation, **params)
+        self.answers[key] = answer
+        return answer
+
+    def replaying(self) -> RecordedAnswers:
+        """Return a connection answering from these answers only."""
+        replay = RecordedAnswers(None)
+        replay.answers = self.answers
+        return replay
+
+
+def readers_cpu(app: Orders, events: int, rounds: int) -> dict[str, float]:
+    """CPU µs per event of each reader over recorded answers (medians of rounds).
+
+    One whole read by each reader is recorded from DynamoDB; each round then
+    reads again from those answers with a new recorder, as the recorded one
+    was. ``decoding`` is the batch items' decoding alone (all the raw loop
+    does but parse DynamoDB's answers).
+    """
+    recorded = RecordedAnswers(app.recorder.connection)
+    kind = DynamoDBApplicationRecorder
+
+    def reader_app(connection: Any) -> Any:
+        recorder = kind(
+            connection,
+            app.recorder.events_table_name,  # type: ignore[attr-defined]
+            app.recorder.notifications_table_name,  # type: ignore[attr-defined]
+        )
+        return SimpleNamespace(name=app.name, mapper=app.mapper, recorder=recorder)
+
+    ledger_read(reader_app(recorded))  # type: ignore[arg-type]
+    feed_read(reader_app(recorded))  # type: ignore[arg-type]
+    replay = recorded.replaying()
+    batches = {
+        item[schema.POSITION]["N"]: item
+        for answer in recorded.answers.values()
+        for item in answer.get("Items", [])
+    }
+
+    def decoding() -> int:
+        return sum(
+            len(
+                decode_batch(
+                    item[schema.EVENTS]["B"], int(item[schema.FIRST_POSITION]["N"])
+                )
+            )
+            for item in batches.values()
+        )
+
+    readers: dict[str, Callable[[], int]] = {
+        "decoding": decoding,
+        "ledger": lambda: ledger_read(reader_app(replay)),  # type: ignore[arg-type]
+        "feed": lambda: feed_read(reader_app(replay)),  # type: ignore[arg-type]
+    }
+    spent: dict[str, list[float]] = {name: [] for name in readers}
+    for _ in range(rounds):
+        for name, read in readers.items():
+            begun = time.process_time()
+            count = read()
+            spent[name].append(time.process_time() - begun)
+            if count != events:
+                raise RuntimeError(f"{name} read {count} of {events} recorded events")
+    return {
+        name: round(statistics.median(times) / events * 1e6, 2)
+        for name, times in spent.items()
+    }
+
+
 def run_readers(endpoint: str, events: int, read_rounds: int) -> dict[str, Any]:
     """Part 4's reads alone: seed a history, index it, read it with each reader."""
     started = time.perf_counter()
@@ -727,12 +815,15 @@ def run_readers(endpoint: str, events: int, read_rounds: int) -> dict[str, Any]:
     stage(f"readers: {events:,} events saved and indexed", started)
     load_before = load_average()
     reads = compare_reads(app, plain_client(endpoint), events, read_rounds)
+    load_after = load_average()
+    cpu = readers_cpu(app, events, max(read_rounds, 20))
     app.close()
     return {
         "events": events,
         "load_before": load_before,
-        "load_after": load_average(),
+        "load_after": load_after,
         "reads": reads,
+        "replayed_cpu_us_per_event": cpu,
     }
 
 
@@ -781,6 +872,12 @@ def print_readers(results: dict[str, Any]) -> None:
                 "round_trips": reads["raw_round_trips_per_read"],
             },
         ],
+    )
+    replayed = results["replayed_cpu_us_per_event"]
+    print(
+        "\nOwn CPU µs/event over recorded answers (no server, no network): "
+        f"select_notifications {replayed['ledger']}, IndexSource {replayed['feed']}, "
+        f"decoding the batch items alone {replayed['decoding']}"
     )
     met = reads["ratio"] >= 0.5 and reads["feed_ratio"] >= 0.5
     print(

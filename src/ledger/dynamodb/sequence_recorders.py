@@ -677,7 +677,6 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
             # Every event is wanted: stop at the limit without a check per event.
             end = min(end, begin + limit - len(notifications))
         append = notifications.append
-        new = Notification.__new__
         for position, (aggregate_id, version, topic, state) in zip(
             range(first + begin, first + end), entries[begin:end], strict=True
         ):
@@ -697,18 +696,20 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
                 ids[aggregate_id] = originator_id
             if state is None:
                 pointers.append(len(notifications))
-            # Filled in without the frozen dataclass's __init__ (one
-            # object.__setattr__ per field): a third of the cost of making
-            # each, the same object, and most of a long read's own work.
-            notification = new(Notification)
-            notification.__dict__.update(
-                originator_id=originator_id,
-                originator_version=version,
-                topic=topic,
-                state=b"" if state is None else state,
-                id=position,
+            # Positional (the dataclass's field order: originator_id,
+            # originator_version, topic, state, id): a quarter faster than
+            # keywords. Not filled in through __dict__ (a third faster alone):
+            # that gives each its own dict, which the garbage collector then
+            # scans, and a long read in a large process came out slower.
+            append(
+                Notification(
+                    originator_id,
+                    version,
+                    topic,
+                    b"" if state is None else state,
+                    position,
+                )
             )
-            append(notification)
             if topics and len(notifications) >= limit:
                 return True
         return len(notifications) >= limit

@@ -311,6 +311,22 @@ def test_a_read_that_started_on_the_old_pages_reads_them_though_the_size_changes
     assert len(reader.select_notifications(start, limit)) == limit
 
 
+def test_an_answer_read_before_the_move_takes_no_recorder_back_to_the_old_size(
+    factory: DynamoDBFactory, old_pages_of_5000: None
+) -> None:
+    last = write_legacy_table(fresh_reader(factory), batches=70)
+    reader = fresh_reader(factory)
+    stale = sequence_item(reader)  # answered before the switch...
+    repage(fresh_reader(factory))
+    assert reader.max_notification_id() == last
+    assert reader.page_size == 1_000
+
+    reader._learn_page_size(stale)  # ...and handled after it
+
+    assert reader.page_size == 1_000
+    assert len(reader.select_notifications(4_950, 1_150)) == 1_150
+
+
 @pytest.fixture
 def proxied(
     dynamodb_endpoint: str, table_prefix: str

@@ -361,11 +361,17 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
         return self._page_size or schema.PAGE_SIZE
 
     def _learn_page_size(self, sequence_item: Item) -> int:
-        """Take the table's page size from its sequence item; return it."""
+        """Take the table's page size from its sequence item; return it.
+
+        A table's page size only ever goes down (``ledger index repage``
+        moves pages of 100,000 positions onto smaller ones, never back), so
+        a larger size than one already learned is a stale answer (read
+        before the switch, handled after another thread learned the new
+        size) and is ignored.
+        """
         value = sequence_item.get(schema.POSITIONS_PER_PAGE)
         if value is None:
-            self._page_size = schema.LEGACY_PAGE_SIZE
-            return schema.LEGACY_PAGE_SIZE
+            return self._keep_smaller(schema.LEGACY_PAGE_SIZE)
         try:
             size = int(value["N"])
         except (KeyError, TypeError, ValueError):
@@ -377,8 +383,12 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
                 "number, so its notification batches cannot be found. Restore it "
                 "(its batch items' keys say the size: page = position // size)."
             )
-        self._page_size = size
-        return size
+        return self._keep_smaller(size)
+
+    def _keep_smaller(self, size: int) -> int:
+        if self._page_size is None or size < self._page_size:
+            self._page_size = size
+        return self._page_size
 
     def _position_from(
         self, conflict: TransactionConflictError, sequence_index: int

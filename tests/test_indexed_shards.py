@@ -192,7 +192,9 @@ class InStep(ToldShards):
     checkpoints: whenever there is something new, both try to commit it.
     """
 
-    def __init__(self, client: Any, shards: list[ToldShard], rounds: threading.Barrier):
+    def __init__(
+        self, client: Any, shards: list[ToldShard], rounds: threading.Barrier
+    ) -> None:
         super().__init__(client, shards)
         self.rounds = rounds
 

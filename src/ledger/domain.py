@@ -344,10 +344,10 @@ class Aggregate(BaseAggregate[UUID]):
             What ``CanMutateAggregate.mutate`` does (the event must be the
             aggregate's and its next version; ``apply``, then the version and
             ``modified_on``), done here for each event replayed rather than
-            through a call of it: a call and two comparisons of UUIDs in
-            Python per event. An event that creates its aggregate, and a
-            class with a ``mutate`` of its own past this one, go the base's
-            way.
+            through a call of it: that call, and its comparison of UUIDs (two
+            Python calls), cost every event. An event that creates its
+            aggregate, and a class with a ``mutate`` of its own past this
+            one, go the base's way.
             """
             if aggregate is None or not self._mutates_in_place:
                 mutated = super().mutate(aggregate)

@@ -22,7 +22,7 @@ the same kind.
 4. A history of ``--events`` Order events (5 per Order, in saves of 95
    events from 4 threads), indexed; then reading it whole with
    ``select_notifications`` (1,000 per call), with ``ledger.feeds.IndexSource``
-   (pages of 1,000, the next read in a thread meanwhile) and with a plain
+   (pages of 1,000; a consumer this fast gets no read-ahead thread) and with a plain
    boto3 Query loop (no Limit) over the same notifications table, each first
    in turn (rates, round trips, and this process's CPU per event); then
    rebuilding ``OrderProjector`` from the index (``SequenceHistory``) against
@@ -34,6 +34,14 @@ the same kind.
    and random 200-byte states (which do not compress).
 
     python benchmarks/bench_indexed.py [--seconds 5] [--rounds 2] [--events 10000]
+
+``--readers-only`` runs part 4's reads alone (seed, index, the three readers
+in turns; no writers, rebuilds or formats), then each reader's own CPU per
+event over the answers of one read recorded from DynamoDB (no server, no
+network: what a shared machine's load leaves comparable between runs), and
+writes ``results/readers.json``::
+
+    python benchmarks/bench_indexed.py --readers-only [--read-rounds 15]
 
 Round trips and capacity units are deterministic; wall times on a shared
 2-core machine are not: compare a contender with the baseline of the same run.
@@ -59,6 +67,7 @@ from contextlib import ExitStack, contextmanager, suppress
 from decimal import Decimal
 from multiprocessing.connection import Connection
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import boto3
@@ -67,7 +76,7 @@ from eventsourcing.persistence import StoredEvent
 
 from aggregates.application import Orders
 from aggregates.order import Order
-from ledger.dynamodb import measure, schema
+from ledger.dynamodb import DynamoDBApplicationRecorder, measure, schema
 from ledger.dynamodb.batches import (
     FORMAT,
     ROWS_FORMAT,
@@ -616,9 +625,10 @@ def ledger_read(app: Orders) -> int:
 
 
 def feed_read(app: Orders) -> int:
-    """Read the whole index as a consumer does: ``IndexSource``, a page read ahead.
+    """Read the whole index as a consumer does: ``IndexSource``, a page at a time.
 
-    Counts the items without decoding their events, as the other readers do.
+    Counts the items without decoding their events, as the other readers do:
+    a consumer that keeps up, so the pages are read in its own thread.
     """
     return sum(len(batch.items) for batch in IndexSource(app).batches(0))
 
@@ -710,6 +720,171 @@ def compare_reads(
             for ledger, raw in zip(rates["ledger"], rates[RAW], strict=True)
         ],
     }
+
+
+class RecordedAnswers:
+    """A recorder's connection that keeps DynamoDB's answer to each request.
+
+    Then answers the same requests from what it kept, without DynamoDB:
+    the readers' own CPU per event, apart from the server's and the
+    network's, which a shared machine's load makes a matter of chance.
+    """
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.answers: dict[str, dict[str, Any]] = {}
+
+    def call(self, operation: str, **params: Any) -> dict[str, Any]:
+        key = repr((operation, sorted(params.items())))
+        if self.connection is None:
+            return self.answers[key]
+        answer: dict[str, Any] = self.connection.call(operation, **params)
+        self.answers[key] = answer
+        return answer
+
+    def replaying(self) -> RecordedAnswers:
+        """Return a connection answering from these answers only."""
+        replay = RecordedAnswers(None)
+        replay.answers = self.answers
+        return replay
+
+
+def readers_cpu(app: Orders, events: int, rounds: int) -> dict[str, float]:
+    """CPU µs per event of each reader over recorded answers (medians of rounds).
+
+    One whole read by each reader is recorded from DynamoDB; each round then
+    reads again from those answers with a new recorder, as the recorded one
+    was. ``decoding`` is the batch items' decoding alone (all the raw loop
+    does but parse DynamoDB's answers).
+    """
+    recorded = RecordedAnswers(app.recorder.connection)
+    kind = DynamoDBApplicationRecorder
+
+    def reader_app(connection: Any) -> Any:
+        recorder = kind(
+            connection,
+            app.recorder.events_table_name,  # type: ignore[attr-defined]
+            app.recorder.notifications_table_name,  # type: ignore[attr-defined]
+        )
+        return SimpleNamespace(name=app.name, mapper=app.mapper, recorder=recorder)
+
+    ledger_read(reader_app(recorded))  # type: ignore[arg-type]
+    feed_read(reader_app(recorded))  # type: ignore[arg-type]
+    replay = recorded.replaying()
+    batches = {
+        item[schema.POSITION]["N"]: item
+        for answer in recorded.answers.values()
+        for item in answer.get("Items", [])
+    }
+
+    def decoding() -> int:
+        return sum(
+            len(
+                decode_batch(
+                    item[schema.EVENTS]["B"], int(item[schema.FIRST_POSITION]["N"])
+                )
+            )
+            for item in batches.values()
+        )
+
+    readers: dict[str, Callable[[], int]] = {
+        "decoding": decoding,
+        "ledger": lambda: ledger_read(reader_app(replay)),  # type: ignore[arg-type]
+        "feed": lambda: feed_read(reader_app(replay)),  # type: ignore[arg-type]
+    }
+    spent: dict[str, list[float]] = {name: [] for name in readers}
+    for _ in range(rounds):
+        for name, read in readers.items():
+            begun = time.process_time()
+            count = read()
+            spent[name].append(time.process_time() - begun)
+            if count != events:
+                raise RuntimeError(f"{name} read {count} of {events} recorded events")
+    return {
+        name: round(statistics.median(times) / events * 1e6, 2)
+        for name, times in spent.items()
+    }
+
+
+def run_readers(endpoint: str, events: int, read_rounds: int) -> dict[str, Any]:
+    """Part 4's reads alone: seed a history, index it, read it with each reader."""
+    started = time.perf_counter()
+    app = open_app(endpoint, f"read{uuid.uuid4().hex[:6]}_", "indexed", create=True)
+    seed(app, events)
+    Indexer(app.recorder).catch_up(timeout=3600)  # type: ignore[arg-type]
+    stage(f"readers: {events:,} events saved and indexed", started)
+    load_before = load_average()
+    reads = compare_reads(app, plain_client(endpoint), events, read_rounds)
+    load_after = load_average()
+    cpu = readers_cpu(app, events, max(read_rounds, 20))
+    app.close()
+    return {
+        "events": events,
+        "load_before": load_before,
+        "load_after": load_after,
+        "reads": reads,
+        "replayed_cpu_us_per_event": cpu,
+    }
+
+
+def print_readers(results: dict[str, Any]) -> None:
+    """Print the readers' figures of ``--readers-only`` and the target."""
+    reads = results["reads"]
+    print(
+        f"\nload average before the reads: {results['load_before']}, "
+        f"after: {results['load_after']}"
+    )
+    cpu = reads["cpu_us_per_event"]
+    print_table(
+        f"Reading {results['events']:,} indexed events whole "
+        f"({len(reads['raw_rates'])} rounds, each reader first in turn)",
+        [
+            ("reader", "reader"),
+            ("events/s (median)", "rate"),
+            ("vs raw", "ratio"),
+            ("rates", "rates"),
+            ("CPU µs/event", "cpu"),
+            ("round trips", "round_trips"),
+        ],
+        [
+            {
+                "reader": "select_notifications",
+                "rate": reads["ledger_events_per_s"],
+                "ratio": reads["ratio"],
+                "rates": ", ".join(f"{r:,}" for r in reads["ledger_rates"]),
+                "cpu": cpu["ledger"],
+                "round_trips": reads["ledger_round_trips_per_read"],
+            },
+            {
+                "reader": "IndexSource",
+                "rate": reads["feed_events_per_s"],
+                "ratio": reads["feed_ratio"],
+                "rates": ", ".join(f"{r:,}" for r in reads["feed_rates"]),
+                "cpu": cpu["feed"],
+                "round_trips": reads["feed_round_trips_per_read"],
+            },
+            {
+                "reader": "raw boto3 Query",
+                "rate": reads["raw_events_per_s"],
+                "ratio": 1.0,
+                "rates": ", ".join(f"{r:,}" for r in reads["raw_rates"]),
+                "cpu": cpu[RAW],
+                "round_trips": reads["raw_round_trips_per_read"],
+            },
+        ],
+    )
+    replayed = results["replayed_cpu_us_per_event"]
+    print(
+        "\nOwn CPU µs/event over recorded answers (no server, no network): "
+        f"select_notifications {replayed['ledger']}, IndexSource {replayed['feed']}, "
+        f"decoding the batch items alone {replayed['decoding']}"
+    )
+    met = reads["ratio"] >= 0.5 and reads["feed_ratio"] >= 0.5
+    print(
+        f"\nreaders of the index >= 0.5x raw Query: {'met' if met else 'NOT met'} "
+        f"(select_notifications {reads['ratio']:.2f}x, IndexSource "
+        f"{reads['feed_ratio']:.2f}x)"
+    )
 
 
 def fresh_view(endpoint: str, prefix: str) -> DynamoDBView:
@@ -1107,13 +1282,30 @@ def main() -> None:
     parser.add_argument("--read-rounds", type=int, default=15)
     parser.add_argument("--rebuild-rounds", type=int, default=2)
     parser.add_argument("--endpoint", help="a running DynamoDB (default: start Local)")
-    parser.add_argument("--output", default="indexed.json", help="under results/")
+    parser.add_argument(
+        "--readers-only",
+        action="store_true",
+        help="part 4's reads alone (writes results/readers.json unless --output)",
+    )
+    parser.add_argument("--output", help="under results/ (default: indexed.json)")
     args = parser.parse_args()
     # One set of credentials for every client, ledger's and boto3's alike.
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local")
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     started = time.perf_counter()
+    if args.readers_only:
+        with server(args.endpoint) as (endpoint, _):
+            readers = run_readers(endpoint, args.events, args.read_rounds)
+        readers["command"] = "python benchmarks/bench_indexed.py " + " ".join(
+            sys.argv[1:]
+        )
+        print_readers(readers)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        output = RESULTS / (args.output or "readers.json")
+        output.write_text(json.dumps(readers, indent=2) + "\n")
+        print(f"\nwrote {output}")
+        return
     results: dict[str, Any] = {
         "command": "python benchmarks/bench_indexed.py " + " ".join(sys.argv[1:]),
         "seconds": args.seconds,
@@ -1142,7 +1334,7 @@ def main() -> None:
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
     print_results(results)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    output = RESULTS / args.output
+    output = RESULTS / (args.output or "indexed.json")
     output.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\n{results['wall_seconds']:.0f} s; wrote {output}")
 

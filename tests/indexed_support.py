@@ -7,13 +7,14 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import botocore.exceptions
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import Environment
 
-from ledger.dynamodb import DynamoDBFactory, DynamoDBIndexedApplicationRecorder
+from ledger.dynamodb import DynamoDBFactory, DynamoDBIndexedApplicationRecorder, schema
 from ledger.indexer import Indexer
 
 
@@ -176,3 +177,111 @@ def all_notifications(recorder: DynamoDBIndexedApplicationRecorder) -> Iterator[
             return
         yield from page
         start = page[-1].id + 1
+
+
+def aggregate_of(record: Any) -> str:
+    """The aggregate id of a stream record of the events table."""
+    key: str = record["dynamodb"]["Keys"][schema.AGGREGATE_ID]["S"]
+    return key
+
+
+@dataclass(frozen=True)
+class ToldShard:
+    """One shard :class:`ToldShards` shows: which records of the real one it holds."""
+
+    name: str
+    holds: Callable[[Any], bool] = lambda record: True
+    """Whether a stream record (after ``after``, up to ``ending``) is this shard's."""
+    parent: str | None = None
+    """The ``name`` of its parent shard, if any."""
+    after: int | None = None
+    """Its records come after this sequence number (its TRIM_HORIZON starts there)."""
+    ending: int | None = None
+    """Closed, ending at this sequence number (None: open)."""
+
+
+class ToldShards(ReorderingStreams):
+    """The real streams client, showing the stream's one shard as ``shards``.
+
+    DynamoDB Local never splits a shard, so splits are told here: each told
+    shard is listed in DescribeStream in the order given (a child may come
+    before its parent, as DynamoDB Streams does not promise an order) and
+    reads only its own records of the real shard. A child's TRIM_HORIZON
+    starts after its ``after``, as a real child's does; a closed shard's
+    reads end (no ``NextShardIterator``) once its ``ending`` is passed.
+    """
+
+    def __init__(self, client: Any, shards: Sequence[ToldShard]) -> None:
+        super().__init__(client, lambda records: records)
+        self.told = {shard.name: shard for shard in shards}
+        self.real: str | None = None
+
+    def shard_id(self, name: str) -> str:
+        """The ShardId DescribeStream gives the told shard ``name``."""
+        return f"{self.real}-{name}"
+
+    def describe_stream(self, **params: Any) -> dict[str, Any]:
+        response: dict[str, Any] = self.client.describe_stream(**params)
+        description = response["StreamDescription"]
+        [shard] = description["Shards"]
+        self.real = shard["ShardId"]
+        start = int(shard["SequenceNumberRange"]["StartingSequenceNumber"])
+        listed = []
+        for told in self.told.values():
+            numbers = {
+                "StartingSequenceNumber": str(
+                    start if told.after is None else told.after + 1
+                )
+            }
+            if told.ending is not None:
+                numbers["EndingSequenceNumber"] = str(told.ending)
+            listed.append(
+                {
+                    "ShardId": self.shard_id(told.name),
+                    "SequenceNumberRange": numbers,
+                    **(
+                        {"ParentShardId": self.shard_id(told.parent)}
+                        if told.parent
+                        else {}
+                    ),
+                }
+            )
+        description["Shards"] = listed
+        return response
+
+    def get_shard_iterator(self, **params: Any) -> dict[str, Any]:
+        name = params["ShardId"].removeprefix(f"{self.real}-")
+        told = self.told[name]
+        params["ShardId"] = self.real
+        if params["ShardIteratorType"] == "TRIM_HORIZON" and told.after is not None:
+            params["ShardIteratorType"] = "AFTER_SEQUENCE_NUMBER"
+            # Zero-padded, as DynamoDB gives sequence numbers (botocore wants 21+).
+            params["SequenceNumber"] = str(told.after).zfill(21)
+        response = super().get_shard_iterator(**params)
+        response["ShardIterator"] = f"{name}|{response['ShardIterator']}"
+        return response
+
+    def get_records(self, **params: Any) -> dict[str, Any]:
+        name, _, iterator = params["ShardIterator"].partition("|")
+        told = self.told[name]
+        response: dict[str, Any] = self.client.get_records(
+            **{**params, "ShardIterator": iterator}
+        )
+        records = response.get("Records", [])
+        numbers = [int(r["dynamodb"]["SequenceNumber"]) for r in records]
+        response["Records"] = [
+            record
+            for record, number in zip(records, numbers, strict=True)
+            if (told.after is None or number > told.after)
+            and (told.ending is None or number <= told.ending)
+            and told.holds(record)
+        ]
+        if told.ending is not None and (
+            not records or any(n >= told.ending for n in numbers)
+        ):
+            # Past its end (the real shard has nothing more, or only later
+            # records): the told shard is closed and read to its end.
+            response.pop("NextShardIterator", None)
+        elif response.get("NextShardIterator"):
+            response["NextShardIterator"] = f"{name}|{response['NextShardIterator']}"
+        return response

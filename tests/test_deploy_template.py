@@ -23,6 +23,7 @@ import botocore.client
 import pytest
 from cfnlint.api import lint_file
 from cfnlint.decode import decode
+from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import resolve_topic
 
 from aggregates import fulfilment_lambda, services
@@ -2135,6 +2136,72 @@ def test_the_publisher_writes_the_lag_its_alarm_watches(
     assert metrics["Dimensions"] == [[d["Name"] for d in alarm["Dimensions"]]]
     assert written[PUBLICATION_DIMENSION] == OrderEvents.name
     assert written[LAG] == 0  # the index published to its head
+
+
+def _function_variables(
+    template: dict[str, Any], stack: _Stack, function: str
+) -> dict[str, str]:
+    """The environment the template gives a function, parameters resolved.
+
+    Variables naming another resource (a topic) are left out: none is made here.
+    """
+    variables = {}
+    for name, value in template["Resources"][function]["Properties"]["Environment"][
+        "Variables"
+    ].items():
+        if isinstance(value, str):
+            variables[name] = value
+            continue
+        [(kind, ref)] = value.items()
+        assert kind == "Ref", (name, value)
+        if ref in template["Parameters"]:
+            default = template["Parameters"][ref].get("Default")
+            variables[name] = stack.parameters.get(ref, default)
+    return variables
+
+
+@pytest.mark.parametrize("function", INDEXERS)
+def test_each_indexer_writes_the_age_its_lag_alarm_watches(  # noqa: PLR0917
+    function, template, resources, dynamodb_env, monkeypatch, capsys
+):
+    table = _table_name(resources[INDEXERS[function]])
+    lag_alarm = resources[function.removesuffix("Indexer") + "IndexLagAlarm"]
+    alarm = lag_alarm["Properties"]
+    stack = _stack(template, dynamodb_env["DYNAMODB_TABLE_PREFIX"], "indexed")
+    variables = _function_variables(template, stack, function)
+    for key, value in INDEXED.items():
+        monkeypatch.setenv(key, value)
+    app = resolve_topic(variables["LEDGER_APP"])(env=_indexed(dynamodb_env))
+    # The indexer reads no event's state: any one saved leaves a record behind.
+    app.recorder.insert_events([StoredEvent(uuid.uuid4(), 1, "tests:Happened", b"")])
+    for key, value in variables.items():
+        monkeypatch.setenv(key, value)
+    index_consumers.reset()  # the function's handler, made from this environment
+    capsys.readouterr()
+
+    written: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 30
+    try:
+        while not written:  # until a round finds the record unindexed
+            assert time.monotonic() < deadline, "the stream did not show the save"
+            indexer_lambda_handler(SCHEDULED, with_time_to_work(0.5))
+            written = [
+                document
+                for line in capsys.readouterr().out.splitlines()
+                if line.startswith('{"_aws"')
+                and INDEX_OLDEST_UNINDEXED_AGE in (document := json.loads(line))
+            ]
+    finally:
+        index_consumers.reset()
+        app.close()
+
+    [metrics] = written[0]["_aws"]["CloudWatchMetrics"]
+    assert metrics["Namespace"] == alarm["Namespace"]
+    assert alarm["MetricName"] in [metric["Name"] for metric in metrics["Metrics"]]
+    assert metrics["Dimensions"] == [[d["Name"] for d in alarm["Dimensions"]]]
+    [dimension] = alarm["Dimensions"]
+    assert written[0][dimension["Name"]] == stack.sub(dimension["Value"]["Fn::Sub"])
+    assert dimension["Value"] == {"Fn::Sub": table}  # the table it reads
 
 
 def test_the_replay_into_a_services_rule_names_the_archive_and_the_rule(template):

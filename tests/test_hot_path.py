@@ -6,18 +6,23 @@ import logging
 import uuid
 import zlib
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 import boto3
 import pytest
 from botocore.awsrequest import HeadersDict
 from botocore.session import get_session
 from eventsourcing.application import project_aggregate as eventsourcing_projector
-from eventsourcing.domain import DomainEventProtocol
-from eventsourcing.persistence import JSONTranscoder, StoredEvent
+from eventsourcing.domain import (
+    CanMutateAggregate,
+    DomainEventProtocol,
+    OriginatorIDError,
+    OriginatorVersionError,
+)
+from eventsourcing.persistence import JSONTranscoder, ProgrammingError, StoredEvent
 from eventsourcing.utils import get_topic
 from faults import SERVER_ERROR, FaultProxy
-from pydantic import PrivateAttr
+from pydantic import BaseModel, PrivateAttr
 from pydantic._internal import _model_construction as model_construction
 
 from aggregates.application import Orders
@@ -25,9 +30,10 @@ from aggregates.order import Order
 from aggregates.payments import Payments
 from ledger import persistence
 from ledger.domain import Aggregate, DomainEvent, given_metadata, project_aggregate
+from ledger.dynamodb import client as client_module
 from ledger.dynamodb import recorders
 from ledger.dynamodb.client import DynamoDBConnection, incomplete_answer
-from ledger.dynamodb.limits import ItemTooLargeError
+from ledger.dynamodb.limits import MAX_ITEM_BYTES, ItemTooLargeError, item_size
 from ledger.metadata import metadata
 from ledger.persistence import PydanticMapper
 from ledger.snapshots import MeteredEventStore, MeteredRepository
@@ -519,3 +525,163 @@ def test_private_attributes_of_an_event_class_get_their_defaults_when_read() -> 
     assert [e._note for e in read] == ["unread", "unread"]
     assert read[0].metadata.correlation_id == "request-1"
     assert read[1].metadata == plain.metadata
+
+
+def test_an_event_made_by_code_skips_pydantics_private_attribute_setup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    set_up: list[object] = []
+    init = model_construction.init_private_attributes
+
+    def counted(self: Any, context: Any, /) -> None:
+        set_up.append(self)
+        init(self, context)
+
+    monkeypatch.setattr(model_construction, "init_private_attributes", counted)
+
+    order = Order.place(uuid.uuid4(), [], "EUR")
+    order.add_item("p2", 1, PRICE)
+    with metadata(correlation_id="request-1"):
+        order.add_item("p3", 1, PRICE)
+    plain, in_context = order.collect_events()[-2:]
+
+    assert set_up == []
+    assert given_metadata(plain) is None
+    assert in_context.metadata.correlation_id == "request-1"
+
+
+def test_a_replayed_event_evolves_its_aggregate_without_eventsourcings_mutate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events = an_order().collect_events()
+    expected = eventsourcing_projector(None, events)
+    called: list[object] = []
+    base_mutate = CanMutateAggregate.mutate
+
+    def counted(self: Any, aggregate: Any) -> Any:
+        called.append(self)
+        return base_mutate(self, aggregate)
+
+    monkeypatch.setattr(CanMutateAggregate, "mutate", counted)
+
+    replayed = project_aggregate(None, events)
+
+    assert called == []
+    assert replayed is not None
+    assert expected is not None
+    assert vars(replayed) == vars(expected)
+
+
+class Audited(CanMutateAggregate[uuid.UUID]):
+    """A mixin whose ``mutate`` comes after ``Aggregate.Event``'s."""
+
+    mutated: ClassVar[list[object]] = []
+
+    def mutate(self, aggregate: Any) -> Any:
+        Audited.mutated.append(self)
+        return super().mutate(aggregate)
+
+
+class Audit(Aggregate):
+    class Checked(Aggregate.Event, Audited):
+        def apply(self, aggregate: Any) -> None:
+            aggregate.checked = True
+
+
+def test_an_event_class_with_a_mutate_past_ledgers_still_runs_it() -> None:
+    audit = Audit()
+    Audited.mutated.clear()
+
+    audit.trigger_event(Audit.Checked)
+
+    assert len(Audited.mutated) == 1
+    assert audit.checked is True
+    assert audit.version == 2
+
+
+def test_a_replayed_event_of_another_aggregate_or_version_is_refused() -> None:
+    first, *rest = an_order().collect_events()
+    other = project_aggregate(None, [first])
+    stranger = Order.place(uuid.uuid4(), [], "EUR")
+
+    with pytest.raises(OriginatorIDError):
+        project_aggregate(stranger, rest)
+    with pytest.raises(OriginatorVersionError):
+        project_aggregate(other, rest[1:])
+
+
+def test_saving_an_event_reads_its_metadata_without_pydantics_getattr(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    mapper = PydanticMapper(transcoder=JSONTranscoder())
+    order = Order.place(uuid.uuid4(), [], "EUR")
+    with metadata(correlation_id="request-1"):
+        order.add_item("p2", 1, PRICE)
+    events = order.collect_events()
+    looked_up: list[str] = []
+    getattr_of_models = BaseModel.__getattr__
+
+    def counted(self: Any, item: str) -> Any:
+        looked_up.append(item)
+        return getattr_of_models(self, item)
+
+    monkeypatch.setattr(BaseModel, "__getattr__", counted)
+
+    stored = [mapper.to_stored_event(e) for e in events]
+
+    assert looked_up == []
+    assert b'"correlation_id":"request-1"' in stored[-1].state
+    assert b"_meta" not in stored[0].state
+
+
+def test_a_call_translates_errors_without_a_context_manager(
+    dynamodb_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connection = DynamoDBConnection(endpoint_url=dynamodb_endpoint)
+    entered: list[bool] = []
+    translate = client_module.translate_errors
+
+    def counted(*, write: bool = False) -> Any:
+        entered.append(write)
+        return translate(write=write)
+
+    monkeypatch.setattr(client_module, "translate_errors", counted)
+
+    connection.call("list_tables", Limit=1)
+    with pytest.raises(ProgrammingError, match="no-such-table"):
+        connection.call("get_item", TableName="no-such-table", Key={"k": {"S": "1"}})
+
+    assert entered == []
+    connection.close()
+
+
+def test_a_save_sizes_an_event_item_only_when_it_may_be_too_large(
+    dynamodb_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Stream ordering: a 1-event save is one PutItem, sized by nothing else.
+    streamed_orders = Orders(env={**dynamodb_env, "DYNAMODB_ORDERING": "stream"})
+    sized: list[int] = []
+
+    def counted(item: Any) -> int:
+        size = item_size(item)
+        sized.append(size)
+        return size
+
+    monkeypatch.setattr(recorders, "item_size", counted)
+    order = Order.place(uuid.uuid4(), [], "EUR")
+    streamed_orders.save(order)
+    near_the_limit = StoredEvent(
+        originator_id=order.id,
+        originator_version=2,
+        topic=get_topic(Order.OrderConfirmed),
+        state=b"x" * (MAX_ITEM_BYTES - 200),
+    )
+
+    streamed_orders.recorder.insert_events([near_the_limit])
+
+    # The first event is far from the limit; the second is sized, and stored
+    # (its exact size is under 400 KB).
+    assert len(sized) == 1
+    assert sized[0] <= MAX_ITEM_BYTES
+    assert len(streamed_orders.recorder.select_events(order.id)) == 2
+    streamed_orders.close()

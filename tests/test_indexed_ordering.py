@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -16,10 +17,13 @@ from ledger.dynamodb import (
     measure,
     schema,
 )
-from ledger.indexer import Indexer
+from ledger.dynamodb.batches import BatchEntry, batch_item
+from ledger.indexer import BATCH_EVENTS, Indexer
+from tests.faults import REFUSE, FaultProxy
 from tests.indexed_support import (
     all_notifications,
     index_until,
+    indexed_env,
     indexed_factory,
     stored,
 )
@@ -66,6 +70,7 @@ def test_indexed_needs_the_events_stream(dynamodb_endpoint: str) -> None:
 def test_one_event_save_is_one_put_with_no_save_marks(
     recorder: DynamoDBIndexedApplicationRecorder,
 ) -> None:
+    recorder.insert_events([stored(uuid.uuid4(), 1)])  # its first: reads the head
     aggregate = uuid.uuid4()
     with measure(recorder) as meter:
         assert recorder.insert_events([stored(aggregate, 1)]) is None
@@ -140,3 +145,140 @@ def test_wait_indexed_names_what_is_missing(
     recorder.insert_events([stored(aggregate, 1)])
     with pytest.raises(IndexWaitTimeoutError, match=f"{aggregate} v1"):
         recorder.wait_indexed([stored(aggregate, 1)], timeout=0.2)
+
+
+# Read-your-writes from a cold start ----------------------------------------------
+
+INDEXED_BEFORE = 10_000
+"""Positions the index holds before a new recorder's save: ten pages."""
+
+
+def fill_index(recorder: DynamoDBIndexedApplicationRecorder, positions: int) -> None:
+    """Write an index of ``positions`` events, as an indexer would have.
+
+    Straight into the notifications table (batches of ``BATCH_EVENTS`` events
+    and the head item): indexing that many events through the stream would
+    take most of a minute, and only the index's size matters here.
+    """
+    items = []
+    for first in range(1, positions + 1, BATCH_EVENTS):
+        aggregate_id = str(uuid.uuid4())
+        entries = [
+            BatchEntry(aggregate_id, version, "tests:Happened", b"{}")
+            for version in range(1, min(BATCH_EVENTS, positions - first + 1) + 1)
+        ]
+        items.append(batch_item(first, entries, schema.PAGE_SIZE))
+    table = recorder.notifications_table_name
+    for offset in range(0, len(items), 25):
+        recorder.connection.call(
+            "batch_write_item",
+            RequestItems={
+                table: [
+                    {"PutRequest": {"Item": i}} for i in items[offset : offset + 25]
+                ]
+            },
+        )
+    recorder.connection.call(
+        "put_item",
+        TableName=table,
+        Item={
+            schema.PAGE: {"N": str(schema.SEQUENCE_PAGE)},
+            schema.POSITION: {"N": "0"},
+            schema.LAST_POSITION: {"N": str(positions)},
+            schema.POSITIONS_PER_PAGE: {"N": str(schema.PAGE_SIZE)},
+        },
+    )
+
+
+def new_recorder(factory: DynamoDBFactory) -> DynamoDBIndexedApplicationRecorder:
+    """A recorder of its own, as after a cold start: it has read nothing yet."""
+    made = factory.application_recorder()
+    assert isinstance(made, DynamoDBIndexedApplicationRecorder)
+    return made
+
+
+def test_a_recorder_reads_the_index_head_once_before_its_first_save(
+    factory: DynamoDBFactory,
+) -> None:
+    cold = new_recorder(factory)
+
+    with measure(cold) as meter:
+        for version in (1, 2, 3):
+            cold.insert_events([stored(uuid.uuid4(), version)])
+
+    assert meter.calls == {"GetItem": 1, "PutItem": 3}
+
+
+def test_a_new_recorder_waits_for_its_save_in_a_few_calls_whatever_the_index_size(
+    factory: DynamoDBFactory,
+    recorder: DynamoDBIndexedApplicationRecorder,
+    indexer: Indexer,
+) -> None:
+    fill_index(recorder, INDEXED_BEFORE)
+    cold = new_recorder(factory)
+    aggregate = uuid.uuid4()
+
+    with measure(cold) as saving:
+        cold.insert_events([stored(aggregate, 1)])
+    # Indexed between the save and the wait's first read of the head.
+    indexer.catch_up()
+    with measure(cold) as waiting:
+        positions = cold.wait_indexed([stored(aggregate, 1)], timeout=10)
+
+    assert positions == {(str(aggregate), 1): INDEXED_BEFORE + 1}
+    assert waiting.calls == {"GetItem": 1, "Query": 1}
+    assert saving.calls == {"GetItem": 1, "PutItem": 1}
+
+
+def test_a_new_recorder_finds_its_save_indexed_while_it_waits(
+    factory: DynamoDBFactory,
+    recorder: DynamoDBIndexedApplicationRecorder,
+    indexer: Indexer,
+) -> None:
+    fill_index(recorder, INDEXED_BEFORE)
+    cold = new_recorder(factory)
+    aggregate = uuid.uuid4()
+    cold.insert_events([stored(aggregate, 1)])
+    with pytest.raises(IndexWaitTimeoutError):
+        cold.wait_indexed([stored(aggregate, 1)], timeout=0)
+    indexing = threading.Thread(target=indexer.catch_up)
+
+    with measure(cold) as waiting:
+        indexing.start()
+        positions = cold.wait_indexed([stored(aggregate, 1)], timeout=30)
+    indexing.join()
+
+    assert positions == {(str(aggregate), 1): INDEXED_BEFORE + 1}
+    assert waiting.calls["Query"] == 1
+
+
+def test_a_save_goes_on_when_the_index_head_cannot_be_read(
+    dynamodb_endpoint: str, table_prefix: str
+) -> None:
+    env = indexed_env(dynamodb_endpoint, table_prefix)
+    direct = indexed_factory(dynamodb_endpoint, table_prefix)  # makes the tables
+    with FaultProxy(dynamodb_endpoint) as proxy:
+        proxied = DynamoDBFactory(
+            Environment(
+                "ledger_test",
+                env
+                | {
+                    "DYNAMODB_ENDPOINT_URL": proxy.endpoint_url,
+                    "DYNAMODB_MAX_ATTEMPTS": "1",
+                },
+            )
+        )
+        cold = new_recorder(proxied)
+        proxy.on(
+            "GetItem",
+            fault=REFUSE("ProvisionedThroughputExceededException"),
+            times=None,
+        )
+        aggregate = uuid.uuid4()
+
+        cold.insert_events([stored(aggregate, 1)])
+
+        proxy.clear_rules()
+        assert [e.originator_version for e in cold.select_events(aggregate)] == [1]
+        proxied.close()
+    direct.close()

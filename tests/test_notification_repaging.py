@@ -248,6 +248,85 @@ def test_old_keys_are_not_removed_before_the_move(
         remove_old_pages(fresh_reader(factory))
 
 
+class QueryCounter:
+    """A recorder's connection, counting the Queries it has answered."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.queries = 0
+
+    def call(self, operation: str, **params: Any) -> dict[str, Any]:
+        answer: dict[str, Any] = self.connection.call(operation, **params)
+        if operation == "query":
+            self.queries += 1
+        return answer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.connection, name)
+
+
+class LearnsTheSizeMidRead(DynamoDBApplicationRecorder):
+    """A recorder another of whose threads reads the sequence item mid-read.
+
+    Once armed, the first time this recorder's page size is taken after a
+    Query was answered, another thread reads the sequence item (learning the
+    table's size, switched meanwhile) before the size taken is used.
+    """
+
+    armed = False
+
+    @property
+    def page_size(self) -> int:
+        size = super().page_size
+        counter = self.connection
+        if self.armed and isinstance(counter, QueryCounter) and counter.queries:
+            self.armed = False
+            other = threading.Thread(target=self.max_notification_id)
+            other.start()
+            other.join()
+        return size
+
+
+def test_a_read_that_started_on_the_old_pages_reads_them_though_the_size_changes(
+    factory: DynamoDBFactory, old_pages_of_5000: None
+) -> None:
+    last = write_legacy_table(fresh_reader(factory), batches=70)
+    made = fresh_reader(factory)
+    reader = LearnsTheSizeMidRead(
+        QueryCounter(made.connection),  # type: ignore[arg-type]
+        made.events_table_name,
+        made.notifications_table_name,
+    )
+    assert reader.max_notification_id() == last  # it holds the old size
+    start, limit = 4_950, 1_150  # the old page 0 then across new pages 5 and 6
+    assert start + limit < last
+    repage(fresh_reader(factory))
+
+    reader.armed = True
+    notifications = reader.select_notifications(start, limit)
+
+    assert [n.id for n in notifications] == list(range(start, start + limit))
+    assert reader.max_notification_id() == last
+    assert reader.page_size == 1_000  # and the next read files by the new size
+    assert len(reader.select_notifications(start, limit)) == limit
+
+
+def test_an_answer_read_before_the_move_takes_no_recorder_back_to_the_old_size(
+    factory: DynamoDBFactory, old_pages_of_5000: None
+) -> None:
+    last = write_legacy_table(fresh_reader(factory), batches=70)
+    reader = fresh_reader(factory)
+    stale = sequence_item(reader)  # answered before the switch...
+    repage(fresh_reader(factory))
+    assert reader.max_notification_id() == last
+    assert reader.page_size == 1_000
+
+    reader._learn_page_size(stale)  # ...and handled after it
+
+    assert reader.page_size == 1_000
+    assert len(reader.select_notifications(4_950, 1_150)) == 1_150
+
+
 @pytest.fixture
 def proxied(
     dynamodb_endpoint: str, table_prefix: str

@@ -34,6 +34,8 @@ from eventsourcing.domain import (
     CanMutateAggregate,
     CanSnapshotAggregate,
     EventSourcingError,
+    OriginatorIDError,
+    OriginatorVersionError,
     TAggregate,
 )
 from eventsourcing.utils import get_topic, resolve_topic
@@ -213,23 +215,28 @@ _object_setattr = object.__setattr__
 
 
 def _post_init(self: DomainEvent, context: Any, /) -> None:
-    """``DomainEvent.model_post_init``, quicker for an event read without metadata.
+    """``DomainEvent.model_post_init``, quicker for an event made or read plainly.
 
     pydantic initialises private attributes before a model's own
     ``model_post_init`` by looking up each one's default through several
     functions, for every event made or read; an event read without metadata
-    gets the one private attribute's default here directly
-    (``__pydantic_private__`` is where pydantic keeps an instance's private
-    values). An event class with private attributes of its own goes
-    pydantic's way (see ``_drop_inherited_post_init_wrapper``), as does any
-    event whose private attributes are already set up.
+    gets the one private attribute's default here directly, and an event
+    made by code (no validation context) the context's metadata, as
+    ``DomainEvent.model_post_init`` would give it (``__pydantic_private__``
+    is where pydantic keeps an instance's private values). An event class
+    with private attributes of its own goes pydantic's way (see
+    ``_drop_inherited_post_init_wrapper``), as does any event whose private
+    attributes are already set up.
     """
-    if (
-        context is RESTORED_WITHOUT_METADATA
-        and getattr(self, "__pydantic_private__", None) is None
-    ):
-        _object_setattr(self, "__pydantic_private__", {"_metadata": None})
-        return
+    if getattr(self, "__pydantic_private__", None) is None:
+        if context is RESTORED_WITHOUT_METADATA:
+            _object_setattr(self, "__pydantic_private__", {"_metadata": None})
+            return
+        if context is None:  # made by code: the context's metadata, as below
+            _object_setattr(
+                self, "__pydantic_private__", {"_metadata": current_metadata()}
+            )
+            return
     _init_private_and_post_init(self, context)
 
 
@@ -241,8 +248,14 @@ def given_metadata(event: DomainEvent) -> EventMetadata | None:
 
     For the mapper, which stores nothing for the default: reading
     ``event.metadata`` would make the default's model for every event saved.
+    Read from where pydantic keeps private values: ``event._metadata`` goes
+    through ``BaseModel.__getattr__``, a Python call, for every event saved.
     """
-    return event._metadata
+    private = event.__pydantic_private__
+    if private is None:  # not set up (a model_construct'ed event, say)
+        return event._metadata
+    metadata_given: EventMetadata | None = private.get("_metadata")
+    return metadata_given
 
 
 def _drop_inherited_post_init_wrapper(cls: type[BaseModel]) -> None:
@@ -314,9 +327,44 @@ class Aggregate(BaseAggregate[UUID]):
     class Event(DomainEvent, CanMutateAggregate[UUID]):
         """Base class for this aggregate's events."""
 
+        _mutates_in_place: ClassVar[bool] = True
+        """Whether the ``mutate`` after this class's is ``CanMutateAggregate``'s
+        (set for each subclass): :meth:`mutate` then does its work itself."""
+
+        @classmethod
+        def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+            """Note whether ``mutate`` may skip ``CanMutateAggregate``'s call."""
+            super().__pydantic_init_subclass__(**kwargs)
+            following = super().mutate
+            cls._mutates_in_place = following is CanMutateAggregate.mutate
+
         def mutate(self, aggregate: TAggregate | None) -> TAggregate | None:
-            """Evolve the aggregate; a request also sets what its reply will carry."""
-            mutated = super().mutate(aggregate)
+            """Evolve the aggregate; a request also sets what its reply will carry.
+
+            What ``CanMutateAggregate.mutate`` does (the event must be the
+            aggregate's and its next version; ``apply``, then the version and
+            ``modified_on``), done here for each event replayed rather than
+            through a call of it: that call, and its comparison of UUIDs (two
+            Python calls), cost every event. An event that creates its
+            aggregate, and a class with a ``mutate`` of its own past this
+            one, go the base's way.
+            """
+            if aggregate is None or not self._mutates_in_place:
+                mutated = super().mutate(aggregate)
+            else:
+                # The same object on a load (the repository's id): no
+                # comparison of UUIDs in Python.
+                if self.originator_id is not aggregate.id and (
+                    self.originator_id != aggregate.id
+                ):
+                    raise OriginatorIDError(self.originator_id, aggregate.id)
+                next_version = aggregate.version + 1
+                if self.originator_version != next_version:
+                    raise OriginatorVersionError(self.originator_version, next_version)
+                self.apply(aggregate)
+                aggregate.version = self.originator_version
+                aggregate.modified_on = self.timestamp
+                mutated = aggregate
             if isinstance(self, Request) and mutated is not None:
                 setattr(mutated, _REPLY_METADATA, consequence_of(self))
             return mutated

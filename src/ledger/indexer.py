@@ -64,6 +64,7 @@ transaction). A round of a re-index: see :mod:`ledger.reindexing`.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import time
 import types
@@ -719,7 +720,8 @@ def _units(
     records come after all of the parent's. So what remains of each shard is
     a prefix of it (its checkpoint can move to the prefix's end) and holds
     only whole saves, a save split by a shard split included. Units come in
-    shard order, a save where its first record read comes.
+    shard order, a save where its first record read comes, but after the
+    units holding its aggregates' earlier versions (see ``_in_aggregate_order``).
     """
     members: dict[str, list[_Record]] = defaultdict(list)
     for records in read.values():
@@ -737,7 +739,44 @@ def _units(
                 emitted.add(record.save[0])
                 save = members[record.save[0]]
                 units.append(sorted(save, key=lambda r: r.save[1] if r.save else 0))
-    return units
+    return _in_aggregate_order(units)
+
+
+def _in_aggregate_order(units: list[list[_Record]]) -> list[list[_Record]]:
+    """Return ``units``, each after those holding earlier versions of its aggregates.
+
+    A save with records in several shards comes where its first record read
+    comes, maybe before an earlier event of another of its aggregates, read
+    from another shard: sorting versions then would split the save around
+    it. So a unit waits for those; otherwise units keep their order (units
+    in a cycle, which whole saves read in shard order cannot make, are left
+    at the end in it, for the version check to refuse).
+    """
+    holder = {
+        (r.entry.aggregate_id, r.entry.version): index
+        for index, unit in enumerate(units)
+        for r in unit
+        if r.entry is not None
+    }
+    waits = [0] * len(units)
+    followers: dict[int, list[int]] = defaultdict(list)
+    for (aggregate, version), index in holder.items():
+        earlier = holder.get((aggregate, version - 1))
+        if earlier is not None and earlier != index:
+            waits[index] += 1
+            followers[earlier].append(index)
+    ready = [index for index, count in enumerate(waits) if not count]
+    order: list[int] = []
+    while ready:
+        index = heapq.heappop(ready)  # the earliest unit free to go
+        order.append(index)
+        for follower in followers[index]:
+            waits[follower] -= 1
+            if not waits[follower]:
+                heapq.heappush(ready, follower)
+    placed = set(order)
+    order += [index for index in range(len(units)) if index not in placed]
+    return [units[index] for index in order]
 
 
 def _cuts(

@@ -174,10 +174,36 @@ class PydanticMapper(Mapper[Any]):
         if reader is None:
             reader = _Reader.of(resolve_stored_topic(topic))
             self._readers[topic] = reader
-        if reader.model is not None:
-            event = self._to_pydantic_event(
-                reader, originator_id, originator_version, topic, state
-            )
+        model = reader.model
+        if model is not None:
+            # Here, not in a method of its own: it runs for every event read.
+            try:
+                if self.cipher is None and self.compressor is None:
+                    fields = pydantic_core.from_json(state)
+                    if type(fields) is not dict:
+                        fields = _json_object(fields)
+                else:
+                    fields = self._decode_state(state)
+                stored_metadata = fields.pop(METADATA, None)
+                if reader.upcasts or CLASS_VERSION in fields:
+                    self._upcast(model, fields)
+                fields["originator_id"] = originator_id
+                fields["originator_version"] = originator_version
+                event: DomainEventProtocol[Any] = (
+                    model.__pydantic_validator__.validate_python(
+                        fields,
+                        context=RESTORED_WITHOUT_METADATA
+                        if stored_metadata is None
+                        else {RESTORED_METADATA: _restored_metadata(stored_metadata)},
+                    )
+                )
+            except Exception as error:
+                stored = StoredEvent(originator_id, originator_version, topic, state)
+                if isinstance(error, StoredVersionTooNewError):
+                    msg = f"{_describe(stored)}: {error}"
+                    raise StoredVersionTooNewError(msg) from None
+                msg = f"Failed to deserialise {_describe(stored)}: {error}"
+                raise MapperDeserialisationError(msg) from error
         else:
             event = super().to_domain_event(
                 StoredEvent(originator_id, originator_version, topic, state)
@@ -193,49 +219,12 @@ class PydanticMapper(Mapper[Any]):
                 self._aggregate_topics.add(cast("str", aggregate_topic))
         return event
 
-    def _to_pydantic_event(
-        self,
-        reader: _Reader,
-        originator_id: Any,
-        originator_version: int,
-        topic: str,
-        stored_state: bytes,
-    ) -> DomainEventProtocol[Any]:
-        event_class = cast("type[BaseModel]", reader.model)
-        try:
-            state = self._decode_state(stored_state)
-            stored_metadata = state.pop(METADATA, None)
-            if CLASS_VERSION in state or reader.upcasts:
-                self._upcast(event_class, state)
-            state["originator_id"] = originator_id
-            state["originator_version"] = originator_version
-            return cast(
-                "DomainEventProtocol[Any]",
-                event_class.__pydantic_validator__.validate_python(
-                    state,
-                    context=RESTORED_WITHOUT_METADATA
-                    if stored_metadata is None
-                    else {RESTORED_METADATA: _restored_metadata(stored_metadata)},
-                ),
-            )
-        except StoredVersionTooNewError as error:
-            stored = StoredEvent(originator_id, originator_version, topic, stored_state)
-            raise StoredVersionTooNewError(f"{_describe(stored)}: {error}") from None
-        except Exception as error:
-            stored = StoredEvent(originator_id, originator_version, topic, stored_state)
-            msg = f"Failed to deserialise {_describe(stored)}: {error}"
-            raise MapperDeserialisationError(msg) from error
-
     def _decode_state(self, stored_state: bytes) -> dict[str, Any]:
         if self.cipher:
             stored_state = self.cipher.decrypt(stored_state)
         if self.compressor:
             stored_state = self.compressor.decompress(stored_state)
-        state = pydantic_core.from_json(stored_state)
-        if not isinstance(state, dict):
-            msg = f"stored state is a JSON {type(state).__name__}, not an object"
-            raise TypeError(msg)
-        return state
+        return _json_object(pydantic_core.from_json(stored_state))
 
     @staticmethod
     def _upcast(event_class: type[BaseModel], state: dict[str, Any]) -> None:
@@ -278,6 +267,14 @@ class _Reader:
         model = event_class if issubclass(event_class, BaseModel) else None
         upcasts = getattr(event_class, CLASS_VERSION, 1) > 1
         return cls(model, aggregate_topic, upcasts)
+
+
+def _json_object(state: Any) -> dict[str, Any]:
+    """Return a stored state's JSON if it is an object; raise TypeError if not."""
+    if not isinstance(state, dict):
+        msg = f"stored state is a JSON {type(state).__name__}, not an object"
+        raise TypeError(msg)
+    return state
 
 
 def _stored_metadata(event: BaseModel) -> dict[str, Any]:

@@ -78,6 +78,7 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import repeat
 from typing import TYPE_CHECKING, Final, NamedTuple, TypeAlias
 
 from eventsourcing.persistence import DataError
@@ -443,13 +444,19 @@ def _columns(body: memoryview) -> list[BatchEntry]:
         else:
             states.append(data[offset : offset + length])
             offset += length
+    # tuple.__new__ makes each BatchEntry without the named tuple's own
+    # __new__ (a Python function): half the cost, the same tuples.
     return list(
         map(
-            BatchEntry,
-            map(ids.__getitem__, id_of),
-            versions,
-            map(topics.__getitem__, topic_of),
-            states,
+            tuple.__new__,
+            repeat(BatchEntry, n),
+            zip(
+                map(ids.__getitem__, id_of),
+                versions,
+                map(topics.__getitem__, topic_of),
+                states,
+                strict=True,
+            ),
         )
     )
 

@@ -500,8 +500,15 @@ class DynamoDBConnection:
         write = operation in WRITE_OPERATIONS
         self._call_state.lost_answer = False
         try:
-            with translate_errors(write=write):
+            # translate_errors' work without its context manager, whose
+            # generator costs every call of every load and save.
+            try:
                 return method(**params)
+            except Exception as error:
+                translated = translated_error(error, write=write)
+                if translated is None:
+                    raise
+                raise translated from error
         except ProgrammingError as error:
             table = params.get("TableName")
             if table and table not in str(error):
@@ -569,39 +576,60 @@ def translate_errors(*, write: bool = False) -> Iterator[None]:
     """
     try:
         yield
-    except PersistenceError:
-        raise
-    except botocore.exceptions.ClientError as error:
-        raise translate_client_error(error) from error
-    except (
-        botocore.exceptions.NoCredentialsError,
-        botocore.exceptions.PartialCredentialsError,
-        botocore.exceptions.NoRegionError,
-    ) as error:
-        raise InterfaceError(
+    except Exception as error:
+        translated = translated_error(error, write=write)
+        if translated is None:
+            raise
+        raise translated from error
+
+
+def translated_error(error: Exception, *, write: bool) -> PersistenceError | None:
+    """Return the eventsourcing error for a botocore error, or None: leave it be.
+
+    ``write``: the call sent a write, so a lost answer is an
+    :class:`AmbiguousWriteError`. ledger's own errors, and any that are not
+    botocore's, are left as they are.
+    """
+    if isinstance(error, PersistenceError):
+        return None
+    if isinstance(error, botocore.exceptions.ClientError):
+        return translate_client_error(error)
+    if isinstance(
+        error,
+        (
+            botocore.exceptions.NoCredentialsError,
+            botocore.exceptions.PartialCredentialsError,
+            botocore.exceptions.NoRegionError,
+        ),
+    ):
+        return InterfaceError(
             f"DynamoDB client is not configured: {error}. Configure AWS credentials "
             "and region the usual boto3 way (environment, ~/.aws, or a role)."
-        ) from error
-    except _LOST_ANSWER as error:
+        )
+    if isinstance(error, _LOST_ANSWER):
         if not write:
-            raise OperationalError(
+            return OperationalError(
                 f"DynamoDB did not answer: {error}. Nothing was written; try again."
-            ) from error
-        raise AmbiguousWriteError(
+            )
+        return AmbiguousWriteError(
             f"DynamoDB's answer to a write was lost ({error}), after botocore's "
             "retries: the write may have been applied. Retry the command with "
             "the same idempotency key to apply it exactly once; without one, "
             "reload the aggregate to see whether it was."
-        ) from error
-    except (
-        botocore.exceptions.EndpointConnectionError,
-        botocore.exceptions.ConnectionError,
-        botocore.exceptions.HTTPClientError,
-    ) as error:
-        raise OperationalError(
+        )
+    if isinstance(
+        error,
+        (
+            botocore.exceptions.EndpointConnectionError,
+            botocore.exceptions.ConnectionError,
+            botocore.exceptions.HTTPClientError,
+        ),
+    ):
+        return OperationalError(
             f"Could not reach DynamoDB: {error}. Check DYNAMODB_ENDPOINT_URL, or "
             "start a local server with `ledger local`."
-        ) from error
+        )
+    return None
 
 
 def translate_client_error(error: botocore.exceptions.ClientError) -> PersistenceError:

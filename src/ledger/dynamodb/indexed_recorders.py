@@ -5,7 +5,10 @@ exactly as in ``stream`` ordering: one event is one conditional ``PutItem``
 (1 round trip, 1 WCU per KB); several are one transaction of their puts, each
 event item then carrying three small attributes (``schema.SAVE_ID``,
 ``SAVE_INDEX``, ``SAVE_SIZE``) by which the indexer knows the save is whole.
-Writers of different aggregates never meet.
+Writers of different aggregates never meet. Once, before its first save, a
+recorder that has not read the index's head yet reads it (one GetItem of the
+head item, 1 RCU), so that :meth:`~DynamoDBIndexedApplicationRecorder.wait_indexed`
+knows where to start looking for its saves.
 
 The application sequence is then written by the indexer
 (:class:`ledger.indexer.Indexer`), the one reader of the events
@@ -39,6 +42,7 @@ from ledger.dynamodb.recorders import (
     Ordering,
     OriginatorIDType,
     encode_id,
+    logger,
 )
 from ledger.dynamodb.sequence_recorders import (
     DynamoDBApplicationRecorder,
@@ -93,6 +97,8 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
         )
         self._floors: OrderedDict[tuple[str, int], int] = OrderedDict()
         """Per saved event, a position the index had reached before its save."""
+        self._head_known = False
+        """Whether this recorder has read the index's head (see ``_floor``)."""
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -110,9 +116,7 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
         other_actions: Sequence[TransactWriteItemTypeDef],
         kwargs: dict[str, Any],
     ) -> None:
-        # Any position already committed is below this save's: a floor for
-        # ``wait_indexed``, known without a read.
-        floor = self._committed_seen
+        floor = self._floor() if stored_events else 0
         self._write(
             stored_events,
             other_actions,
@@ -125,6 +129,34 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
             )
         while len(self._floors) > _FLOORS_KEPT:
             self._floors.popitem(last=False)
+
+    def _floor(self) -> int:
+        """Return a position the index has reached: this save's will be above it.
+
+        The indexer appends an event only after reading its save from the
+        stream, so every position committed before the save is below the
+        save's. The last head this recorder saw is such a position, known
+        without a read; a recorder that has seen none (a cold start) reads it
+        once, one GetItem before its first save, so that ``wait_indexed``
+        starts there instead of at position 1: the event can have been
+        indexed by the time the wait begins, so a head read then would be no
+        floor, and nothing short of the whole index would show it is not
+        below that head.
+        """
+        if not self._head_known and self._committed_seen == 0:
+            try:
+                self.max_notification_id()
+            except OperationalError as error:
+                # The save does not need the head, only a later wait: it goes
+                # on, and that wait reads from the start, as it always could.
+                logger.warning(
+                    "could not read the index head before a save; a wait for "
+                    "it will read the index from its start",
+                    extra={"error": type(error).__name__},
+                )
+                return 0
+        self._head_known = True
+        return self._committed_seen
 
     def _event_items(self, stored_events: Sequence[StoredEvent]) -> list[Item]:
         """Return a save's event items; several are marked as one save of n."""
@@ -160,10 +192,13 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
         ``saved``: the application's recordings (``app.save(...)`` returns
         them), or stored or domain events: anything with ``originator_id`` and
         ``originator_version``, or a ``domain_event`` that has them. Returns
-        ``{(aggregate id, version): position}``. Reads the sequence from a
-        position the index had reached before the events were saved (by this
-        recorder; from the start for others), then only what is new, every
-        ``poll_interval`` seconds. Raises :class:`IndexWaitTimeoutError`,
+        ``{(aggregate id, version): position}``. Reads the head, then the
+        sequence from a position the index had reached before the events were
+        saved (by this recorder, which reads the head once before its first
+        save: so even a new recorder's first wait reads one GetItem and the
+        pages from there, about two round trips whatever the index's size;
+        for events saved elsewhere, from the start), then only what is new,
+        every ``poll_interval`` seconds. Raises :class:`IndexWaitTimeoutError`,
         naming what is missing, after ``timeout`` seconds: is an indexer
         running (``ledger index run``)?
         """

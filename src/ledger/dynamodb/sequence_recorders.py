@@ -110,6 +110,25 @@ class _ReadAhead(NamedTuple):
     batches: tuple[_ReadBatch, ...]
 
 
+class _Bounds(NamedTuple):
+    """How far one ``select_notifications`` call reads, and by which page size."""
+
+    high: int
+    """The highest position wanted."""
+    last: int
+    """The last committed position, as read for (or before) this call."""
+    stop: int | None
+    """The caller's ``stop``."""
+    page_size: int
+    """The page size every position up to ``last`` is filed by: taken once per
+    call, with ``last``, so that one read never mixes two sizes."""
+
+
+def _page_end(position: int, page_size: int) -> int:
+    """Return the last position a batch on the page of ``position`` may end at."""
+    return (schema.page_of(position, page_size) + 1) * page_size - 1
+
+
 class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder):
     """Stores events and a gap-free, totally ordered application sequence.
 
@@ -341,12 +360,18 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
         """
         return self._page_size or schema.PAGE_SIZE
 
-    def _learn_page_size(self, sequence_item: Item) -> None:
-        """Take the table's page size from its sequence item."""
+    def _learn_page_size(self, sequence_item: Item) -> int:
+        """Take the table's page size from its sequence item; return it.
+
+        A table's page size only ever goes down (``ledger index repage``
+        moves pages of 100,000 positions onto smaller ones, never back), so
+        a larger size than one already learned is a stale answer (read
+        before the switch, handled after another thread learned the new
+        size) and is ignored.
+        """
         value = sequence_item.get(schema.POSITIONS_PER_PAGE)
         if value is None:
-            self._page_size = schema.LEGACY_PAGE_SIZE
-            return
+            return self._keep_smaller(schema.LEGACY_PAGE_SIZE)
         try:
             size = int(value["N"])
         except (KeyError, TypeError, ValueError):
@@ -358,7 +383,12 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
                 "number, so its notification batches cannot be found. Restore it "
                 "(its batch items' keys say the size: page = position // size)."
             )
-        self._page_size = size
+        return self._keep_smaller(size)
+
+    def _keep_smaller(self, size: int) -> int:
+        if self._page_size is None or size < self._page_size:
+            self._page_size = size
+        return self._page_size
 
     def _position_from(
         self, conflict: TransactionConflictError, sequence_index: int
@@ -376,6 +406,16 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
 
     def max_notification_id(self) -> int | None:
         """Return the last committed position (strongly consistent), or None."""
+        head = self._read_head()
+        return None if head is None else head[0]
+
+    def _read_head(self) -> tuple[int, int] | None:
+        """Return the last committed position and the page size, from one read.
+
+        None: nothing written yet. The two come from the same sequence item,
+        so the size is the one every position up to that last is filed by,
+        whatever another thread of this recorder learns meanwhile.
+        """
         response = self.connection.call(
             "get_item",
             TableName=self.notifications_table_name,
@@ -385,10 +425,10 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
         item = response.get("Item")
         if item is None:
             return None
-        self._learn_page_size(item)
+        size = self._learn_page_size(item)
         last = int(item[schema.LAST_POSITION]["N"])
         self._committed_seen = max(self._committed_seen, last)
-        return last
+        return last, size
 
     def select_notifications(
         self,
@@ -418,40 +458,44 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
         low = 1 if start is None else (start if inclusive_of_start else start + 1)
         low = max(low, 1)
         wanted = low + limit - 1 if stop is None else min(stop, low + limit - 1)
-        last: int | None = self._committed_seen
         if topics or wanted > self._committed_seen:
-            last = self.max_notification_id()
-        if last is None:
-            return []
+            head = self._read_head()
+            if head is None:
+                return []
+            last, page_size = head
+        else:
+            # Taken once: the whole read files by this size, even if another
+            # thread learns a new one meanwhile (``ledger index repage``).
+            last, page_size = self._committed_seen, self.page_size
         high = last if stop is None else min(stop, last)
         if low > high:
             return []  # nothing new: an idle poll costs the GetItem only
+        bounds = _Bounds(high, last, stop, page_size)
         read_ahead = bool(self._read_ahead)
         try:
-            return self._read(low, (high, last, stop), limit, topics, read_ahead)
+            return self._read(low, bounds, limit, topics, read_ahead)
         except CorruptNotificationBatchError:
             if not read_ahead:
                 raise
             # The batches read ahead by an earlier call may predate a repair
             # of the table (a batch restored): read them again to be sure.
             self._forget_read_ahead()
-            return self._read(low, (high, last, stop), limit, topics, False)
+            return self._read(low, bounds, limit, topics, False)
 
     def _read(
         self,
         low: int,
-        bounds: tuple[int, int, int | None],
+        bounds: _Bounds,
         limit: int,
         topics: Sequence[str],
         read_ahead: bool,
     ) -> list[Notification]:
         """Return the notifications ``select_notifications`` asked for.
 
-        ``bounds`` is (highest position wanted, last committed, ``stop``);
         ``read_ahead``: whether batches read ahead by earlier calls may be
         used.
         """
-        high, last, stop = bounds
+        high = bounds.high
         notifications: list[Notification] = []
         pointers: list[int] = []
         ids: dict[str, UUID | str] = {}
@@ -459,7 +503,7 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
         wanted_topics = frozenset(topics)
         covered = low - 1  # the batches read so far hold every position to here
         try:
-            for batch in self._batches(low, (high, last, stop), limit, read_ahead):
+            for batch in self._batches(low, bounds, limit, read_ahead):
                 first, entries = batch.decoded(self.notifications_table_name)
                 if first > covered + 1:
                     raise self._missing_batch(covered + 1, first - 1)
@@ -488,13 +532,12 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
     def _batches(
         self,
         low: int,
-        bounds: tuple[int, int, int | None],
+        bounds: _Bounds,
         span: int,
         read_ahead: bool,
     ) -> Iterator[_ReadBatch]:
         """Yield, in order, the batches holding positions ``low`` to ``high``.
 
-        ``bounds`` is (``high``, the last committed position, ``stop``).
         Reads in windows of ``span`` positions, each one bounded Query per
         notifications page for the batches ending from the window's first
         position to where the batch holding its last position may end
@@ -513,14 +556,14 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
         as good as one read now (``select_notifications`` reads again if one
         turns out damaged or missing: the table may have been repaired).
         """
-        high, last, stop = bounds
+        high, last, stop, size = bounds
         while low <= high:
             window_high = min(high, low + span - 1)
             upper = min(last, window_high + BATCH_REACH)
             reach = (
                 window_high + span if stop is None else min(stop, window_high + span)
             )
-            through = min(last, max(upper, min(self._page_end(upper), reach)))
+            through = min(last, max(upper, min(_page_end(upper, size), reach)))
             end = low - 1
             start = low  # every batch ending before ``start`` has been yielded
             while start <= upper:
@@ -534,8 +577,8 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
                     # ``start``), that one up to ``through``: only the page's
                     # own positions, since a table moved onto smaller pages
                     # keeps other batches under the same page number.
-                    page_high = min(through, self._page_end(start))
-                    batches = self._query_batches(start, page_high, span)
+                    page_high = min(through, _page_end(start, size))
+                    batches = self._query_batches(start, page_high, span, size)
                     next_start = page_high + 1
                 for batch in batches:
                     end = batch.last
@@ -546,13 +589,10 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
             low = max(end, window_high) + 1
             span *= 2
 
-    def _page_end(self, position: int) -> int:
-        """Return the last position a batch on the page of ``position`` may end at."""
-        size = self.page_size
-        return (schema.page_of(position, size) + 1) * size - 1
-
-    def _query_batches(self, low: int, high: int, span: int) -> Iterator[_ReadBatch]:
-        """Yield the batches ending from ``low`` to ``high`` (one page).
+    def _query_batches(
+        self, low: int, high: int, span: int, page_size: int
+    ) -> Iterator[_ReadBatch]:
+        """Yield the batches ending from ``low`` to ``high`` (a page of ``page_size``).
 
         Each answer is kept for the next reads (``_READ_AHEAD_KEPT``).
         """
@@ -561,7 +601,7 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
             "KeyConditionExpression": "#p = :p AND #pos BETWEEN :low AND :up",
             "ExpressionAttributeNames": {"#p": schema.PAGE, "#pos": schema.POSITION},
             "ExpressionAttributeValues": {
-                ":p": {"N": str(schema.page_of(low, self.page_size))},
+                ":p": {"N": str(schema.page_of(low, page_size))},
                 ":low": {"N": str(low)},
                 ":up": {"N": str(high)},
             },
@@ -641,8 +681,15 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
         first, entries = batch
         low, high, limit = bounds
         notifications, pointers, ids = found
-        for offset in range(max(low - first, 0), min(high - first + 1, len(entries))):
-            aggregate_id, version, topic, state = entries[offset]
+        begin = max(low - first, 0)
+        end = min(high - first + 1, len(entries))
+        if not topics:
+            # Every event is wanted: stop at the limit without a check per event.
+            end = min(end, begin + limit - len(notifications))
+        append = notifications.append
+        for position, (aggregate_id, version, topic, state) in zip(
+            range(first + begin, first + end), entries[begin:end], strict=True
+        ):
             if topics and topic not in topics:
                 continue
             # An aggregate's events come together: its id is decoded once.
@@ -654,26 +701,28 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
                     raise CorruptNotificationBatchError(
                         self.notifications_table_name,
                         first + len(entries) - 1,
-                        f"position {first + offset}: {error}",
+                        f"position {position}: {error}",
                     ) from error
                 ids[aggregate_id] = originator_id
             if state is None:
                 pointers.append(len(notifications))
             # Positional (the dataclass's field order: originator_id,
             # originator_version, topic, state, id): a quarter faster than
-            # keywords, and this is most of a long read's own work.
-            notifications.append(
+            # keywords. Not filled in through __dict__ (a third faster alone):
+            # that gives each its own dict, which the garbage collector then
+            # scans, and a long read in a large process came out slower.
+            append(
                 Notification(
                     originator_id,
                     version,
                     topic,
                     b"" if state is None else state,
-                    first + offset,
+                    position,
                 )
             )
-            if len(notifications) >= limit:
+            if topics and len(notifications) >= limit:
                 return True
-        return False
+        return len(notifications) >= limit
 
     def batch_end(self, position: int) -> int | None:
         """Return the last position of the batch holding ``position``, if committed.

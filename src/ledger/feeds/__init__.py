@@ -13,14 +13,23 @@ consumer is a class, not a new loop:
 * the **consumer** (:class:`Consumer`) handles a batch and says how far it
   got (:class:`Progress`).
 
-:class:`Runner` is the only loop: it polls the source from the checkpoint
-to the tail, hands each batch to the consumer, records the consumer's lag
-behind the head, stops at a batch it cannot read (:attr:`Runner.blocked`),
-reads again after another runner got in first (:class:`Raced`) and rides
-out DynamoDB being unavailable. It runs in-process (:meth:`Runner.start`,
-:meth:`Runner.wait` for read-your-writes), as a long-running poller
-(:meth:`Runner.run`), or in a Lambda invocation (:meth:`Runner.drain`,
-:func:`drain_handler`).
+:class:`Runner` polls the source from the checkpoint to the tail, hands
+each batch to the consumer, records the consumer's lag behind the head,
+stops at a batch it cannot read (:attr:`Runner.blocked`) and reads again
+after another runner got in first (:class:`Raced`). It runs in-process
+(:meth:`Runner.start`, :meth:`Runner.wait` for read-your-writes), as a
+long-running poller (:meth:`Runner.run`), or in a Lambda invocation
+(:meth:`Runner.drain`, :func:`drain_handler`).
+
+The events table's DynamoDB stream (per-aggregate order, 24 hours; read
+only by the indexer and the legacy ``stream`` feed) has its own positions,
+one per shard: a :class:`StreamConsumer` is fed by a :class:`StreamPoller`,
+or in Lambda by :func:`stream_handler` (records pushed by an event source
+mapping, answered with a partial-batch response).
+
+Both pollers are one loop (:class:`Polling`: ``run``, ``drain``,
+``start``/``stop``), which rides out DynamoDB being unavailable in one place
+(:func:`keep_polling`, also behind :func:`run_polls` and :func:`stream_handler`).
 """
 
 from ledger.feeds.base import (
@@ -34,7 +43,17 @@ from ledger.feeds.base import (
 )
 from ledger.feeds.checkpoints import TrackingCheckpoint
 from ledger.feeds.index import DEFAULT_PAGE_SIZE, IndexSource
+from ledger.feeds.polling import Polling, keep_polling, run_polls
 from ledger.feeds.runner import Runner, drain_handler
+from ledger.feeds.stream import (
+    RecordsConsumer,
+    StreamConsumer,
+    StreamPoller,
+    decode_record,
+    from_table,
+    sequence_number,
+    stream_handler,
+)
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -43,10 +62,20 @@ __all__ = [
     "Consumer",
     "IndexSource",
     "Item",
+    "Polling",
     "Progress",
     "Raced",
+    "RecordsConsumer",
     "Runner",
     "Source",
+    "StreamConsumer",
+    "StreamPoller",
     "TrackingCheckpoint",
+    "decode_record",
     "drain_handler",
+    "from_table",
+    "keep_polling",
+    "run_polls",
+    "sequence_number",
+    "stream_handler",
 ]

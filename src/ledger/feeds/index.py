@@ -14,8 +14,9 @@ checkpoint on to the head.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Final
 
 from ledger.feeds.base import Batch, Item
@@ -26,14 +27,19 @@ DEFAULT_PAGE_SIZE: Final = 1000
 
 
 class IndexSource:
-    """An application's sequence, a page at a time, the next page read ahead.
+    """An application's sequence, a page at a time, read ahead for slow consumers.
 
     Each :meth:`batches` call reads the head once (one strongly consistent
     GetItem), then pages up to that head with ``select_notifications``
-    (filtered on ``topics`` by the recorder), reading the next page in a
-    thread while the consumer handles the current one. An unreadable batch
-    item raises :class:`~ledger.dynamodb.batches.CorruptNotificationBatchError`
-    when the page reaches it.
+    (filtered on ``topics`` by the recorder). Once the consumer has taken
+    longer over a page than that page took to read, the next page is read
+    in a thread while the consumer handles the current one. Until then,
+    pages are read in the consumer's own thread: for a consumer that keeps
+    up, a thread gains nothing and its hand-off costs CPU per event
+    (``benchmarks/bench_indexed.py --readers-only``). An unreadable batch
+    item raises
+    :class:`~ledger.dynamodb.batches.CorruptNotificationBatchError` when the
+    page reaches it.
     """
 
     def __init__(self, application: Any, *, page_size: int = DEFAULT_PAGE_SIZE) -> None:
@@ -63,26 +69,41 @@ class IndexSource:
             )
             return page
 
-        with ThreadPoolExecutor(max_workers=1) as reader:
-            upcoming = reader.submit(read, after + 1)
+        reader: ThreadPoolExecutor | None = None
+        upcoming: Future[Sequence[Any]] | None = None
+        try:
             while True:
-                page = upcoming.result()
+                if upcoming is None:
+                    began = time.perf_counter()
+                    page = read(after + 1)
+                    reading = time.perf_counter() - began
+                else:
+                    page = upcoming.result()
                 if not page:
                     # Nothing (of these topics) up to the head: had a damaged
                     # batch been in the way, the read would have raised.
                     yield Batch([], after, head, head)
                     return
                 checkpoint = int(page[-1].id)
-                if checkpoint < head:
-                    # A page may end early, before a damaged batch: only an
-                    # empty page says the rest up to the head holds nothing.
-                    upcoming = reader.submit(read, checkpoint + 1)
+                # A page may end early, before a damaged batch: only an empty
+                # page says the rest up to the head holds nothing.
+                more = checkpoint < head
+                upcoming = (
+                    reader.submit(read, checkpoint + 1) if reader and more else None
+                )
+                handed = time.perf_counter()
                 yield Batch(
                     [Item(notification, to_event) for notification in page],
                     after,
                     checkpoint,
                     head,
                 )
-                if checkpoint >= head:
+                if not more:
                     return
+                if reader is None and time.perf_counter() - handed > reading:
+                    # The consumer is the slower: read ahead from now on.
+                    reader = ThreadPoolExecutor(max_workers=1)
                 after = checkpoint
+        finally:
+            if reader is not None:
+                reader.shutdown(wait=True)

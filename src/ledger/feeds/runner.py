@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from eventsourcing.persistence import OperationalError
-
 from ledger.dynamodb.batches import CorruptNotificationBatchError
-from ledger.dynamodb.client import Outage
 from ledger.feeds.base import Batch, Consumer, Progress, Raced, Source
+from ledger.feeds.polling import Polling, deadline_of
 from ledger.projections.metrics import COUNT, LAG, NO_METRICS, Metrics
 
 logger = logging.getLogger(__name__)
@@ -23,7 +20,7 @@ STOP_MARGIN_MS: Final = 10_000
 more batches: the one being handled must end before Lambda's timeout."""
 
 
-class Runner:
+class Runner(Polling):
     """Runs a consumer over a source: the only loop a feed needs.
 
     Each :meth:`poll` goes from the consumer's position to the source's tail
@@ -41,7 +38,8 @@ class Runner:
     (timeouts); what it returns counts as events handled.
 
     One runner per consumer is the rule; a second one is safe (each position
-    is committed once) but reads every page twice.
+    is committed once) but reads every page twice. It runs, drains, starts
+    and stops as every feed that polls does (:class:`~ledger.feeds.Polling`).
     """
 
     def __init__(
@@ -53,21 +51,22 @@ class Runner:
         interval: float = 1.0,
     ) -> None:
         """Run ``consumer`` over ``source``, waiting ``interval`` when idle."""
+        super().__init__(interval=interval)
         self.source = source
         self.consumer = consumer
         self.metrics: Metrics = (
             metrics if metrics is not None else getattr(consumer, "metrics", NO_METRICS)
         )
-        self.interval = interval
         self.blocked: CorruptNotificationBatchError | None = None
         """The unreadable batch this runner is stopped at, if it is."""
         self.lag: int | None = None
         """Positions between the consumer's position and the head, at the last batch."""
         self._position: int | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._error: BaseException | None = None
-        self._polled = threading.Condition()
+
+    @property
+    def name(self) -> str:
+        """The consumer's name."""
+        return self.consumer.name
 
     @property
     def position(self) -> int:
@@ -174,67 +173,8 @@ class Runner:
         # process (skip-batch): read it again at each poll while stopped.
         self._position = None
 
-    def drain(self, deadline: float | None = None) -> int:
-        """Poll until a poll finds nothing or ``deadline`` passes; return events done.
-
-        For a Lambda invocation or ``--once``. Rides out DynamoDB being
-        unavailable while the deadline allows (without one: not at all, the
-        error is raised).
-        """
-        outage = Outage(f"feeding {self.consumer.name}", self.interval)
-        handled = 0
-        while deadline is None or time.monotonic() < deadline:
-            try:
-                done = self.poll(deadline)
-            except OperationalError as error:
-                outage.wait_out(error, deadline)
-                continue
-            outage.recovered()
-            handled += done
-            if not done:
-                break
-        return handled
-
-    def run(self, stop: threading.Event) -> None:
-        """Poll until ``stop`` is set, waiting :attr:`interval` when idle.
-
-        Rides out DynamoDB being unavailable for as long as it takes (waits
-        doubling up to 30 s): nothing is lost, since a poll checkpoints only
-        what the consumer handled.
-        """
-        # Imported here: the stream feed's module imports the projector's.
-        from ledger.projections.streams import run_polls  # noqa: PLC0415
-
-        run_polls(self.poll, stop, interval=self.interval)
-
-    def start(self) -> Runner:
-        """Run in a daemon thread until :meth:`stop` (in-process: tests, the demo)."""
-        if self._thread is not None:
-            raise RuntimeError(f"{self.consumer.name}'s runner is running already.")
-        self._stop.clear()
-        self._error = None
-
-        def run() -> None:
-            try:
-                self.run(self._stop)
-            except BaseException as error:
-                self._error = error
-                with self._polled:
-                    self._polled.notify_all()
-                raise
-
-        self._thread = threading.Thread(
-            target=run, name=f"feed-{self.consumer.name}", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the thread :meth:`start` began, and wait for it to end."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+    def _poll_within(self, deadline: float | None) -> int:
+        return self.poll(deadline)
 
     def wait(self, position: int, timeout: float) -> None:
         """Wait until the consumer's position reaches ``position`` (read-your-writes).
@@ -266,12 +206,6 @@ class Runner:
                 with self._polled:
                     self._polled.wait(min(left, self.interval))
 
-    def __enter__(self) -> Runner:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
 
 def drain_handler(
     make_runner: Callable[[], Runner], *, margin_ms: float = STOP_MARGIN_MS
@@ -290,13 +224,7 @@ def drain_handler(
         if not made:
             made.append(make_runner())
         runner = made[0]
-        remaining = getattr(context, "get_remaining_time_in_millis", None)
-        deadline = (
-            None
-            if remaining is None
-            else time.monotonic() + (float(remaining()) - margin_ms) / 1000
-        )
-        handled = runner.drain(deadline)
+        handled = runner.drain(deadline_of(context, margin_ms))
         return {
             "applied": handled,
             "position": runner.position,

@@ -16,8 +16,9 @@ cannot be read (not replicated yet, or removed), the record fails with
 passed over. Aggregates interleave in any order.
 
 Use it from Lambda with :meth:`StreamFollower.handle` (the partial-batch
-response), or locally with :class:`~ledger.projections.streams.StreamPoller`
-(it keeps each shard's checkpoint in the follower's tracking table).
+response, through :func:`~ledger.feeds.stream_handler`), or locally with
+:class:`~ledger.feeds.StreamPoller` (it keeps each shard's checkpoint in the
+follower's tracking table).
 A record that fails is logged on ``ledger.projections.followers`` (its
 error's type and place, never its message or the event's state).
 """
@@ -25,7 +26,7 @@ error's type and place, never its message or the event's state).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from eventsourcing.persistence import IntegrityError, Tracking
@@ -33,15 +34,15 @@ from eventsourcing.projection import EventSourcedProjection
 
 from ledger.dynamodb import aggregate_tracking
 from ledger.dynamodb import schema as store_schema
-from ledger.projections.gaps import in_version_order
-from ledger.projections.metrics import report_records_failed
-from ledger.projections.streams import (
+from ledger.feeds.stream import (
+    BatchResponse,
     _aggregate_of,
     decode_record,
-    from_table,
     sequence_number,
-    stream_arn_of,
+    stream_handler,
 )
+from ledger.projections.gaps import in_version_order
+from ledger.projections.metrics import report_records_failed
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +69,10 @@ class StreamFollower:
         recorder: Any = follower.recorder
         self.recorder = recorder
         self.connection = recorder.connection
-        self._stream_arn: str | None = None
-        """The leader's events-table stream, read at the first Lambda event."""
+        self.name: str = follower.name
+        """The follower's name (for logs)."""
+        self._handler: Callable[[Mapping[str, Any], Any], BatchResponse] | None = None
+        """The Lambda handler of :meth:`handle`, made at the first event."""
         self._uuid_ids = (
             getattr(leader.recorder, "originator_id_type", "uuid") == "uuid"
         )
@@ -107,21 +110,17 @@ class StreamFollower:
                 failed_aggregates.add(aggregate_id)
         return failed
 
-    def handle(self, event: Mapping[str, Any]) -> dict[str, list[dict[str, str]]]:
+    def handle(self, event: Mapping[str, Any]) -> BatchResponse:
         """Process a Lambda stream event; return its partial-batch response.
 
         Only records from the leader's events table are processed (others are
-        dropped and logged: see :func:`~ledger.projections.streams.from_table`).
+        dropped and logged: see :func:`~ledger.feeds.from_table`). A record
+        that meets DynamoDB unavailable fails as any other (:meth:`process`),
+        and is delivered again.
         """
-        if self._stream_arn is None:
-            self._stream_arn = stream_arn_of(self.leader) or ""
-        records = from_table(
-            event.get("Records", []),
-            self.leader.recorder.events_table_name,
-            self._stream_arn or None,
-        )
-        failed = self.process(records)
-        return {"batchItemFailures": [{"itemIdentifier": n} for n in failed]}
+        if self._handler is None:
+            self._handler = stream_handler(lambda: (self, self.leader))
+        return self._handler(event, None)
 
     def process_event(self, event: Any) -> bool:
         """Process one leader event exactly once; False if it was processed before."""

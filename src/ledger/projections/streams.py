@@ -1,7 +1,11 @@
 """Feeding projectors from DynamoDB Streams: a Lambda handler and a local poller.
 
-(Over 400 lines as one concept: Lambda batches and the poller share the
-decoding, per-aggregate ordering and failure rules below.)
+The stream itself (decoding records, the :class:`StreamPoller`, the one
+Lambda handler for pushed records) is :mod:`ledger.feeds.stream`; its names
+are importable from here too. This module is what a projector adds: how a
+batch of records is applied. (Just over 400 lines as one concept: a
+batch's decoding, per-aggregate ordering and failure rules, and the Lambda
+handler and poller consumer built on them.)
 
 DynamoDB orders stream records per item only, and delivers them at least
 once. So this feed does not track one position: it tracks the last version
@@ -30,30 +34,26 @@ iterator age recorded (:mod:`ledger.projections.metrics`).
 
 from __future__ import annotations
 
-import base64
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol, cast
-from uuid import UUID
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-import botocore.exceptions
-from eventsourcing.persistence import (
-    DataError,
-    Mapper,
-    OperationalError,
-    PersistenceError,
-    ProgrammingError,
-    StoredEvent,
-)
+from eventsourcing.persistence import Mapper, PersistenceError
 
 from ledger.dynamodb import schema as store_schema
-from ledger.dynamodb.client import (
-    MAX_OUTAGE_WAIT,
-    Outage,
-    translate_client_error,
-    translate_errors,
+from ledger.feeds.polling import run_polls
+from ledger.feeds.stream import (
+    INSERT,
+    StreamConsumer,
+    StreamPoller,
+    _aggregate_of,
+    decode_record,
+    from_table,
+    handle_records,
+    sequence_number,
+    stream_arn_of,
+    stream_handler,
 )
 from ledger.projections.deadletters import error_summary
 from ledger.projections.metrics import (
@@ -67,71 +67,26 @@ from ledger.projections.projector import Projector
 from ledger.projections.session import Session
 from ledger.projections.views import ActiveVersionChangedError, ConcurrentChangeError
 
+__all__ = [
+    "INSERT",
+    "ProjectionConsumer",
+    "StreamConsumer",
+    "StreamPoller",
+    "ViewCheckpoints",
+    "decode_record",
+    "from_table",
+    "handle_stream_event",
+    "lambda_handler",
+    "process_records",
+    "run_polls",
+    "sequence_number",
+    "stream_arn_of",
+]
+
 logger = logging.getLogger(__name__)
 """Structured records (``extra=``): ids, counts, sources; never event state."""
 
-INSERT = "INSERT"
-"""The only stream records projected: events are never modified or removed."""
 _MAX_RECORD_ATTEMPTS = 10
-
-
-_EVENT_ATTRIBUTES = (
-    (store_schema.AGGREGATE_ID, "S"),
-    (store_schema.VERSION, "N"),
-    (store_schema.TOPIC, "S"),
-    (store_schema.STATE, "B"),
-)
-"""Attributes (and types) every event item has."""
-
-
-def decode_record(
-    record: Mapping[str, Any], mapper: Mapper[Any], *, uuid_ids: bool = True
-) -> Any | None:
-    """Return the domain event in a stream record, or None if it is no new event.
-
-    Accepts both shapes: Lambda's JSON (binary as base64 text) and the boto3
-    ``dynamodbstreams`` client's (binary as bytes).
-    """
-    if record.get("eventName") != INSERT:
-        return None
-    image = record.get("dynamodb", {}).get("NewImage", {})
-    missing = [
-        name
-        for name, kind in _EVENT_ATTRIBUTES
-        if not isinstance(image.get(name), Mapping) or kind not in image[name]
-    ]
-    if missing:
-        raise DataError(
-            f"Stream record {record.get('dynamodb', {}).get('SequenceNumber')} "
-            f"is not an event of ledger's events table: its new image lacks "
-            f"{', '.join(missing)}. Is the function wired to the right table's "
-            "stream (NEW_IMAGE view)?"
-        )
-    state = image[store_schema.STATE]["B"]
-    if isinstance(state, str):
-        state = base64.b64decode(state)
-    aggregate_id = image[store_schema.AGGREGATE_ID]["S"]
-    stored = StoredEvent(
-        originator_id=UUID(aggregate_id) if uuid_ids else aggregate_id,
-        originator_version=int(image[store_schema.VERSION]["N"]),
-        topic=image[store_schema.TOPIC]["S"],
-        state=bytes(state),
-    )
-    return mapper.to_domain_event(stored)
-
-
-def sequence_number(record: Mapping[str, Any]) -> str:
-    """Return a stream record's sequence number (its ``itemIdentifier``)."""
-    number: str = record["dynamodb"]["SequenceNumber"]
-    return number
-
-
-def _aggregate_of(record: Mapping[str, Any]) -> str | None:
-    keys = record.get("dynamodb", {}).get("Keys") or record.get("dynamodb", {}).get(
-        "NewImage", {}
-    )
-    value = keys.get(store_schema.AGGREGATE_ID, {}).get("S")
-    return None if value is None else str(value)
 
 
 def process_records(
@@ -363,61 +318,12 @@ def handle_stream_event(
     ``application_name``, a view fed by that application's sequence is
     refused (see :func:`process_records`).
     """
-    records = event.get("Records", [])
-    if events_table is not None:
-        records = from_table(records, events_table, stream_arn)
-    failed = process_records(
-        projector, records, mapper, application_name=application_name
+    return handle_records(
+        event,
+        ProjectionConsumer(projector, mapper, application_name=application_name),
+        events_table=events_table,
+        stream_arn=stream_arn,
     )
-    return {"batchItemFailures": [{"itemIdentifier": number} for number in failed]}
-
-
-def stream_arn_of(application: Any) -> str | None:
-    """Return the ARN of the application's events-table stream (None: none)."""
-    recorder = application.recorder
-    table = recorder.connection.call(
-        "describe_table", TableName=recorder.events_table_name
-    )["Table"]
-    arn: str | None = table.get("LatestStreamArn")
-    return arn
-
-
-def from_table(
-    records: Sequence[Mapping[str, Any]],
-    events_table: str,
-    stream_arn: str | None = None,
-) -> list[Mapping[str, Any]]:
-    """Return the records that come from ``events_table``'s stream.
-
-    With ``stream_arn`` (the table's ``LatestStreamArn``), a record's
-    ``eventSourceARN`` must be exactly it (same account, region, table and
-    stream); without, it must name the table's stream. A record from any
-    other source (another table's or account's stream wired to the function
-    by mistake, or made up by an invoker) is dropped, never applied, and
-    logged (its source and the count, not its content). Dropped records are
-    not reported as failures: redelivering them would not help. (Only the
-    event source mapping should be allowed to invoke the function: IAM, not
-    this check, keeps out an invoker who copies the real ARN.)
-    """
-
-    def ours(record: Mapping[str, Any]) -> bool:
-        source = str(record.get("eventSourceARN", ""))
-        if stream_arn is not None:
-            return source == stream_arn
-        return f":table/{events_table}/stream/" in source
-
-    own = [r for r in records if ours(r)]
-    if len(own) < len(records):
-        foreign = [r for r in records if not ours(r)]
-        logger.error(
-            "dropped stream records not from the events table",
-            extra={
-                "events_table": events_table,
-                "dropped": len(foreign),
-                "sources": sorted({str(r.get("eventSourceARN")) for r in foreign}),
-            },
-        )
-    return own
 
 
 def lambda_handler(
@@ -435,107 +341,20 @@ def lambda_handler(
     from ledger.projections.dynamodb import open_view  # noqa: PLC0415
     from ledger.projections.projector import event_loader  # noqa: PLC0415
 
-    made: dict[str, Any] = {}
-
-    def handler(
-        event: Mapping[str, Any], context: Any
-    ) -> dict[str, list[dict[str, str]]]:
-        if not made:
-            application = application_class(env=env)
-            view = open_view(projector_class, env)
-            made["mapper"] = application.mapper
-            made["application_name"] = application.name
-            made["events_table"] = application.recorder.events_table_name
-            made["stream_arn"] = stream_arn_of(application)
-            made["projector"] = projector_class(
-                view,
-                event_loader(application),
-                metrics=metrics_from_env(projector_class, env),
-            )
-        return _while_time_allows(
-            lambda: handle_stream_event(
-                event,
-                made["projector"],
-                made["mapper"],
-                events_table=made["events_table"],
-                stream_arn=made["stream_arn"],
-                application_name=made["application_name"],
-            ),
-            event,
-            context,
+    def make() -> tuple[ProjectionConsumer, Any]:
+        application = application_class(env=env)
+        view = open_view(projector_class, env)
+        projector = projector_class(
+            view,
+            event_loader(application),
+            metrics=metrics_from_env(projector_class, env),
         )
+        consumer = ProjectionConsumer(
+            projector, application.mapper, application_name=application.name
+        )
+        return consumer, application
 
-    return handler
-
-
-_LAMBDA_MARGIN_MS = 5_000
-"""Time kept back from a Lambda invocation's limit to answer in."""
-
-
-def _while_time_allows(
-    handle: Callable[[], dict[str, list[dict[str, str]]]],
-    event: Mapping[str, Any],
-    context: Any,
-) -> dict[str, list[dict[str, str]]]:
-    """Handle a batch, waiting out DynamoDB being unavailable while time allows.
-
-    On ``OperationalError`` (an outage, throttling past the client's
-    retries) the batch is tried again after a wait, doubling up to 30 s, for
-    as long as the invocation has time (``context``'s remaining time, less a
-    margin); then every record is reported failed, and Lambda delivers the
-    batch again (each redelivery counts towards the mapping's
-    ``MaximumRetryAttempts``). Nothing is lost or applied twice either way.
-    """
-    outage = Outage("handling a stream batch", 0.2)
-    while True:
-        try:
-            return handle()
-        except OperationalError as error:
-            remaining_ms = (
-                context.get_remaining_time_in_millis()
-                if hasattr(context, "get_remaining_time_in_millis")
-                else 0
-            )
-            # Wait only while the invocation has time left for another try.
-            outage.patience = outage.waited + (remaining_ms - _LAMBDA_MARGIN_MS) / 1000
-            wait = outage.failed(error)
-            if wait is None:
-                logger.error(  # noqa: TRY400 - the outage's waits were logged
-                    "DynamoDB unavailable for the invocation's time: every record "
-                    "of the stream batch reported failed",
-                    extra={"records": len(event.get("Records", []))},
-                )
-                return {
-                    "batchItemFailures": [
-                        {"itemIdentifier": sequence_number(record)}
-                        for record in event.get("Records", [])
-                    ]
-                }
-            time.sleep(wait)
-
-
-class StreamConsumer(Protocol):
-    """What a :class:`StreamPoller` feeds: processes records, keeps checkpoints."""
-
-    @property
-    def connection(self) -> Any:
-        """The DynamoDB connection of the store the consumer writes to."""
-        ...  # pragma: no cover
-
-    def process(self, records: Sequence[Mapping[str, Any]]) -> list[str]:
-        """Process records of one shard in order; return the failed sequence numbers.
-
-        Failed records (and those after them) are read again at the next poll.
-        """
-        ...  # pragma: no cover
-
-    def checkpoint(self, shard_id: str) -> str | None:
-        """Return the sequence number of the last record processed in a shard."""
-        ...  # pragma: no cover
-
-    def save_checkpoint(self, shard_id: str, number: str) -> None:
-        """Record the last record processed in a shard."""
-        ...  # pragma: no cover
+    return stream_handler(make)
 
 
 class ViewCheckpoints:
@@ -577,6 +396,7 @@ class ProjectionConsumer(ViewCheckpoints):
     ) -> None:
         super().__init__(projector.view)
         self.projector = projector
+        self.name = projector.name
         self.mapper = mapper
         self.application_name = application_name
 
@@ -588,279 +408,3 @@ class ProjectionConsumer(ViewCheckpoints):
             self.mapper,
             application_name=self.application_name,
         )
-
-
-class StreamPoller:
-    """Feeds a projector (or any :class:`StreamConsumer`) from the events stream.
-
-    For running a stream feed without Lambda (``ledger projections run``) and
-    for DynamoDB Local. Each shard's last processed record is checkpointed
-    after each batch (a projector keeps them in its control table); a record
-    whose processing failed (DynamoDB unavailable, say) is read again at the
-    next poll. Costs per poll: one DescribeStream, one GetShardIterator and at
-    least one GetRecords per shard.
-    """
-
-    def __init__(
-        self,
-        consumer: Projector | StreamConsumer,
-        application: Any,
-        *,
-        batch_size: int = 1000,
-        streams_client: Any = None,
-    ) -> None:
-        if isinstance(consumer, Projector):
-            consumer = ProjectionConsumer(
-                consumer, application.mapper, application_name=application.name
-            )
-        self.consumer: StreamConsumer = consumer
-        self.application = application
-        self.batch_size = batch_size
-        connection = consumer.connection
-        self.client = streams_client or _streams_client(connection)
-        events_table = application.recorder.events_table_name
-        table = connection.call("describe_table", TableName=events_table)["Table"]
-        if not table.get("StreamSpecification", {}).get("StreamEnabled"):
-            raise ProgrammingError(
-                f"The events table {events_table} has no DynamoDB stream (made "
-                "with DYNAMODB_EVENTS_STREAM=no, say). Enable a stream of new "
-                "images on it, or feed the projection from the application "
-                "sequence (ledger projections run NAME --feed sequence)."
-            )
-        self.stream_arn: str = table["LatestStreamArn"]
-        self._iterators: dict[str, str] = {}
-        """Per shard, where the last poll's empty page left off."""
-        self._finished: set[str] = set()
-        """Shards closed and read to their end by this poller."""
-
-    def poll(self) -> int:
-        """Process every record available now in every shard; return how many."""
-        processed = 0
-        for shard in self._shards():
-            processed += self._poll_shard(shard)
-        return processed
-
-    def run(
-        self,
-        stop: threading.Event,
-        interval: float = 1.0,
-        *,
-        max_backoff: float = MAX_OUTAGE_WAIT,
-    ) -> None:
-        """Poll until ``stop`` is set, waiting ``interval`` seconds when idle.
-
-        Rides out DynamoDB being unavailable (see :func:`run_polls`).
-        """
-        run_polls(self.poll, stop, interval=interval, max_backoff=max_backoff)
-
-    def _shards(self) -> list[dict[str, Any]]:
-        shards: list[dict[str, Any]] = []
-        params: dict[str, Any] = {"StreamArn": self.stream_arn}
-        while True:
-            with translate_errors():
-                description = self.client.describe_stream(**params)["StreamDescription"]
-            shards.extend(description["Shards"])
-            last = description.get("LastEvaluatedShardId")
-            if last is None:
-                return _parents_first(shards)
-            params["ExclusiveStartShardId"] = last
-
-    def backlog(self, cap: int = 10_000) -> int | None:
-        """Count the records after the consumer's checkpoints, up to ``cap``.
-
-        None if no shard has a checkpoint (the feed never ran here: a Lambda
-        feed keeps its position itself; watch its iterator age instead).
-        Costs a DescribeStream, and per shard a GetShardIterator and a
-        GetRecords per 1,000 records counted.
-        """
-        shards = self._shards()
-        if all(self.consumer.checkpoint(shard["ShardId"]) is None for shard in shards):
-            return None
-        behind = 0
-        for shard in shards:
-            if self._read_to_its_end(shard):
-                continue
-            iterator = self._iterator(shard["ShardId"])
-            while iterator and behind < cap:
-                response = self._get_records(
-                    shard["ShardId"], iterator, min(1000, cap - behind)
-                )
-                records = response.get("Records", [])
-                if not records:
-                    break
-                behind += len(records)
-                iterator = response.get("NextShardIterator")
-        return min(behind, cap)
-
-    def _iterator(self, shard_id: str) -> str | None:
-        """Return a shard iterator just after the consumer's checkpoint."""
-        checkpoint = self.consumer.checkpoint(shard_id)
-        params: dict[str, Any] = {"StreamArn": self.stream_arn, "ShardId": shard_id}
-        if checkpoint is None:
-            params["ShardIteratorType"] = "TRIM_HORIZON"
-        else:
-            params["ShardIteratorType"] = "AFTER_SEQUENCE_NUMBER"
-            params["SequenceNumber"] = checkpoint
-        with translate_errors():
-            iterator: str | None = self.client.get_shard_iterator(**params).get(
-                "ShardIterator"
-            )
-        return iterator
-
-    def _poll_shard(self, shard: Mapping[str, Any]) -> int:
-        """Process a shard's available records; return how many.
-
-        Where an empty page stopped it, the next poll goes on from there (a
-        shard may hold empty stretches before later records); from the
-        checkpoint again after a failure, or once the iterator was refused.
-        """
-        shard_id: str = shard["ShardId"]
-        if shard_id in self._finished or self._read_to_its_end(shard):
-            self._finished.add(shard_id)
-            return 0
-        iterator = self._iterators.pop(shard_id, None) or self._iterator(shard_id)
-        processed = 0
-        while iterator:
-            response = self._get_records(shard_id, iterator)
-            records = response.get("Records", [])
-            if not records:
-                following = response.get("NextShardIterator")
-                if following is None:
-                    self._finished.add(shard_id)  # closed, and read to its end
-                else:
-                    self._iterators[shard_id] = following
-                return processed
-            failed = set(self.consumer.process(records))
-            done = _before_first_failure(records, failed)
-            processed += len(done)
-            if done:
-                self.consumer.save_checkpoint(shard_id, sequence_number(done[-1]))
-            if failed:
-                return processed
-            iterator = response.get("NextShardIterator")
-        self._finished.add(shard_id)
-        return processed
-
-    def _read_to_its_end(self, shard: Mapping[str, Any]) -> bool:
-        """Whether the shard is closed and its checkpoint is its last record.
-
-        Such a shard is not read again: once its records pass the stream's 24
-        hours, an iterator after its checkpoint is refused as trimmed,
-        although nothing is missing. (A GetItem of the checkpoint, only for
-        closed shards this poller has not finished.)
-        """
-        ending = shard.get("SequenceNumberRange", {}).get("EndingSequenceNumber")
-        if ending is None:
-            return False
-        checkpoint = self.consumer.checkpoint(shard["ShardId"])
-        return checkpoint is not None and int(checkpoint) >= int(ending)
-
-    def _get_records(
-        self, shard_id: str, iterator: str, limit: int | None = None
-    ) -> dict[str, Any]:
-        """Read a page of a shard; renew a refused iterator from the checkpoint.
-
-        An iterator refused as expired or as trimmed is renewed from the
-        checkpoint as it stands now, and read once more: a refusal as trimmed
-        does not yet mean records after the checkpoint are gone. DynamoDB
-        Streams refuses an iterator whose record passed its 24 hours after
-        the iterator was issued (the checkpoint, which another worker may have
-        moved on meanwhile, can be later); DynamoDB Local refuses one taken
-        while the shard was empty, once records arrive. Only if the renewed
-        iterator is refused too (or GetShardIterator refuses the checkpoint)
-        is the error, which says to rebuild, raised.
-        """
-        limit = limit or self.batch_size
-        try:
-            response: dict[str, Any] = self.client.get_records(
-                ShardIterator=iterator, Limit=limit
-            )
-        except botocore.exceptions.ClientError as error:
-            code = error.response.get("Error", {}).get("Code")
-            if code not in _RENEWABLE:
-                raise translate_client_error(error) from error
-        except botocore.exceptions.BotoCoreError:
-            with translate_errors():
-                raise
-        else:
-            return response
-        renewed = self._iterator(shard_id)
-        if renewed is None:
-            return {"Records": []}
-        with translate_errors():
-            return cast(
-                "dict[str, Any]",
-                self.client.get_records(ShardIterator=renewed, Limit=limit),
-            )
-
-
-_RENEWABLE = ("ExpiredIteratorException", "TrimmedDataAccessException")
-"""GetRecords refusals of an iterator that one renewed from the checkpoint
-may not meet (see :meth:`StreamPoller._get_records`)."""
-
-
-def _before_first_failure(
-    records: Sequence[Mapping[str, Any]], failed: set[str]
-) -> list[Mapping[str, Any]]:
-    done: list[Mapping[str, Any]] = []
-    for record in records:
-        if sequence_number(record) in failed:
-            break
-        done.append(record)
-    return done
-
-
-def _parents_first(shards: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    # A child shard's records come after its parent's: process parents first.
-    ordered: list[dict[str, Any]] = []
-    remaining = list(shards)
-    known = {shard["ShardId"] for shard in remaining}
-    placed: set[str] = set()
-    while remaining:
-        progress = False
-        for shard in list(remaining):
-            parent = shard.get("ParentShardId")
-            if parent is None or parent not in known or parent in placed:
-                ordered.append(shard)
-                placed.add(shard["ShardId"])
-                remaining.remove(shard)
-                progress = True
-        if not progress:
-            ordered.extend(remaining)
-            break
-    return ordered
-
-
-def run_polls(
-    poll: Callable[[], int],
-    stop: threading.Event,
-    *,
-    interval: float = 1.0,
-    max_backoff: float = MAX_OUTAGE_WAIT,
-    on_unavailable: Callable[[Exception, float], None] | None = None,
-) -> None:
-    """Call ``poll`` until ``stop`` is set; wait ``interval`` when it found nothing.
-
-    When DynamoDB is unavailable (``OperationalError`` after the client's own
-    retries: an outage, throttling that outlasts them), wait and poll again,
-    doubling the wait up to ``max_backoff``, for as long as it takes: nothing
-    is lost, since a poll commits nothing it did not apply and checkpoints
-    only what it committed. ``on_unavailable(error, wait)`` is told each time.
-    """
-    outage = Outage(
-        "polling", interval, longest=max_backoff, on_unavailable=on_unavailable
-    )
-    while not stop.is_set():
-        try:
-            processed = poll()
-        except OperationalError as error:
-            stop.wait(outage.failed(error))
-            continue
-        outage.recovered()
-        if processed == 0:
-            stop.wait(interval)
-
-
-def _streams_client(connection: Any) -> Any:
-    # Made by the connection, so it shares its settings and answer checks.
-    return connection.streams_client()

@@ -10,7 +10,7 @@ the publisher reads them from the stream, translates the chosen ones into
 integration events (:class:`~ledger.publishing.events.Publication`) and
 sends them with ``PutEvents``. It runs in Lambda (:func:`lambda_handler`,
 an event source mapping on the stream reporting ``batchItemFailures``) or
-locally (a :class:`~ledger.projections.streams.StreamPoller` fed with a
+locally (a :class:`~ledger.feeds.StreamPoller` fed with a
 :class:`Publisher`, which keeps shard checkpoints in its table). In
 ``indexed`` ordering it follows the application sequence instead, leaving
 the stream to the indexer: :class:`PublisherConsumer`, run by a
@@ -65,15 +65,16 @@ from ledger.dynamodb import schema as store_schema
 from ledger.dynamodb.client import is_loopback
 from ledger.dynamodb.tables import ensure_table
 from ledger.feeds import Batch, Checkpoint, IndexSource, Item, Progress, Runner
+from ledger.feeds.stream import (
+    BatchResponse,
+    decode_record,
+    handle_records,
+    sequence_number,
+    stream_handler,
+)
 from ledger.projections.deadletters import error_summary
 from ledger.projections.history import Undecodable
 from ledger.projections.metrics import Metrics
-from ledger.projections.streams import (
-    decode_record,
-    from_table,
-    sequence_number,
-    stream_arn_of,
-)
 from ledger.publishing import schema
 from ledger.publishing.deadletters import (
     DeadLetter,
@@ -204,7 +205,7 @@ class Publisher:
     ``os.environ``, each optionally prefixed with the publication's
     upper-cased name (``ORDEREVENTS_PUBLISHER_EVENT_BUS``).
 
-    It is a :class:`~ledger.projections.streams.StreamConsumer`:
+    It is a :class:`~ledger.feeds.StreamConsumer`:
     ``StreamPoller(publisher, application).run(stop)`` publishes locally.
     """
 
@@ -857,47 +858,34 @@ def handle_stream_event(
     *,
     events_table: str | None = None,
     stream_arn: str | None = None,
-) -> dict[str, list[dict[str, str]]]:
+) -> BatchResponse:
     """Publish a Lambda DynamoDB Streams event; return its partial-batch response.
 
     With ``events_table`` (and its ``stream_arn``), only records from that
-    table's stream are read (:func:`~ledger.projections.streams.from_table`).
+    table's stream are read (:func:`~ledger.feeds.from_table`).
     """
-    records = event.get("Records", [])
-    if events_table is not None:
-        records = from_table(records, events_table, stream_arn)
-    failed = publisher.process(records)
-    return {"batchItemFailures": [{"itemIdentifier": number} for number in failed]}
+    return handle_records(
+        event, publisher, events_table=events_table, stream_arn=stream_arn
+    )
 
 
 def lambda_handler(
     publication_class: type[Publication],
     application_class: type[Any],
     env: Mapping[str, str] | None = None,
-) -> Callable[[Mapping[str, Any], Any], dict[str, list[dict[str, str]]]]:
+) -> Callable[[Mapping[str, Any], Any], BatchResponse]:
     """Return a Lambda handler publishing an application's stream records.
 
     The application and publisher are made at the first invocation, and
     kept. Configure the event source mapping with ``ReportBatchItemFailures``;
     records reported failed are delivered again (a crash is the same: the
-    whole batch again), each time with the same integration event ids.
+    whole batch again), each time with the same integration event ids. The
+    retries' waits are bounded by ``retry_delays``; a record meeting
+    EventBridge or DynamoDB unavailable fails and is delivered again.
     """
-    made: dict[str, Any] = {}
 
-    def handler(
-        event: Mapping[str, Any], context: Any
-    ) -> dict[str, list[dict[str, str]]]:
-        del context  # the retries' waits are bounded by retry_delays
-        if not made:
-            application = application_class(env=dict(env) if env is not None else None)
-            made["publisher"] = Publisher(publication_class(), application, env=env)
-            made["events_table"] = application.recorder.events_table_name
-            made["stream_arn"] = stream_arn_of(application)
-        return handle_stream_event(
-            event,
-            made["publisher"],
-            events_table=made["events_table"],
-            stream_arn=made["stream_arn"],
-        )
+    def make() -> tuple[Publisher, Any]:
+        application = application_class(env=dict(env) if env is not None else None)
+        return Publisher(publication_class(), application, env=env), application
 
-    return handler
+    return stream_handler(make)

@@ -1,0 +1,215 @@
+"""The one loop of every feed: poll, ride out DynamoDB being unavailable, stop.
+
+:class:`Polling` is what a feed that polls has in common, whatever it reads
+(the application sequence: :class:`~ledger.feeds.Runner`; an events stream's
+shards: :class:`~ledger.feeds.StreamPoller`): run until stopped, drain until
+a deadline, start and stop in a daemon thread. Each of those, and a Lambda
+batch of pushed stream records (:func:`~ledger.feeds.stream_handler`), goes
+through :func:`keep_polling`, the only place that waits DynamoDB out.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any, Self
+
+from eventsourcing.persistence import OperationalError
+
+from ledger.dynamodb.client import MAX_OUTAGE_WAIT, Outage
+
+
+def keep_polling(
+    poll: Callable[[], int],
+    outage: Outage,
+    *,
+    stop: threading.Event | None = None,
+    deadline: float | None = None,
+    idle: float | None = None,
+) -> int:
+    """Call ``poll`` until it finds nothing, ``deadline`` passes or ``stop`` is set.
+
+    Returns what the polls found in all. The first poll is always made
+    (unless ``stop`` is set already); none starts after ``deadline`` (a
+    ``time.monotonic()``). After a poll that found nothing the loop ends,
+    or, with ``idle``, waits that many seconds and polls again.
+
+    When DynamoDB is unavailable (``OperationalError`` after the client's own
+    retries: an outage, throttling that outlasts them), it waits ``outage``'s
+    next wait (doubling) and polls again: within ``outage``'s patience, or
+    with a ``deadline`` only while the wait ends before it; then the error
+    is raised. Nothing is lost by waiting, since a poll commits nothing it
+    did not apply and checkpoints only what it committed. Every wait ends
+    early when ``stop`` is set.
+    """
+    waiting = stop if stop is not None else threading.Event()
+    found_in_all = 0
+    while not waiting.is_set():
+        try:
+            found = poll()
+        except OperationalError as error:
+            wait = (
+                outage.failed(error)
+                if deadline is None
+                else outage.failed_before(error, deadline)
+            )
+            if wait is None:
+                raise
+            waiting.wait(wait)
+        else:
+            outage.recovered()
+            found_in_all += found
+            if not found:
+                if idle is None:
+                    break
+                waiting.wait(idle)
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+    return found_in_all
+
+
+def run_polls(
+    poll: Callable[[], int],
+    stop: threading.Event,
+    *,
+    interval: float = 1.0,
+    max_backoff: float = MAX_OUTAGE_WAIT,
+    on_unavailable: Callable[[Exception, float], None] | None = None,
+) -> None:
+    """Call ``poll`` until ``stop`` is set; wait ``interval`` when it found nothing.
+
+    When DynamoDB is unavailable (``OperationalError`` after the client's own
+    retries: an outage, throttling that outlasts them), wait and poll again,
+    doubling the wait up to ``max_backoff``, for as long as it takes: nothing
+    is lost, since a poll commits nothing it did not apply and checkpoints
+    only what it committed. ``on_unavailable(error, wait)`` is told each time.
+    """
+    outage = Outage(
+        "polling", interval, longest=max_backoff, on_unavailable=on_unavailable
+    )
+    keep_polling(poll, outage, stop=stop, idle=interval)
+
+
+def deadline_of(context: Any, margin_ms: float) -> float | None:
+    """Return when (``time.monotonic()``) a Lambda invocation must start no more work.
+
+    From the context's ``get_remaining_time_in_millis()``, less
+    ``margin_ms``; None without a context (no limit).
+    """
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    if remaining is None:
+        return None
+    return time.monotonic() + (float(remaining()) - margin_ms) / 1000
+
+
+class Polling:
+    """A feed that polls: run, drain, start and stop around its :meth:`poll`.
+
+    A subclass says what one poll is (:meth:`poll`: read what is there now,
+    hand it to its consumer, checkpoint; return how much it handled, 0 if
+    nothing) and, if it can stop between batches, :meth:`_poll_within`.
+    Everything else is the same for every feed, and is here:
+    :meth:`run` until stopped, :meth:`drain` until a deadline (a Lambda
+    invocation, ``--once``), :meth:`start`/:meth:`stop` in a daemon thread
+    (in-process: tests, the demo), all riding out DynamoDB being unavailable.
+    """
+
+    def __init__(self, *, interval: float = 1.0) -> None:
+        """Wait ``interval`` seconds after a poll that found nothing."""
+        self.interval = interval
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._polled = threading.Condition()
+
+    @property
+    def name(self) -> str:
+        """What this feed feeds, for logs and its thread's name."""
+        return type(self).__name__
+
+    def poll(self) -> int:
+        """Handle what is there now, once; return how much (0: nothing)."""
+        raise NotImplementedError
+
+    def _poll_within(self, deadline: float | None) -> int:
+        """One poll starting no batch after ``deadline``; by default, a whole poll."""
+        del deadline
+        return self.poll()
+
+    def drain(self, deadline: float | None = None) -> int:
+        """Poll until a poll finds nothing or ``deadline`` passes; return how much.
+
+        For a Lambda invocation or ``--once``. Starts nothing after
+        ``deadline`` (a ``time.monotonic()``). Rides out DynamoDB being
+        unavailable while the deadline allows (without one: not at all, the
+        error is raised).
+        """
+        if deadline is not None and time.monotonic() >= deadline:
+            return 0
+        outage = Outage(
+            f"feeding {self.name}",
+            self.interval,
+            patience=None if deadline is not None else 0.0,
+        )
+        return keep_polling(
+            partial(self._poll_within, deadline), outage, deadline=deadline
+        )
+
+    def run(
+        self,
+        stop: threading.Event,
+        interval: float | None = None,
+        *,
+        max_backoff: float = MAX_OUTAGE_WAIT,
+        on_unavailable: Callable[[Exception, float], None] | None = None,
+    ) -> None:
+        """Poll until ``stop`` is set, waiting ``interval`` when idle.
+
+        ``interval`` defaults to the feed's. Rides out DynamoDB being
+        unavailable for as long as it takes, waits doubling up to
+        ``max_backoff`` (see :func:`run_polls`).
+        """
+        run_polls(
+            self.poll,
+            stop,
+            interval=self.interval if interval is None else interval,
+            max_backoff=max_backoff,
+            on_unavailable=on_unavailable,
+        )
+
+    def start(self) -> Self:
+        """Run in a daemon thread until :meth:`stop` (in-process: tests, the demo)."""
+        if self._thread is not None:
+            raise RuntimeError(f"{self.name}'s feed is running already.")
+        self._stop.clear()
+        self._error = None
+
+        def run() -> None:
+            try:
+                self.run(self._stop)
+            except BaseException as error:
+                self._error = error
+                with self._polled:
+                    self._polled.notify_all()
+                raise
+
+        self._thread = threading.Thread(
+            target=run, name=f"feed-{self.name}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread :meth:`start` began, and wait for it to end."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,593 @@
+"""Reading an events table's DynamoDB stream: its records, a poller, a Lambda handler.
+
+(Over 400 lines as one concept: the poller and the Lambda handler share the
+records' rules below.)
+
+The stream holds each event once it is saved, in order per item (so per
+aggregate) only, for 24 hours, and delivers at least once. Its consumers
+keep positions of two shapes: a sequence number per shard (where the
+:class:`StreamPoller` goes on from: :meth:`StreamConsumer.checkpoint`), and
+what they applied per aggregate (the consumer's own: a projector's
+aggregate positions, a follower's tracking), which makes a record
+delivered twice, or out of order across aggregates, harmless.
+
+Records reach a consumer in one of two ways, both through
+:meth:`StreamConsumer.process` (records in, the sequence numbers that
+failed out):
+
+* the :class:`StreamPoller` reads every shard (parents first) after its
+  checkpoint, and is run as every feed is (:class:`~ledger.feeds.Polling`:
+  ``run``, ``drain``, ``start``/``stop``);
+* in Lambda, an event source mapping pushes them:
+  :func:`stream_handler` makes a handler answering Lambda's partial-batch
+  response (``batchItemFailures``) and waiting out DynamoDB being
+  unavailable while the invocation has time.
+
+Only the indexer (``indexed`` ordering) and the legacy stream feed (the
+``stream`` ordering's projections, followers and publisher) read the stream;
+every other consumer reads the index (:class:`~ledger.feeds.Runner`).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
+from uuid import UUID
+
+import botocore.exceptions
+from eventsourcing.persistence import (
+    DataError,
+    Mapper,
+    OperationalError,
+    ProgrammingError,
+    StoredEvent,
+)
+
+from ledger.dynamodb import schema as store_schema
+from ledger.dynamodb.client import (
+    Outage,
+    translate_client_error,
+    translate_errors,
+)
+from ledger.feeds.polling import Polling, deadline_of, keep_polling
+
+if TYPE_CHECKING:
+    from ledger.projections.projector import Projector
+
+logger = logging.getLogger(__name__)
+"""Structured records (``extra=``): sources, counts; never event state."""
+
+INSERT = "INSERT"
+"""The only stream records projected: events are never modified or removed."""
+
+_EVENT_ATTRIBUTES = (
+    (store_schema.AGGREGATE_ID, "S"),
+    (store_schema.VERSION, "N"),
+    (store_schema.TOPIC, "S"),
+    (store_schema.STATE, "B"),
+)
+"""Attributes (and types) every event item has."""
+
+
+def decode_record(
+    record: Mapping[str, Any], mapper: Mapper[Any], *, uuid_ids: bool = True
+) -> Any | None:
+    """Return the domain event in a stream record, or None if it is no new event.
+
+    Accepts both shapes: Lambda's JSON (binary as base64 text) and the boto3
+    ``dynamodbstreams`` client's (binary as bytes).
+    """
+    if record.get("eventName") != INSERT:
+        return None
+    image = record.get("dynamodb", {}).get("NewImage", {})
+    missing = [
+        name
+        for name, kind in _EVENT_ATTRIBUTES
+        if not isinstance(image.get(name), Mapping) or kind not in image[name]
+    ]
+    if missing:
+        raise DataError(
+            f"Stream record {record.get('dynamodb', {}).get('SequenceNumber')} "
+            f"is not an event of ledger's events table: its new image lacks "
+            f"{', '.join(missing)}. Is the function wired to the right table's "
+            "stream (NEW_IMAGE view)?"
+        )
+    state = image[store_schema.STATE]["B"]
+    if isinstance(state, str):
+        state = base64.b64decode(state)
+    aggregate_id = image[store_schema.AGGREGATE_ID]["S"]
+    stored = StoredEvent(
+        originator_id=UUID(aggregate_id) if uuid_ids else aggregate_id,
+        originator_version=int(image[store_schema.VERSION]["N"]),
+        topic=image[store_schema.TOPIC]["S"],
+        state=bytes(state),
+    )
+    return mapper.to_domain_event(stored)
+
+
+def sequence_number(record: Mapping[str, Any]) -> str:
+    """Return a stream record's sequence number (its ``itemIdentifier``)."""
+    number: str = record["dynamodb"]["SequenceNumber"]
+    return number
+
+
+def _aggregate_of(record: Mapping[str, Any]) -> str | None:
+    keys = record.get("dynamodb", {}).get("Keys") or record.get("dynamodb", {}).get(
+        "NewImage", {}
+    )
+    value = keys.get(store_schema.AGGREGATE_ID, {}).get("S")
+    return None if value is None else str(value)
+
+
+def stream_arn_of(application: Any) -> str | None:
+    """Return the ARN of the application's events-table stream (None: none)."""
+    recorder = application.recorder
+    table = recorder.connection.call(
+        "describe_table", TableName=recorder.events_table_name
+    )["Table"]
+    arn: str | None = table.get("LatestStreamArn")
+    return arn
+
+
+def from_table(
+    records: Sequence[Mapping[str, Any]],
+    events_table: str,
+    stream_arn: str | None = None,
+) -> list[Mapping[str, Any]]:
+    """Return the records that come from ``events_table``'s stream.
+
+    With ``stream_arn`` (the table's ``LatestStreamArn``), a record's
+    ``eventSourceARN`` must be exactly it (same account, region, table and
+    stream); without, it must name the table's stream. A record from any
+    other source (another table's or account's stream wired to the function
+    by mistake, or made up by an invoker) is dropped, never applied, and
+    logged (its source and the count, not its content). Dropped records are
+    not reported as failures: redelivering them would not help. (Only the
+    event source mapping should be allowed to invoke the function: IAM, not
+    this check, keeps out an invoker who copies the real ARN.)
+    """
+
+    def ours(record: Mapping[str, Any]) -> bool:
+        source = str(record.get("eventSourceARN", ""))
+        if stream_arn is not None:
+            return source == stream_arn
+        return f":table/{events_table}/stream/" in source
+
+    own = [r for r in records if ours(r)]
+    if len(own) < len(records):
+        foreign = [r for r in records if not ours(r)]
+        logger.error(
+            "dropped stream records not from the events table",
+            extra={
+                "events_table": events_table,
+                "dropped": len(foreign),
+                "sources": sorted({str(r.get("eventSourceARN")) for r in foreign}),
+            },
+        )
+    return own
+
+
+class StreamConsumer(Protocol):
+    """What a :class:`StreamPoller` feeds: processes records, keeps checkpoints."""
+
+    @property
+    def connection(self) -> Any:
+        """The DynamoDB connection of the store the consumer writes to."""
+        ...  # pragma: no cover
+
+    def process(self, records: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Process records of one shard in order; return the failed sequence numbers.
+
+        Failed records (and those after them) are read again at the next poll.
+        """
+        ...  # pragma: no cover
+
+    def checkpoint(self, shard_id: str) -> str | None:
+        """Return the sequence number of the last record processed in a shard."""
+        ...  # pragma: no cover
+
+    def save_checkpoint(self, shard_id: str, number: str) -> None:
+        """Record the last record processed in a shard."""
+        ...  # pragma: no cover
+
+
+class StreamPoller(Polling):
+    """Feeds a projector (or any :class:`StreamConsumer`) from the events stream.
+
+    For running a stream feed without Lambda (``ledger projections run``) and
+    for DynamoDB Local. Each shard's last processed record is checkpointed
+    after each batch (a projector keeps them in its control table); a record
+    whose processing failed (DynamoDB unavailable, say) is read again at the
+    next poll. Costs per poll: one DescribeStream, one GetShardIterator and at
+    least one GetRecords per shard. It runs, drains (starting no page after
+    the deadline), starts and stops as every feed that polls does
+    (:class:`~ledger.feeds.Polling`).
+    """
+
+    def __init__(
+        self,
+        consumer: Projector | StreamConsumer,
+        application: Any,
+        *,
+        batch_size: int = 1000,
+        streams_client: Any = None,
+        interval: float = 1.0,
+    ) -> None:
+        """Feed ``consumer`` from ``application``'s events stream.
+
+        A projector is fed as a :class:`~ledger.projections.streams.ProjectionConsumer`.
+        ``batch_size`` records are read per GetRecords; ``interval`` seconds
+        are waited after a poll that found nothing.
+        """
+        super().__init__(interval=interval)
+        # Imported here: ledger.projections.streams imports this module.
+        from ledger.projections.projector import Projector  # noqa: PLC0415
+        from ledger.projections.streams import ProjectionConsumer  # noqa: PLC0415
+
+        if isinstance(consumer, Projector):
+            consumer = ProjectionConsumer(
+                consumer, application.mapper, application_name=application.name
+            )
+        self.consumer: StreamConsumer = consumer
+        self.application = application
+        self.batch_size = batch_size
+        connection = consumer.connection
+        self.client = streams_client or _streams_client(connection)
+        events_table = application.recorder.events_table_name
+        table = connection.call("describe_table", TableName=events_table)["Table"]
+        if not table.get("StreamSpecification", {}).get("StreamEnabled"):
+            raise ProgrammingError(
+                f"The events table {events_table} has no DynamoDB stream (made "
+                "with DYNAMODB_EVENTS_STREAM=no, say). Enable a stream of new "
+                "images on it, or feed the projection from the application "
+                "sequence (ledger projections run NAME --feed sequence)."
+            )
+        self.stream_arn: str = table["LatestStreamArn"]
+        self._iterators: dict[str, str] = {}
+        """Per shard, where the last poll's empty page left off."""
+        self._finished: set[str] = set()
+        """Shards closed and read to their end by this poller."""
+        self._deadline: float | None = None
+        """When the drain under way must end: no page is read after it."""
+
+    @property
+    def name(self) -> str:
+        """The consumer's name, or else the stream's, for logs and the thread."""
+        name = getattr(self.consumer, "name", None)
+        if name is None:
+            return f"{self.application.recorder.events_table_name} stream"
+        return str(name)
+
+    def poll(self) -> int:
+        """Process every record available now in every shard; return how many."""
+        processed = 0
+        for shard in self._shards():
+            if self._past_deadline():
+                break
+            processed += self._poll_shard(shard)
+        return processed
+
+    def _poll_within(self, deadline: float | None) -> int:
+        # Through an attribute, not an argument: a subclass's own poll (the
+        # indexer's rounds) is then still the one drained, whole.
+        self._deadline = deadline
+        try:
+            return self.poll()
+        finally:
+            self._deadline = None
+
+    def _past_deadline(self) -> bool:
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
+    def _shards(self) -> list[dict[str, Any]]:
+        shards: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"StreamArn": self.stream_arn}
+        while True:
+            with translate_errors():
+                description = self.client.describe_stream(**params)["StreamDescription"]
+            shards.extend(description["Shards"])
+            last = description.get("LastEvaluatedShardId")
+            if last is None:
+                return _parents_first(shards)
+            params["ExclusiveStartShardId"] = last
+
+    def backlog(self, cap: int = 10_000) -> int | None:
+        """Count the records after the consumer's checkpoints, up to ``cap``.
+
+        None if no shard has a checkpoint (the feed never ran here: a Lambda
+        feed keeps its position itself; watch its iterator age instead).
+        Costs a DescribeStream, and per shard a GetShardIterator and a
+        GetRecords per 1,000 records counted.
+        """
+        shards = self._shards()
+        if all(self.consumer.checkpoint(shard["ShardId"]) is None for shard in shards):
+            return None
+        behind = 0
+        for shard in shards:
+            if self._read_to_its_end(shard):
+                continue
+            iterator = self._iterator(shard["ShardId"])
+            while iterator and behind < cap:
+                response = self._get_records(
+                    shard["ShardId"], iterator, min(1000, cap - behind)
+                )
+                records = response.get("Records", [])
+                if not records:
+                    break
+                behind += len(records)
+                iterator = response.get("NextShardIterator")
+        return min(behind, cap)
+
+    def _iterator(self, shard_id: str) -> str | None:
+        """Return a shard iterator just after the consumer's checkpoint."""
+        checkpoint = self.consumer.checkpoint(shard_id)
+        params: dict[str, Any] = {"StreamArn": self.stream_arn, "ShardId": shard_id}
+        if checkpoint is None:
+            params["ShardIteratorType"] = "TRIM_HORIZON"
+        else:
+            params["ShardIteratorType"] = "AFTER_SEQUENCE_NUMBER"
+            params["SequenceNumber"] = checkpoint
+        with translate_errors():
+            iterator: str | None = self.client.get_shard_iterator(**params).get(
+                "ShardIterator"
+            )
+        return iterator
+
+    def _poll_shard(self, shard: Mapping[str, Any]) -> int:
+        """Process a shard's available records; return how many.
+
+        Where an empty page stopped it, the next poll goes on from there (a
+        shard may hold empty stretches before later records); from the
+        checkpoint again after a failure, or once the iterator was refused.
+        """
+        shard_id: str = shard["ShardId"]
+        if shard_id in self._finished or self._read_to_its_end(shard):
+            self._finished.add(shard_id)
+            return 0
+        iterator = self._iterators.pop(shard_id, None) or self._iterator(shard_id)
+        processed = 0
+        while iterator:
+            response = self._get_records(shard_id, iterator)
+            records = response.get("Records", [])
+            if not records:
+                following = response.get("NextShardIterator")
+                if following is None:
+                    self._finished.add(shard_id)  # closed, and read to its end
+                else:
+                    self._iterators[shard_id] = following
+                return processed
+            failed = set(self.consumer.process(records))
+            done = _before_first_failure(records, failed)
+            processed += len(done)
+            if done:
+                self.consumer.save_checkpoint(shard_id, sequence_number(done[-1]))
+            if failed or self._past_deadline():
+                # The next poll goes on from the checkpoint.
+                return processed
+            iterator = response.get("NextShardIterator")
+        self._finished.add(shard_id)
+        return processed
+
+    def _read_to_its_end(self, shard: Mapping[str, Any]) -> bool:
+        """Whether the shard is closed and its checkpoint is its last record.
+
+        Such a shard is not read again: once its records pass the stream's 24
+        hours, an iterator after its checkpoint is refused as trimmed,
+        although nothing is missing. (A GetItem of the checkpoint, only for
+        closed shards this poller has not finished.)
+        """
+        ending = shard.get("SequenceNumberRange", {}).get("EndingSequenceNumber")
+        if ending is None:
+            return False
+        checkpoint = self.consumer.checkpoint(shard["ShardId"])
+        return checkpoint is not None and int(checkpoint) >= int(ending)
+
+    def _get_records(
+        self, shard_id: str, iterator: str, limit: int | None = None
+    ) -> dict[str, Any]:
+        """Read a page of a shard; renew a refused iterator from the checkpoint.
+
+        An iterator refused as expired or as trimmed is renewed from the
+        checkpoint as it stands now, and read once more: a refusal as trimmed
+        does not yet mean records after the checkpoint are gone. DynamoDB
+        Streams refuses an iterator whose record passed its 24 hours after
+        the iterator was issued (the checkpoint, which another worker may have
+        moved on meanwhile, can be later); DynamoDB Local refuses one taken
+        while the shard was empty, once records arrive. Only if the renewed
+        iterator is refused too (or GetShardIterator refuses the checkpoint)
+        is the error, which says to rebuild, raised.
+        """
+        limit = limit or self.batch_size
+        try:
+            response: dict[str, Any] = self.client.get_records(
+                ShardIterator=iterator, Limit=limit
+            )
+        except botocore.exceptions.ClientError as error:
+            code = error.response.get("Error", {}).get("Code")
+            if code not in _RENEWABLE:
+                raise translate_client_error(error) from error
+        except botocore.exceptions.BotoCoreError:
+            with translate_errors():
+                raise
+        else:
+            return response
+        renewed = self._iterator(shard_id)
+        if renewed is None:
+            return {"Records": []}
+        with translate_errors():
+            return cast(
+                "dict[str, Any]",
+                self.client.get_records(ShardIterator=renewed, Limit=limit),
+            )
+
+
+_RENEWABLE = ("ExpiredIteratorException", "TrimmedDataAccessException")
+"""GetRecords refusals of an iterator that one renewed from the checkpoint
+may not meet (see :meth:`StreamPoller._get_records`)."""
+
+
+def _before_first_failure(
+    records: Sequence[Mapping[str, Any]], failed: set[str]
+) -> list[Mapping[str, Any]]:
+    done: list[Mapping[str, Any]] = []
+    for record in records:
+        if sequence_number(record) in failed:
+            break
+        done.append(record)
+    return done
+
+
+def _parents_first(shards: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    # A child shard's records come after its parent's: process parents first.
+    ordered: list[dict[str, Any]] = []
+    remaining = list(shards)
+    known = {shard["ShardId"] for shard in remaining}
+    placed: set[str] = set()
+    while remaining:
+        progress = False
+        for shard in list(remaining):
+            parent = shard.get("ParentShardId")
+            if parent is None or parent not in known or parent in placed:
+                ordered.append(shard)
+                placed.add(shard["ShardId"])
+                remaining.remove(shard)
+                progress = True
+        if not progress:
+            ordered.extend(remaining)
+            break
+    return ordered
+
+
+def _streams_client(connection: Any) -> Any:
+    # Made by the connection, so it shares its settings and answer checks.
+    return connection.streams_client()
+
+
+# --- AWS Lambda --------------------------------------------------------------------
+
+LAMBDA_MARGIN_MS: Final = 5_000
+"""Time kept back from a Lambda invocation's limit to answer in."""
+FIRST_OUTAGE_WAIT: Final = 0.2
+"""Seconds a Lambda batch waits after DynamoDB first failed (then doubling)."""
+
+BatchResponse = dict[str, list[dict[str, str]]]
+"""Lambda's partial-batch response (``batchItemFailures``: the failed records)."""
+
+
+class RecordsConsumer(Protocol):
+    """What processes pushed stream records: any :class:`StreamConsumer` is one."""
+
+    def process(self, records: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Process records in order; return the sequence numbers that failed."""
+        ...  # pragma: no cover
+
+
+def partial_batch_response(failed: Iterable[str]) -> BatchResponse:
+    """Return Lambda's partial-batch response naming the records that failed."""
+    return {"batchItemFailures": [{"itemIdentifier": number} for number in failed]}
+
+
+def handle_records(
+    event: Mapping[str, Any],
+    consumer: RecordsConsumer,
+    *,
+    events_table: str | None = None,
+    stream_arn: str | None = None,
+) -> BatchResponse:
+    """Process a Lambda DynamoDB Streams event once; return its partial-batch response.
+
+    With ``events_table`` (and its ``stream_arn``), only records from that
+    table's stream are processed (:func:`from_table`). Lambda redelivers
+    from the first record reported failed, so a consumer reports one and
+    leaves the later records of its aggregate unapplied (or reports them too).
+    """
+    records = event.get("Records", [])
+    if events_table is not None:
+        records = from_table(records, events_table, stream_arn)
+    return partial_batch_response(consumer.process(records))
+
+
+def handle_while_time_allows(
+    event: Mapping[str, Any],
+    consumer: RecordsConsumer,
+    *,
+    deadline: float | None,
+    events_table: str | None = None,
+    stream_arn: str | None = None,
+) -> BatchResponse:
+    """Process a Lambda stream event, waiting out DynamoDB being unavailable.
+
+    On ``OperationalError`` (an outage, throttling past the client's
+    retries) the batch is processed again after a wait, doubling from
+    :data:`FIRST_OUTAGE_WAIT` up to 30 s, while the wait ends before
+    ``deadline`` (a ``time.monotonic()``; None: no wait); then every record
+    of the event is reported failed, and Lambda delivers the batch again
+    (each redelivery counts towards the mapping's ``MaximumRetryAttempts``).
+    Nothing is lost or applied twice either way.
+    """
+    answer: list[BatchResponse] = []
+
+    def handle() -> int:
+        answer.append(
+            handle_records(
+                event, consumer, events_table=events_table, stream_arn=stream_arn
+            )
+        )
+        return 0  # handled: no second try
+
+    outage = Outage("handling a stream batch", FIRST_OUTAGE_WAIT)
+    with contextlib.suppress(OperationalError):  # out of time: reported below
+        keep_polling(
+            handle, outage, deadline=time.monotonic() if deadline is None else deadline
+        )
+    if answer:
+        return answer[0]
+    logger.error(
+        "DynamoDB unavailable for the invocation's time: every record "
+        "of the stream batch reported failed",
+        extra={"records": len(event.get("Records", []))},
+    )
+    return partial_batch_response(
+        sequence_number(record) for record in event.get("Records", [])
+    )
+
+
+def stream_handler(
+    make: Callable[[], tuple[RecordsConsumer, Any]],
+    *,
+    margin_ms: float = LAMBDA_MARGIN_MS,
+) -> Callable[[Mapping[str, Any], Any], BatchResponse]:
+    """Return a Lambda handler feeding pushed stream records to a consumer.
+
+    ``make()`` returns the consumer and the application whose events table's
+    stream the records come from; it is called at the first invocation (and
+    again at the next one if it raised), and what it made is kept while
+    Lambda keeps the process warm. Each invocation processes only the
+    records of that stream (:func:`from_table`) and answers the
+    partial-batch response (configure the event source mapping with
+    ``ReportBatchItemFailures``). While DynamoDB is unavailable it waits and
+    tries again until the invocation's remaining time is under
+    ``margin_ms``, then reports every record failed
+    (:func:`handle_while_time_allows`); without a context it does not wait.
+    """
+    made: list[tuple[RecordsConsumer, str, str | None]] = []
+
+    def handler(event: Mapping[str, Any], context: Any) -> BatchResponse:
+        if not made:
+            consumer, application = make()
+            events_table: str = application.recorder.events_table_name
+            made.append((consumer, events_table, stream_arn_of(application)))
+        consumer, events_table, stream_arn = made[0]
+        return handle_while_time_allows(
+            event,
+            consumer,
+            deadline=deadline_of(context, margin_ms),
+            events_table=events_table,
+            stream_arn=stream_arn,
+        )
+
+    return handler

@@ -1,0 +1,318 @@
+"""The stream side of the reader interface: the stream poller and the Lambda handler.
+
+The stream poller is run as every feed is (``ledger.feeds.Polling``): it
+drains until a deadline, riding out DynamoDB being unavailable, and starts
+and stops in a thread. Records pushed by Lambda go through one handler
+(``ledger.feeds.stream_handler``) whatever consumes them: a projector, an
+``eventsourcing`` follower, the publisher. Each answers Lambda's partial
+batch response as it did with a handler of its own. DynamoDB faults go
+through ``tests/faults.py``'s proxy; EventBridge is moto's server
+(``tests/test_publisher.py``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import pytest
+from eventsourcing.persistence import OperationalError
+from faults import CUT, FaultProxy
+
+from aggregates.application import Orders
+from ledger.dynamodb import schema as store_schema
+from ledger.feeds import StreamPoller, stream_handler
+from ledger.feeds.stream import sequence_number
+from ledger.projections import event_loader
+from ledger.projections.dynamodb import open_view
+from ledger.projections.followers import StreamFollower
+from ledger.projections.streams import ProjectionConsumer, lambda_handler
+from ledger.publishing import Publisher
+from projections.integration import OrderEvents
+from projections.orders import OrderProjector, get_order_summary
+from tests import test_projections_followers as follower_tests
+from tests import test_publisher as publisher_tests
+from tests.test_faults_feeds import LambdaContext, lambda_records
+from tests.test_projections_core import ITEM
+from tests.test_projections_dynamodb import _aggregate
+from tests.test_projections_followers import confirmed_orders, invoices_of
+from tests.test_publisher import NO_WAITING, RefusingClient
+
+DEADLINE = 30.0
+
+# The follower tests' applications (stream ordering), and the publisher
+# tests' local EventBridge, bus and environment.
+stream_env = follower_tests.stream_env
+leader = follower_tests.leader
+invoicing = follower_tests.invoicing
+eventbridge_endpoint = publisher_tests.eventbridge_endpoint
+bus = publisher_tests.bus
+publisher_env = publisher_tests.publisher_env
+
+
+class Collector:
+    """A stream consumer keeping what it is handed, and its checkpoints in memory."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.pages: list[list[str]] = []
+        self.checkpoints: dict[str, str] = {}
+
+    def process(self, records: Sequence[Mapping[str, Any]]) -> list[str]:
+        self.pages.append([sequence_number(record) for record in records])
+        return []
+
+    def checkpoint(self, shard_id: str) -> str | None:
+        return self.checkpoints.get(shard_id)
+
+    def save_checkpoint(self, shard_id: str, number: str) -> None:
+        self.checkpoints[shard_id] = number
+
+    @property
+    def seen(self) -> list[str]:
+        return [number for page in self.pages for number in page]
+
+
+class SlowCollector(Collector):
+    """A collector whose first page takes until ``deadline`` (a long page)."""
+
+    def __init__(self, connection: Any, deadline: float) -> None:
+        super().__init__(connection)
+        self.deadline = deadline
+
+    def process(self, records: Sequence[Mapping[str, Any]]) -> list[str]:
+        while not self.pages and time.monotonic() < self.deadline:
+            time.sleep(0.01)
+        return super().process(records)
+
+
+def until(check: Callable[[], bool], what: str) -> None:
+    """Wait for ``check`` to hold, failing with ``what`` after the deadline."""
+    deadline = time.monotonic() + DEADLINE
+    while not check():
+        assert time.monotonic() < deadline, f"not within {DEADLINE}s: {what}"
+        time.sleep(0.05)
+
+
+def stream_holds(app: Orders, count: int) -> None:
+    """Wait until the stream shows ``count`` records (DynamoDB Local's may lag)."""
+    probe = Collector(app.factory.connection)
+    poller = StreamPoller(probe, app)
+
+    def read() -> bool:
+        poller.poll()
+        return len(probe.seen) >= count
+
+    until(read, f"{count} records in the stream")
+
+
+# --- the stream poller, run as every feed is ----------------------------------------
+
+
+def test_a_stream_pollers_drain_rides_out_an_outage_within_its_deadline(
+    streamed, dynamodb_env, dynamodb_endpoint
+):
+    writer = Orders(env=dynamodb_env)  # saves reach DynamoDB directly
+    order_id = writer.place_order(uuid.uuid4(), [ITEM])
+    readers = open_view(OrderProjector, dynamodb_env)
+    with FaultProxy(dynamodb_endpoint) as proxy:
+        through_proxy = {
+            **dynamodb_env,
+            "DYNAMODB_ENDPOINT_URL": proxy.endpoint_url,
+            "DYNAMODB_MAX_ATTEMPTS": "1",
+        }
+        app = Orders(env=through_proxy)
+        projector = OrderProjector(
+            open_view(OrderProjector, through_proxy), event_loader(app)
+        )
+        poller = StreamPoller(projector, app, interval=0.2)
+        proxy.outage(1.5)
+        started = time.monotonic()
+        handled = poller.drain(deadline=time.monotonic() + 60)
+        took = time.monotonic() - started
+        # DynamoDB Local's stream may lag a write: drain again until it shows.
+        while get_order_summary(readers, order_id) is None:
+            assert time.monotonic() < started + DEADLINE, "the order not projected"
+            handled += poller.drain(time.monotonic() + 60)
+        app.close()
+
+    assert took >= 1.0  # it waited for DynamoDB, then went on
+    assert handled == 2
+    writer.close()
+
+
+def test_a_stream_pollers_drain_reads_no_page_after_its_deadline(streamed, orders):
+    for _ in range(3):
+        orders.place_order(uuid.uuid4(), [ITEM])  # two records each
+    stream_holds(orders, 6)
+    consumer = SlowCollector(orders.factory.connection, deadline=0.0)
+    poller = StreamPoller(consumer, orders, batch_size=2)
+    consumer.deadline = deadline = time.monotonic() + 2.0
+
+    handled = poller.drain(deadline)
+
+    assert handled == 2  # the first page took until the deadline: no other one
+    assert len(consumer.pages) == 1
+    assert list(consumer.checkpoints.values()) == [consumer.pages[0][-1]]
+    assert poller.drain(time.monotonic() + 60) == 4  # the rest, from the checkpoint
+    assert len(consumer.seen) == len(set(consumer.seen)) == 6
+
+
+def test_a_started_stream_poller_feeds_its_consumer_until_stopped(streamed, orders):
+    consumer = Collector(orders.factory.connection)
+    poller = StreamPoller(consumer, orders, interval=0.05)
+
+    with poller:
+        thread_name = f"feed-{poller.name}"
+        assert thread_name in {t.name for t in threading.enumerate()}
+        with pytest.raises(RuntimeError, match="running already"):
+            poller.start()
+        orders.place_order(uuid.uuid4(), [ITEM])
+        until(lambda: len(consumer.seen) == 2, "the two records")
+
+    assert thread_name not in {t.name for t in threading.enumerate()}
+
+
+# --- one Lambda handler for pushed stream records ------------------------------------
+
+
+def test_a_projectors_stream_handler_reports_a_record_and_its_aggregates_later_ones(
+    orders, dynamodb_env
+):
+    first = orders.place_order(uuid.uuid4(), [ITEM])
+    orders.confirm(first)
+    second = orders.place_order(uuid.uuid4(), [ITEM])
+    records = lambda_records(orders)
+    of_first = [r for r in records if _aggregate(r) == str(first)]
+    of_second = [r for r in records if _aggregate(r) == str(second)]
+
+    def make() -> tuple[ProjectionConsumer, Orders]:
+        # No event loader: the first order's missing version 1 cannot be read.
+        projector = OrderProjector(open_view(OrderProjector, dynamodb_env))
+        consumer = ProjectionConsumer(
+            projector, orders.mapper, application_name=orders.name
+        )
+        return consumer, orders
+
+    handler = stream_handler(make)
+    batch = [of_first[1], of_second[0], *of_first[2:], *of_second[1:]]
+    response = handler({"Records": batch}, LambdaContext(60))
+
+    assert response == {
+        "batchItemFailures": [
+            {"itemIdentifier": sequence_number(r)} for r in of_first[1:]
+        ]
+    }
+    readers = open_view(OrderProjector, dynamodb_env)
+    assert get_order_summary(readers, first) is None
+    assert get_order_summary(readers, second) is not None
+
+
+def test_a_projectors_stream_handler_that_failed_to_make_itself_makes_itself_again(
+    orders, dynamodb_env, dynamodb_endpoint
+):
+    order_id = orders.place_order(uuid.uuid4(), [ITEM])
+    records = lambda_records(orders)
+    readers = open_view(OrderProjector, dynamodb_env)  # the tables exist, as deployed
+    described = f'"{orders.recorder.events_table_name}"'.encode()
+    with FaultProxy(dynamodb_endpoint) as proxy:
+        env = {
+            **dynamodb_env,
+            "DYNAMODB_ENDPOINT_URL": proxy.endpoint_url,
+            "DYNAMODB_MAX_ATTEMPTS": "1",
+        }
+        reads: list[bytes] = []
+
+        def the_stream_arns_read(operation: str, index: int, body: bytes) -> bool:
+            # The handler reads the events table's description once more than
+            # making its application and view does: the stream's ARN, last.
+            if operation == "DescribeTable" and described in body:
+                reads.append(body)
+                return len(reads) == making + 1
+            return False
+
+        making = -1  # counted first: what making the application and view reads
+        cut = proxy.on(the_stream_arns_read, fault=CUT, times=1)
+        Orders(env=env).close()
+        open_view(OrderProjector, env)
+        making, reads[:] = len(reads), []
+        handler = lambda_handler(OrderProjector, Orders, env)
+        with pytest.raises(OperationalError):
+            handler({"Records": records}, LambdaContext(60))
+        assert cut.fired == 1
+
+        response = handler({"Records": records}, LambdaContext(60))
+
+    assert response == {"batchItemFailures": []}
+    assert get_order_summary(readers, order_id) is not None
+
+
+def test_a_followers_stream_handler_reports_a_record_and_its_aggregates_later_ones(
+    leader, invoicing
+):
+    first, _ = confirmed_orders(leader, 2)
+    records = lambda_records(leader)
+    of_first = [r for r in records if _aggregate(r) == str(first)]
+    of_second = [r for r in records if r not in of_first]
+    of_first[0]["dynamodb"]["NewImage"]["topic"] = {"S": "nowhere:Nothing"}
+    follower = StreamFollower(invoicing, leader)
+
+    response = follower.handle({"Records": of_first + of_second})
+
+    assert response == {
+        "batchItemFailures": [{"itemIdentifier": sequence_number(r)} for r in of_first]
+    }
+    assert len(invoices_of(invoicing)) == 1  # the second order's
+
+
+def test_a_publishers_stream_handler_reports_the_record_it_could_not_finish(
+    orders, publisher_env, bus, dynamodb_endpoint
+):
+    kept = orders.place_order(uuid.uuid4(), [ITEM])
+    refused = orders.place_order(uuid.uuid4(), [ITEM])
+    records = lambda_records(orders)
+    [refused_placed] = [
+        r
+        for r in records
+        if _aggregate(r) == str(refused)
+        and r["dynamodb"]["NewImage"][store_schema.VERSION]["N"] == "1"
+    ]
+    with FaultProxy(dynamodb_endpoint) as proxy:
+        app = Orders(
+            env={
+                **publisher_env,
+                "DYNAMODB_ENDPOINT_URL": proxy.endpoint_url,
+                "DYNAMODB_MAX_ATTEMPTS": "1",
+            }
+        )
+
+        def make() -> tuple[Publisher, Orders]:
+            publisher = Publisher(
+                OrderEvents(), app, env=publisher_env, retry_delays=NO_WAITING
+            )
+            # The bus refuses the second order's event for good, and its dead
+            # letter cannot be stored: the record is not done.
+            publisher.client = RefusingClient(
+                publisher.client,
+                lambda entry: (
+                    "MalformedDetail" if str(refused) in entry["Detail"] else None
+                ),
+            )
+            return publisher, app
+
+        handler = stream_handler(make)
+        handler({"Records": []}, LambdaContext(60))  # made while DynamoDB is up
+        proxy.on("PutItem", fault=CUT, times=None)
+
+        response = handler({"Records": records}, LambdaContext(60))
+        app.close()
+
+    # Lambda delivers the shard again from the first record reported.
+    assert response == {
+        "batchItemFailures": [{"itemIdentifier": sequence_number(refused_placed)}]
+    }
+    published = [e["detail"]["order_id"] for e in bus.received()]
+    assert published == [str(kept)]

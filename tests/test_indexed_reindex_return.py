@@ -1,8 +1,11 @@
-"""The indexer back on the stream after a re-index pass: when the pass is forgotten.
+"""The indexer's shards without a checkpoint, after a re-index pass or in running.
 
 The stream must hold every record written since the pass began that the
 index lacks, until the indexer has read it or holds a checkpoint whose
-loss DynamoDB Streams refuses as trimmed. DynamoDB Local can neither age a
+loss DynamoDB Streams refuses as trimmed. A shard without a checkpoint is
+read from its TRIM_HORIZON, which is never refused: in steady running too,
+only the time a round last found such shards empty tells a stopped
+indexer that records may have come and expired unread. DynamoDB Local can neither age a
 stream, split a shard, nor make hours pass: the indexer gets a clock that
 jumps, ``TrimmedStreams`` (tests/indexed_support.py) expires records, and
 ``SplitStreams`` (tests/test_indexed_guarantees.py) shows the table's one
@@ -81,7 +84,12 @@ def numbers_once_in_the_stream(
 
 def scans(recorder: DynamoDBIndexedApplicationRecorder) -> int:
     """Scans of the events table the recorder's connection has made so far."""
-    return recorder.connection.total.calls["Scan"]
+    return recorder.connection.total.calls.get("Scan", 0)
+
+
+def writes(recorder: DynamoDBIndexedApplicationRecorder) -> int:
+    """Transactions the recorder's connection has made so far."""
+    return recorder.connection.total.calls.get("TransactWriteItems", 0)
 
 
 def test_a_pass_is_kept_while_a_child_shard_without_a_checkpoint_holds_a_save(
@@ -173,7 +181,7 @@ def test_an_idle_stream_after_a_pass_is_not_scanned_again_every_day(
     assert (idle.reindexing, idle.reindex_pass) == (False, 1)
     assert schema.REINDEX_CAUGHT_UP in idle_item
     assert indexer.status().reindex_pass == 0
-    assert schema.REINDEX_CAUGHT_UP not in checkpoints_item(recorder)
+    assert schema.REINDEX_STARTED not in checkpoints_item(recorder)
     assert_indexed_once_in_order(recorder, saves + later)
 
 
@@ -233,4 +241,137 @@ def test_a_child_waiting_for_its_checkpointed_parent_calls_for_no_second_pass(
     assert int(parent_only[split.parent]) < split.split
     assert scans(recorder) == scans_after_the_pass
     assert indexer.status().reindex_pass == 0
+    assert_indexed_once_in_order(recorder, before + after)
+
+
+def indexed_with_an_empty_child(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> tuple[list[list[StoredEvent]], TrimmedStreams, Clock, Indexer]:
+    """Index saves in steady running, the stream's shard split right after them.
+
+    The closed parent ends at the saves' last record; its child, read in the
+    same round, is empty, so it gets no checkpoint. No re-index runs.
+    """
+    before = random_saves(recorder, 6, seed=31)
+    numbers = numbers_once_in_the_stream(recorder, every_event(before))
+    last = max(
+        numbers[str(e.originator_id), e.originator_version] for e in every_event(before)
+    )
+    split = SplitStreams(recorder.connection.streams_client(), split=last)
+    streams = TrimmedStreams(split)
+    clock = Clock()
+    indexer = Indexer(recorder, streams_client=streams, clock=clock)
+    index_until(indexer, recorder, every_event(before))
+    assert list(indexer._read_state().checkpoints) == [split.parent]
+    assert schema.REINDEXED_AT not in checkpoints_item(recorder)  # a young stream
+    return before, streams, clock, indexer
+
+
+def test_saves_expired_unread_from_a_shard_without_a_checkpoint_are_reindexed(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> None:
+    """An empty child shard, then the indexer stops for 25 hours; saves go into it.
+
+    Their records expire before the indexer is back. The child is read from
+    its TRIM_HORIZON, which is never refused, and looks empty: only the time
+    a round last found it empty (a day before) says records may have come
+    and gone, so the events table is re-indexed.
+    """
+    before, streams, clock, indexer = indexed_with_an_empty_child(recorder)
+    after = random_saves(recorder, 5, seed=32)
+    clock.hours = 25.0
+    expire_once_written(streams, indexer.stream_arn, every_event(before + after))
+
+    back = Indexer(recorder, streams_client=streams, clock=clock)
+    index_until(back, recorder, every_event(after), timeout=30.0)
+
+    assert back.status().reindex_pass == 1
+    assert_indexed_once_in_order(recorder, before + after)
+
+
+def test_an_indexer_running_on_an_idle_stream_with_an_empty_shard_never_scans(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> None:
+    """Rounds every 20 minutes for 49 hours; the empty child never gets a checkpoint.
+
+    Each round finds the child empty to its tip, and the time of that is
+    written once an hour (the rounds commit nothing else): no re-index.
+    """
+    before, _streams, clock, indexer = indexed_with_an_empty_child(recorder)
+    scans_before, writes_before = scans(recorder), writes(recorder)
+    for third in range(3 * 49 + 1):
+        clock.hours = third / 3
+        indexer.poll()
+    idle_scans = scans(recorder) - scans_before
+    idle_writes = writes(recorder) - writes_before
+    later = random_saves(recorder, 3, seed=33)
+    index_until(indexer, recorder, every_event(later))
+
+    assert idle_scans == 0
+    assert 0 < idle_writes <= 49
+    assert indexer.status().reindex_pass == 0
+    assert_indexed_once_in_order(recorder, before + later)
+
+
+def test_an_indexer_stopped_ten_hours_reads_a_shard_without_a_checkpoint(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> None:
+    """Stopped 10 hours while saves go into the empty child: well within the 24.
+
+    The stream still holds their records: the indexer back reads them, and
+    scans nothing.
+    """
+    before, streams, clock, _indexer = indexed_with_an_empty_child(recorder)
+    scans_before = scans(recorder)
+    after = random_saves(recorder, 5, seed=34)
+    clock.hours = 10.0
+
+    back = Indexer(recorder, streams_client=streams, clock=clock)
+    index_until(back, recorder, every_event(after))
+
+    assert scans(recorder) == scans_before
+    assert back.status().reindex_pass == 0
+    assert_indexed_once_in_order(recorder, before + after)
+
+
+def test_a_first_commit_with_a_shard_holding_a_save_keeps_the_streams_start(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> None:
+    """A first run on a young stream: no re-index, and no round finds the child empty.
+
+    The first commit checkpoints the closed parent while the child holds a
+    save back (one of its records has not arrived), then the indexer stops
+    for 25 hours and the save's records expire. The stream held every record
+    since it was enabled: that time, kept with the first commit, calls for
+    a re-index when the indexer is back.
+    """
+    before = random_saves(recorder, 4, seed=35)
+    single, first, second = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    after = [[stored(single, 1)], [stored(first, 1), stored(second, 1)]]
+    for save in after:
+        recorder.insert_events(save)
+    split = SplitStreams(recorder.connection.streams_client(), split=0)
+    split.split = numbers_once_in_the_stream(recorder, every_event(after))[
+        str(single), 1
+    ]
+    streams = TrimmedStreams(split)
+    streams.alter = lambda records: [
+        r
+        for r in records
+        if r["dynamodb"]["Keys"][schema.AGGREGATE_ID]["S"] != str(second)
+    ]
+    clock = Clock()
+    indexer = Indexer(recorder, streams_client=streams, clock=clock)
+    index_until(indexer, recorder, every_event(before) + after[0])
+    first_commit = checkpoints_item(recorder)
+    clock.hours = 25.0
+    expire_once_written(streams, indexer.stream_arn, every_event(before + after))
+
+    back = Indexer(recorder, streams_client=streams, clock=clock)
+    index_until(back, recorder, after[1], timeout=30.0)
+
+    assert list(first_commit[schema.SHARD_CHECKPOINTS]["M"]) == [split.parent]
+    assert schema.REINDEXED_AT not in first_commit  # a young stream: no re-index
+    assert schema.REINDEX_CAUGHT_UP in first_commit
+    assert back.status().reindex_pass == 1
     assert_indexed_once_in_order(recorder, before + after)

@@ -75,8 +75,9 @@ class _Round:
     reindex_pass: int = 0
     """Which pass that is (0: none, or every listed shard checkpointed since)."""
     reindex_caught_up: float | None = None
-    """When, after that pass, a round last began that found every listed
-    shard without a checkpoint empty to its tip (None: none has)."""
+    """When a round last began that found every listed shard without a
+    checkpoint empty to its tip (None: none has since the last pass began,
+    or no commit yet)."""
     ended_shards: set[str] | None = None
     """Shards recorded as read to their end (None: none recorded yet)."""
 

@@ -48,14 +48,18 @@ table), the indexer re-indexes from the events table (see :meth:`Indexer.reindex
 and :mod:`ledger.reindexing`), then goes on from the stream's TRIM_HORIZON,
 dropping the records of events the index holds already; a pass of the
 re-index that began more than the stream's retention before that return is
-followed by another pass.
+followed by another pass. A shard without a checkpoint is read from its
+TRIM_HORIZON, which is never refused: when one is listed and no round has
+found every such shard empty for the stream's retention (the indexer was
+stopped), records may have expired unread, and the indexer re-indexes too.
 
 Costs per round: a GetItem of the head and one of the checkpoints, a
 DescribeStream, per shard a GetShardIterator and a GetRecords per 1,000
 records, and when anything is new one transaction (2 WCU per KB of batch
 items, plus the head and checkpoints items). Until its first commit, a
 Scan of one item, a DescribeTable and a DescribeStream more (the first-run
-check above). A round of a re-index: see :mod:`ledger.reindexing`.
+check above). An idle indexer writes the checkpoints item once an hour (one
+transaction). A round of a re-index: see :mod:`ledger.reindexing`.
 """
 
 from __future__ import annotations
@@ -245,21 +249,21 @@ class Indexer(Reindexing, StreamPoller):
             self._held = None
         if state.scan is not None:
             return self._reindex_round(state)
-        if self._another_pass_due(state):
+        listed = {shard["ShardId"]: shard for shard in shards}
+        if self._another_pass_due(state, listed):
             self._start_reindex(
                 state,
-                f"pass {state.reindex_pass} began (or the shards without a "
-                "checkpoint were last found empty) more than the stream's "
-                "retention ago: saves made since may be gone from the stream, "
-                "so the events table is scanned again",
+                self._another_pass_reason(state, listed),
                 reindex_pass=state.reindex_pass + 1,
             )
             return 1
-        if state.revision is None and self._stream_may_lack_events():
-            self._start_reindex(state, "the stream may not hold every event saved")
-            return 1
+        holds_since = None
+        if state.revision is None:
+            holds_since = self._stream_holds_since(began)
+            if holds_since is None:
+                self._start_reindex(state, "the stream may not hold every event saved")
+                return 1
         self.checkpoints.numbers = dict(state.checkpoints)
-        listed = {shard["ShardId"]: shard for shard in shards}
         ended = {s for s in listed if self._read_to_its_end(listed[s])}
         gone = sorted(
             shard_id
@@ -297,10 +301,15 @@ class Indexer(Reindexing, StreamPoller):
                 new_checkpoints[shard_id] = state.ended[shard_id]
         read = [r for records in state.read.values() for r in records]
         committing = new_checkpoints != state.checkpoints
-        back_on_stream = self._stream_marks(
-            state, listed, new_checkpoints, began, committing=committing
+        stream_marks = self._stream_marks(
+            state,
+            listed,
+            new_checkpoints,
+            began,
+            committing=committing,
+            holds_since=holds_since,
         )
-        if not committing and not back_on_stream:
+        if not committing and not stream_marks:
             self._report(IndexRound(0, len(read), _oldest_age_ms(read)))
             return 0
         fresh = self._not_indexed(state, [r for unit in taken for r in unit if r.entry])
@@ -313,7 +322,7 @@ class Indexer(Reindexing, StreamPoller):
         }
         marks = {
             schema.ENDED_SHARDS: {"SS": sorted(ended)} if ended else None,
-            **back_on_stream,
+            **stream_marks,
         }
         self._write(state, events, new_checkpoints, marks)
         self._report(IndexRound(len(events), len(read), _oldest_age_ms(read)))

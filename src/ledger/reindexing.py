@@ -25,14 +25,24 @@ ends within the stream's retention. Back on the stream, a loss in a shard
 with a checkpoint shows as a trimmed refusal, and a shard read to its end
 has nothing left to lose; but a shard without a checkpoint is read from its
 TRIM_HORIZON, which is never refused. So the pass is remembered until every
-shard the stream lists has a checkpoint (see :meth:`Reindexing._stream_marks`);
-meanwhile a round that finds each such shard empty to its tip moves the
-24 hours on to its own start, so an idle stream is not scanned again daily.
+shard the stream lists has a checkpoint (see :meth:`Reindexing._stream_marks`).
+
+Such shards come in steady running too (a child shard empty when its parent
+ended, any shard read while empty), and an indexer stopped for a day while
+records came into one and expired would read it empty. So, at all times,
+a round that reads every shard without a checkpoint to its tip and finds
+nothing keeps its start (``reindex_caught_up``): records written to those
+shards before it were read. An indexer about to read the stream while a
+listed shard has no checkpoint, more than 24 hours (less 10 minutes) after
+that, or after the pass began, re-indexes: the same resumable pass, which
+appends only what the index lacks. A running indexer moves the time on with
+each commit, or hourly when idle, so it never does.
 
 Costs of a round of a re-index: a strongly consistent Scan page (up to 500
 items) and one transaction; the first round of each process reads the whole
-sequence once. After it, while a listed shard has no checkpoint, rounds that
-find nothing write the checkpoints item once an hour (one transaction).
+sequence once. On the stream, a round that commits nothing writes the
+checkpoints item once an hour (one transaction) to keep the time above;
+nothing more is written while rounds commit.
 """
 
 from __future__ import annotations
@@ -96,6 +106,8 @@ class Reindexing:
 
         def poll(self) -> int: ...
 
+        def _shards(self) -> list[dict[str, Any]]: ...
+
         def _read_state(self) -> _Round: ...
 
         def _report(self, done: IndexRound) -> None: ...
@@ -129,7 +141,7 @@ class Reindexing:
         deadline = time.monotonic() + timeout
         rounds = 0
         while (state := self._read_state()).scan is not None or (
-            self._another_pass_due(state)
+            self._another_pass_due(state, _by_id(self._shards()))
         ):
             self.poll()
             rounds += 1
@@ -175,24 +187,54 @@ class Reindexing:
         )
         self._held = []
 
-    def _another_pass_due(self, state: _Round) -> bool:
-        """Whether the stream may have lost saves made since the last pass began.
+    def _another_pass_due(
+        self, state: _Round, listed: Mapping[str, Mapping[str, Any]]
+    ) -> bool:
+        """Whether a shard without a checkpoint may have lost records unread.
 
-        After a pass the indexer reads the stream from its TRIM_HORIZON, so it
-        needs every record written since the pass began: a save the Scan had
-        passed already is only there. DynamoDB Streams keeps a record 24
-        hours, so once that much (less a margin for the clocks of the hosts
-        that started the pass and that check it) has gone by since it began,
-        or since a round last found every shard without a checkpoint empty
-        to its tip (see :meth:`_stream_marks`), while a listed shard has no
-        checkpoint yet, those records may be gone: the events table is
-        scanned again (appending only what the index lacks), until a pass
-        ends within the stream's retention.
+        ``listed``: the shards DescribeStream lists now, by id.
+
+        Such a shard is read from its TRIM_HORIZON, which DynamoDB Streams
+        never refuses, so the indexer needs every record written to it since
+        it was last known to hold nothing unread: since a pass of a re-index
+        began (a save the Scan had passed already is only in the stream), or
+        since a round last read every such shard to its tip and found
+        nothing (see :meth:`_stream_marks`). DynamoDB Streams keeps a record
+        24 hours: once that much (less a margin for the clocks of the hosts
+        that wrote the time and that check it) has gone by, while a listed
+        shard has no checkpoint (but one :func:`_covered` by an ancestor's),
+        those records may be gone: the events table is scanned (appending
+        only what the index lacks), until a pass ends within the retention.
+        (Such a shard that left the listing left its children without a
+        checkpoint too: they wait for it, or are read from their start.)
+        On a first run (no time yet) the stream's age decides instead (see
+        :meth:`_stream_holds_since`).
         """
         since = _stream_needed_since(state)
         if state.scan is not None or since is None:
             return False
+        if not _unguarded(listed, state.checkpoints):
+            return False
         return self.clock() > since + RETENTION - 2 * _CLOCK_MARGIN
+
+    def _another_pass_reason(
+        self, state: _Round, listed: Mapping[str, Mapping[str, Any]]
+    ) -> str:
+        """Say why :meth:`_another_pass_due` called for a pass."""
+        shard_id = _unguarded(listed, state.checkpoints)[0]
+        if state.reindex_pass:
+            return (
+                f"pass {state.reindex_pass} began (or the shards without a "
+                "checkpoint were last found empty) more than the stream's "
+                "retention ago: saves made since may be gone from the stream, "
+                "so the events table is scanned again"
+            )
+        return (
+            f"shard {shard_id} has no checkpoint (it is read from its oldest "
+            "record, which is never refused) and the shards without one were "
+            "last found empty more than the stream's retention ago: records "
+            "may have come and expired unread, so the events table is scanned"
+        )
 
     def _stream_marks(
         self,
@@ -202,12 +244,14 @@ class Reindexing:
         began: float,
         *,
         committing: bool,
+        holds_since: float | None = None,
     ) -> dict[str, Any]:
-        """Return the re-index marks a round back on the stream sets or removes.
+        """Return the marks of the stream's state a round on it sets or removes.
 
         ``listed``: the shards this round's DescribeStream listed, by id;
         ``checkpoints``: those the round commits; ``began``: the clock before
-        that listing.
+        that listing; ``holds_since``: on a first run, since when the stream
+        holds every record (see :meth:`_stream_holds_since`).
 
         A loss in a shard with a checkpoint shows as a trimmed refusal (or,
         the shard gone unfinished, as a re-index), and a shard read to its
@@ -219,58 +263,67 @@ class Reindexing:
         when the clock has called for another pass; a shard made since holds
         only records written since.)
 
-        Meanwhile, when a round read each shard without a checkpoint to its
-        tip and found nothing (but those :func:`_covered` by an ancestor's
-        checkpoint), no record of them written before ``began`` is
-        unread: one trimmed by then was written 24 hours before it, so before
-        the stream had to hold records from (the round began within the time
-        :meth:`_another_pass_due` allows). So the 24 hours count from
-        ``began`` (``reindex_caught_up``), written with the round's commit, or
-        by a round committing nothing once it is an hour newer than the one
-        stored: an idle stream is not scanned again. An empty page is taken
-        for a shard's tip, as the indexer's reads of open shards take a short
-        page.
+        At all times, when a round read each shard without a checkpoint to
+        its tip and found nothing (but those :func:`_covered` by an
+        ancestor's checkpoint; vacuously, when every shard has one), no
+        record of them written before ``began`` is unread: one trimmed by
+        then was written 24 hours before it, so before the stream had to
+        hold records from (the round began within the time
+        :meth:`_another_pass_due` allows). (A shard listed only later was
+        made after ``began``.) So the 24 hours count from ``began``
+        (``reindex_caught_up``), written with the round's commit, or by a
+        round committing nothing once it is an hour newer than the one
+        stored: a running indexer never re-indexes for it. The first commit
+        writes ``holds_since`` if no such round came yet. An empty page is
+        taken for a shard's tip, as the indexer's reads of open shards take
+        a short page.
         """
+        marks: dict[str, Any] = {}
+        if state.reindex_started is not None and all(s in checkpoints for s in listed):
+            marks = {schema.REINDEX_STARTED: None, schema.REINDEX_PASS: None}
+        if all(state.read.get(s) == [] for s in _unguarded(listed, checkpoints)):
+            caught_up = began
+        elif state.revision is None and holds_since is not None:
+            caught_up = holds_since
+        else:
+            return marks  # a shard not read this round, or read and held back
         since = _stream_needed_since(state)
-        if since is None:
-            return {}
-        without = [shard_id for shard_id in listed if shard_id not in checkpoints]
-        if not without:
-            return {
-                schema.REINDEX_STARTED: None,
-                schema.REINDEX_PASS: None,
-                schema.REINDEX_CAUGHT_UP: None,
-            }
-        uncovered = [s for s in without if not _covered(s, listed, checkpoints)]
-        if any(state.read.get(shard_id) != [] for shard_id in uncovered):
-            return {}  # not read this round, or read and held back
-        if not committing and began < since + _CAUGHT_UP_REFRESH:
-            return {}
-        return {schema.REINDEX_CAUGHT_UP: {"N": str(began)}}
+        if (
+            committing
+            or marks
+            or (
+                state.revision is not None
+                and (since is None or began >= since + _CAUGHT_UP_REFRESH)
+            )
+        ):
+            marks[schema.REINDEX_CAUGHT_UP] = {"N": str(caught_up)}
+        return marks
 
-    def _stream_may_lack_events(self) -> bool:
-        """Whether, on a first run, the stream may miss events of the table.
+    def _stream_holds_since(self, began: float) -> float | None:
+        """On a first run, since when the stream holds every record (None: it may not).
 
-        It may when the table holds an event and the stream is old enough to
-        have trimmed records, or was enabled after the table was made. (A
-        Scan of one item, a DescribeTable and a DescribeStream.)
+        It may not when the table holds an event and the stream is old
+        enough to have trimmed records, or was enabled after the table was
+        made. Else it holds every record since it was enabled, or, the
+        table holding no event yet, since ``began`` (the clock before this
+        check). (A Scan of one item, a DescribeTable and a DescribeStream.)
         """
         connection = self.recorder.connection
         table_name = self.recorder.events_table_name
         if not connection.call("scan", TableName=table_name, Limit=1).get("Items"):
-            return False
+            return began
         table = connection.call("describe_table", TableName=table_name)["Table"]
         description = self.client.describe_stream(StreamArn=self.stream_arn)[
             "StreamDescription"
         ]
         created = description.get("CreationRequestDateTime")
-        if created is None:
-            return True
-        return bool(
+        if created is None or (
             time.time() - created.timestamp() > _YOUNG_STREAM
             or created.timestamp()
             > table["CreationDateTime"].timestamp() + _STREAM_WITH_TABLE
-        )
+        ):
+            return None
+        return float(created.timestamp())
 
     def _reindex_round(self, state: _Round) -> int:
         """Scan one page of the events table and append what is not indexed.
@@ -457,10 +510,36 @@ class Reindexing:
 
 
 def _stream_needed_since(state: _Round) -> float | None:
-    """Since when the stream must hold every record the index lacks (None: no pass)."""
-    if state.reindex_started is None:
-        return None
-    return max(state.reindex_started, state.reindex_caught_up or 0.0)
+    """Since when shards without a checkpoint must keep their records (None: unknown).
+
+    Unknown before a first commit, or in an item written before the time was
+    kept at all times, until a round writes it.
+    """
+    known = [
+        moment
+        for moment in (state.reindex_started, state.reindex_caught_up)
+        if moment is not None
+    ]
+    return max(known) if known else None
+
+
+def _by_id(shards: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {shard["ShardId"]: shard for shard in shards}
+
+
+def _unguarded(
+    listed: Mapping[str, Mapping[str, Any]], checkpoints: Mapping[str, str]
+) -> list[str]:
+    """Return the listed shards without a checkpoint, bar those :func:`_covered`.
+
+    Each is read from its TRIM_HORIZON, so a loss of its records is never
+    refused as trimmed.
+    """
+    return [
+        shard_id
+        for shard_id in listed
+        if shard_id not in checkpoints and not _covered(shard_id, listed, checkpoints)
+    ]
 
 
 def _covered(

@@ -151,9 +151,12 @@ holds every save made since only until this moment plus its retention
 REINDEX_PASS: Final = "reindex_pass"  # noqa: S105 - an attribute name
 """(N) with ``reindex_started``: which pass of the re-index that is (from 1)."""
 REINDEX_CAUGHT_UP: Final = "reindex_caught_up"
-"""(N) with ``reindex_started``, once the indexer is back on the stream: when
-a round last began that read every listed shard without a checkpoint to its
-tip, finding nothing (epoch seconds; rewritten at most hourly while idle)."""
+"""(N) on the indexer's checkpoints item, at all times but during a re-index:
+when a round last began that read every listed shard without a checkpoint to
+its tip, finding nothing (or, from a first commit before any did, since when
+the stream held every record). Epoch seconds, the indexer's clock; written
+with a commit, or hourly by an idle round. Past it plus the stream's
+retention, with a shard still without a checkpoint, the indexer re-indexes."""
 ENDED_SHARDS: Final = "ended_shards"
 """(SS) on the indexer's checkpoints item: listed shards it read to their end.
 A checkpointed shard that leaves ``DescribeStream`` without being among them

@@ -685,3 +685,24 @@ def test_a_save_sizes_an_event_item_only_when_it_may_be_too_large(
     assert sized[0] <= MAX_ITEM_BYTES
     assert len(streamed_orders.recorder.select_events(order.id)) == 2
     streamed_orders.close()
+
+
+def test_replay_gives_what_eventsourcings_own_mutate_gives_modified_on_included(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    order = Order.place(uuid.uuid4(), [], "EUR")
+    order.add_item("p1", 2, Decimal("1.00"))
+    order.confirm()
+    events = order.collect_events()
+    replayed = project_aggregate(None, events)
+
+    # The reference: every event through eventsourcing's CanMutateAggregate.mutate.
+    monkeypatch.setattr(Aggregate.Event, "_mutates_in_place", False)
+    for cls in {type(event) for event in events}:
+        monkeypatch.setattr(cls, "_mutates_in_place", False, raising=False)
+    reference = project_aggregate(None, events)
+
+    assert replayed is not None
+    assert reference is not None
+    assert replayed.modified_on == events[-1].timestamp
+    assert vars(replayed) == vars(reference)

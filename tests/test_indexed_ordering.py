@@ -18,6 +18,7 @@ from ledger.dynamodb import (
     schema,
 )
 from ledger.dynamodb.batches import BatchEntry, batch_item
+from ledger.dynamodb.limits import MAX_ITEM_BYTES, ItemTooLargeError, item_size
 from ledger.indexer import BATCH_EVENTS, Indexer
 from tests.faults import REFUSE, FaultProxy
 from tests.indexed_support import (
@@ -116,6 +117,27 @@ def test_multi_event_save_marks_each_event_with_its_save(
         ("1", "3"),
         ("2", "3"),
     ]
+
+
+def test_an_event_its_save_marks_take_over_the_item_limit_is_refused_before_sending(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> None:
+    aggregate = uuid.uuid4()
+    unmarked = {
+        schema.AGGREGATE_ID: {"S": str(aggregate)},
+        schema.VERSION: {"N": "1"},
+        schema.TOPIC: {"S": "tests:Happened"},
+        schema.STATE: {"B": b""},
+    }
+    # 10 bytes under DynamoDB's limit alone; over it with the save's marks.
+    state = b"x" * (MAX_ITEM_BYTES - item_size(unmarked) - 10)
+
+    with measure(recorder) as meter, pytest.raises(ItemTooLargeError) as refused:
+        recorder.insert_events([stored(aggregate, 1, state), stored(aggregate, 2)])
+
+    assert "save marks" in str(refused.value)
+    assert "TransactWriteItems" not in meter.calls  # refused before sending
+    assert recorder.select_events(aggregate) == []
 
 
 def test_indexer_appends_saves_to_the_sequence(

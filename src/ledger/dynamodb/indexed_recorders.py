@@ -38,6 +38,7 @@ from eventsourcing.persistence import (
 
 from ledger.dynamodb import schema
 from ledger.dynamodb.client import DynamoDBConnection
+from ledger.dynamodb.limits import MAX_ITEM_BYTES, check_item_size, item_size
 from ledger.dynamodb.recorders import (
     Ordering,
     OriginatorIDType,
@@ -57,6 +58,11 @@ if TYPE_CHECKING:  # the stubs are a development dependency only
 _FLOORS_KEPT: Final = 100_000
 """Saved events whose sequence floor (see ``wait_indexed``) is remembered."""
 _PAGE: Final = 1000
+
+_MARKED_ITEM_OVERHEAD: Final = 256
+"""More than a marked event item's attribute names, numbers and save id take
+(about 120 bytes): a bound, so that only items that may be near DynamoDB's
+400 KB are sized exactly."""
 
 
 class IndexWaitTimeoutError(OperationalError, TimeoutError):
@@ -163,10 +169,25 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
         items = super()._event_items(stored_events)
         if len(items) > 1:
             save_id = uuid.uuid4().hex
-            for index, item in enumerate(items):
+            for index, (event, item) in enumerate(
+                zip(stored_events, items, strict=True)
+            ):
                 item[schema.SAVE_ID] = {"S": save_id}
                 item[schema.SAVE_INDEX] = {"N": str(index)}
                 item[schema.SAVE_SIZE] = {"N": str(len(items))}
+                # The marks came after the item was sized: check again, the
+                # same way, what they may have taken over the limit.
+                bound = (
+                    4 * (len(item[schema.AGGREGATE_ID]["S"]) + len(event.topic))
+                    + len(event.state)
+                    + _MARKED_ITEM_OVERHEAD
+                )
+                if bound > MAX_ITEM_BYTES:
+                    check_item_size(
+                        item_size(item),
+                        f"Event {event.topic} of aggregate {event.originator_id} "
+                        f"at version {event.originator_version} with its save marks",
+                    )
         return items
 
     def notifications_from_events(self, low: int, high: int) -> list[Notification]:

@@ -280,13 +280,16 @@ def indexer_process(
         meter = meters.enter_context(measure(app))
         while True:
             command = connection.recv()
-            if command == "start":
+            if command in ("start", "warm"):
                 stop.clear()
+                # "start": as `ledger index run` runs it, rounds paced; "warm":
+                # rounds back to back, so that DynamoDB Local compiles the
+                # paths of the indexer's calls (2 a second when paced) too.
+                warm = command == "warm"
                 thread = threading.Thread(
                     target=run_polls,
-                    # As `ledger index run` runs it: rounds paced.
-                    args=(paced(poll, ROUND_INTERVAL), stop),
-                    kwargs={"interval": interval},
+                    args=(poll if warm else paced(poll, ROUND_INTERVAL), stop),
+                    kwargs={"interval": 0.01 if warm else interval},
                 )
                 thread.start()
                 connection.send(("started", None))
@@ -460,12 +463,19 @@ def run_writers(  # noqa: PLR0915 - one sequence of turns, read top to bottom
         indexed_total = 3 * len(pipes)
         # The JVM compiles DynamoDB Local's hot paths as it runs: its CPU per
         # save falls for tens of seconds. Unmeasured turns of every contender,
-        # forward then reverse, so that the first measured turn (always
-        # indexed) does not pay for that alone.
+        # forward then reverse (the indexer's rounds back to back in the
+        # indexed ones), so that the first measured turn (always indexed)
+        # does not pay for that alone.
         for contender in [*contenders, *contenders[::-1]]:
+            if contender == "indexed":
+                ask(indexer, "stop")
+                ask(indexer, "warm")
             _, reports = run_turn(pipes, contender, warmup)
             if contender == "indexed":
                 indexed_total += sum(r["saves"] for r in reports)
+                ask(indexer, "stop")
+                ask(indexer, "start")
+        ask(indexer, "report")  # the warm-up's rounds and calls are not counted
         stage("writers ready, server warmed up", started)
         for round_number in range(rounds):
             order = contenders if round_number % 2 == 0 else contenders[::-1]

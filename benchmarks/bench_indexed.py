@@ -14,11 +14,17 @@ the same kind.
    (plain boto3 conditional ``PutItem`` of an item of the same size, no
    extra parameters). During the indexed turns: events indexed/s and lag
    (from a save returning to the indexer's commit holding it), p50/p99.
+   First, unmeasured turns of ``--warmup`` seconds, every contender forward
+   then reverse (the indexer's rounds back to back in the indexed ones),
+   while DynamoDB Local's JVM compiles the paths of every call; the
+   server's CPU per save is given turn by turn, to show what drift is left.
 2. A backlog: the 8 writers save with the indexer stopped for
    ``--backlog-seconds``; then the indexer catches up, timed (events/s).
 3. Index cost: write units per indexed event, from ledger's metering of the
    indexer process (the estimate by AWS's rules, transactions doubled, and
-   what DynamoDB Local reported: it under-reports transactions).
+   what DynamoDB Local reported: it under-reports transactions), and the
+   indexer's calls per round (DynamoDB Streams' counted by a client wrapper).
+   What each call costs DynamoDB Local: ``bench_index_calls.py``.
 4. A history of ``--events`` Order events (5 per Order, in saves of 95
    events from 4 threads), indexed; then reading it whole with
    ``select_notifications`` (1,000 per call), with ``ledger.feeds.IndexSource``

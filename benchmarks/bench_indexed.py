@@ -312,26 +312,26 @@ def indexer_process(
                 indexed = sum(last - first + 1 for _, first, last in commits[before:])
                 connection.send(("caught_up", (consumed, indexed, seconds)))
             elif command == "report":
-                connection.send(
-                    (
-                        "report",
-                        {
-                            "commits": list(commits),
-                            "rounds": rounds[0],
-                            "round_trips": meter.round_trips,
-                            "calls": dict(meter.calls) | streams.calls,
-                            "estimated_wcu": meter.estimated_write_units,
-                            "reported_wcu": meter.write_units,
-                            "bytes_written": meter.bytes_written,
-                            "reported_rcu": meter.read_units,
-                        },
-                    )
-                )
-                commits.clear()
-                rounds[0] = 0
-                streams.calls.clear()
+                # Taken and reset before answering: the indexer may be running
+                # (after the warm-up it is), and a commit made once the
+                # answer is sent belongs to the next report.
+                reported = commits[:]
+                del commits[: len(reported)]
+                rounds_done, rounds[0] = rounds[0], 0
+                calls, streams.calls = streams.calls, {}
+                report = {
+                    "commits": reported,
+                    "rounds": rounds_done,
+                    "round_trips": meter.round_trips,
+                    "calls": dict(meter.calls) | calls,
+                    "estimated_wcu": meter.estimated_write_units,
+                    "reported_wcu": meter.write_units,
+                    "bytes_written": meter.bytes_written,
+                    "reported_rcu": meter.read_units,
+                }
                 meters.close()  # counts afresh from here
                 meter = meters.enter_context(measure(app))
+                connection.send(("report", report))
             else:
                 return
 

@@ -438,7 +438,7 @@ def run_writers(  # noqa: PLR0915 - one sequence of turns, read top to bottom
     backlog_seconds: float,
     interval: float,
     started: float,
-    warmup: float = 3.0,
+    warmup: float = 6.0,
 ) -> dict[str, Any]:
     """Parts 1 to 3: the writers' turns, the indexer's lag, a backlog, the cost.
 
@@ -1202,7 +1202,7 @@ def main() -> None:
     parser.add_argument(
         "--warmup",
         type=float,
-        default=3.0,
+        default=6.0,
         help="seconds of each unmeasured turn (every contender, forward then reverse)",
     )
     parser.add_argument(

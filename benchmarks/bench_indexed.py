@@ -7,18 +7,24 @@ since the indexed ordering needs one: the raw baselines write to tables of
 the same kind.
 
 1. Saves/s of new 1-event Orders from 8 writer processes, contenders taking
-   turns of ``--seconds`` (forward, then reverse, ``--rounds`` times):
+   turns of ``--seconds`` (``--rounds`` rounds, each starting one later):
    ``indexed`` (``DYNAMODB_ORDERING=indexed``, with an :class:`Indexer`
    running all along in a process of its own, as ``ledger index run`` with
    ``--index-interval``), ``stream`` (the same saves, no indexer) and ``raw``
    (plain boto3 conditional ``PutItem`` of an item of the same size, no
    extra parameters). During the indexed turns: events indexed/s and lag
    (from a save returning to the indexer's commit holding it), p50/p99.
+   First, unmeasured turns of ``--warmup`` seconds, every contender forward
+   then reverse (the indexer's rounds back to back in the indexed ones),
+   while DynamoDB Local's JVM compiles the paths of every call; the
+   server's CPU per save is given turn by turn, to show what drift is left.
 2. A backlog: the 8 writers save with the indexer stopped for
    ``--backlog-seconds``; then the indexer catches up, timed (events/s).
 3. Index cost: write units per indexed event, from ledger's metering of the
    indexer process (the estimate by AWS's rules, transactions doubled, and
-   what DynamoDB Local reported: it under-reports transactions).
+   what DynamoDB Local reported: it under-reports transactions), and the
+   indexer's calls per round (DynamoDB Streams' counted by a client wrapper).
+   What each call costs DynamoDB Local: ``bench_index_calls.py``.
 4. A history of ``--events`` Order events (5 per Order, in saves of 95
    events from 4 threads), indexed; then reading it whole with
    ``select_notifications`` (1,000 per call), with ``ledger.feeds.IndexSource``
@@ -33,7 +39,7 @@ the same kind.
    best of 5), on Order events (5 per Order), new Orders (one event each)
    and random 200-byte states (which do not compress).
 
-    python benchmarks/bench_indexed.py [--seconds 5] [--rounds 2] [--events 10000]
+    python benchmarks/bench_indexed.py [--seconds 5] [--rounds 3] [--events 10000]
 
 ``--readers-only`` runs part 4's reads alone (seed, index, the three readers
 in turns; no writers, rebuilds or formats), then each reader's own CPU per
@@ -235,6 +241,28 @@ def writer(
         )
 
 
+class CountingStreams:
+    """A DynamoDB Streams client that counts its calls by operation.
+
+    ledger's metering counts the DynamoDB client's calls; the indexer's
+    DescribeStream, GetShardIterator and GetRecords go to this one.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.calls: dict[str, int] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        call = getattr(self.client, name)
+        operation = "".join(part.title() for part in name.split("_"))
+
+        def counted(**params: Any) -> Any:
+            self.calls[operation] = self.calls.get(operation, 0) + 1
+            return call(**params)
+
+        return counted
+
+
 def indexer_process(
     connection: Connection, endpoint: str, prefix: str, interval: float
 ) -> None:
@@ -244,10 +272,19 @@ def indexer_process(
     try:
         app = open_app(endpoint, prefix, "indexed")
         commits: list[tuple[float, int, int]] = []
+        streams = CountingStreams(
+            app.recorder.connection.streams_client()  # type: ignore[attr-defined]
+        )
         indexer = Indexer(
             app.recorder,  # type: ignore[arg-type]
+            streams_client=streams,
             after_write=lambda r: commits.append((time.time(), r.start, r.stop - 1)),
         )
+        rounds = [0]
+
+        def poll() -> int:
+            rounds[0] += 1
+            return indexer.poll()
     except Exception:  # noqa: BLE001 - reported to the parent, which raises
         connection.send(("error", traceback.format_exc()))
         return
@@ -258,13 +295,16 @@ def indexer_process(
         meter = meters.enter_context(measure(app))
         while True:
             command = connection.recv()
-            if command == "start":
+            if command in ("start", "warm"):
                 stop.clear()
+                # "start": as `ledger index run` runs it, rounds paced; "warm":
+                # rounds back to back, so that DynamoDB Local compiles the
+                # paths of the indexer's calls (2 a second when paced) too.
+                warm = command == "warm"
                 thread = threading.Thread(
                     target=run_polls,
-                    # As `ledger index run` runs it: rounds paced.
-                    args=(paced(indexer.poll, ROUND_INTERVAL), stop),
-                    kwargs={"interval": interval},
+                    args=(poll if warm else paced(poll, ROUND_INTERVAL), stop),
+                    kwargs={"interval": 0.01 if warm else interval},
                 )
                 thread.start()
                 connection.send(("started", None))
@@ -281,23 +321,26 @@ def indexer_process(
                 indexed = sum(last - first + 1 for _, first, last in commits[before:])
                 connection.send(("caught_up", (consumed, indexed, seconds)))
             elif command == "report":
-                connection.send(
-                    (
-                        "report",
-                        {
-                            "commits": list(commits),
-                            "round_trips": meter.round_trips,
-                            "calls": dict(meter.calls),
-                            "estimated_wcu": meter.estimated_write_units,
-                            "reported_wcu": meter.write_units,
-                            "bytes_written": meter.bytes_written,
-                            "reported_rcu": meter.read_units,
-                        },
-                    )
-                )
-                commits.clear()
+                # Taken and reset before answering: the indexer may be running
+                # (after the warm-up it is), and a commit made once the
+                # answer is sent belongs to the next report.
+                reported = commits[:]
+                del commits[: len(reported)]
+                rounds_done, rounds[0] = rounds[0], 0
+                calls, streams.calls = streams.calls, {}
+                report = {
+                    "commits": reported,
+                    "rounds": rounds_done,
+                    "round_trips": meter.round_trips,
+                    "calls": dict(meter.calls) | calls,
+                    "estimated_wcu": meter.estimated_write_units,
+                    "reported_wcu": meter.write_units,
+                    "bytes_written": meter.bytes_written,
+                    "reported_rcu": meter.read_units,
+                }
                 meters.close()  # counts afresh from here
                 meter = meters.enter_context(measure(app))
+                connection.send(("report", report))
             else:
                 return
 
@@ -404,11 +447,13 @@ def run_writers(  # noqa: PLR0915 - one sequence of turns, read top to bottom
     backlog_seconds: float,
     interval: float,
     started: float,
+    warmup: float = 6.0,
 ) -> dict[str, Any]:
     """Parts 1 to 3: the writers' turns, the indexer's lag, a backlog, the cost.
 
     ``server_pid``: DynamoDB Local's process, whose CPU each turn is charged
-    with (None: not known, as with ``--endpoint``).
+    with (None: not known, as with ``--endpoint``). ``warmup``: seconds of
+    each unmeasured turn before the measured ones.
     """
     run_id = uuid.uuid4().hex[:6]
     modes = ["indexed", "stream"]
@@ -426,22 +471,43 @@ def run_writers(  # noqa: PLR0915 - one sequence of turns, read top to bottom
     turns: dict[str, list[list[Any]]] = {c: [] for c in contenders}
     windows: list[tuple[float, float]] = []
     cpu = {c: {"server": 0.0, "writers": 0.0, "indexer": 0.0} for c in contenders}
+    turn_server_cpu: dict[str, list[float]] = {c: [] for c in contenders}
     with processes(endpoint, prefixes, placed, interval) as (pipes, indexer, pids):
         ask(indexer, "start")
         # Each writer saved 3 indexed Orders when it started.
         indexed_total = 3 * len(pipes)
-        for contender in contenders:  # the JVM warms up: not measured
-            _, reports = run_turn(pipes, contender, 1.0)
+        # The JVM compiles DynamoDB Local's hot paths as it runs: its CPU per
+        # save falls for tens of seconds. Unmeasured turns of every contender,
+        # forward then reverse (the indexer's rounds back to back in the
+        # indexed ones), so that the first measured turn (always indexed)
+        # does not pay for that alone.
+        for contender in [*contenders, *contenders[::-1]]:
+            if contender == "indexed":
+                ask(indexer, "stop")
+                ask(indexer, "warm")
+            _, reports = run_turn(pipes, contender, warmup)
             if contender == "indexed":
                 indexed_total += sum(r["saves"] for r in reports)
+                ask(indexer, "stop")
+                ask(indexer, "start")
+        ask(indexer, "report")  # the warm-up's rounds and calls are not counted
         stage("writers ready, server warmed up", started)
         for round_number in range(rounds):
-            order = contenders if round_number % 2 == 0 else contenders[::-1]
+            # Each round starts one contender later: over 3 rounds each takes
+            # each place once, so drift left after the warm-up (it falls
+            # fastest at first) is not charged to the contender always first.
+            shift = round_number % len(contenders)
+            order = contenders[shift:] + contenders[:shift]
             for contender in order:
                 before = turn_cpu(server_pid, pids)
                 start_at, reports = run_turn(pipes, contender, seconds)
-                for part, spent in turn_cpu(server_pid, pids).items():
+                after = turn_cpu(server_pid, pids)
+                for part, spent in after.items():
                     cpu[contender][part] += spent - before[part]
+                saves = sum(r["saves"] for r in reports)
+                turn_server_cpu[contender].append(
+                    (after["server"] - before["server"]) / max(1, saves) * 1e3
+                )
                 turns[contender].append(reports)
                 if contender == "indexed":
                     windows.append((start_at, start_at + seconds))
@@ -468,6 +534,11 @@ def run_writers(  # noqa: PLR0915 - one sequence of turns, read top to bottom
             row[f"{part}_cpu_ms_per_save"] = (
                 round(spent / saves * 1e3, 3) if known and saves else None
             )
+        row["turns_server_cpu_ms_per_save"] = (
+            [round(ms, 3) for ms in turn_server_cpu[row["contender"]]]
+            if server_pid is not None
+            else None
+        )
     lag, during = lag_figures(turns["indexed"], live["commits"], positions, windows)
     backlog_saves = sum(r["saves"] for r in backlog_reports)
     backlog_rate = backlog_saves / max(r["elapsed"] for r in backlog_reports)
@@ -574,10 +645,17 @@ def cost_row(what: str, report: dict[str, Any]) -> dict[str, Any]:
     """Return what the indexer's writes cost per event indexed."""
     events = sum(last - first + 1 for _, first, last in report["commits"])
     commits = len(report["commits"])
+    rounds = report.get("rounds", 0)
     return {
         "run": what,
         "events": events,
         "commits": commits,
+        "rounds": rounds or None,
+        "calls_per_round": {
+            call: round(count / rounds, 2) for call, count in report["calls"].items()
+        }
+        if rounds
+        else None,
         "events_per_commit": round(events / max(1, commits), 1),
         "estimated_wcu_per_event": round(report["estimated_wcu"] / max(1, events), 3),
         "reported_wcu_per_event": round(report["reported_wcu"] / max(1, events), 3),
@@ -1128,6 +1206,24 @@ def print_results(results: dict[str, Any]) -> None:
         ],
         results["throughput"],
     )
+    print_table(
+        "Turn by turn (each round starts one contender later: drift shows here)",
+        [
+            ("contender", "contender"),
+            ("saves/s by turn", "saves"),
+            ("server CPU ms/save by turn", "server"),
+        ],
+        [
+            {
+                "contender": row["contender"],
+                "saves": ", ".join(f"{x:,.0f}" for x in row["turns_saves_per_s"]),
+                "server": ", ".join(
+                    f"{x:.3f}" for x in row["turns_server_cpu_ms_per_save"] or []
+                ),
+            }
+            for row in results["throughput"]
+        ],
+    )
     indexer = results["indexer"]
     print_table(
         "2. The indexer (its own process)",
@@ -1179,6 +1275,10 @@ def print_results(results: dict[str, Any]) -> None:
         ],
         [*results["cost"], results["history"]["catch_up"]],
     )
+    live = results["cost"][0]
+    if live["calls_per_round"]:
+        per_round = ", ".join(f"{n:g} {c}" for c, n in live["calls_per_round"].items())
+        print(f"\nLive: {live['rounds']} rounds; calls per round: {per_round}")
     history = results["history"]
     print_table(
         f"4. A history of {history['events']:,} Order events, indexed",
@@ -1268,7 +1368,18 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds per turn")
-    parser.add_argument("--rounds", type=int, default=2, help="turns per contender")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="turns per contender (3: each takes each place in the order once)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=6.0,
+        help="seconds of each unmeasured turn (every contender, forward then reverse)",
+    )
     parser.add_argument(
         "--backlog-seconds", type=float, default=5.0, help="saving with no indexer"
     )
@@ -1310,6 +1421,7 @@ def main() -> None:
         "command": "python benchmarks/bench_indexed.py " + " ".join(sys.argv[1:]),
         "seconds": args.seconds,
         "rounds": args.rounds,
+        "warmup": args.warmup,
         "index_interval": args.index_interval,
         "load_before": load_average(),
     }
@@ -1322,6 +1434,7 @@ def main() -> None:
             backlog_seconds=args.backlog_seconds,
             interval=args.index_interval,
             started=started,
+            warmup=args.warmup,
         )
     with server(args.endpoint) as (endpoint, _):
         results["history"] = run_history(

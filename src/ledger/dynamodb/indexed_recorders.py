@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 from eventsourcing.persistence import (
     Notification,
     OperationalError,
+    PersistenceError,
     ProgrammingError,
     StoredEvent,
     Tracking,
@@ -152,9 +153,12 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
         if not self._head_known and self._committed_seen == 0:
             try:
                 self.max_notification_id()
-            except OperationalError as error:
+            except PersistenceError as error:
                 # The save does not need the head, only a later wait: it goes
                 # on, and that wait reads from the start, as it always could.
+                # Tried once per recorder: a role that may not read the
+                # notifications table, or a throttled one, costs no save more.
+                self._head_known = True
                 logger.warning(
                     "could not read the index head before a save; a wait for "
                     "it will read the index from its start",

@@ -375,3 +375,39 @@ def test_a_first_commit_with_a_shard_holding_a_save_keeps_the_streams_start(
     assert schema.REINDEX_CAUGHT_UP in first_commit
     assert back.status().reindex_pass == 1
     assert_indexed_once_in_order(recorder, before + after)
+
+
+def test_a_running_indexer_whose_unguarded_shard_holds_a_save_for_a_day_reindexes(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> None:
+    before = random_saves(recorder, 4, seed=41)
+    single, first, second = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    after = [[stored(single, 1)], [stored(first, 1), stored(second, 1)]]
+    for save in after:
+        recorder.insert_events(save)
+    split = SplitStreams(recorder.connection.streams_client(), split=0)
+    split.split = numbers_once_in_the_stream(recorder, every_event(after))[
+        str(single), 1
+    ]
+    streams = TrimmedStreams(split)
+
+    def withhold_second(records: list[Any]) -> list[Any]:
+        return [
+            r
+            for r in records
+            if r["dynamodb"]["Keys"][schema.AGGREGATE_ID]["S"] != str(second)
+        ]
+
+    streams.alter = withhold_second
+    clock = Clock()
+    indexer = Indexer(recorder, streams_client=streams, clock=clock)
+    index_until(indexer, recorder, every_event(before) + after[0])
+    for quarter in range(4 * 26):  # running: a round every 15 minutes for 26 hours
+        clock.hours = quarter / 4
+        indexer.poll()
+    expire_once_written(streams, indexer.stream_arn, every_event(before + after))
+    streams.alter = lambda records: records
+
+    index_until(indexer, recorder, after[1], timeout=20.0)
+
+    assert_indexed_once_in_order(recorder, before + after)

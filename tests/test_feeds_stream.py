@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from eventsourcing.persistence import OperationalError
-from faults import CUT, FaultProxy
+from faults import CUT, SERVER_ERROR, FaultProxy
 
 from aggregates.application import Orders
 from ledger.dynamodb import schema as store_schema
@@ -174,6 +174,37 @@ def test_a_started_stream_poller_feeds_its_consumer_until_stopped(streamed, orde
         until(lambda: len(consumer.seen) == 2, "the two records")
 
     assert thread_name not in {t.name for t in threading.enumerate()}
+
+
+def test_a_stream_pollers_drain_waits_out_a_consumer_whose_commit_failed(
+    streamed, dynamodb_env, dynamodb_endpoint
+):
+    writer = Orders(env=dynamodb_env)
+    order_id = writer.place_order(uuid.uuid4(), [ITEM])
+    stream_holds(writer, 2)
+    readers = open_view(OrderProjector, dynamodb_env)
+    with FaultProxy(dynamodb_endpoint) as proxy:
+        through_proxy = {
+            **dynamodb_env,
+            "DYNAMODB_ENDPOINT_URL": proxy.endpoint_url,
+            "DYNAMODB_MAX_ATTEMPTS": "1",
+        }
+        app = Orders(env=through_proxy)
+        projector = OrderProjector(
+            open_view(OrderProjector, through_proxy), event_loader(app)
+        )
+        poller = StreamPoller(projector, app, interval=0.2)
+        # Only the projector's commit meets DynamoDB unavailable: it reports
+        # the records failed, and the poll finds nothing it could apply.
+        commit = proxy.on("TransactWriteItems", fault=SERVER_ERROR, times=1)
+
+        handled = poller.drain(deadline=time.monotonic() + DEADLINE)
+
+        app.close()
+    assert commit.fired == 1
+    assert handled == 2  # not "caught up" at the failed poll: it polled again
+    assert get_order_summary(readers, order_id) is not None
+    writer.close()
 
 
 # --- one Lambda handler for pushed stream records ------------------------------------

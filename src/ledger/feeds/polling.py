@@ -5,7 +5,10 @@
 shards: :class:`~ledger.feeds.StreamPoller`): run until stopped, drain until
 a deadline, start and stop in a daemon thread. Each of those, and a Lambda
 batch of pushed stream records (:func:`~ledger.feeds.stream_handler`), goes
-through :func:`keep_polling`, the only place that waits DynamoDB out.
+through :func:`keep_polling`, which waits DynamoDB out for them. (The
+indexer's Lambda handler, ``ledger.index_consumers.indexer_handler``, runs
+rounds paced to its invocation's end in a loop of its own, waiting with the
+same :class:`~ledger.dynamodb.client.Outage`.)
 """
 
 from __future__ import annotations
@@ -19,6 +22,22 @@ from typing import Any, Self
 from eventsourcing.persistence import OperationalError
 
 from ledger.dynamodb.client import MAX_OUTAGE_WAIT, Outage
+
+
+class StoppedShortError(OperationalError):
+    """A poll that stopped short of what is there: its consumer failed some of it.
+
+    Raised by a feed's poll in :meth:`Polling.run` and :meth:`Polling.drain`
+    when the consumer reported work failed (a stream consumer turns DynamoDB
+    being unavailable for its own writes into failed records), so that the
+    loop waits as for an outage and polls again, rather than taking the poll
+    for one that found nothing. ``found`` is what the poll handled before.
+    """
+
+    def __init__(self, message: str, found: int) -> None:
+        """Say what stopped short; ``found``: what the poll handled all the same."""
+        super().__init__(message)
+        self.found = found
 
 
 def keep_polling(
@@ -40,7 +59,9 @@ def keep_polling(
     retries: an outage, throttling that outlasts them), it waits ``outage``'s
     next wait (doubling) and polls again: within ``outage``'s patience, or
     with a ``deadline`` only while the wait ends before it; then the error
-    is raised. Nothing is lost by waiting, since a poll commits nothing it
+    is raised. A poll raising :class:`StoppedShortError` (its consumer failed
+    some of what is there) is waited out the same way, what it handled
+    counted. Nothing is lost by waiting, since a poll commits nothing it
     did not apply and checkpoints only what it committed. Every wait ends
     early when ``stop`` is set.
     """
@@ -50,6 +71,8 @@ def keep_polling(
         try:
             found = poll()
         except OperationalError as error:
+            if isinstance(error, StoppedShortError):
+                found_in_all += error.found
             wait = (
                 outage.failed(error)
                 if deadline is None
@@ -109,11 +132,12 @@ class Polling:
 
     A subclass says what one poll is (:meth:`poll`: read what is there now,
     hand it to its consumer, checkpoint; return how much it handled, 0 if
-    nothing) and, if it can stop between batches, :meth:`_poll_within`.
-    Everything else is the same for every feed, and is here:
-    :meth:`run` until stopped, :meth:`drain` until a deadline (a Lambda
-    invocation, ``--once``), :meth:`start`/:meth:`stop` in a daemon thread
-    (in-process: tests, the demo), all riding out DynamoDB being unavailable.
+    nothing) and, if it can stop between batches or its consumer can fail
+    part of a poll, :meth:`_poll_within`. Everything else is the same for
+    every feed, and is here: :meth:`run` until stopped, :meth:`drain` until
+    a deadline (a Lambda invocation, ``ledger projections run --once``),
+    :meth:`start`/:meth:`stop` in a daemon thread (in-process: tests, the
+    demo), all riding out DynamoDB being unavailable.
     """
 
     def __init__(self, *, interval: float = 1.0) -> None:
@@ -134,24 +158,33 @@ class Polling:
         raise NotImplementedError
 
     def _poll_within(self, deadline: float | None) -> int:
-        """One poll starting no batch after ``deadline``; by default, a whole poll."""
+        """One poll of :meth:`run` or :meth:`drain`: no batch after ``deadline``.
+
+        By default a whole :meth:`poll`. Raises :class:`StoppedShortError` if the
+        consumer failed part of what is there (the loop then waits and polls
+        again).
+        """
         del deadline
         return self.poll()
 
-    def drain(self, deadline: float | None = None) -> int:
+    def drain(
+        self, deadline: float | None = None, *, patience: float | None = None
+    ) -> int:
         """Poll until a poll finds nothing or ``deadline`` passes; return how much.
 
-        For a Lambda invocation or ``--once``. Starts nothing after
-        ``deadline`` (a ``time.monotonic()``). Rides out DynamoDB being
-        unavailable while the deadline allows (without one: not at all, the
-        error is raised).
+        For a Lambda invocation or ``ledger projections run --once``. Starts
+        nothing after ``deadline`` (a ``time.monotonic()``). Rides out
+        DynamoDB being unavailable, and a consumer failing part of a poll
+        (:class:`StoppedShortError`), while the deadline allows; without a
+        deadline, for ``patience`` seconds of waiting in all (default: not at
+        all). Then the error is raised.
         """
         if deadline is not None and time.monotonic() >= deadline:
             return 0
         outage = Outage(
             f"feeding {self.name}",
             self.interval,
-            patience=None if deadline is not None else 0.0,
+            patience=None if deadline is not None else (patience or 0.0),
         )
         return keep_polling(
             partial(self._poll_within, deadline), outage, deadline=deadline
@@ -168,11 +201,11 @@ class Polling:
         """Poll until ``stop`` is set, waiting ``interval`` when idle.
 
         ``interval`` defaults to the feed's. Rides out DynamoDB being
-        unavailable for as long as it takes, waits doubling up to
-        ``max_backoff`` (see :func:`run_polls`).
+        unavailable, and a consumer failing part of a poll, for as long as it
+        takes, waits doubling up to ``max_backoff`` (see :func:`run_polls`).
         """
         run_polls(
-            self.poll,
+            partial(self._poll_within, None),
             stop,
             interval=self.interval if interval is None else interval,
             max_backoff=max_backoff,

@@ -13,6 +13,7 @@ same :class:`~ledger.dynamodb.client.Outage`.)
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from typing import Any, Self
 from eventsourcing.persistence import OperationalError
 
 from ledger.dynamodb.client import MAX_OUTAGE_WAIT, Outage
+
+logger = logging.getLogger(__name__)
 
 
 class StoppedShortError(OperationalError):
@@ -213,17 +216,25 @@ class Polling:
         )
 
     def start(self) -> Self:
-        """Run in a daemon thread until :meth:`stop` (in-process: tests, the demo)."""
-        if self._thread is not None:
+        """Run in a daemon thread until :meth:`stop` (in-process: tests, the demo).
+
+        Refused while the thread of an earlier start still runs; a thread
+        that died is replaced (its error having been raised by :meth:`stop`,
+        or being dropped here).
+        """
+        if self._thread is not None and self._thread.is_alive():
             raise RuntimeError(f"{self.name}'s feed is running already.")
-        self._stop.clear()
+        # An event of its own per start: a thread that outlived stop()'s
+        # timeout keeps its set event and ends, whatever a later start does.
+        stop = self._stop = threading.Event()
         self._error = None
 
         def run() -> None:
             try:
-                self.run(self._stop)
+                self.run(stop)
             except BaseException as error:
-                self._error = error
+                if self._stop is stop:  # not a thread stop() gave up on
+                    self._error = error
                 with self._polled:
                     self._polled.notify_all()
                 raise
@@ -235,11 +246,27 @@ class Polling:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the thread :meth:`start` began, and wait for it to end."""
+        """Stop the thread :meth:`start` began, wait for it; raise what ended it.
+
+        The error that ended the thread, if one did, is raised (once). A
+        thread still running after ``timeout`` seconds (its consumer busy) is
+        left to end by itself at its next chance, with a warning.
+        """
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                logger.warning(
+                    "%s's feed did not stop within %gs; it ends after the work "
+                    "under way",
+                    self.name,
+                    timeout,
+                    extra={"feed": self.name, "timeout": timeout},
+                )
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
 
     def __enter__(self) -> Self:
         return self.start()

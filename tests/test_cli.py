@@ -13,6 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from faults import SERVER_ERROR, FaultProxy
 
 from aggregates.application import Orders
 
@@ -111,6 +112,28 @@ def test_projections_run_status_rebuild_and_dlq(ledger, order_id):
 def test_projections_run_from_the_stream(streamed, ledger, order_id):
     done = ledger("projections", "run", "OrderViews", "--feed", "stream", "--once")
 
+    assert done.returncode == 0, done.stderr
+    assert "processed 3 events from the stream" in done.stdout
+
+
+def test_projections_run_once_waits_out_dynamodb_unavailable_and_goes_on(
+    streamed, ledger, order_id, dynamodb_endpoint
+):
+    with FaultProxy(dynamodb_endpoint) as proxy:
+        # Reading the stream is refused once, past the client's one attempt.
+        reading = proxy.on("GetRecords", fault=SERVER_ERROR, times=1)
+        done = ledger(
+            "projections",
+            "run",
+            "OrderViews",
+            "--feed",
+            "stream",
+            "--once",
+            DYNAMODB_ENDPOINT_URL=proxy.endpoint_url,
+            DYNAMODB_MAX_ATTEMPTS="1",
+        )
+
+    assert reading.fired == 1
     assert done.returncode == 0, done.stderr
     assert "processed 3 events from the stream" in done.stdout
 

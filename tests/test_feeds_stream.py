@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from eventsourcing.persistence import OperationalError
-from faults import CUT, FaultProxy
+from faults import CUT, SERVER_ERROR, FaultProxy
 
 from aggregates.application import Orders
 from ledger.dynamodb import schema as store_schema
@@ -174,6 +174,130 @@ def test_a_started_stream_poller_feeds_its_consumer_until_stopped(streamed, orde
         until(lambda: len(consumer.seen) == 2, "the two records")
 
     assert thread_name not in {t.name for t in threading.enumerate()}
+
+
+def test_a_stream_pollers_drain_waits_out_a_consumer_whose_commit_failed(
+    streamed, dynamodb_env, dynamodb_endpoint
+):
+    writer = Orders(env=dynamodb_env)
+    order_id = writer.place_order(uuid.uuid4(), [ITEM])
+    stream_holds(writer, 2)
+    readers = open_view(OrderProjector, dynamodb_env)
+    with FaultProxy(dynamodb_endpoint) as proxy:
+        through_proxy = {
+            **dynamodb_env,
+            "DYNAMODB_ENDPOINT_URL": proxy.endpoint_url,
+            "DYNAMODB_MAX_ATTEMPTS": "1",
+        }
+        app = Orders(env=through_proxy)
+        projector = OrderProjector(
+            open_view(OrderProjector, through_proxy), event_loader(app)
+        )
+        poller = StreamPoller(projector, app, interval=0.2)
+        # Only the projector's commit meets DynamoDB unavailable: it reports
+        # the records failed, and the poll finds nothing it could apply.
+        commit = proxy.on("TransactWriteItems", fault=SERVER_ERROR, times=1)
+
+        handled = poller.drain(deadline=time.monotonic() + DEADLINE)
+
+        app.close()
+    assert commit.fired == 1
+    assert handled == 2  # not "caught up" at the failed poll: it polled again
+    assert get_order_summary(readers, order_id) is not None
+    writer.close()
+
+
+class Refusing(Collector):
+    """A consumer with a bug: it raises at its first records."""
+
+    def __init__(self, connection: Any) -> None:
+        super().__init__(connection)
+        self.called = threading.Event()
+
+    def process(self, records: Sequence[Mapping[str, Any]]) -> list[str]:
+        self.called.set()
+        raise ValueError("a consumer's bug")
+
+
+def test_a_started_stream_poller_whose_thread_died_raises_its_error_when_stopped(
+    streamed, orders, monkeypatch
+):
+    died: list[type[BaseException]] = []
+    monkeypatch.setattr(
+        threading, "excepthook", lambda args: died.append(args.exc_type)
+    )
+    orders.place_order(uuid.uuid4(), [ITEM])
+    consumer = Refusing(orders.factory.connection)
+    poller = StreamPoller(consumer, orders, interval=0.05)
+
+    with pytest.raises(ValueError, match="a consumer's bug"), poller:
+        until(lambda: bool(died), "the poller's thread to die")
+
+    assert died == [ValueError]
+    poller.stop()  # raised once: stopping again says nothing
+    assert consumer.checkpoints == {}
+
+
+def test_a_stream_poller_whose_thread_died_starts_again(streamed, orders, monkeypatch):
+    died: list[type[BaseException]] = []
+    monkeypatch.setattr(
+        threading, "excepthook", lambda args: died.append(args.exc_type)
+    )
+    orders.place_order(uuid.uuid4(), [ITEM])
+    refusing = Refusing(orders.factory.connection)
+    poller = StreamPoller(refusing, orders, interval=0.05)
+    poller.start()
+    until(lambda: bool(died), "the poller's thread to die")
+    poller.consumer = consumer = Collector(orders.factory.connection)
+
+    poller.start()  # not "running already": the thread is dead
+
+    until(lambda: len(consumer.seen) == 2, "the two records")
+    poller.stop()  # the dead thread's error went with it (its thread's hook said it)
+    assert died == [ValueError]
+
+
+class Blocking(Collector):
+    """A consumer whose records take until ``release`` is set."""
+
+    def __init__(self, connection: Any) -> None:
+        super().__init__(connection)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def process(self, records: Sequence[Mapping[str, Any]]) -> list[str]:
+        self.entered.set()
+        assert self.release.wait(DEADLINE), "never released"
+        return super().process(records)
+
+
+def test_a_stream_poller_started_again_after_a_stop_timed_out_runs_one_thread(
+    streamed, orders, caplog
+):
+    orders.place_order(uuid.uuid4(), [ITEM])
+    consumer = Blocking(orders.factory.connection)
+    poller = StreamPoller(consumer, orders, interval=0.05)
+    name = f"feed-{poller.name}"
+
+    def feeding() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == name]
+
+    poller.start()
+    [first] = feeding()
+    until(consumer.entered.is_set, "the consumer to be handed the records")
+    with caplog.at_level("WARNING", logger="ledger.feeds.polling"):
+        poller.stop(timeout=0.1)  # the consumer is busy past it
+    assert first.is_alive()
+    assert "did not stop within 0.1s" in caplog.text
+
+    poller.start()
+    consumer.release.set()
+
+    # The first thread's stop holds: it ends after its records, the second runs.
+    until(lambda: not first.is_alive(), "the first thread to end")
+    assert len(feeding()) == 1
+    poller.stop()
+    assert feeding() == []
 
 
 # --- one Lambda handler for pushed stream records ------------------------------------

@@ -26,6 +26,7 @@ from ledger.cli.options import (
 if TYPE_CHECKING:
     from eventsourcing.application import Application
 
+    from ledger.feeds import Polling
     from ledger.projections import DynamoDBView, Projector
     from ledger.projections.rebuild import ProjectionStatus
 
@@ -36,6 +37,9 @@ dlq_cli = typer.Typer(
     help="List and redrive a projection's parked (dead-letter) events."
 )
 projections_cli.add_typer(dlq_cli, name="dlq")
+
+ONCE_PATIENCE = 600.0
+"""Seconds `run --once` waits in all while DynamoDB is unavailable, then fails."""
 
 
 @dataclass
@@ -167,7 +171,8 @@ def projections_run(
     Events whose handler keeps failing, and events that cannot be decoded,
     are parked as dead letters (see `dlq list`); others go on. With --once,
     it says how many it parked and exits with code 1 if it parked any. While
-    DynamoDB is unavailable it waits and tries again. On the sequence feed,
+    DynamoDB is unavailable it waits and tries again (with --once, for up to
+    10 minutes of waiting in all, then fails). On the sequence feed,
     a notification batch that cannot be read stops it at that position until
     `skip-batch` is run.
     """
@@ -179,13 +184,11 @@ def projections_run(
     if feed is None:
         feed = str(getattr(projection.application.recorder, "ordering", "sequence"))
     with metered(projection.view):
-        poll, blocked = _feed(projection, feed)
+        feeding, blocked = _feed(projection, feed)
+        poll = feeding.poll
         if once:
             parked_before = len(projection.view.parked_items())
-            applied = total = poll()
-            while applied:
-                applied = poll()
-                total += applied
+            total = feeding.drain(patience=ONCE_PATIENCE)
             console.print(f"processed {total} events from the {feed}")
             parked = len(projection.view.parked_items()) - parked_before
             stopped = blocked()
@@ -234,20 +237,20 @@ def projections_run(
 
 def _feed(
     projection: Projection, feed: str
-) -> tuple[Callable[[], int], Callable[[], Exception | None]]:
-    """Return a feed's poll and what tells why the feed is stopped, if it is.
+) -> tuple[Polling, Callable[[], Exception | None]]:
+    """Return a feed and what tells why the feed is stopped, if it is.
 
-    The poll applies the events the feed has now and returns how many.
+    Its poll applies the events the feed has now and returns how many.
     """
     projector = projection.projector()
     if feed == "stream":
         from ledger.projections.streams import StreamPoller  # noqa: PLC0415
 
-        return StreamPoller(projector, projection.application).poll, lambda: None
+        return StreamPoller(projector, projection.application), lambda: None
     from ledger.projections.sequence import SequenceFeed  # noqa: PLC0415
 
     sequence = SequenceFeed(projector, projection.application)
-    return sequence.poll, lambda: sequence.blocked
+    return sequence.runner, lambda: sequence.blocked
 
 
 @projections_cli.command("skip-batch")

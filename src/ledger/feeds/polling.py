@@ -5,11 +5,15 @@
 shards: :class:`~ledger.feeds.StreamPoller`): run until stopped, drain until
 a deadline, start and stop in a daemon thread. Each of those, and a Lambda
 batch of pushed stream records (:func:`~ledger.feeds.stream_handler`), goes
-through :func:`keep_polling`, the only place that waits DynamoDB out.
+through :func:`keep_polling`, which waits DynamoDB out for them. (The
+indexer's Lambda handler, ``ledger.index_consumers.indexer_handler``, runs
+rounds paced to its invocation's end in a loop of its own, waiting with the
+same :class:`~ledger.dynamodb.client.Outage`.)
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +23,24 @@ from typing import Any, Self
 from eventsourcing.persistence import OperationalError
 
 from ledger.dynamodb.client import MAX_OUTAGE_WAIT, Outage
+
+logger = logging.getLogger(__name__)
+
+
+class StoppedShortError(OperationalError):
+    """A poll that stopped short of what is there: its consumer failed some of it.
+
+    Raised by a feed's poll in :meth:`Polling.run` and :meth:`Polling.drain`
+    when the consumer reported work failed (a stream consumer turns DynamoDB
+    being unavailable for its own writes into failed records), so that the
+    loop waits as for an outage and polls again, rather than taking the poll
+    for one that found nothing. ``found`` is what the poll handled before.
+    """
+
+    def __init__(self, message: str, found: int) -> None:
+        """Say what stopped short; ``found``: what the poll handled all the same."""
+        super().__init__(message)
+        self.found = found
 
 
 def keep_polling(
@@ -40,7 +62,9 @@ def keep_polling(
     retries: an outage, throttling that outlasts them), it waits ``outage``'s
     next wait (doubling) and polls again: within ``outage``'s patience, or
     with a ``deadline`` only while the wait ends before it; then the error
-    is raised. Nothing is lost by waiting, since a poll commits nothing it
+    is raised. A poll raising :class:`StoppedShortError` (its consumer failed
+    some of what is there) is waited out the same way, what it handled
+    counted. Nothing is lost by waiting, since a poll commits nothing it
     did not apply and checkpoints only what it committed. Every wait ends
     early when ``stop`` is set.
     """
@@ -50,6 +74,8 @@ def keep_polling(
         try:
             found = poll()
         except OperationalError as error:
+            if isinstance(error, StoppedShortError):
+                found_in_all += error.found
             wait = (
                 outage.failed(error)
                 if deadline is None
@@ -109,11 +135,12 @@ class Polling:
 
     A subclass says what one poll is (:meth:`poll`: read what is there now,
     hand it to its consumer, checkpoint; return how much it handled, 0 if
-    nothing) and, if it can stop between batches, :meth:`_poll_within`.
-    Everything else is the same for every feed, and is here:
-    :meth:`run` until stopped, :meth:`drain` until a deadline (a Lambda
-    invocation, ``--once``), :meth:`start`/:meth:`stop` in a daemon thread
-    (in-process: tests, the demo), all riding out DynamoDB being unavailable.
+    nothing) and, if it can stop between batches or its consumer can fail
+    part of a poll, :meth:`_poll_within`. Everything else is the same for
+    every feed, and is here: :meth:`run` until stopped, :meth:`drain` until
+    a deadline (a Lambda invocation, ``ledger projections run --once``),
+    :meth:`start`/:meth:`stop` in a daemon thread (in-process: tests, the
+    demo), all riding out DynamoDB being unavailable.
     """
 
     def __init__(self, *, interval: float = 1.0) -> None:
@@ -134,24 +161,33 @@ class Polling:
         raise NotImplementedError
 
     def _poll_within(self, deadline: float | None) -> int:
-        """One poll starting no batch after ``deadline``; by default, a whole poll."""
+        """One poll of :meth:`run` or :meth:`drain`: no batch after ``deadline``.
+
+        By default a whole :meth:`poll`. Raises :class:`StoppedShortError` if the
+        consumer failed part of what is there (the loop then waits and polls
+        again).
+        """
         del deadline
         return self.poll()
 
-    def drain(self, deadline: float | None = None) -> int:
+    def drain(
+        self, deadline: float | None = None, *, patience: float | None = None
+    ) -> int:
         """Poll until a poll finds nothing or ``deadline`` passes; return how much.
 
-        For a Lambda invocation or ``--once``. Starts nothing after
-        ``deadline`` (a ``time.monotonic()``). Rides out DynamoDB being
-        unavailable while the deadline allows (without one: not at all, the
-        error is raised).
+        For a Lambda invocation or ``ledger projections run --once``. Starts
+        nothing after ``deadline`` (a ``time.monotonic()``). Rides out
+        DynamoDB being unavailable, and a consumer failing part of a poll
+        (:class:`StoppedShortError`), while the deadline allows; without a
+        deadline, for ``patience`` seconds of waiting in all (default: not at
+        all). Then the error is raised.
         """
         if deadline is not None and time.monotonic() >= deadline:
             return 0
         outage = Outage(
             f"feeding {self.name}",
             self.interval,
-            patience=None if deadline is not None else 0.0,
+            patience=None if deadline is not None else (patience or 0.0),
         )
         return keep_polling(
             partial(self._poll_within, deadline), outage, deadline=deadline
@@ -168,11 +204,11 @@ class Polling:
         """Poll until ``stop`` is set, waiting ``interval`` when idle.
 
         ``interval`` defaults to the feed's. Rides out DynamoDB being
-        unavailable for as long as it takes, waits doubling up to
-        ``max_backoff`` (see :func:`run_polls`).
+        unavailable, and a consumer failing part of a poll, for as long as it
+        takes, waits doubling up to ``max_backoff`` (see :func:`run_polls`).
         """
         run_polls(
-            self.poll,
+            partial(self._poll_within, None),
             stop,
             interval=self.interval if interval is None else interval,
             max_backoff=max_backoff,
@@ -180,17 +216,25 @@ class Polling:
         )
 
     def start(self) -> Self:
-        """Run in a daemon thread until :meth:`stop` (in-process: tests, the demo)."""
-        if self._thread is not None:
+        """Run in a daemon thread until :meth:`stop` (in-process: tests, the demo).
+
+        Refused while the thread of an earlier start still runs; a thread
+        that died is replaced (its error having been raised by :meth:`stop`,
+        or being dropped here).
+        """
+        if self._thread is not None and self._thread.is_alive():
             raise RuntimeError(f"{self.name}'s feed is running already.")
-        self._stop.clear()
+        # An event of its own per start: a thread that outlived stop()'s
+        # timeout keeps its set event and ends, whatever a later start does.
+        stop = self._stop = threading.Event()
         self._error = None
 
         def run() -> None:
             try:
-                self.run(self._stop)
+                self.run(stop)
             except BaseException as error:
-                self._error = error
+                if self._stop is stop:  # not a thread stop() gave up on
+                    self._error = error
                 with self._polled:
                     self._polled.notify_all()
                 raise
@@ -202,11 +246,27 @@ class Polling:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the thread :meth:`start` began, and wait for it to end."""
+        """Stop the thread :meth:`start` began, wait for it; raise what ended it.
+
+        The error that ended the thread, if one did, is raised (once). A
+        thread still running after ``timeout`` seconds (its consumer busy) is
+        left to end by itself at its next chance, with a warning.
+        """
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                logger.warning(
+                    "%s's feed did not stop within %gs; it ends after the work "
+                    "under way",
+                    self.name,
+                    timeout,
+                    extra={"feed": self.name, "timeout": timeout},
+                )
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
 
     def __enter__(self) -> Self:
         return self.start()

@@ -53,7 +53,7 @@ from ledger.dynamodb.client import (
     translate_client_error,
     translate_errors,
 )
-from ledger.feeds.polling import Polling, deadline_of, keep_polling
+from ledger.feeds.polling import Polling, StoppedShortError, deadline_of, keep_polling
 
 if TYPE_CHECKING:
     from ledger.projections.projector import Projector
@@ -253,6 +253,8 @@ class StreamPoller(Polling):
         """Shards closed and read to their end by this poller."""
         self._deadline: float | None = None
         """When the drain under way must end: no page is read after it."""
+        self._failed_shards: list[str] = []
+        """Shards where the poll under way stopped at records the consumer failed."""
 
     @property
     def name(self) -> str:
@@ -275,10 +277,23 @@ class StreamPoller(Polling):
         # Through an attribute, not an argument: a subclass's own poll (the
         # indexer's rounds) is then still the one drained, whole.
         self._deadline = deadline
+        self._failed_shards = []
         try:
-            return self.poll()
+            processed = self.poll()
         finally:
             self._deadline = None
+        if self._failed_shards:
+            # The consumer failed records (its own writes refused while
+            # DynamoDB is unavailable, say): not caught up, whatever the
+            # count. Wait as for an outage, then read them again.
+            raise StoppedShortError(
+                f"{self.name}: the consumer failed records of shard"
+                f"{'s' if len(self._failed_shards) > 1 else ''} "
+                f"{', '.join(self._failed_shards)} (it logged why); they are "
+                "read again from the checkpoint at the next poll.",
+                processed,
+            )
+        return processed
 
     def _past_deadline(self) -> bool:
         return self._deadline is not None and time.monotonic() >= self._deadline
@@ -365,6 +380,8 @@ class StreamPoller(Polling):
             processed += len(done)
             if done:
                 self.consumer.save_checkpoint(shard_id, sequence_number(done[-1]))
+            if failed:
+                self._failed_shards.append(shard_id)
             if failed or self._past_deadline():
                 # The next poll goes on from the checkpoint.
                 return processed

@@ -43,7 +43,7 @@ from ledger.feeds.base import (
 )
 from ledger.feeds.checkpoints import TrackingCheckpoint
 from ledger.feeds.index import DEFAULT_PAGE_SIZE, IndexSource
-from ledger.feeds.polling import Polling, keep_polling, run_polls
+from ledger.feeds.polling import Polling, StoppedShortError, keep_polling, run_polls
 from ledger.feeds.runner import Runner, drain_handler
 from ledger.feeds.stream import (
     RecordsConsumer,
@@ -68,6 +68,7 @@ __all__ = [
     "RecordsConsumer",
     "Runner",
     "Source",
+    "StoppedShortError",
     "StreamConsumer",
     "StreamPoller",
     "TrackingCheckpoint",

@@ -130,6 +130,10 @@ _CHECKPOINTS_KEY: Item = {
 }
 
 
+_Encoded = tuple[tuple[int, int, int], list[BatchEntry], list["Item"]]
+"""Batch items encoded: (head, page size, batch format), events, items."""
+
+
 class _TrimmedError(Exception):
     """An iterator after a shard's checkpoint was refused as trimmed."""
 
@@ -233,10 +237,11 @@ class Indexer(Reindexing, StreamPoller):
         self._revision_written: int | None = None
         self._resume: dict[str, tuple[str | None, str]] = {}
         """Per shard: its checkpoint, and the iterator after an empty read from it."""
-        self._encoded: tuple[int, list[BatchEntry], list[Item]] | None = None
-        """The batch items the round's fitting encoded: the head, the events
-        in the order encoded, and the items (written as they are when the
-        round appends those events in that order)."""
+        self._encoded: _Encoded | None = None
+        """The batch items the round's fitting encoded: the head, page size
+        and batch format, the events in the order encoded, and the items
+        (written as they are when the round appends the same events in the
+        same order, after the same head, in the same layout)."""
 
     # A round -----------------------------------------------------------------
 
@@ -503,14 +508,12 @@ class Indexer(Reindexing, StreamPoller):
         while True:
             units = _units(read, cap, parents)
             events = [r.entry for unit in units for r in unit if r.entry]
-            items = _commit_items(
-                head,
-                events,
-                self.recorder.page_size_to_write(),
-                self.recorder.batch_format,
-            )
+            page_size = self.recorder.page_size_to_write()
+            batch_format = self.recorder.batch_format
+            items = _commit_items(head, events, page_size, batch_format)
+            layout = (head, page_size, batch_format)
             if items is not None:
-                self._encoded = (head, events, items)
+                self._encoded = (layout, events, items)
                 return units
             if cap == 1:
                 raise DataError(
@@ -558,9 +561,10 @@ class Indexer(Reindexing, StreamPoller):
         # The head was read this round, with the table's page size (a table
         # not written yet gets schema.PAGE_SIZE, recorded by this write).
         page_size = self.recorder.page_size_to_write()
+        layout = (state.head, page_size, self.recorder.batch_format)
         encoded, self._encoded = self._encoded, None
-        if encoded is not None and encoded[0] == state.head and encoded[1] == events:
-            items = encoded[2]  # as fitted: the same events, in the same order
+        if encoded is not None and encoded[0] == layout and encoded[1] == events:
+            items = encoded[2]  # as fitted
         else:
             items = _batch_items(
                 state.head, events, page_size, self.recorder.batch_format

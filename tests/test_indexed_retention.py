@@ -66,8 +66,8 @@ def stream_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
     made = DynamoDBConnection.streams_client
 
-    def counted(connection: DynamoDBConnection) -> Any:
-        return CountedStreams(made(connection), calls)
+    def counted(connection: DynamoDBConnection, **options: Any) -> Any:
+        return CountedStreams(made(connection, **options), calls)
 
     monkeypatch.setattr(DynamoDBConnection, "streams_client", counted)
     return calls

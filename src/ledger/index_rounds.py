@@ -42,9 +42,15 @@ class IndexOrderError(DataError):
     """An aggregate's events reached the indexer out of version order."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Record:
-    """One stream record as the indexer needs it."""
+    """One stream record as the indexer needs it.
+
+    Compared and hashed by identity: a round keeps each record it read once
+    (redeliveries are dropped by sequence number), and sets and maps of
+    records (what a round consumed, where each sits in its shard) then hash
+    no event state.
+    """
 
     shard_id: str
     number: int
@@ -100,10 +106,11 @@ class IndexRound:
 
 def _record(shard_id: str, raw: Mapping[str, Any]) -> _Record:
     text = sequence_number(raw)
+    stream_fields = raw["dynamodb"]
     number = int(text)
     if raw.get("eventName") != INSERT:
         return _Record(shard_id, number, text, None, None)
-    image = raw["dynamodb"].get("NewImage", {})
+    image = stream_fields.get("NewImage", {})
     try:
         state = image[schema.STATE]["B"]
         entry = BatchEntry(
@@ -125,7 +132,7 @@ def _record(shard_id: str, raw: Mapping[str, Any]) -> _Record:
             int(image[schema.SAVE_INDEX]["N"]),
             int(image[schema.SAVE_SIZE]["N"]),
         )
-    created = raw["dynamodb"].get("ApproximateCreationDateTime")
+    created = stream_fields.get("ApproximateCreationDateTime")
     return _Record(
         shard_id,
         number,
@@ -166,6 +173,24 @@ def _fits_one_commit(
     max_batches: int = _MAX_BATCHES,
 ) -> bool:
     """Return True if the batch items of ``events`` after ``head`` fit one commit."""
-    return len(events) <= max_batches * BATCH_EVENTS and sum(
-        item_size(item) for item in _batch_items(head, events, page_size, batch_format)
-    ) <= (MAX_TRANSACTION_BYTES - _BYTES_MARGIN)
+    return _commit_items(head, events, page_size, batch_format, max_batches) is not None
+
+
+def _commit_items(
+    head: int,
+    events: list[BatchEntry],
+    page_size: int,
+    batch_format: int,
+    max_batches: int = _MAX_BATCHES,
+) -> list[Item] | None:
+    """Return the batch items of ``events`` after ``head`` if they fit one commit.
+
+    None if they do not. The items are what a round that fits writes, so
+    they are encoded (and compressed) once.
+    """
+    if len(events) > max_batches * BATCH_EVENTS:
+        return None
+    items = _batch_items(head, events, page_size, batch_format)
+    if sum(item_size(item) for item in items) > MAX_TRANSACTION_BYTES - _BYTES_MARGIN:
+        return None
+    return items

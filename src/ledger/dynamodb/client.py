@@ -52,6 +52,7 @@ from urllib.parse import urlparse
 import boto3
 import botocore.config
 import botocore.exceptions
+import botocore.session
 from botocore.awsrequest import HeadersDict
 from eventsourcing.persistence import (
     DataError,
@@ -472,16 +473,26 @@ class DynamoDBConnection:
             "aws_secret_access_key": placeholder,
         }
 
-    def streams_client(self) -> DynamoDBStreamsClient:
+    def streams_client(
+        self, *, timestamp_parser: Callable[[Any], Any] | None = None
+    ) -> DynamoDBStreamsClient:
         """Return a client of the DynamoDB Streams API of the same store.
 
         Made like :attr:`client` (endpoint, region, retries, timeouts), and
-        refusing incomplete answers too; not metered.
+        refusing incomplete answers too; not metered. ``timestamp_parser``:
+        what turns the answers' timestamps into values (botocore's parser
+        default, through its session's ``response_parser_factory``; None:
+        botocore's own, aware datetimes in the local time zone).
         """
         # A session of its own: boto3 sessions are not safe across threads.
-        streams: DynamoDBStreamsClient = boto3.session.Session().client(
-            "dynamodbstreams", **self._client_settings()
-        )
+        core = botocore.session.get_session()
+        if timestamp_parser is not None:
+            core.get_component("response_parser_factory").set_parser_defaults(
+                timestamp_parser=timestamp_parser
+            )
+        streams: DynamoDBStreamsClient = boto3.session.Session(
+            botocore_session=core
+        ).client("dynamodbstreams", **self._client_settings())
         refuse_incomplete_answers(streams)
         return streams
 

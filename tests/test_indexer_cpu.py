@@ -1,0 +1,122 @@
+"""The indexer's work per event: what a round does once, and what it skips."""
+
+from __future__ import annotations
+
+import datetime
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterator, KeysView, Sequence
+from typing import Any
+
+import pytest
+
+from ledger import index_rounds
+from ledger.dynamodb import DynamoDBFactory, DynamoDBIndexedApplicationRecorder
+from ledger.dynamodb.batches import BatchEntry
+from ledger.index_rounds import _Record
+from ledger.indexer import Indexer
+from tests.indexed_support import index_until, indexed_factory, stored
+
+
+@pytest.fixture
+def factory(dynamodb_endpoint: str, table_prefix: str) -> Iterator[DynamoDBFactory]:
+    made = indexed_factory(dynamodb_endpoint, table_prefix)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def recorder(factory: DynamoDBFactory) -> DynamoDBIndexedApplicationRecorder:
+    made = factory.application_recorder()
+    assert isinstance(made, DynamoDBIndexedApplicationRecorder)
+    return made
+
+
+def test_a_round_encodes_each_batch_item_once(
+    recorder: DynamoDBIndexedApplicationRecorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saved = [stored(uuid.uuid4(), 1) for _ in range(150)]  # two batch items
+    for event in saved:
+        recorder.insert_events([event])
+    encoded: list[int] = []
+    batch_item = index_rounds.batch_item
+
+    def counted(first_position: int, *args: Any, **kwargs: Any) -> Any:
+        encoded.append(first_position)
+        return batch_item(first_position, *args, **kwargs)
+
+    monkeypatch.setattr(index_rounds, "batch_item", counted)
+
+    index_until(Indexer(recorder), recorder, saved)
+
+    assert len(encoded) >= 2
+    assert len(encoded) == len(set(encoded))  # fitted once, written as fitted
+
+
+def test_the_indexer_reads_stream_timestamps_in_utc(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> None:
+    recorder.insert_events([stored(uuid.uuid4(), 1)])
+    indexer = Indexer(recorder)
+    shard_id = indexer._shards()[0]["ShardId"]
+    iterator = indexer.client.get_shard_iterator(
+        StreamArn=indexer.stream_arn,
+        ShardId=shard_id,
+        ShardIteratorType="TRIM_HORIZON",
+    )["ShardIterator"]
+
+    records = records_read(indexer, iterator)
+
+    created = records[0]["dynamodb"]["ApproximateCreationDateTime"]
+    assert created.tzinfo is datetime.UTC
+    assert abs(created.timestamp() - time.time()) < 300
+
+
+def records_read(indexer: Indexer, iterator: str) -> Sequence[Any]:
+    """Return the first records of a shard (they may reach its stream a little late)."""
+    deadline = time.monotonic() + 20
+    while True:
+        answer = indexer.client.get_records(ShardIterator=iterator)
+        if answer["Records"]:
+            records: Sequence[Any] = answer["Records"]
+            return records
+        assert time.monotonic() < deadline, "no stream record within 20 s"
+        iterator = answer["NextShardIterator"]
+
+
+class _UncopiedVersions(OrderedDict[str, int]):
+    """Versions remembered by an indexer, refusing to be copied whole."""
+
+    def keys(self) -> KeysView[str]:
+        raise AssertionError("the remembered versions were copied")
+
+
+def test_a_round_checks_versions_without_copying_those_remembered(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> None:
+    aggregate = uuid.uuid4()
+    indexer = Indexer(recorder)
+    index_until(indexer, recorder, [recorder_save(recorder, aggregate, 1)])
+    indexer._last_versions = _UncopiedVersions(indexer._last_versions)
+
+    index_until(indexer, recorder, [recorder_save(recorder, aggregate, 2)])
+
+    assert indexer._last_versions[str(aggregate)] == 2
+
+
+def recorder_save(
+    recorder: DynamoDBIndexedApplicationRecorder, aggregate: uuid.UUID, version: int
+) -> Any:
+    event = stored(aggregate, version)
+    recorder.insert_events([event])
+    return event
+
+
+def test_records_of_a_round_are_told_apart_by_identity() -> None:
+    entry = BatchEntry("a", 1, "t", b"state")
+    first = _Record("shard", 1, "1", entry, None)
+    same_fields = _Record("shard", 1, "1", entry, None)
+
+    assert len({first, same_fields}) == 2
+    assert first in {first}

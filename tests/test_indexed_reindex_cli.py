@@ -41,6 +41,6 @@ def test_index_reindex_appends_what_the_index_lacks_once(indexed, ledger):
     assert json.loads(again.stdout)["appended"] == 0
     assert orders.recorder.max_notification_id() == saved
     assert json.loads(status.stdout)["reindexing"] is False
-    # Until the indexer reads the stream again, the last pass is shown.
+    # Until every shard of the stream has a checkpoint again, the last pass is shown.
     assert json.loads(status.stdout)["reindex_pass"] == 1
-    assert "pass 1 done; stream next" in ledger("index", "status").stdout
+    assert "pass 1 done; on the stream" in ledger("index", "status").stdout

@@ -286,5 +286,5 @@ def _reindex_state(found: IndexStatus) -> str:
     if found.trimmed:
         return "due"
     if found.reindex_pass:
-        return f"pass {found.reindex_pass} done; stream next"
+        return f"pass {found.reindex_pass} done; on the stream"
     return "-"

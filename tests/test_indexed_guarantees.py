@@ -12,7 +12,6 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -20,7 +19,7 @@ import pytest
 from eventsourcing.persistence import ProgrammingError, StoredEvent
 
 from aggregates.application import Orders
-from ledger.dynamodb import DynamoDBFactory, DynamoDBIndexedApplicationRecorder, schema
+from ledger.dynamodb import DynamoDBIndexedApplicationRecorder, schema
 from ledger.dynamodb.batches import BatchEntry
 from ledger.index_rounds import _Record
 from ledger.indexer import Indexer, IndexOrderError, _units, paced
@@ -29,11 +28,11 @@ from ledger.projections.dynamodb import open_view
 from ledger.projections.rebuild import status
 from ledger.projections.sequence import SequenceFeed
 from projections.orders import OrderProjector
+from tests import indexed_support
 from tests.indexed_support import (
     ReorderingStreams,
     all_notifications,
     index_until,
-    indexed_factory,
     repeated,
     stored,
 )
@@ -41,19 +40,8 @@ from tests.test_corrupt_batches import damage_batch
 from tests.test_projections_dynamodb import read_model
 from tests.test_projections_orderings import copy_history
 
-
-@pytest.fixture
-def factory(dynamodb_endpoint: str, table_prefix: str) -> Iterator[DynamoDBFactory]:
-    made = indexed_factory(dynamodb_endpoint, table_prefix)
-    yield made
-    made.close()
-
-
-@pytest.fixture
-def recorder(factory: DynamoDBFactory) -> DynamoDBIndexedApplicationRecorder:
-    made = factory.application_recorder()
-    assert isinstance(made, DynamoDBIndexedApplicationRecorder)
-    return made
+factory = indexed_support.factory
+recorder = indexed_support.recorder
 
 
 def random_saves(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from eventsourcing.utils import Environment
@@ -20,6 +19,7 @@ from ledger.dynamodb import (
 from ledger.dynamodb.batches import BatchEntry, batch_item
 from ledger.dynamodb.limits import MAX_ITEM_BYTES, ItemTooLargeError, item_size
 from ledger.indexer import BATCH_EVENTS, Indexer
+from tests import indexed_support
 from tests.faults import REFUSE, FaultProxy
 from tests.indexed_support import (
     all_notifications,
@@ -29,19 +29,8 @@ from tests.indexed_support import (
     stored,
 )
 
-
-@pytest.fixture
-def factory(dynamodb_endpoint: str, table_prefix: str) -> Iterator[DynamoDBFactory]:
-    made = indexed_factory(dynamodb_endpoint, table_prefix)
-    yield made
-    made.close()
-
-
-@pytest.fixture
-def recorder(factory: DynamoDBFactory) -> DynamoDBIndexedApplicationRecorder:
-    made = factory.application_recorder()
-    assert isinstance(made, DynamoDBIndexedApplicationRecorder)
-    return made
+factory = indexed_support.factory
+recorder = indexed_support.recorder
 
 
 @pytest.fixture

@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from eventsourcing.persistence import StoredEvent
 
-from ledger.dynamodb import DynamoDBFactory, DynamoDBIndexedApplicationRecorder, schema
+from ledger.dynamodb import DynamoDBIndexedApplicationRecorder, schema
 from ledger.indexer import Indexer
+from tests import indexed_support
 from tests.indexed_support import (
     TrimmedStreams,
     index_until,
-    indexed_factory,
     stored,
 )
 from tests.test_indexed_guarantees import (
@@ -42,19 +40,8 @@ from tests.test_indexed_reindex import (
     expire_once_written,
 )
 
-
-@pytest.fixture
-def factory(dynamodb_endpoint: str, table_prefix: str) -> Iterator[DynamoDBFactory]:
-    made = indexed_factory(dynamodb_endpoint, table_prefix)
-    yield made
-    made.close()
-
-
-@pytest.fixture
-def recorder(factory: DynamoDBFactory) -> DynamoDBIndexedApplicationRecorder:
-    made = factory.application_recorder()
-    assert isinstance(made, DynamoDBIndexedApplicationRecorder)
-    return made
+factory = indexed_support.factory
+recorder = indexed_support.recorder
 
 
 class Clock:

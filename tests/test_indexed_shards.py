@@ -30,13 +30,13 @@ from ledger.dynamodb import (
 from ledger.dynamodb.batches import BatchEntry
 from ledger.index_rounds import _Record
 from ledger.indexer import Indexer, _units
+from tests import indexed_support
 from tests.indexed_support import (
     ToldShard,
     ToldShards,
     aggregate_of,
     index_until,
     indexed_env,
-    indexed_factory,
     stored,
 )
 from tests.test_indexed_guarantees import (
@@ -45,19 +45,8 @@ from tests.test_indexed_guarantees import (
     stream_numbers,
 )
 
-
-@pytest.fixture
-def factory(dynamodb_endpoint: str, table_prefix: str) -> Iterator[DynamoDBFactory]:
-    made = indexed_factory(dynamodb_endpoint, table_prefix)
-    yield made
-    made.close()
-
-
-@pytest.fixture
-def recorder(factory: DynamoDBFactory) -> DynamoDBIndexedApplicationRecorder:
-    made = factory.application_recorder()
-    assert isinstance(made, DynamoDBIndexedApplicationRecorder)
-    return made
+factory = indexed_support.factory
+recorder = indexed_support.recorder
 
 
 def one_by_one(

@@ -28,6 +28,7 @@ from tests.indexed_support import (
     indexed_factory,
     stored,
 )
+from tests.test_notification_pages import write_notifications
 
 factory = indexed_support.factory
 recorder = indexed_support.recorder
@@ -179,26 +180,7 @@ def fill_index(recorder: DynamoDBIndexedApplicationRecorder, positions: int) -> 
             for version in range(1, min(BATCH_EVENTS, positions - first + 1) + 1)
         ]
         items.append(batch_item(first, entries, schema.PAGE_SIZE))
-    table = recorder.notifications_table_name
-    for offset in range(0, len(items), 25):
-        recorder.connection.call(
-            "batch_write_item",
-            RequestItems={
-                table: [
-                    {"PutRequest": {"Item": i}} for i in items[offset : offset + 25]
-                ]
-            },
-        )
-    recorder.connection.call(
-        "put_item",
-        TableName=table,
-        Item={
-            schema.PAGE: {"N": str(schema.SEQUENCE_PAGE)},
-            schema.POSITION: {"N": "0"},
-            schema.LAST_POSITION: {"N": str(positions)},
-            schema.POSITIONS_PER_PAGE: {"N": str(schema.PAGE_SIZE)},
-        },
-    )
+    write_notifications(recorder, items, positions, schema.PAGE_SIZE)
 
 
 def new_recorder(factory: DynamoDBFactory) -> DynamoDBIndexedApplicationRecorder:

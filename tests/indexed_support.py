@@ -43,12 +43,17 @@ def factory(dynamodb_endpoint: str, table_prefix: str) -> Iterator[DynamoDBFacto
     made.close()
 
 
-@pytest.fixture
-def recorder(factory: DynamoDBFactory) -> DynamoDBIndexedApplicationRecorder:
-    """The indexed application recorder of ``factory``."""
+def indexed_recorder(factory: DynamoDBFactory) -> DynamoDBIndexedApplicationRecorder:
+    """A new application recorder of ``factory``, which makes indexed ones."""
     made = factory.application_recorder()
     assert isinstance(made, DynamoDBIndexedApplicationRecorder)
     return made
+
+
+@pytest.fixture
+def recorder(factory: DynamoDBFactory) -> DynamoDBIndexedApplicationRecorder:
+    """The indexed application recorder of ``factory``."""
+    return indexed_recorder(factory)
 
 
 def stored(aggregate_id: uuid.UUID, version: int, state: bytes = b"{}") -> StoredEvent:

@@ -26,6 +26,7 @@ from tests.indexed_support import (
     index_until,
     indexed_env,
     indexed_factory,
+    indexed_recorder,
     stored,
 )
 from tests.test_notification_pages import write_notifications
@@ -183,17 +184,20 @@ def fill_index(recorder: DynamoDBIndexedApplicationRecorder, positions: int) -> 
     write_notifications(recorder, items, positions, schema.PAGE_SIZE)
 
 
-def new_recorder(factory: DynamoDBFactory) -> DynamoDBIndexedApplicationRecorder:
-    """A recorder of its own, as after a cold start: it has read nothing yet."""
-    made = factory.application_recorder()
-    assert isinstance(made, DynamoDBIndexedApplicationRecorder)
-    return made
+@pytest.fixture
+def cold(
+    factory: DynamoDBFactory, recorder: DynamoDBIndexedApplicationRecorder
+) -> DynamoDBIndexedApplicationRecorder:
+    """A recorder new to an index of ``INDEXED_BEFORE`` events, as after a cold
+    start: it has read nothing yet."""
+    fill_index(recorder, INDEXED_BEFORE)
+    return indexed_recorder(factory)
 
 
 def test_a_recorder_reads_the_index_head_once_before_its_first_save(
     factory: DynamoDBFactory,
 ) -> None:
-    cold = new_recorder(factory)
+    cold = indexed_recorder(factory)  # as after a cold start: it has read nothing
 
     with measure(cold) as meter:
         for version in (1, 2, 3):
@@ -203,12 +207,8 @@ def test_a_recorder_reads_the_index_head_once_before_its_first_save(
 
 
 def test_a_new_recorder_waits_for_its_save_in_a_few_calls_whatever_the_index_size(
-    factory: DynamoDBFactory,
-    recorder: DynamoDBIndexedApplicationRecorder,
-    indexer: Indexer,
+    indexer: Indexer, cold: DynamoDBIndexedApplicationRecorder
 ) -> None:
-    fill_index(recorder, INDEXED_BEFORE)
-    cold = new_recorder(factory)
     aggregate = uuid.uuid4()
 
     with measure(cold) as saving:
@@ -224,12 +224,8 @@ def test_a_new_recorder_waits_for_its_save_in_a_few_calls_whatever_the_index_siz
 
 
 def test_a_new_recorder_finds_its_save_indexed_while_it_waits(
-    factory: DynamoDBFactory,
-    recorder: DynamoDBIndexedApplicationRecorder,
-    indexer: Indexer,
+    indexer: Indexer, cold: DynamoDBIndexedApplicationRecorder
 ) -> None:
-    fill_index(recorder, INDEXED_BEFORE)
-    cold = new_recorder(factory)
     aggregate = uuid.uuid4()
     cold.insert_events([stored(aggregate, 1)])
     with pytest.raises(IndexWaitTimeoutError):
@@ -264,7 +260,7 @@ def test_a_save_goes_on_when_the_index_head_cannot_be_read(
                 },
             )
         )
-        cold = new_recorder(proxied)
+        cold = indexed_recorder(proxied)
         proxy.on("GetItem", fault=REFUSE(refusal), times=None)
         aggregate = uuid.uuid4()
 

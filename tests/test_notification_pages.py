@@ -9,7 +9,6 @@ and appended as such. Every test here runs on DynamoDB Local.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,7 +23,7 @@ from ledger.dynamodb import (
 )
 from ledger.dynamodb.batches import BatchEntry, batch_item
 from ledger.indexer import Indexer
-from tests.indexed_support import indexed_factory
+from tests import indexed_support
 
 SAVE = 98
 """Events per save: the most a ``sequence`` save holds, so batches are large."""
@@ -123,11 +122,7 @@ def write_legacy_table(recorder: DynamoDBApplicationRecorder, saves: int) -> int
     return position
 
 
-@pytest.fixture
-def indexed(dynamodb_endpoint: str, table_prefix: str) -> Iterator[DynamoDBFactory]:
-    made = indexed_factory(dynamodb_endpoint, table_prefix)
-    yield made
-    made.close()
+indexed = indexed_support.factory
 
 
 def sequence_recorder(factory: DynamoDBFactory) -> DynamoDBApplicationRecorder:

@@ -50,11 +50,24 @@ def random_saves(
     """Save ``count`` saves of 1 to 3 events of 4 aggregates; return them."""
     rng = random.Random(seed)
     aggregates = [uuid.uuid4() for _ in range(4)]
-    versions: dict[uuid.UUID, int] = defaultdict(int)
+    return saves_across(recorder, aggregates, defaultdict(int), count, rng, most=3)
+
+
+def saves_across(
+    recorder: DynamoDBIndexedApplicationRecorder,
+    aggregates: list[uuid.UUID],
+    versions: dict[uuid.UUID, int],
+    count: int,
+    rng: random.Random,
+    *,
+    most: int = 4,
+) -> list[list[StoredEvent]]:
+    """Save ``count`` saves of 1 to ``most`` events of ``aggregates``, each
+    aggregate's versions going on from ``versions``; return them."""
     saves = []
     for _ in range(count):
         save = []
-        for _ in range(rng.randint(1, 3)):
+        for _ in range(rng.randint(1, most)):
             aggregate = rng.choice(aggregates)
             versions[aggregate] += 1
             save.append(stored(aggregate, versions[aggregate]))

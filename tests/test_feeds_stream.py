@@ -218,13 +218,19 @@ class Refusing(Collector):
         raise ValueError("a consumer's bug")
 
 
-def test_a_started_stream_poller_whose_thread_died_raises_its_error_when_stopped(
-    streamed, orders, monkeypatch
-):
+def thread_deaths(monkeypatch: pytest.MonkeyPatch) -> list[type[BaseException]]:
+    """The type of each error a thread dies of from now on, in order."""
     died: list[type[BaseException]] = []
     monkeypatch.setattr(
         threading, "excepthook", lambda args: died.append(args.exc_type)
     )
+    return died
+
+
+def test_a_started_stream_poller_whose_thread_died_raises_its_error_when_stopped(
+    streamed, orders, monkeypatch
+):
+    died = thread_deaths(monkeypatch)
     orders.place_order(uuid.uuid4(), [ITEM])
     consumer = Refusing(orders.factory.connection)
     poller = StreamPoller(consumer, orders, interval=0.05)
@@ -238,10 +244,7 @@ def test_a_started_stream_poller_whose_thread_died_raises_its_error_when_stopped
 
 
 def test_a_stream_poller_whose_thread_died_starts_again(streamed, orders, monkeypatch):
-    died: list[type[BaseException]] = []
-    monkeypatch.setattr(
-        threading, "excepthook", lambda args: died.append(args.exc_type)
-    )
+    died = thread_deaths(monkeypatch)
     orders.place_order(uuid.uuid4(), [ITEM])
     refusing = Refusing(orders.factory.connection)
     poller = StreamPoller(refusing, orders, interval=0.05)

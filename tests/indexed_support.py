@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import botocore.exceptions
+import pytest
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import Environment
 
@@ -32,6 +33,27 @@ def indexed_factory(dynamodb_endpoint: str, table_prefix: str) -> DynamoDBFactor
     return DynamoDBFactory(
         Environment("ledger_test", indexed_env(dynamodb_endpoint, table_prefix))
     )
+
+
+@pytest.fixture
+def factory(dynamodb_endpoint: str, table_prefix: str) -> Iterator[DynamoDBFactory]:
+    """A factory of indexed recorders on this test's tables, closed after it."""
+    made = indexed_factory(dynamodb_endpoint, table_prefix)
+    yield made
+    made.close()
+
+
+def indexed_recorder(factory: DynamoDBFactory) -> DynamoDBIndexedApplicationRecorder:
+    """A new application recorder of ``factory``, which makes indexed ones."""
+    made = factory.application_recorder()
+    assert isinstance(made, DynamoDBIndexedApplicationRecorder)
+    return made
+
+
+@pytest.fixture
+def recorder(factory: DynamoDBFactory) -> DynamoDBIndexedApplicationRecorder:
+    """The indexed application recorder of ``factory``."""
+    return indexed_recorder(factory)
 
 
 def stored(aggregate_id: uuid.UUID, version: int, state: bytes = b"{}") -> StoredEvent:

@@ -112,6 +112,23 @@ def stream_holds(app: Orders, count: int) -> None:
 # --- the stream poller, run as every feed is ----------------------------------------
 
 
+def projecting_through(
+    proxy: FaultProxy, env: dict[str, str]
+) -> tuple[Orders, StreamPoller]:
+    """Orders and a stream poller of its order projector, both calling DynamoDB
+    through ``proxy`` with one attempt per call, so each fault reaches them."""
+    through_proxy = {
+        **env,
+        "DYNAMODB_ENDPOINT_URL": proxy.endpoint_url,
+        "DYNAMODB_MAX_ATTEMPTS": "1",
+    }
+    app = Orders(env=through_proxy)
+    projector = OrderProjector(
+        open_view(OrderProjector, through_proxy), event_loader(app)
+    )
+    return app, StreamPoller(projector, app, interval=0.2)
+
+
 def test_a_stream_pollers_drain_rides_out_an_outage_within_its_deadline(
     streamed, dynamodb_env, dynamodb_endpoint
 ):
@@ -119,16 +136,7 @@ def test_a_stream_pollers_drain_rides_out_an_outage_within_its_deadline(
     order_id = writer.place_order(uuid.uuid4(), [ITEM])
     readers = open_view(OrderProjector, dynamodb_env)
     with FaultProxy(dynamodb_endpoint) as proxy:
-        through_proxy = {
-            **dynamodb_env,
-            "DYNAMODB_ENDPOINT_URL": proxy.endpoint_url,
-            "DYNAMODB_MAX_ATTEMPTS": "1",
-        }
-        app = Orders(env=through_proxy)
-        projector = OrderProjector(
-            open_view(OrderProjector, through_proxy), event_loader(app)
-        )
-        poller = StreamPoller(projector, app, interval=0.2)
+        app, poller = projecting_through(proxy, dynamodb_env)
         proxy.outage(1.5)
         started = time.monotonic()
         handled = poller.drain(deadline=time.monotonic() + 60)
@@ -184,16 +192,7 @@ def test_a_stream_pollers_drain_waits_out_a_consumer_whose_commit_failed(
     stream_holds(writer, 2)
     readers = open_view(OrderProjector, dynamodb_env)
     with FaultProxy(dynamodb_endpoint) as proxy:
-        through_proxy = {
-            **dynamodb_env,
-            "DYNAMODB_ENDPOINT_URL": proxy.endpoint_url,
-            "DYNAMODB_MAX_ATTEMPTS": "1",
-        }
-        app = Orders(env=through_proxy)
-        projector = OrderProjector(
-            open_view(OrderProjector, through_proxy), event_loader(app)
-        )
-        poller = StreamPoller(projector, app, interval=0.2)
+        app, poller = projecting_through(proxy, dynamodb_env)
         # Only the projector's commit meets DynamoDB unavailable: it reports
         # the records failed, and the poll finds nothing it could apply.
         commit = proxy.on("TransactWriteItems", fault=SERVER_ERROR, times=1)
@@ -219,13 +218,19 @@ class Refusing(Collector):
         raise ValueError("a consumer's bug")
 
 
-def test_a_started_stream_poller_whose_thread_died_raises_its_error_when_stopped(
-    streamed, orders, monkeypatch
-):
+def thread_deaths(monkeypatch: pytest.MonkeyPatch) -> list[type[BaseException]]:
+    """The type of each error a thread dies of from now on, in order."""
     died: list[type[BaseException]] = []
     monkeypatch.setattr(
         threading, "excepthook", lambda args: died.append(args.exc_type)
     )
+    return died
+
+
+def test_a_started_stream_poller_whose_thread_died_raises_its_error_when_stopped(
+    streamed, orders, monkeypatch
+):
+    died = thread_deaths(monkeypatch)
     orders.place_order(uuid.uuid4(), [ITEM])
     consumer = Refusing(orders.factory.connection)
     poller = StreamPoller(consumer, orders, interval=0.05)
@@ -239,10 +244,7 @@ def test_a_started_stream_poller_whose_thread_died_raises_its_error_when_stopped
 
 
 def test_a_stream_poller_whose_thread_died_starts_again(streamed, orders, monkeypatch):
-    died: list[type[BaseException]] = []
-    monkeypatch.setattr(
-        threading, "excepthook", lambda args: died.append(args.exc_type)
-    )
+    died = thread_deaths(monkeypatch)
     orders.place_order(uuid.uuid4(), [ITEM])
     refusing = Refusing(orders.factory.connection)
     poller = StreamPoller(refusing, orders, interval=0.05)

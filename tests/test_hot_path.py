@@ -475,13 +475,8 @@ def test_an_answer_cut_short_still_says_how_much_of_it_arrived() -> None:
     assert found == f"10 of its {len(body)} bytes arrived"
 
 
-def test_an_event_read_without_metadata_skips_pydantics_private_attribute_setup(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    mapper = PydanticMapper(transcoder=JSONTranscoder())
-    order = an_order()
-    pending = order.collect_events()
-    stored = [mapper.to_stored_event(e) for e in pending]
+def private_attribute_setups(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Each model whose private attributes pydantic sets up from now on."""
     set_up: list[object] = []
     init = model_construction.init_private_attributes
 
@@ -490,6 +485,17 @@ def test_an_event_read_without_metadata_skips_pydantics_private_attribute_setup(
         init(self, context)
 
     monkeypatch.setattr(model_construction, "init_private_attributes", counted)
+    return set_up
+
+
+def test_an_event_read_without_metadata_skips_pydantics_private_attribute_setup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    mapper = PydanticMapper(transcoder=JSONTranscoder())
+    order = an_order()
+    pending = order.collect_events()
+    stored = [mapper.to_stored_event(e) for e in pending]
+    set_up = private_attribute_setups(monkeypatch)
 
     events = [mapper.to_domain_event(s) for s in stored]
 
@@ -530,14 +536,7 @@ def test_private_attributes_of_an_event_class_get_their_defaults_when_read() -> 
 def test_an_event_made_by_code_skips_pydantics_private_attribute_setup(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    set_up: list[object] = []
-    init = model_construction.init_private_attributes
-
-    def counted(self: Any, context: Any, /) -> None:
-        set_up.append(self)
-        init(self, context)
-
-    monkeypatch.setattr(model_construction, "init_private_attributes", counted)
+    set_up = private_attribute_setups(monkeypatch)
 
     order = Order.place(uuid.uuid4(), [], "EUR")
     order.add_item("p2", 1, PRICE)

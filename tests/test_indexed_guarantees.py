@@ -12,7 +12,6 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -20,7 +19,7 @@ import pytest
 from eventsourcing.persistence import ProgrammingError, StoredEvent
 
 from aggregates.application import Orders
-from ledger.dynamodb import DynamoDBFactory, DynamoDBIndexedApplicationRecorder, schema
+from ledger.dynamodb import DynamoDBIndexedApplicationRecorder, schema
 from ledger.dynamodb.batches import BatchEntry
 from ledger.index_rounds import _Record
 from ledger.indexer import Indexer, IndexOrderError, _units, paced
@@ -29,11 +28,11 @@ from ledger.projections.dynamodb import open_view
 from ledger.projections.rebuild import status
 from ledger.projections.sequence import SequenceFeed
 from projections.orders import OrderProjector
+from tests import indexed_support
 from tests.indexed_support import (
     ReorderingStreams,
     all_notifications,
     index_until,
-    indexed_factory,
     repeated,
     stored,
 )
@@ -41,19 +40,8 @@ from tests.test_corrupt_batches import damage_batch
 from tests.test_projections_dynamodb import read_model
 from tests.test_projections_orderings import copy_history
 
-
-@pytest.fixture
-def factory(dynamodb_endpoint: str, table_prefix: str) -> Iterator[DynamoDBFactory]:
-    made = indexed_factory(dynamodb_endpoint, table_prefix)
-    yield made
-    made.close()
-
-
-@pytest.fixture
-def recorder(factory: DynamoDBFactory) -> DynamoDBIndexedApplicationRecorder:
-    made = factory.application_recorder()
-    assert isinstance(made, DynamoDBIndexedApplicationRecorder)
-    return made
+factory = indexed_support.factory
+recorder = indexed_support.recorder
 
 
 def random_saves(
@@ -62,11 +50,24 @@ def random_saves(
     """Save ``count`` saves of 1 to 3 events of 4 aggregates; return them."""
     rng = random.Random(seed)
     aggregates = [uuid.uuid4() for _ in range(4)]
-    versions: dict[uuid.UUID, int] = defaultdict(int)
+    return saves_across(recorder, aggregates, defaultdict(int), count, rng, most=3)
+
+
+def saves_across(
+    recorder: DynamoDBIndexedApplicationRecorder,
+    aggregates: list[uuid.UUID],
+    versions: dict[uuid.UUID, int],
+    count: int,
+    rng: random.Random,
+    *,
+    most: int = 4,
+) -> list[list[StoredEvent]]:
+    """Save ``count`` saves of 1 to ``most`` events of ``aggregates``, each
+    aggregate's versions going on from ``versions``; return them."""
     saves = []
     for _ in range(count):
         save = []
-        for _ in range(rng.randint(1, 3)):
+        for _ in range(rng.randint(1, most)):
             aggregate = rng.choice(aggregates)
             versions[aggregate] += 1
             save.append(stored(aggregate, versions[aggregate]))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from eventsourcing.utils import Environment
@@ -20,28 +19,20 @@ from ledger.dynamodb import (
 from ledger.dynamodb.batches import BatchEntry, batch_item
 from ledger.dynamodb.limits import MAX_ITEM_BYTES, ItemTooLargeError, item_size
 from ledger.indexer import BATCH_EVENTS, Indexer
+from tests import indexed_support
 from tests.faults import REFUSE, FaultProxy
 from tests.indexed_support import (
     all_notifications,
     index_until,
     indexed_env,
     indexed_factory,
+    indexed_recorder,
     stored,
 )
+from tests.test_notification_pages import write_notifications
 
-
-@pytest.fixture
-def factory(dynamodb_endpoint: str, table_prefix: str) -> Iterator[DynamoDBFactory]:
-    made = indexed_factory(dynamodb_endpoint, table_prefix)
-    yield made
-    made.close()
-
-
-@pytest.fixture
-def recorder(factory: DynamoDBFactory) -> DynamoDBIndexedApplicationRecorder:
-    made = factory.application_recorder()
-    assert isinstance(made, DynamoDBIndexedApplicationRecorder)
-    return made
+factory = indexed_support.factory
+recorder = indexed_support.recorder
 
 
 @pytest.fixture
@@ -190,39 +181,23 @@ def fill_index(recorder: DynamoDBIndexedApplicationRecorder, positions: int) -> 
             for version in range(1, min(BATCH_EVENTS, positions - first + 1) + 1)
         ]
         items.append(batch_item(first, entries, schema.PAGE_SIZE))
-    table = recorder.notifications_table_name
-    for offset in range(0, len(items), 25):
-        recorder.connection.call(
-            "batch_write_item",
-            RequestItems={
-                table: [
-                    {"PutRequest": {"Item": i}} for i in items[offset : offset + 25]
-                ]
-            },
-        )
-    recorder.connection.call(
-        "put_item",
-        TableName=table,
-        Item={
-            schema.PAGE: {"N": str(schema.SEQUENCE_PAGE)},
-            schema.POSITION: {"N": "0"},
-            schema.LAST_POSITION: {"N": str(positions)},
-            schema.POSITIONS_PER_PAGE: {"N": str(schema.PAGE_SIZE)},
-        },
-    )
+    write_notifications(recorder, items, positions, schema.PAGE_SIZE)
 
 
-def new_recorder(factory: DynamoDBFactory) -> DynamoDBIndexedApplicationRecorder:
-    """A recorder of its own, as after a cold start: it has read nothing yet."""
-    made = factory.application_recorder()
-    assert isinstance(made, DynamoDBIndexedApplicationRecorder)
-    return made
+@pytest.fixture
+def cold(
+    factory: DynamoDBFactory, recorder: DynamoDBIndexedApplicationRecorder
+) -> DynamoDBIndexedApplicationRecorder:
+    """A recorder new to an index of ``INDEXED_BEFORE`` events, as after a cold
+    start: it has read nothing yet."""
+    fill_index(recorder, INDEXED_BEFORE)
+    return indexed_recorder(factory)
 
 
 def test_a_recorder_reads_the_index_head_once_before_its_first_save(
     factory: DynamoDBFactory,
 ) -> None:
-    cold = new_recorder(factory)
+    cold = indexed_recorder(factory)  # as after a cold start: it has read nothing
 
     with measure(cold) as meter:
         for version in (1, 2, 3):
@@ -232,12 +207,8 @@ def test_a_recorder_reads_the_index_head_once_before_its_first_save(
 
 
 def test_a_new_recorder_waits_for_its_save_in_a_few_calls_whatever_the_index_size(
-    factory: DynamoDBFactory,
-    recorder: DynamoDBIndexedApplicationRecorder,
-    indexer: Indexer,
+    indexer: Indexer, cold: DynamoDBIndexedApplicationRecorder
 ) -> None:
-    fill_index(recorder, INDEXED_BEFORE)
-    cold = new_recorder(factory)
     aggregate = uuid.uuid4()
 
     with measure(cold) as saving:
@@ -253,12 +224,8 @@ def test_a_new_recorder_waits_for_its_save_in_a_few_calls_whatever_the_index_siz
 
 
 def test_a_new_recorder_finds_its_save_indexed_while_it_waits(
-    factory: DynamoDBFactory,
-    recorder: DynamoDBIndexedApplicationRecorder,
-    indexer: Indexer,
+    indexer: Indexer, cold: DynamoDBIndexedApplicationRecorder
 ) -> None:
-    fill_index(recorder, INDEXED_BEFORE)
-    cold = new_recorder(factory)
     aggregate = uuid.uuid4()
     cold.insert_events([stored(aggregate, 1)])
     with pytest.raises(IndexWaitTimeoutError):
@@ -293,7 +260,7 @@ def test_a_save_goes_on_when_the_index_head_cannot_be_read(
                 },
             )
         )
-        cold = new_recorder(proxied)
+        cold = indexed_recorder(proxied)
         proxy.on("GetItem", fault=REFUSE(refusal), times=None)
         aggregate = uuid.uuid4()
 

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from eventsourcing.persistence import StoredEvent
 from faults import REFUSE, FaultProxy
 
-from ledger.dynamodb import DynamoDBFactory, DynamoDBIndexedApplicationRecorder, schema
+from ledger.dynamodb import DynamoDBIndexedApplicationRecorder, schema
 from ledger.indexer import Indexer, IndexRound
 from ledger.projections.metrics import (
     INDEX_LAG_RECORDS,
@@ -26,6 +25,7 @@ from ledger.projections.metrics import (
     INDEX_RECORDS_APPENDED,
     MemoryMetrics,
 )
+from tests import indexed_support
 from tests.indexed_support import (
     TrimmedStreams,
     index_until,
@@ -34,19 +34,8 @@ from tests.indexed_support import (
 )
 from tests.test_indexed_guarantees import assert_indexed_once_in_order, random_saves
 
-
-@pytest.fixture
-def factory(dynamodb_endpoint: str, table_prefix: str) -> Iterator[DynamoDBFactory]:
-    made = indexed_factory(dynamodb_endpoint, table_prefix)
-    yield made
-    made.close()
-
-
-@pytest.fixture
-def recorder(factory: DynamoDBFactory) -> DynamoDBIndexedApplicationRecorder:
-    made = factory.application_recorder()
-    assert isinstance(made, DynamoDBIndexedApplicationRecorder)
-    return made
+factory = indexed_support.factory
+recorder = indexed_support.recorder
 
 
 @pytest.fixture

@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from eventsourcing.persistence import StoredEvent
 
-from ledger.dynamodb import DynamoDBFactory, DynamoDBIndexedApplicationRecorder, schema
+from ledger.dynamodb import DynamoDBIndexedApplicationRecorder, schema
 from ledger.indexer import Indexer
+from tests import indexed_support
 from tests.indexed_support import (
     TrimmedStreams,
     index_until,
-    indexed_factory,
     stored,
 )
 from tests.test_indexed_guarantees import (
@@ -42,19 +40,8 @@ from tests.test_indexed_reindex import (
     expire_once_written,
 )
 
-
-@pytest.fixture
-def factory(dynamodb_endpoint: str, table_prefix: str) -> Iterator[DynamoDBFactory]:
-    made = indexed_factory(dynamodb_endpoint, table_prefix)
-    yield made
-    made.close()
-
-
-@pytest.fixture
-def recorder(factory: DynamoDBFactory) -> DynamoDBIndexedApplicationRecorder:
-    made = factory.application_recorder()
-    assert isinstance(made, DynamoDBIndexedApplicationRecorder)
-    return made
+factory = indexed_support.factory
+recorder = indexed_support.recorder
 
 
 class Clock:
@@ -334,6 +321,38 @@ def test_an_indexer_stopped_ten_hours_reads_a_shard_without_a_checkpoint(
     assert_indexed_once_in_order(recorder, before + after)
 
 
+def split_holding_a_save(
+    recorder: DynamoDBIndexedApplicationRecorder, seed: int
+) -> tuple[
+    list[list[StoredEvent]], list[list[StoredEvent]], SplitStreams, TrimmedStreams
+]:
+    """Random saves, then a save of one event and a save of two; return them
+    (before, after) with the streams that show the table's shard split after
+    the one-event save and hold the two-event save back in the child (its
+    second event withheld from every read until ``alter`` is reset).
+    """
+    before = random_saves(recorder, 4, seed=seed)
+    single, first, second = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    after = [[stored(single, 1)], [stored(first, 1), stored(second, 1)]]
+    for save in after:
+        recorder.insert_events(save)
+    split = SplitStreams(recorder.connection.streams_client(), split=0)
+    split.split = numbers_once_in_the_stream(recorder, every_event(after))[
+        str(single), 1
+    ]
+    streams = TrimmedStreams(split)
+
+    def withhold_second(records: list[Any]) -> list[Any]:
+        return [
+            r
+            for r in records
+            if r["dynamodb"]["Keys"][schema.AGGREGATE_ID]["S"] != str(second)
+        ]
+
+    streams.alter = withhold_second
+    return before, after, split, streams
+
+
 def test_a_first_commit_with_a_shard_holding_a_save_keeps_the_streams_start(
     recorder: DynamoDBIndexedApplicationRecorder,
 ) -> None:
@@ -345,21 +364,7 @@ def test_a_first_commit_with_a_shard_holding_a_save_keeps_the_streams_start(
     since it was enabled: that time, kept with the first commit, calls for
     a re-index when the indexer is back.
     """
-    before = random_saves(recorder, 4, seed=35)
-    single, first, second = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    after = [[stored(single, 1)], [stored(first, 1), stored(second, 1)]]
-    for save in after:
-        recorder.insert_events(save)
-    split = SplitStreams(recorder.connection.streams_client(), split=0)
-    split.split = numbers_once_in_the_stream(recorder, every_event(after))[
-        str(single), 1
-    ]
-    streams = TrimmedStreams(split)
-    streams.alter = lambda records: [
-        r
-        for r in records
-        if r["dynamodb"]["Keys"][schema.AGGREGATE_ID]["S"] != str(second)
-    ]
+    before, after, split, streams = split_holding_a_save(recorder, seed=35)
     clock = Clock()
     indexer = Indexer(recorder, streams_client=streams, clock=clock)
     index_until(indexer, recorder, every_event(before) + after[0])
@@ -380,25 +385,7 @@ def test_a_first_commit_with_a_shard_holding_a_save_keeps_the_streams_start(
 def test_a_running_indexer_whose_unguarded_shard_holds_a_save_for_a_day_reindexes(
     recorder: DynamoDBIndexedApplicationRecorder,
 ) -> None:
-    before = random_saves(recorder, 4, seed=41)
-    single, first, second = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    after = [[stored(single, 1)], [stored(first, 1), stored(second, 1)]]
-    for save in after:
-        recorder.insert_events(save)
-    split = SplitStreams(recorder.connection.streams_client(), split=0)
-    split.split = numbers_once_in_the_stream(recorder, every_event(after))[
-        str(single), 1
-    ]
-    streams = TrimmedStreams(split)
-
-    def withhold_second(records: list[Any]) -> list[Any]:
-        return [
-            r
-            for r in records
-            if r["dynamodb"]["Keys"][schema.AGGREGATE_ID]["S"] != str(second)
-        ]
-
-    streams.alter = withhold_second
+    before, after, _, streams = split_holding_a_save(recorder, seed=41)
     clock = Clock()
     indexer = Indexer(recorder, streams_client=streams, clock=clock)
     index_until(indexer, recorder, every_event(before) + after[0])

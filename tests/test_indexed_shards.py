@@ -30,34 +30,24 @@ from ledger.dynamodb import (
 from ledger.dynamodb.batches import BatchEntry
 from ledger.index_rounds import _Record
 from ledger.indexer import Indexer, _units
+from tests import indexed_support
 from tests.indexed_support import (
     ToldShard,
     ToldShards,
     aggregate_of,
     index_until,
     indexed_env,
-    indexed_factory,
     stored,
 )
 from tests.test_indexed_guarantees import (
     assert_indexed_once_in_order,
     keep_polling,
+    saves_across,
     stream_numbers,
 )
 
-
-@pytest.fixture
-def factory(dynamodb_endpoint: str, table_prefix: str) -> Iterator[DynamoDBFactory]:
-    made = indexed_factory(dynamodb_endpoint, table_prefix)
-    yield made
-    made.close()
-
-
-@pytest.fixture
-def recorder(factory: DynamoDBFactory) -> DynamoDBIndexedApplicationRecorder:
-    made = factory.application_recorder()
-    assert isinstance(made, DynamoDBIndexedApplicationRecorder)
-    return made
+factory = indexed_support.factory
+recorder = indexed_support.recorder
 
 
 def one_by_one(
@@ -128,26 +118,6 @@ def of_parity(bit: int, count: int) -> list[uuid.UUID]:
         if candidate.int % 2 == bit:
             found.append(candidate)
     return found
-
-
-def saves_across(
-    recorder: DynamoDBIndexedApplicationRecorder,
-    aggregates: list[uuid.UUID],
-    versions: dict[uuid.UUID, int],
-    count: int,
-    rng: random.Random,
-) -> list[list[StoredEvent]]:
-    """Save ``count`` saves of 1 to 4 events of ``aggregates``; return them."""
-    saves = []
-    for _ in range(count):
-        save = []
-        for _ in range(rng.randint(1, 4)):
-            aggregate = rng.choice(aggregates)
-            versions[aggregate] += 1
-            save.append(stored(aggregate, versions[aggregate]))
-        recorder.insert_events(save)
-        saves.append(save)
-    return saves
 
 
 def test_a_save_across_sibling_shards_comes_after_earlier_events_of_its_aggregates(

@@ -6,31 +6,21 @@ import datetime
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator, KeysView, Sequence
+from collections.abc import KeysView, Sequence
 from typing import Any
 
 import pytest
 
 from ledger import index_rounds
-from ledger.dynamodb import DynamoDBFactory, DynamoDBIndexedApplicationRecorder
+from ledger.dynamodb import DynamoDBIndexedApplicationRecorder
 from ledger.dynamodb.batches import BatchEntry
 from ledger.index_rounds import _Record
 from ledger.indexer import Indexer
-from tests.indexed_support import index_until, indexed_factory, stored
+from tests import indexed_support
+from tests.indexed_support import index_until, stored
 
-
-@pytest.fixture
-def factory(dynamodb_endpoint: str, table_prefix: str) -> Iterator[DynamoDBFactory]:
-    made = indexed_factory(dynamodb_endpoint, table_prefix)
-    yield made
-    made.close()
-
-
-@pytest.fixture
-def recorder(factory: DynamoDBFactory) -> DynamoDBIndexedApplicationRecorder:
-    made = factory.application_recorder()
-    assert isinstance(made, DynamoDBIndexedApplicationRecorder)
-    return made
+factory = indexed_support.factory
+recorder = indexed_support.recorder
 
 
 def test_a_round_encodes_each_batch_item_once(

@@ -9,7 +9,6 @@ and appended as such. Every test here runs on DynamoDB Local.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,7 +23,7 @@ from ledger.dynamodb import (
 )
 from ledger.dynamodb.batches import BatchEntry, batch_item
 from ledger.indexer import Indexer
-from tests.indexed_support import indexed_factory
+from tests import indexed_support
 
 SAVE = 98
 """Events per save: the most a ``sequence`` save holds, so batches are large."""
@@ -73,40 +72,57 @@ def ids(recorder: DynamoDBApplicationRecorder, start: int, limit: int) -> list[i
     return [n.id for n in recorder.select_notifications(start=start, limit=limit)]
 
 
+def write_notifications(
+    recorder: DynamoDBApplicationRecorder,
+    items: list[dict[str, Any]],
+    last_position: int,
+    positions_per_page: int | None = None,
+) -> None:
+    """Write batch ``items`` and the sequence item straight into the
+    notifications table, bypassing saves: ``positions_per_page`` is the page
+    size the sequence item records (``None``: none, as before sizes were).
+    """
+    table = recorder.notifications_table_name
+    for offset in range(0, len(items), 25):
+        recorder.connection.call(
+            "batch_write_item",
+            RequestItems={
+                table: [
+                    {"PutRequest": {"Item": i}} for i in items[offset : offset + 25]
+                ]
+            },
+        )
+    head = {
+        schema.PAGE: {"N": str(schema.SEQUENCE_PAGE)},
+        schema.POSITION: {"N": "0"},
+        schema.LAST_POSITION: {"N": str(last_position)},
+    }
+    if positions_per_page is not None:
+        head[schema.POSITIONS_PER_PAGE] = {"N": str(positions_per_page)}
+    recorder.connection.call("put_item", TableName=table, Item=head)
+
+
 def write_legacy_table(recorder: DynamoDBApplicationRecorder, saves: int) -> int:
     """Write ``saves`` batches of ``SAVE`` events as ledger did before page sizes
     were recorded: pages of 100,000 positions, a sequence item without a size.
 
     Returns the last position.
     """
-    table = recorder.notifications_table_name
     position = 0
+    items = []
     for _ in range(saves):
         aggregate_id = str(uuid.uuid4())
         entries = [
             BatchEntry(aggregate_id, v, "tests:Happened", b"{}")
             for v in range(1, SAVE + 1)
         ]
-        item = batch_item(position + 1, entries, schema.LEGACY_PAGE_SIZE)
-        recorder.connection.call("put_item", TableName=table, Item=item)
+        items.append(batch_item(position + 1, entries, schema.LEGACY_PAGE_SIZE))
         position += SAVE
-    recorder.connection.call(
-        "put_item",
-        TableName=table,
-        Item={
-            schema.PAGE: {"N": str(schema.SEQUENCE_PAGE)},
-            schema.POSITION: {"N": "0"},
-            schema.LAST_POSITION: {"N": str(position)},
-        },
-    )
+    write_notifications(recorder, items, position)
     return position
 
 
-@pytest.fixture
-def indexed(dynamodb_endpoint: str, table_prefix: str) -> Iterator[DynamoDBFactory]:
-    made = indexed_factory(dynamodb_endpoint, table_prefix)
-    yield made
-    made.close()
+indexed = indexed_support.factory
 
 
 def sequence_recorder(factory: DynamoDBFactory) -> DynamoDBApplicationRecorder:

@@ -33,6 +33,7 @@ from ledger.dynamodb.batches import BatchEntry, batch_item
 from ledger.dynamodb.repaging import remove_old_pages, repage
 from ledger.indexer import Indexer
 from tests.indexed_support import indexed_factory
+from tests.test_notification_pages import write_notifications
 
 SAVE = 98
 """Events per legacy batch: the most a save holds."""
@@ -75,7 +76,6 @@ def write_legacy_table(
     Every 50th batch's events have the topic ``tests:Rare``. Returns the last
     position.
     """
-    table = recorder.notifications_table_name
     position = 0
     items = []
     for number in range(legacy_batches() if batches is None else batches):
@@ -86,24 +86,7 @@ def write_legacy_table(
         ]
         items.append(batch_item(position + 1, entries, schema.LEGACY_PAGE_SIZE))
         position += SAVE
-    for offset in range(0, len(items), 25):
-        recorder.connection.call(
-            "batch_write_item",
-            RequestItems={
-                table: [
-                    {"PutRequest": {"Item": i}} for i in items[offset : offset + 25]
-                ]
-            },
-        )
-    recorder.connection.call(
-        "put_item",
-        TableName=table,
-        Item={
-            schema.PAGE: {"N": str(schema.SEQUENCE_PAGE)},
-            schema.POSITION: {"N": "0"},
-            schema.LAST_POSITION: {"N": str(position)},
-        },
-    )
+    write_notifications(recorder, items, position)
     return position
 
 

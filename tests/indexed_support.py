@@ -307,3 +307,16 @@ class ToldShards(ReorderingStreams):
         elif response.get("NextShardIterator"):
             response["NextShardIterator"] = f"{name}|{response['NextShardIterator']}"
         return response
+
+
+def checkpoints_item(recorder: DynamoDBIndexedApplicationRecorder) -> dict[str, Any]:
+    item: dict[str, Any] = recorder.connection.call(
+        "get_item",
+        TableName=recorder.notifications_table_name,
+        Key={
+            schema.PAGE: {"N": str(schema.SEQUENCE_PAGE)},
+            schema.POSITION: {"N": str(schema.INDEX_CHECKPOINTS_POSITION)},
+        },
+        ConsistentRead=True,
+    )["Item"]
+    return item

@@ -32,6 +32,7 @@ from tests import indexed_support
 from tests.indexed_support import (
     ReorderingStreams,
     all_notifications,
+    checkpoints_item,
     index_until,
     repeated,
     stored,
@@ -606,14 +607,5 @@ def test_a_parent_read_to_its_end_may_leave_the_stream_without_a_reindex(
     recorder.insert_events(later[0])
     index_until(indexer, recorder, later[0])
 
-    checkpoints = recorder.connection.call(
-        "get_item",
-        TableName=recorder.notifications_table_name,
-        Key={
-            schema.PAGE: {"N": str(schema.SEQUENCE_PAGE)},
-            schema.POSITION: {"N": str(schema.INDEX_CHECKPOINTS_POSITION)},
-        },
-        ConsistentRead=True,
-    )["Item"]
-    assert schema.REINDEXED_AT not in checkpoints  # never re-indexed
+    assert schema.REINDEXED_AT not in checkpoints_item(recorder)  # never re-indexed
     assert_indexed_once_in_order(recorder, before + after + later)

@@ -28,6 +28,7 @@ from ledger.projections.metrics import (
 from tests import indexed_support
 from tests.indexed_support import (
     TrimmedStreams,
+    checkpoints_item,
     index_until,
     indexed_factory,
     stored,
@@ -42,19 +43,6 @@ recorder = indexed_support.recorder
 def small_pages(monkeypatch: pytest.MonkeyPatch) -> None:
     """Scan pages of 7 items, so a re-index takes many rounds and holds saves."""
     monkeypatch.setattr("ledger.reindexing._SCAN_LIMIT", 7)
-
-
-def checkpoints_item(recorder: DynamoDBIndexedApplicationRecorder) -> dict[str, Any]:
-    item: dict[str, Any] = recorder.connection.call(
-        "get_item",
-        TableName=recorder.notifications_table_name,
-        Key={
-            schema.PAGE: {"N": str(schema.SEQUENCE_PAGE)},
-            schema.POSITION: {"N": str(schema.INDEX_CHECKPOINTS_POSITION)},
-        },
-        ConsistentRead=True,
-    )["Item"]
-    return item
 
 
 def every_event(saves: list[list[StoredEvent]]) -> list[StoredEvent]:

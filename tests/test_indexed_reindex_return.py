@@ -25,6 +25,7 @@ from ledger.indexer import Indexer
 from tests import indexed_support
 from tests.indexed_support import (
     TrimmedStreams,
+    checkpoints_item,
     index_until,
     stored,
 )
@@ -34,11 +35,7 @@ from tests.test_indexed_guarantees import (
     random_saves,
     stream_numbers,
 )
-from tests.test_indexed_reindex import (
-    checkpoints_item,
-    every_event,
-    expire_once_written,
-)
+from tests.test_indexed_reindex import every_event, expire_once_written
 
 factory = indexed_support.factory
 recorder = indexed_support.recorder

@@ -689,10 +689,7 @@ def test_a_save_sizes_an_event_item_only_when_it_may_be_too_large(
 def test_replay_gives_what_eventsourcings_own_mutate_gives_modified_on_included(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    order = Order.place(uuid.uuid4(), [], "EUR")
-    order.add_item("p1", 2, Decimal("1.00"))
-    order.confirm()
-    events = order.collect_events()
+    events = an_order().collect_events()
     replayed = project_aggregate(None, events)
 
     # The reference: every event through eventsourcing's CanMutateAggregate.mutate.

@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import json
 import random
+import threading
 import time
 import uuid
 from decimal import Decimal
@@ -44,6 +45,7 @@ from ledger.projections.streams import (
     handle_stream_event,
     lambda_handler,
     process_records,
+    sequence_number,
     stream_arn_of,
 )
 from ledger.projections.views import ItemWrite
@@ -204,6 +206,48 @@ def test_stream_records_delivered_twice_in_any_interleaving_give_one_read_model(
         assert process_records(shuffled, batch, orders.mapper) == []
 
     assert read_model(shuffled_view) == read_model(in_order)
+
+
+def test_one_stream_batch_delivered_to_two_invocations_at_once_gives_one_read_model(
+    orders, dynamodb_env
+):
+    place_some_orders(orders, 4)
+    records = stream_records(orders)
+    expected_view = open_view(OrderProjector, dynamodb_env)
+    process_records(
+        OrderProjector(expected_view, event_loader(orders)), records, orders.mapper
+    )
+    env = {**dynamodb_env, "DYNAMODB_TABLE_PREFIX": f"t{uuid.uuid4().hex[:10]}_"}
+    view = open_view(OrderProjector, env)
+    view.max_actions = 4  # many commits per batch, so the twins interleave
+    start = threading.Barrier(2)
+    failed: list[list[str]] = []
+
+    def invocation() -> None:
+        # Each invocation has its own projector and view, as two Lambdas would.
+        own_view = open_view(OrderProjector, env)
+        own_view.max_actions = 4
+        projector = OrderProjector(own_view, event_loader(orders))
+        start.wait()
+        failed.append(process_records(projector, records, orders.mapper))
+
+    twins = [threading.Thread(target=invocation) for _ in range(2)]
+    for twin in twins:
+        twin.start()
+    for twin in twins:
+        twin.join(timeout=60)
+    # Whatever either reported failed is delivered again, as Lambda would.
+    again = [r for r in records if sequence_number(r) in {n for f in failed for n in f}]
+    if again:
+        assert (
+            process_records(
+                OrderProjector(view, event_loader(orders)), again, orders.mapper
+            )
+            == []
+        )
+
+    assert len(failed) == 2
+    assert read_model(view) == read_model(expected_view)
 
 
 def test_a_stream_batch_crashing_midway_then_redelivered_gives_the_same_model(

@@ -92,6 +92,7 @@ from ledger.index_rounds import (
     IndexRound,
     _batch_items,
     _commit_items,
+    _Encoded,
     _Record,
     _record,
     _Round,
@@ -128,10 +129,6 @@ _CHECKPOINTS_KEY: Item = {
     schema.PAGE: {"N": str(schema.SEQUENCE_PAGE)},
     schema.POSITION: {"N": str(schema.INDEX_CHECKPOINTS_POSITION)},
 }
-
-
-_Encoded = tuple[tuple[int, int, int], list[BatchEntry], list["Item"]]
-"""Batch items encoded: (head, page size, batch format), events, items."""
 
 
 class _TrimmedError(Exception):

@@ -63,7 +63,8 @@ from ledger.index_rounds import (
     IndexOrderError,
     IndexRound,
     _aggregate,
-    _fits_one_commit,
+    _commit_items,
+    _Encoded,
     _Record,
     _record,
     _Round,
@@ -101,6 +102,7 @@ class Reindexing:
     stream_arn: str
     _indexed: dict[str, int] | None
     _held: list[_Record] | None
+    _encoded: _Encoded | None
 
     if TYPE_CHECKING:  # the indexer's rounds, which a re-index runs through
 
@@ -403,15 +405,15 @@ class Reindexing:
         A prefix is taken, so each aggregate's events stay in version order.
         """
         taken = list(units)
+        page_size = self.recorder.page_size_to_write()
+        batch_format = self.recorder.batch_format
+        self._encoded = None
         while taken:
             events = [r.entry for unit in taken for r in unit if r.entry is not None]
-            if _fits_one_commit(
-                head,
-                events,
-                self.recorder.page_size_to_write(),
-                self.recorder.batch_format,
-                _MAX_BATCHES,
-            ):
+            items = _commit_items(head, events, page_size, batch_format, _MAX_BATCHES)
+            if items is not None:
+                # Written as fitted (see Indexer._write): encoded once.
+                self._encoded = ((head, page_size, batch_format), events, items)
                 break
             taken = taken[: len(taken) // 2] if len(taken) > 1 else []
         if not taken and units:

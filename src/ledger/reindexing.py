@@ -47,6 +47,7 @@ nothing more is written while rounds commit.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
@@ -490,25 +491,40 @@ class Reindexing:
 
     # Back on the stream ------------------------------------------------------
 
-    def _not_indexed(self, state: _Round, records: list[_Record]) -> list[_Record]:
-        """Drop the records of events a re-index appended already.
+    def _not_indexed(
+        self, state: _Round, read: dict[str, list[_Record]]
+    ) -> dict[str, list[_Record]]:
+        """Return what a round read, the records of events indexed already passed over.
 
-        Only records written before the last re-index finished (plus a margin
-        for clocks) can be; for them the index's versions are read once.
+        Such a record (of an event a re-index appended) is kept in its place
+        as one of no new event: its shard's checkpoint moves past it, and,
+        being of no save any more, it holds nothing back. So a save whose
+        part in one shard was trimmed while another shard still holds the
+        rest is not taken for one not wholly read, which would hold back
+        that shard's later records until DynamoDB trims them too. Only
+        records written before the last re-index finished (plus a margin
+        for clocks) can be indexed already; for them the index's versions
+        are read once.
         """
         if state.reindexed_at is None:
-            return records
+            return read
         until = state.reindexed_at + _CLOCK_MARGIN
-        if all(r.created is not None and r.created > until for r in records):
-            if records:
+        events = [r for records in read.values() for r in records if r.entry]
+        if all(r.created is not None and r.created > until for r in events):
+            if events:
                 self._indexed = None  # past the re-index: free the memory
-            return records
+            return read
         indexed = self._indexed_versions(state)
-        return [
-            r
-            for r in records
-            if r.entry is None or r.entry.version > indexed.get(r.entry.aggregate_id, 0)
-        ]
+        return {
+            shard_id: [
+                r
+                if r.entry is None
+                or r.entry.version > indexed.get(r.entry.aggregate_id, 0)
+                else dataclasses.replace(r, entry=None, save=None)
+                for r in records
+            ]
+            for shard_id, records in read.items()
+        }
 
 
 def _stream_needed_since(state: _Round) -> float | None:

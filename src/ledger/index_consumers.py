@@ -365,7 +365,7 @@ def publication_handler(
     function's errors alarm reports what would otherwise only hold the
     cursor still.
     """
-    from ledger.feeds import Runner, drain_handler  # noqa: PLC0415
+    from ledger.feeds import Runner, StoppedShortError, drain_handler  # noqa: PLC0415
     from ledger.projections.metrics import PUBLICATION_DIMENSION  # noqa: PLC0415
     from ledger.publishing import Publisher  # noqa: PLC0415
 
@@ -384,7 +384,11 @@ def publication_handler(
     def handler(event: Any, context: Any) -> dict[str, int]:
         # What this invocation leaves not done, not what an earlier one left.
         publisher().consumer.not_done = 0
-        result = drain(event, context)
+        try:
+            result = drain(event, context)
+        except StoppedShortError as short:
+            # Sent again until the deadline, in vain: said below, with the count.
+            result = {"applied": short.found, "position": runner().position}
         blocked = runner().blocked
         if blocked is not None:
             raise blocked

@@ -37,6 +37,9 @@ BATCH_EVENTS: Final = MAX_TRANSACTION_ACTIONS - 2
 _MAX_BATCHES: Final = MAX_TRANSACTION_ACTIONS - 2  # plus the head and checkpoints
 _BYTES_MARGIN: Final = 64 * 1024  # for the head and checkpoints items
 
+_Encoded = tuple[tuple[int, int, int], list[BatchEntry], list["Item"]]
+"""Batch items encoded: (head, page size, batch format), events, items."""
+
 
 class IndexOrderError(DataError):
     """An aggregate's events reached the indexer out of version order."""
@@ -163,17 +166,6 @@ def _batch_items(
         )
         for offset in range(0, len(events), BATCH_EVENTS)
     ]
-
-
-def _fits_one_commit(
-    head: int,
-    events: list[BatchEntry],
-    page_size: int,
-    batch_format: int,
-    max_batches: int = _MAX_BATCHES,
-) -> bool:
-    """Return True if the batch items of ``events`` after ``head`` fit one commit."""
-    return _commit_items(head, events, page_size, batch_format, max_batches) is not None
 
 
 def _commit_items(

@@ -92,6 +92,7 @@ from ledger.index_rounds import (
     IndexRound,
     _batch_items,
     _commit_items,
+    _Encoded,
     _Record,
     _record,
     _Round,
@@ -128,10 +129,6 @@ _CHECKPOINTS_KEY: Item = {
     schema.PAGE: {"N": str(schema.SEQUENCE_PAGE)},
     schema.POSITION: {"N": str(schema.INDEX_CHECKPOINTS_POSITION)},
 }
-
-
-_Encoded = tuple[tuple[int, int, int], list[BatchEntry], list["Item"]]
-"""Batch items encoded: (head, page size, batch format), events, items."""
 
 
 class _TrimmedError(Exception):
@@ -298,20 +295,23 @@ class Indexer(Reindexing, StreamPoller):
         except _TrimmedError as trimmed:
             self._start_reindex(state, str(trimmed))
             return 1
-        taken = self._fitting(state.read, state.head, parents)
+        # Records the index holds already are passed over before saves are
+        # cut: a save trimmed from one shard only must not hold back another.
+        read = self._not_indexed(state, state.read)
+        taken = self._fitting(read, state.head, parents)
         consumed = {record for unit in taken for record in unit}
         new_checkpoints = {
             shard_id: number
             for shard_id, number in state.checkpoints.items()
             if shard_id in listed
         }
-        for shard_id, records in state.read.items():
+        for shard_id, records in read.items():
             done = [r for r in records if r in consumed]
             if done:
                 new_checkpoints[shard_id] = done[-1].text
             if len(done) == len(records) and shard_id in state.ended:
                 new_checkpoints[shard_id] = state.ended[shard_id]
-        read = [r for records in state.read.values() for r in records]
+        everything = [r for records in state.read.values() for r in records]
         committing = new_checkpoints != state.checkpoints
         stream_marks = self._stream_marks(
             state,
@@ -322,10 +322,9 @@ class Indexer(Reindexing, StreamPoller):
             holds_since=holds_since,
         )
         if not committing and not stream_marks:
-            self._report(IndexRound(0, len(read), _oldest_age_ms(read)))
+            self._report(IndexRound(0, len(everything), _oldest_age_ms(everything)))
             return 0
-        fresh = self._not_indexed(state, [r for unit in taken for r in unit if r.entry])
-        events = _in_version_order(fresh)
+        events = _in_version_order([r for unit in taken for r in unit if r.entry])
         self._check_versions(events)
         ended |= {
             shard_id
@@ -337,7 +336,9 @@ class Indexer(Reindexing, StreamPoller):
             **stream_marks,
         }
         self._write(state, events, new_checkpoints, marks)
-        self._report(IndexRound(len(events), len(read), _oldest_age_ms(read)))
+        self._report(
+            IndexRound(len(events), len(everything), _oldest_age_ms(everything))
+        )
         return len(consumed)
 
     def _read_shards(

@@ -47,6 +47,7 @@ nothing more is written while rounds commit.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
@@ -63,7 +64,8 @@ from ledger.index_rounds import (
     IndexOrderError,
     IndexRound,
     _aggregate,
-    _fits_one_commit,
+    _commit_items,
+    _Encoded,
     _Record,
     _record,
     _Round,
@@ -101,6 +103,7 @@ class Reindexing:
     stream_arn: str
     _indexed: dict[str, int] | None
     _held: list[_Record] | None
+    _encoded: _Encoded | None
 
     if TYPE_CHECKING:  # the indexer's rounds, which a re-index runs through
 
@@ -403,15 +406,15 @@ class Reindexing:
         A prefix is taken, so each aggregate's events stay in version order.
         """
         taken = list(units)
+        page_size = self.recorder.page_size_to_write()
+        batch_format = self.recorder.batch_format
+        self._encoded = None
         while taken:
             events = [r.entry for unit in taken for r in unit if r.entry is not None]
-            if _fits_one_commit(
-                head,
-                events,
-                self.recorder.page_size_to_write(),
-                self.recorder.batch_format,
-                _MAX_BATCHES,
-            ):
+            items = _commit_items(head, events, page_size, batch_format, _MAX_BATCHES)
+            if items is not None:
+                # Written as fitted (see Indexer._write): encoded once.
+                self._encoded = ((head, page_size, batch_format), events, items)
                 break
             taken = taken[: len(taken) // 2] if len(taken) > 1 else []
         if not taken and units:
@@ -488,25 +491,40 @@ class Reindexing:
 
     # Back on the stream ------------------------------------------------------
 
-    def _not_indexed(self, state: _Round, records: list[_Record]) -> list[_Record]:
-        """Drop the records of events a re-index appended already.
+    def _not_indexed(
+        self, state: _Round, read: dict[str, list[_Record]]
+    ) -> dict[str, list[_Record]]:
+        """Return what a round read, the records of events indexed already passed over.
 
-        Only records written before the last re-index finished (plus a margin
-        for clocks) can be; for them the index's versions are read once.
+        Such a record (of an event a re-index appended) is kept in its place
+        as one of no new event: its shard's checkpoint moves past it, and,
+        being of no save any more, it holds nothing back. So a save whose
+        part in one shard was trimmed while another shard still holds the
+        rest is not taken for one not wholly read, which would hold back
+        that shard's later records until DynamoDB trims them too. Only
+        records written before the last re-index finished (plus a margin
+        for clocks) can be indexed already; for them the index's versions
+        are read once.
         """
         if state.reindexed_at is None:
-            return records
+            return read
         until = state.reindexed_at + _CLOCK_MARGIN
-        if all(r.created is not None and r.created > until for r in records):
-            if records:
+        events = [r for records in read.values() for r in records if r.entry]
+        if all(r.created is not None and r.created > until for r in events):
+            if events:
                 self._indexed = None  # past the re-index: free the memory
-            return records
+            return read
         indexed = self._indexed_versions(state)
-        return [
-            r
-            for r in records
-            if r.entry is None or r.entry.version > indexed.get(r.entry.aggregate_id, 0)
-        ]
+        return {
+            shard_id: [
+                r
+                if r.entry is None
+                or r.entry.version > indexed.get(r.entry.aggregate_id, 0)
+                else dataclasses.replace(r, entry=None, save=None)
+                for r in records
+            ]
+            for shard_id, records in read.items()
+        }
 
 
 def _stream_needed_since(state: _Round) -> float | None:

@@ -185,7 +185,9 @@ def projections_run(
         feed = str(getattr(projection.application.recorder, "ordering", "sequence"))
     with metered(projection.view):
         feeding, blocked = _feed(projection, feed)
-        poll = feeding.poll
+        # A poll whose consumer failed records raises, so that run_polls
+        # waits longer each time rather than polling again every interval.
+        poll = feeding.checked_poll
         if once:
             parked_before = len(projection.view.parked_items())
             total = feeding.drain(patience=ONCE_PATIENCE)

@@ -22,7 +22,7 @@ from typing import Any, Self
 
 from eventsourcing.persistence import OperationalError
 
-from ledger.dynamodb.client import MAX_OUTAGE_WAIT, Outage
+from ledger.dynamodb.client import MAX_OUTAGE_WAIT, Outage, outage_wait
 
 logger = logging.getLogger(__name__)
 
@@ -30,17 +30,46 @@ logger = logging.getLogger(__name__)
 class StoppedShortError(OperationalError):
     """A poll that stopped short of what is there: its consumer failed some of it.
 
-    Raised by a feed's poll in :meth:`Polling.run` and :meth:`Polling.drain`
-    when the consumer reported work failed (a stream consumer turns DynamoDB
-    being unavailable for its own writes into failed records), so that the
-    loop waits as for an outage and polls again, rather than taking the poll
-    for one that found nothing. ``found`` is what the poll handled before.
+    Raised by a feed's poll in :meth:`Polling.run`, :meth:`Polling.drain`
+    and :meth:`Polling.checked_poll` when the consumer reported work failed
+    (a stream consumer turns DynamoDB being unavailable for its own writes
+    into failed records; a consumer of the sequence reports a position
+    short of its batch), so that the loop waits as for an outage (doubling
+    waits) and polls again, rather than taking the poll for one that found
+    nothing. ``found`` is what the poll handled before; when the loop gives
+    up and raises it, what all its polls handled.
     """
 
     def __init__(self, message: str, found: int) -> None:
         """Say what stopped short; ``found``: what the poll handled all the same."""
         super().__init__(message)
         self.found = found
+
+
+def _wait_after_short(
+    outage: Outage, error: StoppedShortError, deadline: float | None
+) -> float | None:
+    """Return ``outage``'s next wait after a poll its consumer cut short, or None.
+
+    The waits, and the patience or ``deadline`` they must end within, are
+    those of an outage (one count for both: a consumer's writes failing is
+    often DynamoDB being unavailable); but what is logged is what failed, as
+    the error says, since the consumer may have failed for another reason.
+    """
+    if deadline is not None:
+        outage.patience = outage.waited + max(0.0, deadline - time.monotonic())
+    outage.failures += 1
+    wait = outage_wait(outage.failures, outage.first, outage.longest)
+    if outage.patience is not None and outage.waited + wait > outage.patience:
+        return None
+    outage.waited += wait
+    logger.warning(
+        "%s Polling again in %.1fs.",
+        str(error).rstrip(),
+        wait,
+        extra={"failures": outage.failures, "wait": wait, "found": error.found},
+    )
+    return wait
 
 
 def keep_polling(
@@ -63,19 +92,26 @@ def keep_polling(
     next wait (doubling) and polls again: within ``outage``'s patience, or
     with a ``deadline`` only while the wait ends before it; then the error
     is raised. A poll raising :class:`StoppedShortError` (its consumer failed
-    some of what is there) is waited out the same way, what it handled
-    counted. Nothing is lost by waiting, since a poll commits nothing it
-    did not apply and checkpoints only what it committed. Every wait ends
-    early when ``stop`` is set.
+    some of what is there) is waited out the same way (the same doubling
+    waits, logged as what failed rather than as DynamoDB being unavailable),
+    what it handled counted; raised, it carries what all the polls handled.
+    Nothing is lost by waiting, since a poll commits nothing it did not
+    apply and checkpoints only what it committed. Every wait ends early
+    when ``stop`` is set.
     """
     waiting = stop if stop is not None else threading.Event()
     found_in_all = 0
     while not waiting.is_set():
         try:
             found = poll()
+        except StoppedShortError as error:
+            found_in_all += error.found
+            wait = _wait_after_short(outage, error, deadline)
+            if wait is None:
+                error.found = found_in_all
+                raise
+            waiting.wait(wait)
         except OperationalError as error:
-            if isinstance(error, StoppedShortError):
-                found_in_all += error.found
             wait = (
                 outage.failed(error)
                 if deadline is None
@@ -159,6 +195,17 @@ class Polling:
     def poll(self) -> int:
         """Handle what is there now, once; return how much (0: nothing)."""
         raise NotImplementedError
+
+    def checked_poll(self, deadline: float | None = None) -> int:
+        """One poll as :meth:`run` and :meth:`drain` make it; return how much.
+
+        Starts no batch after ``deadline`` (a ``time.monotonic()``), if
+        given. Unlike :meth:`poll`, raises :class:`StoppedShortError` if the
+        consumer failed part of what is there: for a loop of its own (``ledger
+        projections run``) through :func:`run_polls`, which then waits,
+        doubling, rather than polling again at the idle interval.
+        """
+        return self._poll_within(deadline)
 
     def _poll_within(self, deadline: float | None) -> int:
         """One poll of :meth:`run` or :meth:`drain`: no batch after ``deadline``.

@@ -10,7 +10,7 @@ from typing import Any, Final
 
 from ledger.dynamodb.batches import CorruptNotificationBatchError
 from ledger.feeds.base import Batch, Consumer, Progress, Raced, Source
-from ledger.feeds.polling import Polling, deadline_of
+from ledger.feeds.polling import Polling, StoppedShortError, deadline_of
 from ledger.projections.metrics import COUNT, LAG, NO_METRICS, Metrics
 
 logger = logging.getLogger(__name__)
@@ -29,9 +29,12 @@ class Runner(Polling):
     records the consumer's lag behind the source's head (metric ``Lag``, the
     consumer's name as the dimension's value). It stops early when the
     consumer stops short (something not done: the next poll goes on from
-    there), when the consumer :class:`Raced` (the next poll loads the
-    checkpoint again), or at a batch it cannot read (:attr:`blocked`; nothing
-    may be skipped silently in a total order).
+    there; in :meth:`run` and :meth:`drain` the poll raises
+    :class:`~ledger.feeds.StoppedShortError`, so they wait, doubling, and
+    read again rather than take it for caught up), when the consumer
+    :class:`Raced` (the next poll loads the checkpoint again), or at a batch
+    it cannot read (:attr:`blocked`; nothing may be skipped silently in a
+    total order).
 
     A consumer with a ``tick(now) -> int`` method has it called at the end of
     every poll, for work that comes due with time rather than with events
@@ -62,6 +65,8 @@ class Runner(Polling):
         self.lag: int | None = None
         """Positions between the consumer's position and the head, at the last batch."""
         self._position: int | None = None
+        self._short: tuple[int, int] | None = None
+        """Where the last poll's consumer stopped short, and its batch's end."""
 
     @property
     def name(self) -> str:
@@ -95,6 +100,7 @@ class Runner(Polling):
         """
         after = self.position
         handled = 0
+        self._short = None
         try:
             for batch in self.source.batches(after, self.consumer.topics):
                 progress = self._process(batch, after)
@@ -102,9 +108,10 @@ class Runner(Polling):
                     break
                 handled += progress.applied
                 after = progress.position
-                if progress.position < batch.checkpoint or (
-                    deadline is not None and time.monotonic() >= deadline
-                ):
+                if progress.position < batch.checkpoint:
+                    self._short = (progress.position, batch.checkpoint)
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
                     break
         except CorruptNotificationBatchError as error:
             self._note_blocked(error, after)
@@ -174,7 +181,19 @@ class Runner(Polling):
         self._position = None
 
     def _poll_within(self, deadline: float | None) -> int:
-        return self.poll(deadline)
+        handled = self.poll(deadline)
+        if self._short is not None:
+            # Its own writes failed (a bus, a table unavailable): not caught
+            # up, whatever it applied. Wait as for an outage, then read again.
+            position, end = self._short
+            raise StoppedShortError(
+                f"{self.consumer.name} stopped short: it handled a batch up to "
+                f"position {end} only as far as {position} (something it writes "
+                "to failed; a consumer that logs says what); it is handed the "
+                "rest again from its checkpoint at the next poll.",
+                handled,
+            )
+        return handled
 
     def wait(self, position: int, timeout: float) -> None:
         """Wait until the consumer's position reaches ``position`` (read-your-writes).
@@ -215,7 +234,9 @@ def drain_handler(
     Each invocation (a wake-up, or a schedule) polls to the tail or until the
     context's remaining time is under ``margin_ms``. Returns the events
     handled, the position, and whether the runner is stopped at an unreadable
-    batch (the lag goes to the runner's metrics).
+    batch (the lag goes to the runner's metrics). A consumer still stopping
+    short when that time is up (its own writes failing) raises
+    :class:`~ledger.feeds.StoppedShortError`: the invocation did not catch up.
     """
     made: list[Runner] = []
 

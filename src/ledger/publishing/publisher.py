@@ -64,7 +64,15 @@ from ledger.dynamodb import connection_of
 from ledger.dynamodb import schema as store_schema
 from ledger.dynamodb.client import is_loopback
 from ledger.dynamodb.tables import ensure_table
-from ledger.feeds import Batch, Checkpoint, IndexSource, Item, Progress, Runner
+from ledger.feeds import (
+    Batch,
+    Checkpoint,
+    IndexSource,
+    Item,
+    Progress,
+    Runner,
+    StoppedShortError,
+)
 from ledger.feeds.stream import (
     BatchResponse,
     decode_record,
@@ -368,7 +376,8 @@ class Publisher:
         holds the position read (of two publishers racing, one moves it;
         the other reads the cursor again, and what it sent again carries
         the same ids: consumers drop it). Stops at the sequence's end, at an
-        event not done (sent again at the next call), or once
+        event not done (sent again at the next call; while a deadline is
+        given, tried again, with doubling waits, until it passes), or once
         ``time.monotonic()`` passes ``deadline``; while a deadline is given,
         rides out DynamoDB being unavailable. Raises
         :class:`~ledger.dynamodb.batches.CorruptNotificationBatchError` at a
@@ -380,7 +389,10 @@ class Publisher:
         nothing is left).
         """
         runner = self.runner(page_size=page_size)
-        done = runner.drain(deadline)
+        try:
+            done = runner.drain(deadline)
+        except StoppedShortError as short:
+            done = short.found  # the cursor is before the event not done
         if runner.blocked is not None:
             raise runner.blocked
         return done

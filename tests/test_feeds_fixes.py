@@ -12,6 +12,7 @@ go through ``tests/faults.py``'s proxy.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import uuid
@@ -24,6 +25,7 @@ from eventsourcing.utils import Environment
 from faults import SERVER_ERROR, FaultProxy
 
 from aggregates.application import Orders
+from ledger.dynamodb.client import Outage
 from ledger.dynamodb.factory import DynamoDBFactory
 from ledger.feeds import (
     Batch,
@@ -33,6 +35,7 @@ from ledger.feeds import (
     StoppedShortError,
     StreamPoller,
     TrackingCheckpoint,
+    keep_polling,
 )
 from ledger.feeds.stream import sequence_number
 from ledger.projections import streams
@@ -217,3 +220,62 @@ def open_view_of(env: dict[str, str]) -> Any:
     from projections.orders import OrderProjector  # noqa: PLC0415
 
     return open_view(OrderProjector, env)
+
+
+class OvershootingWaits(threading.Event):
+    """A stop event whose waits last ``extra`` s longer than asked (a busy host)."""
+
+    def __init__(self, extra: float) -> None:
+        super().__init__()
+        self.extra = extra
+
+    def wait(self, timeout: float | None = None) -> bool:
+        time.sleep((timeout or 0.0) + self.extra)
+        return self.is_set()
+
+
+def test_keep_polling_ending_at_its_deadline_after_a_short_poll_raises_it():
+    polls = []
+
+    def stops_short() -> int:
+        polls.append(time.monotonic())
+        raise StoppedShortError("the consumer stopped short", found=2)
+
+    outage = Outage("polling", 0.05)
+    # The first wait (0.05 s) fits before the deadline; it ends after it.
+    with pytest.raises(StoppedShortError) as raised:
+        keep_polling(
+            stops_short,
+            outage,
+            stop=OvershootingWaits(0.3),
+            deadline=time.monotonic() + 0.2,
+        )
+
+    assert len(polls) == 1
+    assert raised.value.found == 2
+
+
+def test_projections_run_counts_what_a_poll_applied_before_records_failed(
+    streamed, dynamodb_env, proxy, monkeypatch, capsys
+):
+    writer = Orders(env=dynamodb_env)
+    for _ in range(40):  # more than one commit of the projector's in one poll
+        writer.place_order(uuid.uuid4(), [ITEM])
+    stream_holds(writer, 80)
+    monkeypatch.setenv("DYNAMODB_ENDPOINT_URL", proxy.endpoint_url)
+    monkeypatch.setenv("DYNAMODB_MAX_ATTEMPTS", "1")
+    # The projector's first commit goes through; every later one is refused.
+    refused = proxy.on("TransactWriteItems", fault=SERVER_ERROR, nth=2, times=None)
+    counting_waits(monkeypatch, limit=3)
+    from ledger.cli.projections import projections_run  # noqa: PLC0415
+
+    projections_run("OrderViews", feed="stream", once=False)
+
+    assert refused.fired >= 3
+    said = capsys.readouterr().out
+    processed = re.search(r"stopped; processed (\d+) events from the stream", said)
+    assert processed is not None, said
+    # What the first commit applied, counted though each poll then stopped short.
+    assert int(processed.group(1)) >= 1
+    assert len(list(open_view_of(dynamodb_env).stored_items())) >= 1
+    writer.close()

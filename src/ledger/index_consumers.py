@@ -379,7 +379,10 @@ def publication_handler(
             metrics=EmbeddedMetrics(dimension=PUBLICATION_DIMENSION)
         )
 
-    drain = drain_handler(runner)
+    # A PutEvents request failing as a whole is mostly the bus's setting (gone,
+    # refused): waiting it out would hold each invocation for its whole time,
+    # and wake-ups start one a second. The next wake-up or schedule retries.
+    drain = drain_handler(runner, wait_out_short=False)
 
     def handler(event: Any, context: Any) -> dict[str, int]:
         # What this invocation leaves not done, not what an earlier one left.
@@ -387,7 +390,7 @@ def publication_handler(
         try:
             result = drain(event, context)
         except StoppedShortError as short:
-            # Sent again until the deadline, in vain: said below, with the count.
+            # Said below, with the count.
             result = {"applied": short.found, "position": runner().position}
         blocked = runner().blocked
         if blocked is not None:

@@ -176,6 +176,7 @@ def projections_run(
     a notification batch that cannot be read stops it at that position until
     `skip-batch` is run.
     """
+    from ledger.feeds import StoppedShortError  # noqa: PLC0415
     from ledger.projections.streams import run_polls  # noqa: PLC0415
 
     if feed not in (None, "stream", "sequence"):
@@ -212,7 +213,13 @@ def projections_run(
             def poll_and_show() -> int:
                 nonlocal total
                 before = blocked()
-                applied = poll()
+                try:
+                    applied = poll()
+                except StoppedShortError as short:
+                    # What it applied before stopping short is processed too.
+                    total += short.found
+                    line.update(f"{name}: {total} events processed from the {feed}")
+                    raise
                 total += applied
                 stopped = blocked()
                 # Said once per batch: a feed stopped there reports it anew

@@ -65,8 +65,12 @@ class Progress:
     """Events it handled (applied, sent, decided)."""
     position: int
     """Where its checkpoint now stands: the batch's checkpoint when it handled
-    the whole batch; before it when it stopped short (the runner then ends the
-    poll, and the next one goes on from there)."""
+    the whole batch; before it when it stopped short. Stopping short says
+    something failed: the runner ends the poll, and its ``run`` and ``drain``
+    wait (doubling, as for an outage) and hand over the rest again; a
+    ``drain`` whose deadline or patience runs out first raises
+    :class:`~ledger.feeds.StoppedShortError`. A consumer that only wants to
+    do less per batch should ask for smaller batches instead."""
 
 
 class Source(Protocol):

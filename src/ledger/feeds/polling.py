@@ -79,6 +79,7 @@ def keep_polling(
     stop: threading.Event | None = None,
     deadline: float | None = None,
     idle: float | None = None,
+    wait_out_short: bool = True,
 ) -> int:
     """Call ``poll`` until it finds nothing, ``deadline`` passes or ``stop`` is set.
 
@@ -95,21 +96,29 @@ def keep_polling(
     some of what is there) is waited out the same way (the same doubling
     waits, logged as what failed rather than as DynamoDB being unavailable),
     what it handled counted; raised, it carries what all the polls handled.
-    Nothing is lost by waiting, since a poll commits nothing it did not
+    With ``wait_out_short`` false it is raised at once instead; and a loop
+    ending at ``deadline`` right after such a poll raises it too (it did not
+    catch up). Nothing is lost by waiting, since a poll commits nothing it did not
     apply and checkpoints only what it committed. Every wait ends early
     when ``stop`` is set.
     """
     waiting = stop if stop is not None else threading.Event()
     found_in_all = 0
+    short: StoppedShortError | None = None
+    """The last poll's error, if it stopped short."""
     while not waiting.is_set():
+        short = None
         try:
             found = poll()
         except StoppedShortError as error:
             found_in_all += error.found
-            wait = _wait_after_short(outage, error, deadline)
+            error.found = found_in_all
+            wait = (
+                _wait_after_short(outage, error, deadline) if wait_out_short else None
+            )
             if wait is None:
-                error.found = found_in_all
                 raise
+            short = error
             waiting.wait(wait)
         except OperationalError as error:
             wait = (
@@ -128,6 +137,10 @@ def keep_polling(
                     break
                 waiting.wait(idle)
         if deadline is not None and time.monotonic() >= deadline:
+            if short is not None:
+                # Its wait ended at the deadline: still short, not caught up.
+                short.found = found_in_all
+                raise short
             break
     return found_in_all
 
@@ -218,7 +231,11 @@ class Polling:
         return self.poll()
 
     def drain(
-        self, deadline: float | None = None, *, patience: float | None = None
+        self,
+        deadline: float | None = None,
+        *,
+        patience: float | None = None,
+        wait_out_short: bool = True,
     ) -> int:
         """Poll until a poll finds nothing or ``deadline`` passes; return how much.
 
@@ -227,7 +244,9 @@ class Polling:
         DynamoDB being unavailable, and a consumer failing part of a poll
         (:class:`StoppedShortError`), while the deadline allows; without a
         deadline, for ``patience`` seconds of waiting in all (default: not at
-        all). Then the error is raised.
+        all). Then the error is raised. ``wait_out_short`` false: a poll
+        stopped short raises at once (for a consumer whose failures are
+        rarely transient and that is invoked again soon anyway).
         """
         if deadline is not None and time.monotonic() >= deadline:
             return 0
@@ -237,7 +256,10 @@ class Polling:
             patience=None if deadline is not None else (patience or 0.0),
         )
         return keep_polling(
-            partial(self._poll_within, deadline), outage, deadline=deadline
+            partial(self._poll_within, deadline),
+            outage,
+            deadline=deadline,
+            wait_out_short=wait_out_short,
         )
 
     def run(

@@ -227,7 +227,10 @@ class Runner(Polling):
 
 
 def drain_handler(
-    make_runner: Callable[[], Runner], *, margin_ms: float = STOP_MARGIN_MS
+    make_runner: Callable[[], Runner],
+    *,
+    margin_ms: float = STOP_MARGIN_MS,
+    wait_out_short: bool = True,
 ) -> Callable[[Any, Any], dict[str, int]]:
     """Return a Lambda handler draining the runner ``make_runner`` makes (once).
 
@@ -237,6 +240,8 @@ def drain_handler(
     batch (the lag goes to the runner's metrics). A consumer still stopping
     short when that time is up (its own writes failing) raises
     :class:`~ledger.feeds.StoppedShortError`: the invocation did not catch up.
+    ``wait_out_short`` false: it raises at the first poll stopped short,
+    rather than waiting and polling again for the invocation's time.
     """
     made: list[Runner] = []
 
@@ -245,7 +250,9 @@ def drain_handler(
         if not made:
             made.append(make_runner())
         runner = made[0]
-        handled = runner.drain(deadline_of(context, margin_ms))
+        handled = runner.drain(
+            deadline_of(context, margin_ms), wait_out_short=wait_out_short
+        )
         return {
             "applied": handled,
             "position": runner.position,

@@ -21,7 +21,7 @@ from ledger.projections import event_loader
 from ledger.projections.dynamodb import open_view
 from ledger.projections.sequence import SequenceFeed
 from projections.orders import OrderProjector, get_order_summary
-from tests.test_corrupt_batches import damage_batch
+from tests.test_corrupt_batches import damage_batch, delete_batch
 from tests.test_projections_core import ITEM
 
 DAMAGED = {schema.EVENTS: {"B": b"\x07damaged"}}
@@ -291,3 +291,21 @@ def test_the_cli_goes_past_a_damaged_index_batch(
         summary = get_order_summary(readers, order_id)
         assert summary is not None
         assert summary.status is app.get_order(order_id).status
+
+
+def test_skip_batch_past_a_missing_index_batch_applies_its_events_once(
+    app: Orders, feed: SequenceFeed
+) -> None:
+    history = indexed_history(app)
+    head = app.recorder.max_notification_id()
+    delete_batch(app, history.high)
+    feed.poll()
+    assert feed.blocked is not None
+
+    # No key says where a missing batch ended: skip-batch goes to the end of
+    # the next batch, whose events come from that batch.
+    applied = feed.skip_batch(history.low)
+
+    assert feed.position == head
+    assert applied == head - history.low + 1
+    summaries_match(app, feed, history.orders)

@@ -12,10 +12,13 @@ from dataclasses import dataclass
 
 import pytest
 from eventsourcing.persistence import DataError, Notification
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aggregates.application import Orders
 from aggregates.order import Order, OrderStatus
 from ledger.dynamodb import IndexWaitTimeoutError, measure, schema
+from ledger.dynamodb.indexed_recorders import _index_order, _SavePlace, _Unindexed
 from ledger.indexer import Indexer
 from ledger.projections import event_loader
 from ledger.projections.dynamodb import open_view
@@ -309,3 +312,60 @@ def test_skip_batch_past_a_missing_index_batch_applies_its_events_once(
     assert feed.position == head
     assert applied == head - history.low + 1
     summaries_match(app, feed, history.orders)
+
+
+@st.composite
+def an_index_and_a_run_of_it(
+    draw: st.DrawFn,
+) -> tuple[list[list[tuple[str, int]]], int, int]:
+    """Saves as an indexer appends them (each whole, each aggregate's versions
+    in order), and the first and last position of a run of them."""
+    aggregates = [f"aggregate-{n}" for n in range(draw(st.integers(1, 4)))]
+    versions = dict.fromkeys(aggregates, 0)
+    saves = []
+    for _ in range(draw(st.integers(1, 12))):
+        save = []
+        for aggregate in draw(
+            st.lists(st.sampled_from(aggregates), min_size=1, max_size=5)
+        ):
+            versions[aggregate] += 1
+            save.append((aggregate, versions[aggregate]))
+        saves.append(save)
+    total = sum(len(save) for save in saves)
+    low = draw(st.integers(1, total))
+    return saves, low, draw(st.integers(low, total))
+
+
+@settings(max_examples=500)  # a pure function: many cases cost a second or two
+@given(an_index_and_a_run_of_it())
+def test_a_runs_events_are_put_in_an_order_the_index_could_have_had(
+    drawn: tuple[list[list[tuple[str, int]]], int, int],
+) -> None:
+    saves, low, high = drawn
+    index = [(key, n, save) for n, save in enumerate(saves) for key in save]
+    run = index[low - 1 : high]
+    events = {
+        key: _Unindexed(
+            "tests:Happened",
+            None
+            if len(save) == 1
+            else _SavePlace(f"save-{n}", save.index(key), len(save)),
+        )
+        for key, n, save in run
+    }
+
+    ordered = _index_order(events, "events")
+
+    assert sorted(ordered) == sorted(events)
+    for aggregate in {a for a, _ in ordered}:
+        mine = [v for a, v in ordered if a == aggregate]
+        assert mine == sorted(mine)
+    for n, save in enumerate(saves):
+        held = [key for key, m, _ in run if m == n]
+        if held:
+            start = ordered.index(held[0])
+            assert ordered[start : start + len(held)] == held
+            if held[0] != save[0]:
+                assert start == 0  # the save began before the run
+            if held[-1] != save[-1]:
+                assert start + len(held) == len(ordered)  # it ends after it

@@ -137,6 +137,10 @@ class _IndexedVersions:
 
 _Unit = str | tuple[str, int]
 """A save's id, or the key of an event saved alone."""
+_FIRST: Final = 0
+"""A unit's rank: it must come first (see ``_units``)."""
+_ANYWHERE: Final = 1
+_LAST: Final = 2
 
 
 def _index_order(
@@ -188,11 +192,6 @@ def _index_order(
     ):
         raise _unorderable(table_name, "saves cut by the run are not at its ends")
     return [key for unit in order for key in units[unit]]
-
-
-_FIRST: Final = 0
-_ANYWHERE: Final = 1
-_LAST: Final = 2
 
 
 def _units(

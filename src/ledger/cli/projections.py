@@ -277,6 +277,10 @@ def projections_skip_batch(
     Applies the batch's events from the events table instead (a Scan of the
     whole events table: it costs the table's size in read units), then moves
     the projection's position to the batch's end. Refuses a readable batch.
+    On an indexed application it also reads the whole index (the
+    notifications table's size in read units) to tell the batch's events
+    from the others, and waits up to 60 s for events saved meanwhile to be
+    indexed: an indexer must be running.
     """
     from ledger.projections.sequence import SequenceFeed  # noqa: PLC0415
 

@@ -1,5 +1,9 @@
 """The ``indexed`` ordering: saves as ``stream``, the sequence appended by an indexer.
 
+(Over 400 lines as one concept: saving, waiting for the index, and finding a
+damaged batch's events all rest on one invariant, stated here once: the
+indexer indexes every event of the events table exactly once.)
+
 Selected by ``DYNAMODB_ORDERING=indexed``. A save writes its events only,
 exactly as in ``stream`` ordering: one event is one conditional ``PutItem``
 (1 round trip, 1 WCU per KB); several are one transaction of their puts, each
@@ -18,17 +22,25 @@ reader of the sequence (``select_notifications``, ``max_notification_id``,
 works unchanged, behind the saves by about the indexer's poll interval. A save
 returns no notification ids: positions are assigned later, by the indexer.
 :meth:`DynamoDBIndexedApplicationRecorder.wait_indexed` waits for them.
+
+Event items hold no position, yet a batch of the index that cannot be read
+is gone past as in ``sequence`` ordering (``ledger projections skip-batch``):
+:meth:`DynamoDBIndexedApplicationRecorder.notifications_from_events` finds
+its events as those of the events table in no readable batch.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from collections import OrderedDict, defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple
 
 from eventsourcing.persistence import (
+    DataError,
     Notification,
     OperationalError,
     PersistenceError,
@@ -38,6 +50,11 @@ from eventsourcing.persistence import (
 )
 
 from ledger.dynamodb import schema
+from ledger.dynamodb.batches import (
+    BatchEntry,
+    CorruptNotificationBatchError,
+    read_batch_item,
+)
 from ledger.dynamodb.client import DynamoDBConnection
 from ledger.dynamodb.limits import MAX_ITEM_BYTES, check_item_size, item_size
 from ledger.dynamodb.recorders import (
@@ -70,6 +87,158 @@ class IndexWaitTimeoutError(OperationalError, TimeoutError):
     """The index did not cover saved events within the time allowed."""
 
 
+class _SavePlace(NamedTuple):
+    """An event's place in a save of several events (its save marks)."""
+
+    save_id: str
+    place: int
+    size: int
+
+
+class _Unindexed(NamedTuple):
+    """An event of the events table found in no readable batch."""
+
+    topic: str
+    save: _SavePlace | None
+
+
+class _IndexedVersions:
+    """Which versions of each aggregate the index holds, as ranges of versions.
+
+    The index holds each aggregate's events in version order, so an
+    aggregate's versions read from it make one range, or a few (one more
+    past each batch that cannot be read): far less memory than a set of
+    every event of a large index.
+    """
+
+    __slots__ = ("_ranges",)
+
+    def __init__(self) -> None:
+        self._ranges: dict[str, list[int]] = {}
+        """Per aggregate id: first and last version of each range, flat."""
+
+    def add(self, aggregate_id: str, version: int) -> None:
+        """Note that the index holds ``version`` of ``aggregate_id``."""
+        ranges = self._ranges.get(aggregate_id)
+        if ranges is None:
+            self._ranges[aggregate_id] = [version, version]
+        elif ranges[-1] + 1 == version:
+            ranges[-1] = version
+        else:
+            ranges += (version, version)
+
+    def holds(self, aggregate_id: str, version: int) -> bool:
+        """Return whether the index holds ``version`` of ``aggregate_id``."""
+        ranges = self._ranges.get(aggregate_id, ())
+        return any(
+            ranges[i] <= version <= ranges[i + 1] for i in range(0, len(ranges), 2)
+        )
+
+
+_Unit = str | tuple[str, int]
+"""A save's id, or the key of an event saved alone."""
+_FIRST: Final = 0
+"""A unit's rank: it must come first (see ``_units``)."""
+_ANYWHERE: Final = 1
+_LAST: Final = 2
+
+
+def _index_order(
+    events: Mapping[tuple[str, int], _Unindexed], table_name: str
+) -> list[tuple[str, int]]:
+    """Return the keys of a batch's events in an order the index could have had.
+
+    ``events``: the events of a run of positions that cannot be read. The
+    indexer appends each aggregate's versions in ascending order and each
+    save of several events whole, contiguous and in its own order; the run
+    may hold only part of a save, whose other events are then before it (the
+    part goes first) or after it (last). So the events are ordered in units
+    (a save's events in the run, or one event), each unit after the units
+    holding earlier versions of its aggregates; where that leaves a choice,
+    by the aggregate id and version of the unit's first event, so the order
+    is the same on every run whatever order the Scan returned. Raises
+    ``DataError`` when the events allow no such order.
+    """
+    units, rank = _units(events, table_name)
+    unit_of = {key: unit for unit, keys in units.items() for key in keys}
+    waits = dict.fromkeys(units, 0)
+    followers: dict[_Unit, list[_Unit]] = defaultdict(list)
+    for before, after in itertools.pairwise(sorted(events)):
+        if before[0] != after[0]:
+            continue  # another aggregate
+        if unit_of[before] != unit_of[after]:
+            waits[unit_of[after]] += 1
+            followers[unit_of[before]].append(unit_of[after])
+        else:
+            keys = units[unit_of[before]]
+            if keys.index(before) > keys.index(after):
+                raise _unorderable(
+                    table_name, f"save {unit_of[before]} holds {after} before {before}"
+                )
+    ready = [(rank[unit], units[unit][0], unit) for unit in units if not waits[unit]]
+    heapq.heapify(ready)
+    order: list[_Unit] = []
+    while ready:
+        *_, unit = heapq.heappop(ready)
+        order.append(unit)
+        for follower in followers[unit]:
+            waits[follower] -= 1
+            if not waits[follower]:
+                heapq.heappush(ready, (rank[follower], units[follower][0], follower))
+    if len(order) < len(units):
+        raise _unorderable(table_name, "their saves and versions make a cycle")
+    if any(rank[unit] == _FIRST for unit in order[1:]) or any(
+        rank[unit] == _LAST for unit in order[:-1]
+    ):
+        raise _unorderable(table_name, "saves cut by the run are not at its ends")
+    return [key for unit in order for key in units[unit]]
+
+
+def _units(
+    events: Mapping[tuple[str, int], _Unindexed], table_name: str
+) -> tuple[dict[_Unit, list[tuple[str, int]]], dict[_Unit, int]]:
+    """Return the events' units, each in its order, and where each must go.
+
+    Where: ``_FIRST`` (a save whose first events are before the run),
+    ``_LAST`` (one whose last are after it) or ``_ANYWHERE``.
+    """
+    places: dict[tuple[str, int], _SavePlace] = {}
+    units: dict[_Unit, list[tuple[str, int]]] = {}
+    for key in sorted(events):
+        save = events[key].save
+        if save is not None:
+            places[key] = save
+        units.setdefault(key if save is None else save.save_id, []).append(key)
+    rank: dict[_Unit, int] = {}
+    for unit, keys in units.items():
+        rank[unit] = _ANYWHERE
+        if keys[0] not in places:
+            continue
+        keys.sort(key=lambda key: places[key].place)
+        held = [places[key].place for key in keys]
+        if held != list(range(held[0], held[0] + len(held))):
+            raise _unorderable(table_name, f"save {unit} has events {held} here")
+        starts_before = held[0] > 0
+        ends_after = held[-1] < places[keys[0]].size - 1
+        if starts_before and ends_after and len(units) > 1:
+            raise _unorderable(table_name, f"save {unit} is cut at both ends")
+        if starts_before:
+            rank[unit] = _FIRST
+        elif ends_after:
+            rank[unit] = _LAST
+    return units, rank
+
+
+def _unorderable(table_name: str, reason: str) -> DataError:
+    return DataError(
+        f"The events of {table_name!r} in no readable batch cannot be put in an "
+        f"order the index could have given them ({reason}), so nothing was "
+        "applied. Check what writes to the events table (only ledger's "
+        "recorders should), or rebuild the projection from the events table "
+        "(ledger projections rebuild NAME --source scan)."
+    )
+
+
 class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
     """Stores events as the ``stream`` ordering does; reads the indexer's sequence.
 
@@ -83,6 +252,9 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
     """
 
     ordering: ClassVar[Ordering] = "indexed"
+    skip_wait_timeout: float = 60.0
+    """Seconds :meth:`notifications_from_events` (``skip-batch``) waits for the
+    indexer to index events saved while it reads, before it gives up."""
 
     def __init__(
         self,
@@ -194,20 +366,252 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
                     )
         return items
 
-    def notifications_from_events(self, low: int, high: int) -> list[Notification]:
-        """Refuse: an indexed application's event items hold no position.
+    def notifications_from_events(
+        self, low: int, high: int, *, timeout: float | None = None
+    ) -> list[Notification]:
+        """Return the notifications of positions ``low`` to ``high``, batch unread.
 
-        The sequence ordering writes each event's position on its item, so a
-        damaged batch can be applied from the events table; here positions
-        are the indexer's, held only in its batches. Returning nothing would
-        let ``skip-batch`` move a projection past events it never applied.
+        For going past a batch that cannot be read (``ledger projections
+        skip-batch``). Event items hold no position here, but the indexer
+        indexes every event of the events table exactly once: the batch's
+        events are those of the events table that are in no readable batch,
+        less those saved but not indexed yet. So this reads the head, every
+        batch up to it, and Scans the events table for the events found in
+        none. While more are found than the unreadable positions hold, some
+        were saved after the head was read: it reads the index on from the
+        head every ``poll_interval`` seconds, dropping them as the indexer
+        appends them, for up to ``timeout`` seconds (default
+        :attr:`skip_wait_timeout`), then raises :class:`IndexWaitTimeoutError`
+        (is an indexer running?). Positions of readable batches within
+        ``low`` to ``high`` (past a missing batch) come from those batches.
+
+        The unreadable positions get their events in an order the index
+        could have given them (see :func:`_index_order`): each aggregate's
+        versions ascending, each save of several events contiguous and in
+        its own order; where that leaves a choice, by aggregate id, then
+        version. Nothing is written.
+
+        Cost: a Scan of the whole events table (its size in read units,
+        returning keys, topics and save marks only), a read of the whole
+        index (a Query per notifications page: the notifications table's
+        size in read units), a BatchGetItem per 100 of the unreadable
+        positions' events for their states, and while waiting, per poll, a
+        GetItem of the head and a Query of what was appended. Raises
+        ``DataError`` when other positions cannot be read either, when the
+        events table holds fewer events than the unreadable positions
+        (events lost), or when those cannot be put in an order the index
+        could have had.
         """
-        raise ProgrammingError(
-            f"Positions {low} to {high} of {self.notifications_table_name} cannot "
-            "be read from the events table: in indexed ordering, event items hold "
-            "no position. Rebuild the projection from the events table instead "
-            "(ledger projections rebuild NAME --source scan)."
+        wait = self.skip_wait_timeout if timeout is None else timeout
+        table = self.notifications_table_name
+        head, page_size = self._read_head() or (0, self.page_size_to_write())
+        if not 1 <= low <= high <= head:
+            raise ProgrammingError(
+                f"Positions {low} to {high} of {table!r} are not all committed: "
+                f"its head is at position {head}."
+            )
+        indexed, inside, gaps = self._read_index(head, page_size, low, high)
+        lacking = self._only_gap(gaps, low, high)
+        unindexed = self._unindexed(indexed)
+        wanted = len(lacking)
+        self._drop_indexed_since(unindexed, lacking, head, wait)
+        if len(unindexed) < wanted:
+            raise DataError(
+                f"Positions {lacking[0]} to {lacking[-1]} of {table!r} cannot be "
+                f"read, and only {len(unindexed)} event(s) of "
+                f"{self.events_table_name!r} are in no readable batch, for "
+                f"{wanted} positions: the events table lacks events the index "
+                "holds (items deleted, or the table restored from an older "
+                "backup). Nothing was applied. Restore the missing event items "
+                "(point-in-time recovery) and run skip-batch again, or rebuild the "
+                "projection from what the events table holds (ledger projections "
+                "rebuild NAME --source scan)."
+            )
+        ordered = iter(_index_order(unindexed, self.events_table_name))
+        notifications: list[Notification] = []
+        pointers: list[int] = []
+        for position in range(low, high + 1):
+            if position in inside:
+                entry = inside[position]
+            else:
+                key = next(ordered)
+                entry = BatchEntry(*key, unindexed[key].topic, None)
+            if entry.state is None:
+                pointers.append(len(notifications))
+            notifications.append(
+                Notification(
+                    id=position,
+                    originator_id=self._decode_id(entry.aggregate_id),
+                    originator_version=entry.version,
+                    topic=entry.topic,
+                    state=b"" if entry.state is None else entry.state,
+                )
+            )
+        self._fill_states(notifications, pointers)
+        return notifications
+
+    def _read_index(
+        self, head: int, page_size: int, low: int, high: int
+    ) -> tuple[_IndexedVersions, dict[int, BatchEntry], list[tuple[int, int]]]:
+        """Read every batch up to ``head``.
+
+        Returns the versions they hold, the events they hold from ``low`` to
+        ``high`` by position, and the runs of positions no readable batch
+        holds (each damaged batch's, or a missing one's).
+        """
+        indexed = _IndexedVersions()
+        inside: dict[int, BatchEntry] = {}
+        covered = 0  # every position up to here is in a batch read, or in ``gaps``
+        gaps: list[tuple[int, int]] = []
+        for item in self._batch_items(1, head, page_size):
+            try:
+                first, entries = read_batch_item(item, self.notifications_table_name)
+            except CorruptNotificationBatchError:
+                # Its key is its last position, readable or not: it ends a gap.
+                last = int(item[schema.POSITION]["N"])
+                if last > covered:
+                    gaps.append((covered + 1, last))
+                    covered = last
+                continue
+            if first > covered + 1:
+                gaps.append((covered + 1, first - 1))
+            covered = max(covered, first + len(entries) - 1)
+            for position, entry in enumerate(entries, first):
+                indexed.add(entry.aggregate_id, entry.version)
+                if low <= position <= high:
+                    inside[position] = entry
+        if covered < head:
+            gaps.append((covered + 1, head))
+        return indexed, inside, gaps
+
+    def _only_gap(self, gaps: list[tuple[int, int]], low: int, high: int) -> range:
+        """Return the positions no readable batch holds: one range within low..high.
+
+        Raises ``DataError`` for unreadable positions elsewhere, or for two
+        ranges: the events found in no batch could then belong to either.
+        """
+        elsewhere = [(a, b) for a, b in gaps if a < low or b > high] or gaps[1:]
+        if elsewhere:
+            shown = ", ".join(f"{a} to {b}" for a, b in elsewhere[:5])
+            raise DataError(
+                f"Positions {shown} of {self.notifications_table_name!r} cannot be "
+                f"read either (a batch damaged or missing), besides those from "
+                f"{low} to {high}: the events in no readable batch cannot be told "
+                "apart between them, so nothing was applied. Restore those batches "
+                "(a backup of the notifications table), or rebuild the projection "
+                "from the events table (ledger projections rebuild NAME --source "
+                "scan)."
+            )
+        return range(gaps[0][0], gaps[0][1] + 1) if gaps else range(0)
+
+    def _batch_items(
+        self, low: int, high: int, page_size: int, *, newest_first: bool = False
+    ) -> Iterator[Item]:
+        """Yield the batch items ending from ``low`` to ``high``, in position order.
+
+        One Query (per 1 MB) per notifications page, each asking only for
+        the positions that page holds (a table moved onto smaller pages
+        keeps other batches under the same page numbers).
+        """
+        pages = range(
+            schema.page_of(low, page_size), schema.page_of(high, page_size) + 1
         )
+        for page in reversed(pages) if newest_first else pages:
+            yield from self.connection.items(
+                "query",
+                TableName=self.notifications_table_name,
+                KeyConditionExpression="#p = :p AND #pos BETWEEN :low AND :up",
+                ExpressionAttributeNames={"#p": schema.PAGE, "#pos": schema.POSITION},
+                ExpressionAttributeValues={
+                    ":p": {"N": str(page)},
+                    ":low": {"N": str(max(low, page * page_size))},
+                    ":up": {"N": str(min(high, (page + 1) * page_size - 1))},
+                },
+                ConsistentRead=True,
+                ScanIndexForward=not newest_first,
+            )
+
+    def _unindexed(
+        self, indexed: _IndexedVersions
+    ) -> dict[tuple[str, int], _Unindexed]:
+        """Scan the events table for the events ``indexed`` does not hold."""
+        found: dict[tuple[str, int], _Unindexed] = {}
+        for item in self.connection.items(
+            "scan",
+            TableName=self.events_table_name,
+            ProjectionExpression="#a, #v, #t, #s, #i, #n",
+            ExpressionAttributeNames={
+                "#a": schema.AGGREGATE_ID,
+                "#v": schema.VERSION,
+                "#t": schema.TOPIC,
+                "#s": schema.SAVE_ID,
+                "#i": schema.SAVE_INDEX,
+                "#n": schema.SAVE_SIZE,
+            },
+            ConsistentRead=True,
+        ):
+            aggregate_id = item[schema.AGGREGATE_ID]["S"]
+            version = int(item[schema.VERSION]["N"])
+            if indexed.holds(aggregate_id, version):
+                continue
+            save = None
+            if schema.SAVE_ID in item:
+                save = _SavePlace(
+                    item[schema.SAVE_ID]["S"],
+                    int(item[schema.SAVE_INDEX]["N"]),
+                    int(item[schema.SAVE_SIZE]["N"]),
+                )
+            found[aggregate_id, version] = _Unindexed(item[schema.TOPIC]["S"], save)
+        return found
+
+    def _drop_indexed_since(
+        self,
+        unindexed: dict[tuple[str, int], _Unindexed],
+        lacking: range,
+        head: int,
+        timeout: float,
+    ) -> None:
+        """Drop from ``unindexed`` what the index appends after ``head``.
+
+        Until only as many events remain as ``lacking`` positions: the
+        others were saved but not indexed yet when the head was read.
+        Raises :class:`IndexWaitTimeoutError` after ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        began = head
+        while len(unindexed) > len(lacking):
+            if time.monotonic() >= deadline:
+                extra = len(unindexed) - len(lacking)
+                where = (
+                    f"positions {lacking[0]} to {lacking[-1]}"
+                    if lacking
+                    else "no position"
+                )
+                moved = (
+                    f"stayed at position {head}: the indexer looks stopped"
+                    if head == began
+                    else f"moved from position {began} to {head}"
+                )
+                raise IndexWaitTimeoutError(
+                    f"{len(unindexed)} event(s) of {self.events_table_name!r} are "
+                    f"in no readable batch of {self.notifications_table_name!r}, "
+                    f"for {where} that cannot be read: {extra} of them were saved "
+                    f"but not indexed yet, and in {timeout} s the index head {moved}. "
+                    "Nothing was applied. Is an indexer running (`ledger index "
+                    "run`; `ledger index status` shows its lag)? Run skip-batch "
+                    "again once it has caught up."
+                )
+            latest = self._read_head()
+            if latest is None or latest[0] <= head:
+                time.sleep(
+                    min(self.poll_interval, max(0.0, deadline - time.monotonic()))
+                )
+                continue
+            for item in self._batch_items(head + 1, latest[0], latest[1]):
+                _, entries = read_batch_item(item, self.notifications_table_name)
+                for entry in entries:
+                    unindexed.pop((entry.aggregate_id, entry.version), None)
+            head = latest[0]
 
     def wait_indexed(
         self, saved: Iterable[Any], timeout: float = 10.0
@@ -217,23 +621,33 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
         ``saved``: the application's recordings (``app.save(...)`` returns
         them), or stored or domain events: anything with ``originator_id`` and
         ``originator_version``, or a ``domain_event`` that has them. Returns
-        ``{(aggregate id, version): position}``. Reads the head, then the
-        sequence from a position the index had reached before the events were
-        saved (by this recorder, which reads the head once before its first
-        save: so even a new recorder's first wait reads one GetItem and the
-        pages from there, about two round trips whatever the index's size;
-        for events saved elsewhere, from the start), then only what is new,
-        every ``poll_interval`` seconds. Raises :class:`IndexWaitTimeoutError`,
+        ``{(aggregate id, version): position}``. Reads the head H, then looks
+        for the events at or before H by reading the index backwards from H
+        (every event is indexed once: one not found at or before H is after
+        it), a page at a time, down to a position the index had reached
+        before they were saved: for events this recorder saved, the head it
+        knew before the save (it reads the head once before its first save);
+        for others, position 1, though recent events are found in the first
+        page or two. Then it reads on from H, only what is new, every
+        ``poll_interval`` seconds. Raises :class:`IndexWaitTimeoutError`,
         naming what is missing, after ``timeout`` seconds: is an indexer
         running (``ledger index run``)?
         """
-        missing: set[tuple[str, int]] = set()
+        missing: dict[tuple[str, int], int] = {}
+        """Per event waited for, a position the index had reached before its
+        save (0: not known)."""
         for thing in saved:
             event = getattr(thing, "domain_event", thing)
-            missing.add((encode_id(event.originator_id), event.originator_version))
+            key = (encode_id(event.originator_id), event.originator_version)
+            missing[key] = self._floors.get(key, 0)
         found: dict[tuple[str, int], int] = {}
-        scanned = min((self._floors.get(key, 0) for key in missing), default=0)
         deadline = time.monotonic() + timeout
+        scanned = 0
+        if missing:
+            head_read = self._read_head()
+            if head_read is not None:
+                scanned = head_read[0]
+                self._find_indexed(missing, found, *head_read)
         while missing:
             head = self.max_notification_id() or 0
             while missing and scanned < head:
@@ -245,8 +659,7 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
                         encode_id(notification.originator_id),
                         notification.originator_version,
                     )
-                    if key in missing:
-                        missing.discard(key)
+                    if missing.pop(key, None) is not None:
                         found[key] = notification.id
                 scanned = page[-1].id
             remaining = deadline - time.monotonic()
@@ -261,6 +674,45 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
             if missing:
                 time.sleep(min(self.poll_interval, remaining))
         return found
+
+    def _find_indexed(
+        self,
+        missing: dict[tuple[str, int], int],
+        found: dict[tuple[str, int], int],
+        head: int,
+        page_size: int,
+    ) -> None:
+        """Move from ``missing`` to ``found`` the events indexed at or before ``head``.
+
+        Reads batches backwards from ``head``, until every event still
+        missing has a floor at or above the positions read: it is after
+        ``head``.
+        """
+        lowest = head + 1  # every position from here to the head has been read
+        floor = min(missing.values())
+        if floor >= head:
+            return
+        for item in self._batch_items(1, head, page_size, newest_first=True):
+            first, entries = read_batch_item(item, self.notifications_table_name)
+            last = first + len(entries) - 1
+            if last != lowest - 1:
+                raise self._missing_batch(last + 1, lowest - 1)
+            lowest = first
+            hit = False
+            for position, entry in enumerate(entries, first):
+                key = (entry.aggregate_id, entry.version)
+                if key in missing:
+                    del missing[key]
+                    found[key] = position
+                    hit = True
+            if not missing:
+                return
+            if hit:
+                floor = min(missing.values())
+            if floor >= lowest - 1:
+                return
+        if lowest > 1:
+            raise self._missing_batch(1, lowest - 1)
 
 
 class DynamoDBIndexedProcessRecorder(

@@ -173,9 +173,12 @@ class SequenceFeed:
         ``position`` must be the next one this projection would read (its
         position + 1), so an operator names the batch they mean to skip. The
         batch's events are read from the events table instead (a Scan of the
-        whole table: its read units are the table's size) and applied, and
-        the tracking position moves to the batch's last position. Refuses a
-        batch that can be read: skipping one is never needed.
+        whole table: its read units are the table's size; on an indexed
+        application, a read of the whole index too, see
+        ``DynamoDBIndexedApplicationRecorder.notifications_from_events``) and
+        applied, and the tracking position moves to the batch's last
+        position. Refuses a batch that can be read: skipping one is never
+        needed.
         """
         app = self.application
         expected = self.position + 1

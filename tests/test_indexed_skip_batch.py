@@ -1,0 +1,371 @@
+"""`skip-batch` on ``DYNAMODB_ORDERING=indexed``: a damaged index batch is gone
+past with its events found in the events table, each applied once, in an
+order the index could have given them."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import pytest
+from eventsourcing.persistence import DataError, Notification
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aggregates.application import Orders
+from aggregates.order import Order, OrderStatus
+from ledger.dynamodb import IndexWaitTimeoutError, measure, schema
+from ledger.dynamodb.indexed_recorders import _index_order, _SavePlace, _Unindexed
+from ledger.indexer import Indexer
+from ledger.projections import event_loader
+from ledger.projections.dynamodb import open_view
+from ledger.projections.sequence import SequenceFeed
+from projections.orders import OrderProjector, get_order_summary
+from tests.test_corrupt_batches import damage_batch, delete_batch
+from tests.test_projections_core import ITEM
+
+DAMAGED = {schema.EVENTS: {"B": b"\x07damaged"}}
+
+Key = tuple[uuid.UUID, int]
+
+
+@pytest.fixture
+def env(
+    streamed: None, dynamodb_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    """This test's applications and `ledger` processes use the indexed ordering."""
+    dynamodb_env["DYNAMODB_ORDERING"] = "indexed"
+    monkeypatch.setenv("DYNAMODB_ORDERING", "indexed")
+    return dynamodb_env
+
+
+@pytest.fixture
+def app(env: dict[str, str]) -> Iterator[Orders]:
+    made = Orders(env=env)
+    yield made
+    made.close()
+
+
+@dataclass
+class History:
+    """Three rounds of the indexer; the second's batch is the one damaged."""
+
+    low: int
+    high: int
+    batch: list[Notification]
+    """The damaged batch's notifications, read before the damage."""
+    saves: list[list[Key]]
+    """The batch's saves, each in its order."""
+    orders: list[uuid.UUID]
+
+
+def indexed_history(app: Orders) -> History:
+    """Save and index three rounds; damage the batch of the second.
+
+    The second round holds four saves: a confirmation of an order placed in
+    the first round, a save of two new orders (four events, one save across
+    two aggregates), and a confirmation of one of them; the third round
+    holds later versions of the first order and of the other new one.
+    """
+    indexer = Indexer(app.recorder)
+    first = app.place_order(uuid.uuid4(), [ITEM])
+    indexer.catch_up()
+    low = app.recorder.max_notification_id()
+    assert low is not None
+    low += 1
+    app.confirm(first)
+    two = Order.place(uuid.uuid4(), [ITEM], "EUR")
+    three = Order.place(uuid.uuid4(), [ITEM], "EUR")
+    app.save(two, three)
+    app.confirm(two.id)
+    indexer.catch_up()
+    high = app.recorder.max_notification_id()
+    assert high == low + 5
+    assert app.recorder.batch_end(low) == high  # one batch holds the round
+    batch = list(app.recorder.select_notifications(low, high - low + 1))
+    app.ship(first, "TRACK-1")
+    app.confirm(three.id)
+    indexer.catch_up()
+    damage_batch(app, high, **DAMAGED)
+    saves = [
+        [(first, 3)],
+        [(two.id, 1), (two.id, 2), (three.id, 1), (three.id, 2)],
+        [(two.id, 3)],
+    ]
+    return History(low, high, batch, saves, [first, two.id, three.id])
+
+
+def keys_of(notifications: Sequence[Notification]) -> list[Key]:
+    return [(n.originator_id, n.originator_version) for n in notifications]
+
+
+def assert_in_an_index_order(found: Sequence[Notification], history: History) -> None:
+    """Each aggregate's versions ascend; each save is contiguous, in its order."""
+    keys = keys_of(found)
+    by_aggregate: dict[uuid.UUID, list[int]] = {}
+    for aggregate, version in keys:
+        by_aggregate.setdefault(aggregate, []).append(version)
+    assert all(v == sorted(v) for v in by_aggregate.values()), keys
+    for save in history.saves:
+        start = keys.index(save[0])
+        assert keys[start : start + len(save)] == save, keys
+
+
+def summaries_match(app: Orders, feed: SequenceFeed, orders: list[uuid.UUID]) -> None:
+    view = feed.projector.view
+    for order_id in orders:
+        summary = get_order_summary(view, order_id)
+        order = app.get_order(order_id)
+        assert summary is not None, order_id
+        assert (summary.status, summary.total) == (order.status, order.total)
+
+
+@pytest.fixture
+def feed(app: Orders, env: dict[str, str]) -> SequenceFeed:
+    view = open_view(OrderProjector, env)
+    return SequenceFeed(OrderProjector(view, event_loader(app)), app)
+
+
+def test_the_damaged_batchs_events_are_found_once_each_at_its_positions_in_an_index_order(  # noqa: E501
+    app: Orders,
+) -> None:
+    history = indexed_history(app)
+
+    found = app.recorder.notifications_from_events(history.low, history.high)
+
+    assert [n.id for n in found] == list(range(history.low, history.high + 1))
+    assert sorted(keys_of(found)) == sorted(keys_of(history.batch))
+    states = {(n.originator_id, n.originator_version): n for n in history.batch}
+    assert all(
+        (n.topic, n.state)
+        == (
+            states[n.originator_id, n.originator_version].topic,
+            states[n.originator_id, n.originator_version].state,
+        )
+        for n in found
+    )
+    assert_in_an_index_order(found, history)
+
+
+def test_skip_batch_applies_the_damaged_index_batch_and_the_projection_goes_on(
+    app: Orders, feed: SequenceFeed
+) -> None:
+    history = indexed_history(app)
+    feed.poll()
+    assert feed.blocked is not None
+    assert feed.position == history.low - 1
+
+    applied = feed.skip_batch(history.low)
+
+    assert applied == history.high - history.low + 1
+    assert feed.position == history.high
+    assert feed.blocked is None
+    assert feed.poll() == 2  # the third round's events
+    summaries_match(app, feed, history.orders)
+    first = get_order_summary(feed.projector.view, history.orders[0])
+    assert first is not None
+    assert first.status is OrderStatus.SHIPPED
+
+
+def test_saves_made_and_indexed_while_skip_batch_reads_are_told_from_the_batch(
+    app: Orders, env: dict[str, str]
+) -> None:
+    history = indexed_history(app)
+    writer = Orders(env=env)
+    pending = [writer.place_order(uuid.uuid4(), [ITEM]) for _ in range(5)]
+    indexing = Orders(env=env)
+    indexer = Indexer(indexing.recorder)
+    indexer.interval = 0.05
+    stop = threading.Event()
+
+    def keep_saving() -> None:
+        while not stop.is_set():
+            writer.place_order(uuid.uuid4(), [ITEM])
+
+    def index_once_scanned(reading: dict[str, int]) -> None:
+        # The pending saves are neither indexed at the head read nor when
+        # the events table is scanned: only after, while skip-batch waits.
+        deadline = time.monotonic() + 30
+        while not reading.get("Scan") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        indexer.start()
+
+    saving = threading.Thread(target=keep_saving)
+    try:
+        with measure(app) as reading:
+            starter = threading.Thread(target=index_once_scanned, args=(reading.calls,))
+            starter.start()
+            saving.start()
+            found = app.recorder.notifications_from_events(history.low, history.high)
+            starter.join()
+    finally:
+        stop.set()
+        saving.join()
+        indexer.stop()
+
+    assert sorted(keys_of(found)) == sorted(keys_of(history.batch))
+    assert [n.id for n in found] == list(range(history.low, history.high + 1))
+    assert_in_an_index_order(found, history)
+    assert reading.calls["Scan"] == 1
+    assert reading.calls["GetItem"] > 1  # it read the head again, waiting
+    assert writer.recorder.wait_indexed(
+        [e for order in pending for e in writer.recorder.select_events(order)],
+        timeout=30,
+    )
+    writer.close()
+    indexing.close()
+
+
+def test_skip_batch_with_saves_pending_and_no_indexer_running_says_so_and_moves_nothing(
+    app: Orders, feed: SequenceFeed
+) -> None:
+    history = indexed_history(app)
+    app.place_order(uuid.uuid4(), [ITEM])  # saved, never indexed: no indexer runs
+    feed.poll()
+    app.recorder.skip_wait_timeout = 0.5
+
+    with pytest.raises(IndexWaitTimeoutError, match="indexer") as raised:
+        feed.skip_batch(history.low)
+
+    assert "not indexed yet" in str(raised.value)
+    assert "the indexer looks stopped" in str(raised.value)
+    assert "Nothing was applied" in str(raised.value)
+    assert feed.position == history.low - 1
+    assert get_order_summary(feed.projector.view, history.orders[1]) is None
+
+
+def test_skip_batch_when_the_events_table_lacks_an_event_of_the_batch_says_so(
+    app: Orders, feed: SequenceFeed
+) -> None:
+    history = indexed_history(app)
+    lost = history.saves[2][0]
+    app.recorder.connection.call(
+        "delete_item",
+        TableName=app.recorder.events_table_name,
+        Key={
+            schema.AGGREGATE_ID: {"S": str(lost[0])},
+            schema.VERSION: {"N": str(lost[1])},
+        },
+    )
+    feed.poll()
+
+    with pytest.raises(DataError, match="the events table lacks events"):
+        feed.skip_batch(history.low)
+
+    assert feed.position == history.low - 1
+
+
+def test_skip_batch_refuses_while_another_index_batch_cannot_be_read(
+    app: Orders, feed: SequenceFeed
+) -> None:
+    history = indexed_history(app)
+    head = app.recorder.max_notification_id()
+    damage_batch(app, head, **DAMAGED)
+    feed.poll()
+
+    with pytest.raises(DataError, match=f"Positions {history.high + 1} to {head}"):
+        feed.skip_batch(history.low)
+
+    assert feed.position == history.low - 1
+
+
+def test_the_cli_goes_past_a_damaged_index_batch(
+    app: Orders, env: dict[str, str], ledger
+) -> None:
+    history = indexed_history(app)
+
+    stopped = ledger("projections", "run", "OrderViews", "--feed", "sequence", "--once")
+    skipped = ledger(
+        "projections", "skip-batch", "OrderViews", "--position", str(history.low)
+    )
+    ran = ledger("projections", "run", "OrderViews", "--feed", "sequence", "--once")
+
+    assert stopped.returncode == 1
+    assert f"position {history.high}" in stopped.stderr
+    assert skipped.returncode == 0, skipped.stderr
+    assert f"applied {history.high - history.low + 1} events" in skipped.stdout
+    assert ran.returncode == 0, ran.stderr
+    assert "processed 2 events" in ran.stdout
+    readers = open_view(OrderProjector, env)
+    for order_id in history.orders:
+        summary = get_order_summary(readers, order_id)
+        assert summary is not None
+        assert summary.status is app.get_order(order_id).status
+
+
+def test_skip_batch_past_a_missing_index_batch_applies_its_events_once(
+    app: Orders, feed: SequenceFeed
+) -> None:
+    history = indexed_history(app)
+    head = app.recorder.max_notification_id()
+    delete_batch(app, history.high)
+    feed.poll()
+    assert feed.blocked is not None
+
+    # No key says where a missing batch ended: skip-batch goes to the end of
+    # the next batch, whose events come from that batch.
+    applied = feed.skip_batch(history.low)
+
+    assert feed.position == head
+    assert applied == head - history.low + 1
+    summaries_match(app, feed, history.orders)
+
+
+@st.composite
+def an_index_and_a_run_of_it(
+    draw: st.DrawFn,
+) -> tuple[list[list[tuple[str, int]]], int, int]:
+    """Saves as an indexer appends them (each whole, each aggregate's versions
+    in order), and the first and last position of a run of them."""
+    aggregates = [f"aggregate-{n}" for n in range(draw(st.integers(1, 4)))]
+    versions = dict.fromkeys(aggregates, 0)
+    saves = []
+    for _ in range(draw(st.integers(1, 12))):
+        save = []
+        for aggregate in draw(
+            st.lists(st.sampled_from(aggregates), min_size=1, max_size=5)
+        ):
+            versions[aggregate] += 1
+            save.append((aggregate, versions[aggregate]))
+        saves.append(save)
+    total = sum(len(save) for save in saves)
+    low = draw(st.integers(1, total))
+    return saves, low, draw(st.integers(low, total))
+
+
+@settings(max_examples=500)  # a pure function: many cases cost a second or two
+@given(an_index_and_a_run_of_it())
+def test_a_runs_events_are_put_in_an_order_the_index_could_have_had(
+    drawn: tuple[list[list[tuple[str, int]]], int, int],
+) -> None:
+    saves, low, high = drawn
+    index = [(key, n, save) for n, save in enumerate(saves) for key in save]
+    run = index[low - 1 : high]
+    events = {
+        key: _Unindexed(
+            "tests:Happened",
+            None
+            if len(save) == 1
+            else _SavePlace(f"save-{n}", save.index(key), len(save)),
+        )
+        for key, n, save in run
+    }
+
+    ordered = _index_order(events, "events")
+
+    assert sorted(ordered) == sorted(events)
+    for aggregate in {a for a, _ in ordered}:
+        mine = [v for a, v in ordered if a == aggregate]
+        assert mine == sorted(mine)
+    for n, save in enumerate(saves):
+        held = [key for key, m, _ in run if m == n]
+        if held:
+            start = ordered.index(held[0])
+            assert ordered[start : start + len(held)] == held
+            if held[0] != save[0]:
+                assert start == 0  # the save began before the run
+            if held[-1] != save[-1]:
+                assert start + len(held) == len(ordered)  # it ends after it

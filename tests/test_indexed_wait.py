@@ -1,0 +1,138 @@
+"""``wait_indexed`` for events another recorder saved: found by reading the index
+backwards from its head, so recent ones cost a page or two whatever its size."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from ledger.dynamodb import (
+    CorruptNotificationBatchError,
+    DynamoDBFactory,
+    DynamoDBIndexedApplicationRecorder,
+    measure,
+    schema,
+)
+from ledger.indexer import Indexer
+from tests import indexed_support
+from tests.indexed_support import indexed_recorder, stored
+from tests.test_indexed_ordering import fill_index
+
+factory = indexed_support.factory
+recorder = indexed_support.recorder
+
+INDEXED_BEFORE = 6_000
+"""Positions the index holds before the saves waited for: six pages."""
+
+
+@pytest.fixture
+def filled(recorder: DynamoDBIndexedApplicationRecorder) -> Indexer:
+    """An index of ``INDEXED_BEFORE`` positions, and an indexer to go on with."""
+    fill_index(recorder, INDEXED_BEFORE)
+    return Indexer(recorder)
+
+
+def test_waiting_for_events_saved_elsewhere_reads_a_page_not_the_whole_index(
+    factory: DynamoDBFactory, filled: Indexer
+) -> None:
+    saver = indexed_recorder(factory)
+    first, second = uuid.uuid4(), uuid.uuid4()
+    saved = [stored(first, 1), stored(second, 1), stored(first, 2)]
+    saver.insert_events(saved[:2])
+    saver.insert_events(saved[2:])
+    filled.catch_up()
+    waiter = indexed_recorder(factory)  # saved none of them
+
+    with measure(waiter) as waiting:
+        positions = waiter.wait_indexed(saved, timeout=10)
+
+    assert sorted(positions.values()) == [
+        INDEXED_BEFORE + 1,
+        INDEXED_BEFORE + 2,
+        INDEXED_BEFORE + 3,
+    ]
+    assert positions[str(first), 2] == INDEXED_BEFORE + 3
+    assert waiting.calls == {"GetItem": 1, "Query": 1}
+
+
+def test_events_deep_in_the_index_are_still_found(
+    factory: DynamoDBFactory,
+    recorder: DynamoDBIndexedApplicationRecorder,
+    filled: Indexer,
+) -> None:
+    deep = [recorder.select_notifications(p, 1)[0] for p in (1, 2_500, INDEXED_BEFORE)]
+    waiter = indexed_recorder(factory)
+
+    with measure(waiter) as waiting:
+        positions = waiter.wait_indexed(deep, timeout=10)
+
+    assert positions == {
+        (str(n.originator_id), n.originator_version): n.id for n in deep
+    }
+    assert waiting.calls["Query"] <= INDEXED_BEFORE // schema.PAGE_SIZE + 1
+
+
+def test_a_wait_for_events_both_saved_here_and_elsewhere_finds_them_all(
+    factory: DynamoDBFactory,
+    recorder: DynamoDBIndexedApplicationRecorder,
+    filled: Indexer,
+) -> None:
+    elsewhere = recorder.select_notifications(10, 1)[0]
+    here = indexed_recorder(factory)
+    aggregate = uuid.uuid4()
+    here.insert_events([stored(aggregate, 1)])
+    filled.catch_up()
+
+    positions = here.wait_indexed([elsewhere, stored(aggregate, 1)], timeout=10)
+
+    assert positions == {
+        (str(elsewhere.originator_id), elsewhere.originator_version): 10,
+        (str(aggregate), 1): INDEXED_BEFORE + 1,
+    }
+
+
+def test_a_wait_finds_events_indexed_after_the_head_it_read(
+    factory: DynamoDBFactory, filled: Indexer
+) -> None:
+    saver = indexed_recorder(factory)
+    aggregate = uuid.uuid4()
+    saver.insert_events([stored(aggregate, 1)])
+    waiter = indexed_recorder(factory)
+    waiter.poll_interval = 0.01
+    indexed_later = [False]
+
+    def index_after_the_first_head_read(**_: object) -> None:
+        if not indexed_later[0]:
+            indexed_later[0] = True
+            filled.catch_up()
+
+    # The index holds it only after the wait's first head read: it is after
+    # that head, and found reading on from there.
+    waiter.connection.client.meta.events.register(
+        "after-call.dynamodb.GetItem", index_after_the_first_head_read
+    )
+
+    positions = waiter.wait_indexed([stored(aggregate, 1)], timeout=10)
+
+    assert positions == {(str(aggregate), 1): INDEXED_BEFORE + 1}
+
+
+def test_a_missing_batch_on_the_way_back_is_reported(
+    factory: DynamoDBFactory,
+    recorder: DynamoDBIndexedApplicationRecorder,
+    filled: Indexer,
+) -> None:
+    looked_for = recorder.select_notifications(1, 1)[0]
+    end = recorder.batch_end(3_000)
+    recorder.connection.call(
+        "delete_item",
+        TableName=recorder.notifications_table_name,
+        Key={
+            schema.PAGE: {"N": str(schema.page_of(end, schema.PAGE_SIZE))},
+            schema.POSITION: {"N": str(end)},
+        },
+    )
+
+    with pytest.raises(CorruptNotificationBatchError, match="it is missing"):
+        indexed_recorder(factory).wait_indexed([looked_for], timeout=1)

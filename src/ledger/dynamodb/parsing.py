@@ -136,8 +136,12 @@ class _Compiler:
             self.structures[shape.name] = self.attribute_value
             return self.attribute_value
         members: dict[str, tuple[str, Converter | None]] = {}
+        same_names: set[str] = set()
+        """Members whose JSON name is their name: read in place."""
+        converted: list[tuple[str, Converter]] = []
+        """Those of them whose values are converted (blobs, timestamps, ...)."""
 
-        def structure(value: Any) -> dict[str, Any]:
+        def rebuilt(value: Any) -> dict[str, Any]:
             # As botocore's: modelled members only, those that are not null.
             parsed = {}
             for json_name, raw in _structure_of(value).items():
@@ -148,11 +152,31 @@ class _Compiler:
                 parsed[name] = raw if convert is None else convert(raw)
             return parsed
 
+        def structure(value: Any) -> dict[str, Any]:
+            if (
+                type(value) is dict
+                and value.keys() <= same_names
+                and None not in value.values()
+            ):
+                # DynamoDB's own answers: converted in place, as allocating a
+                # dict per record costs the garbage collector's time too.
+                for name, convert in converted:
+                    raw = value.get(name)
+                    if raw is not None:
+                        value[name] = convert(raw)
+                return value
+            return rebuilt(value)
+
         # Registered before its members are compiled: shapes may nest themselves.
         self.structures[shape.name] = structure
         for name, member_shape in shape.members.items():  # type: ignore[attr-defined]
             json_name = member_shape.serialization.get("name", name)
-            members[json_name] = (name, self.converter(member_shape))
+            convert = self.converter(member_shape)
+            members[json_name] = (name, convert)
+            if json_name == name:
+                same_names.add(name)
+                if convert is not None:
+                    converted.append((name, convert))
         return structure
 
     def _list(self, shape: Shape) -> Converter:

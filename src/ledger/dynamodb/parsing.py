@@ -1,7 +1,7 @@
 """Reading DynamoDB's answers to ledger's bulk reads without botocore's shape walk.
 
 botocore's JSON parser walks an answer's output shape for every attribute
-value of every item: about 11 µs per 4-attribute item, five times what
+value of every item: about 11 µs per 4-attribute item, ten times what
 ``json.loads`` of the body costs. For the answers ledger reads by the
 thousand (``Query``, ``GetItem``, ``BatchGetItem`` and ``Scan`` of DynamoDB,
 ``GetRecords`` of DynamoDB Streams), :class:`AnswerParserFactory` gives

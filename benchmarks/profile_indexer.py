@@ -8,7 +8,8 @@ indexed from the same stream by a new :class:`Indexer` (``catch_up``), and
 this process's CPU (``time.process_time_ns``) is charged to stages:
 
 * ``get_records``: boto3's ``GetRecords`` calls (request, signing, HTTP,
-  botocore's parse of the answer into Python values);
+  the parse of the answer into Python values: ledger's parser's, see
+  ``ledger.dynamodb.parsing``);
 * ``decode``: ledger's reading of each record (``_record``);
 * ``units``: regrouping saves and ordering units (``_units``, with
   ``_in_aggregate_order``) and fitting them to one transaction, less the
@@ -27,8 +28,9 @@ own CPU is not counted, and the timers add about 1 µs per event (their
 ``process_time_ns`` calls, mostly in ``decode`` and ``other``). Before the
 runs, one GetRecords answer of 1,000 records is read again in process
 (best of 5): ``json.loads`` of its body alone, botocore's parse of it with
-its default timestamps and with the indexer's (UTC), and ledger's decoding
-of the parsed records, in µs per record.
+its default timestamps and with the indexer's (UTC), ledger's parse of it
+(``ledger.dynamodb.parsing``, UTC), and ledger's decoding of the parsed
+records, in µs per record.
 
 With ``--profile`` the last run is also profiled with cProfile (wall clock:
 top functions by own time, then ledger's by cumulative time), saved to
@@ -65,6 +67,7 @@ from aggregates.order import Order
 from ledger import index_rounds, indexer
 from ledger.dynamodb.indexed_recorders import DynamoDBIndexedApplicationRecorder
 from ledger.dynamodb.local import DynamoDBLocal
+from ledger.dynamodb.parsing import AnswerParserFactory
 from ledger.indexer import Indexer
 
 RESULTS = Path(__file__).parent / "results"
@@ -229,7 +232,8 @@ def parse_costs(app: Orders) -> dict[str, float]:
     The answer's HTTP body is kept (botocore's ``before-parse`` event), then
     read again in process, best of 5: ``json.loads`` alone, botocore's parse
     with its default timestamps (local time zone) and with those the indexer
-    asks for (UTC), and ledger's decoding of the parsed records.
+    asks for (UTC), ledger's parse (what its clients read answers with),
+    and ledger's decoding of the parsed records.
     """
     recorder = app.recorder
     assert isinstance(recorder, DynamoDBIndexedApplicationRecorder)
@@ -256,10 +260,21 @@ def parse_costs(app: Orders) -> dict[str, float]:
     )
     utc = utc_parser.create_parser("json")
     parsed_utc = utc.parse(answer, output)["Records"]
+    ledger_factory = AnswerParserFactory()
+    ledger_factory.set_parser_defaults(
+        timestamp_parser=lambda value: datetime.fromtimestamp(value, UTC)
+    )
+    assert ledger_factory.create_parser("json").parse(answer, output) == utc.parse(
+        answer, output
+    )
     steps: dict[str, Callable[[], object]] = {
         "json_loads": lambda: json.loads(answer["body"]),
         "botocore_parse": lambda: default_parser.parse(answer, output),
         "botocore_parse_utc": lambda: utc.parse(answer, output),
+        # What ledger's streams clients read it with (ledger.dynamodb.parsing).
+        "ledger_parse_utc": lambda: ledger_factory.create_parser("json").parse(
+            answer, output
+        ),
         "ledger_decode": lambda: [
             index_rounds._record(shard_id, r) for r in parsed_utc
         ],

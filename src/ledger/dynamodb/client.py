@@ -64,6 +64,7 @@ from eventsourcing.persistence import (
 )
 
 from ledger.dynamodb.metering import Meter, Metering
+from ledger.dynamodb.parsing import install_answer_parsing
 
 if TYPE_CHECKING:  # the stubs are a development dependency only
     from botocore.awsrequest import AWSResponse
@@ -420,7 +421,12 @@ class DynamoDBConnection:
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
     ) -> None:
-        session = boto3.session.Session()
+        # A botocore session of its own, reading answers without botocore's
+        # walk of their shapes (ledger.dynamodb.parsing).
+        core = botocore.session.get_session()
+        self.answer_parsing = install_answer_parsing(core)
+        """What reads the client's answers (its session's parser factory)."""
+        session = boto3.session.Session(botocore_session=core)
         region = region_name or session.region_name
         local = is_loopback(endpoint_url)
         if region is None:
@@ -479,17 +485,17 @@ class DynamoDBConnection:
         """Return a client of the DynamoDB Streams API of the same store.
 
         Made like :attr:`client` (endpoint, region, retries, timeouts), and
-        refusing incomplete answers too; not metered. ``timestamp_parser``:
+        refusing incomplete answers and reading them like it
+        (:mod:`ledger.dynamodb.parsing`); not metered. ``timestamp_parser``:
         what turns the answers' timestamps into values (botocore's parser
         default, through its session's ``response_parser_factory``; None:
         botocore's own, aware datetimes in the local time zone).
         """
         # A session of its own: boto3 sessions are not safe across threads.
         core = botocore.session.get_session()
+        factory = install_answer_parsing(core)
         if timestamp_parser is not None:
-            core.get_component("response_parser_factory").set_parser_defaults(
-                timestamp_parser=timestamp_parser
-            )
+            factory.set_parser_defaults(timestamp_parser=timestamp_parser)
         streams: DynamoDBStreamsClient = boto3.session.Session(
             botocore_session=core
         ).client("dynamodbstreams", **self._client_settings())

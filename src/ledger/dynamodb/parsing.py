@@ -18,7 +18,9 @@ it, into plain functions: a structure keeps its modelled members that are
 not null, as botocore's does. Everything else goes to botocore's parser
 unchanged: error answers, other operations, a body that is not JSON (an
 answer cut short, which ledger then refuses: see
-``ledger.dynamodb.client.incomplete_answer``), any value of a type the model
+``ledger.dynamodb.client.incomplete_answer``; one cut inside a UTF-8
+character, on which botocore's own parser would raise, is read as botocore
+reads other cut bodies, an answer with no members), any value of a type the model
 does not expect, and every answer while botocore's parser logs at debug
 level (its log holds each body).
 
@@ -318,9 +320,26 @@ class AnswerParser(botocore.parsers.JSONParser):
                 try:
                     parsed = read(json.loads(response["body"].decode("utf-8")))
                 except Exception:  # noqa: BLE001 (any surprise: botocore decides)
-                    return super().parse(response, shape)
+                    return self._botocores(response, shape)
                 return _with_metadata(parsed, response)
-        return super().parse(response, shape)
+        return self._botocores(response, shape)
+
+    def _botocores(self, response: Mapping[str, Any], shape: Shape) -> Any:
+        """Return botocore's parse; a success body that is not UTF-8: no members.
+
+        botocore reads a success body that is not JSON as an answer with no
+        members, but decodes it as UTF-8 outside that guard: a body cut
+        inside a character would raise ``UnicodeDecodeError`` from the call,
+        before ledger's check of each attempt (``incomplete_answer``) could
+        refuse and retry it. Read as botocore reads any other cut body, it
+        is refused and retried like them.
+        """
+        try:
+            return super().parse(response, shape)
+        except UnicodeDecodeError:
+            if response["status_code"] >= 300:
+                raise
+            return _with_metadata({}, response)
 
 
 def _with_metadata(parsed: dict[str, Any], response: Mapping[str, Any]) -> Any:

@@ -35,6 +35,35 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Let xdist hand out test files in the order of the collection (below).
+
+    By default xdist's ``--dist loadfile`` orders files by their number of
+    tests, which puts the files of a few long tests (the wheel's install, the
+    sixty-second outage, the saga property) last, where one worker runs them
+    alone while the other has nothing left to do.
+    """
+    if hasattr(config.option, "loadscopereorder"):  # xdist is installed
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the files holding ``slow`` tests first, the most of them first.
+
+    Longest first is what keeps two workers busy to the end; the ``slow``
+    mark (a test of more than about 30 s) is the measure of a file's length.
+    The other files follow by number of tests, as xdist would order them;
+    a file's tests keep their order.
+    """
+    slow: dict[Path, int] = {}
+    tests: dict[Path, int] = {}
+    for item in items:
+        tests[item.path] = tests.get(item.path, 0) + 1
+        if item.get_closest_marker("slow") is not None:
+            slow[item.path] = slow.get(item.path, 0) + 1
+    items.sort(key=lambda item: (-slow.get(item.path, 0), -tests[item.path]))
+
+
 SOURCE_PATH = {
     "PYTHONPATH": os.pathsep.join(
         str(Path(__file__).parent.parent / folder) for folder in ("src", ".")

@@ -240,6 +240,9 @@ TWO_PARTS = 60
 def test_a_page_whose_second_part_cannot_commit_keeps_the_first_only(shop_env, proxy):
     shop = open_shop(shop_env, {TEA: 1000})
     order_ids = confirmed(shop, TWO_PARTS)
+    # Every commit after the first is cut: two attempts fail as plainly as
+    # the default ten, without the backoffs between them.
+    shop.env = {**shop.env, "ORDERFULFILMENT_DYNAMODB_MAX_ATTEMPTS": "2"}
     shop = through(proxy, shop)
     proxy.on("TransactWriteItems", fault=CUT, nth=2, times=None)
 

@@ -781,7 +781,7 @@ def test_the_parked_events_filter_matches_each_park_the_projector_logs(
     )
 
     with caplog.at_level("ERROR", logger="ledger"):
-        assert handler(SCHEDULED, with_time_to_work(5))["applied"] == 6
+        assert handler(SCHEDULED, with_time_to_work(30))["applied"] == 6
 
     # both orders' confirmations were parked
     assert len(view.parked_events()) == 2
@@ -1135,7 +1135,7 @@ def test_the_projector_role_allows_every_call_the_lambda_handler_makes(
     )
     recorded_requests.clear()
 
-    assert handler(SCHEDULED, with_time_to_work(5))["position"] == 6
+    assert handler(SCHEDULED, with_time_to_work(30))["position"] == 6
 
     stack = _stack(template, dynamodb_env["DYNAMODB_TABLE_PREFIX"], "indexed")
     notifications = _table_arn(orders.recorder.notifications_table_name)
@@ -1400,7 +1400,7 @@ def test_the_publisher_role_allows_every_call_the_lambda_handler_makes(
     )
     recorded_requests.clear()
 
-    done = handler(SCHEDULED, with_time_to_work(5))
+    done = handler(SCHEDULED, with_time_to_work(30))
 
     assert done["position"] == orders.recorder.max_notification_id()
     stack = _stack(template, prefix, "indexed")
@@ -2123,7 +2123,7 @@ def test_the_publisher_writes_the_lag_its_alarm_watches(
     handler = publication_handler(OrderEvents, Orders, indexed_publishing_stack.env)
     capsys.readouterr()
 
-    handler(SCHEDULED, with_time_to_work(5))
+    handler(SCHEDULED, with_time_to_work(30))
 
     documents = [
         json.loads(line)
@@ -2230,7 +2230,7 @@ def test_the_projector_writes_the_lag_its_alarm_watches(
     )
     capsys.readouterr()
 
-    handler(SCHEDULED, with_time_to_work(5))
+    handler(SCHEDULED, with_time_to_work(30))
 
     documents = [
         json.loads(line)

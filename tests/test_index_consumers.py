@@ -307,8 +307,8 @@ def test_the_projection_handler_applies_the_index_to_its_end(
     handler = projection_handler(OrderProjector, Orders, indexed_env)
     table = indexed_orders.recorder.events_table_name
 
-    first = handler(wake_up(table, 9), with_time_to_work(5))
-    again = handler(SCHEDULED, with_time_to_work(5))
+    first = handler(wake_up(table, 9), with_time_to_work(30))
+    again = handler(SCHEDULED, with_time_to_work(30))
 
     view = open_view(OrderProjector, indexed_env)
     assert first == {"applied": 9, "position": 9, "blocked": 0}
@@ -327,7 +327,7 @@ def test_the_projection_handler_stops_at_its_deadline_and_the_next_goes_on(
     handler = projection_handler(OrderProjector, Orders, indexed_env)
 
     out_of_time = handler(SCHEDULED, LambdaContext(STOP_MARGIN_MS - 1))
-    with_time = handler(SCHEDULED, with_time_to_work(5))
+    with_time = handler(SCHEDULED, with_time_to_work(30))
 
     assert out_of_time == {"applied": 0, "position": 0, "blocked": 0}
     assert with_time["position"] == 9
@@ -342,8 +342,8 @@ def test_two_projection_invocations_at_once_apply_each_event_once(
     second = projection_handler(OrderProjector, Orders, indexed_env)
 
     # The second instance read the same position, and commits after the first.
-    results = [first(SCHEDULED, with_time_to_work(5))]
-    results.append(second(SCHEDULED, with_time_to_work(5)))
+    results = [first(SCHEDULED, with_time_to_work(30))]
+    results.append(second(SCHEDULED, with_time_to_work(30)))
 
     assert sum(r["applied"] for r in results) == 9
     assert {r["position"] for r in results} == {9}
@@ -375,8 +375,8 @@ def test_the_publication_handler_publishes_the_index_once_and_keeps_a_cursor(
     index_everything(indexed_orders, 6)
     handler = publication_handler(OrderEvents, Orders, publisher_env)
 
-    first = handler(SCHEDULED, with_time_to_work(5))
-    again = handler(SCHEDULED, with_time_to_work(5))
+    first = handler(SCHEDULED, with_time_to_work(30))
+    again = handler(SCHEDULED, with_time_to_work(30))
 
     received = bus.received()
     assert first == {"published": 6, "position": 6}
@@ -422,7 +422,7 @@ def test_a_publication_invocation_that_left_events_unpublished_fails(
     # (1 + 2 + 4 + 8 s of waits fit in it): wake-ups start one a second.
     assert time.monotonic() - began < 10
     fixed = publication_handler(OrderEvents, Orders, publisher_env)
-    assert fixed(SCHEDULED, with_time_to_work(5)) == {"published": 3, "position": 3}
+    assert fixed(SCHEDULED, with_time_to_work(30)) == {"published": 3, "position": 3}
     assert len(bus.received()) == 3
 
 
@@ -497,7 +497,7 @@ def test_the_saga_follows_every_index_to_a_shipped_and_a_refused_order(
         while not done():
             assert time.monotonic() < deadline
             shop.index()  # the indexer functions' work
-            fulfilment_lambda.follow_index(SCHEDULED, with_time_to_work(5))
+            fulfilment_lambda.follow_index(SCHEDULED, with_time_to_work(30))
 
     until(lambda: shop.payments.get_payment(shipped) is not None)
     until(lambda: shop.payments.get_payment(refused) is not None)

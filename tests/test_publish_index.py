@@ -274,7 +274,7 @@ def test_a_publication_invocation_stopped_at_an_unreadable_batch_fails(
     handler = publication_handler(OrderEvents, Orders, publisher_env)
 
     with pytest.raises(CorruptNotificationBatchError):
-        handler(SCHEDULED, with_time_to_work(5))
+        handler(SCHEDULED, with_time_to_work(30))
 
     # the batch before it was published, and the cursor stays after it
     assert Publisher(OrderEvents(), orders, env=publisher_env).position() == 2

@@ -3,7 +3,6 @@ backwards from its head, so recent ones cost a page or two whatever its size."""
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
@@ -203,14 +202,11 @@ def test_the_read_back_from_the_head_ends_at_the_timeout(
         slow = indexed_factory(proxy.endpoint_url, table_prefix)
         waiter = indexed_recorder(slow)
         proxy.on("Query", fault=DELAY(0.4), times=None)
-        began = time.monotonic()
 
         with pytest.raises(IndexWaitTimeoutError):
             waiter.wait_indexed([deep], timeout=1)
 
-        took = time.monotonic() - began
         queries = sum(1 for operation, _ in proxy.requests if operation == "Query")
         slow.close()
-    # Six pages down to position 1, 0.4 s each: it stopped reading at 1 s.
+    # Seven pages down to position 1, 0.4 s each: it stopped reading at 1 s.
     assert queries <= 4
-    assert took < 2.5

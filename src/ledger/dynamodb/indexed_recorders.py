@@ -673,7 +673,9 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
         before they were saved: for events this recorder saved, the head it
         knew before the save (it reads the head once before its first save);
         for others, position 1, though recent events are found in the first
-        page or two; it stops there at ``timeout`` too. A batch that cannot
+        page or two; that read, below the head's page and any floor known,
+        ends at ``timeout`` (``timeout=0`` looks once: it reads back to its
+        end, and does not wait). A batch that cannot
         be read, or a missing one, is gone past on the way back: the events
         may be found elsewhere. Then it reads on from H, only what is new,
         every ``poll_interval`` seconds. Raises :class:`IndexWaitTimeoutError`,
@@ -697,7 +699,9 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
             head_read = self._read_head()
             if head_read is not None:
                 scanned = head_read[0]
-                unreadable = self._find_indexed(missing, found, *head_read, deadline)
+                # timeout=0 looks once: the whole read back, then no wait.
+                cut = deadline if timeout > 0 else None
+                unreadable = self._find_indexed(missing, found, *head_read, cut)
         while missing:
             head = self.max_notification_id() or 0
             while missing and scanned < head:
@@ -742,14 +746,15 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
         found: dict[tuple[str, int], int],
         head: int,
         page_size: int,
-        deadline: float,
+        deadline: float | None,
     ) -> list[CorruptNotificationBatchError]:
         """Move from ``missing`` to ``found`` the events indexed at or before ``head``.
 
         Reads batches backwards from ``head``, until every event still
         missing has a floor at or above the positions read (it is after
-        ``head``), or until ``deadline``. A batch that cannot be read, or a
-        missing one, is gone past: the events sought may be elsewhere.
+        ``head``), or until ``deadline`` (None: none) once past the head's
+        page and the floors known. A batch that cannot be read, or a missing
+        one, is gone past: the events sought may be elsewhere.
         Returns what was gone past, reported only if an event is still
         missing when the wait ends.
         """
@@ -758,8 +763,17 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
         floor = min(missing.values())
         if floor >= head:
             return unreadable
+        # Read whatever the time: the head's page, and down to the floors
+        # known (what was appended since these saves). Only the read below,
+        # for events saved elsewhere, down to position 1, is cut short.
+        known = [f for f in missing.values() if f > 0]
+        bound = min([schema.page_of(head, page_size) * page_size, *known])
         for item in self._batch_items(1, head, page_size, newest_first=True):
-            if time.monotonic() >= deadline:
+            if (
+                deadline is not None
+                and lowest <= bound
+                and time.monotonic() >= deadline
+            ):
                 return unreadable
             try:
                 first, entries = read_batch_item(item, self.notifications_table_name)

@@ -9,20 +9,32 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
-from eventsourcing.persistence import DataError, Notification
+from eventsourcing.persistence import (
+    DataError,
+    Notification,
+    OperationalError,
+    Tracking,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aggregates.application import Orders
 from aggregates.order import Order, OrderStatus
-from ledger.dynamodb import IndexWaitTimeoutError, measure, schema
+from ledger.dynamodb import (
+    CorruptNotificationBatchError,
+    IndexWaitTimeoutError,
+    measure,
+    schema,
+)
 from ledger.dynamodb.indexed_recorders import _index_order, _SavePlace, _Unindexed
 from ledger.indexer import Indexer
 from ledger.projections import event_loader
 from ledger.projections.dynamodb import open_view
 from ledger.projections.sequence import SequenceFeed
+from ledger.projections.session import Session
 from projections.orders import OrderProjector, get_order_summary
 from tests.test_corrupt_batches import damage_batch, delete_batch
 from tests.test_projections_core import ITEM
@@ -45,6 +57,8 @@ def env(
 @pytest.fixture
 def app(env: dict[str, str]) -> Iterator[Orders]:
     made = Orders(env=env)
+    # DynamoDB Local's stream times are this machine's clock.
+    made.recorder.skip_clock_margin = 1.0
     yield made
     made.close()
 
@@ -191,6 +205,11 @@ def test_saves_made_and_indexed_while_skip_batch_reads_are_told_from_the_batch(
         deadline = time.monotonic() + 30
         while not reading.get("Scan") and time.monotonic() < deadline:
             time.sleep(0.01)
+        # Saves stop with the Scan: DynamoDB Local rounds stream record
+        # times down to the minute, so under saves that never stop
+        # skip-batch would wait for the indexer to catch up entirely, or
+        # for the next minute.
+        stop.set()
         indexer.start()
 
     saving = threading.Thread(target=keep_saving)
@@ -312,6 +331,161 @@ def test_skip_batch_past_a_missing_index_batch_applies_its_events_once(
     assert feed.position == head
     assert applied == head - history.low + 1
     summaries_match(app, feed, history.orders)
+
+
+def delete_event(app: Orders, key: Key) -> None:
+    """Delete an event item, as an operator's mistake or a bad restore would."""
+    app.recorder.connection.call(
+        "delete_item",
+        TableName=app.recorder.events_table_name,
+        Key={
+            schema.AGGREGATE_ID: {"S": str(key[0])},
+            schema.VERSION: {"N": str(key[1])},
+        },
+    )
+
+
+def test_events_lost_from_the_batch_while_as_many_are_saved_are_refused(
+    app: Orders, feed: SequenceFeed, env: dict[str, str]
+) -> None:
+    history = indexed_history(app)
+    lost = [history.saves[0][0], history.saves[2][0]]
+    for key in lost:
+        delete_event(app, key)
+    # A save of two events, as many as were lost: in no batch when the
+    # events table is scanned, indexed after.
+    pending = app.place_order(uuid.uuid4(), [ITEM])
+    assert len(list(app.recorder.select_events(pending))) == len(lost)
+    indexing = Orders(env=env)
+    indexed: list[int] = []
+
+    def index_once_scanned(**_: object) -> None:
+        if not indexed:
+            indexed.append(Indexer(indexing.recorder).catch_up())
+
+    app.recorder.connection.client.meta.events.register(
+        "after-call.dynamodb.Scan", index_once_scanned
+    )
+    feed.poll()
+
+    with pytest.raises(DataError, match="the events table lacks events"):
+        feed.skip_batch(history.low)
+
+    assert indexed
+    assert feed.position == history.low - 1
+    assert get_order_summary(feed.projector.view, pending) is None
+    indexing.close()
+
+
+def test_a_lost_event_is_refused_though_saves_made_meanwhile_make_up_the_count(
+    app: Orders, feed: SequenceFeed, env: dict[str, str]
+) -> None:
+    history = indexed_history(app)
+    delete_event(app, history.saves[2][0])
+    other = Orders(env=env)
+    indexer = Indexer(other.recorder)
+    first, second = (other.place_order(uuid.uuid4(), [ITEM]) for _ in range(2))
+    indexer.catch_up()
+    other.confirm(first)  # pending when skip-batch reads the head
+    scanned: list[bool] = []
+    head_reads_since = [0]
+
+    def before_the_scan(**_: object) -> None:
+        if not scanned:
+            scanned.append(True)
+            indexer.catch_up()  # the first confirmation: indexed past the head
+            other.confirm(second)  # pending when scanned: one event more
+
+    def index_at_the_second_read_since(**_: object) -> None:
+        # The second confirmation is indexed only once skip-batch has read
+        # the index again (a slow indexer): the count of events in no batch
+        # then equals the batch's positions, one of them that confirmation.
+        if scanned:
+            head_reads_since[0] += 1
+            if head_reads_since[0] == 2:
+                indexer.catch_up()
+
+    events = app.recorder.connection.client.meta.events
+    events.register("before-call.dynamodb.Scan", before_the_scan)
+    events.register("before-call.dynamodb.GetItem", index_at_the_second_read_since)
+    feed.poll()
+
+    with pytest.raises(DataError, match="the events table lacks events"):
+        feed.skip_batch(history.low)
+
+    assert feed.position == history.low - 1
+    summary = get_order_summary(feed.projector.view, second)
+    assert summary is None or summary.status is not OrderStatus.CONFIRMED
+    other.close()
+
+
+def test_a_skip_cut_short_after_a_commit_is_resumed_from_the_position_it_reached(
+    app: Orders, feed: SequenceFeed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    history = indexed_history(app)
+    feed.poll()
+    # One event per commit (its two read-model items and its tracking), the
+    # second commit refused: a partial skip.
+    monkeypatch.setattr(feed.projector.view, "max_actions", 3, raising=False)
+    commit = feed.projector.commit
+    commits = [0]
+
+    def refuse_the_second(session: Session) -> None:
+        commits[0] += 1
+        if commits[0] == 2:
+            raise OperationalError("throttled")
+        commit(session)
+
+    applying = feed.projector.apply_batch
+    given: list[list[tuple[Key, int]]] = []
+
+    def noting(session: Session, events: list[tuple[Any, Tracking]]) -> int:
+        given.append(
+            [
+                (
+                    (event.originator_id, event.originator_version),
+                    tracking.notification_id,
+                )
+                for event, tracking in events
+            ]
+        )
+        return applying(session, events)
+
+    monkeypatch.setattr(feed.projector, "commit", refuse_the_second)
+    monkeypatch.setattr(feed.projector, "apply_batch", noting)
+    with pytest.raises(OperationalError):
+        feed.skip_batch(history.low)
+    monkeypatch.setattr(feed.projector, "commit", commit)
+    reached = feed.position
+    assert history.low <= reached < history.high
+
+    applied = feed.skip_batch(reached + 1)
+
+    assert applied == history.high - reached
+    assert feed.position == history.high
+    first_attempt = [key for key, position in given[0] if position <= reached]
+    resumed = [key for key, _ in given[1]]
+    assert first_attempt + resumed == [key for key, _ in given[0]]
+    assert sorted(first_attempt + resumed) == sorted(keys_of(history.batch))
+    assert feed.poll() == 2
+    summaries_match(app, feed, history.orders)
+
+
+def test_skip_batch_while_a_reindex_is_under_way_says_it_cannot_pass_the_batch(
+    app: Orders, feed: SequenceFeed
+) -> None:
+    history = indexed_history(app)
+    app.place_order(uuid.uuid4(), [ITEM])  # saved, not indexed
+    with pytest.raises(CorruptNotificationBatchError):
+        Indexer(app.recorder).reindex(timeout=30)  # stops at the damaged batch
+    feed.poll()
+    app.recorder.skip_wait_timeout = 1
+
+    with pytest.raises(IndexWaitTimeoutError, match="re-index") as raised:
+        feed.skip_batch(history.low)
+
+    assert "--source scan" in str(raised.value)
+    assert feed.position == history.low - 1
 
 
 @st.composite

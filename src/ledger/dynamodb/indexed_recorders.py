@@ -49,7 +49,7 @@ from eventsourcing.persistence import (
     Tracking,
 )
 
-from ledger.dynamodb import schema
+from ledger.dynamodb import index_coverage, schema
 from ledger.dynamodb.batches import (
     BatchEntry,
     CorruptNotificationBatchError,
@@ -255,6 +255,11 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
     skip_wait_timeout: float = 60.0
     """Seconds :meth:`notifications_from_events` (``skip-batch``) waits for the
     indexer to index events saved while it reads, before it gives up."""
+    skip_clock_margin: float = 5.0
+    """Seconds by which DynamoDB's clock (the stream records' times) may be
+    ahead of this machine's, or a record late to show in the stream:
+    :meth:`notifications_from_events` waits at least this long after its
+    Scan for the indexer to have indexed every event saved before it."""
 
     def __init__(
         self,
@@ -375,15 +380,22 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
         skip-batch``). Event items hold no position here, but the indexer
         indexes every event of the events table exactly once: the batch's
         events are those of the events table that are in no readable batch,
-        less those saved but not indexed yet. So this reads the head, every
-        batch up to it, and Scans the events table for the events found in
-        none. While more are found than the unreadable positions hold, some
-        were saved after the head was read: it reads the index on from the
-        head every ``poll_interval`` seconds, dropping them as the indexer
-        appends them, for up to ``timeout`` seconds (default
-        :attr:`skip_wait_timeout`), then raises :class:`IndexWaitTimeoutError`
-        (is an indexer running?). Positions of readable batches within
-        ``low`` to ``high`` (past a missing batch) come from those batches.
+        once every event saved before they were looked for is indexed. So
+        this reads the head, every batch up to it, and Scans the events
+        table for the events found in none. Then it waits until the indexer
+        has indexed every event saved before the Scan ended (see
+        :mod:`ledger.dynamodb.index_coverage`; at least
+        :attr:`skip_clock_margin` seconds), polling every second for up to
+        ``timeout`` seconds (default :attr:`skip_wait_timeout`), then raises
+        :class:`IndexWaitTimeoutError` (is an indexer running? a re-index
+        under way cannot pass a damaged batch). It reads the head again,
+        and drops the events the indexer appended after the first head
+        read: what remains is exactly the unreadable positions' events.
+        Positions of readable batches within ``low`` to ``high`` (past a
+        missing batch) come from those batches. The unreadable positions
+        may begin before ``low`` (a skip cut short after some of its
+        commits, resumed): their events are ordered whole, and those from
+        ``low`` on returned.
 
         The unreadable positions get their events in an order the index
         could have given them (see :func:`_index_order`): each aggregate's
@@ -395,12 +407,14 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
         returning keys, topics and save marks only), a read of the whole
         index (a Query per notifications page: the notifications table's
         size in read units), a BatchGetItem per 100 of the unreadable
-        positions' events for their states, and while waiting, per poll, a
-        GetItem of the head and a Query of what was appended. Raises
-        ``DataError`` when other positions cannot be read either, when the
-        events table holds fewer events than the unreadable positions
-        (events lost), or when those cannot be put in an order the index
-        could have had.
+        positions' events for their states; while waiting, per poll, a
+        GetItem of the indexer's checkpoints, a DescribeStream and per shard
+        a GetShardIterator and a GetRecords or a few; then a GetItem of the
+        head and a Query of what was appended. Raises ``DataError`` when
+        other positions cannot be read either, when the events in no
+        readable batch are fewer than the unreadable positions (events
+        lost) or more (events the index lacks), or when they cannot be put
+        in an order the index could have had. Nothing is applied then.
         """
         wait = self.skip_wait_timeout if timeout is None else timeout
         table = self.notifications_table_name
@@ -413,8 +427,10 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
         indexed, inside, gaps = self._read_index(head, page_size, low, high)
         lacking = self._only_gap(gaps, low, high)
         unindexed = self._unindexed(indexed)
+        # Every event the Scan found was saved before it ended.
+        scanned = time.time()
+        self._drop_indexed_since(unindexed, lacking, head, scanned, wait)
         wanted = len(lacking)
-        self._drop_indexed_since(unindexed, lacking, head, wait)
         if len(unindexed) < wanted:
             raise DataError(
                 f"Positions {lacking[0]} to {lacking[-1]} of {table!r} cannot be "
@@ -427,14 +443,28 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
                 "projection from what the events table holds (ledger projections "
                 "rebuild NAME --source scan)."
             )
-        ordered = iter(_index_order(unindexed, self.events_table_name))
+        if len(unindexed) > wanted:
+            where = f"positions {lacking[0]} to {lacking[-1]}" if lacking else "none"
+            raise DataError(
+                f"{len(unindexed)} event(s) of {self.events_table_name!r} are in "
+                f"no readable batch of {table!r}, though the indexer has indexed "
+                "every event saved before they were looked for, and the positions "
+                f"that cannot be read hold {wanted} ({where}): the index lacks "
+                "events of the events table (written by something other than "
+                "ledger's recorders?), so the batch's cannot be told from them. "
+                "Nothing was applied. Rebuild the projection from the events "
+                "table (ledger projections rebuild NAME --source scan)."
+            )
+        # The whole run's order, deterministic: a resumed skip gets the
+        # order the first attempt applied from.
+        ordered = _index_order(unindexed, self.events_table_name)
         notifications: list[Notification] = []
         pointers: list[int] = []
         for position in range(low, high + 1):
             if position in inside:
                 entry = inside[position]
             else:
-                key = next(ordered)
+                key = ordered[position - lacking[0]]
                 entry = BatchEntry(*key, unindexed[key].topic, None)
             if entry.state is None:
                 pointers.append(len(notifications))
@@ -485,12 +515,14 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
         return indexed, inside, gaps
 
     def _only_gap(self, gaps: list[tuple[int, int]], low: int, high: int) -> range:
-        """Return the positions no readable batch holds: one range within low..high.
+        """Return the positions no readable batch holds: one range ending in low..high.
 
-        Raises ``DataError`` for unreadable positions elsewhere, or for two
-        ranges: the events found in no batch could then belong to either.
+        It may begin before ``low``: a skip whose first commits applied the
+        run's first positions, resumed. Raises ``DataError`` for unreadable
+        positions elsewhere, or for two ranges: the events found in no batch
+        could then belong to either.
         """
-        elsewhere = [(a, b) for a, b in gaps if a < low or b > high] or gaps[1:]
+        elsewhere = [(a, b) for a, b in gaps if b < low or b > high] or gaps[1:]
         if elsewhere:
             shown = ", ".join(f"{a} to {b}" for a, b in elsewhere[:5])
             raise DataError(
@@ -569,49 +601,62 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
         unindexed: dict[tuple[str, int], _Unindexed],
         lacking: range,
         head: int,
+        scanned: float,
         timeout: float,
     ) -> None:
         """Drop from ``unindexed`` what the index appends after ``head``.
 
-        Until only as many events remain as ``lacking`` positions: the
-        others were saved but not indexed yet when the head was read.
+        First waits until the indexer has indexed every event saved before
+        ``scanned`` (epoch seconds: when the Scan ended), at least
+        :attr:`skip_clock_margin` seconds after it; then reads the head again.
         Raises :class:`IndexWaitTimeoutError` after ``timeout`` seconds.
         """
         deadline = time.monotonic() + timeout
-        began = head
-        while len(unindexed) > len(lacking):
+        # An event the Scan saw was saved before it ended: its stream record
+        # is at or before then, by DynamoDB's clock (ahead of this one by less
+        # than the margin), and shows in the stream within the margin.
+        moment = scanned + self.skip_clock_margin
+        coverage = index_coverage.IndexCoverage(self)
+        began: int | None = None
+        while True:
+            remaining = deadline - time.monotonic()
+            time.sleep(max(0.0, min(moment - time.time(), remaining)))
+            covered = coverage.since(moment)
+            if covered.pending is None and time.time() >= moment:
+                break
+            began = covered.revision if began is None else began
             if time.monotonic() >= deadline:
-                extra = len(unindexed) - len(lacking)
                 where = (
                     f"positions {lacking[0]} to {lacking[-1]}"
                     if lacking
                     else "no position"
                 )
                 moved = (
-                    f"stayed at position {head}: the indexer looks stopped"
-                    if head == began
-                    else f"moved from position {began} to {head}"
+                    "the indexer looks stopped (it committed no round meanwhile)"
+                    if covered.revision == began
+                    else "the indexer committed rounds meanwhile"
                 )
                 raise IndexWaitTimeoutError(
                     f"{len(unindexed)} event(s) of {self.events_table_name!r} are "
                     f"in no readable batch of {self.notifications_table_name!r}, "
-                    f"for {where} that cannot be read: {extra} of them were saved "
-                    f"but not indexed yet, and in {timeout} s the index head {moved}. "
-                    "Nothing was applied. Is an indexer running (`ledger index "
-                    "run`; `ledger index status` shows its lag)? Run skip-batch "
-                    "again once it has caught up."
+                    f"for {where} that cannot be read; which are the batch's is "
+                    "known once every event saved before the events table was "
+                    f"scanned is indexed, and after {timeout} s "
+                    f"{covered.pending or 'the wait ran out'}; {moved}. Nothing "
+                    "was applied. Is an indexer running (`ledger index run`; "
+                    "`ledger index status` shows its lag)? Run skip-batch again "
+                    "once it has caught up."
                 )
-            latest = self._read_head()
-            if latest is None or latest[0] <= head:
-                time.sleep(
-                    min(self.poll_interval, max(0.0, deadline - time.monotonic()))
-                )
-                continue
+            pause = max(self.poll_interval, index_coverage.POLL_INTERVAL)
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        # The indexer commits its checkpoints with what it appends: a head
+        # read after them holds every event saved before the Scan ended.
+        latest = self._read_head()
+        if latest is not None and latest[0] > head:
             for item in self._batch_items(head + 1, latest[0], latest[1]):
                 _, entries = read_batch_item(item, self.notifications_table_name)
                 for entry in entries:
                     unindexed.pop((entry.aggregate_id, entry.version), None)
-            head = latest[0]
 
     def wait_indexed(
         self, saved: Iterable[Any], timeout: float = 10.0
@@ -628,10 +673,16 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
         before they were saved: for events this recorder saved, the head it
         knew before the save (it reads the head once before its first save);
         for others, position 1, though recent events are found in the first
-        page or two. Then it reads on from H, only what is new, every
-        ``poll_interval`` seconds. Raises :class:`IndexWaitTimeoutError`,
+        page or two; that read, below the head's page and any floor known,
+        ends at ``timeout`` (``timeout=0`` looks once: it reads back to its
+        end, and does not wait). A batch that cannot
+        be read, or a missing one, is gone past on the way back: the events
+        may be found elsewhere. Then it reads on from H, only what is new,
+        every ``poll_interval`` seconds. Raises :class:`IndexWaitTimeoutError`,
         naming what is missing, after ``timeout`` seconds: is an indexer
-        running (``ledger index run``)?
+        running (``ledger index run``)? If it went past an unreadable batch
+        on the way back, it raises ``CorruptNotificationBatchError`` naming
+        that batch instead: what is missing may be in it.
         """
         missing: dict[tuple[str, int], int] = {}
         """Per event waited for, a position the index had reached before its
@@ -643,11 +694,14 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
         found: dict[tuple[str, int], int] = {}
         deadline = time.monotonic() + timeout
         scanned = 0
+        unreadable: list[CorruptNotificationBatchError] = []
         if missing:
             head_read = self._read_head()
             if head_read is not None:
                 scanned = head_read[0]
-                self._find_indexed(missing, found, *head_read)
+                # timeout=0 looks once: the whole read back, then no wait.
+                cut = deadline if timeout > 0 else None
+                unreadable = self._find_indexed(missing, found, *head_read, cut)
         while missing:
             head = self.max_notification_id() or 0
             while missing and scanned < head:
@@ -665,11 +719,22 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
             remaining = deadline - time.monotonic()
             if missing and remaining <= 0:
                 shown = ", ".join(f"{a} v{v}" for a, v in sorted(missing)[:5])
-                raise IndexWaitTimeoutError(
+                lacks = (
                     f"After {timeout} s the index of {self.events_table_name!r} "
                     f"(head at position {head}) still lacks {len(missing)} saved "
-                    f"event(s): {shown}. Is an indexer running (`ledger index "
-                    "run`)? See `ledger index status` for its lag."
+                    f"event(s): {shown}."
+                )
+                if unreadable:
+                    # They may be in a batch gone past, as well as not indexed yet.
+                    gone = unreadable[0]
+                    raise CorruptNotificationBatchError(
+                        gone.table_name,
+                        gone.last_position,
+                        f"{gone.reason.rstrip('.')}. {lacks} They may be in it",
+                    )
+                raise IndexWaitTimeoutError(
+                    f"{lacks} Is an indexer running (`ledger index run`)? See "
+                    "`ledger index status` for its lag."
                 )
             if missing:
                 time.sleep(min(self.poll_interval, remaining))
@@ -681,22 +746,45 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
         found: dict[tuple[str, int], int],
         head: int,
         page_size: int,
-    ) -> None:
+        deadline: float | None,
+    ) -> list[CorruptNotificationBatchError]:
         """Move from ``missing`` to ``found`` the events indexed at or before ``head``.
 
         Reads batches backwards from ``head``, until every event still
-        missing has a floor at or above the positions read: it is after
-        ``head``.
+        missing has a floor at or above the positions read (it is after
+        ``head``), or until ``deadline`` (None: none) once past the head's
+        page and the floors known. A batch that cannot be read, or a missing
+        one, is gone past: the events sought may be elsewhere.
+        Returns what was gone past, reported only if an event is still
+        missing when the wait ends.
         """
+        unreadable: list[CorruptNotificationBatchError] = []
         lowest = head + 1  # every position from here to the head has been read
         floor = min(missing.values())
         if floor >= head:
-            return
+            return unreadable
+        # Read whatever the time: the head's page, and down to the floors
+        # known (what was appended since these saves). Only the read below,
+        # for events saved elsewhere, down to position 1, is cut short.
+        known = [f for f in missing.values() if f > 0]
+        bound = min([schema.page_of(head, page_size) * page_size, *known])
         for item in self._batch_items(1, head, page_size, newest_first=True):
-            first, entries = read_batch_item(item, self.notifications_table_name)
+            if (
+                deadline is not None
+                and lowest <= bound
+                and time.monotonic() >= deadline
+            ):
+                return unreadable
+            try:
+                first, entries = read_batch_item(item, self.notifications_table_name)
+            except CorruptNotificationBatchError as damaged:
+                # Its positions end at its key; where they begin shows when
+                # the next batch down is read (as a run no batch holds).
+                unreadable.append(damaged)
+                continue
             last = first + len(entries) - 1
-            if last != lowest - 1:
-                raise self._missing_batch(last + 1, lowest - 1)
+            if last != lowest - 1 and not self._ends_at(unreadable, lowest - 1):
+                unreadable.append(self._missing_batch(last + 1, lowest - 1))
             lowest = first
             hit = False
             for position, entry in enumerate(entries, first):
@@ -706,13 +794,19 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
                     found[key] = position
                     hit = True
             if not missing:
-                return
+                return unreadable
             if hit:
                 floor = min(missing.values())
             if floor >= lowest - 1:
-                return
-        if lowest > 1:
-            raise self._missing_batch(1, lowest - 1)
+                return unreadable
+        if lowest > 1 and not self._ends_at(unreadable, lowest - 1):
+            unreadable.append(self._missing_batch(1, lowest - 1))
+        return unreadable
+
+    @staticmethod
+    def _ends_at(unreadable: list[CorruptNotificationBatchError], last: int) -> bool:
+        """Whether the last batch gone past is a damaged one ending at ``last``."""
+        return bool(unreadable) and unreadable[-1].last_position == last
 
 
 class DynamoDBIndexedProcessRecorder(

@@ -174,11 +174,14 @@ class SequenceFeed:
         position + 1), so an operator names the batch they mean to skip. The
         batch's events are read from the events table instead (a Scan of the
         whole table: its read units are the table's size; on an indexed
-        application, a read of the whole index too, see
+        application, a read of the whole index too, and a wait for its
+        indexer to index what was saved before the Scan, see
         ``DynamoDBIndexedApplicationRecorder.notifications_from_events``) and
         applied, and the tracking position moves to the batch's last
-        position. Refuses a batch that can be read: skipping one is never
-        needed.
+        position. A skip cut short after some of its commits (a batch of
+        more events than one commit holds) is finished by skipping again
+        from the position it reached + 1. Refuses a batch that can be read:
+        skipping one is never needed.
         """
         app = self.application
         expected = self.position + 1

@@ -67,6 +67,7 @@ transaction). A round of a re-index: see :mod:`ledger.reindexing`.
 
 from __future__ import annotations
 
+import functools
 import gc
 import heapq
 import itertools
@@ -757,6 +758,7 @@ class Indexer(Reindexing, StreamPoller):
         )
 
 
+@functools.cache  # once per process
 def freeze_start_up() -> None:
     """Leave what the process made so far out of the garbage collector's passes.
 
@@ -769,7 +771,8 @@ def freeze_start_up() -> None:
     about a quarter of the indexer's CPU catching up
     (``benchmarks/profile_indexer.py``, stage ``gc``). Frozen
     (``gc.freeze``), those are no longer walked; they are still freed when
-    no longer referenced, only cycles among them are never collected.
+    no longer referenced, only cycles among them are never collected. Only
+    the first call in a process freezes.
     """
     gc.collect()
     gc.freeze()

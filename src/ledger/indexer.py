@@ -764,12 +764,13 @@ def freeze_start_up() -> None:
 
     For a process that runs the indexer and little else (``ledger index
     run``, the indexer's Lambda function), once the indexer is made. Every
-    GetRecords answer of 1,000 records is parsed into some 24,000 dicts,
-    which outlive the collector's young passes and start full ones; each
-    full pass walks every object the process holds (about 100,000 after
-    boto3, botocore's models and the application are loaded), which took
-    about a quarter of the indexer's CPU catching up
-    (``benchmarks/profile_indexer.py``, stage ``gc``). Frozen
+    GetRecords answer of 1,000 records is parsed into some 20,000 dicts
+    (JSON's, then the answer's), which outlive the collector's young passes
+    and start full ones; each full pass walks every object the process
+    holds (about 100,000 once boto3, botocore's models and the application
+    are loaded): about a quarter of the indexer's CPU catching up, 9 to 14
+    µs an event (``benchmarks/profile_indexer.py``, stage ``gc``; 2 to 3
+    with ``--gc-freeze``). Frozen
     (``gc.freeze``), those are no longer walked; they are still freed when
     no longer referenced, only cycles among them are never collected. Only
     the first call in a process freezes.

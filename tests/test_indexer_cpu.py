@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import gc
+import os
 import time
 import uuid
 from collections import OrderedDict
@@ -12,10 +14,11 @@ from typing import Any
 import pytest
 
 from ledger import index_rounds
+from ledger import indexer as indexer_module
 from ledger.dynamodb import DynamoDBIndexedApplicationRecorder
 from ledger.dynamodb.batches import BatchEntry
 from ledger.index_rounds import _Record
-from ledger.indexer import Indexer
+from ledger.indexer import Indexer, freeze_start_up
 from tests import indexed_support
 from tests.indexed_support import index_until, stored
 
@@ -110,3 +113,80 @@ def test_records_of_a_round_are_told_apart_by_identity() -> None:
 
     assert len({first, same_fields}) == 2
     assert first in {first}
+
+
+def saves_of_100(
+    recorder: DynamoDBIndexedApplicationRecorder, count: int, state: bytes = b"{}"
+) -> list[Any]:
+    """Save ``count`` saves of 100 events (one aggregate each); return the events."""
+    events = []
+    for _ in range(count):
+        aggregate = uuid.uuid4()
+        save = [stored(aggregate, version, state) for version in range(1, 101)]
+        recorder.insert_events(save)
+        events += save
+    return events
+
+
+def on_the_stream(indexer: Indexer, count: int) -> None:
+    """Wait until the stream holds ``count`` records after the checkpoints."""
+    deadline = time.monotonic() + 20
+    while indexer.status().behind < count:
+        assert time.monotonic() < deadline, f"{count} records never reached the stream"
+
+
+def test_a_round_catching_up_reads_a_shard_past_one_page(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> None:
+    """A backlog is read in rounds of what one transaction holds, not of 1,000.
+
+    Each round pays a DescribeStream, a GetShardIterator per shard, two
+    GetItems and a transaction: catching up, they are paid once per round.
+    """
+    saved = saves_of_100(recorder, 25)
+    indexer = Indexer(recorder)
+    on_the_stream(indexer, 2500)
+
+    assert indexer.poll() == 2500  # one round, one transaction
+
+    index_until(indexer, recorder, saved)
+
+
+def test_a_round_reads_no_more_pages_once_it_holds_a_transaction(
+    recorder: DynamoDBIndexedApplicationRecorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saved = saves_of_100(recorder, 3)
+    monkeypatch.setattr(indexer_module, "_PAGE_RECORDS", 100, raising=False)
+    monkeypatch.setattr(indexer_module, "ROUND_RECORDS", 200)
+    indexer = Indexer(recorder)
+    on_the_stream(indexer, 300)
+
+    assert indexer.poll() == 200  # two pages: the round's records reached
+
+    index_until(indexer, recorder, saved)
+
+
+def test_a_round_reads_no_more_pages_once_its_states_fill_half_a_transaction(
+    recorder: DynamoDBIndexedApplicationRecorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """States that do not compress must still fit the round's one transaction."""
+    saved = saves_of_100(recorder, 3, state=os.urandom(1000))
+    monkeypatch.setattr(indexer_module, "_PAGE_RECORDS", 100, raising=False)
+    monkeypatch.setattr(indexer_module, "_ROUND_STATE_BYTES", 150_000, raising=False)
+    indexer = Indexer(recorder)
+    on_the_stream(indexer, 300)
+
+    assert indexer.poll() == 200  # two pages: over 150,000 bytes of state
+
+    index_until(indexer, recorder, saved)
+
+
+def test_freeze_start_up_leaves_what_exists_out_of_collections() -> None:
+    freeze_start_up.cache_clear()  # once per process: here, once per test
+    gc.unfreeze()
+    try:
+        freeze_start_up()
+
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

@@ -259,7 +259,7 @@ def indexer_handler(
 def _indexer(
     application_class: type[Any], env: dict[str, str], sns_client: Any
 ) -> tuple[Indexer, WakeUp | None]:
-    from ledger.indexer import Indexer  # noqa: PLC0415 - built at the first call
+    from ledger.indexer import Indexer, freeze_start_up  # noqa: PLC0415 - at the first call
 
     application = application_class(env=env or None)
     recorder = application.recorder
@@ -273,6 +273,7 @@ def _indexer(
         after_write=wake_up,
         metrics=EmbeddedMetrics(dimension=INDEX_DIMENSION),
     )
+    freeze_start_up()  # the function's process runs the indexer only
     return indexer, wake_up
 
 

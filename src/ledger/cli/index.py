@@ -62,10 +62,11 @@ def index_run(
     rounds racing, one commits and the other reads again). While DynamoDB is
     unavailable it waits and tries again.
     """
-    from ledger.indexer import paced  # noqa: PLC0415
+    from ledger.indexer import freeze_start_up, paced  # noqa: PLC0415
     from ledger.projections.streams import run_polls  # noqa: PLC0415
 
     indexer = open_indexer()
+    freeze_start_up()  # the command's process runs the indexer only
     with metered(indexer.recorder):
         if once:
             total = indexer.catch_up(timeout=3600)

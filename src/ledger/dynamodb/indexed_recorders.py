@@ -455,8 +455,7 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
                 "Nothing was applied. Rebuild the projection from the events "
                 "table (ledger projections rebuild NAME --source scan)."
             )
-        # The whole run's order, deterministic: a resumed skip gets the
-        # order the first attempt applied from.
+        # The whole run's order (deterministic; the run begins at ``low``).
         ordered = _index_order(unindexed, self.events_table_name)
         notifications: list[Notification] = []
         pointers: list[int] = []
@@ -517,11 +516,26 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
     def _only_gap(self, gaps: list[tuple[int, int]], low: int, high: int) -> range:
         """Return the positions no readable batch holds: one range ending in low..high.
 
-        It may begin before ``low``: a skip whose first commits applied the
-        run's first positions, resumed. Raises ``DataError`` for unreadable
-        positions elsewhere, or for two ranges: the events found in no batch
-        could then belong to either.
+        Raises ``DataError`` for unreadable positions elsewhere, or for two
+        ranges: the events found in no batch could then belong to either;
+        and for a range beginning before ``low``: the projection stands
+        inside it, having applied some of its positions (read before the
+        batch was damaged, a page ending inside a batch, or a skip cut
+        short), in an order this cannot know, so which events are left is
+        unknown.
         """
+        inside = [a for a, b in gaps if a < low <= b]
+        if inside:
+            raise DataError(
+                f"The projection stands inside the unreadable positions "
+                f"{inside[0]} to {high} of {self.notifications_table_name!r}: it "
+                f"applied positions {inside[0]} to {low - 1} before (read before "
+                "the batch was damaged, or a skip-batch cut short), in an order "
+                "that cannot be known now, so the events left to apply cannot be "
+                "told; nothing was applied. Restore the batch (a backup of the "
+                "notifications table), or rebuild the projection from the events "
+                "table (ledger projections rebuild NAME --source scan)."
+            )
         elsewhere = [(a, b) for a, b in gaps if b < low or b > high] or gaps[1:]
         if elsewhere:
             shown = ", ".join(f"{a} to {b}" for a, b in elsewhere[:5])

@@ -180,8 +180,11 @@ class SequenceFeed:
         applied, and the tracking position moves to the batch's last
         position. A skip cut short after some of its commits (a batch of
         more events than one commit holds) is finished by skipping again
-        from the position it reached + 1. Refuses a batch that can be read:
-        skipping one is never needed.
+        from the position it reached + 1, on the sequence ordering (each
+        event item holds its position); on the indexed ordering it is
+        refused, since which of the batch's events were applied cannot be
+        known (rebuild the projection instead). Refuses a batch that can be
+        read: skipping one is never needed.
         """
         app = self.application
         expected = self.position + 1

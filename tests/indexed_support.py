@@ -15,6 +15,7 @@ import pytest
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import Environment
 
+from ledger import index_rounds
 from ledger.dynamodb import DynamoDBFactory, DynamoDBIndexedApplicationRecorder, schema
 from ledger.indexer import Indexer
 
@@ -320,3 +321,16 @@ def checkpoints_item(recorder: DynamoDBIndexedApplicationRecorder) -> dict[str, 
         ConsistentRead=True,
     )["Item"]
     return item
+
+
+def counting_encodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the batch items the indexer encodes: the first position of each."""
+    encoded: list[int] = []
+    batch_item = index_rounds.batch_item
+
+    def counted(first_position: int, *args: Any, **kwargs: Any) -> Any:
+        encoded.append(first_position)
+        return batch_item(first_position, *args, **kwargs)
+
+    monkeypatch.setattr(index_rounds, "batch_item", counted)
+    return encoded

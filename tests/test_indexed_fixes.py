@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from typing import Any
 
 import pytest
 
@@ -17,6 +16,7 @@ from tests.indexed_support import (
     ToldShards,
     aggregate_of,
     checkpoints_item,
+    counting_encodes,
     index_until,
     stored,
 )
@@ -25,19 +25,6 @@ from tests.test_indexed_shards import of_parity, parity
 
 factory = indexed_support.factory
 recorder = indexed_support.recorder
-
-
-def counting_encodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Count the batch items the indexer encodes: the first position of each."""
-    encoded: list[int] = []
-    batch_item = index_rounds.batch_item
-
-    def counted(first_position: int, *args: Any, **kwargs: Any) -> Any:
-        encoded.append(first_position)
-        return batch_item(first_position, *args, **kwargs)
-
-    monkeypatch.setattr(index_rounds, "batch_item", counted)
-    return encoded
 
 
 def test_a_reindex_round_encodes_each_batch_item_once(

@@ -13,14 +13,13 @@ from typing import Any
 
 import pytest
 
-from ledger import index_rounds
 from ledger import indexer as indexer_module
 from ledger.dynamodb import DynamoDBIndexedApplicationRecorder
 from ledger.dynamodb.batches import BatchEntry
 from ledger.index_rounds import _Record
 from ledger.indexer import Indexer, freeze_start_up
 from tests import indexed_support
-from tests.indexed_support import index_until, stored
+from tests.indexed_support import counting_encodes, index_until, stored
 
 factory = indexed_support.factory
 recorder = indexed_support.recorder
@@ -32,14 +31,7 @@ def test_a_round_encodes_each_batch_item_once(
     saved = [stored(uuid.uuid4(), 1) for _ in range(150)]  # two batch items
     for event in saved:
         recorder.insert_events([event])
-    encoded: list[int] = []
-    batch_item = index_rounds.batch_item
-
-    def counted(first_position: int, *args: Any, **kwargs: Any) -> Any:
-        encoded.append(first_position)
-        return batch_item(first_position, *args, **kwargs)
-
-    monkeypatch.setattr(index_rounds, "batch_item", counted)
+    encoded = counting_encodes(monkeypatch)
 
     index_until(Indexer(recorder), recorder, saved)
 

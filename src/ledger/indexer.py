@@ -499,7 +499,13 @@ class Indexer(Reindexing, StreamPoller):
         closed = (
             shard.get("SequenceNumberRange", {}).get("EndingSequenceNumber") is not None
         )
-        while iterator and read < self.batch_size and (not read or budget.left()):
+        # A closed shard is read to its end whatever the round's budget: its
+        # children (and a save split across it and them) wait for that end.
+        while (
+            iterator
+            and read < self.batch_size
+            and (not read or closed or budget.left())
+        ):
             limit = min(_PAGE_RECORDS, self.batch_size - read)
             response = self._get_records(shard_id, iterator, limit)
             page = response.get("Records", [])

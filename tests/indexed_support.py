@@ -314,10 +314,7 @@ def checkpoints_item(recorder: DynamoDBIndexedApplicationRecorder) -> dict[str, 
     item: dict[str, Any] = recorder.connection.call(
         "get_item",
         TableName=recorder.notifications_table_name,
-        Key={
-            schema.PAGE: {"N": str(schema.SEQUENCE_PAGE)},
-            schema.POSITION: {"N": str(schema.INDEX_CHECKPOINTS_POSITION)},
-        },
+        Key=schema.index_checkpoints_key(),
         ConsistentRead=True,
     )["Item"]
     return item

@@ -134,10 +134,7 @@ __all__ = [
 ]
 
 _VERSIONS_KEPT: Final = 100_000
-_CHECKPOINTS_KEY: Item = {
-    schema.PAGE: {"N": str(schema.SEQUENCE_PAGE)},
-    schema.POSITION: {"N": str(schema.INDEX_CHECKPOINTS_POSITION)},
-}
+_CHECKPOINTS_KEY: Item = schema.index_checkpoints_key()
 
 
 ROUND_RECORDS: Final = _MAX_BATCHES * BATCH_EVENTS

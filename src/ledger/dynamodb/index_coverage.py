@@ -84,10 +84,7 @@ class IndexCoverage:
         item = recorder.connection.call(
             "get_item",
             TableName=recorder.notifications_table_name,
-            Key={
-                schema.PAGE: {"N": str(schema.SEQUENCE_PAGE)},
-                schema.POSITION: {"N": str(schema.INDEX_CHECKPOINTS_POSITION)},
-            },
+            Key=schema.index_checkpoints_key(),
             ConsistentRead=True,
         ).get("Item")
         if item is None:

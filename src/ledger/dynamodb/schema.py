@@ -63,7 +63,10 @@ from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:  # the stubs are a development dependency only
     from mypy_boto3_dynamodb.literals import KeyTypeType, ScalarAttributeTypeType
-    from mypy_boto3_dynamodb.type_defs import CreateTableInputTypeDef
+    from mypy_boto3_dynamodb.type_defs import (
+        AttributeValueTypeDef,
+        CreateTableInputTypeDef,
+    )
 
 # --- events and snapshots tables -------------------------------------------
 AGGREGATE_ID: Final = "aggregate_id"
@@ -200,6 +203,14 @@ SNAPSHOTS_TABLE: Final = "snapshots"
 NOTIFICATIONS_TABLE: Final = "notifications"
 TRACKING_TABLE: Final = "tracking"
 IDEMPOTENCY_TABLE: Final = "idempotency"
+
+
+def index_checkpoints_key() -> dict[str, AttributeValueTypeDef]:
+    """Return the key of the indexer's checkpoints item (``indexed`` ordering)."""
+    return {
+        PAGE: {"N": str(SEQUENCE_PAGE)},
+        POSITION: {"N": str(INDEX_CHECKPOINTS_POSITION)},
+    }
 
 
 def page_of(position: int, page_size: int) -> int:

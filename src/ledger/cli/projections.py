@@ -280,7 +280,10 @@ def projections_skip_batch(
     On an indexed application it also reads the whole index (the
     notifications table's size in read units) to tell the batch's events
     from the others, and waits up to 60 s for events saved meanwhile to be
-    indexed: an indexer must be running.
+    indexed: an indexer must be running. It refuses, applying nothing, when
+    it cannot tell the batch's events apart: another batch unreadable, events
+    missing or not yet indexed, a re-index under way, or the projection
+    already inside the batch (restore the batch, or rebuild).
     """
     from ledger.projections.sequence import SequenceFeed  # noqa: PLC0415
 

@@ -538,3 +538,44 @@ def test_a_runs_events_are_put_in_an_order_the_index_could_have_had(
                 assert start == 0  # the save began before the run
             if held[-1] != save[-1]:
                 assert start + len(held) == len(ordered)  # it ends after it
+
+
+def test_two_skip_batches_at_once_apply_the_batch_once(
+    app: Orders, env: dict[str, str]
+) -> None:
+    """Twin operators (or a retry racing the first run): one skip goes
+    through, the other applies nothing, and each event counts once."""
+    history = indexed_history(app)
+    feeds = [
+        SequenceFeed(
+            OrderProjector(open_view(OrderProjector, env), event_loader(app)), app
+        )
+        for _ in range(2)
+    ]
+    for twin in feeds:
+        twin.poll()  # stopped at the damaged batch
+    start = threading.Barrier(2)
+    outcomes: list[object] = [None, None]
+
+    def skip(index: int) -> None:
+        start.wait()
+        try:
+            outcomes[index] = feeds[index].skip_batch(history.low)
+        except Exception as error:  # noqa: BLE001 - the loser's refusal, asserted below
+            outcomes[index] = error
+
+    threads = [threading.Thread(target=skip, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    applied = [outcome for outcome in outcomes if isinstance(outcome, int)]
+    # The other was refused: another writer first, or no longer at its position.
+    assert applied == [history.high - history.low + 1], outcomes
+    assert sum(isinstance(outcome, Exception) for outcome in outcomes) == 1
+    feed = feeds[0]
+    feed.runner.reload()
+    assert feed.position == history.high
+    assert feed.poll() == 2
+    summaries_match(app, feed, history.orders)

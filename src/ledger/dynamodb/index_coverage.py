@@ -166,7 +166,7 @@ class IndexCoverage:
                 raise _RefusedError(code) from error
             raise translate_client_error(error) from error
         except botocore.exceptions.BotoCoreError:
-            with translate_errors():
+            with translate_errors(operation=operation):
                 raise
 
     def _shards(self) -> list[dict[str, Any]]:

@@ -36,7 +36,7 @@ import itertools
 import time
 import uuid
 from collections import OrderedDict, defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple
 
 from eventsourcing.persistence import (
@@ -549,33 +549,6 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
                 "scan)."
             )
         return range(gaps[0][0], gaps[0][1] + 1) if gaps else range(0)
-
-    def _batch_items(
-        self, low: int, high: int, page_size: int, *, newest_first: bool = False
-    ) -> Iterator[Item]:
-        """Yield the batch items ending from ``low`` to ``high``, in position order.
-
-        One Query (per 1 MB) per notifications page, each asking only for
-        the positions that page holds (a table moved onto smaller pages
-        keeps other batches under the same page numbers).
-        """
-        pages = range(
-            schema.page_of(low, page_size), schema.page_of(high, page_size) + 1
-        )
-        for page in reversed(pages) if newest_first else pages:
-            yield from self.connection.items(
-                "query",
-                TableName=self.notifications_table_name,
-                KeyConditionExpression="#p = :p AND #pos BETWEEN :low AND :up",
-                ExpressionAttributeNames={"#p": schema.PAGE, "#pos": schema.POSITION},
-                ExpressionAttributeValues={
-                    ":p": {"N": str(page)},
-                    ":low": {"N": str(max(low, page * page_size))},
-                    ":up": {"N": str(min(high, (page + 1) * page_size - 1))},
-                },
-                ConsistentRead=True,
-                ScanIndexForward=not newest_first,
-            )
 
     def _unindexed(
         self, indexed: _IndexedVersions

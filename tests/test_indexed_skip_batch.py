@@ -244,7 +244,7 @@ def test_skip_batch_with_saves_pending_and_no_indexer_running_says_so_and_moves_
     history = indexed_history(app)
     app.place_order(uuid.uuid4(), [ITEM])  # saved, never indexed: no indexer runs
     feed.poll()
-    app.recorder.skip_wait_timeout = 0.5
+    app.recorder.skip_wait_timeout = 1.5  # the clock margin (1 s), and a little
 
     with pytest.raises(IndexWaitTimeoutError, match="indexer") as raised:
         feed.skip_batch(history.low)
@@ -254,6 +254,25 @@ def test_skip_batch_with_saves_pending_and_no_indexer_running_says_so_and_moves_
     assert "Nothing was applied" in str(raised.value)
     assert feed.position == history.low - 1
     assert get_order_summary(feed.projector.view, history.orders[1]) is None
+
+
+def test_a_skip_batch_timeout_below_the_clock_margin_is_refused_before_any_read(
+    app: Orders, feed: SequenceFeed
+) -> None:
+    """It waits at least the margin after its Scan: a shorter timeout could
+    only fail, after reading the events table and the index whole."""
+    history = indexed_history(app)
+    feed.poll()
+    app.recorder.skip_clock_margin = 5.0
+    app.recorder.skip_wait_timeout = 2.0
+
+    with measure(app) as reading, pytest.raises(ValueError, match=r"at least 5\.0 s"):
+        app.recorder.notifications_from_events(history.low, history.high)
+    with pytest.raises(ValueError, match="skip_clock_margin"):
+        feed.skip_batch(history.low)
+
+    assert reading.calls == {}
+    assert feed.position == history.low - 1
 
 
 def test_skip_batch_when_the_events_table_lacks_an_event_of_the_batch_says_so(

@@ -502,6 +502,67 @@ def test_skip_batch_while_a_reindex_is_under_way_says_it_cannot_pass_the_batch(
     assert feed.position == history.low - 1
 
 
+GONE_SHARD = "shardId-00000000000000000000-00000000"
+"""A shard the stream does not list (DynamoDB Streams stopped listing it)."""
+
+
+def checkpoint_a_shard_gone(app: Orders, *, read_to_its_end: bool) -> None:
+    """Give the indexer's checkpoints item a shard the stream no longer lists.
+
+    As if the shard's records expired while the indexer was stopped: it
+    checkpointed the shard, and recorded reading it to its end or not.
+    """
+    update = "SET #cp.#gone = :at"
+    values: dict[str, dict[str, object]] = {":at": {"S": "100"}}
+    if read_to_its_end:
+        update += " ADD #ended :gone"
+        values[":gone"] = {"SS": [GONE_SHARD]}
+    names = {"#cp": schema.SHARD_CHECKPOINTS, "#gone": GONE_SHARD}
+    if read_to_its_end:
+        names["#ended"] = schema.ENDED_SHARDS
+    app.recorder.connection.call(
+        "update_item",
+        TableName=app.recorder.notifications_table_name,
+        Key=schema.index_checkpoints_key(),
+        UpdateExpression=update,
+        ExpressionAttributeNames=names,
+        ExpressionAttributeValues=values,
+        ConditionExpression="attribute_exists(#cp)",
+    )
+
+
+def test_skip_batch_refuses_while_a_checkpointed_shard_left_the_stream_unread(
+    app: Orders, feed: SequenceFeed
+) -> None:
+    """Its records may have expired unindexed: saves the index lacks could then
+    stand in for events lost from the events table."""
+    history = indexed_history(app)
+    checkpoint_a_shard_gone(app, read_to_its_end=False)
+    feed.poll()
+    view_before = sorted(map(str, feed.projector.view.stored_items()))
+
+    with pytest.raises(DataError, match="the stream no longer lists") as raised:
+        feed.skip_batch(history.low)
+
+    assert GONE_SHARD in str(raised.value)
+    assert "Nothing was applied" in str(raised.value)
+    assert feed.position == history.low - 1
+    assert sorted(map(str, feed.projector.view.stored_items())) == view_before
+
+
+def test_skip_batch_goes_past_a_shard_gone_from_the_stream_once_read_to_its_end(
+    app: Orders, feed: SequenceFeed
+) -> None:
+    history = indexed_history(app)
+    checkpoint_a_shard_gone(app, read_to_its_end=True)
+    feed.poll()
+
+    applied = feed.skip_batch(history.low)
+
+    assert applied == history.high - history.low + 1
+    assert feed.position == history.high
+
+
 @st.composite
 def an_index_and_a_run_of_it(
     draw: st.DrawFn,

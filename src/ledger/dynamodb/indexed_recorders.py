@@ -439,8 +439,11 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
         head and a Query of what was appended. Raises ``DataError`` when
         other positions cannot be read either, when the events in no
         readable batch are fewer than the unreadable positions (events
-        lost) or more (events the index lacks), or when they cannot be put
-        in an order the index could have had. Nothing is applied then.
+        lost) or more (events the index lacks), when they cannot be put
+        in an order the index could have had, or when a shard the indexer
+        checkpointed left the stream before it recorded reading the shard to
+        its end (records the index lacks may be gone with it). Nothing is
+        applied then.
         """
         wait = self.skip_wait_timeout if timeout is None else timeout
         table = self.notifications_table_name

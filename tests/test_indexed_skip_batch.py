@@ -244,7 +244,7 @@ def test_skip_batch_with_saves_pending_and_no_indexer_running_says_so_and_moves_
     history = indexed_history(app)
     app.place_order(uuid.uuid4(), [ITEM])  # saved, never indexed: no indexer runs
     feed.poll()
-    app.recorder.skip_wait_timeout = 0.5
+    app.recorder.skip_wait_timeout = 1.5  # the clock margin (1 s), and a little
 
     with pytest.raises(IndexWaitTimeoutError, match="indexer") as raised:
         feed.skip_batch(history.low)
@@ -254,6 +254,25 @@ def test_skip_batch_with_saves_pending_and_no_indexer_running_says_so_and_moves_
     assert "Nothing was applied" in str(raised.value)
     assert feed.position == history.low - 1
     assert get_order_summary(feed.projector.view, history.orders[1]) is None
+
+
+def test_a_skip_batch_timeout_below_the_clock_margin_is_refused_before_any_read(
+    app: Orders, feed: SequenceFeed
+) -> None:
+    """It waits at least the margin after its Scan: a shorter timeout could
+    only fail, after reading the events table and the index whole."""
+    history = indexed_history(app)
+    feed.poll()
+    app.recorder.skip_clock_margin = 5.0
+    app.recorder.skip_wait_timeout = 2.0
+
+    with measure(app) as reading, pytest.raises(ValueError, match=r"at least 5\.0 s"):
+        app.recorder.notifications_from_events(history.low, history.high)
+    with pytest.raises(ValueError, match="skip_clock_margin"):
+        feed.skip_batch(history.low)
+
+    assert reading.calls == {}
+    assert feed.position == history.low - 1
 
 
 def test_skip_batch_when_the_events_table_lacks_an_event_of_the_batch_says_so(
@@ -481,6 +500,67 @@ def test_skip_batch_while_a_reindex_is_under_way_says_it_cannot_pass_the_batch(
 
     assert "--source scan" in str(raised.value)
     assert feed.position == history.low - 1
+
+
+GONE_SHARD = "shardId-00000000000000000000-00000000"
+"""A shard the stream does not list (DynamoDB Streams stopped listing it)."""
+
+
+def checkpoint_a_shard_gone(app: Orders, *, read_to_its_end: bool) -> None:
+    """Give the indexer's checkpoints item a shard the stream no longer lists.
+
+    As if the shard's records expired while the indexer was stopped: it
+    checkpointed the shard, and recorded reading it to its end or not.
+    """
+    update = "SET #cp.#gone = :at"
+    values: dict[str, dict[str, object]] = {":at": {"S": "100"}}
+    if read_to_its_end:
+        update += " ADD #ended :gone"
+        values[":gone"] = {"SS": [GONE_SHARD]}
+    names = {"#cp": schema.SHARD_CHECKPOINTS, "#gone": GONE_SHARD}
+    if read_to_its_end:
+        names["#ended"] = schema.ENDED_SHARDS
+    app.recorder.connection.call(
+        "update_item",
+        TableName=app.recorder.notifications_table_name,
+        Key=schema.index_checkpoints_key(),
+        UpdateExpression=update,
+        ExpressionAttributeNames=names,
+        ExpressionAttributeValues=values,
+        ConditionExpression="attribute_exists(#cp)",
+    )
+
+
+def test_skip_batch_refuses_while_a_checkpointed_shard_left_the_stream_unread(
+    app: Orders, feed: SequenceFeed
+) -> None:
+    """Its records may have expired unindexed: saves the index lacks could then
+    stand in for events lost from the events table."""
+    history = indexed_history(app)
+    checkpoint_a_shard_gone(app, read_to_its_end=False)
+    feed.poll()
+    view_before = sorted(map(str, feed.projector.view.stored_items()))
+
+    with pytest.raises(DataError, match="the stream no longer lists") as raised:
+        feed.skip_batch(history.low)
+
+    assert GONE_SHARD in str(raised.value)
+    assert "Nothing was applied" in str(raised.value)
+    assert feed.position == history.low - 1
+    assert sorted(map(str, feed.projector.view.stored_items())) == view_before
+
+
+def test_skip_batch_goes_past_a_shard_gone_from_the_stream_once_read_to_its_end(
+    app: Orders, feed: SequenceFeed
+) -> None:
+    history = indexed_history(app)
+    checkpoint_a_shard_gone(app, read_to_its_end=True)
+    feed.poll()
+
+    applied = feed.skip_batch(history.low)
+
+    assert applied == history.high - history.low + 1
+    assert feed.position == history.high
 
 
 @st.composite

@@ -3,6 +3,7 @@ backwards from its head, so recent ones cost a page or two whatever its size."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 import pytest
@@ -203,10 +204,65 @@ def test_the_read_back_from_the_head_ends_at_the_timeout(
         waiter = indexed_recorder(slow)
         proxy.on("Query", fault=DELAY(0.4), times=None)
 
-        with pytest.raises(IndexWaitTimeoutError):
+        with pytest.raises(IndexWaitTimeoutError) as raised:
             waiter.wait_indexed([deep], timeout=1)
 
         queries = sum(1 for operation, _ in proxy.requests if operation == "Query")
         slow.close()
     # Seven pages down to position 1, 0.4 s each: it stopped reading at 1 s.
     assert queries <= 4
+    # The event may be below where it stopped: it says so, not "no indexer".
+    told = str(raised.value)
+    assert f"stopped its read of the index back from position {INDEXED_BEFORE} " in told
+    assert "they may be indexed below it" in told
+    assert "timeout=0" in told
+
+
+def test_a_wait_with_no_indexer_running_says_the_checkpoints_did_not_move(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> None:
+    indexer = Indexer(recorder)
+    recorder.insert_events([stored(uuid.uuid4(), 1)])
+    indexer.catch_up()  # one round committed: the checkpoints' revision 1
+    aggregate = uuid.uuid4()
+    recorder.insert_events([stored(aggregate, 1)])  # never indexed
+
+    with pytest.raises(IndexWaitTimeoutError, match=f"{aggregate} v1") as raised:
+        recorder.wait_indexed([stored(aggregate, 1)], timeout=0.5)
+
+    told = str(raised.value)
+    assert "Each was saved after the index reached position 1" in told
+    assert "nothing was appended after position 1" in told
+    assert "checkpoints did not move while it waited (revision 1)" in told
+    assert "is an indexer running" in told
+
+
+def test_a_wait_with_an_indexer_behind_says_the_checkpoints_moved(
+    factory: DynamoDBFactory, recorder: DynamoDBIndexedApplicationRecorder
+) -> None:
+    indexer = Indexer(indexed_recorder(factory))
+    saver = indexed_recorder(factory)
+    saver.insert_events([stored(uuid.uuid4(), 1)])
+    indexer.catch_up()  # the wait reads back from a head
+    stop = threading.Event()
+
+    def save_and_index() -> None:
+        # Other saves, indexed all along the wait: the indexer is running.
+        while not stop.is_set():
+            saver.insert_events([stored(uuid.uuid4(), 1)])
+            indexer.catch_up()
+
+    indexing = threading.Thread(target=save_and_index)
+    indexing.start()
+    not_indexed = stored(uuid.uuid4(), 1)  # saved elsewhere, behind the indexer
+    try:
+        with pytest.raises(IndexWaitTimeoutError) as raised:
+            recorder.wait_indexed([not_indexed], timeout=2)
+    finally:
+        stop.set()
+        indexing.join()
+
+    told = str(raised.value)
+    assert "It read the whole index back from position" in told
+    assert "checkpoints moved while it waited" in told
+    assert "an indexer is running, behind these saves" in told

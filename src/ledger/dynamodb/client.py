@@ -20,6 +20,9 @@ a write one of whose attempts lost its answer      ``AmbiguousWriteError`` (an
 when the last attempt fails too                    may have been applied)
 ``ResourceNotFoundException`` (no such table)      ``ProgrammingError``
 ``ValidationException``, item too large            ``DataError``
+botocore refuses a request's parameters before     ``ProgrammingError`` (a
+sending it (``ParamValidationError``: a value of   request built wrong: no
+the wrong type, a missing or unknown one)          retry or wait cures it)
 no credentials, no region; credentials or         ``InterfaceError`` (no
 permissions refused (``AccessDeniedException``,    feed waits it out)
 ``UnrecognizedClientException``...)
@@ -522,7 +525,7 @@ class DynamoDBConnection:
             try:
                 return method(**params)
             except Exception as error:
-                translated = translated_error(error, write=write)
+                translated = translated_error(error, write=write, operation=operation)
                 if translated is None:
                     raise
                 raise translated from error
@@ -585,32 +588,40 @@ class DynamoDBConnection:
 
 
 @contextmanager
-def translate_errors(*, write: bool = False) -> Iterator[None]:
+def translate_errors(
+    *, write: bool = False, operation: str | None = None
+) -> Iterator[None]:
     """Translate botocore errors raised inside the block into eventsourcing's.
 
     ``write``: the block sends a write, so a lost answer is reported as
-    :class:`AmbiguousWriteError`.
+    :class:`AmbiguousWriteError`. ``operation`` (``"get_records"``): the
+    call the block makes, named in a refusal of its parameters.
     """
     try:
         yield
     except Exception as error:
-        translated = translated_error(error, write=write)
+        translated = translated_error(error, write=write, operation=operation)
         if translated is None:
             raise
         raise translated from error
 
 
-def translated_error(error: Exception, *, write: bool) -> PersistenceError | None:
+def translated_error(
+    error: Exception, *, write: bool, operation: str | None = None
+) -> PersistenceError | None:
     """Return the eventsourcing error for a botocore error, or None: leave it be.
 
     ``write``: the call sent a write, so a lost answer is an
-    :class:`AmbiguousWriteError`. ledger's own errors, and any that are not
-    botocore's, are left as they are.
+    :class:`AmbiguousWriteError`. ``operation`` (``"query"``): the call
+    made, named in a refusal of its parameters. ledger's own errors, and any
+    that are not botocore's, are left as they are.
     """
     if isinstance(error, PersistenceError):
         return None
     if isinstance(error, botocore.exceptions.ClientError):
         return translate_client_error(error)
+    if isinstance(error, botocore.exceptions.ParamValidationError):
+        return refused_parameters(error, operation)
     if isinstance(
         error,
         (
@@ -647,6 +658,34 @@ def translated_error(error: Exception, *, write: bool) -> PersistenceError | Non
             "start a local server with `ledger local`."
         )
     return None
+
+
+def refused_parameters(
+    error: botocore.exceptions.ParamValidationError, operation: str | None
+) -> ProgrammingError:
+    """Return the error for a request botocore refused to send (its parameters).
+
+    A ``ProgrammingError``, as DB-API drivers raise for a parameter of a type
+    they cannot bind: the request was built wrong (a value of the wrong type
+    passed in, or a mistake in ledger), so nothing was sent, and no retry or
+    wait would send it. Not a ``DataError``: that is DynamoDB judging values
+    it was sent (``ValidationException``, an item too large).
+    """
+    # botocore's report names each parameter it refused, one per line
+    # ("Invalid type for parameter Key.application_name.S, value: ...").
+    report = str(error.kwargs.get("report") or error).strip().replace("\n", "; ")
+    call = (
+        "".join(word.capitalize() for word in operation.split("_"))
+        if operation
+        else "a DynamoDB request"
+    )
+    return ProgrammingError(
+        f"{call} was not sent: botocore refused its parameters ({report}). Pass "
+        "ledger's calls the types their signatures name (aggregate ids as UUID "
+        "or str, names and keys as str, versions and limits as int of at least "
+        "1); if every argument was of its type, the request is ledger's mistake: "
+        "report it with this message."
+    )
 
 
 def translate_client_error(error: botocore.exceptions.ClientError) -> PersistenceError:

@@ -9,6 +9,12 @@ checkpoint (a GetShardIterator and a GetRecords of one record, more past
 empty pages). The indexer commits its checkpoints with the batches it
 appends, in one transaction, so a head read after the checkpoints holds
 every event up to them.
+
+A shard the indexer holds a checkpoint for that the stream no longer lists,
+and that the indexer did not record reading to its end (``ENDED_SHARDS``),
+may have taken records the index lacks (the indexer re-indexes on seeing
+one): the events in no readable batch then cannot be told from the batch's,
+and the check refuses with ``DataError``.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import botocore.exceptions
 import botocore.utils
+from eventsourcing.persistence import DataError
 
 from ledger.dynamodb import schema
 from ledger.dynamodb.client import translate_client_error, translate_errors
@@ -78,7 +85,9 @@ class IndexCoverage:
         (closed), holds nothing after its checkpoint, or its first record
         after it was created after ``moment``. Not covered while a re-index
         from the events table is under way: its stream checkpoints say
-        nothing of what it has read.
+        nothing of what it has read. Raises ``DataError`` if a checkpointed
+        shard has left the stream unread to its end (see the module's
+        docstring).
         """
         recorder = self.recorder
         item = recorder.connection.call(
@@ -102,7 +111,12 @@ class IndexCoverage:
             shard_id: value["S"]
             for shard_id, value in item[schema.SHARD_CHECKPOINTS]["M"].items()
         }
-        for shard in self._shards():
+        shards = self._shards()
+        ended = item.get(schema.ENDED_SHARDS, {}).get("SS", [])
+        gone = sorted(set(checkpoints) - {s["ShardId"] for s in shards} - set(ended))
+        if gone:
+            raise _gone_unread(gone, checkpoints, recorder)
+        for shard in shards:
             checkpoint = checkpoints.get(shard["ShardId"])
             pending = self._shard_pending(shard, checkpoint, moment)
             if pending is not None:
@@ -166,7 +180,7 @@ class IndexCoverage:
                 raise _RefusedError(code) from error
             raise translate_client_error(error) from error
         except botocore.exceptions.BotoCoreError:
-            with translate_errors():
+            with translate_errors(operation=operation):
                 raise
 
     def _shards(self) -> list[dict[str, Any]]:
@@ -195,6 +209,28 @@ class IndexCoverage:
                 timestamp_parser=_epoch_seconds
             )
         return self._streams
+
+
+def _gone_unread(
+    gone: list[str],
+    checkpoints: Mapping[str, str],
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> DataError:
+    """Say that checkpointed shards left the stream before being read to their end."""
+    shown = ", ".join(f"{shard} (at record {checkpoints[shard]})" for shard in gone)
+    return DataError(
+        f"The indexer of {recorder.events_table_name!r} holds checkpoints of "
+        f"stream shards the stream no longer lists: {shown}, and did not record "
+        "reading them to their end: records of them may have expired "
+        "unindexed, so the events in no readable batch of "
+        f"{recorder.notifications_table_name!r} cannot be told from the "
+        "batch's (saves the index lacks could stand in for events lost from "
+        "the events table). Nothing was applied. The indexer re-indexes from "
+        "the events table on its next round, and a re-index stops at the "
+        "damaged batch: restore the batch (a backup of the notifications "
+        "table), or rebuild the projection from the events table (ledger "
+        "projections rebuild NAME --source scan)."
+    )
 
 
 def _epoch_seconds(value: Any) -> float:

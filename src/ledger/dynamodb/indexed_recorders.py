@@ -36,7 +36,7 @@ import itertools
 import time
 import uuid
 from collections import OrderedDict, defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple
 
 from eventsourcing.persistence import (
@@ -85,6 +85,30 @@ _MARKED_ITEM_OVERHEAD: Final = 256
 
 class IndexWaitTimeoutError(OperationalError, TimeoutError):
     """The index did not cover saved events within the time allowed."""
+
+
+_NOT_READ: Final = -1
+"""A revision of the indexer's checkpoints not read yet (see ``_WaitProgress``)."""
+
+
+class _WaitProgress:
+    """How far a ``wait_indexed`` read the index, for the error if it times out."""
+
+    __slots__ = ("cut", "head", "lowest", "revision", "unreadable")
+
+    def __init__(self, head: int) -> None:
+        self.head = head
+        """The head the wait read first (0: the index was empty)."""
+        self.lowest = head + 1
+        """Every position from here to the head first read has been read back."""
+        self.cut = False
+        """Whether the deadline stopped the read back before it was done."""
+        self.unreadable: list[CorruptNotificationBatchError] = []
+        """Batches gone past on the way back (damaged or missing)."""
+        self.revision: int | None = _NOT_READ
+        """The indexer's checkpoints' revision when the wait began to take
+        time (None: no round committed), to tell a stopped indexer from one
+        behind."""
 
 
 class _SavePlace(NamedTuple):
@@ -388,7 +412,9 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
         :attr:`skip_clock_margin` seconds), polling every second for up to
         ``timeout`` seconds (default :attr:`skip_wait_timeout`), then raises
         :class:`IndexWaitTimeoutError` (is an indexer running? a re-index
-        under way cannot pass a damaged batch). It reads the head again,
+        under way cannot pass a damaged batch). A ``timeout`` below
+        :attr:`skip_clock_margin` could never be met: it is refused with
+        ``ValueError`` before anything is read. It reads the head again,
         and drops the events the indexer appended after the first head
         read: what remains is exactly the unreadable positions' events.
         Positions of readable batches within ``low`` to ``high`` (past a
@@ -413,11 +439,29 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
         head and a Query of what was appended. Raises ``DataError`` when
         other positions cannot be read either, when the events in no
         readable batch are fewer than the unreadable positions (events
-        lost) or more (events the index lacks), or when they cannot be put
-        in an order the index could have had. Nothing is applied then.
+        lost) or more (events the index lacks), when they cannot be put
+        in an order the index could have had, or when a shard the indexer
+        checkpointed left the stream before it recorded reading the shard to
+        its end (records the index lacks may be gone with it). Nothing is
+        applied then.
         """
         wait = self.skip_wait_timeout if timeout is None else timeout
         table = self.notifications_table_name
+        if wait < self.skip_clock_margin:
+            # Refused, not raised to the margin: a caller's timeout bounds
+            # its time (a Lambda's), and a wait of the margin alone leaves
+            # the indexer no time to catch up, failing after the Scan.
+            raise ValueError(
+                f"A timeout of {wait} s cannot go past a batch of {table!r}: "
+                f"skip-batch waits at least {self.skip_clock_margin} s after "
+                "its Scan of the events table (skip_clock_margin: how far "
+                "DynamoDB's clock may be ahead of this machine's) for the "
+                "indexer to index what was saved before it, so it would always "
+                "fail, after reading both tables whole. Nothing was read. Give "
+                f"a timeout of at least {self.skip_clock_margin} s, and more "
+                "to leave the indexer time to catch up (the default, "
+                f"skip_wait_timeout, is {self.skip_wait_timeout} s)."
+            )
         head, page_size = self._read_head() or (0, self.page_size_to_write())
         if not 1 <= low <= high <= head:
             raise ProgrammingError(
@@ -550,33 +594,6 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
             )
         return range(gaps[0][0], gaps[0][1] + 1) if gaps else range(0)
 
-    def _batch_items(
-        self, low: int, high: int, page_size: int, *, newest_first: bool = False
-    ) -> Iterator[Item]:
-        """Yield the batch items ending from ``low`` to ``high``, in position order.
-
-        One Query (per 1 MB) per notifications page, each asking only for
-        the positions that page holds (a table moved onto smaller pages
-        keeps other batches under the same page numbers).
-        """
-        pages = range(
-            schema.page_of(low, page_size), schema.page_of(high, page_size) + 1
-        )
-        for page in reversed(pages) if newest_first else pages:
-            yield from self.connection.items(
-                "query",
-                TableName=self.notifications_table_name,
-                KeyConditionExpression="#p = :p AND #pos BETWEEN :low AND :up",
-                ExpressionAttributeNames={"#p": schema.PAGE, "#pos": schema.POSITION},
-                ExpressionAttributeValues={
-                    ":p": {"N": str(page)},
-                    ":low": {"N": str(max(low, page * page_size))},
-                    ":up": {"N": str(min(high, (page + 1) * page_size - 1))},
-                },
-                ConsistentRead=True,
-                ScanIndexForward=not newest_first,
-            )
-
     def _unindexed(
         self, indexed: _IndexedVersions
     ) -> dict[tuple[str, int], _Unindexed]:
@@ -692,11 +709,17 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
         end, and does not wait). A batch that cannot
         be read, or a missing one, is gone past on the way back: the events
         may be found elsewhere. Then it reads on from H, only what is new,
-        every ``poll_interval`` seconds. Raises :class:`IndexWaitTimeoutError`,
-        naming what is missing, after ``timeout`` seconds: is an indexer
-        running (``ledger index run``)? If it went past an unreadable batch
-        on the way back, it raises ``CorruptNotificationBatchError`` naming
-        that batch instead: what is missing may be in it.
+        every ``poll_interval`` seconds. Raises :class:`IndexWaitTimeoutError`
+        after ``timeout`` seconds, naming what is missing, how far it read
+        the index (and whether the timeout cut the read back: the events may
+        then be indexed below where it stopped), and whether the indexer's
+        checkpoints moved while it waited (an indexer behind, or none
+        running); to tell, it reads their revision (one GetItem) when the
+        wait begins to take time (its first pause, or a read back past the
+        head's page) and again when it gives up. If it went past an
+        unreadable batch on the way back, it raises
+        ``CorruptNotificationBatchError`` naming that batch instead: what is
+        missing may be in it.
         """
         missing: dict[tuple[str, int], int] = {}
         """Per event waited for, a position the index had reached before its
@@ -708,14 +731,17 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
         found: dict[tuple[str, int], int] = {}
         deadline = time.monotonic() + timeout
         scanned = 0
-        unreadable: list[CorruptNotificationBatchError] = []
+        progress = _WaitProgress(0)
         if missing:
             head_read = self._read_head()
             if head_read is not None:
                 scanned = head_read[0]
+                progress = _WaitProgress(scanned)
                 # timeout=0 looks once: the whole read back, then no wait.
                 cut = deadline if timeout > 0 else None
-                unreadable = self._find_indexed(missing, found, *head_read, cut)
+                self._find_indexed(
+                    missing, found, *head_read, deadline=cut, progress=progress
+                )
         while missing:
             head = self.max_notification_id() or 0
             while missing and scanned < head:
@@ -732,27 +758,129 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
                 scanned = page[-1].id
             remaining = deadline - time.monotonic()
             if missing and remaining <= 0:
-                shown = ", ".join(f"{a} v{v}" for a, v in sorted(missing)[:5])
-                lacks = (
-                    f"After {timeout} s the index of {self.events_table_name!r} "
-                    f"(head at position {head}) still lacks {len(missing)} saved "
-                    f"event(s): {shown}."
-                )
-                if unreadable:
-                    # They may be in a batch gone past, as well as not indexed yet.
-                    gone = unreadable[0]
-                    raise CorruptNotificationBatchError(
-                        gone.table_name,
-                        gone.last_position,
-                        f"{gone.reason.rstrip('.')}. {lacks} They may be in it",
-                    )
-                raise IndexWaitTimeoutError(
-                    f"{lacks} Is an indexer running (`ledger index run`)? See "
-                    "`ledger index status` for its lag."
-                )
+                raise self._wait_timed_out(missing, timeout, head, scanned, progress)
             if missing:
+                if progress.revision == _NOT_READ:
+                    progress.revision = self._index_revision()
                 time.sleep(min(self.poll_interval, remaining))
         return found
+
+    def _wait_timed_out(
+        self,
+        missing: Mapping[tuple[str, int], int],
+        timeout: float,
+        head: int,
+        scanned: int,
+        progress: _WaitProgress,
+    ) -> PersistenceError:
+        """Return the error of a wait that ran out: what it knows, and what to do."""
+        shown = ", ".join(f"{a} v{v}" for a, v in sorted(missing)[:5])
+        lacks = (
+            f"After {timeout} s the index of {self.events_table_name!r} "
+            f"(head at position {head}) still lacks {len(missing)} saved "
+            f"event(s): {shown}."
+        )
+        if progress.unreadable:
+            # They may be in a batch gone past, as well as not indexed yet.
+            gone = progress.unreadable[0]
+            return CorruptNotificationBatchError(
+                gone.table_name,
+                gone.last_position,
+                f"{gone.reason.rstrip('.')}. {lacks} They may be in it",
+            )
+        then = (
+            "Wait again with a longer timeout, or with timeout=0 to read the "
+            "index back to its start without waiting."
+            if progress.cut
+            else "Wait again once the indexer has caught up."
+        )
+        return IndexWaitTimeoutError(
+            f"{lacks} {self._read_back_told(progress)}, and "
+            + (
+                f"it read on from position {progress.head + 1} to {scanned}. "
+                if scanned > progress.head
+                else f"nothing was appended after position {progress.head}. "
+            )
+            + f"{self._indexer_told(progress.revision)} {then}"
+        )
+
+    @staticmethod
+    def _read_back_told(progress: _WaitProgress) -> str:
+        """Say how far a wait read the index back from the head it read first."""
+        first, lowest = progress.head, progress.lowest
+        if first == 0:
+            return "The index was empty when the wait began"
+        if lowest > first:
+            return (
+                f"Each was saved after the index reached position {first}, "
+                "the head when the wait began"
+            )
+        if progress.cut:
+            return (
+                f"The timeout stopped its read of the index back from position "
+                f"{first} at position {lowest}: they may be indexed below it"
+            )
+        if lowest > 1:
+            return (
+                f"It read the index back from position {first} to {lowest}, "
+                "below which none can be (each was saved after the index had "
+                f"reached position {lowest - 1})"
+            )
+        return f"It read the whole index back from position {first}"
+
+    def _indexer_told(self, began: int | None) -> str:
+        """Say whether the indexer committed while a wait waited (``began``: then)."""
+        if began == _NOT_READ:  # no wait: nothing to compare
+            return (
+                "Is an indexer running (`ledger index run`)? `ledger index "
+                "status` shows its lag."
+            )
+        now = self._index_revision()
+        if now is None:
+            return (
+                "No indexer has committed a round yet: is one running "
+                "(`ledger index run`)?"
+            )
+        if now == began:
+            return (
+                f"The indexer's checkpoints did not move while it waited "
+                f"(revision {now}): is an indexer running (`ledger index run`)? "
+                "`ledger index status` shows its lag."
+            )
+        moved = f"revision {now}" if began is None else f"revision {began} to {now}"
+        return (
+            f"The indexer's checkpoints moved while it waited ({moved}): an "
+            "indexer is running, behind these saves; `ledger index status` "
+            "shows its lag."
+        )
+
+    def _index_revision(self) -> int | None:
+        """Return the revision of the indexer's checkpoints (None: no round yet).
+
+        One GetItem of the checkpoints item (its read units are the whole
+        item's, though only the revision is returned).
+        """
+        item = self.connection.call(
+            "get_item",
+            TableName=self.notifications_table_name,
+            Key=schema.index_checkpoints_key(),
+            ProjectionExpression="#r",
+            ExpressionAttributeNames={"#r": schema.REVISION},
+            ConsistentRead=True,
+        ).get("Item")
+        return int(item[schema.REVISION]["N"]) if item else None
+
+    def _cut_at(self, deadline: float | None, progress: _WaitProgress) -> bool:
+        """Return whether a read back past its bound stops: ``deadline`` has passed.
+
+        Reads the indexer's revision first, once: the wait takes time from here.
+        """
+        if deadline is None:
+            return False
+        if progress.revision == _NOT_READ:
+            progress.revision = self._index_revision()
+        progress.cut = time.monotonic() >= deadline
+        return progress.cut
 
     def _find_indexed(
         self,
@@ -760,35 +888,35 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
         found: dict[tuple[str, int], int],
         head: int,
         page_size: int,
+        *,
         deadline: float | None,
-    ) -> list[CorruptNotificationBatchError]:
+        progress: _WaitProgress,
+    ) -> None:
         """Move from ``missing`` to ``found`` the events indexed at or before ``head``.
 
         Reads batches backwards from ``head``, until every event still
         missing has a floor at or above the positions read (it is after
         ``head``), or until ``deadline`` (None: none) once past the head's
         page and the floors known. A batch that cannot be read, or a missing
-        one, is gone past: the events sought may be elsewhere.
-        Returns what was gone past, reported only if an event is still
-        missing when the wait ends.
+        one, is gone past: the events sought may be elsewhere. Notes in
+        ``progress`` how far it read, whether the deadline cut it, and what
+        was gone past (reported only if an event is still missing when the
+        wait ends); and, before reading past the head's page and the floors,
+        the indexer's revision, as the wait then begins to take time.
         """
-        unreadable: list[CorruptNotificationBatchError] = []
-        lowest = head + 1  # every position from here to the head has been read
+        unreadable = progress.unreadable
         floor = min(missing.values())
         if floor >= head:
-            return unreadable
+            return
         # Read whatever the time: the head's page, and down to the floors
         # known (what was appended since these saves). Only the read below,
         # for events saved elsewhere, down to position 1, is cut short.
         known = [f for f in missing.values() if f > 0]
         bound = min([schema.page_of(head, page_size) * page_size, *known])
         for item in self._batch_items(1, head, page_size, newest_first=True):
-            if (
-                deadline is not None
-                and lowest <= bound
-                and time.monotonic() >= deadline
-            ):
-                return unreadable
+            lowest = progress.lowest
+            if lowest <= bound and self._cut_at(deadline, progress):
+                return
             try:
                 first, entries = read_batch_item(item, self.notifications_table_name)
             except CorruptNotificationBatchError as damaged:
@@ -799,7 +927,7 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
             last = first + len(entries) - 1
             if last != lowest - 1 and not self._ends_at(unreadable, lowest - 1):
                 unreadable.append(self._missing_batch(last + 1, lowest - 1))
-            lowest = first
+            progress.lowest = first
             hit = False
             for position, entry in enumerate(entries, first):
                 key = (entry.aggregate_id, entry.version)
@@ -808,14 +936,14 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
                     found[key] = position
                     hit = True
             if not missing:
-                return unreadable
+                return
             if hit:
                 floor = min(missing.values())
-            if floor >= lowest - 1:
-                return unreadable
+            if floor >= first - 1:
+                return
+        lowest = progress.lowest
         if lowest > 1 and not self._ends_at(unreadable, lowest - 1):
             unreadable.append(self._missing_batch(1, lowest - 1))
-        return unreadable
 
     @staticmethod
     def _ends_at(unreadable: list[CorruptNotificationBatchError], last: int) -> bool:

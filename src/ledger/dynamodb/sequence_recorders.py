@@ -734,27 +734,57 @@ class DynamoDBApplicationRecorder(DynamoDBAggregateRecorder, ApplicationRecorder
         committed position.
         """
         upper = position + BATCH_REACH
-        size = self.page_size
-        for page in range(
-            schema.page_of(position, size), schema.page_of(upper, size) + 1
+        for batch in self._batch_items(
+            position, upper, self.page_size, keys_only=True, limit=1
         ):
-            for batch in self.connection.items(
-                "query",
-                TableName=self.notifications_table_name,
-                KeyConditionExpression="#p = :p AND #pos BETWEEN :low AND :up",
-                ExpressionAttributeNames={"#p": schema.PAGE, "#pos": schema.POSITION},
-                ExpressionAttributeValues={
-                    ":p": {"N": str(page)},
-                    ":low": {"N": str(max(position, page * size))},
-                    ":up": {"N": str(min(upper, page * size + size - 1))},
-                },
-                ProjectionExpression="#pos",
-                ConsistentRead=True,
-                Limit=1,
-            ):
-                return int(batch[schema.POSITION]["N"])
+            return int(batch[schema.POSITION]["N"])
         last = self.max_notification_id() or 0
         return min(last, upper) if position <= last else None
+
+    def _batch_items(
+        self,
+        low: int,
+        high: int,
+        page_size: int,
+        *,
+        newest_first: bool = False,
+        keys_only: bool = False,
+        limit: int | None = None,
+    ) -> Iterator[Item]:
+        """Yield the batch items ending from ``low`` to ``high``, in position order.
+
+        One Query (per 1 MB, or per ``limit`` items) per notifications page
+        of ``page_size`` positions, each asking only for the positions that
+        page holds (a table moved onto smaller pages keeps other batches
+        under the same page numbers). ``newest_first``: pages and items in
+        descending order. ``keys_only``: each item's position alone, so a
+        batch that cannot be read is found as well as any.
+        """
+        pages = range(
+            schema.page_of(low, page_size), schema.page_of(high, page_size) + 1
+        )
+        for page in reversed(pages) if newest_first else pages:
+            params: dict[str, Any] = {
+                "TableName": self.notifications_table_name,
+                "KeyConditionExpression": "#p = :p AND #pos BETWEEN :low AND :up",
+                "ExpressionAttributeNames": {
+                    "#p": schema.PAGE,
+                    "#pos": schema.POSITION,
+                },
+                "ExpressionAttributeValues": {
+                    ":p": {"N": str(page)},
+                    ":low": {"N": str(max(low, page * page_size))},
+                    ":up": {"N": str(min(high, (page + 1) * page_size - 1))},
+                },
+                "ConsistentRead": True,
+            }
+            if newest_first:  # ascending is DynamoDB's default
+                params["ScanIndexForward"] = False
+            if keys_only:
+                params["ProjectionExpression"] = "#pos"
+            if limit is not None:
+                params["Limit"] = limit
+            yield from self.connection.items("query", **params)
 
     def notifications_from_events(self, low: int, high: int) -> list[Notification]:
         """Return the notifications of positions ``low`` to ``high`` from the events.

@@ -1,0 +1,80 @@
+"""A request botocore refuses to send is a ``ProgrammingError`` saying what to fix.
+
+botocore checks a request's parameters before sending it
+(``ParamValidationError``: a value of the wrong type, say). That is no
+``PersistenceError``: untranslated, it would escape callers that catch
+eventsourcing's errors, as every other DynamoDB failure reaches them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import botocore.exceptions
+import pytest
+from eventsourcing.persistence import (
+    PersistenceError,
+    ProcessRecorder,
+    ProgrammingError,
+    Tracking,
+)
+from eventsourcing.utils import Environment
+
+from ledger.dynamodb import DynamoDBFactory
+
+
+def causes(error: BaseException) -> Iterator[BaseException]:
+    """Yield the errors ``error`` was raised from, nearest first."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+        yield error
+
+
+@pytest.fixture
+def recorder(dynamodb_endpoint: str, table_prefix: str) -> Iterator[ProcessRecorder]:
+    """A process recorder (events and tracking) on this test's tables."""
+    factory = DynamoDBFactory(
+        Environment(
+            "ledger_test",
+            {
+                "DYNAMODB_ENDPOINT_URL": dynamodb_endpoint,
+                "DYNAMODB_TABLE_PREFIX": table_prefix,
+                "DYNAMODB_EVENTS_STREAM": "no",
+            },
+        )
+    )
+    yield factory.process_recorder()
+    factory.close()
+
+
+def test_a_wrongly_typed_name_read_is_a_programming_error_naming_call_and_parameter(
+    recorder: ProcessRecorder,
+) -> None:
+    upstream = uuid.uuid4()  # the upstream application's id, not its name
+
+    with pytest.raises(PersistenceError) as raised:
+        recorder.max_tracking_id(upstream)  # type: ignore[arg-type]
+
+    error = raised.value
+    assert isinstance(error, ProgrammingError)
+    assert any(
+        isinstance(cause, botocore.exceptions.ParamValidationError)
+        for cause in causes(error)
+    )
+    assert "tracking: GetItem was not sent" in str(error)  # the table, the call
+    assert "parameter Key.application_name.S" in str(error)
+    assert "names and keys as str" in str(error)
+
+
+def test_a_wrongly_typed_name_written_is_a_programming_error_and_nothing_is_written(
+    recorder: ProcessRecorder,
+) -> None:
+    upstream = uuid.uuid4()
+
+    with pytest.raises(ProgrammingError, match="UpdateItem was not sent") as raised:
+        recorder.insert_tracking(Tracking(upstream, 1))  # type: ignore[arg-type]
+
+    # Refused before sending: not a write whose answer was lost.
+    assert "may have been applied" not in str(raised.value)
+    assert recorder.max_tracking_id(str(upstream)) is None

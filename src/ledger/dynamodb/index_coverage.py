@@ -271,9 +271,11 @@ def _gone_unread(
     shown = ", ".join(f"{shard} (at record {checkpoints[shard]})" for shard in gone)
     return DataError(
         f"The indexer of {recorder.events_table_name!r} holds checkpoints of "
-        f"stream shards the stream no longer lists: {shown}, and did not record "
-        "reading them to their end: records of them may have expired "
-        "unindexed, so the events in no readable batch of "
+        f"stream shards the events table's stream no longer lists: {shown}, "
+        "and did not record reading them to their end: records of them may "
+        "have expired unindexed (or, the stream having been disabled and "
+        "enabled again, they are of the earlier stream, and saves made while "
+        "it was off are in none), so the events in no readable batch of "
         f"{recorder.notifications_table_name!r} cannot be told from the "
         "batch's (saves the index lacks could stand in for events lost from "
         f"the events table). Nothing was applied. {_REINDEX_NEXT}"
@@ -281,8 +283,10 @@ def _gone_unread(
 
 
 _REINDEX_NEXT: Final = (
-    "The indexer re-indexes from the events table on its next round, and a "
-    "re-index stops at the damaged batch: restore the batch (a backup of the "
+    "An indexer reading the events table's current stream re-indexes from "
+    "the events table on its next round (one started before that stream was "
+    "enabled reads the earlier one: restart it), and a re-index stops at the "
+    "damaged batch: restore the batch (a backup of the "
     "notifications table), or rebuild the projection from the events table "
     "(ledger projections rebuild NAME --source scan)."
 )

@@ -21,7 +21,8 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.utils import Environment
 
-from ledger.dynamodb import DynamoDBFactory
+from ledger.dynamodb import DynamoDBConnection, DynamoDBFactory, TableNotFoundError
+from ledger.dynamodb.tables import delete_table
 
 
 def causes(error: BaseException) -> Iterator[BaseException]:
@@ -78,3 +79,37 @@ def test_a_wrongly_typed_name_written_is_a_programming_error_and_nothing_is_writ
     # Refused before sending: not a write whose answer was lost.
     assert "may have been applied" not in str(raised.value)
     assert recorder.max_tracking_id(str(upstream)) is None
+
+
+@pytest.fixture
+def connection(recorder: ProcessRecorder) -> DynamoDBConnection:
+    """The connection of ``recorder``'s factory."""
+    made: DynamoDBConnection = recorder.connection  # type: ignore[attr-defined]
+    return made
+
+
+def test_a_table_dynamodb_does_not_have_is_a_table_not_found_error_naming_it(
+    connection: DynamoDBConnection,
+) -> None:
+    with pytest.raises(TableNotFoundError, match="no-such-table") as raised:
+        connection.call("describe_table", TableName="no-such-table")
+
+    assert isinstance(raised.value, ProgrammingError)  # callers catching it still do
+    assert "ledger tables create" in str(raised.value)
+
+
+def test_deleting_a_table_that_is_not_there_says_there_was_none(
+    connection: DynamoDBConnection,
+) -> None:
+    assert delete_table(connection, "no-such-table") is False
+
+
+def test_deleting_a_table_by_a_name_botocore_refuses_raises_not_there_was_none(
+    connection: DynamoDBConnection,
+) -> None:
+    # Nothing was sent, so nothing says the table is not there.
+    with pytest.raises(ProgrammingError, match="DeleteTable was not sent") as raised:
+        delete_table(connection, "")
+
+    assert not isinstance(raised.value, TableNotFoundError)
+    assert "parameter TableName" in str(raised.value)

@@ -541,7 +541,7 @@ def test_skip_batch_refuses_while_a_checkpointed_shard_left_the_stream_unread(
     feed.poll()
     view_before = sorted(map(str, feed.projector.view.stored_items()))
 
-    with pytest.raises(DataError, match="the stream no longer lists") as raised:
+    with pytest.raises(DataError, match="stream no longer lists") as raised:
         feed.skip_batch(history.low)
 
     assert GONE_SHARD in str(raised.value)
@@ -561,6 +561,82 @@ def test_skip_batch_goes_past_a_shard_gone_from_the_stream_once_read_to_its_end(
 
     assert applied == history.high - history.low + 1
     assert feed.position == history.high
+
+
+def uncheckpoint_the_listed_shards(app: Orders, last_found_empty: float) -> list[str]:
+    """Leave the stream's shards without a checkpoint, last found empty then.
+
+    As if the indexer stopped while they held nothing and had no checkpoint
+    (a child of a shard it read to its end, say), and ``last_found_empty``
+    was the last time it found them so. Returns the shards' ids.
+    """
+    recorder = app.recorder
+    connection = recorder.connection
+    table = connection.call("describe_table", TableName=recorder.events_table_name)
+    streams = connection.streams_client()
+    description = streams.describe_stream(StreamArn=table["Table"]["LatestStreamArn"])
+    listed = [shard["ShardId"] for shard in description["StreamDescription"]["Shards"]]
+    names = {f"#s{n}": shard for n, shard in enumerate(listed)}
+    connection.call(
+        "update_item",
+        TableName=recorder.notifications_table_name,
+        Key=schema.index_checkpoints_key(),
+        UpdateExpression="SET #caught = :then REMOVE #started, "
+        + ", ".join(f"#cp.{name}" for name in names),
+        ExpressionAttributeNames={
+            "#cp": schema.SHARD_CHECKPOINTS,
+            "#caught": schema.REINDEX_CAUGHT_UP,
+            "#started": schema.REINDEX_STARTED,
+            **names,
+        },
+        ExpressionAttributeValues={":then": {"N": str(last_found_empty)}},
+        ConditionExpression="attribute_exists(#cp)",
+    )
+    return listed
+
+
+def test_skip_batch_refuses_while_shards_without_a_checkpoint_may_have_lost_records(
+    app: Orders, feed: SequenceFeed
+) -> None:
+    """They are read from their oldest record, never refused as trimmed: past
+    the stream's retention since they were last found empty, records of them
+    may have expired unindexed, and the indexer re-indexes."""
+    history = indexed_history(app)
+    two_days_ago = time.time() - 2 * 24 * 3600
+    unguarded = uncheckpoint_the_listed_shards(app, two_days_ago)
+    app.recorder.skip_wait_timeout = 3.0
+    feed.poll()
+
+    with pytest.raises(DataError, match="holds no checkpoint of stream") as raised:
+        feed.skip_batch(history.low)
+
+    assert all(shard in str(raised.value) for shard in unguarded)
+    assert "Nothing was applied" in str(raised.value)
+    assert feed.position == history.low - 1
+    # The indexer judges the same: its next round starts a re-index.
+    Indexer(app.recorder).poll()
+    item = app.recorder.connection.call(
+        "get_item",
+        TableName=app.recorder.notifications_table_name,
+        Key=schema.index_checkpoints_key(),
+        ConsistentRead=True,
+    )["Item"]
+    assert schema.REINDEX_SCAN in item
+
+
+def test_skip_batch_waits_on_shards_without_a_checkpoint_found_empty_lately(
+    app: Orders, feed: SequenceFeed
+) -> None:
+    # Within the retention, what they hold is still there: read, not refused.
+    history = indexed_history(app)
+    uncheckpoint_the_listed_shards(app, time.time() - 3600)
+    app.recorder.skip_wait_timeout = 3.0
+    feed.poll()
+
+    with pytest.raises(IndexWaitTimeoutError, match="not indexed yet"):
+        feed.skip_batch(history.low)
+
+    assert feed.position == history.low - 1
 
 
 @st.composite

@@ -7,6 +7,7 @@ import threading
 import uuid
 
 import pytest
+from eventsourcing.utils import Environment
 
 from ledger.dynamodb import (
     CorruptNotificationBatchError,
@@ -18,8 +19,13 @@ from ledger.dynamodb import (
 )
 from ledger.indexer import Indexer
 from tests import indexed_support
-from tests.faults import DELAY, FaultProxy
-from tests.indexed_support import indexed_factory, indexed_recorder, stored
+from tests.faults import DELAY, SERVER_ERROR, FaultProxy
+from tests.indexed_support import (
+    indexed_env,
+    indexed_factory,
+    indexed_recorder,
+    stored,
+)
 from tests.test_indexed_ordering import fill_index
 
 factory = indexed_support.factory
@@ -266,3 +272,70 @@ def test_a_wait_with_an_indexer_behind_says_the_checkpoints_moved(
     assert "It read the whole index back from position" in told
     assert "checkpoints moved while it waited" in told
     assert "an indexer is running, behind these saves" in told
+
+
+def wait_failing_revision_reads(
+    dynamodb_endpoint: str, table_prefix: str, failing: set[int]
+) -> IndexWaitTimeoutError:
+    """Wait for an event never indexed, the indexer's checkpoints read through
+    a proxy that fails the ``failing`` reads of them (1: the first).
+
+    Returns the wait's error; botocore makes one attempt per request.
+    """
+    aggregate = uuid.uuid4()
+    with FaultProxy(dynamodb_endpoint) as proxy:
+        env = indexed_env(proxy.endpoint_url, table_prefix)
+        env["DYNAMODB_MAX_ATTEMPTS"] = "1"
+        through = DynamoDBFactory(Environment("ledger_test", env))
+        waiter = indexed_recorder(through)
+        indexer = Indexer(waiter)
+        waiter.insert_events([stored(uuid.uuid4(), 1)])
+        indexer.catch_up()  # one round committed: the checkpoints' revision 1
+        waiter.insert_events([stored(aggregate, 1)])  # never indexed
+        reads: list[int] = []
+
+        def a_failing_revision_read(operation: str, index: int, body: bytes) -> bool:
+            # The wait's reads of the checkpoints item ask for its revision only.
+            if operation != "GetItem" or schema.REVISION.encode() not in body:
+                return False
+            reads.append(index)
+            return len(reads) in failing
+
+        proxy.on(a_failing_revision_read, fault=SERVER_ERROR, times=None)
+        try:
+            with pytest.raises(
+                IndexWaitTimeoutError, match=f"{aggregate} v1"
+            ) as raised:
+                waiter.wait_indexed([stored(aggregate, 1)], timeout=0.5)
+        finally:
+            through.close()
+        assert ("GetItem", SERVER_ERROR) in proxy.requests
+    assert len(reads) == 2  # when the wait began to take time, and when it ended
+    return raised.value
+
+
+def test_a_failed_read_of_the_checkpoints_at_a_timeout_says_unknown_not_raised(
+    dynamodb_endpoint: str, table_prefix: str
+) -> None:
+    raised = wait_failing_revision_reads(dynamodb_endpoint, table_prefix, {2})
+
+    told = str(raised)
+    assert "Each was saved after the index reached position 1" in told
+    assert (
+        "Whether the indexer's checkpoints moved while it waited is unknown: "
+        "reading them failed (DynamoDB kept refusing the request" in told
+    )
+    assert "did not move" not in told
+
+
+def test_a_failed_read_of_the_checkpoints_as_a_wait_begins_says_unknown_at_its_end(
+    dynamodb_endpoint: str, table_prefix: str
+) -> None:
+    raised = wait_failing_revision_reads(dynamodb_endpoint, table_prefix, {1})
+
+    told = str(raised)
+    assert (
+        "Whether the indexer's checkpoints moved while it waited is unknown: "
+        "reading them when it began to wait failed (revision 1 now)" in told
+    )
+    assert "did not move" not in told

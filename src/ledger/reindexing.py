@@ -213,12 +213,7 @@ class Reindexing:
         On a first run (no time yet) the stream's age decides instead (see
         :meth:`_stream_holds_since`).
         """
-        since = _stream_needed_since(state)
-        if state.scan is not None or since is None:
-            return False
-        if not _unguarded(listed, state.checkpoints):
-            return False
-        return self.clock() > since + RETENTION - 2 * _CLOCK_MARGIN
+        return bool(lapsed_unguarded(state, listed, self.clock()))
 
     def _another_pass_reason(
         self, state: _Round, listed: Mapping[str, Mapping[str, Any]]
@@ -539,6 +534,24 @@ def _stream_needed_since(state: _Round) -> float | None:
         if moment is not None
     ]
     return max(known) if known else None
+
+
+def lapsed_unguarded(
+    state: _Round, listed: Mapping[str, Mapping[str, Any]], now: float
+) -> list[str]:
+    """Return the listed shards without a checkpoint that may have lost records unread.
+
+    Empty unless the stream's retention (less the clocks' margin) has gone
+    by at ``now`` (epoch seconds) since :func:`_stream_needed_since`: see
+    :meth:`Reindexing._another_pass_due`, and skip-batch's check of the
+    same (:mod:`ledger.dynamodb.index_coverage`).
+    """
+    since = _stream_needed_since(state)
+    if state.scan is not None or since is None:
+        return []
+    if now <= since + RETENTION - 2 * _CLOCK_MARGIN:
+        return []
+    return _unguarded(listed, state.checkpoints)
 
 
 def _by_id(shards: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

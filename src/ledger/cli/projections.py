@@ -85,11 +85,13 @@ def _check_events_table(app: Application[Any]) -> None:
     """
     from eventsourcing.persistence import ProgrammingError  # noqa: PLC0415
 
+    from ledger.dynamodb import TableNotFoundError  # noqa: PLC0415
+
     recorder: Any = app.recorder
     table = recorder.events_table_name
     try:
         recorder.connection.call("describe_table", TableName=table)
-    except ProgrammingError as error:
+    except TableNotFoundError as error:
         raise ProgrammingError(
             f"Table {table} (the events of application {app.name}) does not "
             "exist, so there is nothing to project; no table was created. Check "

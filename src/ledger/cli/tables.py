@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from eventsourcing.persistence import ProgrammingError
 
 from ledger.cli.options import console, metered, output_table, settings
-from ledger.dynamodb import DynamoDBFactory, schema
+from ledger.dynamodb import DynamoDBFactory, TableNotFoundError, schema
 from ledger.dynamodb.tables import delete_table
 
 tables_cli = typer.Typer(help="Create, describe or delete an application's tables.")
@@ -89,7 +88,7 @@ def tables_describe(app: AppName = None) -> None:
         for name in [*names, *_projection_tables(app)]:
             try:
                 found = factory.connection.call("describe_table", TableName=name)
-            except ProgrammingError:  # no such table: a row, not an error
+            except TableNotFoundError:  # a row, not an error
                 table.add_row(name, "missing", "-", "-", "-")
                 continue
             info = found["Table"]

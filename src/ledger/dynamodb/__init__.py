@@ -9,7 +9,11 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 
 from ledger.dynamodb.batches import CorruptNotificationBatchError
-from ledger.dynamodb.client import AmbiguousWriteError, DynamoDBConnection
+from ledger.dynamodb.client import (
+    AmbiguousWriteError,
+    DynamoDBConnection,
+    TableNotFoundError,
+)
 from ledger.dynamodb.factory import DynamoDBFactory
 from ledger.dynamodb.idempotency import RepeatedSaveError, SavedOutcome
 from ledger.dynamodb.indexed_recorders import (
@@ -81,6 +85,7 @@ __all__ = [
     "RepeatedSaveError",
     "SavedOutcome",
     "SequenceDisabledError",
+    "TableNotFoundError",
     "TransactionTooLargeError",
     "aggregate_tracking",
     "connection_of",

@@ -18,7 +18,8 @@ botocore's retries), a transaction conflict
 a write one of whose attempts lost its answer      ``AmbiguousWriteError`` (an
 (connection closed or timed out while waiting),    ``OperationalError``: it
 when the last attempt fails too                    may have been applied)
-``ResourceNotFoundException`` (no such table)      ``ProgrammingError``
+``ResourceNotFoundException`` (no such table)      ``TableNotFoundError`` (a
+                                                   ``ProgrammingError``)
 ``ValidationException``, item too large            ``DataError``
 botocore refuses a request's parameters before     ``ProgrammingError`` (a
 sending it (``ParamValidationError``: a value of   request built wrong: no
@@ -131,6 +132,16 @@ class TransactionCancelledError(OperationalError):
     def __init__(self, message: str, reasons: list[CancellationReason]) -> None:
         super().__init__(message)
         self.reasons = reasons
+
+
+class TableNotFoundError(ProgrammingError):
+    """DynamoDB has no such table (``ResourceNotFoundException``).
+
+    Told apart from the other ``ProgrammingError``s (a request botocore
+    refused to send, say) so that "there is none" is read only where
+    DynamoDB said so. From the Streams API, the same code means no such
+    stream or shard.
+    """
 
 
 class AmbiguousWriteError(OperationalError):
@@ -532,7 +543,13 @@ class DynamoDBConnection:
         except ProgrammingError as error:
             table = params.get("TableName")
             if table and table not in str(error):
-                raise ProgrammingError(f"Table {table}: {error}") from error
+                # Of the same class: "no such table" stays told apart.
+                named = (
+                    TableNotFoundError
+                    if isinstance(error, TableNotFoundError)
+                    else ProgrammingError
+                )
+                raise named(f"Table {table}: {error}") from error
             raise
         except OperationalError as error:
             if write and self._call_state.lost_answer:
@@ -735,7 +752,7 @@ def translate_client_error(error: botocore.exceptions.ClientError) -> Persistenc
             "restarts the feed from the oldest record the stream keeps."
         )
     if code == "ResourceNotFoundException":
-        return ProgrammingError(
+        return TableNotFoundError(
             f"{message}. If it should exist, check the endpoint, DYNAMODB_REGION "
             "and DYNAMODB_TABLE_PREFIX; to create the tables, set CREATE_TABLE=y "
             "(the default) or run `ledger tables create`."

@@ -14,11 +14,16 @@ A shard the indexer holds a checkpoint for that the stream no longer lists,
 and that the indexer did not record reading to its end (``ENDED_SHARDS``),
 may have taken records the index lacks (the indexer re-indexes on seeing
 one): the events in no readable batch then cannot be told from the batch's,
-and the check refuses with ``DataError``.
+and the check refuses with ``DataError``. So it does when a listed shard has
+no checkpoint (it is read from its oldest record, which is never refused as
+trimmed) and the indexer last found such shards empty, or began a pass of a
+re-index, more than the stream's retention ago: the indexer's own test
+(:func:`ledger.reindexing.lapsed_unguarded`), for which it re-indexes too.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
@@ -86,7 +91,8 @@ class IndexCoverage:
         after it was created after ``moment``. Not covered while a re-index
         from the events table is under way: its stream checkpoints say
         nothing of what it has read. Raises ``DataError`` if a checkpointed
-        shard has left the stream unread to its end (see the module's
+        shard has left the stream unread to its end, or a shard without a
+        checkpoint may have lost records unread (see the module's
         docstring).
         """
         recorder = self.recorder
@@ -116,6 +122,9 @@ class IndexCoverage:
         gone = sorted(set(checkpoints) - {s["ShardId"] for s in shards} - set(ended))
         if gone:
             raise _gone_unread(gone, checkpoints, recorder)
+        unread = _lapsed_unguarded(item, shards, checkpoints, revision)
+        if unread:
+            raise _lapsed(unread, recorder)
         for shard in shards:
             checkpoint = checkpoints.get(shard["ShardId"])
             pending = self._shard_pending(shard, checkpoint, moment)
@@ -211,6 +220,48 @@ class IndexCoverage:
         return self._streams
 
 
+def _lapsed_unguarded(
+    item: Mapping[str, Any],
+    shards: list[dict[str, Any]],
+    checkpoints: dict[str, str],
+    revision: int,
+) -> list[str]:
+    """Return the shards without a checkpoint whose records may have expired unread.
+
+    As the indexer judges them: it re-indexes for them.
+    """
+    # Imported here: ledger.reindexing imports the indexed recorder, which
+    # imports this module.
+    from ledger.index_rounds import _Round  # noqa: PLC0415
+    from ledger.reindexing import lapsed_unguarded  # noqa: PLC0415
+
+    state = _Round(0, checkpoints, revision)
+    if schema.REINDEX_STARTED in item:
+        state.reindex_started = float(item[schema.REINDEX_STARTED]["N"])
+    if schema.REINDEX_CAUGHT_UP in item:
+        state.reindex_caught_up = float(item[schema.REINDEX_CAUGHT_UP]["N"])
+    return lapsed_unguarded(
+        state, {shard["ShardId"]: shard for shard in shards}, time.time()
+    )
+
+
+def _lapsed(
+    unread: list[str], recorder: DynamoDBIndexedApplicationRecorder
+) -> DataError:
+    """Say that shards without a checkpoint may have lost records unread."""
+    return DataError(
+        f"The indexer of {recorder.events_table_name!r} holds no checkpoint of "
+        f"stream shard(s) {', '.join(unread)}, which are read from their oldest "
+        "record (never refused as trimmed), and last found such shards empty "
+        "(or began a pass of a re-index) more than the stream's 24-hour "
+        "retention ago: records of them may have expired unindexed, so the "
+        "events in no readable batch of "
+        f"{recorder.notifications_table_name!r} cannot be told from the "
+        "batch's (saves the index lacks could stand in for events lost from "
+        f"the events table). Nothing was applied. {_REINDEX_NEXT}"
+    )
+
+
 def _gone_unread(
     gone: list[str],
     checkpoints: Mapping[str, str],
@@ -220,17 +271,26 @@ def _gone_unread(
     shown = ", ".join(f"{shard} (at record {checkpoints[shard]})" for shard in gone)
     return DataError(
         f"The indexer of {recorder.events_table_name!r} holds checkpoints of "
-        f"stream shards the stream no longer lists: {shown}, and did not record "
-        "reading them to their end: records of them may have expired "
-        "unindexed, so the events in no readable batch of "
+        f"stream shards the events table's stream no longer lists: {shown}, "
+        "and did not record reading them to their end: records of them may "
+        "have expired unindexed (or, the stream having been disabled and "
+        "enabled again, they are of the earlier stream, and saves made while "
+        "it was off are in none), so the events in no readable batch of "
         f"{recorder.notifications_table_name!r} cannot be told from the "
         "batch's (saves the index lacks could stand in for events lost from "
-        "the events table). Nothing was applied. The indexer re-indexes from "
-        "the events table on its next round, and a re-index stops at the "
-        "damaged batch: restore the batch (a backup of the notifications "
-        "table), or rebuild the projection from the events table (ledger "
-        "projections rebuild NAME --source scan)."
+        f"the events table). Nothing was applied. {_REINDEX_NEXT}"
     )
+
+
+_REINDEX_NEXT: Final = (
+    "An indexer reading the events table's current stream re-indexes from "
+    "the events table on its next round (one started before that stream was "
+    "enabled reads the earlier one: restart it), and a re-index stops at the "
+    "damaged batch: restore the batch (a backup of the "
+    "notifications table), or rebuild the projection from the events table "
+    "(ledger projections rebuild NAME --source scan)."
+)
+"""What follows a refusal for records that may have expired unindexed."""
 
 
 def _epoch_seconds(value: Any) -> float:

@@ -89,6 +89,9 @@ class IndexWaitTimeoutError(OperationalError, TimeoutError):
 
 _NOT_READ: Final = -1
 """A revision of the indexer's checkpoints not read yet (see ``_WaitProgress``)."""
+_READ_FAILED: Final = -2
+"""A revision of the indexer's checkpoints whose read failed (DynamoDB
+unavailable, say): whether the indexer moved is unknown."""
 
 
 class _WaitProgress:
@@ -107,8 +110,17 @@ class _WaitProgress:
         """Batches gone past on the way back (damaged or missing)."""
         self.revision: int | None = _NOT_READ
         """The indexer's checkpoints' revision when the wait began to take
-        time (None: no round committed), to tell a stopped indexer from one
-        behind."""
+        time (None: no round committed; ``_READ_FAILED``: its read failed),
+        to tell a stopped indexer from one behind."""
+
+
+def _indexer_unknown(why: str) -> str:
+    """Say that whether the indexer committed while a wait waited is unknown."""
+    return (
+        f"Whether the indexer's checkpoints moved while it waited is unknown: "
+        f"{why}. Is an indexer running (`ledger index run`)? `ledger index "
+        "status` shows its lag."
+    )
 
 
 class _SavePlace(NamedTuple):
@@ -716,7 +728,8 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
         checkpoints moved while it waited (an indexer behind, or none
         running); to tell, it reads their revision (one GetItem) when the
         wait begins to take time (its first pause, or a read back past the
-        head's page) and again when it gives up. If it went past an
+        head's page) and again when it gives up (a failed read of it is
+        told in that error, as "unknown", not raised). If it went past an
         unreadable batch on the way back, it raises
         ``CorruptNotificationBatchError`` naming that batch instead: what is
         missing may be in it.
@@ -761,7 +774,7 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
                 raise self._wait_timed_out(missing, timeout, head, scanned, progress)
             if missing:
                 if progress.revision == _NOT_READ:
-                    progress.revision = self._index_revision()
+                    progress.revision = self._revision_at_start()
                 time.sleep(min(self.poll_interval, remaining))
         return found
 
@@ -835,11 +848,19 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
                 "Is an indexer running (`ledger index run`)? `ledger index "
                 "status` shows its lag."
             )
-        now = self._index_revision()
+        try:
+            now = self._index_revision()
+        except OperationalError as error:
+            # Said, not raised: the timeout is what the caller must hear.
+            return _indexer_unknown(f"reading them failed ({error})")
         if now is None:
             return (
                 "No indexer has committed a round yet: is one running "
                 "(`ledger index run`)?"
+            )
+        if began == _READ_FAILED:
+            return _indexer_unknown(
+                f"reading them when it began to wait failed (revision {now} now)"
             )
         if now == began:
             return (
@@ -853,6 +874,17 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
             "indexer is running, behind these saves; `ledger index status` "
             "shows its lag."
         )
+
+    def _revision_at_start(self) -> int | None:
+        """Return the revision a wait compares with when it ends (see ``_READ_FAILED``).
+
+        A failed read is no reason to stop waiting: only what a timeout
+        says needs it.
+        """
+        try:
+            return self._index_revision()
+        except OperationalError:
+            return _READ_FAILED
 
     def _index_revision(self) -> int | None:
         """Return the revision of the indexer's checkpoints (None: no round yet).
@@ -878,7 +910,7 @@ class DynamoDBIndexedApplicationRecorder(DynamoDBApplicationRecorder):
         if deadline is None:
             return False
         if progress.revision == _NOT_READ:
-            progress.revision = self._index_revision()
+            progress.revision = self._revision_at_start()
         progress.cut = time.monotonic() >= deadline
         return progress.cut
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from eventsourcing.persistence import OperationalError, ProgrammingError
 
-from ledger.dynamodb.client import DynamoDBConnection
+from ledger.dynamodb.client import DynamoDBConnection, TableNotFoundError
 
 if TYPE_CHECKING:  # the stubs are a development dependency only
     from mypy_boto3_dynamodb.type_defs import (
@@ -33,7 +33,7 @@ def ensure_table(
     description: TableDescriptionTypeDef
     try:
         description = connection.call("describe_table", TableName=name)["Table"]
-    except ProgrammingError:  # no such table
+    except TableNotFoundError:
         try:
             connection.call("create_table", **definition)
         except OperationalError as error:
@@ -55,7 +55,7 @@ def _wait_until_active(
         table: TableDescriptionTypeDef
         try:
             table = connection.call("describe_table", TableName=name)["Table"]
-        except ProgrammingError:
+        except TableNotFoundError:  # not listed yet
             table = {"TableStatus": "CREATING"}
         if table["TableStatus"] == "ACTIVE":
             return table
@@ -98,6 +98,6 @@ def delete_table(connection: DynamoDBConnection, name: str) -> bool:
     connection.known_tables.discard(name)
     try:
         connection.call("delete_table", TableName=name)
-    except ProgrammingError:
+    except TableNotFoundError:
         return False
     return True

@@ -60,7 +60,11 @@ from eventsourcing.persistence import (
     Tracking,
 )
 
-from ledger.dynamodb.client import Outage, TransactionConflictError
+from ledger.dynamodb.client import (
+    Outage,
+    TableNotFoundError,
+    TransactionConflictError,
+)
 from ledger.feeds import Batch, IndexSource, Progress, Raced, Runner
 from ledger.projections import schema
 from ledger.projections.dynamodb import DynamoDBView
@@ -741,7 +745,7 @@ def status(view: DynamoDBView, application: Any = None) -> ProjectionStatus:
         backlog = _stream_backlog(view, application)
     try:
         parked = len(view.parked_items())
-    except ProgrammingError:
+    except TableNotFoundError:
         parked = 0
     return ProjectionStatus(
         name=view.base_name,

@@ -303,6 +303,7 @@ def test_a_reader_that_stalls_is_killed_and_replaced(
     assert_indexed_once_in_order(recorder, saves)
     assert indexer._pool is not None
     assert indexer._pool.restarts == 1
+    assert len(readers_running()) == 1  # the stalled one was killed
 
 
 def test_an_error_in_a_reader_is_raised_by_the_round_and_nothing_indexed(

@@ -53,6 +53,14 @@ TRIM_HORIZON, which is never refused: when one is listed and no round has
 found every such shard empty for the stream's retention (the indexer was
 stopped), records may have expired unread, and the indexer re-indexes too.
 
+Past one core: with ``readers=N`` (``ledger index run --readers N``) the
+shards are read by N reader processes (:mod:`ledger.index_readers`), each
+given some of a round's shards; this process, the committer, keeps the
+rest of the round as above (checkpoints, parents first, regrouping, version
+checks, encoding, the transaction), so what is appended is the same. A
+reader that dies, raises or stalls loses and repeats nothing: the
+committer reads its shards again with another, in the same round.
+
 Costs per round: a GetItem of the head and one of the checkpoints, a
 DescribeStream, per shard a GetShardIterator and a GetRecords per 1,000
 records (each shard's first page, then more of full pages while the round
@@ -236,6 +244,16 @@ class Indexer(Reindexing, StreamPoller):
     ``after_write`` is called after each committed round (with the positions
     appended), before anything else. One indexer per thread: it keeps the
     round's state on itself (several indexers may race; one commits each round).
+
+    ``readers``: reader processes that read the shards (0, the default: this
+    process reads them), started by the first round and ended by
+    :meth:`close` (and by :meth:`stop` and leaving a ``with`` block): close
+    an indexer with readers that is used without those. Each makes its own
+    streams client with ``reader_client`` (default: the recorder's
+    connection's settings, as ``streams_client`` is made by default; a
+    ``streams_client`` given is not used by the readers). A reader taking
+    more than ``reader_timeout`` seconds over a round's reads is killed and
+    replaced. Readers are forked (``fork``): POSIX only.
     """
 
     def __init__(

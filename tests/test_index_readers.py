@@ -111,12 +111,22 @@ class FailingOnce(ReorderingStreams):
     reader started in its place reads normally.
     """
 
-    def __init__(self, client: Any, marker: Path, fault: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        client: Any,
+        marker: Path,
+        fault: Callable[[], None],
+        shard: str = "",
+    ) -> None:
         super().__init__(client, lambda records: records)
         self.marker = marker
         self.fault = fault
+        self.shard = shard
+        """Fail only reading this told shard (its iterators start with its name)."""
 
     def get_records(self, **params: Any) -> dict[str, Any]:
+        if not params["ShardIterator"].startswith(self.shard):
+            return super().get_records(**params)
         try:
             self.marker.unlink()
         except FileNotFoundError:
@@ -329,6 +339,48 @@ def test_an_error_in_a_reader_is_raised_by_the_round_and_nothing_indexed(
     assert_indexed_once_in_order(recorder, saves)
     assert indexer._pool is not None
     assert indexer._pool.restarts == 0  # it raised, and lived on
+
+
+def test_a_round_that_raised_leaves_no_answer_for_the_next(
+    recorder: DynamoDBIndexedApplicationRecorder,
+    indexers: list[Indexer],
+    tmp_path: Path,
+) -> None:
+    """The even shard's reader raises; the odd one's answer must not serve later."""
+    [even], [odd] = of_parity(0, 1), of_parity(1, 1)
+    first = [[stored(even, 1)], [stored(odd, 1)]]
+    for save in first:
+        recorder.insert_events(save)
+    on_the_stream(recorder, (str(odd), 1))
+    streams = ToldShards(
+        recorder.connection.streams_client(),
+        [
+            ToldShard("even", lambda r: parity(r) == 0),
+            ToldShard("odd", lambda r: parity(r) == 1),
+        ],
+    )
+    marker = tmp_path / "fail"
+    marker.touch()
+
+    def even_fails_once() -> Any:
+        return FailingOnce(
+            reader_told_shards(recorder, streams), marker, refuse, shard="even|"
+        )
+
+    indexer = Indexer(
+        recorder, streams_client=streams, readers=2, reader_client=even_fails_once
+    )
+    indexers.append(indexer)
+
+    with pytest.raises(OperationalError):
+        indexer.poll()  # the odd shard's reader answered; its answer is unread
+    index_until(indexer, recorder, events_of(first))
+    more = [[stored(even, 2)], [stored(odd, 2)]]
+    for save in more:
+        recorder.insert_events(save)
+    index_until(indexer, recorder, events_of(more))
+
+    assert_indexed_once_in_order(recorder, first + more)
 
 
 def test_readers_that_keep_dying_stop_the_run_with_a_clear_error(

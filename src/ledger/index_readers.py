@@ -143,6 +143,8 @@ class ReaderPool:
         self.make_client = make_client
         """Makes a reader's streams client (in the reader's process)."""
         self._readers: list[_Reader | None] = [None] * count
+        self._requests = 0
+        """Requests made so far: each answer names the one it answers."""
         self.restarts = 0
         """Readers started again after one died, raised or stalled."""
         self._cpu_before: list[float] = [0.0] * count
@@ -174,11 +176,13 @@ class ReaderPool:
         fetched: Fetched = {}
         pending = {slot: shards for slot, shards in enumerate(work) if shards}
         failures = dict.fromkeys(pending, 0)
+        self._requests += 1
+        tag = self._requests
         while pending:
             for slot, shards in pending.items():
-                self._send(slot, (dict(checkpoints), shards, limits), failures)
+                self._send(slot, (tag, dict(checkpoints), shards, limits), failures)
             for slot in list(pending):
-                answer = self._receive(slot)
+                answer = self._receive(slot, tag)
                 if answer is None:
                     failures[slot] += 1
                     self._replace(slot, failures[slot])
@@ -204,15 +208,19 @@ class ReaderPool:
             else:
                 return
 
-    def _receive(self, slot: int) -> tuple[str, Any] | None:
-        """Return reader ``slot``'s answer; None if it died or stalled."""
+    def _receive(self, slot: int, tag: int) -> tuple[str, Any] | None:
+        """Return reader ``slot``'s answer to request ``tag`` (None: died, stalled)."""
         reader = self._readers[slot]
         if reader is None:  # replaced since the request: it has the request
             return None
+        deadline = time.monotonic() + self.timeout
         try:
-            if reader.connection.poll(self.timeout):
-                answer, reader.cpu = reader.connection.recv()
-                return answer  # type: ignore[no-any-return]
+            while reader.connection.poll(max(0.0, deadline - time.monotonic())):
+                (answered, answer), reader.cpu = reader.connection.recv()
+                if answered == tag:
+                    return answer  # type: ignore[no-any-return]
+                # An answer to an earlier request, left unread when a reader
+                # of that round failed for good or the round was interrupted.
             reader.failure = f"answered nothing within {self.timeout:g} s"
         except (EOFError, OSError):
             reader.process.join(_STOP_WAIT)
@@ -308,14 +316,14 @@ def _serve(
             return  # the committer is gone
         if request is None:
             return
-        checkpoints, shards, limits = request
+        tag, checkpoints, shards, limits = request
         answer: tuple[str, Any]
         try:
             answer = ("ok", _read(indexer, checkpoints, shards, limits))
         except Exception as error:  # noqa: BLE001 - sent to the committer, raised there
             answer = _failure(error)
         try:
-            connection.send((answer, time.process_time() - started))
+            connection.send(((tag, answer), time.process_time() - started))
         except OSError:
             return
 

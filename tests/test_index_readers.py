@@ -13,6 +13,7 @@ file says which reader process fails, once.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import random
@@ -457,6 +458,7 @@ def test_index_run_leaves_no_reader_when_interrupted_or_killed(
             # Ctrl-C's handler, even where this test runs with SIGINT ignored.
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509 - no threads run it
         )
+        readers: list[int] = []
         try:
             deadline = time.monotonic() + 30
             while not (readers := children_of(run.pid)):
@@ -470,3 +472,7 @@ def test_index_run_leaves_no_reader_when_interrupted_or_killed(
             if run.poll() is None:
                 run.kill()
                 run.wait()
+            for pid in readers:  # left by a failure: not by this test's run
+                with contextlib.suppress(ProcessLookupError):
+                    if not gone(pid):
+                        os.kill(pid, signal.SIGKILL)

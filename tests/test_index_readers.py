@@ -197,10 +197,12 @@ def test_with_two_readers_every_event_is_indexed_once_in_order(
 def test_readers_read_a_split_shard_parents_first(
     recorder: DynamoDBIndexedApplicationRecorder, indexers: list[Indexer]
 ) -> None:
-    """The child, read by the other reader, waits for its parent's end.
+    """A child is given to a reader only once its parent is read to its end.
 
     As in ``test_a_child_listed_first_waits_for_a_parent_longer_than_a_round``:
-    150 events of one aggregate split after version 140, rounds of 100.
+    150 events of one aggregate split after version 140, rounds of 100. In
+    the round that reads the parent's end, the child is read in the next
+    wave of reads, after the parent's answer.
     """
     aggregate = uuid.uuid4()
     saves = one_by_one(recorder, aggregate, range(1, 151))

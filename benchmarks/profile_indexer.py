@@ -21,6 +21,9 @@ this process's CPU (``time.process_time_ns``) is charged to stages:
 * ``transact``: the ``TransactWriteItems`` call (serialising, HTTP, parse);
 * ``round_calls``: each round's DescribeStream, GetShardIterator and the
   GetItems of the head and the checkpoints (and a first round's checks);
+* ``receive``: with reader processes (``--readers``), taking their answers:
+  the pipe, unpickling the records' tuples and remaking the records
+  (``Indexer._read_wave`` less the stages inside it);
 * ``other``: the rest (the rounds' bookkeeping, metrics, these timers'
   own calls).
 
@@ -33,11 +36,26 @@ its default timestamps and with the indexer's (UTC), ledger's parse of it
 (``ledger.dynamodb.parsing``, UTC), and ledger's decoding of the parsed
 records, in µs per record.
 
+With ``--readers N`` (several values: the runs take turns, ``--readers 0
+2`` alternates in-process reading with 2 reader processes) the shards are
+read by N reader processes (``Indexer(readers=N)``): the figures above are
+then the committer's own (its process only: ``time.process_time`` counts
+no child's CPU), and each run adds the readers' CPU per event (each reader
+process's ``time.process_time``, as it reports it with each answer) and
+two ceilings, for a stream of N shards or more, each reader reading 1 / N
+of the events: ``ceiling`` min(1e6 / committer µs, N * 1e6 / reader µs)
+events/s, were the readers' reading overlapped with the committer's work;
+and ``rounds_ceiling`` 1e6 / (committer µs + reader µs / N), as rounds
+are built (the committer waits for the readers' answers, and the readers
+for the next round's request). DynamoDB Local's stream has one shard, so
+one reader reads here, and catching up is not faster in wall-clock time.
+
 With ``--profile`` the last run is also profiled with cProfile (wall clock:
 top functions by own time, then ledger's by cumulative time), saved to
 ``results/indexer_cpu.prof``::
 
     python benchmarks/profile_indexer.py [--singles 20000] [--multis 400] [--runs 3]
+        [--gc-freeze] [--readers 0 2]
 """
 
 from __future__ import annotations
@@ -82,6 +100,7 @@ STAGES = (
     "encode",
     "transact",
     "round_calls",
+    "receive",
     "other",
 )
 
@@ -172,7 +191,12 @@ def write_backlog(app: Orders, singles: int, multis: int) -> int:
 
 
 def catch_up(
-    app: Orders, run: int, profiler: cProfile.Profile | None, *, freeze: bool = False
+    app: Orders,
+    run: int,
+    profiler: cProfile.Profile | None,
+    *,
+    freeze: bool = False,
+    readers: int = 0,
 ) -> dict[str, Any]:
     """Index the whole stream into a fresh notifications table; return the stages."""
     recorder = app.recorder
@@ -184,7 +208,7 @@ def catch_up(
     )
     fresh.batch_format = recorder.batch_format
     fresh.create_table()
-    index = Indexer(fresh)
+    index = Indexer(fresh, readers=readers)
     stages = Stages()
     client = index.client
     connection = fresh.connection
@@ -199,6 +223,7 @@ def catch_up(
         # Timed per shard read, not per record: a timer around each record
         # cost about 1 µs of the figures it gave.
         patched(index, "_read_shard", stages.timed("decode", index._read_shard)),
+        patched(index, "_read_wave", stages.timed("receive", index._read_wave)),
         patched(indexer, "_units", stages.timed("units", indexer._units)),
         patched(indexer, fitting, stages.timed("units", getattr(indexer, fitting))),
         patched(
@@ -241,12 +266,33 @@ def catch_up(
             if profiler is not None:
                 profiler.disable()
             gc.callbacks.remove(stages.collections)
+            pool = index._pool
+            reader_cpu = [] if pool is None else pool.cpu
+            index.close()
             if freeze:
                 gc.unfreeze()  # the next run starts as this one did
                 getattr(freeze_start_up, "cache_clear", lambda: None)()
     events = fresh.max_notification_id() or 0
     stages.ns["other"] = cpu - sum(stages.ns.values())
+    committer_us = cpu / events / 1000
+    used = [seconds for seconds in reader_cpu if seconds]
+    reader_us = [round(seconds / events * 1e6, 2) for seconds in used]
+    per_reader = sum(seconds for seconds in used) / events * 1e6 if used else None
     return {
+        "readers": readers,
+        "reader_cpu_us_per_event": reader_us,
+        # Each of N readers reading 1 / N of the events (N shards or more).
+        "ceiling_events_per_s": round(
+            min(
+                1e6 / committer_us,
+                readers * 1e6 / per_reader if per_reader else float("inf"),
+            )
+        )
+        if readers
+        else round(1e6 / committer_us),
+        "rounds_ceiling_events_per_s": round(
+            1e6 / (committer_us + (per_reader or 0.0) / max(1, readers))
+        ),
         "events": events,
         "seconds": round(wall, 2),
         "events_per_s": round(events / wall, 1),
@@ -350,6 +396,14 @@ def main() -> None:
         help="freeze the objects made before each catch-up, as `ledger index run` "
         "and the indexer's Lambda function do (ledger.indexer.freeze_start_up)",
     )
+    parser.add_argument(
+        "--readers",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="reader processes (Indexer(readers=N)); several values: the runs "
+        "take turns (0: the shards read in process)",
+    )
     parser.add_argument("--output", help="under results/ (default: indexer_cpu.json)")
     args = parser.parse_args()
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")
@@ -365,7 +419,13 @@ def main() -> None:
         for run in range(args.runs):
             if args.profile and run == args.runs - 1:
                 profiler = cProfile.Profile()
-            result = catch_up(app, run, profiler, freeze=args.gc_freeze)
+            result = catch_up(
+                app,
+                run,
+                profiler,
+                freeze=args.gc_freeze,
+                readers=args.readers[run % len(args.readers)],
+            )
             assert result["events"] == written, (result["events"], written)
             result["load"] = load_average()
             runs.append(result)
@@ -382,6 +442,24 @@ def main() -> None:
         ]
         print(f"{stage:<12}" + "".join(f"{v:>10.2f}" for v in values))
     print(f"{'events/s':<12}" + "".join(f"{r['events_per_s']:>10.0f}" for r in runs))
+    print(f"{'readers':<12}" + "".join(f"{r['readers']:>10}" for r in runs))
+    print(
+        f"{'reader µs':<12}"
+        + "".join(
+            f"{sum(r['reader_cpu_us_per_event']):>10.2f}"
+            if r["reader_cpu_us_per_event"]
+            else f"{'-':>10}"
+            for r in runs
+        )
+    )
+    print(
+        f"{'ceiling/s':<12}" + "".join(f"{r['ceiling_events_per_s']:>10}" for r in runs)
+    )
+    print(
+        f"{'as built/s':<12}"
+        + "".join(f"{r['rounds_ceiling_events_per_s']:>10}" for r in runs)
+    )
+    print(f"{'load':<12}" + "".join(f"{r['load'][0]:>10}" for r in runs))
     if profiler is not None:
         print()
         stats = pstats.Stats(profiler, stream=sys.stdout)

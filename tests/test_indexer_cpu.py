@@ -9,6 +9,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import KeysView, Sequence
+from contextlib import closing
 from typing import Any
 
 import pytest
@@ -107,6 +108,10 @@ def test_records_of_a_round_are_told_apart_by_identity() -> None:
     assert first in {first}
 
 
+READERS = pytest.mark.parametrize("readers", [0, 1], ids=["in-process", "a-reader"])
+"""Read in the indexer's process, and by a reader process given the round's budget."""
+
+
 def saves_of_100(
     recorder: DynamoDBIndexedApplicationRecorder, count: int, state: bytes = b"{}"
 ) -> list[Any]:
@@ -127,8 +132,9 @@ def on_the_stream(indexer: Indexer, count: int) -> None:
         assert time.monotonic() < deadline, f"{count} records never reached the stream"
 
 
+@READERS
 def test_a_round_catching_up_reads_a_shard_past_one_page(
-    recorder: DynamoDBIndexedApplicationRecorder,
+    recorder: DynamoDBIndexedApplicationRecorder, readers: int
 ) -> None:
     """A backlog is read in rounds of what one transaction holds, not of 1,000.
 
@@ -136,41 +142,47 @@ def test_a_round_catching_up_reads_a_shard_past_one_page(
     GetItems and a transaction: catching up, they are paid once per round.
     """
     saved = saves_of_100(recorder, 25)
-    indexer = Indexer(recorder)
-    on_the_stream(indexer, 2500)
+    with closing(Indexer(recorder, readers=readers)) as indexer:
+        on_the_stream(indexer, 2500)
 
-    assert indexer.poll() == 2500  # one round, one transaction
+        assert indexer.poll() == 2500  # one round, one transaction
 
-    index_until(indexer, recorder, saved)
+        index_until(indexer, recorder, saved)
 
 
+@READERS
 def test_a_round_reads_no_more_pages_once_it_holds_a_transaction(
-    recorder: DynamoDBIndexedApplicationRecorder, monkeypatch: pytest.MonkeyPatch
+    recorder: DynamoDBIndexedApplicationRecorder,
+    monkeypatch: pytest.MonkeyPatch,
+    readers: int,
 ) -> None:
     saved = saves_of_100(recorder, 3)
     monkeypatch.setattr(indexer_module, "_PAGE_RECORDS", 100, raising=False)
     monkeypatch.setattr(indexer_module, "ROUND_RECORDS", 200)
-    indexer = Indexer(recorder)
-    on_the_stream(indexer, 300)
+    with closing(Indexer(recorder, readers=readers)) as indexer:
+        on_the_stream(indexer, 300)
 
-    assert indexer.poll() == 200  # two pages: the round's records reached
+        assert indexer.poll() == 200  # two pages: the round's records reached
 
-    index_until(indexer, recorder, saved)
+        index_until(indexer, recorder, saved)
 
 
+@READERS
 def test_a_round_reads_no_more_pages_once_its_states_fill_half_a_transaction(
-    recorder: DynamoDBIndexedApplicationRecorder, monkeypatch: pytest.MonkeyPatch
+    recorder: DynamoDBIndexedApplicationRecorder,
+    monkeypatch: pytest.MonkeyPatch,
+    readers: int,
 ) -> None:
     """States that do not compress must still fit the round's one transaction."""
     saved = saves_of_100(recorder, 3, state=os.urandom(1000))
     monkeypatch.setattr(indexer_module, "_PAGE_RECORDS", 100, raising=False)
     monkeypatch.setattr(indexer_module, "_ROUND_STATE_BYTES", 150_000, raising=False)
-    indexer = Indexer(recorder)
-    on_the_stream(indexer, 300)
+    with closing(Indexer(recorder, readers=readers)) as indexer:
+        on_the_stream(indexer, 300)
 
-    assert indexer.poll() == 200  # two pages: over 150,000 bytes of state
+        assert indexer.poll() == 200  # two pages: over 150,000 bytes of state
 
-    index_until(indexer, recorder, saved)
+        index_until(indexer, recorder, saved)
 
 
 def test_freeze_start_up_leaves_what_exists_out_of_collections() -> None:

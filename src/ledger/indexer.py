@@ -53,6 +53,14 @@ TRIM_HORIZON, which is never refused: when one is listed and no round has
 found every such shard empty for the stream's retention (the indexer was
 stopped), records may have expired unread, and the indexer re-indexes too.
 
+Past one core: with ``readers=N`` (``ledger index run --readers N``) the
+shards are read by N reader processes (:mod:`ledger.index_readers`), each
+given some of a round's shards; this process, the committer, keeps the
+rest of the round as above (checkpoints, parents first, regrouping, version
+checks, encoding, the transaction), so what is appended is the same. A
+reader that dies, raises or stalls loses and repeats nothing: the
+committer reads its shards again with another, in the same round.
+
 Costs per round: a GetItem of the head and one of the checkpoints, a
 DescribeStream, per shard a GetShardIterator and a GetRecords per 1,000
 records (each shard's first page, then more of full pages while the round
@@ -121,6 +129,7 @@ if TYPE_CHECKING:  # the stubs are a development dependency only
     from mypy_boto3_dynamodb.type_defs import TransactWriteItemTypeDef
 
     from ledger.dynamodb.recorders import Item
+    from ledger.index_readers import ReaderPool, Work
 
 __all__ = [
     "BATCH_EVENTS",
@@ -137,6 +146,11 @@ _VERSIONS_KEPT: Final = 100_000
 _CHECKPOINTS_KEY: Item = schema.index_checkpoints_key()
 
 
+READER_TIMEOUT: Final = 120.0
+"""Seconds a reader process may take over a round's reads before it is
+killed and another given them: above a ``GetRecords`` retried through the
+client's read timeouts (30 s each) for as long as a few attempts take."""
+
 ROUND_RECORDS: Final = _MAX_BATCHES * BATCH_EVENTS
 """The records a round reads at most (``batch_size``'s default; per shard):
 what one transaction holds, 98 batch items of 98 events."""
@@ -149,11 +163,15 @@ half a transaction, so that states that do not compress still fit one."""
 class _RoundBudget:
     """What a round has read so far, against what one transaction holds."""
 
-    __slots__ = ("bytes", "records")
+    __slots__ = ("bytes", "bytes_limit", "records", "records_limit")
 
-    def __init__(self) -> None:
+    def __init__(
+        self, records_limit: int | None = None, bytes_limit: int | None = None
+    ) -> None:
         self.records = 0
         self.bytes = 0
+        self.records_limit = ROUND_RECORDS if records_limit is None else records_limit
+        self.bytes_limit = _ROUND_STATE_BYTES if bytes_limit is None else bytes_limit
 
     def spend(self, records: list[_Record]) -> None:
         """Count a page's new records."""
@@ -164,7 +182,14 @@ class _RoundBudget:
 
     def left(self) -> bool:
         """Whether another page may be read (each shard reads one regardless)."""
-        return self.records < ROUND_RECORDS and self.bytes < _ROUND_STATE_BYTES
+        return self.records < self.records_limit and self.bytes < self.bytes_limit
+
+    def share(self, readers: int) -> tuple[int, int]:
+        """Return what is left, split between ``readers``: (records, bytes) each."""
+        return (
+            max(0, self.records_limit - self.records) // readers,
+            max(0, self.bytes_limit - self.bytes) // readers,
+        )
 
 
 class _TrimmedError(Exception):
@@ -219,6 +244,16 @@ class Indexer(Reindexing, StreamPoller):
     ``after_write`` is called after each committed round (with the positions
     appended), before anything else. One indexer per thread: it keeps the
     round's state on itself (several indexers may race; one commits each round).
+
+    ``readers``: reader processes that read the shards (0, the default: this
+    process reads them), started by the first round and ended by
+    :meth:`close` (and by :meth:`stop` and leaving a ``with`` block): close
+    an indexer with readers that is used without those. Each makes its own
+    streams client with ``reader_client`` (default: the recorder's
+    connection's settings, as ``streams_client`` is made by default; a
+    ``streams_client`` given is not used by the readers). A reader taking
+    more than ``reader_timeout`` seconds over a round's reads is killed and
+    replaced. Readers are forked (``fork``): POSIX only.
     """
 
     def __init__(
@@ -233,6 +268,9 @@ class Indexer(Reindexing, StreamPoller):
         alarm_age_ms: float = 60_000.0,
         scan_segments: int = 1,
         clock: Callable[[], float] = time.time,
+        readers: int = 0,
+        reader_timeout: float = READER_TIMEOUT,
+        reader_client: Callable[[], Any] | None = None,
     ) -> None:
         if not isinstance(recorder, DynamoDBIndexedApplicationRecorder):
             raise ProgrammingError(
@@ -245,6 +283,11 @@ class Indexer(Reindexing, StreamPoller):
             raise ProgrammingError(
                 f"batch_size {batch_size} is below {MAX_TRANSACTION_ACTIONS}, the "
                 "most events one save may write: give the indexer a larger one."
+            )
+        if readers < 0:
+            raise ProgrammingError(
+                f"readers {readers} is below 0: give the number of reader "
+                "processes (0: read the shards in this process)."
             )
         self.recorder = recorder
         self.checkpoints = _Checkpoints(recorder.connection)
@@ -262,6 +305,14 @@ class Indexer(Reindexing, StreamPoller):
         self.alarm_age_ms = alarm_age_ms
         self.scan_segments = scan_segments
         self.clock = clock
+        self.readers = readers
+        """Reader processes that read the shards (0: this process reads them)."""
+        self.reader_timeout = reader_timeout
+        self.reader_client = reader_client or functools.partial(
+            recorder.connection.streams_client, timestamp_parser=_utc_time
+        )
+        """Makes a reader process's streams client (run in that process)."""
+        self._pool: ReaderPool | None = None
         self._indexed: dict[str, int] | None = None
         """Per aggregate, the last version in the index (read in full for a
         re-index and the stream records after it; None: not read)."""
@@ -385,26 +436,104 @@ class Indexer(Reindexing, StreamPoller):
         A child is read once its parent is checkpointed to its end, or was
         read to its end in this round, after it: then a save whose records a
         split put in both is read whole, and regrouped. Returns those children
-        read with their parent, to their parent.
+        read with their parent, to their parent. Shards are read in waves:
+        every shard free to be read, then the children of those read to
+        their end, and so on (:meth:`_read_wave`: in process, or by the
+        reader processes).
         """
         listed = {shard["ShardId"]: shard for shard in shards}
         parents: dict[str, str] = {}
         budget = _RoundBudget()
-        for shard in shards:
-            parent = listed.get(shard.get("ParentShardId") or "")
-            with_parent = parent is not None and parent["ShardId"] in state.read
-            if (
-                parent is not None
-                and not self._read_to_its_end(parent)
-                and parent["ShardId"] not in state.ended
-            ):
-                continue  # parents first: the child waits for its parent's end
-            if self._read_to_its_end(shard):
-                continue
-            state.read[shard["ShardId"]] = self._read_shard(shard, state, budget)
-            if parent is not None and with_parent:
-                parents[shard["ShardId"]] = parent["ShardId"]
+        waiting = list(shards)  # parents before their children
+        while waiting:
+            wave: list[Mapping[str, Any]] = []
+            later: list[Mapping[str, Any]] = []
+            pending: set[str] = set()
+            for shard in waiting:
+                shard_id = shard["ShardId"]
+                parent = listed.get(shard.get("ParentShardId") or "")
+                if self._read_to_its_end(shard):
+                    continue
+                if (
+                    parent is None
+                    or self._read_to_its_end(parent)
+                    or parent["ShardId"] in state.ended
+                ):
+                    wave.append(shard)
+                elif parent["ShardId"] in pending:
+                    later.append(shard)  # its parent may end in this round
+                else:
+                    continue  # parents first: the child waits for its parent's end
+                pending.add(shard_id)
+            if not wave:
+                break
+            state.read.update(self._read_wave(wave, state, budget))
+            for shard in wave:
+                parent_id = shard.get("ParentShardId")
+                if parent_id in state.read:
+                    parents[shard["ShardId"]] = parent_id
+            waiting = later
         return parents
+
+    def _read_wave(
+        self,
+        wave: Sequence[Mapping[str, Any]],
+        state: _Round,
+        budget: _RoundBudget,
+    ) -> dict[str, list[_Record]]:
+        """Read each shard of ``wave`` after its checkpoint; return their records.
+
+        In this process one after the other, or with ``readers`` by the
+        reader processes at once, each given some of the shards and a share
+        of what the round's ``budget`` has left (:mod:`ledger.index_readers`).
+        """
+        if not self.readers:
+            return {
+                shard["ShardId"]: self._read_shard(shard, state, budget)
+                for shard in wave
+            }
+        pool = self._reader_pool()
+        work: list[Work] = [[] for _ in range(pool.count)]
+        for index, shard in enumerate(wave):
+            shard_id = shard["ShardId"]
+            work[index % pool.count].append(
+                (shard, state.checkpoints.get(shard_id), self._resumed(shard_id, state))
+            )
+        fetched = pool.fetch(
+            work, state.checkpoints, budget.share(min(pool.count, len(wave)))
+        )
+        read = {}
+        for shard in wave:
+            records, iterator = fetched[shard["ShardId"]]
+            budget.spend(records)
+            self._after_read(shard, state, records, iterator)
+            read[shard["ShardId"]] = records
+        return read
+
+    def _reader_pool(self) -> ReaderPool:
+        if self._pool is None:
+            from ledger.index_readers import ReaderPool  # noqa: PLC0415 - it imports this module
+
+            self._pool = ReaderPool(
+                self,
+                self.readers,
+                timeout=self.reader_timeout,
+                make_client=self.reader_client,
+            )
+        return self._pool
+
+    def close(self) -> None:
+        """End the reader processes, if any (a later round starts them again)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread :meth:`start` began, then end the reader processes."""
+        try:
+            super().stop(timeout)
+        finally:
+            self.close()
 
     def _report(self, done: IndexRound) -> None:
         dimension = self.recorder.events_table_name
@@ -473,23 +602,64 @@ class Indexer(Reindexing, StreamPoller):
     def _read_shard(
         self, shard: Mapping[str, Any], state: _Round, budget: _RoundBudget
     ) -> list[_Record]:
-        """Return a shard's records after its checkpoint (up to ``batch_size``).
-
-        One page of GetRecords (up to 1,000 records) always; more while the
-        pages are full and the round's ``budget`` is not spent, so that a
-        round catching up a backlog reads about what one transaction holds
-        and pays its other calls once for it. Redelivered records (at or
-        below the checkpoint, or twice in what was read) are dropped and the
-        rest put in sequence order.
-        """
+        """Return a shard's records after its checkpoint, read in this process."""
         shard_id: str = shard["ShardId"]
-        checkpoint = int(state.checkpoints.get(shard_id) or -1)
-        resume = self._resume.pop(shard_id, None)
+        records, iterator = self._fetch_shard(
+            shard,
+            state.checkpoints.get(shard_id),
+            self._resumed(shard_id, state),
+            budget,
+        )
+        self._after_read(shard, state, records, iterator)
+        return records
+
+    def _resumed(self, shard_id: str, state: _Round) -> str | None:
+        """Return where an empty read of a shard stopped, if at the same checkpoint."""
         # A shard may hold empty stretches before later records: go on from
         # where an empty read stopped, if the checkpoint has not moved since.
+        resume = self._resume.pop(shard_id, None)
         if resume is not None and resume[0] == state.checkpoints.get(shard_id):
-            iterator: str | None = resume[1]
-        else:
+            return resume[1]
+        return None
+
+    def _after_read(
+        self,
+        shard: Mapping[str, Any],
+        state: _Round,
+        records: list[_Record],
+        iterator: str | None,
+    ) -> None:
+        """Keep where an empty read stopped; note a closed shard read to its end."""
+        shard_id: str = shard["ShardId"]
+        if iterator is not None and not records:
+            self._resume[shard_id] = (state.checkpoints.get(shard_id), iterator)
+        if iterator is None:
+            ending = shard.get("SequenceNumberRange", {}).get("EndingSequenceNumber")
+            if ending is not None:
+                state.ended[shard_id] = ending
+
+    def _fetch_shard(
+        self,
+        shard: Mapping[str, Any],
+        checkpoint: str | None,
+        iterator: str | None,
+        budget: _RoundBudget,
+    ) -> tuple[list[_Record], str | None]:
+        """Return a shard's records after ``checkpoint`` (up to ``batch_size``).
+
+        And the iterator after them (None: the shard is closed and read to
+        its end). Reads from ``iterator`` if given, else from just after the
+        checkpoint (``self.checkpoints`` holds it). One page of GetRecords
+        (up to 1,000 records) always; more while the pages are full and the
+        round's ``budget`` is not spent, so that a round catching up a
+        backlog reads about what one transaction holds and pays its other
+        calls once for it. Redelivered records (at or below the checkpoint,
+        or twice in what was read) are dropped and the rest put in sequence
+        order. What a reader process runs (:mod:`ledger.index_readers`).
+        """
+        shard_id: str = shard["ShardId"]
+        after = int(checkpoint or -1)
+        if iterator is None:
             iterator = self._iterator(shard_id)
         seen: dict[int, _Record] = {}
         read = 0
@@ -510,7 +680,7 @@ class Indexer(Reindexing, StreamPoller):
             new = []
             for raw in page:
                 record = _record(shard_id, raw)
-                if record.number > checkpoint and record.number not in seen:
+                if record.number > after and record.number not in seen:
                     seen[record.number] = record
                     new.append(record)
             budget.spend(new)
@@ -522,13 +692,7 @@ class Indexer(Reindexing, StreamPoller):
                 # is read to its end, which may come on a later, empty page:
                 # its children wait for it.
                 break
-        if iterator is not None and not seen:
-            self._resume[shard_id] = (state.checkpoints.get(shard_id), iterator)
-        if iterator is None:
-            ending = shard.get("SequenceNumberRange", {}).get("EndingSequenceNumber")
-            if ending is not None:
-                state.ended[shard_id] = ending
-        return [seen[number] for number in sorted(seen)]
+        return [seen[number] for number in sorted(seen)], iterator
 
     def _iterator(self, shard_id: str) -> str | None:
         try:

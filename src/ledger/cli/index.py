@@ -31,12 +31,12 @@ index_cli = typer.Typer(
 )
 
 
-def open_indexer() -> Indexer:
+def open_indexer(readers: int = 0) -> Indexer:
     """Return an indexer of the application the commands work on."""
     from ledger.indexer import Indexer  # noqa: PLC0415
 
     application = settings.application()
-    return Indexer(application.recorder)  # type: ignore[arg-type]
+    return Indexer(application.recorder, readers=readers)  # type: ignore[arg-type]
 
 
 @index_cli.command("run")
@@ -55,6 +55,16 @@ def index_run(
             "more lag."
         ),
     ] = ROUND_INTERVAL,
+    readers: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Reader processes that read the stream's shards (GetRecords and "
+            "parsing), one core each, while this process commits: for an "
+            "indexer that one core no longer keeps up with. 0: read in this "
+            "process.",
+        ),
+    ] = 0,
 ) -> None:
     """Append the events stream to the sequence until Ctrl-C (or once, with --once).
 
@@ -65,9 +75,10 @@ def index_run(
     from ledger.indexer import freeze_start_up, paced  # noqa: PLC0415
     from ledger.projections.streams import run_polls  # noqa: PLC0415
 
-    indexer = open_indexer()
+    indexer = open_indexer(readers)
     freeze_start_up()  # the command's process runs the indexer only
-    with metered(indexer.recorder):
+    # Closed however the run ends (Ctrl-C included): no reader outlives it.
+    with contextlib.closing(indexer), metered(indexer.recorder):
         if once:
             total = indexer.catch_up(timeout=3600)
             console.print(

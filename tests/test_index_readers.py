@@ -1,0 +1,480 @@
+"""The indexer with reader processes (``readers=N``), on DynamoDB Local.
+
+The committer keeps the round (checkpoints, parents first, regrouping,
+version checks, the transaction); reader processes read the shards. These
+tests check that what it appends is what one process appends (each event
+once, positions gap-free, versions in order, saves contiguous, across a told
+shard split: see :class:`tests.indexed_support.ToldShards`), that a reader
+killed, raising or stalling loses and repeats nothing, and that no reader
+outlives its indexer. Faults in a reader are made by its streams client,
+which the reader makes in its own process (``reader_client``): a marker
+file says which reader process fails, once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import botocore.exceptions
+import pytest
+from eventsourcing.persistence import OperationalError
+
+from aggregates.application import Orders
+from ledger.dynamodb import DynamoDBIndexedApplicationRecorder
+from ledger.index_readers import RESTARTS, IndexReaderError
+from ledger.indexer import Indexer
+from tests import indexed_support
+from tests.indexed_support import (
+    ReorderingStreams,
+    ToldShard,
+    ToldShards,
+    index_until,
+    stored,
+)
+from tests.test_indexed_guarantees import assert_indexed_once_in_order, saves_across
+from tests.test_indexed_shards import of_parity, on_the_stream, one_by_one, parity
+
+factory = indexed_support.factory
+recorder = indexed_support.recorder
+
+ROOT = Path(__file__).parent.parent
+RUN = ("index", "run", "--readers", "2", "--interval", "0.1")
+
+
+def random_saves(
+    recorder: DynamoDBIndexedApplicationRecorder, count: int, seed: int
+) -> list[list[Any]]:
+    """Save ``count`` saves of 1 to 4 events of 6 aggregates; return them."""
+    aggregates = [uuid.uuid4() for _ in range(6)]
+    return saves_across(
+        recorder, aggregates, defaultdict(int), count, random.Random(seed)
+    )
+
+
+def events_of(saves: list[list[Any]]) -> list[Any]:
+    return [event for save in saves for event in save]
+
+
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (a zombie whose parent died counts)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
+
+
+def readers_running() -> list[Any]:
+    """This process's reader processes that have not ended (or were not reaped)."""
+    return [
+        process
+        for process in multiprocessing.active_children()
+        if process.name.startswith("ledger-index-reader")
+    ]
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes ``pid`` started that still run (Linux's /proc)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        children = (task / "children").read_text().split()
+        found += [int(child) for child in children]
+    return found
+
+
+@pytest.fixture
+def indexers() -> Iterator[list[Indexer]]:
+    """Indexers made by the test, closed after it (their readers ended)."""
+    made: list[Indexer] = []
+    yield made
+    for indexer in made:
+        indexer.close()
+
+
+class FailingOnce(ReorderingStreams):
+    """A reader's streams client whose first GetRecords fails, in one process only.
+
+    The marker file is taken (removed) by the first reader to read a page:
+    that reader then runs ``fault`` (kills itself, raises, stalls); the
+    reader started in its place reads normally.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        marker: Path,
+        fault: Callable[[], None],
+        shard: str = "",
+    ) -> None:
+        super().__init__(client, lambda records: records)
+        self.marker = marker
+        self.fault = fault
+        self.shard = shard
+        """Fail only reading this told shard (its iterators start with its name)."""
+
+    def get_records(self, **params: Any) -> dict[str, Any]:
+        if not params["ShardIterator"].startswith(self.shard):
+            return super().get_records(**params)
+        try:
+            self.marker.unlink()
+        except FileNotFoundError:
+            return super().get_records(**params)
+        self.fault()
+        return super().get_records(**params)
+
+
+def refused(records: list[Any]) -> list[Any]:
+    raise AssertionError("the committer read records itself")
+
+
+def kill_myself() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def stall() -> None:
+    time.sleep(600)  # the fault itself: a reader that stops answering
+
+
+def refuse() -> None:
+    raise botocore.exceptions.ClientError(
+        {"Error": {"Code": "InternalServerError", "Message": "told to fail"}},
+        "GetRecords",
+    )
+
+
+def failing_once(
+    recorder: DynamoDBIndexedApplicationRecorder,
+    marker: Path,
+    fault: Callable[[], None],
+) -> Callable[[], Any]:
+    marker.touch()
+    return lambda: FailingOnce(recorder.connection.streams_client(), marker, fault)
+
+
+def reader_told_shards(
+    recorder: DynamoDBIndexedApplicationRecorder, streams: ToldShards
+) -> ToldShards:
+    """A reader's own client showing the committer's told shards.
+
+    Made in the reader, forked once the committer listed the shards (so
+    ``streams.real``, the real shard's id, is known).
+    """
+    own = ToldShards(recorder.connection.streams_client(), list(streams.told.values()))
+    own.real = streams.real
+    return own
+
+
+def test_with_two_readers_every_event_is_indexed_once_in_order(
+    recorder: DynamoDBIndexedApplicationRecorder, indexers: list[Indexer]
+) -> None:
+    saves = random_saves(recorder, 60, seed=7)
+    # The committer lists the shards; only the readers may read them.
+    committer_reads = ReorderingStreams(recorder.connection.streams_client(), refused)
+    indexer = Indexer(recorder, readers=2, streams_client=committer_reads)
+    indexers.append(indexer)
+
+    index_until(indexer, recorder, events_of(saves))
+
+    assert_indexed_once_in_order(recorder, saves)
+    assert indexer._pool is not None
+    assert len(indexer._pool.pids()) == 1  # DynamoDB Local's stream: one shard
+    assert indexer._pool.restarts == 0
+
+
+def test_readers_read_a_split_shard_parents_first(
+    recorder: DynamoDBIndexedApplicationRecorder, indexers: list[Indexer]
+) -> None:
+    """A child is given to a reader only once its parent is read to its end.
+
+    As in ``test_a_child_listed_first_waits_for_a_parent_longer_than_a_round``:
+    150 events of one aggregate split after version 140, rounds of 100. In
+    the round that reads the parent's end, the child is read in the next
+    wave of reads, after the parent's answer.
+    """
+    aggregate = uuid.uuid4()
+    saves = one_by_one(recorder, aggregate, range(1, 151))
+    split = on_the_stream(recorder, (str(aggregate), 150))[str(aggregate), 140]
+    streams = ToldShards(
+        recorder.connection.streams_client(),
+        [
+            ToldShard("child", parent="parent", after=split),
+            ToldShard("parent", ending=split),
+        ],
+    )
+
+    def told_shards() -> Any:
+        return reader_told_shards(recorder, streams)
+
+    indexer = Indexer(
+        recorder,
+        batch_size=100,
+        streams_client=streams,
+        readers=2,
+        reader_client=told_shards,
+    )
+    indexers.append(indexer)
+
+    assert indexer.poll() == 100  # the parent's first 100: the child waits
+    assert indexer.poll() == 50  # the parent's end, then the child, one round
+
+    assert_indexed_once_in_order(recorder, saves)
+    checkpoints = indexer._read_state().checkpoints
+    assert checkpoints[streams.shard_id("parent")] == str(split)
+    assert int(checkpoints[streams.shard_id("child")]) > split
+
+
+def test_a_save_across_shards_read_by_two_readers_is_appended_whole(
+    recorder: DynamoDBIndexedApplicationRecorder, indexers: list[Indexer]
+) -> None:
+    """A save in two sibling shards, each read by its own reader, stays contiguous."""
+    [even], [odd] = of_parity(0, 1), of_parity(1, 1)
+    saves = [[stored(odd, 1)], [stored(even, 1), stored(odd, 2)], [stored(odd, 3)]]
+    for save in saves:
+        recorder.insert_events(save)
+    shards = [
+        ToldShard("even", lambda r: parity(r) == 0),
+        ToldShard("odd", lambda r: parity(r) == 1),
+    ]
+    streams = ToldShards(recorder.connection.streams_client(), shards)
+
+    def told_shards() -> Any:
+        return reader_told_shards(recorder, streams)
+
+    indexer = Indexer(
+        recorder, streams_client=streams, readers=2, reader_client=told_shards
+    )
+    indexers.append(indexer)
+
+    index_until(indexer, recorder, events_of(saves))
+
+    assert_indexed_once_in_order(recorder, saves)
+    assert indexer._pool is not None
+    assert len(indexer._pool.pids()) == 2  # one shard each
+
+
+def test_a_reader_killed_between_rounds_is_replaced_and_nothing_is_lost(
+    recorder: DynamoDBIndexedApplicationRecorder, indexers: list[Indexer]
+) -> None:
+    first = random_saves(recorder, 20, seed=1)
+    indexer = Indexer(recorder, readers=2)
+    indexers.append(indexer)
+    index_until(indexer, recorder, events_of(first))
+    assert indexer._pool is not None
+    [killed] = indexer._pool.pids()  # DynamoDB Local's stream: one shard
+
+    os.kill(killed, signal.SIGKILL)
+    more = random_saves(recorder, 20, seed=2)
+    index_until(indexer, recorder, events_of(more))
+
+    assert_indexed_once_in_order(recorder, first + more)
+    assert indexer._pool.restarts == 1
+    assert killed not in indexer._pool.pids()
+
+
+def test_a_reader_killed_reading_is_replaced_in_the_round(
+    recorder: DynamoDBIndexedApplicationRecorder,
+    indexers: list[Indexer],
+    tmp_path: Path,
+) -> None:
+    """Killed in its GetRecords: the round reads its shards again, once."""
+    saves = random_saves(recorder, 40, seed=3)
+    client = failing_once(recorder, tmp_path / "fail", kill_myself)
+    indexer = Indexer(recorder, readers=2, reader_client=client)
+    indexers.append(indexer)
+
+    index_until(indexer, recorder, events_of(saves))
+
+    assert_indexed_once_in_order(recorder, saves)
+    assert indexer._pool is not None
+    assert indexer._pool.restarts == 1
+
+
+def test_a_reader_that_stalls_is_killed_and_replaced(
+    recorder: DynamoDBIndexedApplicationRecorder,
+    indexers: list[Indexer],
+    tmp_path: Path,
+) -> None:
+    saves = random_saves(recorder, 20, seed=4)
+    client = failing_once(recorder, tmp_path / "fail", stall)
+    indexer = Indexer(recorder, readers=1, reader_timeout=1.0, reader_client=client)
+    indexers.append(indexer)
+    index_until(indexer, recorder, events_of(saves))
+
+    assert_indexed_once_in_order(recorder, saves)
+    assert indexer._pool is not None
+    assert indexer._pool.restarts == 1
+    assert len(readers_running()) == 1  # the stalled one was killed
+
+
+def test_an_error_in_a_reader_is_raised_by_the_round_and_nothing_indexed(
+    recorder: DynamoDBIndexedApplicationRecorder,
+    indexers: list[Indexer],
+    tmp_path: Path,
+) -> None:
+    """As in process: the round raises the reader's error; the next round reads."""
+    saves = random_saves(recorder, 20, seed=5)
+    on_the_stream(
+        recorder, (str(saves[-1][-1].originator_id), saves[-1][-1].originator_version)
+    )
+    client = failing_once(recorder, tmp_path / "fail", refuse)
+    indexer = Indexer(recorder, readers=1, reader_client=client)
+    indexers.append(indexer)
+
+    with pytest.raises(OperationalError) as raised:
+        indexer.poll()
+
+    assert "reader process" in "".join(getattr(raised.value, "__notes__", []))
+    assert not recorder.max_notification_id()  # nothing committed
+    index_until(indexer, recorder, events_of(saves))
+    assert_indexed_once_in_order(recorder, saves)
+    assert indexer._pool is not None
+    assert indexer._pool.restarts == 0  # it raised, and lived on
+
+
+def test_a_round_that_raised_leaves_no_answer_for_the_next(
+    recorder: DynamoDBIndexedApplicationRecorder,
+    indexers: list[Indexer],
+    tmp_path: Path,
+) -> None:
+    """The even shard's reader raises; the odd one's answer must not serve later."""
+    [even], [odd] = of_parity(0, 1), of_parity(1, 1)
+    first = [[stored(even, 1)], [stored(odd, 1)]]
+    for save in first:
+        recorder.insert_events(save)
+    on_the_stream(recorder, (str(odd), 1))
+    streams = ToldShards(
+        recorder.connection.streams_client(),
+        [
+            ToldShard("even", lambda r: parity(r) == 0),
+            ToldShard("odd", lambda r: parity(r) == 1),
+        ],
+    )
+    marker = tmp_path / "fail"
+    marker.touch()
+
+    def even_fails_once() -> Any:
+        return FailingOnce(
+            reader_told_shards(recorder, streams), marker, refuse, shard="even|"
+        )
+
+    indexer = Indexer(
+        recorder, streams_client=streams, readers=2, reader_client=even_fails_once
+    )
+    indexers.append(indexer)
+
+    with pytest.raises(OperationalError):
+        indexer.poll()  # the odd shard's reader answered; its answer is unread
+    index_until(indexer, recorder, events_of(first))
+    more = [[stored(even, 2)], [stored(odd, 2)]]
+    for save in more:
+        recorder.insert_events(save)
+    index_until(indexer, recorder, events_of(more))
+
+    assert_indexed_once_in_order(recorder, first + more)
+
+
+def test_readers_that_keep_dying_stop_the_run_with_a_clear_error(
+    recorder: DynamoDBIndexedApplicationRecorder, indexers: list[Indexer]
+) -> None:
+    recorder.insert_events([stored(uuid.uuid4(), 1)])
+
+    def dying() -> Any:
+        kill_myself()
+
+    indexer = Indexer(recorder, readers=1, reader_client=dying)
+    indexers.append(indexer)
+
+    with pytest.raises(IndexReaderError, match=f"failed {RESTARTS} times in a row"):
+        indexer.poll()
+
+    assert not recorder.max_notification_id()
+    assert readers_running() == []  # the dead readers were reaped
+
+
+def test_stop_ends_the_readers(
+    recorder: DynamoDBIndexedApplicationRecorder,
+) -> None:
+    saves = random_saves(recorder, 10, seed=6)
+    with Indexer(recorder, readers=2) as indexer:
+        recorder.wait_indexed(events_of(saves), timeout=20)
+        assert indexer._pool is not None
+        readers = indexer._pool.pids()
+        assert len(readers) == 1  # DynamoDB Local's stream: one shard
+
+    assert all(gone(pid) for pid in readers)
+    assert readers_running() == []
+
+
+@pytest.fixture
+def indexed(
+    streamed: None, dynamodb_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    """This test's applications and `ledger` processes use the indexed ordering."""
+    dynamodb_env["DYNAMODB_ORDERING"] = "indexed"
+    monkeypatch.setenv("DYNAMODB_ORDERING", "indexed")
+    monkeypatch.setenv("PYTHONPATH", f"{ROOT / 'src'}:{ROOT}")
+    return dynamodb_env
+
+
+def test_index_run_once_with_readers(indexed: dict[str, str], ledger: Any) -> None:
+    orders = Orders()
+    items = [{"product_id": "tea", "quantity": 2, "price": Decimal("4.50")}]
+    placed = [orders.place_order(uuid.uuid4(), items) for _ in range(5)]
+    saved = sum(len(orders.recorder.select_events(p)) for p in placed)
+
+    ran = ledger("index", "run", "--once", "--readers", "2")
+
+    assert ran.returncode == 0, ran.stderr
+    assert f"indexed {saved} stream records; head at position {saved}" in ran.stdout
+
+
+def test_index_run_leaves_no_reader_when_interrupted_or_killed(
+    indexed: dict[str, str],
+) -> None:
+    """Ctrl-C (SIGINT) ends the readers with the run; so does the run's death."""
+    orders = Orders()
+    orders.place_order(
+        uuid.uuid4(), [{"product_id": "tea", "quantity": 1, "price": Decimal("1")}]
+    )
+    env = {**os.environ, **indexed, "PYTHONPATH": f"{ROOT / 'src'}:{ROOT}"}
+    for ending in (signal.SIGINT, signal.SIGKILL):
+        run = subprocess.Popen(  # noqa: S603 - our own command, fixed argv
+            [sys.executable, "-c", "from ledger.cli import main; main()", *RUN],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            # Ctrl-C's handler, even where this test runs with SIGINT ignored.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509 - no threads run it
+        )
+        readers: list[int] = []
+        try:
+            deadline = time.monotonic() + 30
+            while not (readers := children_of(run.pid)):
+                assert time.monotonic() < deadline, "the readers never started"
+            os.kill(run.pid, ending)
+            run.wait(timeout=30)
+            deadline = time.monotonic() + 10
+            while not all(gone(pid) for pid in readers):
+                assert time.monotonic() < deadline, f"readers left after {ending!r}"
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+            for pid in readers:  # left by a failure: not by this test's run
+                with contextlib.suppress(ProcessLookupError):
+                    if not gone(pid):
+                        os.kill(pid, signal.SIGKILL)

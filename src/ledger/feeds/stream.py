@@ -608,7 +608,9 @@ class StreamPoller(Polling):
         if self.fed is None:
             raise ProgrammingError(
                 f"{self.name}: this poller was given shard checkpoints only, and "
-                "has no consumer to feed: give StreamPoller a consumer."
+                "has no consumer to feed. Give StreamPoller a projector or a "
+                "consumer fed batches: process(batch) -> Progress, with its "
+                "positions per shard as shard_checkpoints (see ledger.feeds)."
             )
         iterator = self._iterators.pop(shard_id, None) or self._iterator(shard_id)
         processed = 0

@@ -332,6 +332,16 @@ def _index_of(records: Sequence[Mapping[str, Any]], number: str) -> int:
     return next(i for i, r in enumerate(records) if sequence_number(r) == number)
 
 
+def progress_before(batch: Batch, failed: Iterable[str], applied: int) -> Progress:
+    """Return a stream consumer's progress: before the first of ``failed``, if any.
+
+    ``failed`` are the sequence numbers of the records it did not finish; a
+    batch with none is done to its checkpoint.
+    """
+    first = min((int(number) for number in failed), default=None)
+    return Progress(applied, batch.checkpoint if first is None else first - 1)
+
+
 def progress_of(consumer: BatchHandler, batch: Batch) -> Progress | None:
     """Hand ``batch`` to ``consumer``; return its progress, None if it raced.
 

@@ -41,6 +41,7 @@ from ledger.feeds.stream import (
     BatchResponse,
     StreamItem,
     decode_record,
+    progress_before,
     stream_handler,
 )
 from ledger.projections.gaps import in_version_order
@@ -117,9 +118,7 @@ class StreamFollower:
                 report_records_failed(logger, who, [(number, aggregate_id)], error)
                 failed.append(number)
                 failed_aggregates.add(aggregate_id)
-        if not failed:
-            return Progress(processed, batch.checkpoint)
-        return Progress(processed, min(int(number) for number in failed) - 1)
+        return progress_before(batch, failed, processed)
 
     def handle(self, event: Mapping[str, Any]) -> BatchResponse:
         """Process a Lambda stream event; return its partial-batch response.

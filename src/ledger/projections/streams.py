@@ -54,6 +54,7 @@ from ledger.feeds.stream import (
     feed_records,
     from_table,
     handle_records,
+    progress_before,
     sequence_number,
     stream_arn_of,
     stream_handler,
@@ -405,6 +406,4 @@ class ProjectionConsumer:
         finally:
             projector.metrics.flush()
         applied = sum(1 for o in outcomes.values() if o is Outcome.APPLIED)
-        if not failed:
-            return Progress(applied, batch.checkpoint)
-        return Progress(applied, min(int(number) for number in failed) - 1)
+        return progress_before(batch, failed, applied)

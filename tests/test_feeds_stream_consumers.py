@@ -24,10 +24,12 @@ from ledger.feeds import (
     Batch,
     IndexSource,
     Progress,
+    Raced,
     Runner,
     StreamPoller,
     StreamSource,
     TrackingCheckpoint,
+    stream_handler,
 )
 from ledger.feeds.stream import sequence_number
 from ledger.projections import event_loader
@@ -38,6 +40,7 @@ from projections.integration import OrderEvents
 from projections.orders import OrderProjector, get_order_summary
 from tests import test_projections_followers as follower_tests
 from tests import test_publisher as publisher_tests
+from tests.test_faults_feeds import lambda_records
 from tests.test_feeds import tracking
 from tests.test_feeds_stream import Collector, ShardsInMemory
 from tests.test_projections_core import ITEM
@@ -300,3 +303,50 @@ def _record(app: Orders, number: str) -> dict[str, Any]:
 
     record = stream_records(app)[0]
     return {**record, "dynamodb": {**record["dynamodb"], "SequenceNumber": number}}
+
+
+# --- a consumer that raced -----------------------------------------------------------
+
+
+class RacesOnce(Collector):
+    """A stream consumer whose first batch meets another writer (it raises Raced)."""
+
+    def __init__(self, connection: Any) -> None:
+        super().__init__(connection)
+        self.raced = False
+
+    def process(self, batch: Batch) -> Progress:
+        if not self.raced:
+            self.raced = True
+            raise Raced
+        return super().process(batch)
+
+
+def test_a_stream_consumer_that_raced_is_handed_its_records_again_in_full(
+    streamed, orders
+):
+    orders.place_order(uuid.uuid4(), [ITEM])
+    [first, second] = the_stream_holds(orders, 2)
+    consumer = RacesOnce(orders.factory.connection)
+    poller = StreamPoller(consumer, orders)
+
+    assert poller.poll() == 0  # raced: nothing checkpointed
+    assert consumer.checkpoints == {}
+    assert poller.poll() == 2
+
+    assert consumer.seen == [first["number"], second["number"]]
+    assert consumer.checkpoints == {first["shard"]: second["number"]}
+
+
+def test_a_lambda_batch_whose_consumer_raced_reports_every_record(orders):
+    orders.place_order(uuid.uuid4(), [ITEM])
+    records = lambda_records(orders)
+    consumer = RacesOnce(orders.factory.connection)
+    handler = stream_handler(lambda: (consumer, orders))
+
+    response = handler({"Records": records}, None)
+
+    assert response == {
+        "batchItemFailures": [{"itemIdentifier": sequence_number(r)} for r in records]
+    }
+    assert handler({"Records": records}, None) == {"batchItemFailures": []}

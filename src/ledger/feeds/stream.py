@@ -184,6 +184,9 @@ class StreamSource:
     Only new events (``INSERT`` records) become items; a batch's checkpoint
     is its last record's sequence number all the same, so records of any
     other kind are passed over, as an index batch passes over other topics.
+    It makes batches of records read elsewhere (by the :class:`StreamPoller`
+    from each shard, or pushed by Lambda), so it is no
+    :class:`~ledger.feeds.Source`: a stream has no one position to read after.
     """
 
     def __init__(self, mapper: Mapper[Any], *, uuid_ids: bool = True) -> None:

@@ -1450,7 +1450,7 @@ def test_the_publisher_operator_policy_allows_listing_and_redriving_dead_letters
     _place_and_confirm(orders)
     refusing = Publisher(OrderEvents(), orders, env=env, retry_delays=())
     refusing.client = RefusingClient(refusing.client, lambda _: "InternalFailure")
-    refusing.process(stream_records(orders))
+    feed_records(refusing, stream_records(orders), StreamSource.of(orders))
     recorded_requests.clear()
 
     operator = Publisher(OrderEvents(), orders, env={**env, "CREATE_TABLE": "no"})

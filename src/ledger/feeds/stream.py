@@ -61,6 +61,8 @@ from ledger.dynamodb.client import (
 )
 from ledger.feeds.base import Batch, Item, Progress, Raced
 from ledger.feeds.polling import Polling, StoppedShortError, deadline_of, keep_polling
+from ledger.projections.deadletters import error_summary
+from ledger.projections.history import Undecodable
 
 if TYPE_CHECKING:
     from ledger.projections.projector import Projector
@@ -237,9 +239,6 @@ class StreamSource:
         )
 
     def _decode(self, notification: Any) -> Any:
-        from ledger.projections.deadletters import error_summary  # noqa: PLC0415
-        from ledger.projections.history import Undecodable  # noqa: PLC0415
-
         try:
             return self.mapper.to_domain_event(notification)
         except Exception as error:  # noqa: BLE001 - any decoding failure is the consumer's to park
@@ -282,10 +281,10 @@ def _notification(
 
 def _partial_notification(image: Mapping[str, Any], position: int) -> Notification:
     """Return what can be read of an image that is not a whole event."""
-    version = image.get(store_schema.VERSION, {})
+    version = str(image.get(store_schema.VERSION, {}).get("N", ""))
     return Notification(
         originator_id=str(image.get(store_schema.AGGREGATE_ID, {}).get("S", "")),
-        originator_version=int(version["N"]) if "N" in version else 0,
+        originator_version=int(version) if version.isdigit() else 0,
         topic=str(image.get(store_schema.TOPIC, {}).get("S", "")),
         state=b"",
         id=position,
@@ -293,9 +292,6 @@ def _partial_notification(image: Mapping[str, Any], position: int) -> Notificati
 
 
 def _undecodable(error: Exception) -> Callable[[Any], Any]:
-    from ledger.projections.deadletters import error_summary  # noqa: PLC0415
-    from ledger.projections.history import Undecodable  # noqa: PLC0415
-
     reason = error_summary(error, " while decoding the stream record")
 
     def to_event(notification: Any) -> Any:

@@ -48,6 +48,7 @@ from aggregates.warehouse import Warehouse
 from ledger.dynamodb import Meter, measure
 from ledger.dynamodb import schema as store_schema
 from ledger.dynamodb.local import DynamoDBLocal
+from ledger.feeds import StreamSource, feed_records
 from ledger.projections.followers import StreamFollower
 from ledger.sagas import SagaRunner
 
@@ -201,7 +202,7 @@ def run_saga_on_stream(
     def deliver() -> int:
         processed = 0
         for follower, records in pending:
-            if follower.process(records):
+            if feed_records(follower, records, StreamSource.of(follower.leader)):
                 raise RuntimeError("a record failed")
             processed += len(records)
         return processed + runner.poll()

@@ -35,6 +35,7 @@ from aggregates.services import PAYMENTS, WAREHOUSE
 from aggregates.warehouse import Warehouse
 from ledger import index_consumers
 from ledger.cli.app import cli
+from ledger.feeds import StreamSource, feed_records
 from ledger.inbox import Inbox
 from ledger.inbox.sqs import MAX_MESSAGES_PER_RECEIVE, lambda_handler
 from ledger.index_consumers import (
@@ -1377,7 +1378,7 @@ def test_the_dead_letter_metric_filter_matches_what_the_publisher_logs(
     publisher = Publisher(OrderEvents(), orders, env=publishing_stack.env)
 
     with caplog.at_level("ERROR", logger=publisher_logger.name):
-        publisher.process(stream_records(orders))
+        feed_records(publisher, stream_records(orders), StreamSource.of(orders))
 
     # The undecodable event, and the confirmation whose v2 reads the order.
     dead_lettered = [r.getMessage() for r in caplog.records]
@@ -1449,7 +1450,7 @@ def test_the_publisher_operator_policy_allows_listing_and_redriving_dead_letters
     _place_and_confirm(orders)
     refusing = Publisher(OrderEvents(), orders, env=env, retry_delays=())
     refusing.client = RefusingClient(refusing.client, lambda _: "InternalFailure")
-    refusing.process(stream_records(orders))
+    feed_records(refusing, stream_records(orders), StreamSource.of(orders))
     recorded_requests.clear()
 
     operator = Publisher(OrderEvents(), orders, env={**env, "CREATE_TABLE": "no"})

@@ -16,7 +16,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -37,11 +37,10 @@ from ledger.feeds import (
     TrackingCheckpoint,
     keep_polling,
 )
-from ledger.feeds.stream import sequence_number
 from ledger.projections import streams
 from projections.orders import get_order_summary
 from tests.test_feeds import Collector, place, tracking
-from tests.test_feeds_stream import stream_holds
+from tests.test_feeds_stream import ShardsInMemory, stream_holds
 from tests.test_projections_core import ITEM
 
 __all__ = ["tracking"]  # the fixture, used here by name
@@ -134,19 +133,12 @@ class FailsRecords:
     name = "failing"
 
     def __init__(self, connection: Any) -> None:
-        self.connection = connection
-        self.checkpoints: dict[str, str] = {}
+        self.shard_checkpoints = ShardsInMemory(connection)
         self.calls = 0
 
-    def process(self, records: Sequence[Mapping[str, Any]]) -> list[str]:
+    def process(self, batch: Batch) -> Progress:
         self.calls += 1
-        return [sequence_number(record) for record in records]
-
-    def checkpoint(self, shard_id: str) -> str | None:
-        return self.checkpoints.get(shard_id)
-
-    def save_checkpoint(self, shard_id: str, number: str) -> None:
-        self.checkpoints[shard_id] = number
+        return Progress(0, batch.after)  # short of its first record
 
 
 def test_a_stream_feed_says_its_consumer_failed_records_not_that_dynamodb_is_down(

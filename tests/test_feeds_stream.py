@@ -2,12 +2,13 @@
 
 The stream poller is run as every feed is (``ledger.feeds.Polling``): it
 drains until a deadline, riding out DynamoDB being unavailable, and starts
-and stops in a thread. Records pushed by Lambda go through one handler
-(``ledger.feeds.stream_handler``) whatever consumes them: a projector, an
-``eventsourcing`` follower, the publisher. Each answers Lambda's partial
-batch response as it did with a handler of its own. DynamoDB faults go
-through ``tests/faults.py``'s proxy; EventBridge is moto's server
-(``tests/test_publisher.py``).
+and stops in a thread. Its consumers are the reader interface's, fed
+batches (one shard's records each). Records pushed by Lambda go through one
+handler (``ledger.feeds.stream_handler``) whatever consumes them: a
+projector, an ``eventsourcing`` follower, the publisher. Each answers
+Lambda's partial batch response from the first record it did not finish on.
+DynamoDB faults go through ``tests/faults.py``'s proxy; EventBridge is moto's
+server (``tests/test_publisher.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,7 +25,7 @@ from faults import CUT, SERVER_ERROR, FaultProxy
 
 from aggregates.application import Orders
 from ledger.dynamodb import schema as store_schema
-from ledger.feeds import StreamPoller, stream_handler
+from ledger.feeds import Batch, Progress, StreamPoller, stream_handler
 from ledger.feeds.stream import sequence_number
 from ledger.projections import event_loader
 from ledger.projections.dynamodb import open_view
@@ -53,23 +54,36 @@ bus = publisher_tests.bus
 publisher_env = publisher_tests.publisher_env
 
 
-class Collector:
-    """A stream consumer keeping what it is handed, and its checkpoints in memory."""
+class ShardsInMemory:
+    """Shard checkpoints kept in memory."""
 
     def __init__(self, connection: Any) -> None:
         self.connection = connection
-        self.pages: list[list[str]] = []
-        self.checkpoints: dict[str, str] = {}
-
-    def process(self, records: Sequence[Mapping[str, Any]]) -> list[str]:
-        self.pages.append([sequence_number(record) for record in records])
-        return []
+        self.numbers: dict[str, str] = {}
 
     def checkpoint(self, shard_id: str) -> str | None:
-        return self.checkpoints.get(shard_id)
+        return self.numbers.get(shard_id)
 
     def save_checkpoint(self, shard_id: str, number: str) -> None:
-        self.checkpoints[shard_id] = number
+        self.numbers[shard_id] = number
+
+
+class Collector:
+    """A stream consumer keeping what it is handed, and its checkpoints in memory."""
+
+    name = "collector"
+
+    def __init__(self, connection: Any) -> None:
+        self.shard_checkpoints = ShardsInMemory(connection)
+        self.pages: list[list[str]] = []
+
+    @property
+    def checkpoints(self) -> dict[str, str]:
+        return self.shard_checkpoints.numbers
+
+    def process(self, batch: Batch) -> Progress:
+        self.pages.append([item.sequence_number for item in batch.items])
+        return Progress(len(batch.items), batch.checkpoint)
 
     @property
     def seen(self) -> list[str]:
@@ -83,10 +97,10 @@ class SlowCollector(Collector):
         super().__init__(connection)
         self.deadline = deadline
 
-    def process(self, records: Sequence[Mapping[str, Any]]) -> list[str]:
+    def process(self, batch: Batch) -> Progress:
         while not self.pages and time.monotonic() < self.deadline:
             time.sleep(0.01)
-        return super().process(records)
+        return super().process(batch)
 
 
 def until(check: Callable[[], bool], what: str) -> None:
@@ -213,7 +227,7 @@ class Refusing(Collector):
         super().__init__(connection)
         self.called = threading.Event()
 
-    def process(self, records: Sequence[Mapping[str, Any]]) -> list[str]:
+    def process(self, batch: Batch) -> Progress:
         self.called.set()
         raise ValueError("a consumer's bug")
 
@@ -250,7 +264,8 @@ def test_a_stream_poller_whose_thread_died_starts_again(streamed, orders, monkey
     poller = StreamPoller(refusing, orders, interval=0.05)
     poller.start()
     until(lambda: bool(died), "the poller's thread to die")
-    poller.consumer = consumer = Collector(orders.factory.connection)
+    poller.fed = consumer = Collector(orders.factory.connection)
+    poller.consumer = consumer.shard_checkpoints
 
     poller.start()  # not "running already": the thread is dead
 
@@ -267,10 +282,10 @@ class Blocking(Collector):
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def process(self, records: Sequence[Mapping[str, Any]]) -> list[str]:
+    def process(self, batch: Batch) -> Progress:
         self.entered.set()
         assert self.release.wait(DEADLINE), "never released"
-        return super().process(records)
+        return super().process(batch)
 
 
 def test_a_stream_poller_started_again_after_a_stop_timed_out_runs_one_thread(
@@ -305,7 +320,7 @@ def test_a_stream_poller_started_again_after_a_stop_timed_out_runs_one_thread(
 # --- one Lambda handler for pushed stream records ------------------------------------
 
 
-def test_a_projectors_stream_handler_reports_a_record_and_its_aggregates_later_ones(
+def test_a_projectors_stream_handler_reports_from_the_first_record_it_could_not_apply(
     orders, dynamodb_env
 ):
     first = orders.place_order(uuid.uuid4(), [ITEM])
@@ -327,10 +342,10 @@ def test_a_projectors_stream_handler_reports_a_record_and_its_aggregates_later_o
     batch = [of_first[1], of_second[0], *of_first[2:], *of_second[1:]]
     response = handler({"Records": batch}, LambdaContext(60))
 
+    # Lambda delivers the shard again from the first record reported; the
+    # second order's records after it were applied, and are then duplicates.
     assert response == {
-        "batchItemFailures": [
-            {"itemIdentifier": sequence_number(r)} for r in of_first[1:]
-        ]
+        "batchItemFailures": [{"itemIdentifier": sequence_number(r)} for r in batch]
     }
     readers = open_view(OrderProjector, dynamodb_env)
     assert get_order_summary(readers, first) is None
@@ -376,7 +391,7 @@ def test_a_projectors_stream_handler_that_failed_to_make_itself_makes_itself_aga
     assert get_order_summary(readers, order_id) is not None
 
 
-def test_a_followers_stream_handler_reports_a_record_and_its_aggregates_later_ones(
+def test_a_followers_stream_handler_reports_from_the_first_record_it_could_not_process(
     leader, invoicing
 ):
     first, _ = confirmed_orders(leader, 2)
@@ -389,7 +404,9 @@ def test_a_followers_stream_handler_reports_a_record_and_its_aggregates_later_on
     response = follower.handle({"Records": of_first + of_second})
 
     assert response == {
-        "batchItemFailures": [{"itemIdentifier": sequence_number(r)} for r in of_first]
+        "batchItemFailures": [
+            {"itemIdentifier": sequence_number(r)} for r in of_first + of_second
+        ]
     }
     assert len(invoices_of(invoicing)) == 1  # the second order's
 
@@ -436,9 +453,11 @@ def test_a_publishers_stream_handler_reports_the_record_it_could_not_finish(
         response = handler({"Records": records}, LambdaContext(60))
         app.close()
 
-    # Lambda delivers the shard again from the first record reported.
+    # Every record from the first not done on: Lambda delivers the shard
+    # again from there.
+    after = records[records.index(refused_placed) :]
     assert response == {
-        "batchItemFailures": [{"itemIdentifier": sequence_number(refused_placed)}]
+        "batchItemFailures": [{"itemIdentifier": sequence_number(r)} for r in after]
     }
     published = [e["detail"]["order_id"] for e in bus.received()]
     assert published == [str(kept)]

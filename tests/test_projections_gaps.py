@@ -43,7 +43,7 @@ from ledger.projections.streams import (
 )
 from ledger.projections.views import ItemWrite
 from tests.test_projections_dynamodb import Crash, stream_records
-from tests.test_projections_followers import Invoice, Invoicing, invoices_of
+from tests.test_projections_followers import Invoice, Invoicing, deliver, invoices_of
 
 
 class AuditLine(ReadModel):
@@ -443,11 +443,11 @@ def test_a_follower_fails_a_record_behind_a_missing_version_until_it_can_be_read
     leader.confirm(order_id)  # version 3 raises the invoice
     records = stream_records(leader)
     follower = StreamFollower(invoicing, leader)
-    assert follower.process(records[:1]) == []
+    assert deliver(follower, records[:1]) == []
     events_table = EventsTable(leader)
     events_table.take(order_id, 2)
 
-    failed = follower.process(records[2:])
+    failed = deliver(follower, records[2:])
 
     assert failed == [records[2]["dynamodb"]["SequenceNumber"]]
     assert processed_by(follower, order_id) == 1
@@ -455,7 +455,7 @@ def test_a_follower_fails_a_record_behind_a_missing_version_until_it_can_be_read
     with pytest.raises(GapError, match="version 2 "):
         follower.process_event(decode_record(records[2], leader.mapper))
     events_table.put_back(records)
-    assert follower.process(records[2:]) == []
+    assert deliver(follower, records[2:]) == []
     assert processed_by(follower, order_id) == 3
     invoice = invoicing.repository.get(Invoice.create_id(str(order_id)))
     assert invoice.version == 1
@@ -466,7 +466,7 @@ def test_a_follower_processes_a_long_gap_one_event_per_commit(leader, invoicing)
     leader.confirm(order_id)
     follower = StreamFollower(invoicing, leader)
 
-    assert follower.process(stream_records(leader)[-1:]) == []
+    assert deliver(follower, stream_records(leader)[-1:]) == []
 
     assert processed_by(follower, order_id) == 151
     assert invoicing.repository.get(Invoice.create_id(str(order_id))).version == 1

@@ -26,6 +26,7 @@ from ledger.projections.followers import StreamFollower
 from ledger.projections.streams import StreamPoller
 from ledger.sagas import SagaRunner, TimeoutPoller
 from tests.test_projections_dynamodb import DEADLINE, interleave, stream_records
+from tests.test_projections_followers import deliver
 from tests.test_saga_fulfilment import FIG, TEA, Shop, on_hand, open_shop
 
 
@@ -54,7 +55,7 @@ class LambdaShop(Shop):
             before = self.fulfilment.processed
             for follower, leader in self.rng.sample(self.followers, 3):
                 records = interleave(stream_records(leader), self.rng)
-                assert follower.process(records) == []
+                assert deliver(follower, records) == []
             self.runner.poll()
             if self.fulfilment.processed == before:
                 return processed
@@ -77,7 +78,7 @@ class AllLambdaShop(LambdaShop):
                 (self.own_steps, self.fulfilment),
             ]:
                 records = interleave(stream_records(leader), self.rng)
-                assert follower.process(records) == []
+                assert deliver(follower, records) == []
             if self.fulfilment.processed == before:
                 return processed
             processed += self.fulfilment.processed - before

@@ -22,10 +22,15 @@ long-running poller (:meth:`Runner.run`), or in a Lambda invocation
 (:meth:`Runner.drain`, :func:`drain_handler`).
 
 The events table's DynamoDB stream (per-aggregate order, 24 hours; read
-only by the indexer and the legacy ``stream`` feed) has its own positions,
-one per shard: a :class:`StreamConsumer` is fed by a :class:`StreamPoller`,
-or in Lambda by :func:`stream_handler` (records pushed by an event source
-mapping, answered with a partial-batch response).
+only by the indexer and the legacy ``stream`` feed) is a source too
+(:class:`StreamSource`): a batch is one shard's records, an item's position
+its record's sequence number. Its consumers are consumers as above (a
+publisher is one class on either source); what differs is the position,
+one per shard (a :class:`ShardConsumer`'s ``shard_checkpoints``), and the
+order, per aggregate only, so each keeps what it applied per aggregate
+itself. A :class:`StreamPoller` feeds them, or in Lambda
+:func:`stream_handler` (records pushed by an event source mapping, answered
+with a partial-batch response: every record from the first not done on).
 
 Both pollers are one loop (:class:`Polling`: ``run``, ``drain``,
 ``start``/``stop``), which rides out DynamoDB being unavailable in one place
@@ -46,10 +51,14 @@ from ledger.feeds.index import DEFAULT_PAGE_SIZE, IndexSource
 from ledger.feeds.polling import Polling, StoppedShortError, keep_polling, run_polls
 from ledger.feeds.runner import Runner, drain_handler
 from ledger.feeds.stream import (
-    RecordsConsumer,
-    StreamConsumer,
+    BatchHandler,
+    ShardCheckpoints,
+    ShardConsumer,
+    StreamItem,
     StreamPoller,
+    StreamSource,
     decode_record,
+    feed_records,
     from_table,
     sequence_number,
     stream_handler,
@@ -58,6 +67,7 @@ from ledger.feeds.stream import (
 __all__ = [
     "DEFAULT_PAGE_SIZE",
     "Batch",
+    "BatchHandler",
     "Checkpoint",
     "Consumer",
     "IndexSource",
@@ -65,15 +75,18 @@ __all__ = [
     "Polling",
     "Progress",
     "Raced",
-    "RecordsConsumer",
     "Runner",
+    "ShardCheckpoints",
+    "ShardConsumer",
     "Source",
     "StoppedShortError",
-    "StreamConsumer",
+    "StreamItem",
     "StreamPoller",
+    "StreamSource",
     "TrackingCheckpoint",
     "decode_record",
     "drain_handler",
+    "feed_records",
     "from_table",
     "keep_polling",
     "run_polls",

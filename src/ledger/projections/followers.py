@@ -15,10 +15,12 @@ cannot be read (not replicated yet, or removed), the record fails with
 :class:`~ledger.projections.models.GapError` and is delivered again, never
 passed over. Aggregates interleave in any order.
 
-Use it from Lambda with :meth:`StreamFollower.handle` (the partial-batch
-response, through :func:`~ledger.feeds.stream_handler`), or locally with
+A :class:`StreamFollower` is a consumer of the stream fed batches
+(:class:`~ledger.feeds.StreamSource`). Use it from Lambda with
+:meth:`StreamFollower.handle` (the partial-batch response, through
+:func:`~ledger.feeds.stream_handler`), or locally with
 :class:`~ledger.feeds.StreamPoller` (it keeps each shard's checkpoint in the
-follower's tracking table).
+follower's tracking table: :class:`TrackingShardCheckpoints`).
 A record that fails is logged on ``ledger.projections.followers`` (its
 error's type and place, never its message or the event's state).
 """
@@ -26,19 +28,20 @@ error's type and place, never its message or the event's state).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, cast
 
 from eventsourcing.persistence import IntegrityError, Tracking
 from eventsourcing.projection import EventSourcedProjection
 
 from ledger.dynamodb import aggregate_tracking
 from ledger.dynamodb import schema as store_schema
+from ledger.feeds.base import Batch, Progress
 from ledger.feeds.stream import (
     BatchResponse,
-    _aggregate_of,
+    StreamItem,
     decode_record,
-    sequence_number,
+    progress_before,
     stream_handler,
 )
 from ledger.projections.gaps import in_version_order
@@ -71,6 +74,8 @@ class StreamFollower:
         self.connection = recorder.connection
         self.name: str = follower.name
         """The follower's name (for logs)."""
+        self.shard_checkpoints = TrackingShardCheckpoints(recorder, leader.name)
+        """Its positions in the leader's stream (for the poller)."""
         self._handler: Callable[[Mapping[str, Any], Any], BatchResponse] | None = None
         """The Lambda handler of :meth:`handle`, made at the first event."""
         self._uuid_ids = (
@@ -79,11 +84,14 @@ class StreamFollower:
 
     # Processing ---------------------------------------------------------------
 
-    def process(self, records: Sequence[Mapping[str, Any]]) -> list[str]:
-        """Process records in order; return the sequence numbers that failed.
+    def process(self, batch: Batch) -> Progress:
+        """Process a batch (one shard's records) in order; say how far it got.
 
         A record that cannot be decoded or processed fails, and so do the
-        later records of its aggregate in the batch (never out of order).
+        later records of its aggregate in the batch (never out of order);
+        records of other aggregates go on. The position stops before the
+        first record that failed: it and what follows it are handed over
+        again, and what was processed after it is then skipped (tracked).
         """
         failed: list[str] = []
         # ledger's own partial-batch logic, not Powertools' BatchProcessor: that
@@ -91,24 +99,26 @@ class StreamFollower:
         # aggregate's later event after an earlier one failed. Here a failed
         # record fails every later record of its aggregate in the batch.
         failed_aggregates: set[str | None] = set()
-        for record in records:
-            number = sequence_number(record)
-            aggregate_id = _aggregate_of(record)
+        processed = 0
+        for item in cast("list[StreamItem]", list(batch.items)):
+            number = item.sequence_number
+            aggregate_id = item.aggregate_id
             if aggregate_id in failed_aggregates:
                 failed.append(number)
                 continue
             try:
+                # Decoded here, not as the item: a failure is logged as itself.
                 event = decode_record(
-                    record, self.leader.mapper, uuid_ids=self._uuid_ids
+                    item.record, self.leader.mapper, uuid_ids=self._uuid_ids
                 )
-                if event is not None:
-                    self.process_event(event)
+                if event is not None and self.process_event(event):
+                    processed += 1
             except Exception as error:  # noqa: BLE001 - reported for the source to redeliver
                 who = {"follower": self.follower.name, "leader": self.leader.name}
                 report_records_failed(logger, who, [(number, aggregate_id)], error)
                 failed.append(number)
                 failed_aggregates.add(aggregate_id)
-        return failed
+        return progress_before(batch, failed, processed)
 
     def handle(self, event: Mapping[str, Any]) -> BatchResponse:
         """Process a Lambda stream event; return its partial-batch response.
@@ -163,7 +173,19 @@ class StreamFollower:
                 return  # another worker processed it meanwhile
             raise
 
-    # Shard checkpoints (for StreamPoller) --------------------------------------
+
+class TrackingShardCheckpoints:
+    """A follower's positions in its leader's stream: items of its tracking table.
+
+    One item per shard, ``{leader}{SHARD_CHECKPOINT_MARK}{shard id}``,
+    holding the sequence number of the last record done.
+    """
+
+    def __init__(self, recorder: Any, leader_name: str) -> None:
+        """Keep the positions in ``leader_name``'s stream in ``recorder``'s table."""
+        self.recorder = recorder
+        self.connection = recorder.connection
+        self.leader_name = leader_name
 
     def checkpoint(self, shard_id: str) -> str | None:
         """Return the last record processed in a shard (from the tracking table)."""
@@ -188,4 +210,4 @@ class StreamFollower:
         )
 
     def _shard_key(self, shard_id: str) -> str:
-        return f"{self.leader.name}{store_schema.SHARD_CHECKPOINT_MARK}{shard_id}"
+        return f"{self.leader_name}{store_schema.SHARD_CHECKPOINT_MARK}{shard_id}"

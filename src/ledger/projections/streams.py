@@ -3,9 +3,8 @@
 The stream itself (decoding records, the :class:`StreamPoller`, the one
 Lambda handler for pushed records) is :mod:`ledger.feeds.stream`; its names
 are importable from here too. This module is what a projector adds: how a
-batch of records is applied. (Just over 400 lines as one concept: a
-batch's decoding, per-aggregate ordering and failure rules, and the Lambda
-handler and poller consumer built on them.)
+batch of one shard's records is applied (:class:`ProjectionConsumer`, a
+consumer of the reader interface fed :class:`~ledger.feeds.Batch`es).
 
 DynamoDB orders stream records per item only, and delivers them at least
 once. So this feed does not track one position: it tracks the last version
@@ -19,13 +18,15 @@ interleaving, by any number of workers, and the read model comes out the same.
 So it refuses (``OnePositionViewError``, before applying anything) a view
 that keeps one position for the application, one fed by its sequence: such a
 view holds no version per aggregate, and every earlier event would look
-missing and be applied again (see :func:`process_records`).
+missing and be applied again (see :class:`ProjectionConsumer`).
 
-A batch reports the records it could not process (a record whose commit
-failed, or whose missing earlier events a projector without ``load_events``
-cannot read) as ``batchItemFailures``; later records of the same aggregate in
-the batch are reported too, so an aggregate's events are never applied out of
-order. A handler that keeps failing, an event that cannot be decoded, and an
+A batch stops at the first record it could not process (a record whose
+commit failed, or whose missing earlier events a projector without
+``load_events`` cannot read): the records from it on are read again (in
+Lambda, reported as ``batchItemFailures``). Later records of the same
+aggregate in the batch are not applied, so an aggregate's events are never
+applied out of order; those of other aggregates are, and are duplicates when
+read again. A handler that keeps failing, an event that cannot be decoded, and an
 earlier version that stays unreadable (a ``GapError``) are not batch
 failures: the event is parked (see :mod:`ledger.projections.deadletters`).
 Each batch is summarised on ``ledger.projections.streams`` and its size and
@@ -37,25 +38,28 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
-from eventsourcing.persistence import Mapper, PersistenceError
+from eventsourcing.persistence import DataError, Mapper, PersistenceError
 
 from ledger.dynamodb import schema as store_schema
+from ledger.feeds.base import Batch, Progress
 from ledger.feeds.polling import run_polls
 from ledger.feeds.stream import (
     INSERT,
-    StreamConsumer,
+    StreamItem,
     StreamPoller,
-    _aggregate_of,
+    StreamSource,
     decode_record,
+    feed_records,
     from_table,
     handle_records,
+    progress_before,
     sequence_number,
     stream_arn_of,
     stream_handler,
 )
-from ledger.projections.deadletters import error_summary
+from ledger.projections.history import Undecodable
 from ledger.projections.metrics import (
     metrics_from_env,
     noting_outcome,
@@ -70,7 +74,6 @@ from ledger.projections.views import ActiveVersionChangedError, ConcurrentChange
 __all__ = [
     "INSERT",
     "ProjectionConsumer",
-    "StreamConsumer",
     "StreamPoller",
     "ViewCheckpoints",
     "decode_record",
@@ -97,56 +100,26 @@ def process_records(
     park_undecodable: bool = True,
     application_name: str | None = None,
 ) -> list[str]:
-    """Apply a batch of stream records; return the sequence numbers that failed.
+    """Apply one shard's stream records; return the sequence numbers not done.
 
-    Records are applied into one session and committed together (as many
-    per transaction as fit); if a commit meets another writer, its records
-    are applied again one by one. A record that cannot be decoded is parked
-    as a dead letter (its aggregate waits; redrive it after the fix), or
-    with ``park_undecodable=False`` reported failed with its aggregate's
-    later records. Parking is the default on Lambda too: a failed record
-    would be retried until the mapping gives up, then reach the on-failure
-    destination as metadata only, and expire from the stream in 24 hours.
-
-    ``application_name`` names the application whose events table the
-    records come from (:func:`lambda_handler` and :class:`StreamPoller` give
-    it). With it, a view that keeps one position for that application (fed
-    by its sequence) is refused before anything is applied
-    (:meth:`~ledger.projections.views.ReadModelView.refuse_feed_per_aggregate`,
-    ``OnePositionViewError``; one GetItem per view and table version), and
-    again after a rebuild switched versions mid-batch. Without it the view
-    is not checked.
+    The records are one batch (:class:`~ledger.feeds.StreamSource`) for a
+    :class:`ProjectionConsumer` (see :meth:`ProjectionConsumer.process`);
+    every record from the first that failed on is returned, as Lambda's
+    partial-batch response names them.
     """
-    if application_name is not None:
-        projector.view.refuse_feed_per_aggregate(application_name)
-    received = time.time()
-    outcomes: dict[str, Outcome] = {}
-    try:
-        failed = _process_records(
-            projector,
-            records,
-            mapper,
-            outcomes,
-            park_undecodable=park_undecodable,
-            application_name=application_name,
-        )
-        report_batch(
-            projector,
-            logger,
-            records,
-            outcomes=outcomes,
-            failed=failed,
-            received=received,
-        )
-    finally:
-        projector.metrics.flush()
-    return failed
+    consumer = ProjectionConsumer(
+        projector,
+        mapper,
+        application_name=application_name,
+        park_undecodable=park_undecodable,
+    )
+    return feed_records(consumer, records, consumer.source)
 
 
-def _process_records(
+def _process_items(
     projector: Projector,
-    records: Sequence[Mapping[str, Any]],
-    mapper: Mapper[Any],
+    items: Sequence[StreamItem],
+    source: StreamSource,
     outcomes: dict[str, Outcome],
     *,
     park_undecodable: bool,
@@ -161,8 +134,6 @@ def _process_records(
     failed_aggregates: set[str] = set()
     pending: list[tuple[str, str | None, Action]] = []
     session = Session(projector.view)
-    # Aggregate ids come back as the store is configured (ORIGINATOR_ID_TYPE).
-    uuid_ids = getattr(projector.view, "originator_id_type", "uuid") == "uuid"
     who = {"projection": projector.name}
 
     def fail(number: str, aggregate_id: str | None) -> None:
@@ -187,21 +158,17 @@ def _process_records(
                 fail(number, aggregate_id)
         pending.clear()
 
-    for record in records:
-        number = sequence_number(record)
-        aggregate_id = _aggregate_of(record)
+    for item in items:
+        number = item.sequence_number
+        aggregate_id = item.aggregate_id
         if aggregate_id in failed_aggregates:
             failed.append(number)
             continue
         try:
-            action = _action_for(
-                projector, record, mapper, uuid_ids=uuid_ids, park=park_undecodable
-            )
+            action = _action_for(projector, item, source, park=park_undecodable)
         except Exception as error:  # noqa: BLE001 - an undecodable record is reported, not raised
             _report_failed(logger, who, [(number, aggregate_id)], error)
             fail(number, aggregate_id)
-            continue
-        if action is None:
             continue
         action = noting_outcome(action, outcomes, number)
         try:
@@ -222,50 +189,38 @@ Action = Callable[[Session], object]
 
 
 def _action_for(
-    projector: Projector,
-    record: Mapping[str, Any],
-    mapper: Mapper[Any],
-    *,
-    uuid_ids: bool,
-    park: bool,
-) -> Action | None:
-    """Return what applies a record's event (None: no new event).
-
-    Raises if the record cannot be decoded, unless ``park``: then what parks it.
-    """
-    try:
-        event = decode_record(record, mapper, uuid_ids=uuid_ids)
-    except Exception as error:
-        aggregate_id = _aggregate_of(record)
-        if not park or aggregate_id is None:
-            raise
-        return _parking(projector, record, aggregate_id, error)
-    return None if event is None else _applying(projector, event, _position(record))
-
-
-def _applying(projector: Projector, event: Any, position: int | None) -> Action:
-    return lambda session: projector.apply(session, event, position)
-
-
-def _parking(
-    projector: Projector, record: Mapping[str, Any], aggregate_id: str, error: Exception
+    projector: Projector, item: StreamItem, source: StreamSource, *, park: bool
 ) -> Action:
-    image = record["dynamodb"]["NewImage"]
+    """Return what applies an item's event.
+
+    Raises what decoding its record raises, unless ``park`` (and the record
+    says whose event it is): then returns what parks it.
+    """
+    event = item.event
+    position = _position(item.record)
+    if not isinstance(event, Undecodable):
+        return lambda session: projector.apply(session, event, position)
+    image = item.record.get("dynamodb", {}).get("NewImage", {})
+    aggregate_id = item.aggregate_id
+    if not park or aggregate_id is None or store_schema.VERSION not in image:
+        # Decoded again to raise the error itself: its type and place are logged.
+        decode_record(item.record, source.mapper, uuid_ids=source.uuid_ids)
+        raise DataError(event.error)
     version = int(image[store_schema.VERSION]["N"])
     topic = image.get(store_schema.TOPIC, {}).get("S", "")
-    reason = error_summary(error, " while decoding the stream record")
     return lambda session: projector.park_record(
         session,
         aggregate_id,
         version,
         topic=topic,
-        error=reason,
-        position=_position(record),
+        error=event.error,
+        position=position,
     )
 
 
 def _position(record: Mapping[str, Any]) -> int | None:
-    position = record["dynamodb"].get("NewImage", {}).get(store_schema.POSITION)
+    image = record.get("dynamodb", {}).get("NewImage", {})
+    position = image.get(store_schema.POSITION)
     return None if position is None else int(position["N"])
 
 
@@ -318,9 +273,11 @@ def handle_stream_event(
     ``application_name``, a view fed by that application's sequence is
     refused (see :func:`process_records`).
     """
+    consumer = ProjectionConsumer(projector, mapper, application_name=application_name)
     return handle_records(
         event,
-        ProjectionConsumer(projector, mapper, application_name=application_name),
+        consumer,
+        consumer.source,
         events_table=events_table,
         stream_arn=stream_arn,
     )
@@ -358,9 +315,10 @@ def lambda_handler(
 
 
 class ViewCheckpoints:
-    """Shard checkpoints kept in a projection's control table."""
+    """A projection's positions in the events stream, in its control table."""
 
     def __init__(self, view: Any) -> None:
+        """Keep ``view``'s positions in its control table."""
         self.view = view
         self.connection = view.connection
 
@@ -373,19 +331,32 @@ class ViewCheckpoints:
         """Store the shard's checkpoint in the projection's control table."""
         self.view.control.save_shard_checkpoint(shard_id, number)
 
-    def process(self, records: Sequence[Mapping[str, Any]]) -> list[str]:
-        """Refuse: checkpoints alone do not process records (see status)."""
-        raise NotImplementedError
 
+class ProjectionConsumer:
+    """A projector as a consumer of the events stream (the legacy ``stream`` feed).
 
-class ProjectionConsumer(ViewCheckpoints):
-    """A projector as a stream consumer: checkpoints in its control table.
-
-    A record that cannot be decoded is parked as a dead letter (its aggregate
-    waits for a redrive), since a poller cannot hand it back to its source.
-    With ``application_name`` (the :class:`StreamPoller` gives its
-    application's), a view fed by that application's sequence is refused.
+    Each batch (one shard's records) is applied in as few commits as fit;
+    the read-model writes carry each aggregate's position, so a record at or
+    below it is a duplicate, and a gap is read from the events table first.
+    The batch's position stops before the first record that failed (a commit
+    refused, a gap that cannot be read yet): it and everything after it in
+    the shard is handed over again, and what was applied after it is then a
+    duplicate. A record that cannot be decoded is parked as a dead letter
+    (its aggregate waits for a redrive), since a poller cannot hand it back
+    to its source; with ``park_undecodable=False`` it fails instead. Its
+    shard positions are kept in the projection's control table
+    (:class:`ViewCheckpoints`). With ``application_name`` (the
+    :class:`StreamPoller` gives its application's), a view fed by that
+    application's sequence is refused
+    (:meth:`~ledger.projections.views.ReadModelView.refuse_feed_per_aggregate`,
+    ``OnePositionViewError``; one GetItem per view and table version)
+    before anything is applied, and again after a rebuild switched
+    versions mid-batch: such a view holds no version per aggregate.
     """
+
+    atomic = True
+    """Its writes carry the per-aggregate positions; the shard's is saved after."""
+    topics: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -393,18 +364,46 @@ class ProjectionConsumer(ViewCheckpoints):
         mapper: Mapper[Any],
         *,
         application_name: str | None = None,
+        park_undecodable: bool = True,
     ) -> None:
-        super().__init__(projector.view)
+        """Apply ``mapper``'s application's stream records to ``projector``."""
         self.projector = projector
         self.name = projector.name
         self.mapper = mapper
         self.application_name = application_name
+        self.park_undecodable = park_undecodable
+        self.shard_checkpoints = ViewCheckpoints(projector.view)
+        # Aggregate ids come back as the store is configured (ORIGINATOR_ID_TYPE).
+        uuid_ids = getattr(projector.view, "originator_id_type", "uuid") == "uuid"
+        self.source = StreamSource(mapper, uuid_ids=uuid_ids)
+        """How records pushed by Lambda are made a batch."""
 
-    def process(self, records: Sequence[Mapping[str, Any]]) -> list[str]:
-        """Apply records to the projector (see :func:`process_records`)."""
-        return process_records(
-            self.projector,
-            records,
-            self.mapper,
-            application_name=self.application_name,
-        )
+    def process(self, batch: Batch) -> Progress:
+        """Apply a batch; return the position before the first record that failed."""
+        projector = self.projector
+        if self.application_name is not None:
+            projector.view.refuse_feed_per_aggregate(self.application_name)
+        received = time.time()
+        outcomes: dict[str, Outcome] = {}
+        items = cast("Sequence[StreamItem]", batch.items)
+        try:
+            failed = _process_items(
+                projector,
+                items,
+                self.source,
+                outcomes,
+                park_undecodable=self.park_undecodable,
+                application_name=self.application_name,
+            )
+            report_batch(
+                projector,
+                logger,
+                [item.record for item in items],
+                outcomes=outcomes,
+                failed=failed,
+                received=received,
+            )
+        finally:
+            projector.metrics.flush()
+        applied = sum(1 for o in outcomes.values() if o is Outcome.APPLIED)
+        return progress_before(batch, failed, applied)

@@ -8,15 +8,17 @@ The events table's DynamoDB stream is the outbox: a save writes only its
 events (no second write to a queue that could fail apart from them), and
 the publisher reads them from the stream, translates the chosen ones into
 integration events (:class:`~ledger.publishing.events.Publication`) and
-sends them with ``PutEvents``. It runs in Lambda (:func:`lambda_handler`,
-an event source mapping on the stream reporting ``batchItemFailures``) or
-locally (a :class:`~ledger.feeds.StreamPoller` fed with a
-:class:`Publisher`, which keeps shard checkpoints in its table). In
-``indexed`` ordering it follows the application sequence instead, leaving
-the stream to the indexer: :class:`PublisherConsumer`, run by a
-:class:`~ledger.feeds.Runner` (:meth:`Publisher.runner`,
-:meth:`Publisher.follow_index`), keeps its position in a cursor in its
-table (:class:`IndexCursor`); that is how ``deploy/template.yaml`` runs it.
+sends them with ``PutEvents``. One consumer class does it on either source
+(:class:`PublisherConsumer`, fed :class:`~ledger.feeds.Batch`es): on the
+stream in Lambda (:func:`lambda_handler`, an event source mapping on the
+stream reporting ``batchItemFailures``) or locally (a
+:class:`~ledger.feeds.StreamPoller` fed with a :class:`Publisher`, which
+keeps shard checkpoints in its table: :class:`ShardItems`). In ``indexed``
+ordering it follows the application sequence instead, leaving the stream
+to the indexer: run by a :class:`~ledger.feeds.Runner`
+(:meth:`Publisher.runner`, :meth:`Publisher.follow_index`), it keeps its
+position in a cursor in its table (:class:`IndexCursor`); that is how
+``deploy/template.yaml`` runs it.
 
 Delivery is **at least once**:
 
@@ -61,7 +63,6 @@ from eventsourcing.persistence import IntegrityError, PersistenceError
 from eventsourcing.utils import Environment, strtobool
 
 from ledger.dynamodb import connection_of
-from ledger.dynamodb import schema as store_schema
 from ledger.dynamodb.client import is_loopback
 from ledger.dynamodb.tables import ensure_table
 from ledger.feeds import (
@@ -75,9 +76,9 @@ from ledger.feeds import (
 )
 from ledger.feeds.stream import (
     BatchResponse,
-    decode_record,
+    StreamItem,
+    StreamSource,
     handle_records,
-    sequence_number,
     stream_handler,
 )
 from ledger.projections.deadletters import error_summary
@@ -101,6 +102,7 @@ __all__ = [
     "PublishReport",
     "Publisher",
     "PublisherConsumer",
+    "ShardItems",
     "entry_size",
     "handle_stream_event",
     "lambda_handler",
@@ -213,8 +215,9 @@ class Publisher:
     ``os.environ``, each optionally prefixed with the publication's
     upper-cased name (``ORDEREVENTS_PUBLISHER_EVENT_BUS``).
 
-    It is a :class:`~ledger.feeds.StreamConsumer`:
-    ``StreamPoller(publisher, application).run(stop)`` publishes locally.
+    Its :attr:`consumer` publishes on either source; the publisher hands
+    stream batches to it, so ``StreamPoller(publisher, application).run(stop)``
+    publishes the stream locally, and :meth:`runner` the application sequence.
     """
 
     PUBLISHER_EVENT_BUS = "PUBLISHER_EVENT_BUS"
@@ -284,20 +287,21 @@ class Publisher:
         self.sleep: Callable[[float], None] = time.sleep
         self.cursor = IndexCursor(self.connection, self.table_name, application.name)
         """The index mode's position in the application sequence."""
+        self.shard_checkpoints = ShardItems(self.connection, self.table_name)
+        """The stream's positions, one per shard (a local poller's)."""
         self.consumer = PublisherConsumer(self)
-        """This publisher as a consumer of the application sequence (index mode)."""
+        """This publisher as a consumer of either source, index or stream."""
 
-    # The stream consumer ---------------------------------------------------------
+    # A consumer of the stream, through its consumer -----------------------------
 
-    def process(self, records: Sequence[Mapping[str, Any]]) -> list[str]:
-        """Publish a batch of stream records; return the sequence numbers not done.
+    @property
+    def name(self) -> str:
+        """The publication's name (for logs and metrics)."""
+        return self.publication.name
 
-        A record is done when each of its integration events was accepted or
-        dead-lettered (a record that cannot be decoded or translated is
-        dead-lettered itself). Records not done are read again later.
-        """
-        report = PublishReport(records=len(records))
-        return self._publish([self._record(raw, report) for raw in records], report)
+    def process(self, batch: Batch) -> Progress:
+        """Publish a batch of either source (see :meth:`PublisherConsumer.process`)."""
+        return self.consumer.process(batch)
 
     def _publish(self, batch: list[_Record], report: PublishReport) -> list[str]:
         """Deliver a batch's entries, report it; return its records not done."""
@@ -309,28 +313,6 @@ class Publisher:
         self.report.add(report)
         _log_batch(self.publication.name, report, failed)
         return failed
-
-    def checkpoint(self, shard_id: str) -> str | None:
-        """Return the last record done in a shard (the local poller's position)."""
-        item = self.connection.call(
-            "get_item",
-            TableName=self.table_name,
-            Key={schema.KIND: {"S": schema.SHARD}, schema.KEY: {"S": shard_id}},
-            ConsistentRead=True,
-        ).get("Item")
-        return None if item is None else str(item[schema.SEQUENCE_NUMBER]["S"])
-
-    def save_checkpoint(self, shard_id: str, number: str) -> None:
-        """Record the last record done in a shard."""
-        self.connection.call(
-            "put_item",
-            TableName=self.table_name,
-            Item={
-                schema.KIND: {"S": schema.SHARD},
-                schema.KEY: {"S": shard_id},
-                schema.SEQUENCE_NUMBER: {"S": number},
-            },
-        )
 
     # Following the index ---------------------------------------------------------
 
@@ -370,7 +352,7 @@ class Publisher:
         """Publish the application sequence after the cursor; return positions done.
 
         Drains :meth:`runner`: each batch of the sequence after the cursor
-        is published as :meth:`process` publishes a stream batch (retries,
+        is published as a batch of the stream is (by :attr:`consumer`: retries,
         dead letters, the same event ids), then the cursor moves past the
         batch up to the first event not done, on condition that it still
         holds the position read (of two publishers racing, one moves it;
@@ -397,11 +379,14 @@ class Publisher:
             raise runner.blocked
         return done
 
-    def _index_record(self, item: Item, report: PublishReport) -> _Record:
-        """Make the record of one event of the sequence (a feed's ``Item``)."""
+    def _item_record(self, item: Item, report: PublishReport) -> _Record:
+        """Make the record of one event a source handed over (a feed's ``Item``)."""
         notification = item.notification
         record = _Record(
-            number=str(item.position),
+            # A stream record's number as the stream spells it (dead letters).
+            number=item.sequence_number
+            if isinstance(item, StreamItem)
+            else str(item.position),
             aggregate_id=str(notification.originator_id),
             version=int(notification.originator_version),
             topic=item.topic,
@@ -499,21 +484,6 @@ class Publisher:
         return "failed" if rewritten else "published"
 
     # Making entries --------------------------------------------------------------
-
-    def _record(self, raw: Mapping[str, Any], report: PublishReport) -> _Record:
-        image = raw.get("dynamodb", {}).get("NewImage", {})
-        record = _Record(
-            number=sequence_number(raw),
-            aggregate_id=str(image.get(store_schema.AGGREGATE_ID, {}).get("S", "")),
-            version=int(image.get(store_schema.VERSION, {}).get("N", "0")),
-            topic=str(image.get(store_schema.TOPIC, {}).get("S", "")),
-        )
-        self._prepare(
-            record,
-            lambda: decode_record(raw, self.mapper, uuid_ids=self._uuid_ids),
-            report,
-        )
-        return record
 
     def _prepare(
         self, record: _Record, decode: Callable[[], Any], report: PublishReport
@@ -757,14 +727,52 @@ class IndexCursor:
         return True
 
 
+class ShardItems:
+    """The stream's positions: one ``shard`` item per shard in the publisher's table.
+
+    A :class:`~ledger.feeds.ShardCheckpoints`: ``kind = shard``, ``key`` =
+    the shard's id, holding the sequence number of the last record done.
+    """
+
+    def __init__(self, connection: Any, table_name: str) -> None:
+        """Keep the positions in ``table_name``."""
+        self.connection = connection
+        self.table_name = table_name
+
+    def checkpoint(self, shard_id: str) -> str | None:
+        """Return the last record done in a shard (the local poller's position)."""
+        item = self.connection.call(
+            "get_item",
+            TableName=self.table_name,
+            Key={schema.KIND: {"S": schema.SHARD}, schema.KEY: {"S": shard_id}},
+            ConsistentRead=True,
+        ).get("Item")
+        return None if item is None else str(item[schema.SEQUENCE_NUMBER]["S"])
+
+    def save_checkpoint(self, shard_id: str, number: str) -> None:
+        """Record the last record done in a shard."""
+        self.connection.call(
+            "put_item",
+            TableName=self.table_name,
+            Item={
+                schema.KIND: {"S": schema.SHARD},
+                schema.KEY: {"S": shard_id},
+                schema.SEQUENCE_NUMBER: {"S": number},
+            },
+        )
+
+
 class PublisherConsumer:
-    """A publisher as a consumer of its application's sequence, for a feed's runner.
+    """A publisher as a consumer of either source: the sequence, or the stream.
 
     Not atomic: :meth:`process` publishes a batch (retries, dead letters),
-    then the runner saves the cursor, so a crash between the two publishes
-    the batch again, with the same ids (at least once: consumers dedupe on
-    ``detail.id``). It reads every topic; an event no translator takes is
-    done at once.
+    then the position moves (the runner saves the cursor, the stream poller
+    a shard's checkpoint, Lambda its own), so a crash between the two
+    publishes the batch again, with the same ids (at least once: consumers
+    dedupe on ``detail.id``). It reads every topic; an event no translator
+    takes is done at once. On the stream, an image that is not a whole
+    event, or an event that cannot be decoded, is dead-lettered as one
+    that cannot be translated.
     """
 
     atomic = False
@@ -775,6 +783,7 @@ class PublisherConsumer:
         self.publisher = publisher
         self.name: str = publisher.publication.name
         self.checkpoint: Checkpoint = publisher.cursor
+        self.shard_checkpoints = publisher.shard_checkpoints
         self.not_done = 0
         """Events of the last batch neither published nor dead-lettered (a
         ``PutEvents`` request failed as a whole, or a dead letter could not
@@ -784,7 +793,7 @@ class PublisherConsumer:
         """Publish a batch; return the position up to the first event not done."""
         publisher = self.publisher
         report = PublishReport(records=len(batch.items))
-        records = [publisher._index_record(item, report) for item in batch.items]
+        records = [publisher._item_record(item, report) for item in batch.items]
         publisher._publish(records, report)
         self.not_done = report.failed_records
         done = next((i for i, r in enumerate(records) if r.failed), len(records))
@@ -877,7 +886,11 @@ def handle_stream_event(
     table's stream are read (:func:`~ledger.feeds.from_table`).
     """
     return handle_records(
-        event, publisher, events_table=events_table, stream_arn=stream_arn
+        event,
+        publisher.consumer,
+        StreamSource.of(publisher.application),
+        events_table=events_table,
+        stream_arn=stream_arn,
     )
 
 

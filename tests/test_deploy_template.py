@@ -40,6 +40,7 @@ from ledger.inbox import Inbox
 from ledger.inbox.sqs import MAX_MESSAGES_PER_RECEIVE, lambda_handler
 from ledger.index_consumers import (
     INDEX_DIMENSION,
+    LEDGER_INDEX_READERS,
     STOP_MARGIN_MS,
     WakeUp,
     indexer_handler,
@@ -449,6 +450,140 @@ def test_each_indexer_runs_for_about_the_minute_until_the_next_takes_over(
     assert 50 <= runs_for_seconds <= 60
     assert variables["LEDGER_INDEX_TOPIC_ARN"] == {"Ref": "IndexWakeUpTopic"}
     assert variables["LEDGER_APP"]
+
+
+# --- the indexers' size: memory (hence CPU) and reader processes ---------------------
+
+VCPU_MB = 1769
+"""Lambda's memory per vCPU: CPU is allotted in proportion to memory."""
+GB_SECOND_USD = 0.0000166667
+"""Lambda's list price per GB-second, x86, us-east-1."""
+MONTH_SECONDS = 730 * 3600
+"""A month as AWS's pricing calculator counts it."""
+
+
+def _rule_value(value: Any, parameters: Mapping[str, str]) -> Any:
+    """Evaluate a CloudFormation rule's condition or assertion for ``parameters``."""
+    if not isinstance(value, dict):
+        return value
+    [(function, argument)] = value.items()
+    if function == "Ref":
+        return parameters[argument]
+    arguments = [_rule_value(a, parameters) for a in _as_list(argument)]
+    if function == "Fn::Or":
+        return any(arguments)
+    if function == "Fn::And":
+        return all(arguments)
+    if function == "Fn::Not":
+        return not arguments[0]
+    if function == "Fn::Equals":
+        return str(arguments[0]) == str(arguments[1])
+    if function == "Fn::Contains":
+        return str(arguments[1]) in [str(a) for a in arguments[0]]
+    raise AssertionError(f"rule function {function} not understood by this test")
+
+
+def _rules_allow(template: dict[str, Any], parameters: Mapping[str, str]) -> bool:
+    """Whether every rule of the template holds for ``parameters``."""
+    for rule in template.get("Rules", {}).values():
+        condition = rule.get("RuleCondition")
+        if condition is not None and not _rule_value(condition, parameters):
+            continue
+        if not all(_rule_value(a["Assert"], parameters) for a in rule["Assertions"]):
+            return False
+    return True
+
+
+def _sizes(template: dict[str, Any]) -> Iterator[tuple[int, int]]:
+    """Every (memory, readers) the parameters allow, before the rules."""
+    parameters = template["Parameters"]
+    for memory in parameters["IndexerMemorySize"]["AllowedValues"]:
+        for readers in parameters["IndexerReaders"]["AllowedValues"]:
+            yield int(memory), int(readers)
+
+
+@pytest.mark.parametrize("indexer", INDEXERS)
+def test_each_indexers_memory_and_readers_are_the_stacks_parameters(resources, indexer):
+    properties = resources[indexer]["Properties"]
+    variables = properties["Environment"]["Variables"]
+
+    assert properties["MemorySize"] == {"Ref": "IndexerMemorySize"}
+    assert variables[LEDGER_INDEX_READERS] == {"Ref": "IndexerReaders"}
+
+
+def test_only_the_indexers_get_reader_processes(resources):
+    with_readers = {
+        function
+        for function in _functions(resources)
+        if LEDGER_INDEX_READERS
+        in resources[function]["Properties"]["Environment"]["Variables"]
+    }
+
+    assert with_readers == set(INDEXERS)
+
+
+def test_the_indexers_default_to_512_mb_in_one_process(template):
+    parameters = template["Parameters"]
+
+    assert parameters["IndexerMemorySize"]["Default"] == 512
+    assert parameters["IndexerReaders"]["Default"] == 0
+
+
+def test_readers_are_allowed_only_with_a_vcpu_each(template):
+    # Readers read while their committer waits: N of them need N vCPUs.
+    for memory, readers in _sizes(template):
+        allowed = _rules_allow(
+            template,
+            {"IndexerMemorySize": str(memory), "IndexerReaders": str(readers)},
+        )
+        assert allowed == (readers == 0 or memory >= readers * VCPU_MB), (
+            memory,
+            readers,
+        )
+    assert not _rules_allow(
+        template, {"IndexerMemorySize": "3537", "IndexerReaders": "2"}
+    )
+
+
+def test_the_vcpu_check_fails_without_the_templates_rule(template):
+    without_rules = {k: v for k, v in template.items() if k != "Rules"}
+
+    assert _rules_allow(
+        without_rules, {"IndexerMemorySize": "512", "IndexerReaders": "2"}
+    )
+    assert not _rules_allow(
+        template, {"IndexerMemorySize": "512", "IndexerReaders": "2"}
+    )
+
+
+def _sizing_table() -> list[list[str]]:
+    section = README.read_text().split("## Sizing the indexer")[1].split("\n## ")[0]
+    return [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in section.splitlines()
+        if re.match(r"\| \d", line)
+    ]
+
+
+def test_readme_sizes_each_memory_the_template_allows_at_its_monthly_cost(template):
+    rows = _sizing_table()
+    parameters = template["Parameters"]
+
+    memories = [int(row[0].split()[0]) for row in rows]
+    assert memories == parameters["IndexerMemorySize"]["AllowedValues"]
+    for row, memory in zip(rows, memories, strict=True):
+        vcpus, readers = float(row[1]), int(row[2].split()[0])
+        monthly = memory / 1024 * MONTH_SECONDS * GB_SECOND_USD
+        assert vcpus == round(memory / VCPU_MB, 2), row
+        assert _rules_allow(
+            template,
+            {"IndexerMemorySize": str(memory), "IndexerReaders": str(readers)},
+        ), row
+        assert row[4] == f"{monthly:,.2f}", row
+        assert row[5] == f"{4 * monthly:,.2f}", row  # the stack's four indexers
+    [default] = [row for row in rows if "(default)" in row[0]]
+    assert int(default[0].split()[0]) == parameters["IndexerMemorySize"]["Default"]
+    assert default[2] == f"{parameters['IndexerReaders']['Default']} (default)"
 
 
 def _subscribed_tables(resources: dict[str, Any], function: str) -> list[str]:
@@ -2157,7 +2292,8 @@ def _function_variables(
         assert kind == "Ref", (name, value)
         if ref in template["Parameters"]:
             default = template["Parameters"][ref].get("Default")
-            variables[name] = stack.parameters.get(ref, default)
+            # A Ref gives a Number parameter as a string, as environments hold.
+            variables[name] = str(stack.parameters.get(ref, default))
     return variables
 
 

@@ -12,7 +12,9 @@ throttles past two per shard). ``deploy/template.yaml`` runs:
   time and the next takes over; after each round that committed it sends a
   **wake-up**, one small SNS message (at most one a second while rounds
   commit back to back, and one after the last), naming the events table and
-  the head;
+  the head. With :data:`LEDGER_INDEX_READERS` it reads the shards in reader
+  processes (:mod:`ledger.index_readers`), started by the invocation's
+  first round and ended before it returns;
 * the consumers (:func:`projection_handler`, :func:`publication_handler`,
   :func:`follow_leaders` for sagas): invoked by each wake-up (their SNS
   subscriptions) and by a schedule every minute (a lost wake-up is made up
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
 __all__ = [
     "INDEX_DIMENSION",
     "LEDGER_APP",
+    "LEDGER_INDEX_READERS",
     "LEDGER_INDEX_TOPIC_ARN",
     "LEDGER_PROJECTORS",
     "LEDGER_PUBLICATION",
@@ -79,6 +82,11 @@ LEDGER_PUBLICATION: Final = "LEDGER_PUBLICATION"
 LEDGER_INDEX_TOPIC_ARN: Final = "LEDGER_INDEX_TOPIC_ARN"
 """The SNS topic the indexer sends its wake-ups to. Unset: it sends none (the
 consumers then follow on their schedule only)."""
+LEDGER_INDEX_READERS: Final = "LEDGER_INDEX_READERS"
+"""The indexer function's reader processes (``Indexer(..., readers=N)``), a
+whole number; unset, empty or 0 (the default): it reads the shards itself.
+Readers pay only with a vCPU each, which Lambda gives at 1,769 MB of memory
+per vCPU: see ``deploy/README.md``, "Sizing the indexer"."""
 SNS_ENDPOINT_URL: Final = "SNS_ENDPOINT_URL"
 """The SNS endpoint (a local one in tests). Default: ``AWS_ENDPOINT_URL_SNS``,
 else boto3's own resolution."""
@@ -221,15 +229,24 @@ def indexer_handler(
     format (dimension :data:`INDEX_DIMENSION`). Returns the records consumed,
     the rounds run, the wake-ups sent and the head. The application and
     indexer are made at the first invocation, and kept.
+
+    With :data:`LEDGER_INDEX_READERS` (read from ``env``, else the process's
+    environment, when the handler is made: a setting that is not a whole
+    number of at least 0 is refused with ``OSError``), the indexer reads the
+    shards in that many reader processes, which each invocation ends before
+    it returns or raises (logging their process ids): a frozen execution
+    environment then holds none, and no reader of one invocation can read
+    for the next.
     """
     made: dict[str, Any] = {}
     environment = dict(env or {})
+    readers = _readers_setting(environment)
 
     def handler(event: Any, context: Any) -> dict[str, int]:
         del event  # a schedule's: nothing in it
         if not made:
             made["indexer"], made["wake_up"] = _indexer(
-                application_class, environment, sns_client
+                application_class, environment, sns_client, readers
             )
         indexer: Indexer = made["indexer"]
         wake_up: WakeUp | None = made["wake_up"]
@@ -244,8 +261,11 @@ def indexer_handler(
                     indexer, wake_up, deadline, idle_wait, round_interval
                 )
         finally:
-            if wake_up is not None:
-                wake_up.flush()
+            try:
+                if wake_up is not None:
+                    wake_up.flush()
+            finally:
+                _end_readers(indexer)
         return {
             "consumed": consumed,
             "rounds": rounds,
@@ -256,8 +276,39 @@ def indexer_handler(
     return handler
 
 
+def _readers_setting(env: Mapping[str, str]) -> int:
+    value = env.get(LEDGER_INDEX_READERS) or os.environ.get(LEDGER_INDEX_READERS)
+    if not value:
+        return 0
+    try:
+        readers = int(value)
+    except ValueError:
+        readers = -1
+    if readers < 0:
+        raise OSError(
+            f"Invalid {LEDGER_INDEX_READERS} {value!r}: use a whole number of "
+            "reader processes, 0 or more (0 or unset: the indexer reads the "
+            "shards itself). Give the function a vCPU per reader (1,769 MB of "
+            "memory each)."
+        )
+    return readers
+
+
+def _end_readers(indexer: Indexer) -> None:
+    """End the indexer's reader processes, if it started any, and log them."""
+    pool = indexer._pool
+    if pool is None:
+        return
+    pids, restarts = pool.pids(), pool.restarts
+    indexer.close()
+    logger.info(
+        "ended the indexer's reader processes",
+        extra={"readers": pids, "restarts": restarts},
+    )
+
+
 def _indexer(
-    application_class: type[Any], env: dict[str, str], sns_client: Any
+    application_class: type[Any], env: dict[str, str], sns_client: Any, readers: int
 ) -> tuple[Indexer, WakeUp | None]:
     from ledger.indexer import Indexer, freeze_start_up  # noqa: PLC0415 - at the first call
 
@@ -272,6 +323,7 @@ def _indexer(
         recorder,
         after_write=wake_up,
         metrics=EmbeddedMetrics(dimension=INDEX_DIMENSION),
+        readers=readers,
     )
     freeze_start_up()  # the function's process runs the indexer only
     return indexer, wake_up

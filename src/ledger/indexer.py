@@ -1139,7 +1139,9 @@ def lambda_handler(event: Any, context: Any) -> dict[str, int]:
     """Index ``LEDGER_APP``'s events stream for the invocation's time (Lambda).
 
     The indexer function of ``deploy/template.yaml``, invoked every minute
-    by a schedule; wake-ups go to ``LEDGER_INDEX_TOPIC_ARN``. See
+    by a schedule; wake-ups go to ``LEDGER_INDEX_TOPIC_ARN``; with
+    ``LEDGER_INDEX_READERS`` it reads the shards in that many reader
+    processes, ended before each invocation returns. See
     :func:`ledger.index_consumers.indexer_handler`.
     """
     from ledger.index_consumers import indexer_from_env  # noqa: PLC0415

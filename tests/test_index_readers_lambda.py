@@ -1,0 +1,187 @@
+"""The indexer's Lambda function with reader processes (``LEDGER_INDEX_READERS``).
+
+Called as Lambda calls it (a schedule's event, a context with the time
+left), against DynamoDB Local. Each invocation starts its readers with its
+first round and ends them before it returns or raises, logging their
+process ids: these tests read those ids from the log and check the
+processes are gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from aggregates.application import Orders
+from ledger import index_consumers
+from ledger.index_consumers import LEDGER_INDEX_READERS, indexer_handler
+from ledger.index_rounds import IndexOrderError
+from ledger.indexer import lambda_handler
+from tests.indexed_support import stored
+from tests.test_index_consumers import (
+    DEADLINE,
+    SCHEDULED,
+    indexed_env,
+    indexed_orders,
+    with_time_to_work,
+)
+from tests.test_index_readers import events_of, gone, random_saves, readers_running
+from tests.test_indexed_guarantees import assert_indexed_once_in_order
+
+__all__ = ["indexed_env", "indexed_orders"]  # fixtures used here
+
+ENDED = "ended the indexer's reader processes"
+
+
+@pytest.fixture
+def ended_readers(caplog: pytest.LogCaptureFixture) -> Callable[[], list[list[int]]]:
+    """Return, per invocation that ran readers so far, the readers it ended."""
+    caplog.set_level(logging.INFO, logger=index_consumers.__name__)
+
+    def ended() -> list[list[int]]:
+        return [r.readers for r in caplog.records if r.getMessage() == ENDED]
+
+    return ended
+
+
+@pytest.fixture
+def from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """``lambda_handler`` builds the Orders indexer, as the deployed function does."""
+    monkeypatch.setenv("LEDGER_APP", "aggregates.application:Orders")
+    monkeypatch.delenv("LEDGER_INDEX_TOPIC_ARN", raising=False)
+    index_consumers.reset()
+    yield
+    index_consumers.reset()
+
+
+def invoke_until_indexed(
+    handler: Callable[[Any, Any], dict[str, int]], events: int
+) -> list[dict[str, int]]:
+    """Invoke the handler until the head holds ``events`` (the stream may lag)."""
+    deadline = time.monotonic() + DEADLINE
+    results: list[dict[str, int]] = []
+    while not results or results[-1]["head"] < events:
+        assert time.monotonic() < deadline, results
+        results.append(handler(SCHEDULED, with_time_to_work(0.5)))
+    return results
+
+
+def invoke_until_it_raises(handler: Callable[[Any, Any], dict[str, int]]) -> None:
+    """Invoke the handler until an invocation raises (the stream may lag)."""
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        handler(SCHEDULED, with_time_to_work(0.5))
+
+
+def test_the_lambda_indexer_with_two_readers_indexes_every_event_once(
+    indexed_orders: Orders,
+    from_the_environment: None,
+    monkeypatch: pytest.MonkeyPatch,
+    ended_readers: Callable[[], list[list[int]]],
+) -> None:
+    monkeypatch.setenv(LEDGER_INDEX_READERS, "2")
+    recorder: Any = indexed_orders.recorder
+    saves = random_saves(recorder, 60, seed=11)
+
+    results = invoke_until_indexed(lambda_handler, len(events_of(saves)))
+
+    assert_indexed_once_in_order(recorder, saves)
+    assert sum(r["consumed"] for r in results) == len(events_of(saves))
+    # Readers read: DynamoDB Local's stream has one shard, so one of the two.
+    assert ended_readers()
+    assert all(len(pids) == 1 for pids in ended_readers())
+
+
+def test_each_invocation_ends_its_readers_and_the_next_starts_its_own(
+    indexed_orders: Orders,
+    indexed_env: dict[str, str],
+    ended_readers: Callable[[], list[list[int]]],
+) -> None:
+    recorder: Any = indexed_orders.recorder
+    handler = indexer_handler(
+        Orders, {**indexed_env, LEDGER_INDEX_READERS: "2"}, idle_wait=0.05
+    )
+    first = random_saves(recorder, 10, seed=12)
+    invoke_until_indexed(handler, len(events_of(first)))
+    before = [pid for pids in ended_readers() for pid in pids]
+
+    assert before
+    assert all(gone(pid) for pid in before)
+    assert readers_running() == []
+
+    more = random_saves(recorder, 10, seed=13)
+    invoke_until_indexed(handler, len(events_of(first + more)))
+    after = [pid for pids in ended_readers() for pid in pids][len(before) :]
+
+    assert after
+    assert not set(after) & set(before)  # new readers, not the ones ended
+    assert all(gone(pid) for pid in after)
+    assert readers_running() == []
+    assert_indexed_once_in_order(recorder, first + more)
+
+
+def test_an_invocation_that_raises_ends_its_readers(
+    indexed_orders: Orders,
+    indexed_env: dict[str, str],
+    ended_readers: Callable[[], list[list[int]]],
+) -> None:
+    recorder: Any = indexed_orders.recorder
+    aggregate = uuid.uuid4()
+    recorder.insert_events([stored(aggregate, 1)])
+    recorder.insert_events([stored(aggregate, 3)])  # a gap: the indexer refuses it
+    handler = indexer_handler(
+        Orders, {**indexed_env, LEDGER_INDEX_READERS: "2"}, idle_wait=0.05
+    )
+
+    with pytest.raises(IndexOrderError):
+        invoke_until_it_raises(handler)
+
+    ended = [pid for pids in ended_readers() for pid in pids]
+    assert ended
+    assert all(gone(pid) for pid in ended)
+    assert readers_running() == []
+
+
+@pytest.mark.parametrize("setting", ["two", "-1", "1.5"])
+def test_a_readers_setting_that_is_not_a_count_is_refused_when_the_handler_is_made(
+    indexed_env: dict[str, str], setting: str
+) -> None:
+    with pytest.raises(OSError, match=f"Invalid {LEDGER_INDEX_READERS} '{setting}'"):
+        indexer_handler(Orders, {**indexed_env, LEDGER_INDEX_READERS: setting})
+
+
+def test_the_lambda_indexer_refuses_a_bad_readers_setting_at_every_invocation(
+    indexed_env: dict[str, str],
+    from_the_environment: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(LEDGER_INDEX_READERS, "-2")
+
+    # Each invocation fails (the function's errors alarm), none indexes.
+    for _ in range(2):
+        with pytest.raises(OSError, match="use a whole number of reader processes"):
+            lambda_handler(SCHEDULED, with_time_to_work(0.5))
+
+
+@pytest.mark.parametrize("setting", ["", "0"])
+def test_no_readers_setting_or_0_reads_the_shards_in_the_function(
+    indexed_orders: Orders,
+    indexed_env: dict[str, str],
+    ended_readers: Callable[[], list[list[int]]],
+    setting: str,
+) -> None:
+    recorder: Any = indexed_orders.recorder
+    saves = random_saves(recorder, 5, seed=14)
+    handler = indexer_handler(
+        Orders, {**indexed_env, LEDGER_INDEX_READERS: setting}, idle_wait=0.05
+    )
+
+    invoke_until_indexed(handler, len(events_of(saves)))
+
+    assert_indexed_once_in_order(recorder, saves)
+    assert ended_readers() == []

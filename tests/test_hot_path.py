@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any, ClassVar
 
 import boto3
+import eventsourcing.domain
 import pytest
 from botocore.awsrequest import HeadersDict
 from botocore.session import get_session
@@ -27,6 +28,7 @@ from pydantic._internal import _model_construction as model_construction
 
 from aggregates.application import Orders
 from aggregates.order import Order
+from aggregates.payment import Payment
 from aggregates.payments import Payments
 from ledger import persistence
 from ledger.domain import Aggregate, DomainEvent, given_metadata, project_aggregate
@@ -702,3 +704,96 @@ def test_replay_gives_what_eventsourcings_own_mutate_gives_modified_on_included(
     assert reference is not None
     assert replayed.modified_on == events[-1].timestamp
     assert vars(replayed) == vars(reference)
+
+
+def test_an_aggregate_is_created_without_matching_fields_to_init_parameters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    matched: list[object] = []
+    match = eventsourcing.domain.filter_kwargs_for_method_params
+
+    def counted(kwargs: dict[str, Any], method: Any) -> dict[str, Any]:
+        matched.append(method)
+        return match(kwargs, method)
+
+    monkeypatch.setattr(
+        eventsourcing.domain, "filter_kwargs_for_method_params", counted
+    )
+
+    order = Order.place(uuid.uuid4(), [], "EUR")
+    loaded = project_aggregate(None, order.collect_events())
+
+    assert matched == []
+    assert loaded is not None
+    assert loaded.version == 1
+
+
+@pytest.mark.parametrize(
+    "created",
+    [
+        lambda: Order.place(uuid.uuid4(), [], "EUR"),
+        # A request: its aggregate also keeps what the reply will carry.
+        lambda: Payment.request(uuid.uuid4(), Decimal("9.99"), "EUR"),
+    ],
+    ids=["order", "payment request"],
+)
+def test_a_created_aggregate_is_what_eventsourcings_mutate_makes(
+    created: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with metadata(correlation_id="checkout-1", headers={"tenant": "t1"}):
+        events = created().collect_events()
+
+    made = project_aggregate(None, events)
+    monkeypatch.setattr(type(events[0]), "_creates_in_place", False)
+    reference = project_aggregate(None, events)
+
+    assert made is not None
+    assert reference is not None
+    assert vars(made) == vars(reference)
+
+
+class Greeted(Aggregate):
+    """An aggregate with an ``__init__`` of its own."""
+
+    class Started(Aggregate.Created):
+        name: str
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.applied = True
+
+    def __init__(self, name: str) -> None:
+        self.greeting = f"hello {name}"
+
+
+def test_an_aggregate_with_an_init_of_its_own_is_still_initialised_by_it() -> None:
+    greeted = Greeted._create(Greeted.Started, name="ada")
+
+    loaded = project_aggregate(None, greeted.collect_events())
+
+    assert loaded is not None
+    assert loaded.greeting == "hello ada"
+    assert loaded.applied is True
+
+
+def test_a_one_event_save_skips_the_checks_only_a_transaction_needs(
+    dynamodb_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    streamed_orders = Orders(env={**dynamodb_env, "DYNAMODB_ORDERING": "stream"})
+    checked: list[str] = []
+    recorder_class = type(streamed_orders.recorder)
+
+    def refused(name: str) -> Any:
+        def check(*_: Any, **__: Any) -> Any:
+            checked.append(name)
+            raise AssertionError(name)
+
+        return check
+
+    monkeypatch.setattr(recorder_class, "_check_unique", refused("_check_unique"))
+    monkeypatch.setattr(recorder_class, "_key_action", refused("_key_action"))
+
+    order_id = streamed_orders.place_order(uuid.uuid4(), [], "EUR")
+
+    assert checked == []
+    assert streamed_orders.get_order(order_id).version == 1
+    streamed_orders.close()

@@ -376,6 +376,64 @@ class Aggregate(BaseAggregate[UUID]):
         """Topic of the aggregate class to construct (read back, it must name
         an aggregate class already imported: see PydanticMapper)."""
 
+        _creates_in_place: ClassVar[bool] = True
+        """Whether the ``mutate`` after this class's is ledger's
+        ``Aggregate.Event.mutate`` followed by ``CanInitAggregate.mutate``
+        (set for each subclass): :meth:`mutate` then does their work itself."""
+
+        @classmethod
+        def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+            """Note whether ``mutate`` may skip ``CanInitAggregate``'s call."""
+            super().__pydantic_init_subclass__(**kwargs)
+            cls._creates_in_place = (
+                super().mutate is Aggregate.Event.mutate
+                and super(Aggregate.Event, cls).mutate is CanInitAggregate.mutate
+            )
+
+        def mutate(self, aggregate: TAggregate | None) -> TAggregate | None:
+            """Construct the aggregate this event starts, as eventsourcing does.
+
+            What ``CanInitAggregate.mutate`` does (a new instance of the
+            topic's class, its base attributes set by ``__base_init__``, its
+            ``__init__`` called, then ``apply``), for an aggregate class that
+            keeps eventsourcing's ``__base_init__`` and has no ``__init__``
+            of its own (most: state is set by ``apply``): without matching
+            the event's fields to those two methods' parameters, a dict and
+            two comprehensions on every aggregate created or loaded. Any
+            other class, and an event class with a ``mutate`` of its own past
+            this one, go eventsourcing's way.
+            """
+            if aggregate is not None or not self._creates_in_place:
+                return super().mutate(aggregate)
+            aggregate_class: type[TAggregate] = resolve_topic(self.originator_topic)
+            if not _initialised_plainly(aggregate_class):
+                return super().mutate(aggregate)
+            created = aggregate_class.__new__(aggregate_class)
+            created.__base_init__(
+                self.originator_id, self.originator_version, self.timestamp
+            )
+            self.apply(created)
+            if isinstance(self, Request):
+                setattr(created, _REPLY_METADATA, consequence_of(self))
+            return created
+
+
+_PLAIN_INIT: dict[type[Any], bool] = {}
+"""Per aggregate class: whether it keeps ``BaseAggregate.__base_init__`` and
+``object.__init__`` (see ``Aggregate.Created.mutate``)."""
+
+
+def _initialised_plainly(aggregate_class: type[Any]) -> bool:
+    """Return whether ``CanInitAggregate.mutate`` would only call ``__base_init__``."""
+    plain = _PLAIN_INIT.get(aggregate_class)
+    if plain is None:
+        plain = (
+            aggregate_class.__base_init__ is BaseAggregate.__base_init__
+            and aggregate_class.__init__ is object.__init__
+        )
+        _PLAIN_INIT[aggregate_class] = plain
+    return plain
+
 
 class AggregateState(BaseModel):
     """Base class for the typed state a :class:`Snapshot` stores.

@@ -261,6 +261,11 @@ class DynamoDBAggregateRecorder(DynamoDBRecorder, AggregateRecorder):
         idempotency key's put (raising :class:`RepeatedSaveError` if the key
         was used before).
         """
+        if len(stored_events) == 1 and not other_actions and idempotency_key is None:
+            # Most saves: one event, one PutItem, straight there without the
+            # checks only a transaction needs (each a call on every save).
+            self._put_one(self._event_items(stored_events)[0], stored_events[0])
+            return
         if not stored_events and not other_actions:
             return
         self._check_unique(stored_events)
@@ -268,9 +273,6 @@ class DynamoDBAggregateRecorder(DynamoDBRecorder, AggregateRecorder):
         key_actions = self._key_action(
             idempotency_key, stored_events, fingerprint=idempotency_fingerprint
         )
-        if len(items) == 1 and not other_actions and not key_actions:
-            self._put_one(items[0], stored_events[0])
-            return
         actions = [
             *(self._put_action(item) for item in items),
             *other_actions,
@@ -299,8 +301,10 @@ class DynamoDBAggregateRecorder(DynamoDBRecorder, AggregateRecorder):
     def _event_item(self, event: StoredEvent, position: int | None = None) -> Item:
         # Written by hand, not with boto3's TypeSerializer: for ten event
         # items, 18 microseconds here against its 74, on every save.
-        self._check_id(event.originator_id)
-        aggregate_id = encode_id(event.originator_id)
+        originator_id = event.originator_id
+        if not isinstance(originator_id, UUID):  # a UUID is always readable back
+            self._check_id(originator_id)
+        aggregate_id = str(originator_id)  # encode_id, without its call
         version = str(event.originator_version)
         item: Item = {
             schema.AGGREGATE_ID: {"S": aggregate_id},

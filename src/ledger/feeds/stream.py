@@ -402,9 +402,14 @@ class BatchHandler(Protocol):
     """A consumer fed stream batches: :class:`~ledger.feeds.Consumer`'s ``process``.
 
     What the Lambda handler needs; the :class:`StreamPoller` also needs a
-    :class:`ShardConsumer`'s checkpoints. Any consumer of the index can be
-    one as it is; a stream consumer keeps its own per-aggregate positions,
-    since the stream orders records per aggregate only.
+    :class:`ShardConsumer`'s checkpoints. A consumer of the index whose
+    process does not commit a position of its own (``atomic`` false: the
+    runner saves its checkpoint) can be one as it is. An atomic one cannot:
+    it commits one position of a total order with its effects (a projector's
+    tracking, a saga's), and a stream batch's positions are one shard's
+    sequence numbers, redelivered at least once. A stream consumer keeps its
+    own per-aggregate positions instead, since the stream orders records
+    per aggregate only.
     """
 
     @property

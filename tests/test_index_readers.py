@@ -20,6 +20,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -31,9 +32,12 @@ from typing import Any
 import botocore.exceptions
 import pytest
 from eventsourcing.persistence import OperationalError
+from faults import DELAY, FaultProxy
 
 from aggregates.application import Orders
 from ledger.dynamodb import DynamoDBIndexedApplicationRecorder
+from ledger.dynamodb.client import DynamoDBConnection
+from ledger.feeds.polling import run_polls
 from ledger.index_readers import RESTARTS, IndexReaderError
 from ledger.indexer import Indexer
 from tests import indexed_support
@@ -317,6 +321,73 @@ def test_a_reader_that_stalls_is_killed_and_replaced(
     assert indexer._pool is not None
     assert indexer._pool.restarts == 1
     assert len(readers_running()) == 1  # the stalled one was killed
+
+
+@pytest.mark.parametrize("readers", [0, 1])
+def test_a_run_waits_out_an_outage_longer_than_the_reader_timeout(
+    recorder: DynamoDBIndexedApplicationRecorder,
+    indexers: list[Indexer],
+    dynamodb_endpoint: str,
+    readers: int,
+) -> None:
+    """With readers as without: each GetRecords held past its client's retries.
+
+    Scaled down: the streams client has 2 attempts of 1 s reads (a call
+    gives up after about 2 s, where the connection's defaults take minutes),
+    the reader timeout is 1 s (where it is 2 minutes). A reader waiting out
+    its call is not killed for stalling: its error ends the round, the run
+    waits and polls again, then indexes everything once.
+    """
+    saves = random_saves(recorder, 10, seed=8)
+    with FaultProxy(dynamodb_endpoint) as proxy:
+        through = DynamoDBConnection(
+            endpoint_url=proxy.endpoint_url,
+            max_attempts=2,
+            connect_timeout=0.5,
+            read_timeout=1.0,
+        )
+        proxy.on("GetRecords", fault=DELAY(2.0), times=None)
+        indexer = Indexer(
+            recorder,
+            readers=readers,
+            reader_timeout=1.0,
+            reader_client=through.streams_client,
+            streams_client=through.streams_client() if not readers else None,
+        )
+        indexers.append(indexer)
+        stop = threading.Event()
+        ended: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                run_polls(indexer.poll, stop, interval=0.1, max_backoff=0.5)
+            except BaseException as error:  # noqa: BLE001 - the test reports it
+                ended.append(error)
+
+        loop = threading.Thread(target=run, daemon=True)
+        loop.start()
+        try:
+            # Three rounds' calls held: longer than RESTARTS reader timeouts.
+            deadline = time.monotonic() + 30
+            while sum(op == "GetRecords" for op, _ in proxy.requests) < 6:
+                assert not ended, f"the run stopped in the outage: {ended[0]!r}"
+                assert time.monotonic() < deadline, "the outage was not reached"
+                time.sleep(0.05)
+            proxy.clear_rules()  # the outage ends
+            deadline = time.monotonic() + 30
+            while (recorder.max_notification_id() or 0) < len(events_of(saves)):
+                assert not ended, f"the run stopped in the outage: {ended[0]!r}"
+                assert time.monotonic() < deadline, "not indexed after the outage"
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            loop.join(30)
+
+    assert not ended
+    assert_indexed_once_in_order(recorder, saves)
+    if readers:
+        assert indexer._pool is not None
+        assert indexer._pool.restarts == 0  # none was taken for stalled
 
 
 def test_an_error_in_a_reader_is_raised_by_the_round_and_nothing_indexed(

@@ -54,13 +54,20 @@ from ledger.indexer import Indexer, _RoundBudget, _TrimmedError
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
-__all__ = ["RESTARTS", "IndexReaderError", "ReaderPool"]
+__all__ = ["RESTARTS", "IndexReaderError", "ReaderPool", "call_budget"]
 
 logger = logging.getLogger("ledger.indexer")
 
 RESTARTS: Final = 3
 """Failures in a row of one reader (death, stall) after which the run stops."""
 _STOP_WAIT: Final = 1.0  # seconds a reader is given to end before it is killed
+_CALLING: Final = 0
+"""The tag of a reader's word that it begins (or ended) a call: no request's."""
+_MOST_BACKOFF: Final = 20.0
+"""Longest wait between two attempts of a call, in botocore's ``standard``
+retry mode (``ExponentialBackoff``'s cap); an answer asking for more
+(``x-amz-retry-after``) gets up to :data:`_MOST_RETRY_AFTER` more."""
+_MOST_RETRY_AFTER: Final = 5.0
 
 _Row = tuple[Any, ...]
 """A record as a reader sends it: ``(number, text)`` for a record with no
@@ -76,6 +83,30 @@ the iterator after them (None: none, the shard is closed and read to its end).""
 
 class IndexReaderError(InterfaceError):
     """A reader process of the indexer kept dying or stalling: nothing was indexed."""
+
+
+def call_budget(client: Any) -> float | None:
+    """Return the longest one call of ``client`` may take before it raises, or None.
+
+    What its settings allow (``client.meta.config``: None if it has none):
+    every attempt its connect and read timeouts, and between attempts
+    botocore's ``standard`` backoff at its longest (doubling from 1 s, at
+    most 20 s, 5 s more when asked). 506 s with a ledger connection's
+    defaults (10 attempts, 5 s to connect, 30 s to read).
+    """
+    config = getattr(getattr(client, "meta", None), "config", None)
+    if config is None:
+        return None
+    retries = config.retries or {}
+    attempts = retries.get("total_max_attempts")
+    if attempts is None:  # retries after the first, or botocore's default (legacy)
+        attempts = retries.get("max_attempts", 10) + 1
+    per_attempt = (config.connect_timeout or 0.0) + (config.read_timeout or 0.0)
+    backoff = sum(
+        min(2.0**retry, _MOST_BACKOFF) + _MOST_RETRY_AFTER
+        for retry in range(attempts - 1)
+    )
+    return float(attempts * per_attempt + backoff)
 
 
 def _row(record: _Record) -> _Row:
@@ -213,15 +244,25 @@ class ReaderPool:
         reader = self._readers[slot]
         if reader is None:  # replaced since the request: it has the request
             return None
-        deadline = time.monotonic() + self.timeout
+        waiting = time.monotonic()
+        deadline = waiting + self.timeout
         try:
             while reader.connection.poll(max(0.0, deadline - time.monotonic())):
                 (answered, answer), reader.cpu = reader.connection.recv()
                 if answered == tag:
                     return answer  # type: ignore[no-any-return]
-                # An answer to an earlier request, left unread when a reader
-                # of that round failed for good or the round was interrupted.
-            reader.failure = f"answered nothing within {self.timeout:g} s"
+                if answered == _CALLING:
+                    # A call begun (``answer``: how long its client's retries
+                    # may take) or ended (0): a reader waiting out DynamoDB
+                    # Streams is not stalled, and raises when its client does.
+                    deadline = time.monotonic() + answer + self.timeout
+                # Else an answer to an earlier request, left unread when a
+                # reader of that round failed for good or the round was
+                # interrupted.
+            reader.failure = (
+                f"answered nothing for {time.monotonic() - waiting:.0f} s "
+                f"({self.timeout:g} s after its last call's retries)"
+            )
         except (EOFError, OSError):
             reader.process.join(_STOP_WAIT)
             reader.failure = f"died (exit code {reader.process.exitcode})"
@@ -309,6 +350,7 @@ def _serve(
     # which each page of records read would start (see freeze_start_up).
     gc.freeze()
     started = time.process_time()  # its start (making its client) not counted
+    _tell_calls(indexer.client, connection, started)
     while True:
         try:
             request = connection.recv()
@@ -326,6 +368,30 @@ def _serve(
             connection.send(((tag, answer), time.process_time() - started))
         except OSError:
             return
+
+
+def _tell_calls(client: Any, connection: Connection, started: float) -> None:
+    """Have the reader tell the committer when each call of ``client`` begins and ends.
+
+    A call begun may take what the client's retries allow
+    (:func:`call_budget`): through an outage, several minutes before it
+    raises. Told so, the committer waits that long (and ``timeout`` more)
+    before it takes the reader for stalled; the reader's error is then
+    raised by the round, as in process, and waited out like it. A client
+    without botocore's settings and events is not followed: the
+    committer's ``timeout`` alone applies.
+    """
+    budget = call_budget(client)
+    events = getattr(getattr(client, "meta", None), "events", None)
+    if budget is None or events is None:
+        return
+
+    def tell(seconds: float) -> None:
+        with contextlib.suppress(OSError):  # the committer is gone: the call goes on
+            connection.send(((_CALLING, seconds), time.process_time() - started))
+
+    events.register("before-call", lambda **_: tell(budget))
+    events.register("after-call", lambda **_: tell(0.0))
 
 
 def _read(

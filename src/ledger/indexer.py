@@ -147,9 +147,11 @@ _CHECKPOINTS_KEY: Item = schema.index_checkpoints_key()
 
 
 READER_TIMEOUT: Final = 120.0
-"""Seconds a reader process may take over a round's reads before it is
-killed and another given them: above a ``GetRecords`` retried through the
-client's read timeouts (30 s each) for as long as a few attempts take."""
+"""Seconds a reader process may go without answering, beyond what a call
+under way may take through its streams client's retries (506 s with the
+connection's defaults: :func:`ledger.index_readers.call_budget`), before it
+is killed and another given its reads. So a reader waiting out DynamoDB
+Streams is not taken for stalled: its call raises first, and the round with it."""
 
 ROUND_RECORDS: Final = _MAX_BATCHES * BATCH_EVENTS
 """The records a round reads at most (``batch_size``'s default; per shard):
@@ -251,9 +253,10 @@ class Indexer(Reindexing, StreamPoller):
     an indexer with readers that is used without those. Each makes its own
     streams client with ``reader_client`` (default: the recorder's
     connection's settings, as ``streams_client`` is made by default; a
-    ``streams_client`` given is not used by the readers). A reader taking
-    more than ``reader_timeout`` seconds over a round's reads is killed and
-    replaced. Readers are forked (``fork``): POSIX only.
+    ``streams_client`` given is not used by the readers). A reader that
+    answers nothing for ``reader_timeout`` seconds more than a call of its
+    client may take through its retries is killed and replaced (see
+    :data:`READER_TIMEOUT`). Readers are forked (``fork``): POSIX only.
     """
 
     def __init__(

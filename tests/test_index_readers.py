@@ -35,6 +35,7 @@ from eventsourcing.persistence import OperationalError
 from faults import DELAY, FaultProxy
 
 from aggregates.application import Orders
+from ledger import index_readers
 from ledger.dynamodb import DynamoDBIndexedApplicationRecorder
 from ledger.dynamodb.client import DynamoDBConnection
 from ledger.feeds.polling import run_polls
@@ -487,6 +488,97 @@ def test_stop_ends_the_readers(
 
     assert all(gone(pid) for pid in readers)
     assert readers_running() == []
+
+
+def slow_read() -> None:
+    time.sleep(3)
+
+
+def slow_read_then_death() -> None:
+    time.sleep(3)
+    kill_myself()
+
+
+@pytest.mark.parametrize("fault", [slow_read, slow_read_then_death])
+def test_a_round_outliving_stop_ends_its_readers_and_starts_none(
+    recorder: DynamoDBIndexedApplicationRecorder,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fault: Callable[[], None],
+) -> None:
+    """stop() leaves the readers to the thread using them, when it outlives stop.
+
+    The round's first read takes 3 s; stop gives up after 0.2 s. The round
+    goes on with its reader (not closed under it) and commits, or, when the
+    reader then dies, ends there (no reader is started after a stop was
+    asked) committing nothing; either way the thread ends its readers as it
+    ends, and raises nothing.
+    """
+    aggregate = uuid.uuid4()
+    saves = one_by_one(recorder, aggregate, range(1, 21))
+    split = on_the_stream(recorder, (str(aggregate), 20))[str(aggregate), 15]
+    streams = ToldShards(
+        recorder.connection.streams_client(),
+        [
+            ToldShard("child", parent="parent", after=split),
+            ToldShard("parent", ending=split),
+        ],
+    )
+    marker = tmp_path / "slow"
+    marker.touch()
+
+    def slow_parent() -> Any:
+        return FailingOnce(
+            reader_told_shards(recorder, streams),
+            marker,
+            fault,
+            shard="parent|",
+        )
+
+    started: list[float] = []
+    start = index_readers.ReaderPool._start
+
+    def noted_start(pool: index_readers.ReaderPool, slot: int) -> Any:
+        reader = start(pool, slot)
+        started.append(time.monotonic())  # when a reader was started
+        return reader
+
+    monkeypatch.setattr(index_readers.ReaderPool, "_start", noted_start)
+    errors: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda a: errors.append(a.exc_value))
+    indexer = Indexer(
+        recorder, streams_client=streams, readers=1, reader_client=slow_parent
+    )
+    streams.describe_stream(StreamArn=indexer.stream_arn)  # the real shard's id
+    try:
+        indexer.start()
+        runner = indexer._thread
+        assert runner is not None
+        deadline = time.monotonic() + 20
+        while marker.exists():  # the slow read has begun
+            assert time.monotonic() < deadline, "the reader never read"
+            time.sleep(0.02)
+        indexer.stop(timeout=0.2)
+        stopped = time.monotonic()
+        assert runner.is_alive()  # the round outlived stop's timeout
+        with pytest.raises(RuntimeError, match="still ending the round"):
+            indexer.start()  # its readers are the lingering thread's
+
+        runner.join(30)
+
+        assert not runner.is_alive()
+        assert errors == []
+        assert readers_running() == []
+        assert indexer._pool is None
+        assert [when for when in started if when > stopped] == []
+        if fault is slow_read:
+            assert_indexed_once_in_order(recorder, saves)  # the round under way
+        else:
+            assert not recorder.max_notification_id()  # it ended, committing nothing
+    finally:
+        indexer.close()
+        for process in readers_running():  # left by a failure: killed
+            process.kill()
 
 
 @pytest.fixture

@@ -293,6 +293,7 @@ class ReaderPool:
         self._start(slot)
 
     def _start(self, slot: int) -> _Reader:
+        self.indexer._refuse_after_stop()  # none started once a run is to stop
         context = multiprocessing.get_context("fork")
         ours, theirs = context.Pipe()
         others = [r.connection for r in self._readers if r is not None]

@@ -391,6 +391,43 @@ def test_a_run_waits_out_an_outage_longer_than_the_reader_timeout(
         assert indexer._pool.restarts == 0  # none was taken for stalled
 
 
+def test_a_reader_whose_committer_died_starts_no_other_call(
+    recorder: DynamoDBIndexedApplicationRecorder,
+    indexers: list[Indexer],
+    dynamodb_endpoint: str,
+) -> None:
+    """Its pipe closed while a GetRecords is under way: that call is its last.
+
+    1,100 records: a full first page of 1,000, which the reader would follow
+    with another GetRecords. The first is held 1 s; meanwhile the
+    committer's end of the pipe closes (as the committer's death closes it).
+    """
+    aggregates = [uuid.uuid4() for _ in range(11)]
+    for aggregate in aggregates:
+        recorder.insert_events([stored(aggregate, v) for v in range(1, 101)])
+    on_the_stream(recorder, (str(aggregates[-1]), 100))
+    with FaultProxy(dynamodb_endpoint) as proxy:
+        through = DynamoDBConnection(endpoint_url=proxy.endpoint_url)
+        proxy.on("GetRecords", fault=DELAY(1.0))
+        indexer = Indexer(recorder, readers=1, reader_client=through.streams_client)
+        indexers.append(indexer)
+        pool = indexer._reader_pool()
+        [shard] = indexer._shards()
+        pool._send(0, (1, {}, [(shard, None, None)], (10_000, 10**9)), {0: 0})
+        reader = pool._readers[0]
+        assert reader is not None
+        deadline = time.monotonic() + 20
+        while ("GetRecords", DELAY(1.0)) not in proxy.requests:
+            assert time.monotonic() < deadline, "the reader never read"
+            time.sleep(0.02)
+
+        reader.connection.close()  # the committer's end, as its death closes it
+        reader.process.join(30)
+
+        assert reader.process.exitcode == 0
+        assert [op for op, _ in proxy.requests].count("GetRecords") == 1
+
+
 def test_an_error_in_a_reader_is_raised_by_the_round_and_nothing_indexed(
     recorder: DynamoDBIndexedApplicationRecorder,
     indexers: list[Indexer],

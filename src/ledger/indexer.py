@@ -58,8 +58,10 @@ shards are read by N reader processes (:mod:`ledger.index_readers`), each
 given some of a round's shards; this process, the committer, keeps the
 rest of the round as above (checkpoints, parents first, regrouping, version
 checks, encoding, the transaction), so what is appended is the same. A
-reader that dies, raises or stalls loses and repeats nothing: the
-committer reads its shards again with another, in the same round.
+reader that dies or stalls loses and repeats nothing: the committer reads
+its shards again with another, in the same round. An error raised in a
+reader (DynamoDB Streams unavailable) is raised by the round, which
+commits nothing, as in process.
 
 Costs per round: a GetItem of the head and one of the checkpoints, a
 DescribeStream, per shard a GetShardIterator and a GetRecords per 1,000

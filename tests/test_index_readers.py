@@ -20,6 +20,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -31,9 +32,13 @@ from typing import Any
 import botocore.exceptions
 import pytest
 from eventsourcing.persistence import OperationalError
+from faults import DELAY, FaultProxy
 
 from aggregates.application import Orders
+from ledger import index_readers
 from ledger.dynamodb import DynamoDBIndexedApplicationRecorder
+from ledger.dynamodb.client import DynamoDBConnection
+from ledger.feeds.polling import run_polls
 from ledger.index_readers import RESTARTS, IndexReaderError
 from ledger.indexer import Indexer
 from tests import indexed_support
@@ -319,6 +324,110 @@ def test_a_reader_that_stalls_is_killed_and_replaced(
     assert len(readers_running()) == 1  # the stalled one was killed
 
 
+@pytest.mark.parametrize("readers", [0, 1])
+def test_a_run_waits_out_an_outage_longer_than_the_reader_timeout(
+    recorder: DynamoDBIndexedApplicationRecorder,
+    indexers: list[Indexer],
+    dynamodb_endpoint: str,
+    readers: int,
+) -> None:
+    """With readers as without: each GetRecords held past its client's retries.
+
+    Scaled down: the streams client has 2 attempts of 1 s reads (a call
+    gives up after about 2 s, where the connection's defaults take minutes),
+    the reader timeout is 1 s (where it is 2 minutes). A reader waiting out
+    its call is not killed for stalling: its error ends the round, the run
+    waits and polls again, then indexes everything once.
+    """
+    saves = random_saves(recorder, 10, seed=8)
+    with FaultProxy(dynamodb_endpoint) as proxy:
+        through = DynamoDBConnection(
+            endpoint_url=proxy.endpoint_url,
+            max_attempts=2,
+            connect_timeout=0.5,
+            read_timeout=1.0,
+        )
+        proxy.on("GetRecords", fault=DELAY(2.0), times=None)
+        indexer = Indexer(
+            recorder,
+            readers=readers,
+            reader_timeout=1.0,
+            reader_client=through.streams_client,
+            streams_client=through.streams_client() if not readers else None,
+        )
+        indexers.append(indexer)
+        stop = threading.Event()
+        ended: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                run_polls(indexer.poll, stop, interval=0.1, max_backoff=0.5)
+            except BaseException as error:  # noqa: BLE001 - the test reports it
+                ended.append(error)
+
+        loop = threading.Thread(target=run, daemon=True)
+        loop.start()
+        try:
+            # Three rounds' calls held: longer than RESTARTS reader timeouts.
+            deadline = time.monotonic() + 30
+            while sum(op == "GetRecords" for op, _ in proxy.requests) < 6:
+                assert not ended, f"the run stopped in the outage: {ended[0]!r}"
+                assert time.monotonic() < deadline, "the outage was not reached"
+                time.sleep(0.05)
+            proxy.clear_rules()  # the outage ends
+            deadline = time.monotonic() + 30
+            while (recorder.max_notification_id() or 0) < len(events_of(saves)):
+                assert not ended, f"the run stopped in the outage: {ended[0]!r}"
+                assert time.monotonic() < deadline, "not indexed after the outage"
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            loop.join(30)
+
+    assert not ended
+    assert_indexed_once_in_order(recorder, saves)
+    if readers:
+        assert indexer._pool is not None
+        assert indexer._pool.restarts == 0  # none was taken for stalled
+
+
+def test_a_reader_whose_committer_died_starts_no_other_call(
+    recorder: DynamoDBIndexedApplicationRecorder,
+    indexers: list[Indexer],
+    dynamodb_endpoint: str,
+) -> None:
+    """Its pipe closed while a GetRecords is under way: that call is its last.
+
+    1,100 records: a full first page of 1,000, which the reader would follow
+    with another GetRecords. The first is held 1 s; meanwhile the
+    committer's end of the pipe closes (as the committer's death closes it).
+    """
+    aggregates = [uuid.uuid4() for _ in range(11)]
+    for aggregate in aggregates:
+        recorder.insert_events([stored(aggregate, v) for v in range(1, 101)])
+    on_the_stream(recorder, (str(aggregates[-1]), 100))
+    with FaultProxy(dynamodb_endpoint) as proxy:
+        through = DynamoDBConnection(endpoint_url=proxy.endpoint_url)
+        proxy.on("GetRecords", fault=DELAY(1.0))
+        indexer = Indexer(recorder, readers=1, reader_client=through.streams_client)
+        indexers.append(indexer)
+        pool = indexer._reader_pool()
+        [shard] = indexer._shards()
+        pool._send(0, (1, {}, [(shard, None, None)], (10_000, 10**9)), {0: 0})
+        reader = pool._readers[0]
+        assert reader is not None
+        deadline = time.monotonic() + 20
+        while ("GetRecords", DELAY(1.0)) not in proxy.requests:
+            assert time.monotonic() < deadline, "the reader never read"
+            time.sleep(0.02)
+
+        reader.connection.close()  # the committer's end, as its death closes it
+        reader.process.join(30)
+
+        assert reader.process.exitcode == 0
+        assert [op for op, _ in proxy.requests].count("GetRecords") == 1
+
+
 def test_an_error_in_a_reader_is_raised_by_the_round_and_nothing_indexed(
     recorder: DynamoDBIndexedApplicationRecorder,
     indexers: list[Indexer],
@@ -416,6 +525,97 @@ def test_stop_ends_the_readers(
 
     assert all(gone(pid) for pid in readers)
     assert readers_running() == []
+
+
+def slow_read() -> None:
+    time.sleep(3)
+
+
+def slow_read_then_death() -> None:
+    time.sleep(3)
+    kill_myself()
+
+
+@pytest.mark.parametrize("fault", [slow_read, slow_read_then_death])
+def test_a_round_outliving_stop_ends_its_readers_and_starts_none(
+    recorder: DynamoDBIndexedApplicationRecorder,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fault: Callable[[], None],
+) -> None:
+    """stop() leaves the readers to the thread using them, when it outlives stop.
+
+    The round's first read takes 3 s; stop gives up after 0.2 s. The round
+    goes on with its reader (not closed under it) and commits, or, when the
+    reader then dies, ends there (no reader is started after a stop was
+    asked) committing nothing; either way the thread ends its readers as it
+    ends, and raises nothing.
+    """
+    aggregate = uuid.uuid4()
+    saves = one_by_one(recorder, aggregate, range(1, 21))
+    split = on_the_stream(recorder, (str(aggregate), 20))[str(aggregate), 15]
+    streams = ToldShards(
+        recorder.connection.streams_client(),
+        [
+            ToldShard("child", parent="parent", after=split),
+            ToldShard("parent", ending=split),
+        ],
+    )
+    marker = tmp_path / "slow"
+    marker.touch()
+
+    def slow_parent() -> Any:
+        return FailingOnce(
+            reader_told_shards(recorder, streams),
+            marker,
+            fault,
+            shard="parent|",
+        )
+
+    started: list[float] = []
+    start = index_readers.ReaderPool._start
+
+    def noted_start(pool: index_readers.ReaderPool, slot: int) -> Any:
+        reader = start(pool, slot)
+        started.append(time.monotonic())  # when a reader was started
+        return reader
+
+    monkeypatch.setattr(index_readers.ReaderPool, "_start", noted_start)
+    errors: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda a: errors.append(a.exc_value))
+    indexer = Indexer(
+        recorder, streams_client=streams, readers=1, reader_client=slow_parent
+    )
+    streams.describe_stream(StreamArn=indexer.stream_arn)  # the real shard's id
+    try:
+        indexer.start()
+        runner = indexer._thread
+        assert runner is not None
+        deadline = time.monotonic() + 20
+        while marker.exists():  # the slow read has begun
+            assert time.monotonic() < deadline, "the reader never read"
+            time.sleep(0.02)
+        indexer.stop(timeout=0.2)
+        stopped = time.monotonic()
+        assert runner.is_alive()  # the round outlived stop's timeout
+        with pytest.raises(RuntimeError, match="still ending the round"):
+            indexer.start()  # its readers are the lingering thread's
+
+        runner.join(30)
+
+        assert not runner.is_alive()
+        assert errors == []
+        assert readers_running() == []
+        assert indexer._pool is None
+        assert [when for when in started if when > stopped] == []
+        if fault is slow_read:
+            assert_indexed_once_in_order(recorder, saves)  # the round under way
+        else:
+            assert not recorder.max_notification_id()  # it ended, committing nothing
+    finally:
+        indexer.close()
+        for process in readers_running():  # left by a failure: killed
+            process.kill()
 
 
 @pytest.fixture

@@ -13,22 +13,40 @@ the reader reads them with the indexer's own shard reading
 and sends back each record as a compact tuple (:func:`_row`), from which the
 committer remakes the round's records (:func:`_records`).
 
-A reader that dies, raises or stalls past ``timeout`` loses nothing: its
-shards' checkpoints are only ever moved by the committer's transaction, so
-the committer kills it, starts another and gives it the same work, in the
-same round (a round commits with every shard it read, or not at all). A
-reader that fails :data:`RESTARTS` times in a row stops the run with
-:class:`IndexReaderError`. An error the reader's calls raised (DynamoDB
-Streams unavailable, say) is raised by the round as it would be in process.
+A reader that dies, or stalls (answers nothing for ``timeout`` seconds
+more than a call under way may take through its streams client's retries:
+:func:`call_budget`), loses nothing: its shards' checkpoints are only ever
+moved by the committer's transaction, so the committer kills it, starts
+another and gives it the same work, in the same round (a round commits with
+every shard it read, or not at all). A reader that fails :data:`RESTARTS`
+times in a row stops the run with :class:`IndexReaderError`. An error the
+reader's calls raised (DynamoDB Streams unavailable, once its client's
+retries are spent, say) is not a failure of the reader: it is raised by the
+round, as it would be in process (and waited out by the indexer's run
+loops, as in process), and nothing of the round is committed.
 
 Processes are forked (``multiprocessing``'s ``fork`` start method) and talk
 through pipes (``Pipe``) only: no queue, pool or semaphore, so no ``/dev/shm``
 (AWS Lambda has none) and no resource tracker process; a forked reader
 starts in milliseconds with the modules already loaded. A reader ignores
-SIGINT (the committer stops it) and ends when its pipe closes, so none
-outlives its committer: :meth:`ReaderPool.close` (called by the indexer's
-``close``, ``stop`` and context exit) ends them, killing what does not end
-within a second.
+SIGINT (the committer stops it). :meth:`ReaderPool.close` (called by the
+indexer's ``close``, by ``stop`` once the indexer's thread has ended, by
+that thread as its run ends, and by context exit) ends them, killing what
+does not end within a second. A reader whose committer died ends when it
+next hears from its pipe: at once when idle, else when the call under way
+ends (it starts no other), which its client's retries bound
+(:func:`call_budget`: 506 s with a connection's default settings, when
+DynamoDB Streams does not answer).
+
+Python 3.12 and later warn (``DeprecationWarning``: "This process is
+multi-threaded, use of fork() may lead to deadlocks in the child") when a
+reader is forked while other threads run: the thread of
+:meth:`~ledger.indexer.Indexer.start`, a test's fault proxy. The warning is
+hidden by default, and under warnings-as-errors (pytest's
+``filterwarnings = error``) CPython drops it, as the fork has happened:
+nothing fails (checked on 3.12.1 and 3.13.0). A reader that deadlocked on
+a lock another thread held at the fork would be a stalled one: killed and
+replaced.
 """
 
 from __future__ import annotations
@@ -54,13 +72,20 @@ from ledger.indexer import Indexer, _RoundBudget, _TrimmedError
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
-__all__ = ["RESTARTS", "IndexReaderError", "ReaderPool"]
+__all__ = ["RESTARTS", "IndexReaderError", "ReaderPool", "call_budget"]
 
 logger = logging.getLogger("ledger.indexer")
 
 RESTARTS: Final = 3
 """Failures in a row of one reader (death, stall) after which the run stops."""
 _STOP_WAIT: Final = 1.0  # seconds a reader is given to end before it is killed
+_CALLING: Final = 0
+"""The tag of a reader's word that it begins (or ended) a call: no request's."""
+_MOST_BACKOFF: Final = 20.0
+"""Longest wait between two attempts of a call, in botocore's ``standard``
+retry mode (``ExponentialBackoff``'s cap); an answer asking for more
+(``x-amz-retry-after``) gets up to :data:`_MOST_RETRY_AFTER` more."""
+_MOST_RETRY_AFTER: Final = 5.0
 
 _Row = tuple[Any, ...]
 """A record as a reader sends it: ``(number, text)`` for a record with no
@@ -76,6 +101,34 @@ the iterator after them (None: none, the shard is closed and read to its end).""
 
 class IndexReaderError(InterfaceError):
     """A reader process of the indexer kept dying or stalling: nothing was indexed."""
+
+
+class _CommitterGoneError(Exception):
+    """A reader's committer is gone: its reads end (in the reader)."""
+
+
+def call_budget(client: Any) -> float | None:
+    """Return the longest one call of ``client`` may take before it raises, or None.
+
+    What its settings allow (``client.meta.config``: None if it has none):
+    every attempt its connect and read timeouts, and between attempts
+    botocore's ``standard`` backoff at its longest (doubling from 1 s, at
+    most 20 s, 5 s more when asked). 506 s with a ledger connection's
+    defaults (10 attempts, 5 s to connect, 30 s to read).
+    """
+    config = getattr(getattr(client, "meta", None), "config", None)
+    if config is None:
+        return None
+    retries = config.retries or {}
+    attempts = retries.get("total_max_attempts")
+    if attempts is None:  # retries after the first, or botocore's default (legacy)
+        attempts = retries.get("max_attempts", 10) + 1
+    per_attempt = (config.connect_timeout or 0.0) + (config.read_timeout or 0.0)
+    backoff = sum(
+        min(2.0**retry, _MOST_BACKOFF) + _MOST_RETRY_AFTER
+        for retry in range(attempts - 1)
+    )
+    return float(attempts * per_attempt + backoff)
 
 
 def _row(record: _Record) -> _Row:
@@ -213,15 +266,25 @@ class ReaderPool:
         reader = self._readers[slot]
         if reader is None:  # replaced since the request: it has the request
             return None
-        deadline = time.monotonic() + self.timeout
+        waiting = time.monotonic()
+        deadline = waiting + self.timeout
         try:
             while reader.connection.poll(max(0.0, deadline - time.monotonic())):
                 (answered, answer), reader.cpu = reader.connection.recv()
                 if answered == tag:
                     return answer  # type: ignore[no-any-return]
-                # An answer to an earlier request, left unread when a reader
-                # of that round failed for good or the round was interrupted.
-            reader.failure = f"answered nothing within {self.timeout:g} s"
+                if answered == _CALLING:
+                    # A call begun (``answer``: how long its client's retries
+                    # may take) or ended (0): a reader waiting out DynamoDB
+                    # Streams is not stalled, and raises when its client does.
+                    deadline = time.monotonic() + answer + self.timeout
+                # Else an answer to an earlier request, left unread when a
+                # reader of that round failed for good or the round was
+                # interrupted.
+            reader.failure = (
+                f"answered nothing for {time.monotonic() - waiting:.0f} s "
+                f"({self.timeout:g} s after its last call's retries)"
+            )
         except (EOFError, OSError):
             reader.process.join(_STOP_WAIT)
             reader.failure = f"died (exit code {reader.process.exitcode})"
@@ -252,6 +315,7 @@ class ReaderPool:
         self._start(slot)
 
     def _start(self, slot: int) -> _Reader:
+        self.indexer._refuse_after_stop()  # none started once a run is to stop
         context = multiprocessing.get_context("fork")
         ours, theirs = context.Pipe()
         others = [r.connection for r in self._readers if r is not None]
@@ -309,6 +373,7 @@ def _serve(
     # which each page of records read would start (see freeze_start_up).
     gc.freeze()
     started = time.process_time()  # its start (making its client) not counted
+    _tell_calls(indexer.client, connection, started)
     while True:
         try:
             request = connection.recv()
@@ -326,6 +391,34 @@ def _serve(
             connection.send(((tag, answer), time.process_time() - started))
         except OSError:
             return
+
+
+def _tell_calls(client: Any, connection: Connection, started: float) -> None:
+    """Have the reader tell the committer when each call of ``client`` begins and ends.
+
+    A call begun may take what the client's retries allow
+    (:func:`call_budget`): through an outage, several minutes before it
+    raises. Told so, the committer waits that long (and ``timeout`` more)
+    before it takes the reader for stalled; the reader's error is then
+    raised by the round, as in process, and waited out like it. A client
+    without botocore's settings and events is not followed: the
+    committer's ``timeout`` alone applies.
+    """
+    budget = call_budget(client)
+    events = getattr(getattr(client, "meta", None), "events", None)
+    if budget is None or events is None:
+        return
+
+    def tell(seconds: float) -> None:
+        try:
+            connection.send(((_CALLING, seconds), time.process_time() - started))
+        except OSError as error:
+            # The committer is gone: no further call (this one is ended by
+            # the error, the round's reads with it).
+            raise _CommitterGoneError from error
+
+    events.register("before-call", lambda **_: tell(budget))
+    events.register("after-call", lambda **_: tell(0.0))
 
 
 def _read(

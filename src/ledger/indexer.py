@@ -58,8 +58,10 @@ shards are read by N reader processes (:mod:`ledger.index_readers`), each
 given some of a round's shards; this process, the committer, keeps the
 rest of the round as above (checkpoints, parents first, regrouping, version
 checks, encoding, the transaction), so what is appended is the same. A
-reader that dies, raises or stalls loses and repeats nothing: the
-committer reads its shards again with another, in the same round.
+reader that dies or stalls loses and repeats nothing: the committer reads
+its shards again with another, in the same round. An error raised in a
+reader (DynamoDB Streams unavailable) is raised by the round, which
+commits nothing, as in process.
 
 Costs per round: a GetItem of the head and one of the checkpoints, a
 DescribeStream, per shard a GetShardIterator and a GetRecords per 1,000
@@ -79,13 +81,14 @@ import functools
 import gc
 import heapq
 import itertools
+import threading
 import time
 import types
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Self
 
 import botocore.exceptions
 import botocore.utils
@@ -93,7 +96,11 @@ from eventsourcing.persistence import DataError, ProgrammingError
 
 from ledger.dynamodb import schema
 from ledger.dynamodb.batches import BatchEntry
-from ledger.dynamodb.client import TransactionCancelledError, TransactionConflictError
+from ledger.dynamodb.client import (
+    MAX_OUTAGE_WAIT,
+    TransactionCancelledError,
+    TransactionConflictError,
+)
 from ledger.dynamodb.indexed_recorders import DynamoDBIndexedApplicationRecorder
 from ledger.dynamodb.limits import (
     MAX_TRANSACTION_ACTIONS,
@@ -147,9 +154,11 @@ _CHECKPOINTS_KEY: Item = schema.index_checkpoints_key()
 
 
 READER_TIMEOUT: Final = 120.0
-"""Seconds a reader process may take over a round's reads before it is
-killed and another given them: above a ``GetRecords`` retried through the
-client's read timeouts (30 s each) for as long as a few attempts take."""
+"""Seconds a reader process may go without answering, beyond what a call
+under way may take through its streams client's retries (506 s with the
+connection's defaults: :func:`ledger.index_readers.call_budget`), before it
+is killed and another given its reads. So a reader waiting out DynamoDB
+Streams is not taken for stalled: its call raises first, and the round with it."""
 
 ROUND_RECORDS: Final = _MAX_BATCHES * BATCH_EVENTS
 """The records a round reads at most (``batch_size``'s default; per shard):
@@ -194,6 +203,10 @@ class _RoundBudget:
 
 class _TrimmedError(Exception):
     """An iterator after a shard's checkpoint was refused as trimmed."""
+
+
+class _StoppedError(Exception):
+    """A round of :meth:`Indexer.run` needed a reader after a stop was asked."""
 
 
 @dataclass(frozen=True)
@@ -251,9 +264,10 @@ class Indexer(Reindexing, StreamPoller):
     an indexer with readers that is used without those. Each makes its own
     streams client with ``reader_client`` (default: the recorder's
     connection's settings, as ``streams_client`` is made by default; a
-    ``streams_client`` given is not used by the readers). A reader taking
-    more than ``reader_timeout`` seconds over a round's reads is killed and
-    replaced. Readers are forked (``fork``): POSIX only.
+    ``streams_client`` given is not used by the readers). A reader that
+    answers nothing for ``reader_timeout`` seconds more than a call of its
+    client may take through its retries is killed and replaced (see
+    :data:`READER_TIMEOUT`). Readers are forked (``fork``): POSIX only.
     """
 
     def __init__(
@@ -313,6 +327,10 @@ class Indexer(Reindexing, StreamPoller):
         )
         """Makes a reader process's streams client (run in that process)."""
         self._pool: ReaderPool | None = None
+        self._stopping: threading.Event | None = None
+        """The stop event of the :meth:`run` under way: once set, no reader starts."""
+        self._runner: threading.Thread | None = None
+        """The thread of the last :meth:`start` (it may outlive :meth:`stop`)."""
         self._indexed: dict[str, int] | None = None
         """Per aggregate, the last version in the index (read in full for a
         re-index and the stream records after it; None: not read)."""
@@ -512,6 +530,7 @@ class Indexer(Reindexing, StreamPoller):
 
     def _reader_pool(self) -> ReaderPool:
         if self._pool is None:
+            self._refuse_after_stop()
             from ledger.index_readers import ReaderPool  # noqa: PLC0415 - it imports this module
 
             self._pool = ReaderPool(
@@ -522,18 +541,74 @@ class Indexer(Reindexing, StreamPoller):
             )
         return self._pool
 
+    def _refuse_after_stop(self) -> None:
+        """Raise :class:`_StoppedError` if the run under way was asked to stop."""
+        if self._stopping is not None and self._stopping.is_set():
+            raise _StoppedError
+
     def close(self) -> None:
-        """End the reader processes, if any (a later round starts them again)."""
+        """End the reader processes, if any (a later round starts them again).
+
+        By the thread that runs the rounds (or once it has ended): the
+        readers are not safe across threads.
+        """
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
 
+    def run(
+        self,
+        stop: threading.Event,
+        interval: float | None = None,
+        *,
+        max_backoff: float = MAX_OUTAGE_WAIT,
+        on_unavailable: Callable[[Exception, float], None] | None = None,
+    ) -> None:
+        """Run rounds until ``stop`` is set (see ``Polling.run``), then end the readers.
+
+        Once ``stop`` is set no reader is started: a round under way that
+        would need one (another reader's death) ends there, committing
+        nothing, and the run with it.
+        """
+        self._stopping = stop
+        try:
+            super().run(
+                stop, interval, max_backoff=max_backoff, on_unavailable=on_unavailable
+            )
+        except _StoppedError:
+            pass  # asked to stop: the round committed nothing
+        finally:
+            self._stopping = None
+            self.close()  # by the thread that used the readers
+
+    def start(self) -> Self:
+        """Run rounds in a daemon thread until :meth:`stop` (see ``Polling.start``).
+
+        Refused while the thread of an earlier start still ends its round
+        (it outlived :meth:`stop`'s timeout): both would use its readers.
+        """
+        if self._runner is not None and self._runner.is_alive():
+            raise RuntimeError(
+                f"The indexer of {self.recorder.events_table_name!r} is still "
+                "ending the round under way when it was last stopped: wait for "
+                "it (stop again with a longer timeout), then start it."
+            )
+        super().start()
+        self._runner = self._thread
+        return self
+
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the thread :meth:`start` began, then end the reader processes."""
+        """Stop the thread :meth:`start` began, then end the reader processes.
+
+        A thread that outlives ``timeout`` (a round under way) ends its
+        readers itself once the round ends, and starts no new one meanwhile.
+        """
+        runner = self._thread
         try:
             super().stop(timeout)
         finally:
-            self.close()
+            if runner is None or not runner.is_alive():
+                self.close()
 
     def _report(self, done: IndexRound) -> None:
         dimension = self.recorder.events_table_name

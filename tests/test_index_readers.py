@@ -314,7 +314,7 @@ def test_a_reader_that_stalls_is_killed_and_replaced(
 ) -> None:
     saves = random_saves(recorder, 20, seed=4)
     client = failing_once(recorder, tmp_path / "fail", stall)
-    indexer = Indexer(recorder, readers=1, reader_timeout=1.0, reader_client=client)
+    indexer = Indexer(recorder, readers=1, reader_timeout=3.0, reader_client=client)
     indexers.append(indexer)
     index_until(indexer, recorder, events_of(saves))
 
@@ -333,17 +333,18 @@ def test_a_run_waits_out_an_outage_longer_than_the_reader_timeout(
 ) -> None:
     """With readers as without: each GetRecords held past its client's retries.
 
-    Scaled down: the streams client has 2 attempts of 1 s reads (a call
-    gives up after about 2 s, where the connection's defaults take minutes),
-    the reader timeout is 1 s (where it is 2 minutes). A reader waiting out
-    its call is not killed for stalling: its error ends the round, the run
-    waits and polls again, then indexes everything once.
+    Scaled down: the streams client has 4 attempts of 1 s reads (a call
+    gives up after about 4 s, where the connection's defaults take minutes),
+    the reader timeout is 3 s (where it is 2 minutes; 3 s, not less, so that
+    a loaded machine's pauses are not taken for a stall). A reader waiting
+    out its call is not killed for stalling: its error ends the round, the
+    run waits and polls again, then indexes everything once.
     """
     saves = random_saves(recorder, 10, seed=8)
     with FaultProxy(dynamodb_endpoint) as proxy:
         through = DynamoDBConnection(
             endpoint_url=proxy.endpoint_url,
-            max_attempts=2,
+            max_attempts=4,
             connect_timeout=0.5,
             read_timeout=1.0,
         )
@@ -351,7 +352,7 @@ def test_a_run_waits_out_an_outage_longer_than_the_reader_timeout(
         indexer = Indexer(
             recorder,
             readers=readers,
-            reader_timeout=1.0,
+            reader_timeout=3.0,
             reader_client=through.streams_client,
             streams_client=through.streams_client() if not readers else None,
         )
@@ -369,8 +370,8 @@ def test_a_run_waits_out_an_outage_longer_than_the_reader_timeout(
         loop.start()
         try:
             # Three rounds' calls held: longer than RESTARTS reader timeouts.
-            deadline = time.monotonic() + 30
-            while sum(op == "GetRecords" for op, _ in proxy.requests) < 6:
+            deadline = time.monotonic() + 90
+            while sum(op == "GetRecords" for op, _ in proxy.requests) < 12:
                 assert not ended, f"the run stopped in the outage: {ended[0]!r}"
                 assert time.monotonic() < deadline, "the outage was not reached"
                 time.sleep(0.05)

@@ -185,7 +185,7 @@ class PublishReport:
     """What a publisher did, summed over the batches it processed."""
 
     records: int = 0
-    """Stream records read (new events and others)."""
+    """New events read (stream records of other kinds are not counted)."""
     entries: int = 0
     """Integration events made from them."""
     accepted: int = 0

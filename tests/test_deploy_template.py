@@ -529,61 +529,142 @@ def test_the_indexers_default_to_512_mb_in_one_process(template):
     assert parameters["IndexerReaders"]["Default"] == 0
 
 
-def test_readers_are_allowed_only_with_a_vcpu_each(template):
-    # Readers read while their committer waits: N of them need N vCPUs.
-    for memory, readers in _sizes(template):
-        allowed = _rules_allow(
+def _vcpu_check_failures(template: dict[str, Any]) -> list[tuple[int, int]]:
+    """The sizes the template's rules get wrong: readers without a vCPU each allowed,
+    or readers with one refused."""
+    return [
+        (memory, readers)
+        for memory, readers in _sizes(template)
+        if _rules_allow(
             template,
             {"IndexerMemorySize": str(memory), "IndexerReaders": str(readers)},
         )
-        assert allowed == (readers == 0 or memory >= readers * VCPU_MB), (
-            memory,
-            readers,
-        )
+        != (readers == 0 or memory >= readers * VCPU_MB)
+    ]
+
+
+def test_readers_are_allowed_only_with_a_vcpu_each(template):
+    # Readers read while their committer waits: N of them need N vCPUs.
+    assert _vcpu_check_failures(template) == []
     assert not _rules_allow(
         template, {"IndexerMemorySize": "3537", "IndexerReaders": "2"}
     )
 
 
+@pytest.mark.parametrize("dropped", range(4))
+def test_the_vcpu_check_fails_without_each_assertion_of_the_templates_rule(
+    template, dropped
+):
+    rule = template["Rules"]["IndexerReadersHaveAVCPUEach"]
+    weakened = copy.deepcopy(template)
+    del weakened["Rules"]["IndexerReadersHaveAVCPUEach"]["Assertions"][dropped]
+    readers = int(
+        rule["Assertions"][dropped]["Assert"]["Fn::Or"][0]["Fn::Not"][0]["Fn::Equals"][
+            1
+        ]
+    )
+
+    # What that assertion refused is then allowed, and the check says so.
+    assert len(rule["Assertions"]) == 4
+    assert (512, readers) in _vcpu_check_failures(weakened)
+
+
 def test_the_vcpu_check_fails_without_the_templates_rule(template):
     without_rules = {k: v for k, v in template.items() if k != "Rules"}
 
-    assert _rules_allow(
-        without_rules, {"IndexerMemorySize": "512", "IndexerReaders": "2"}
-    )
-    assert not _rules_allow(
-        template, {"IndexerMemorySize": "512", "IndexerReaders": "2"}
-    )
+    assert _vcpu_check_failures(without_rules) == [
+        (memory, readers)
+        for memory, readers in _sizes(template)
+        if readers and memory < readers * VCPU_MB
+    ]
+
+
+def _sizing_section() -> str:
+    return README.read_text().split("## Sizing the indexer")[1].split("\n## ")[0]
 
 
 def _sizing_table() -> list[list[str]]:
-    section = README.read_text().split("## Sizing the indexer")[1].split("\n## ")[0]
     return [
         [cell.strip() for cell in line.strip("|").split("|")]
-        for line in section.splitlines()
+        for line in _sizing_section().splitlines()
         if re.match(r"\| \d", line)
     ]
 
 
-def test_readme_sizes_each_memory_the_template_allows_at_its_monthly_cost(template):
-    rows = _sizing_table()
-    parameters = template["Parameters"]
+def _stated_cpu() -> dict[str, tuple[float, float]]:
+    """The µs an event the README states: in one process, the committer, a reader."""
+    text = " ".join(_sizing_section().split())
+    found = {}
+    for role, pattern in {
+        "one": r"in one process ([\d.]+) to ([\d.]+) µs an event",
+        "committer": r"the committer ([\d.]+) to ([\d.]+) µs an event",
+        "reader": r"a reader ([\d.]+) to ([\d.]+) µs\.",
+    }.items():
+        match = re.search(pattern, text)
+        assert match, f"the README states no {role} figure"
+        found[role] = (float(match[1]), float(match[2]))
+    return found
 
-    memories = [int(row[0].split()[0]) for row in rows]
-    assert memories == parameters["IndexerMemorySize"]["AllowedValues"]
-    for row, memory in zip(rows, memories, strict=True):
-        vcpus, readers = float(row[1]), int(row[2].split()[0])
-        monthly = memory / 1024 * MONTH_SECONDS * GB_SECOND_USD
-        assert vcpus == round(memory / VCPU_MB, 2), row
-        assert _rules_allow(
-            template,
-            {"IndexerMemorySize": str(memory), "IndexerReaders": str(readers)},
-        ), row
-        assert row[4] == f"{monthly:,.2f}", row
-        assert row[5] == f"{4 * monthly:,.2f}", row  # the stack's four indexers
-    [default] = [row for row in rows if "(default)" in row[0]]
-    assert int(default[0].split()[0]) == parameters["IndexerMemorySize"]["Default"]
-    assert default[2] == f"{parameters['IndexerReaders']['Default']} (default)"
+
+def _ceiling(memory: int, readers: int, cpu: Mapping[str, tuple[float, float]]) -> str:
+    """The ceiling, events a second, worked out as the README says (to the hundred)."""
+    if readers:
+        (fast_c, slow_c), (fast_r, slow_r) = cpu["committer"], cpu["reader"]
+        low, high = 1e6 / (slow_c + slow_r / readers), 1e6 / (fast_c + fast_r / readers)
+    else:
+        vcpus = min(1.0, memory / VCPU_MB)
+        fast, slow = cpu["one"]
+        low, high = vcpus * 1e6 / slow, vcpus * 1e6 / fast
+    return f"{round(low, -2):,.0f} to {round(high, -2):,.0f}"
+
+
+def test_readme_ceilings_are_the_stored_runs_figures_worked_out(template):
+    stored = json.loads(
+        (ROOT / "benchmarks/results/indexer_readers_cpu.json").read_text()
+    )
+    one = [r["cpu_us_per_event"] for r in stored["runs"] if not r["readers"]]
+    committer = [r["cpu_us_per_event"] for r in stored["runs"] if r["readers"]]
+    reader = [us for r in stored["runs"] for us in r["reader_cpu_us_per_event"]]
+    cpu = _stated_cpu()
+    descriptions = {
+        name: " ".join(template["Parameters"][name]["Description"].split())
+        for name in ("IndexerMemorySize", "IndexerReaders")
+    }
+
+    assert "--gc-freeze --runs 6 --readers 0 2" in stored["command"]
+    assert cpu == {
+        "one": (min(one), max(one)),
+        "committer": (min(committer), max(committer)),
+        "reader": (min(reader), max(reader)),
+    }
+    for row in _sizing_table():
+        memory, readers = int(row[0].split()[0]), int(row[2].split()[0])
+        assert row[3].startswith(_ceiling(memory, readers, cpu)), row
+    # The parameters' descriptions quote the same ceilings.
+    assert (
+        f"0.29 of a vCPU, {_ceiling(512, 0, cpu)} events"
+        in descriptions["IndexerMemorySize"]
+    )
+    assert (
+        f"1769 one vCPU, {_ceiling(1769, 0, cpu)} in one process"
+        in descriptions["IndexerMemorySize"]
+    )
+    assert (
+        f"2 at 3538 MB take {_ceiling(3538, 2, cpu)} events"
+        in descriptions["IndexerReaders"]
+    )
+
+
+@pytest.mark.parametrize("indexer", INDEXERS)
+def test_each_indexer_logs_the_readers_it_ends_with_their_process_ids(
+    resources, indexer
+):
+    # In Lambda's text format the Python runtime leaves the root logger at
+    # WARNING and writes the message only: the INFO line and its ids are lost.
+    logging_config = resources[indexer]["Properties"].get("LoggingConfig", {})
+
+    assert logging_config.get("LogFormat") == "JSON"
+    assert logging_config.get("ApplicationLogLevel") in {"TRACE", "DEBUG", "INFO"}
 
 
 def _subscribed_tables(resources: dict[str, Any], function: str) -> list[str]:

@@ -3,22 +3,25 @@
 Called as Lambda calls it (a schedule's event, a context with the time
 left), against DynamoDB Local. Each invocation starts its readers with its
 first round and ends them before it returns or raises, logging their
-process ids: these tests read those ids from the log and check the
-processes are gone.
+process ids (and the pool those of the readers it replaced): these tests
+read those ids from the log and check the processes are gone.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from eventsourcing.persistence import PersistenceError
 
 from aggregates.application import Orders
-from ledger import index_consumers
+from ledger import index_consumers, index_readers
 from ledger.index_consumers import LEDGER_INDEX_READERS, indexer_handler
 from ledger.index_rounds import IndexOrderError
 from ledger.indexer import lambda_handler
@@ -26,16 +29,21 @@ from tests.indexed_support import stored
 from tests.test_index_consumers import (
     DEADLINE,
     SCHEDULED,
+    LambdaContext,
     indexed_env,
     indexed_orders,
     with_time_to_work,
 )
 from tests.test_index_readers import events_of, gone, random_saves, readers_running
 from tests.test_indexed_guarantees import assert_indexed_once_in_order
+from tests.test_indexed_shards import on_the_stream
 
 __all__ = ["indexed_env", "indexed_orders"]  # fixtures used here
 
 ENDED = "ended the indexer's reader processes"
+INVOCATION = 12.0
+"""Seconds an invocation has in the stall test: the function's timeout
+scaled down (its 10 s stop margin, and 2 s of rounds)."""
 
 
 @pytest.fixture
@@ -185,3 +193,55 @@ def test_no_readers_setting_or_0_reads_the_shards_in_the_function(
 
     assert_indexed_once_in_order(recorder, saves)
     assert ended_readers() == []
+
+
+def test_a_stalled_reader_is_killed_and_the_invocation_ends_its_readers_in_time(
+    indexed_orders: Orders,
+    indexed_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger=index_consumers.__name__)
+    recorder: Any = indexed_orders.recorder
+    aggregate = uuid.uuid4()
+    recorder.insert_events([stored(aggregate, 1)])
+    on_the_stream(recorder, (str(aggregate), 1))  # a round has a shard to read
+    stalled = tmp_path / "stalled"
+
+    def stall(*args: Any) -> None:
+        stalled.touch()
+        time.sleep(600)  # the fault itself: a reader that stops answering
+
+    # Readers are forked: each reads with this.
+    monkeypatch.setattr(index_readers, "_read", stall)
+    handler = indexer_handler(
+        Orders, {**indexed_env, LEDGER_INDEX_READERS: "2"}, idle_wait=0.05
+    )
+    context = LambdaContext(INVOCATION * 1000)
+    outcome: list[object] = []
+
+    def invoke() -> None:
+        try:
+            outcome.append(handler(SCHEDULED, context))
+        except PersistenceError as error:  # however a stall is reported
+            outcome.append(error)
+
+    thread = threading.Thread(target=invoke, daemon=True)
+    thread.start()
+    thread.join(context.get_remaining_time_in_millis() / 1000)
+    in_time = not thread.is_alive()
+    while thread.is_alive():  # past Lambda's timeout: free the round, to clean up
+        for reader in readers_running():
+            reader.kill()
+        thread.join(0.1)
+
+    assert stalled.exists()  # a reader was asked to read, and stalled
+    assert in_time, "the invocation outlived Lambda's timeout, and its readers"
+    assert outcome
+    logged = [r for r in caplog.records if r.name.startswith("ledger.index")]
+    ended = [pid for r in logged if r.getMessage() == ENDED for pid in r.readers]
+    replaced = [r.pid for r in logged if "starting another" in r.getMessage()]
+    assert replaced  # the stalled readers' ids, logged as each is replaced
+    assert all(gone(pid) for pid in ended + replaced)
+    assert readers_running() == []

@@ -58,6 +58,8 @@ __all__ = [
     "LEDGER_INDEX_TOPIC_ARN",
     "LEDGER_PROJECTORS",
     "LEDGER_PUBLICATION",
+    "MIN_READER_TIMEOUT",
+    "READERS_END_MS",
     "STOP_MARGIN_MS",
     "WakeUp",
     "deadline_of",
@@ -68,6 +70,7 @@ __all__ = [
     "projection_handler",
     "publication_handler",
     "publish",
+    "reader_timeout_for",
 ]
 
 logger = logging.getLogger(__name__)
@@ -105,6 +108,13 @@ ROUND_INTERVAL: Final = 0.5
 """Seconds from one round's start to the next's, at least. Each round makes
 one DescribeStream, which the DynamoDB Streams API allows at most 10 times a
 second: at one round per 0.5 s, four indexers stay under it however busy."""
+READERS_END_MS: Final = 2_000
+"""Time an indexer invocation with reader processes keeps, after a round
+whose readers stalled, to send its last wake-up and return; ending the
+readers takes a second more per reader (each is given one, then killed)."""
+MIN_READER_TIMEOUT: Final = 1.0
+"""The shortest reader timeout an indexer round in Lambda is given (seconds):
+with less time left for one, the invocation starts no more rounds."""
 
 
 def deadline_of(context: Any, margin_ms: float = STOP_MARGIN_MS) -> float | None:
@@ -234,9 +244,14 @@ def indexer_handler(
     environment, when the handler is made: a setting that is not a whole
     number of at least 0 is refused with ``OSError``), the indexer reads the
     shards in that many reader processes, which each invocation ends before
-    it returns or raises (logging their process ids): a frozen execution
-    environment then holds none, and no reader of one invocation can read
-    for the next.
+    it returns or raises (logging their process ids, at INFO, and the
+    readers replaced meanwhile, which the pool logs as it replaces each, at
+    WARNING): a frozen execution environment then holds none, and no reader
+    of one invocation can read for the next. Each round gives its readers a
+    timeout that ends the round, even if every try of every reader stalls,
+    before Lambda's timeout stops the invocation (:func:`reader_timeout_for`):
+    a stalled reader is killed, and the invocation ends its readers and
+    returns or raises in time.
     """
     made: dict[str, Any] = {}
     environment = dict(env or {})
@@ -248,6 +263,7 @@ def indexer_handler(
             made["indexer"], made["wake_up"] = _indexer(
                 application_class, environment, sns_client, readers
             )
+            made["reader_timeout"] = made["indexer"].reader_timeout
         indexer: Indexer = made["indexer"]
         wake_up: WakeUp | None = made["wake_up"]
         deadline = deadline_of(context)
@@ -257,8 +273,14 @@ def indexer_handler(
                 consumed = indexer.catch_up()
                 rounds = 1
             else:
+                fits = functools.partial(
+                    _fit_readers,
+                    indexer,
+                    deadline_of(context, margin_ms=0),
+                    made["reader_timeout"],
+                )
                 consumed, rounds = _index_until(
-                    indexer, wake_up, deadline, idle_wait, round_interval
+                    indexer, wake_up, deadline, idle_wait, round_interval, fits=fits
                 )
         finally:
             try:
@@ -292,6 +314,37 @@ def _readers_setting(env: Mapping[str, str]) -> int:
             "memory each)."
         )
     return readers
+
+
+def reader_timeout_for(seconds_left: float, readers: int) -> float:
+    """Return the reader timeout with which a round ends within ``seconds_left``.
+
+    A round waits for each of its readers in turn, and gives a reader that
+    stalls :data:`~ledger.index_readers.RESTARTS` tries: ``readers`` times
+    that many timeouts at most, after which the invocation keeps
+    :data:`READERS_END_MS` and a second per reader to end them and return.
+    """
+    from ledger.index_readers import RESTARTS  # noqa: PLC0415 - with the readers
+
+    room = READERS_END_MS / 1000 + readers * 1.0
+    return (seconds_left - room) / (RESTARTS * readers)
+
+
+def _fit_readers(indexer: Indexer, ends: float | None, longest: float) -> bool:
+    """Give the next round's readers a timeout that fits before ``ends``.
+
+    Returns False, for no more rounds, when that would be under
+    :data:`MIN_READER_TIMEOUT`. Without readers, or without an end, True.
+    """
+    if not indexer.readers or ends is None:
+        return True
+    timeout = reader_timeout_for(ends - time.monotonic(), indexer.readers)
+    if timeout < MIN_READER_TIMEOUT:
+        return False
+    indexer.reader_timeout = min(timeout, longest)
+    if indexer._pool is not None:  # made by the invocation's first round
+        indexer._pool.timeout = indexer.reader_timeout
+    return True
 
 
 def _end_readers(indexer: Indexer) -> None:
@@ -335,12 +388,14 @@ def _index_until(
     deadline: float,
     idle_wait: float,
     round_interval: float,
+    *,
+    fits: Callable[[], bool],
 ) -> tuple[int, int]:
     from ledger.dynamodb.client import Outage  # noqa: PLC0415
 
     outage = Outage("indexing", idle_wait)
     consumed = rounds = 0
-    while _before(deadline):
+    while _before(deadline) and fits():
         started = time.monotonic()
         try:
             found = indexer.poll()

@@ -1140,6 +1140,11 @@ def _iam_requests(
 @pytest.fixture
 def recorded_requests(monkeypatch: pytest.MonkeyPatch) -> list[Request]:
     """Every IAM request of the DynamoDB (and Streams) calls made from now on."""
+    return _record_requests(monkeypatch)
+
+
+def _record_requests(monkeypatch: pytest.MonkeyPatch) -> list[Request]:
+    """Record every IAM request of the calls made until ``monkeypatch`` undoes it."""
     requests: list[Request] = []
     original = botocore.client.BaseClient._make_api_call
 
@@ -1830,9 +1835,13 @@ def saga_stack(
     The handlers then build their applications from the environment, as in
     Lambda: ``CREATE_TABLE=no``, and timeouts due at once.
     """
+    yield from _saga_stack(dynamodb_env, monkeypatch)
+
+
+def _saga_stack(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Shop]:
     for key, value in INDEXED.items():
         monkeypatch.setenv(key, value)
-    shop = open_shop(_indexed(dynamodb_env))
+    shop = open_shop(_indexed(env))
     for app in (shop.orders, shop.warehouse, shop.payments):
         app.recorder.idempotency.create_table()  # made at a first key otherwise
     fulfilment_lambda.reset()
@@ -1841,6 +1850,35 @@ def saga_stack(
     yield shop
     fulfilment_lambda.reset()
     shop.close()
+
+
+@dataclass(frozen=True)
+class _SagaRun:
+    """The saga's stack after one run of its handlers, and what each asked IAM for."""
+
+    shop: Shop
+    calls: dict[str, list[Request]]
+    table_prefix: str
+
+
+@pytest.fixture(scope="module")
+def saga_run(new_dynamodb_env: Callable[[], dict[str, str]]) -> _SagaRun:
+    """The saga driven once as Lambda does (about 20 s), for the checks of its roles.
+
+    Those checks only read what the run asked for, so they share one run. The
+    environment is the run's only: the module's other tests make their tables.
+    """
+    env = new_dynamodb_env()
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        stack = _saga_stack(env, monkeypatch)
+        shop = next(stack)
+        try:
+            calls = _run_the_saga_as_lambda_does(shop, _record_requests(monkeypatch))
+        finally:
+            next(stack, None)  # the stack's end: the handlers' apps and the shop closed
+    return _SagaRun(shop, calls, env["DYNAMODB_TABLE_PREFIX"])
 
 
 def _run_the_saga_as_lambda_does(
@@ -1883,13 +1921,10 @@ def _run_the_saga_as_lambda_does(
 
 
 @pytest.mark.slow  # about 40 s: a saga shipped, one timed out, all indexed
-def test_the_saga_roles_allow_every_call_the_saga_handlers_make(
-    saga_stack, template, recorded_requests, dynamodb_env
-):
-    shop = saga_stack
-    calls = _run_the_saga_as_lambda_does(shop, recorded_requests)
+def test_the_saga_roles_allow_every_call_the_saga_handlers_make(saga_run, template):
+    shop, calls = saga_run.shop, saga_run.calls
 
-    stack = _stack(template, dynamodb_env["DYNAMODB_TABLE_PREFIX"], "indexed")
+    stack = _stack(template, saga_run.table_prefix, "indexed")
     resources = template["Resources"]
     # What the run must have exercised: deciding, reading indexes, commands, timeouts.
     decided = (
@@ -1912,19 +1947,18 @@ def test_the_saga_roles_allow_every_call_the_saga_handlers_make(
         assert refused == [], function
 
 
-@pytest.mark.slow  # about 40 s: a saga shipped, one timed out, all indexed
+@pytest.mark.slow  # the saga's run of the test above, if this one runs alone
 def test_the_saga_check_fails_without_a_permission_the_commands_need(
-    saga_stack, template, recorded_requests, dynamodb_env
+    saga_run, template
 ):
-    shop = saga_stack
-    calls = _run_the_saga_as_lambda_does(shop, recorded_requests)
+    shop, calls = saga_run.shop, saga_run.calls
     resources = copy.deepcopy(template["Resources"])
     role = resources["FulfilmentFollowIndexRole"]["Properties"]
     role["Policies"] = [
         policy for policy in role["Policies"] if policy["PolicyName"] != "send-commands"
     ]
 
-    stack = _stack(template, dynamodb_env["DYNAMODB_TABLE_PREFIX"], "indexed")
+    stack = _stack(template, saga_run.table_prefix, "indexed")
     refused = stack.refused(
         _role_statements(stack, resources, "FulfilmentFollowIndex"),
         calls["FulfilmentFollowIndex"],

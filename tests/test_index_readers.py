@@ -39,7 +39,7 @@ from ledger import index_readers
 from ledger.dynamodb import DynamoDBIndexedApplicationRecorder
 from ledger.dynamodb.client import DynamoDBConnection
 from ledger.feeds.polling import run_polls
-from ledger.index_readers import RESTARTS, IndexReaderError
+from ledger.index_readers import RESTARTS, IndexDeadlineError, IndexReaderError
 from ledger.indexer import Indexer
 from tests import indexed_support
 from tests.indexed_support import (
@@ -98,6 +98,32 @@ def children_of(pid: int) -> list[int]:
         children = (task / "children").read_text().split()
         found += [int(child) for child in children]
     return found
+
+
+def in_time(call: Callable[[], object], seconds: float) -> tuple[bool, list[object]]:
+    """Run ``call`` in a thread: whether it ended within ``seconds``, and its outcome.
+
+    The outcome: what it returned or raised. A call that outlives
+    ``seconds`` (a round waiting on a hung reader) is freed by killing this
+    process's readers until it ends, so that the test can report it.
+    """
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except Exception as error:  # noqa: BLE001 - the test reports it
+            outcome.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    ended = not thread.is_alive()
+    while thread.is_alive():
+        for reader in readers_running():
+            reader.kill()
+        thread.join(0.1)
+    return ended, outcome
 
 
 @pytest.fixture
@@ -390,6 +416,103 @@ def test_a_run_waits_out_an_outage_longer_than_the_reader_timeout(
     if readers:
         assert indexer._pool is not None
         assert indexer._pool.restarts == 0  # none was taken for stalled
+
+
+def test_a_round_waits_for_its_readers_at_once_not_one_after_the_other(
+    recorder: DynamoDBIndexedApplicationRecorder,
+    indexers: list[Indexer],
+    tmp_path: Path,
+) -> None:
+    """Both readers of a round stall: the round waits one reader timeout, not two.
+
+    Two told shards, one reader each; each reader's first read stalls (it
+    answers nothing), so each is killed after ``reader_timeout`` and
+    replaced. Waited for at once, the round takes about one timeout (5 s)
+    and the replacements' reads; waited for in turn, two (about 10.7 s).
+    """
+    [even], [odd] = of_parity(0, 1), of_parity(1, 1)
+    saves = [[stored(even, 1)], [stored(odd, 1)]]
+    for save in saves:
+        recorder.insert_events(save)
+    on_the_stream(recorder, (str(odd), 1))
+    streams = ToldShards(
+        recorder.connection.streams_client(),
+        [
+            ToldShard("even", lambda r: parity(r) == 0),
+            ToldShard("odd", lambda r: parity(r) == 1),
+        ],
+    )
+    markers = tmp_path / "even", tmp_path / "odd"
+    for marker in markers:
+        marker.touch()
+
+    def both_stall_once() -> Any:
+        told = reader_told_shards(recorder, streams)
+        even_stalls = FailingOnce(told, markers[0], stall, shard="even|")
+        return FailingOnce(even_stalls, markers[1], stall, shard="odd|")
+
+    timeout = 5.0
+    indexer = Indexer(
+        recorder,
+        streams_client=streams,
+        readers=2,
+        reader_timeout=timeout,
+        reader_client=both_stall_once,
+    )
+    indexers.append(indexer)
+
+    began = time.monotonic()
+    index_until(indexer, recorder, events_of(saves))
+    took = time.monotonic() - began
+
+    assert not any(marker.exists() for marker in markers)  # both stalled
+    assert indexer._pool is not None
+    assert indexer._pool.restarts == 2
+    assert took < 1.6 * timeout, f"the round waited {took:.1f} s for its readers"
+    assert_indexed_once_in_order(recorder, saves)
+
+
+def test_a_round_past_its_deadline_kills_its_readers_and_commits_nothing(
+    recorder: DynamoDBIndexedApplicationRecorder,
+    indexers: list[Indexer],
+    dynamodb_endpoint: str,
+) -> None:
+    """A reader hung in GetRecords is not waited for past the round's deadline.
+
+    Every GetRecords is held 600 s, far longer than the reader's client
+    waits for it (the connection's default settings: 10 attempts of 30 s
+    reads, 506 s in all, which the committer would otherwise wait out as an
+    outage). The round's deadline, 3 s ahead, ends it: the reader is
+    killed, the round raises, nothing is indexed. The fault gone and no
+    deadline, the next rounds index everything once.
+    """
+    saves = random_saves(recorder, 10, seed=9)
+    last = saves[-1][-1]
+    on_the_stream(recorder, (str(last.originator_id), last.originator_version))
+    with FaultProxy(dynamodb_endpoint) as proxy:
+        through = DynamoDBConnection(endpoint_url=proxy.endpoint_url)
+        assert (index_readers.call_budget(through.streams_client()) or 0) > 500
+        proxy.on("GetRecords", fault=DELAY(600), times=None)
+        indexer = Indexer(recorder, readers=2, reader_client=through.streams_client)
+        indexers.append(indexer)
+        indexer.round_deadline = time.monotonic() + 3.0
+
+        ended, outcome = in_time(indexer.poll, 3.0 + 5.0)
+
+        assert ("GetRecords", DELAY(600)) in proxy.requests  # a reader was held
+        assert ended, "the round outlived its deadline"
+        [raised] = outcome
+        assert isinstance(raised, IndexDeadlineError), raised
+        assert isinstance(raised, OperationalError)
+        assert "ran out of time" in str(raised)
+        assert readers_running() == []  # the hung reader was killed
+        assert not recorder.max_notification_id()  # nothing committed
+
+        proxy.clear_rules()  # the fault gone
+        indexer.round_deadline = None
+        index_until(indexer, recorder, events_of(saves))
+
+    assert_indexed_once_in_order(recorder, saves)
 
 
 def test_a_reader_whose_committer_died_starts_no_other_call(

@@ -10,7 +10,6 @@ read those ids from the log and check the processes are gone.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,10 +18,12 @@ from typing import Any
 
 import pytest
 from eventsourcing.persistence import PersistenceError
+from faults import DELAY, FaultProxy
 
 from aggregates.application import Orders
 from ledger import index_consumers, index_readers
 from ledger.index_consumers import LEDGER_INDEX_READERS, indexer_handler
+from ledger.index_readers import IndexDeadlineError, call_budget
 from ledger.index_rounds import IndexOrderError
 from ledger.indexer import lambda_handler
 from tests.indexed_support import stored
@@ -34,7 +35,13 @@ from tests.test_index_consumers import (
     indexed_orders,
     with_time_to_work,
 )
-from tests.test_index_readers import events_of, gone, random_saves, readers_running
+from tests.test_index_readers import (
+    events_of,
+    gone,
+    in_time,
+    random_saves,
+    readers_running,
+)
 from tests.test_indexed_guarantees import assert_indexed_once_in_order
 from tests.test_indexed_shards import on_the_stream
 
@@ -42,8 +49,9 @@ __all__ = ["indexed_env", "indexed_orders"]  # fixtures used here
 
 ENDED = "ended the indexer's reader processes"
 INVOCATION = 12.0
-"""Seconds an invocation has in the stall test: the function's timeout
+"""Seconds an invocation has in the stall tests: the function's timeout
 scaled down (its 10 s stop margin, and 2 s of rounds)."""
+KILLED = "an indexer round ran out of time; killed its readers still reading"
 
 
 @pytest.fixture
@@ -219,29 +227,75 @@ def test_a_stalled_reader_is_killed_and_the_invocation_ends_its_readers_in_time(
         Orders, {**indexed_env, LEDGER_INDEX_READERS: "2"}, idle_wait=0.05
     )
     context = LambdaContext(INVOCATION * 1000)
-    outcome: list[object] = []
 
-    def invoke() -> None:
-        try:
-            outcome.append(handler(SCHEDULED, context))
-        except PersistenceError as error:  # however a stall is reported
-            outcome.append(error)
-
-    thread = threading.Thread(target=invoke, daemon=True)
-    thread.start()
-    thread.join(context.get_remaining_time_in_millis() / 1000)
-    in_time = not thread.is_alive()
-    while thread.is_alive():  # past Lambda's timeout: free the round, to clean up
-        for reader in readers_running():
-            reader.kill()
-        thread.join(0.1)
+    ended, outcome = in_time(
+        lambda: handler(SCHEDULED, context),
+        context.get_remaining_time_in_millis() / 1000,
+    )
 
     assert stalled.exists()  # a reader was asked to read, and stalled
-    assert in_time, "the invocation outlived Lambda's timeout, and its readers"
-    assert outcome
+    assert ended, "the invocation outlived Lambda's timeout, and its readers"
+    [result] = outcome
+    assert not isinstance(result, Exception) or isinstance(result, PersistenceError)
     logged = [r for r in caplog.records if r.name.startswith("ledger.index")]
     ended = [pid for r in logged if r.getMessage() == ENDED for pid in r.readers]
     replaced = [r.pid for r in logged if "starting another" in r.getMessage()]
     assert replaced  # the stalled readers' ids, logged as each is replaced
     assert all(gone(pid) for pid in ended + replaced)
     assert readers_running() == []
+
+
+def test_a_reader_hung_in_get_records_ends_with_the_invocation_in_time(
+    indexed_orders: Orders,
+    indexed_env: dict[str, str],
+    dynamodb_endpoint: str,
+    caplog: pytest.LogCaptureFixture,
+    ended_readers: Callable[[], list[list[int]]],
+) -> None:
+    """A GetRecords never answered: the round's deadline, not the call's retries.
+
+    Every GetRecords is held 600 s. The reader's client, with the
+    connection's default settings, would wait 506 s for it (the round would
+    wait that out as an outage); the invocation has 12 s. The round stops at
+    its deadline: the reader is killed, the invocation raises (nothing was
+    indexed) before its time with no reader left. The next invocation, the
+    fault gone, indexes everything once.
+    """
+    caplog.set_level(logging.INFO, logger="ledger.indexer")
+    recorder: Any = indexed_orders.recorder
+    assert (call_budget(recorder.connection.streams_client()) or 0) > 500
+    saves = random_saves(recorder, 10, seed=16)
+    last = saves[-1][-1]
+    on_the_stream(recorder, (str(last.originator_id), last.originator_version))
+    with FaultProxy(dynamodb_endpoint) as proxy:
+        env = {
+            **indexed_env,
+            "DYNAMODB_ENDPOINT_URL": proxy.endpoint_url,
+            LEDGER_INDEX_READERS: "2",
+        }
+        proxy.on("GetRecords", fault=DELAY(600), times=None)
+        handler = indexer_handler(Orders, env, idle_wait=0.05)
+        context = LambdaContext(INVOCATION * 1000)
+
+        ended, outcome = in_time(
+            lambda: handler(SCHEDULED, context),
+            context.get_remaining_time_in_millis() / 1000,
+        )
+
+        assert ("GetRecords", DELAY(600)) in proxy.requests  # a reader was held
+        assert ended, "the invocation outlived Lambda's timeout, and its readers"
+        [raised] = outcome
+        assert isinstance(raised, IndexDeadlineError), raised
+        killed = [
+            pid for r in caplog.records if r.getMessage() == KILLED for pid in r.readers
+        ]
+        assert killed  # the reader held in GetRecords
+        ended_pids = [pid for pids in ended_readers() for pid in pids]
+        assert all(gone(pid) for pid in killed + ended_pids)
+        assert readers_running() == []
+        assert not recorder.max_notification_id()
+
+        proxy.clear_rules()  # the fault gone
+        invoke_until_indexed(handler, len(events_of(saves)))
+
+    assert_indexed_once_in_order(recorder, saves)

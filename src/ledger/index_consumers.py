@@ -71,6 +71,7 @@ __all__ = [
     "publication_handler",
     "publish",
     "reader_timeout_for",
+    "readers_end_room",
 ]
 
 logger = logging.getLogger(__name__)
@@ -248,10 +249,14 @@ def indexer_handler(
     readers replaced meanwhile, which the pool logs as it replaces each, at
     WARNING): a frozen execution environment then holds none, and no reader
     of one invocation can read for the next. Each round gives its readers a
-    timeout that ends the round, even if every try of every reader stalls,
-    before Lambda's timeout stops the invocation (:func:`reader_timeout_for`):
-    a stalled reader is killed, and the invocation ends its readers and
-    returns or raises in time.
+    timeout that fits, even if every try of a reader stalls, before Lambda's
+    timeout stops the invocation (:func:`reader_timeout_for`), and a hard
+    deadline (the indexer's ``round_deadline``), :func:`readers_end_room`
+    before the invocation's end: a reader hung in a call (``GetRecords``
+    not answered, which its client's retries would wait out for minutes) is
+    killed at the deadline and the round raises
+    :class:`~ledger.index_readers.IndexDeadlineError`, so the invocation
+    ends its readers and raises in time; the next starts afresh.
     """
     made: dict[str, Any] = {}
     environment = dict(env or {})
@@ -268,6 +273,7 @@ def indexer_handler(
         wake_up: WakeUp | None = made["wake_up"]
         deadline = deadline_of(context)
         consumed = rounds = 0
+        indexer.round_deadline = None  # set per round, when the context has an end
         try:
             if deadline is None:
                 consumed = indexer.catch_up()
@@ -319,29 +325,46 @@ def _readers_setting(env: Mapping[str, str]) -> int:
 def reader_timeout_for(seconds_left: float, readers: int) -> float:
     """Return the reader timeout with which a round ends within ``seconds_left``.
 
-    A round waits for each of its readers in turn, and gives a reader that
-    stalls :data:`~ledger.index_readers.RESTARTS` tries: ``readers`` times
-    that many timeouts at most, after which the invocation keeps
-    :data:`READERS_END_MS` and a second per reader to end them and return.
+    A round waits for its readers at once, and gives a reader that stalls
+    :data:`~ledger.index_readers.RESTARTS` tries: that many timeouts at
+    most, after which the invocation keeps :func:`readers_end_room` to end
+    its readers and return. (A reader whose call is under way is waited for
+    until the round's deadline, the indexer's ``round_deadline``, and no
+    longer.)
     """
     from ledger.index_readers import RESTARTS  # noqa: PLC0415 - with the readers
 
-    room = READERS_END_MS / 1000 + readers * 1.0
-    return (seconds_left - room) / (RESTARTS * readers)
+    return (seconds_left - readers_end_room(readers)) / RESTARTS
+
+
+def readers_end_room(readers: int) -> float:
+    """Return the seconds an invocation keeps after its last round to end ``readers``.
+
+    :data:`READERS_END_MS` to send the last wake-up and return, and a second
+    per reader (each is given one to end, then killed).
+    """
+    return READERS_END_MS / 1000 + readers * 1.0
 
 
 def _fit_readers(indexer: Indexer, ends: float | None, longest: float) -> bool:
-    """Give the next round's readers a timeout that fits before ``ends``.
+    """Fit the next round in what is left before ``ends``; False: no more rounds.
 
-    Returns False, for no more rounds, when that would be under
+    Gives its readers a timeout that fits (:func:`reader_timeout_for`, at
+    most ``longest``) and a hard deadline (the indexer's ``round_deadline``),
+    :func:`readers_end_room` before ``ends``: past it the round kills the
+    readers still reading and raises, whatever a call under way may still
+    take through its client's retries (minutes, when DynamoDB Streams does
+    not answer). False when the timeout would be under
     :data:`MIN_READER_TIMEOUT`. Without readers, or without an end, True.
     """
+    indexer.round_deadline = None
     if not indexer.readers or ends is None:
         return True
     timeout = reader_timeout_for(ends - time.monotonic(), indexer.readers)
     if timeout < MIN_READER_TIMEOUT:
         return False
     indexer.reader_timeout = min(timeout, longest)
+    indexer.round_deadline = ends - readers_end_room(indexer.readers)
     if indexer._pool is not None:  # made by the invocation's first round
         indexer._pool.timeout = indexer.reader_timeout
     return True

@@ -13,17 +13,27 @@ the reader reads them with the indexer's own shard reading
 and sends back each record as a compact tuple (:func:`_row`), from which the
 committer remakes the round's records (:func:`_records`).
 
-A reader that dies, or stalls (answers nothing for ``timeout`` seconds
-more than a call under way may take through its streams client's retries:
-:func:`call_budget`), loses nothing: its shards' checkpoints are only ever
-moved by the committer's transaction, so the committer kills it, starts
-another and gives it the same work, in the same round (a round commits with
-every shard it read, or not at all). A reader that fails :data:`RESTARTS`
-times in a row stops the run with :class:`IndexReaderError`. An error the
-reader's calls raised (DynamoDB Streams unavailable, once its client's
-retries are spent, say) is not a failure of the reader: it is raised by the
-round, as it would be in process (and waited out by the indexer's run
-loops, as in process), and nothing of the round is committed.
+The committer waits for all the readers of a round at once (a round waits
+as long as its slowest reader). A reader that dies, or stalls (answers
+nothing for ``timeout`` seconds more than a call under way may take through
+its streams client's retries: :func:`call_budget`), loses nothing: its
+shards' checkpoints are only ever moved by the committer's transaction, so
+the committer kills it, starts another and gives it the same work, in the
+same round (a round commits with every shard it read, or not at all). A
+reader that fails :data:`RESTARTS` times in a row stops the run with
+:class:`IndexReaderError`. An error the reader's calls raised (DynamoDB
+Streams unavailable, once its client's retries are spent, say) is not a
+failure of the reader: it is raised by the round, as it would be in process
+(and waited out by the indexer's run loops, as in process), and nothing of
+the round is committed.
+
+A round may be given a hard deadline (the indexer's ``round_deadline``, a
+``time.monotonic()``; the Lambda indexer sets it before each round): past
+it the committer waits no longer, whatever a reader's call under way may
+still take through its retries. It kills the readers still reading
+(the next round starts others), commits nothing, and raises
+:class:`IndexDeadlineError`, an ``OperationalError``. Without one (``ledger
+index run``), a reader waiting out an outage is waited for, as above.
 
 Processes are forked (``multiprocessing``'s ``fork`` start method) and talk
 through pipes (``Pipe``) only: no queue, pool or semaphore, so no ``/dev/shm``
@@ -60,10 +70,10 @@ import pickle
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any, Final
 
-from eventsourcing.persistence import InterfaceError
+from eventsourcing.persistence import InterfaceError, OperationalError
 
 from ledger.dynamodb.batches import BatchEntry
 from ledger.index_rounds import _Record
@@ -72,7 +82,13 @@ from ledger.indexer import Indexer, _RoundBudget, _TrimmedError
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
-__all__ = ["RESTARTS", "IndexReaderError", "ReaderPool", "call_budget"]
+__all__ = [
+    "RESTARTS",
+    "IndexDeadlineError",
+    "IndexReaderError",
+    "ReaderPool",
+    "call_budget",
+]
 
 logger = logging.getLogger("ledger.indexer")
 
@@ -101,6 +117,14 @@ the iterator after them (None: none, the shard is closed and read to its end).""
 
 class IndexReaderError(InterfaceError):
     """A reader process of the indexer kept dying or stalling: nothing was indexed."""
+
+
+class IndexDeadlineError(OperationalError):
+    """An indexer round ran out of time waiting for its readers: nothing was indexed.
+
+    Raised past the indexer's ``round_deadline``: the readers still reading
+    were killed, and the next round reads their shards again.
+    """
 
 
 class _CommitterGoneError(Exception):
@@ -225,21 +249,41 @@ class ReaderPool:
         checkpoints: Mapping[str, str],
         limits: tuple[int, int],
     ) -> Fetched:
-        """Have reader ``i`` read ``work[i]`` (at most ``limits`` records and bytes)."""
-        fetched: Fetched = {}
-        pending = {slot: shards for slot, shards in enumerate(work) if shards}
-        failures = dict.fromkeys(pending, 0)
+        """Have reader ``i`` read ``work[i]`` (at most ``limits`` records and bytes).
+
+        Waits for every reader at once: a round waits as long as its slowest
+        reader, not the sum of them. Past the indexer's ``round_deadline``
+        (whatever a reader's call under way may still take), the readers
+        still reading are killed and :class:`IndexDeadlineError` is raised.
+        """
         self._requests += 1
         tag = self._requests
+        pending = {slot: shards for slot, shards in enumerate(work) if shards}
+        failures = dict.fromkeys(pending, 0)
+        began = time.monotonic()
+        if pending:
+            self._check_deadline(pending, began)
+        waits: dict[int, float] = {}  # per reader asked: when it is taken for stalled
+        for slot, shards in pending.items():
+            request = (tag, dict(checkpoints), shards, limits)
+            waits[slot] = self._send(slot, request, failures)
+        fetched: Fetched = {}
         while pending:
-            for slot, shards in pending.items():
-                self._send(slot, (tag, dict(checkpoints), shards, limits), failures)
-            for slot in list(pending):
-                answer = self._receive(slot, tag)
+            by_connection: dict[Any, int] = {
+                reader.connection: slot
+                for slot in pending
+                if (reader := self._readers[slot]) is not None
+            }
+            until = min(waits[slot] for slot in pending)
+            deadline = self.indexer.round_deadline
+            if deadline is not None:
+                until = min(until, deadline)
+            ready = wait(list(by_connection), max(0.0, until - time.monotonic()))
+            for connection in ready:
+                slot = by_connection[connection]
+                answer = self._receive(slot, tag, waits)
                 if answer is None:
-                    failures[slot] += 1
-                    self._replace(slot, failures[slot])
-                    continue  # read again by the new reader
+                    continue  # not the answer yet
                 del pending[slot]
                 kind, value = answer
                 if kind == "trimmed":
@@ -248,9 +292,59 @@ class ReaderPool:
                     raise value
                 for shard_id, rows, iterator in value:
                     fetched[shard_id] = (_records(shard_id, rows), iterator)
+            if not pending:
+                break
+            self._check_deadline(pending, began)
+            now = time.monotonic()
+            for slot in [s for s in pending if waits[s] <= now]:
+                reader = self._readers[slot]
+                if reader is not None and not reader.failure:
+                    reader.failure = (
+                        f"answered nothing for {self.timeout:g} s after its "
+                        "request (or its last call's retries)"
+                    )
+                    self._log_failure(slot, reader)
+                failures[slot] += 1
+                self._replace(slot, failures[slot])
+                request = (tag, dict(checkpoints), pending[slot], limits)
+                waits[slot] = self._send(slot, request, failures)
         return fetched
 
-    def _send(self, slot: int, request: Any, failures: dict[int, int]) -> None:
+    def _check_deadline(self, pending: Mapping[int, Work], began: float) -> None:
+        """Past the round's deadline, kill the readers in ``pending`` and raise."""
+        deadline = self.indexer.round_deadline
+        if deadline is None or time.monotonic() < deadline:
+            return
+        killed = []
+        for slot in pending:
+            reader = self._readers[slot]
+            if reader is None:
+                continue
+            killed.append(reader.process.pid)
+            self._end(reader, wait=0.0)
+            self._cpu_before[slot] += reader.cpu
+            self._readers[slot] = None
+        if killed:
+            logger.warning(
+                "an indexer round ran out of time; killed its readers still reading",
+                extra={"readers": killed},
+            )
+        shards = sorted(
+            shard["ShardId"] for work in pending.values() for shard, *_ in work
+        )
+        raise IndexDeadlineError(
+            f"A round of the indexer of {self.indexer.recorder.events_table_name!r} "
+            f"ran out of time: {len(pending)} of its readers had not answered "
+            f"{time.monotonic() - began:.1f} s after it asked them to read (shards "
+            f"{', '.join(shards)}), at its deadline (the indexer's round_deadline). "
+            "They were killed and nothing of the round was committed; the next "
+            "round reads those shards again from their checkpoints. If it "
+            "repeats, DynamoDB Streams is not answering GetRecords in time: "
+            "check its health and the log, or give the round more time."
+        )
+
+    def _send(self, slot: int, request: Any, failures: dict[int, int]) -> float:
+        """Send reader ``slot`` a request; return when it is taken for stalled."""
         while True:
             reader = self._readers[slot] or self._start(slot)
             try:
@@ -259,41 +353,44 @@ class ReaderPool:
                 failures[slot] += 1
                 self._replace(slot, failures[slot])
             else:
-                return
+                return time.monotonic() + self.timeout
 
-    def _receive(self, slot: int, tag: int) -> tuple[str, Any] | None:
-        """Return reader ``slot``'s answer to request ``tag`` (None: died, stalled)."""
+    def _receive(
+        self, slot: int, tag: int, waits: dict[int, float]
+    ) -> tuple[str, Any] | None:
+        """Return reader ``slot``'s answer to request ``tag``, if it sent it.
+
+        None for another word (a call begun or ended, which moves when it is
+        taken for stalled, in ``waits``; an earlier request's answer), and
+        for its death (then its ``waits`` is now: it is replaced).
+        """
         reader = self._readers[slot]
-        if reader is None:  # replaced since the request: it has the request
-            return None
-        waiting = time.monotonic()
-        deadline = waiting + self.timeout
+        assert reader is not None  # noqa: S101 - waited for, so running
         try:
-            while reader.connection.poll(max(0.0, deadline - time.monotonic())):
-                (answered, answer), reader.cpu = reader.connection.recv()
-                if answered == tag:
-                    return answer  # type: ignore[no-any-return]
-                if answered == _CALLING:
-                    # A call begun (``answer``: how long its client's retries
-                    # may take) or ended (0): a reader waiting out DynamoDB
-                    # Streams is not stalled, and raises when its client does.
-                    deadline = time.monotonic() + answer + self.timeout
-                # Else an answer to an earlier request, left unread when a
-                # reader of that round failed for good or the round was
-                # interrupted.
-            reader.failure = (
-                f"answered nothing for {time.monotonic() - waiting:.0f} s "
-                f"({self.timeout:g} s after its last call's retries)"
-            )
+            (answered, answer), reader.cpu = reader.connection.recv()
         except (EOFError, OSError):
             reader.process.join(_STOP_WAIT)
             reader.failure = f"died (exit code {reader.process.exitcode})"
+            self._log_failure(slot, reader)
+            waits[slot] = -float("inf")
+            return None
+        if answered == tag:
+            return answer  # type: ignore[no-any-return]
+        if answered == _CALLING:
+            # A call begun (``answer``: how long its client's retries may
+            # take) or ended (0): a reader waiting out DynamoDB Streams is
+            # not stalled, and raises when its client does.
+            waits[slot] = time.monotonic() + answer + self.timeout
+        # Else an answer to an earlier request, left unread when a reader of
+        # that round failed for good or the round was interrupted.
+        return None
+
+    def _log_failure(self, slot: int, reader: _Reader) -> None:
         logger.warning(
             "an indexer reader %s; starting another",
             reader.failure,
             extra={"reader": slot, "pid": reader.process.pid},
         )
-        return None
 
     def _replace(self, slot: int, failures: int) -> None:
         reader = self._readers[slot]

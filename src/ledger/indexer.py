@@ -267,7 +267,8 @@ class Indexer(Reindexing, StreamPoller):
     ``streams_client`` given is not used by the readers). A reader that
     answers nothing for ``reader_timeout`` seconds more than a call of its
     client may take through its retries is killed and replaced (see
-    :data:`READER_TIMEOUT`). Readers are forked (``fork``): POSIX only.
+    :data:`READER_TIMEOUT`); a round waits no longer than its
+    :attr:`round_deadline`, if set. Readers are forked (``fork``): POSIX only.
     """
 
     def __init__(
@@ -322,6 +323,14 @@ class Indexer(Reindexing, StreamPoller):
         self.readers = readers
         """Reader processes that read the shards (0: this process reads them)."""
         self.reader_timeout = reader_timeout
+        self.round_deadline: float | None = None
+        """When (``time.monotonic()``) a round stops waiting for its readers
+        (None, the default: never). Past it, the readers still reading are
+        killed, nothing of the round is committed, and the round raises
+        :class:`~ledger.index_readers.IndexDeadlineError` (an
+        ``OperationalError``). Set before each round by the Lambda indexer,
+        which must end its readers before the invocation's timeout; without
+        readers, not used (a call under way in this process cannot be ended)."""
         self.reader_client = reader_client or functools.partial(
             recorder.connection.streams_client, timestamp_parser=_utc_time
         )

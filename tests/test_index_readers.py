@@ -669,7 +669,8 @@ def test_a_round_outliving_stop_ends_its_readers_and_starts_none(
 ) -> None:
     """stop() leaves the readers to the thread using them, when it outlives stop.
 
-    The round's first read takes 3 s; stop gives up after 0.2 s. The round
+    The round's first read takes 3 s; stop gives up after 0.2 s, and a
+    second stop waits for the thread (it closes nothing under it). The round
     goes on with its reader (not closed under it) and commits, or, when the
     reader then dies, ends there (no reader is started after a stop was
     asked) committing nothing; either way the thread ends its readers as it
@@ -725,7 +726,7 @@ def test_a_round_outliving_stop_ends_its_readers_and_starts_none(
         with pytest.raises(RuntimeError, match="still ending the round"):
             indexer.start()  # its readers are the lingering thread's
 
-        runner.join(30)
+        indexer.stop(timeout=30)  # again, as the refusal advises: waits for it
 
         assert not runner.is_alive()
         assert errors == []

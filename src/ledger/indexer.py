@@ -611,11 +611,18 @@ class Indexer(Reindexing, StreamPoller):
 
         A thread that outlives ``timeout`` (a round under way) ends its
         readers itself once the round ends, and starts no new one meanwhile.
+        A later stop waits up to its ``timeout`` for that thread too, and
+        ends the readers only once it has ended: never under its round.
         """
-        runner = self._thread
+        # The thread of the last start, even one an earlier stop gave up on
+        # (``Polling.stop`` forgets it): only once it has ended are its
+        # readers this caller's to close.
+        runner, given_up = self._runner, self._thread is None
         try:
             super().stop(timeout)
         finally:
+            if given_up and runner is not None:
+                runner.join(timeout)
             if runner is None or not runner.is_alive():
                 self.close()
 

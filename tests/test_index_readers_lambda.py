@@ -25,7 +25,7 @@ from ledger import index_consumers, index_readers
 from ledger.index_consumers import LEDGER_INDEX_READERS, indexer_handler
 from ledger.index_readers import IndexDeadlineError, call_budget
 from ledger.index_rounds import IndexOrderError
-from ledger.indexer import lambda_handler
+from ledger.indexer import READER_TIMEOUT, lambda_handler
 from tests.indexed_support import stored
 from tests.test_index_consumers import (
     DEADLINE,
@@ -298,4 +298,38 @@ def test_a_reader_hung_in_get_records_ends_with_the_invocation_in_time(
         proxy.clear_rules()  # the fault gone
         invoke_until_indexed(handler, len(events_of(saves)))
 
+    assert_indexed_once_in_order(recorder, saves)
+
+
+def test_an_invocation_without_an_end_gives_its_readers_the_full_timeout(
+    indexed_orders: Orders,
+    indexed_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A timeout shrunk for an invocation's last rounds is not the next one's.
+
+    The first invocation has seconds to work, so its rounds' readers get
+    a timeout that fits them; the next has no end (``catch_up``): its
+    readers get the indexer's own timeout, not the last one shrunk.
+    """
+    timeouts: list[float] = []
+    made = index_readers.ReaderPool.__init__
+
+    def noted(pool: index_readers.ReaderPool, *args: Any, **kwargs: Any) -> None:
+        made(pool, *args, **kwargs)
+        timeouts.append(pool.timeout)
+
+    monkeypatch.setattr(index_readers.ReaderPool, "__init__", noted)
+    recorder: Any = indexed_orders.recorder
+    handler = indexer_handler(
+        Orders, {**indexed_env, LEDGER_INDEX_READERS: "2"}, idle_wait=0.05
+    )
+    saves = random_saves(recorder, 5, seed=14)
+    handler(SCHEDULED, with_time_to_work(8))
+    shrunk = list(timeouts)
+    handler(SCHEDULED, None)
+
+    assert shrunk
+    assert all(t < READER_TIMEOUT for t in shrunk)
+    assert timeouts[len(shrunk) :] == [READER_TIMEOUT]
     assert_indexed_once_in_order(recorder, saves)

@@ -274,6 +274,8 @@ def indexer_handler(
         deadline = deadline_of(context)
         consumed = rounds = 0
         indexer.round_deadline = None  # set per round, when the context has an end
+        # Not a timeout an earlier invocation's last rounds shrank.
+        indexer.reader_timeout = made["reader_timeout"]
         try:
             if deadline is None:
                 consumed = indexer.catch_up()

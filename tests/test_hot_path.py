@@ -38,7 +38,12 @@ from ledger.dynamodb.client import DynamoDBConnection, incomplete_answer
 from ledger.dynamodb.limits import MAX_ITEM_BYTES, ItemTooLargeError, item_size
 from ledger.metadata import metadata
 from ledger.persistence import PydanticMapper
-from ledger.snapshots import MeteredEventStore, MeteredRepository
+from ledger.snapshots import (
+    EveryNEvents,
+    MeteredEventStore,
+    MeteredRepository,
+    SnapshotStrategy,
+)
 
 PRICE = Decimal("2.50")
 
@@ -797,3 +802,41 @@ def test_a_one_event_save_skips_the_checks_only_a_transaction_needs(
     assert checked == []
     assert streamed_orders.get_order(order_id).version == 1
     streamed_orders.close()
+
+
+class CountedLookups(dict[type[object], SnapshotStrategy]):
+    """Strategies that count how often a class is looked up among them."""
+
+    lookups = 0
+
+    def __contains__(self, key: object) -> bool:
+        self.lookups += 1
+        return super().__contains__(key)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self.lookups += 1
+        return super().get(key, default)
+
+
+def test_a_save_finds_its_aggregate_classs_strategy_once() -> None:
+    every_two = EveryNEvents(2)
+    orders = Orders(
+        env={"PERSISTENCE_MODULE": "eventsourcing.popo"},
+        snapshot_strategies={Order: every_two},
+    )
+    counted = CountedLookups(orders.strategies)
+    orders.strategies = counted
+    first = orders.place_order(uuid.uuid4(), [], "EUR")
+    looked_up = counted.lookups
+
+    second = orders.place_order(uuid.uuid4(), [], "EUR")
+    orders.add_item(second, "apple", 1, Decimal("2.50"))
+
+    assert looked_up > 0
+    assert counted.lookups == looked_up
+    assert orders.strategy_for(Order) is every_two
+    assert orders.strategy_for(Payment).__class__.__name__ == "Never"
+    assert orders.get_order(first).version == 1
+    # The strategy found once still snapshots: version 2 is a multiple of 2.
+    assert orders.snapshots is not None
+    assert [s.originator_version for s in orders.snapshots.get(second)] == [2]

@@ -35,7 +35,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cached_property
 from threading import Lock
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, cast
 from uuid import UUID
 
 from eventsourcing.application import (
@@ -375,6 +375,7 @@ class SnapshottingApplication(Application[UUID]):
                     "class (and the application has no snapshot_class)"
                 )
                 raise TypeError(msg)
+        self._strategy_of: dict[type[object], SnapshotStrategy] = {}
         super().__init__(env)
 
     def construct_env(self, name: str, env: EnvType | None = None) -> Environment:
@@ -412,16 +413,29 @@ class SnapshottingApplication(Application[UUID]):
     @property
     def repository(self) -> MeteredRepository:
         """The application's repository, which meters loads."""
-        assert isinstance(self._repository, MeteredRepository)  # noqa: S101 - constructed above
-        return self._repository
+        # construct_repository made it; every save reads it, so no check here.
+        return cast("MeteredRepository", self._repository)
 
     def strategy_for(self, aggregate_class: type[object]) -> SnapshotStrategy:
-        """Return the strategy for an aggregate class: its own, a base's, or never."""
-        for cls in aggregate_class.__mro__:
-            strategy = self.strategies.get(cls)
-            if strategy is not None:
-                return strategy
-        return _NEVER
+        """Return the strategy for an aggregate class: its own, a base's, or never.
+
+        Found once per class: the strategies are the application's from its
+        construction (the snapshot store and the load meter are decided from
+        them then), so every save and load after the first of a class skips
+        the walk along its bases.
+        """
+        strategy = self._strategy_of.get(aggregate_class)
+        if strategy is None:
+            strategy = next(
+                (
+                    self.strategies[cls]
+                    for cls in aggregate_class.__mro__
+                    if cls in self.strategies
+                ),
+                _NEVER,
+            )
+            self._strategy_of[aggregate_class] = strategy
+        return strategy
 
     def save(
         self,
@@ -443,7 +457,8 @@ class SnapshottingApplication(Application[UUID]):
                 processing_event.aggregates[obj.id] = obj
             else:
                 processing_event.collect_events(obj)
-        processing_event.saved_kwargs.update(kwargs)
+        if kwargs:
+            processing_event.saved_kwargs.update(kwargs)
         recordings = self._record(processing_event)
         self._take_snapshots(processing_event)
         self._notify(recordings)
@@ -466,19 +481,24 @@ class SnapshottingApplication(Application[UUID]):
         processing_event: ProcessingEvent[UUID],
         recordings: Sequence[Recording[UUID]],
     ) -> None:
-        sizes: dict[int, int] = {
-            id(r.domain_event): len(r.notification.state) for r in recordings
-        }
+        sizes: dict[int, int] | None = None
         for aggregate_id, aggregate in processing_event.aggregates.items():
             strategy = self.strategy_for(type(aggregate))
+            # Forgotten whatever the strategy: the next save's bytes start anew.
+            loaded = self.repository.pop_last_load(aggregate_id)
+            if isinstance(strategy, Never):
+                continue  # no events to sort out, no sizes to read
             events = [
                 event
                 for event in processing_event.events
                 if event.originator_id == aggregate_id
             ]
-            loaded = self.repository.pop_last_load(aggregate_id)
-            if isinstance(strategy, Never) or not events:
+            if not events:
                 continue
+            if sizes is None:
+                sizes = {
+                    id(r.domain_event): len(r.notification.state) for r in recordings
+                }
             appended = AppendStats(
                 first_version=events[0].originator_version,
                 last_version=events[-1].originator_version,

@@ -840,3 +840,15 @@ def test_a_save_finds_its_aggregate_classs_strategy_once() -> None:
     # The strategy found once still snapshots: version 2 is a multiple of 2.
     assert orders.snapshots is not None
     assert [s.originator_version for s in orders.snapshots.get(second)] == [2]
+
+
+def test_an_applications_strategies_cannot_be_changed_once_it_is_made() -> None:
+    """They are decided from at construction: a change would be ignored, so refused."""
+    orders = Orders(
+        env={"PERSISTENCE_MODULE": "eventsourcing.popo"},
+        snapshot_strategies={Order: EveryNEvents(2)},
+    )
+
+    with pytest.raises(TypeError):
+        orders.strategies[Order] = EveryNEvents(5)  # type: ignore[index]
+    assert orders.strategy_for(Order) == EveryNEvents(2)

@@ -35,6 +35,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cached_property
 from threading import Lock
+from types import MappingProxyType
 from typing import Any, ClassVar, Final, cast
 from uuid import UUID
 
@@ -359,10 +360,14 @@ class SnapshottingApplication(Application[UUID]):
         snapshot_strategies: StrategyMap | None = None,
     ) -> None:
         """Construct the application, optionally with strategies of its own."""
-        self.strategies: dict[type[BaseAggregate[Any]], SnapshotStrategy] = dict(
-            type(self).snapshot_strategies
-            if snapshot_strategies is None
-            else snapshot_strategies
+        # Read-only: the snapshot store, the load meter and each class's
+        # strategy (found once, :meth:`strategy_for`) are decided from them.
+        self.strategies: StrategyMap = MappingProxyType(
+            dict(
+                type(self).snapshot_strategies
+                if snapshot_strategies is None
+                else snapshot_strategies
+            )
         )
         for aggregate_class, strategy in self.strategies.items():
             if (

@@ -65,7 +65,6 @@ import statistics
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -76,27 +75,17 @@ from bench_scaleout import (
     event_item,
     open_app,
     raw_client,
+    server,
 )
 from botocore.awsrequest import AWSResponse
 from eventsourcing.persistence import StoredEvent
 
 from aggregates.order import Order
-from ledger.dynamodb.local import DynamoDBLocal
 from ledger.dynamodb.recorders import EVENT_NOT_EXISTS
 
 RESULTS = Path(__file__).parent / "results"
 STAGE_BASE = {"raw + domain work": "raw", "ledger client": "raw"}
 """The contender a stage is measured from, where not the one before it."""
-
-
-@contextmanager
-def server(endpoint: str | None) -> Iterator[str]:
-    """Yield the given endpoint, or a fresh DynamoDB Local's."""
-    if endpoint:
-        yield endpoint
-        return
-    with DynamoDBLocal() as local:
-        yield local.endpoint_url
 
 
 class Setup:

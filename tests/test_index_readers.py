@@ -267,6 +267,17 @@ def test_readers_read_a_split_shard_parents_first(
     assert int(checkpoints[streams.shard_id("child")]) > split
 
 
+def even_and_odd_shards(recorder: DynamoDBIndexedApplicationRecorder) -> ToldShards:
+    """The stream told as two sibling shards: aggregates of even and odd parity."""
+    return ToldShards(
+        recorder.connection.streams_client(),
+        [
+            ToldShard("even", lambda r: parity(r) == 0),
+            ToldShard("odd", lambda r: parity(r) == 1),
+        ],
+    )
+
+
 def test_a_save_across_shards_read_by_two_readers_is_appended_whole(
     recorder: DynamoDBIndexedApplicationRecorder, indexers: list[Indexer]
 ) -> None:
@@ -275,11 +286,7 @@ def test_a_save_across_shards_read_by_two_readers_is_appended_whole(
     saves = [[stored(odd, 1)], [stored(even, 1), stored(odd, 2)], [stored(odd, 3)]]
     for save in saves:
         recorder.insert_events(save)
-    shards = [
-        ToldShard("even", lambda r: parity(r) == 0),
-        ToldShard("odd", lambda r: parity(r) == 1),
-    ]
-    streams = ToldShards(recorder.connection.streams_client(), shards)
+    streams = even_and_odd_shards(recorder)
 
     def told_shards() -> Any:
         return reader_told_shards(recorder, streams)
@@ -435,13 +442,7 @@ def test_a_round_waits_for_its_readers_at_once_not_one_after_the_other(
     for save in saves:
         recorder.insert_events(save)
     on_the_stream(recorder, (str(odd), 1))
-    streams = ToldShards(
-        recorder.connection.streams_client(),
-        [
-            ToldShard("even", lambda r: parity(r) == 0),
-            ToldShard("odd", lambda r: parity(r) == 1),
-        ],
-    )
+    streams = even_and_odd_shards(recorder)
     markers = tmp_path / "even", tmp_path / "odd"
     for marker in markers:
         marker.touch()
@@ -588,13 +589,7 @@ def test_a_round_that_raised_leaves_no_answer_for_the_next(
     for save in first:
         recorder.insert_events(save)
     on_the_stream(recorder, (str(odd), 1))
-    streams = ToldShards(
-        recorder.connection.streams_client(),
-        [
-            ToldShard("even", lambda r: parity(r) == 0),
-            ToldShard("odd", lambda r: parity(r) == 1),
-        ],
-    )
+    streams = even_and_odd_shards(recorder)
     marker = tmp_path / "fail"
     marker.touch()
 

@@ -44,13 +44,18 @@ from ledger.indexer import Indexer
 from tests import indexed_support
 from tests.indexed_support import (
     ReorderingStreams,
-    ToldShard,
     ToldShards,
     index_until,
     stored,
 )
 from tests.test_indexed_guarantees import assert_indexed_once_in_order, saves_across
-from tests.test_indexed_shards import of_parity, on_the_stream, one_by_one, parity
+from tests.test_indexed_shards import (
+    even_and_odd_shards,
+    of_parity,
+    on_the_stream,
+    one_by_one,
+    parent_and_child,
+)
 
 factory = indexed_support.factory
 recorder = indexed_support.recorder
@@ -238,13 +243,7 @@ def test_readers_read_a_split_shard_parents_first(
     aggregate = uuid.uuid4()
     saves = one_by_one(recorder, aggregate, range(1, 151))
     split = on_the_stream(recorder, (str(aggregate), 150))[str(aggregate), 140]
-    streams = ToldShards(
-        recorder.connection.streams_client(),
-        [
-            ToldShard("child", parent="parent", after=split),
-            ToldShard("parent", ending=split),
-        ],
-    )
+    streams = parent_and_child(recorder, split)
 
     def told_shards() -> Any:
         return reader_told_shards(recorder, streams)
@@ -265,17 +264,6 @@ def test_readers_read_a_split_shard_parents_first(
     checkpoints = indexer._read_state().checkpoints
     assert checkpoints[streams.shard_id("parent")] == str(split)
     assert int(checkpoints[streams.shard_id("child")]) > split
-
-
-def even_and_odd_shards(recorder: DynamoDBIndexedApplicationRecorder) -> ToldShards:
-    """The stream told as two sibling shards: aggregates of even and odd parity."""
-    return ToldShards(
-        recorder.connection.streams_client(),
-        [
-            ToldShard("even", lambda r: parity(r) == 0),
-            ToldShard("odd", lambda r: parity(r) == 1),
-        ],
-    )
 
 
 def test_a_save_across_shards_read_by_two_readers_is_appended_whole(
@@ -674,13 +662,7 @@ def test_a_round_outliving_stop_ends_its_readers_and_starts_none(
     aggregate = uuid.uuid4()
     saves = one_by_one(recorder, aggregate, range(1, 21))
     split = on_the_stream(recorder, (str(aggregate), 20))[str(aggregate), 15]
-    streams = ToldShards(
-        recorder.connection.streams_client(),
-        [
-            ToldShard("child", parent="parent", after=split),
-            ToldShard("parent", ending=split),
-        ],
-    )
+    streams = parent_and_child(recorder, split)
     marker = tmp_path / "slow"
     marker.touch()
 

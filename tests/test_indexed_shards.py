@@ -75,13 +75,7 @@ def test_a_child_listed_first_waits_for_a_parent_longer_than_a_round(
     aggregate = uuid.uuid4()
     saves = one_by_one(recorder, aggregate, range(1, 151))
     split = on_the_stream(recorder, (str(aggregate), 150))[str(aggregate), 140]
-    streams = ToldShards(
-        recorder.connection.streams_client(),
-        [
-            ToldShard("child", parent="parent", after=split),
-            ToldShard("parent", ending=split),
-        ],
-    )
+    streams = parent_and_child(recorder, split)
     indexer = Indexer(recorder, batch_size=100, streams_client=streams)
 
     assert indexer.poll() == 100  # the parent's first 100: the child waits
@@ -120,6 +114,30 @@ def of_parity(bit: int, count: int) -> list[uuid.UUID]:
     return found
 
 
+def even_and_odd_shards(recorder: DynamoDBIndexedApplicationRecorder) -> ToldShards:
+    """The stream told as two sibling shards: aggregates of even and odd parity."""
+    return ToldShards(
+        recorder.connection.streams_client(),
+        [
+            ToldShard("even", lambda r: parity(r) == 0),
+            ToldShard("odd", lambda r: parity(r) == 1),
+        ],
+    )
+
+
+def parent_and_child(
+    recorder: DynamoDBIndexedApplicationRecorder, split: int
+) -> ToldShards:
+    """The stream told as a parent ending at record ``split``, its child after it."""
+    return ToldShards(
+        recorder.connection.streams_client(),
+        [
+            ToldShard("child", parent="parent", after=split),
+            ToldShard("parent", ending=split),
+        ],
+    )
+
+
 def test_a_save_across_sibling_shards_comes_after_earlier_events_of_its_aggregates(
     recorder: DynamoDBIndexedApplicationRecorder,
 ) -> None:
@@ -134,13 +152,7 @@ def test_a_save_across_sibling_shards_comes_after_earlier_events_of_its_aggregat
     saves = [[stored(odd, 1)], [stored(even, 1), stored(odd, 2)], [stored(odd, 3)]]
     for save in saves:
         recorder.insert_events(save)
-    streams = ToldShards(
-        recorder.connection.streams_client(),
-        [
-            ToldShard("even", lambda r: parity(r) == 0),
-            ToldShard("odd", lambda r: parity(r) == 1),
-        ],
-    )
+    streams = even_and_odd_shards(recorder)
 
     index_until(Indexer(recorder, streams_client=streams), recorder, saves[-1])
 

@@ -19,7 +19,6 @@ from eventsourcing.persistence import (
     ProgrammingError,
     Tracking,
 )
-from eventsourcing.utils import Environment
 
 from ledger.dynamodb import DynamoDBConnection, DynamoDBFactory, TableNotFoundError
 from ledger.dynamodb.tables import delete_table
@@ -33,20 +32,9 @@ def causes(error: BaseException) -> Iterator[BaseException]:
 
 
 @pytest.fixture
-def recorder(dynamodb_endpoint: str, table_prefix: str) -> Iterator[ProcessRecorder]:
+def recorder(factory: DynamoDBFactory) -> ProcessRecorder:
     """A process recorder (events and tracking) on this test's tables."""
-    factory = DynamoDBFactory(
-        Environment(
-            "ledger_test",
-            {
-                "DYNAMODB_ENDPOINT_URL": dynamodb_endpoint,
-                "DYNAMODB_TABLE_PREFIX": table_prefix,
-                "DYNAMODB_EVENTS_STREAM": "no",
-            },
-        )
-    )
-    yield factory.process_recorder()
-    factory.close()
+    return factory.process_recorder()
 
 
 def test_a_wrongly_typed_name_read_is_a_programming_error_naming_call_and_parameter(

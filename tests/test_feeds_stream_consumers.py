@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from aggregates.application import Orders
@@ -42,7 +41,7 @@ from tests import test_projections_followers as follower_tests
 from tests import test_publisher as publisher_tests
 from tests.test_faults_feeds import lambda_records
 from tests.test_feeds import tracking
-from tests.test_feeds_stream import Collector, ShardsInMemory
+from tests.test_feeds_stream import Collector, ShardsInMemory, until
 from tests.test_projections_core import ITEM
 from tests.test_projections_followers import confirmed_orders, invoices_of
 from tests.test_publisher import (
@@ -64,14 +63,6 @@ publisher_env = publisher_tests.publisher_env
 stream_env = follower_tests.stream_env
 leader = follower_tests.leader
 invoicing = follower_tests.invoicing
-
-
-def until(check: Callable[[], bool], what: str) -> None:
-    """Wait for ``check`` to hold, failing with ``what`` after the deadline."""
-    deadline = time.monotonic() + DEADLINE
-    while not check():
-        assert time.monotonic() < deadline, f"not within {DEADLINE}s: {what}"
-        time.sleep(0.05)
 
 
 class Noted:

@@ -245,9 +245,6 @@ class _Checkpoints:
     def save_checkpoint(self, shard_id: str, number: str) -> None:
         raise NotImplementedError  # written only with the round's append
 
-    def process(self, records: Sequence[Mapping[str, Any]]) -> list[str]:
-        raise NotImplementedError  # the indexer reads shards itself
-
 
 class Indexer(Reindexing, StreamPoller):
     """Appends the events table's stream to the notifications table, exactly once.

@@ -780,3 +780,49 @@ def test_index_run_leaves_no_reader_when_interrupted_or_killed(
                 with contextlib.suppress(ProcessLookupError):
                     if not gone(pid):
                         os.kill(pid, signal.SIGKILL)
+
+
+def test_twin_indexers_with_readers_index_each_event_once_through_a_kill(
+    recorder: DynamoDBIndexedApplicationRecorder, indexers: list[Indexer]
+) -> None:
+    """Two indexers, a reader each, race on the one stream; one's reader is killed.
+
+    Both read the same records and race to commit each round: one commits,
+    the other reads the checkpoints again and drops what was indexed. A
+    SIGKILL of one's reader between the two batches of saves is a reader
+    replaced in its next round. Every event is indexed once, in order.
+    """
+    twins = [Indexer(recorder, readers=1) for _ in range(2)]
+    indexers.extend(twins)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def race(indexer: Indexer) -> None:
+        try:
+            while not stop.is_set():
+                indexer.poll()
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    racers = [threading.Thread(target=race, args=(twin,)) for twin in twins]
+    for racer in racers:
+        racer.start()
+    try:
+        first = random_saves(recorder, 20, seed=31)
+        recorder.wait_indexed(events_of(first), timeout=60)
+        pool = twins[0]._pool
+        assert pool is not None
+        killed = pool.pids()
+        assert killed
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        more = random_saves(recorder, 20, seed=32)
+        recorder.wait_indexed(events_of(first + more), timeout=60)
+    finally:
+        stop.set()
+        for racer in racers:
+            racer.join(30)
+
+    assert errors == []
+    assert_indexed_once_in_order(recorder, first + more)
+    assert all(pid not in pool.pids() for pid in killed)
